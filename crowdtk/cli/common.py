@@ -1,0 +1,124 @@
+"""What every subcommand shares: the option vocabulary, stderr logging, progress, errors.
+
+stdout carries data only; logs, warnings and progress go to stderr. A
+:class:`~crowdtk.errors.CrowdtkError` becomes one line
+``crowdtk <command>: error: <what> (<fix>)`` and exit code 1; a traceback is shown only
+with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from crowdtk.errors import CrowdtkError
+
+# --------------------------------------------------------------------------- shared options
+
+OutputFile = Annotated[
+    str,
+    typer.Option("-o", "--output", help="Output file; '-' writes to stdout.", show_default=True),
+]
+OutputDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder (must not exist unless --force).", show_default=False)]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or log messages on stderr. [default: off]")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More log messages, and a traceback on errors. [default: off]")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; recorded in every output.")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes or threads.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto picks CUDA when present).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output. [default: off]")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and list bad images instead of stopping. [default: off]")]
+Manifest = Annotated[str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)]
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Log:
+    """Messages for the person at the terminal, all on stderr."""
+
+    def __init__(self, command: str, quiet: bool = False, verbose: bool = False) -> None:
+        self.command = command
+        self.quiet = quiet
+        self.verbose = verbose
+        self.console = Console(stderr=True, highlight=False)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+    def debug(self, message: str) -> None:
+        if self.verbose and not self.quiet:
+            self.console.print(message, markup=False, style="dim")
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"crowdtk {self.command}: warning: {message}", markup=False, style="yellow")
+
+    @contextlib.contextmanager
+    def progress(self, total: int | None, description: str) -> Iterator[Callable[[int], None]]:
+        """A Rich progress bar on stderr (total None: unknown); silent with --quiet or off a terminal."""
+        if self.quiet or not self.console.is_terminal:
+            yield lambda n=1: None
+            return
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+
+def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a subcommand: turn errors into one stderr line and exit code 1."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verbose = bool(kwargs.get("verbose", False))
+            try:
+                return func(*args, **kwargs)
+            except (typer.Exit, typer.Abort, SystemExit):
+                raise
+            except CrowdtkError as exc:
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                sys.stderr.write(f"crowdtk {command}: error: {exc}\n")
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                sys.stderr.write(f"crowdtk {command}: interrupted\n")
+                raise typer.Exit(130) from None
+            except BrokenPipeError:
+                # A downstream `head` closed the pipe: not an error of ours.
+                raise typer.Exit(0) from None
+            except Exception as exc:  # an unexpected failure is still one readable line
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                sys.stderr.write(
+                    f"crowdtk {command}: error: unexpected {type(exc).__name__}: {exc} "
+                    "(re-run with --verbose for a traceback, and report it)\n"
+                )
+                raise typer.Exit(1) from None
+
+        return wrapper
+
+    return decorate
+
+
+def params_of(**kwargs: Any) -> dict[str, Any]:
+    """Resolved command parameters as recorded in artifacts (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if k not in {"quiet", "verbose", "force"}}
+
+

@@ -1,0 +1,39 @@
+"""crowdtk index ROOT: list a data set's images and head counts as a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crowdtk.cli.common import Force, Log, OutputFile, Quiet, SkipBad, Verbose, Workers, params_of, run_command
+from crowdtk.formats import MANIFEST, Provenance, check_output_free, make_header, write_jsonl
+from crowdtk.index import build_manifest
+
+
+@run_command("index")
+def command(
+    root: Annotated[Path, typer.Argument(help="Data set folder: a ShanghaiTech split, a UCF_CC_50 folder, or images/ + points/.", show_default=False)],
+    output: OutputFile = "-",
+    workers: Workers = 2,
+    skip_bad: SkipBad = False,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """List every image of a data set with its size, head count and sha256 (JSON Lines)."""
+    log = Log("index", quiet, verbose)
+    check_output_free(output, force)
+    with log.progress(None, "indexing") as advance:
+        result = build_manifest(root, workers=workers, skip_bad=skip_bad, on_progress=advance)
+    for problem in result.skipped:
+        log.warn(f"skipped {problem}")
+    if result.dropped_points:
+        total = sum(result.dropped_points.values())
+        log.warn(f"dropped {total} point(s) outside their image in {len(result.dropped_points)} image(s): "
+                 + ", ".join(f"{k} ({v})" for k, v in list(result.dropped_points.items())[:5]))
+    header = make_header(MANIFEST, Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=skip_bad)))
+    header["layout"] = result.layout
+    write_jsonl(output, header, (e.to_record() for e in result.entries))
+    log.info(f"indexed {len(result.entries)} images ({result.layout} layout), {sum(e.count for e in result.entries)} heads")

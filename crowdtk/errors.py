@@ -1,0 +1,20 @@
+"""The one error type of crowdtk.
+
+Every failure a user can act on is a :class:`CrowdtkError` carrying *what* went wrong
+(naming the file) and *how to fix it*. The CLI prints it as
+``crowdtk <command>: error: <what> (<fix>)`` and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class CrowdtkError(Exception):
+    """A data or runtime problem the user can fix."""
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.what} ({self.fix})" if self.fix else self.what

@@ -1,0 +1,385 @@
+"""File contracts: every artifact crowdtk reads or writes is defined here.
+
+Each artifact carries a header recording its format name and version, the crowdtk
+version, the producing command with its parameters, and the seed. JSON Lines artifacts
+keep the header as their first line; ``.npz`` artifacts keep it as a JSON string under
+the key ``__meta__`` (a numpy unicode array, so loading never needs pickle).
+
+Readers refuse other formats and newer versions with a message naming the file and the
+version found. Writers are atomic: a temporary file in the destination folder, then
+``os.replace``, so a killed process never leaves a half-written file under the final name.
+The formats are documented for humans in ``docs/formats.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+import numpy as np
+
+from crowdtk import __version__
+from crowdtk.errors import CrowdtkError
+
+# Format name -> the newest version this crowdtk reads and writes.
+MANIFEST = "manifest"
+DENSITY_INDEX = "density-index"
+DENSITY_MAP = "density-map"
+FORMAT_VERSIONS: dict[str, int] = {
+    MANIFEST: 1,
+    DENSITY_INDEX: 1,
+    DENSITY_MAP: 1,
+}
+
+STDIO = "-"
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made an artifact: the command, its resolved parameters, and the seed."""
+
+    command: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+
+def make_header(fmt: str, provenance: Provenance) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "format_version": FORMAT_VERSIONS[fmt],
+        "crowdtk_version": __version__,
+        "command": provenance.command,
+        "params": _jsonable(provenance.params),
+        "seed": provenance.seed,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def check_header(header: Any, fmt: str, source: str) -> dict[str, Any]:
+    """Validate an artifact header; raise a CrowdtkError that names ``source``."""
+    if not isinstance(header, dict) or "format" not in header:
+        raise CrowdtkError(
+            f"{source}: no crowdtk header (expected a '{fmt}' artifact)",
+            "produce it with the matching crowdtk command, or add the header line described in docs/formats.md",
+        )
+    found = header.get("format")
+    if found != fmt:
+        raise CrowdtkError(
+            f"{source}: is a '{found}' artifact, expected '{fmt}'",
+            "pass the right file",
+        )
+    version = header.get("format_version")
+    newest = FORMAT_VERSIONS[fmt]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CrowdtkError(f"{source}: header has no integer format_version", "regenerate the file")
+    if version > newest:
+        raise CrowdtkError(
+            f"{source}: '{fmt}' format version {version} is newer than this crowdtk reads (up to {newest})",
+            "upgrade crowdtk, or regenerate the file with this version",
+        )
+    if version < 1:
+        raise CrowdtkError(f"{source}: invalid format_version {version}", "regenerate the file")
+    return header
+
+
+def _jsonable(value: Any) -> Any:
+    """Parameters as plain JSON (paths become strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Build an output folder under a temporary name; move it into place only on success.
+
+    An existing ``path`` is refused unless ``force``; with ``force`` it is replaced only
+    after the new folder is complete.
+    """
+    final = Path(path)
+    check_output_free(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_free(path: str | os.PathLike[str], force: bool) -> None:
+    """Refuse to overwrite an existing output unless the user said ``--force``."""
+    if str(path) == STDIO:
+        return
+    if Path(path).exists() and not force:
+        raise CrowdtkError(f"{path}: output already exists", "choose another path, or pass --force to replace it")
+
+
+# --------------------------------------------------------------------------- JSON Lines
+
+
+def jsonl_text(header: dict[str, Any], records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The lines of a JSON Lines artifact: the header first, then one record per line."""
+    yield json.dumps(header, sort_keys=False) + "\n"
+    for record in records:
+        yield json.dumps(_jsonable(record), sort_keys=False) + "\n"
+
+
+def write_jsonl(
+    path: str | os.PathLike[str],
+    header: dict[str, Any],
+    records: Iterable[dict[str, Any]],
+    stdout: IO[str] | None = None,
+) -> None:
+    """Write a JSON Lines artifact atomically, or to ``stdout`` when ``path`` is ``-``."""
+    if str(path) == STDIO:
+        out = stdout if stdout is not None else sys.stdout
+        for line in jsonl_text(header, records):
+            out.write(line)
+        out.flush()
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for line in jsonl_text(header, records):
+            fh.write(line)
+
+
+def read_jsonl(
+    path: str | os.PathLike[str], fmt: str, stdin: IO[str] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read a JSON Lines artifact of format ``fmt``: (header, records)."""
+    source = "<stdin>" if str(path) == STDIO else str(path)
+    try:
+        if str(path) == STDIO:
+            text = (stdin if stdin is not None else sys.stdin).read()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CrowdtkError(f"{source}: no such file", "check the path") from None
+    except IsADirectoryError:
+        raise CrowdtkError(f"{source}: is a folder, expected a '{fmt}' JSON Lines file", "pass the file") from None
+    except UnicodeDecodeError:
+        raise CrowdtkError(f"{source}: not UTF-8 text (expected a '{fmt}' JSON Lines file)", "pass the right file") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise CrowdtkError(f"{source}: empty file (expected a '{fmt}' artifact)", "regenerate it")
+    parsed = []
+    for n, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CrowdtkError(
+                f"{source}:{n}: line is not JSON ({exc.msg})", "fix or regenerate the file"
+            ) from None
+        if not isinstance(obj, dict):
+            raise CrowdtkError(f"{source}:{n}: line is not a JSON object", "fix or regenerate the file")
+        parsed.append((n, obj))
+    header = check_header(parsed[0][1], fmt, source)
+    records = []
+    for n, obj in parsed[1:]:
+        obj["_line"] = n
+        records.append(obj)
+    return header, records
+
+
+# --------------------------------------------------------------------------- npz arrays
+
+
+def save_npz(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays plus the JSON header (key ``__meta__``) atomically, uncompressed."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, __meta__=np.array(json.dumps(_jsonable(header))), **arrays)
+
+
+def load_npz(path: str | os.PathLike[str], fmt: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read an ``.npz`` artifact without ever unpickling: (header, arrays)."""
+    source = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise CrowdtkError(f"{source}: no such file", "check the path") from None
+    except ValueError as exc:
+        # numpy raises ValueError when an entry would need pickle.
+        raise CrowdtkError(f"{source}: holds data that needs unpickling ({exc})", "crowdtk refuses such files; regenerate it") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise CrowdtkError(f"{source}: not a readable .npz file ({exc})", "regenerate it") from None
+    if "__meta__" not in arrays:
+        raise CrowdtkError(f"{source}: no crowdtk header (__meta__)", f"expected a '{fmt}' artifact; regenerate it")
+    try:
+        header = json.loads(str(arrays.pop("__meta__")))
+    except json.JSONDecodeError:
+        raise CrowdtkError(f"{source}: header is not JSON", "regenerate it") from None
+    return check_header(header, fmt, source), arrays
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _require(record: dict[str, Any], spec: dict[str, type | tuple[type, ...]], source: str) -> None:
+    where = f"{source}:{record.get('_line', '?')}"
+    for name, kind in spec.items():
+        if name not in record:
+            raise CrowdtkError(f"{where}: record lacks the field '{name}'", "fix or regenerate the file")
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CrowdtkError(f"{where}: field '{name}' has the wrong type", "fix or regenerate the file")
+
+
+def _resolve(base: Path | None, value: str) -> str:
+    """Relative paths inside an artifact are relative to the artifact's folder."""
+    p = Path(value)
+    if p.is_absolute() or base is None:
+        return str(p)
+    return str(base / p)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One image of a data set.
+
+    ``image`` and ``points`` are paths (relative ones are relative to the manifest's
+    folder); ``count`` is the number of head points inside the image; ``sha256`` is the
+    digest of the image file's bytes; ``id`` names the image uniquely within the manifest.
+    """
+
+    id: str
+    image: str
+    points: str | None
+    width: int
+    height: int
+    count: int
+    sha256: str
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "ManifestEntry":
+        _require(
+            record,
+            {"id": str, "image": str, "width": int, "height": int, "count": int, "sha256": str},
+            source,
+        )
+        points = record.get("points")
+        if points is not None and not isinstance(points, str):
+            raise CrowdtkError(f"{source}:{record.get('_line', '?')}: field 'points' has the wrong type", "fix or regenerate the file")
+        if record["width"] < 1 or record["height"] < 1 or record["count"] < 0:
+            raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width, height or count", "fix or regenerate the file")
+        return cls(
+            id=record["id"],
+            image=_resolve(base, record["image"]),
+            points=_resolve(base, points) if points is not None else None,
+            width=record["width"],
+            height=record["height"],
+            count=record["count"],
+            sha256=record["sha256"],
+        )
+
+
+def read_manifest(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[ManifestEntry]]:
+    source = "<stdin>" if str(path) == STDIO else str(path)
+    header, records = read_jsonl(path, MANIFEST, stdin=stdin)
+    base = None if str(path) == STDIO else Path(path).resolve().parent
+    entries = [ManifestEntry.from_record(r, source, base) for r in records]
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.id in seen:
+            raise CrowdtkError(f"{source}: image id '{entry.id}' appears twice", "regenerate the manifest with crowdtk index")
+        seen.add(entry.id)
+    return header, entries
+
+
+@dataclass(frozen=True)
+class DensityEntry:
+    """One density map written by ``gen-density``: its ``.npz`` (relative to the index)."""
+
+    id: str
+    image: str
+    density: str
+    count: int
+    sum: float
+    stride: int
+    height: int
+    width: int
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "DensityEntry":
+        _require(
+            record,
+            {"id": str, "image": str, "density": str, "count": int, "sum": (int, float), "stride": int, "height": int, "width": int},
+            source,
+        )
+        values = {f.name: record[f.name] for f in fields(cls)}
+        values["density"] = _resolve(base, record["density"])
+        values["image"] = _resolve(base, record["image"])
+        values["sum"] = float(record["sum"])
+        return cls(**values)
+
+
+def read_density_index(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[DensityEntry]]:
+    header, records = read_jsonl(path, DENSITY_INDEX)
+    base = Path(path).resolve().parent
+    return header, [DensityEntry.from_record(r, str(path), base) for r in records]
+
+
+def load_density_map(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
+    header, arrays = load_npz(path, DENSITY_MAP)
+    if "density" not in arrays:
+        raise CrowdtkError(f"{path}: no 'density' array", "regenerate it with crowdtk gen-density")
+    return header, arrays["density"]
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    """One JSON line for data written to stdout by commands that stream results."""
+    return json.dumps(_jsonable(record))
+
