@@ -7,7 +7,6 @@ belongs to the image when ``0 <= x < width`` and ``0 <= y < height``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,14 +19,6 @@ from crowdtk.errors import CrowdtkError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 POINT_SUFFIXES = (".txt", ".csv", ".json", ".npy", ".mat")
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def decode_image(data: bytes, source: str) -> np.ndarray:

@@ -14,6 +14,7 @@ The formats are documented for humans in ``docs/formats.md``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import datetime as _dt
 import json
 import os
@@ -34,10 +35,18 @@ from crowdtk.errors import CrowdtkError
 MANIFEST = "manifest"
 DENSITY_INDEX = "density-index"
 DENSITY_MAP = "density-map"
+REGIONS = "regions"
+LABELS = "labels"
+VECTORS = "vectors"
+CHECKPOINT = "checkpoint"
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
     DENSITY_MAP: 1,
+    REGIONS: 1,
+    LABELS: 1,
+    VECTORS: 1,
+    CHECKPOINT: 1,
 }
 
 STDIO = "-"
@@ -383,3 +392,215 @@ def dumps_record(record: dict[str, Any]) -> str:
     """One JSON line for data written to stdout by commands that stream results."""
     return json.dumps(_jsonable(record))
 
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes: image identity in manifests, and input digests in artifacts."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- regions and labels
+
+
+@dataclass(frozen=True)
+class Region:
+    """A labeled (or to-be-labeled) rectangle in pixels: columns [x0, x1), rows [y0, y1).
+
+    Strips, the paper's shape, span the full height; their records omit y0 and y1.
+    """
+
+    x0: int
+    x1: int
+    y0: int
+    y1: int
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        return (points[:, 0] >= self.x0) & (points[:, 0] < self.x1) & (points[:, 1] >= self.y0) & (points[:, 1] < self.y1)
+
+    @property
+    def area(self) -> int:
+        return (self.x1 - self.x0) * (self.y1 - self.y0)
+
+    def to_record(self, height: int) -> dict[str, int]:
+        record = {"x0": self.x0, "x1": self.x1}
+        if (self.y0, self.y1) != (0, height):
+            record.update(y0=self.y0, y1=self.y1)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Any, width: int, height: int, where: str) -> "Region":
+        if isinstance(record, list) and len(record) == 2:  # the short form [x0, x1)
+            record = {"x0": record[0], "x1": record[1]}
+        if not isinstance(record, dict):
+            raise CrowdtkError(f"{where}: a region must be {{\"x0\", \"x1\"[, \"y0\", \"y1\"]}} or [x0, x1]", "fix or regenerate the file")
+        try:
+            x0, x1 = int(record["x0"]), int(record["x1"])
+            y0, y1 = int(record.get("y0", 0)), int(record.get("y1", height))
+        except (KeyError, TypeError, ValueError):
+            raise CrowdtkError(f"{where}: region {record!r} lacks integer x0/x1", "fix or regenerate the file") from None
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise CrowdtkError(f"{where}: region {record!r} is empty or outside the {width}x{height} image", "fix or regenerate the file")
+        return cls(x0, x1, y0, y1)
+
+
+def _image_fields(record: dict[str, Any], source: str) -> None:
+    _require(record, {"id": str, "image": str, "sha256": str, "width": int, "height": int, "regions": list}, source)
+
+
+@dataclass(frozen=True)
+class LabelsEntry:
+    """The labels of one image: its labeled regions and the head points inside them.
+
+    A fully labeled image is one region covering it. Points are full-image pixels (x, y).
+    """
+
+    id: str
+    image: str
+    sha256: str
+    width: int
+    height: int
+    regions: tuple[Region, ...]
+    points: np.ndarray  # (N, 2) float64
+
+    @property
+    def labeled_area(self) -> int:
+        return sum(r.area for r in self.regions)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "sha256": self.sha256,
+            "width": self.width,
+            "height": self.height,
+            "regions": [r.to_record(self.height) for r in self.regions],
+            "points": [[float(x), float(y)] for x, y in self.points],
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "LabelsEntry":
+        _image_fields(record, source)
+        where = f"{source}:{record.get('_line', '?')}"
+        regions = tuple(Region.from_record(r, record["width"], record["height"], where) for r in record["regions"])
+        raw = record.get("points", [])
+        try:
+            points = np.asarray(raw, dtype=np.float64).reshape(-1, 2) if raw else np.zeros((0, 2))
+        except (TypeError, ValueError):
+            raise CrowdtkError(f"{where}: 'points' must be a list of [x, y] pairs", "fix or regenerate the file") from None
+        if not np.isfinite(points).all():
+            raise CrowdtkError(f"{where}: points are NaN or infinite", "fix the labels")
+        return cls(record["id"], _resolve(base, record["image"]), record["sha256"], record["width"], record["height"], regions, points)
+
+
+def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LabelsEntry]]:
+    header, records = read_jsonl(path, LABELS)
+    base = None if str(path) == STDIO else Path(path).resolve().parent
+    source = "<stdin>" if str(path) == STDIO else str(path)
+    return header, [LabelsEntry.from_record(r, source, base) for r in records]
+
+
+@dataclass(frozen=True)
+class RegionsEntry:
+    """The regions chosen for one image by ``select``, to be labeled.
+
+    ``strategy`` names the selection strategy (``warmup`` marks the warm-up round's random
+    strips); ``details`` holds one dict per region with what the strategy knew about it
+    (MDC: ``component`` and ``distance`` to the component mean; all: ``predicted_count``
+    when vectors were given).
+    """
+
+    id: str
+    image: str
+    sha256: str
+    width: int
+    height: int
+    strategy: str
+    regions: tuple[Region, ...]
+    details: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def area(self) -> int:
+        return sum(r.area for r in self.regions)
+
+    def to_record(self) -> dict[str, Any]:
+        regions = []
+        for i, region in enumerate(self.regions):
+            record: dict[str, Any] = region.to_record(self.height)
+            if i < len(self.details):
+                record.update(self.details[i])
+            regions.append(record)
+        return {
+            "id": self.id,
+            "image": self.image,
+            "sha256": self.sha256,
+            "width": self.width,
+            "height": self.height,
+            "strategy": self.strategy,
+            "regions": regions,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "RegionsEntry":
+        _image_fields(record, source)
+        _require(record, {"strategy": str}, source)
+        where = f"{source}:{record.get('_line', '?')}"
+        regions = tuple(Region.from_record(r, record["width"], record["height"], where) for r in record["regions"])
+        details = tuple(
+            {k: v for k, v in r.items() if k not in {"x0", "x1", "y0", "y1"}} if isinstance(r, dict) else {}
+            for r in record["regions"]
+        )
+        return cls(record["id"], _resolve(base, record["image"]), record["sha256"], record["width"], record["height"],
+                   record["strategy"], regions, details)
+
+
+def read_regions(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[RegionsEntry]]:
+    header, records = read_jsonl(path, REGIONS)
+    base = None if str(path) == STDIO else Path(path).resolve().parent
+    source = "<stdin>" if str(path) == STDIO else str(path)
+    return header, [RegionsEntry.from_record(r, source, base) for r in records]
+
+
+# --------------------------------------------------------------------------- strip vectors
+
+
+@dataclass
+class StripVectors:
+    """Multi-level density vectors of every strip of every image (``vectors`` output).
+
+    Images are rows of ``ids``; strips are rows of ``vectors`` with ``strip_image`` naming
+    their image and ``[strip_x0, strip_x1)`` their columns; ``counts`` is the warm-up
+    counter's predicted count in each strip. The header records the manifest and checkpoint
+    digests, ``levels``, ``strip_frac`` and ``stride``.
+    """
+
+    ids: np.ndarray  # (I,) str
+    sha256: np.ndarray  # (I,) str
+    strip_image: np.ndarray  # (S,) int64
+    strip_x0: np.ndarray  # (S,) int64
+    strip_x1: np.ndarray  # (S,) int64
+    vectors: np.ndarray  # (S, D) float32
+    counts: np.ndarray  # (S,) float32
+
+    def strips_of(self, image_index: int) -> np.ndarray:
+        return np.flatnonzero(self.strip_image == image_index)
+
+
+def save_vectors(path: str | os.PathLike[str], header: dict[str, Any], data: StripVectors) -> None:
+    save_npz(path, header, {f.name: getattr(data, f.name) for f in fields(StripVectors)})
+
+
+def load_vectors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], StripVectors]:
+    header, arrays = load_npz(path, VECTORS)
+    missing = [f.name for f in fields(StripVectors) if f.name not in arrays]
+    if missing:
+        raise CrowdtkError(f"{path}: vectors file lacks {missing}", "regenerate it with crowdtk vectors")
+    data = StripVectors(**{f.name: arrays[f.name] for f in fields(StripVectors)})
+    n_images, n_strips = len(data.ids), len(data.vectors)
+    if data.vectors.ndim != 2 or any(len(a) != n_strips for a in (data.strip_image, data.strip_x0, data.strip_x1, data.counts)) \
+            or len(data.sha256) != n_images or (n_strips and not (0 <= data.strip_image.min() and data.strip_image.max() < n_images)):
+        raise CrowdtkError(f"{path}: inconsistent array shapes", "regenerate it with crowdtk vectors")
+    return header, data

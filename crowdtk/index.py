@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crowdtk.data import IMAGE_SUFFIXES, POINT_SUFFIXES, file_sha256, inside, read_image, read_points
+from crowdtk.data import IMAGE_SUFFIXES, POINT_SUFFIXES, inside, read_image, read_points
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import ManifestEntry
+from crowdtk.formats import ManifestEntry, file_digest
 
 Progress = Callable[[int], None]
 
@@ -84,7 +84,7 @@ def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) 
         width=int(width),
         height=int(height),
         count=int(on_image.sum()),
-        sha256=file_sha256(image),
+        sha256=file_digest(image),
     )
     return entry, int((~on_image).sum())
 
