@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from crowdtk import __version__
-from crowdtk.cli import gen_density, index
+from crowdtk.cli import count, eval, gen_density, index, strip_cap, synth, train, vectors, warmup
 
 app = typer.Typer(
     name="crowdtk",
@@ -21,6 +21,13 @@ app = typer.Typer(
 
 app.command("index")(index.command)
 app.command("gen-density")(gen_density.command)
+app.command("synth")(synth.command)
+app.command("warmup")(warmup.command)
+app.command("vectors")(vectors.command)
+app.command("train")(train.command)
+app.command("strip-cap")(strip_cap.command)
+app.command("eval")(eval.command)
+app.command("count")(count.command)
 
 
 def _version(value: bool) -> None:

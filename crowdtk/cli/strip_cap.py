@@ -1,0 +1,28 @@
+"""crowdtk strip-cap CKPT -o model.infer.safetensors (Algorithm 1, line 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crowdtk.cli.common import Force, Log, Quiet, Verbose, run_command
+from crowdtk.formats import check_output_free
+
+
+@run_command("strip-cap")
+def command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint trained with --cap.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Inference checkpoint to write.", show_default=False)],
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only."""
+    from crowdtk.checkpoint import strip_cap
+
+    log = Log("strip-cap", quiet, verbose)
+    check_output_free(output, force)
+    header = strip_cap(checkpoint, output)
+    log.info(f"wrote {output}: removed {len(header['removed_tensors'])} CAP tensor(s)")

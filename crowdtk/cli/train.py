@@ -1,0 +1,82 @@
+"""crowdtk train LABELS [--cap] [--init CKPT] -o model.safetensors (Algorithm 1, line 7)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from crowdtk.cli.common import Device, Force, Log, Quiet, Seed, Verbose, run_command
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import Provenance, check_output_free
+from crowdtk.train_config import TrainConfig
+
+_T = TrainConfig()
+
+# The training options, shared with `warmup`.
+Labels = Annotated[Path, typer.Argument(help="Labels file from 'crowdtk import' (regions and the points inside them).", show_default=False)]
+Output = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors); the best epoch by validation MAE.", show_default=False)]
+Model = Annotated[str, typer.Option(help="Counter: csrnet (the paper's) or lite (EfficientNet-Lite0, fast on CPU).")]
+NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="Start from random weights instead of ImageNet ones. [default: off]")]
+BackboneWeights = Annotated[Optional[Path], typer.Option(help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]")]
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate (targets are scaled by --density-scale).")]
+BatchSize = Annotated[int, typer.Option(help="Crops per step (per process under torchrun).")]
+Crop = Annotated[int, typer.Option(help="Random square crop side in pixels, a multiple of 8; 0 trains on whole images.")]
+Scale = Annotated[float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")]
+DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
+ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
+
+
+def run_training(command: str, labels: Path, output: Path, config: TrainConfig, init: Path | None,
+                 resume: bool, device: str, force: bool, log: Log) -> None:
+    from crowdtk.checkpoint import state_path
+    from crowdtk.train import EpochReport, train
+
+    if not resume:
+        check_output_free(output, force)
+        if state_path(output).exists() and not force:
+            raise CrowdtkError(f"{state_path(output)}: a training state exists", "pass --resume to continue it, or --force to start anew")
+    provenance = Provenance(command, {"labels": labels, "init": init, **asdict(config)}, seed=config.seed)
+    with log.progress(config.epochs, f"{command} epochs") as advance:
+        def on_epoch(report: "EpochReport") -> None:
+            advance(1)
+            mark = " *" if report.improved else ""
+            log.info(f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.4f}, val MAE {report.val_mae:.2f}{mark}")
+
+        result = train(labels, output, config, provenance, init=str(init) if init else None, resume=resume,
+                       device=device, on_epoch=on_epoch)
+    log.info(f"wrote {output}: best validation MAE {result.best_val_mae:.2f} (validated on {result.val_on} images)")
+
+
+@run_command("train")
+def command(
+    labels: Labels,
+    output: Output,
+    cap: Annotated[bool, typer.Option("--cap", help="Train with Crowd Affinity Propagation. [default: off]")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (e.g. the warm-up counter). [default: none]")] = None,
+    model: Model = _T.model,
+    no_pretrained: NoPretrained = False,
+    backbone_weights: BackboneWeights = None,
+    epochs: Epochs = _T.epochs,
+    lr: Lr = _T.lr,
+    batch_size: BatchSize = _T.batch_size,
+    crop: Crop = _T.crop,
+    scale: Scale = _T.input_scale,
+    density_scale: DensityScale = _T.density_scale,
+    val_frac: ValFrac = _T.val_frac,
+    seed: Seed = _T.seed,
+    device: Device = "auto",
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
+    config = TrainConfig(model=model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
+                         cap=cap, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
+                         density_scale=density_scale, val_frac=val_frac, seed=seed)
+    run_training("train", labels, output, config, init, resume, device, force, Log("train", quiet, verbose))

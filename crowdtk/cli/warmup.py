@@ -1,0 +1,38 @@
+"""crowdtk warmup LABELS -o warmup.safetensors (Algorithm 1, lines 1-2)."""
+
+from __future__ import annotations
+
+from crowdtk.cli.common import Device, Force, Log, Quiet, Seed, Verbose, run_command
+from crowdtk.cli.train import (
+    BackboneWeights, BatchSize, Crop, DensityScale, Epochs, Labels, Lr, Model, NoPretrained, Output, Resume, Scale, ValFrac,
+    run_training, _T,
+)
+from crowdtk.train_config import TrainConfig
+
+
+@run_command("warmup")
+def command(
+    labels: Labels,
+    output: Output,
+    model: Model = _T.model,
+    no_pretrained: NoPretrained = False,
+    backbone_weights: BackboneWeights = None,
+    epochs: Epochs = _T.epochs,
+    lr: Lr = _T.lr,
+    batch_size: BatchSize = _T.batch_size,
+    crop: Crop = _T.crop,
+    scale: Scale = _T.input_scale,
+    density_scale: DensityScale = _T.density_scale,
+    val_frac: ValFrac = _T.val_frac,
+    seed: Seed = _T.seed,
+    device: Device = "auto",
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Train the warm-up counter on the warm-up labels (no CAP); 'vectors' uses it to rank the rest."""
+    config = TrainConfig(model=model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
+                         cap=False, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
+                         density_scale=density_scale, val_frac=val_frac, seed=seed)
+    run_training("warmup", labels, output, config, None, resume, device, force, Log("warmup", quiet, verbose))

@@ -1,0 +1,236 @@
+"""Inference for `eval`, `count` and `vectors`: density maps of whole images, and metrics.
+
+The count of an image is the sum of its predicted density map (Eq. 11). Large images are
+cut into tiles of at most ``max_side`` pixels; each tile is run with a margin of context
+around it and only its own cells are kept, so tile counts add up to the image's count and
+peak memory is bounded by the tile size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crowdtk.checkpoint import load_tensors
+from crowdtk.data import read_image, read_points_on_image
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import ManifestEntry
+from crowdtk.models import Counter, build_model
+from crowdtk.train import STRIDE, TrainNet, pad_image, resize_for_model, resolve_device, to_input
+
+TILE_MARGIN = 64  # pixels of context around a tile: beyond the receptive field's useful reach
+
+
+@dataclass
+class LoadedModel:
+    counter: Counter
+    header: dict[str, Any]
+    path: str
+
+    @property
+    def density_scale(self) -> float:
+        return float(self.header.get("density_scale", 1.0))
+
+    @property
+    def input_scale(self) -> float:
+        return float(self.header.get("input_scale", 1.0))
+
+
+def load_counter(path: str | os.PathLike[str]) -> LoadedModel:
+    """Rebuild the counter a checkpoint was trained as (CAP, if present, is not needed to predict)."""
+    header, tensors = load_tensors(path)
+    model = header.get("model") or {}
+    try:
+        counter = build_model(model["name"], pretrained=False, **model.get("config", {}))
+    except (KeyError, TypeError) as exc:
+        raise CrowdtkError(f"{path}: checkpoint header names no usable model ({exc})", "pass a checkpoint written by crowdtk") from None
+    TrainNet(counter, cap=False).load_weights(tensors, str(path), counter_only=True)
+    counter.eval()
+    return LoadedModel(counter, header, str(path))
+
+
+class Predictor:
+    """Predicts stride-8 density maps (heads per cell) for RGB images of any size."""
+
+    def __init__(self, loaded: LoadedModel, device: str = "auto", max_side: int = 2048) -> None:
+        if max_side < 64:
+            raise CrowdtkError(f"--max-side must be at least 64, got {max_side}", "pass e.g. 2048")
+        self.loaded = loaded
+        self.device = resolve_device(device)
+        self.counter = loaded.counter.to(self.device).to(memory_format=torch.channels_last)
+        self.max_side = max_side // STRIDE * STRIDE
+
+    @torch.inference_mode()
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        x = to_input(image[None], self.counter, self.device)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = self.counter(x)
+        else:
+            out = self.counter(x)
+        return out[0, 0].float().cpu().numpy() / self.loaded.density_scale
+
+    def density(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Density of an RGB image at the model's working resolution, and the x/y resize factors."""
+        resized, sx, sy = resize_for_model(image, self.loaded.input_scale)
+        padded = pad_image(resized)
+        height, width = padded.shape[:2]
+        if max(height, width) <= self.max_side:
+            return self._run(padded), sx, sy
+        out = np.zeros((height // STRIDE, width // STRIDE), dtype=np.float32)
+        tile, margin = self.max_side - 2 * TILE_MARGIN, TILE_MARGIN
+        tile = max(STRIDE, tile // STRIDE * STRIDE)
+        for y0 in range(0, height, tile):
+            for x0 in range(0, width, tile):
+                y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+                ty0, tx0 = max(0, y0 - margin), max(0, x0 - margin)
+                ty1, tx1 = min(height, y1 + margin), min(width, x1 + margin)
+                pred = self._run(padded[ty0:ty1, tx0:tx1])
+                r0, c0 = (y0 - ty0) // STRIDE, (x0 - tx0) // STRIDE
+                out[y0 // STRIDE:y1 // STRIDE, x0 // STRIDE:x1 // STRIDE] = pred[r0:r0 + (y1 - y0) // STRIDE, c0:c0 + (x1 - x0) // STRIDE]
+        return out, sx, sy
+
+
+def prefetched(paths: Iterable[str], read: Callable[[str], Any] = read_image) -> Iterator[tuple[str, Any]]:
+    """Decode the next image in a thread while the current one runs through the model."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for path in paths:
+            future = pool.submit(read, path)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (path, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class ImageResult:
+    id: str
+    image: str
+    true_count: int
+    predicted: float
+    game: list[float] = field(default_factory=list)  # absolute error summed over 4^L cells, L = 1..3
+
+    @property
+    def error(self) -> float:
+        return self.predicted - self.true_count
+
+
+def game_errors(density: np.ndarray, sx: float, sy: float, points: np.ndarray, width: int, height: int, levels: int = 3) -> list[float]:
+    """GAME(L) for L = 1..levels: the image is cut into 2^L × 2^L cells; sum of |predicted − true| per cell.
+
+    A density cell belongs to the GAME cell holding its centre (mapped back to original pixels).
+    """
+    rows, cols = density.shape
+    cy = (np.arange(rows) + 0.5) * STRIDE / sy
+    cx = (np.arange(cols) + 0.5) * STRIDE / sx
+    out = []
+    for level in range(1, levels + 1):
+        k = 2 ** level
+        ry = np.minimum((cy * k / height).astype(int), k - 1)
+        rx = np.minimum((cx * k / width).astype(int), k - 1)
+        pred = np.zeros((k, k))
+        np.add.at(pred, (ry[:, None].repeat(cols, 1), rx[None, :].repeat(rows, 0)), density)
+        true = np.zeros((k, k))
+        if len(points):
+            py = np.minimum((points[:, 1] * k / height).astype(int), k - 1)
+            px = np.minimum((points[:, 0] * k / width).astype(int), k - 1)
+            np.add.at(true, (py, px), 1.0)
+        out.append(float(np.abs(pred - true).sum()))
+    return out
+
+
+def evaluate(predictor: Predictor, entries: list[ManifestEntry], on_progress: Callable[[int], None] | None = None,
+             shard: tuple[int, int] = (0, 1)) -> list[ImageResult]:
+    """Predict every manifest image (this process's shard ``(rank, world)``) and compare with its points."""
+    rank, world = shard
+    mine = entries[rank::world]
+    results = []
+    for entry, (_, image) in zip(mine, prefetched(e.image for e in mine)):
+        if image.shape[:2] != (entry.height, entry.width):
+            raise CrowdtkError(f"{entry.image}: size differs from the manifest", "re-run crowdtk index")
+        density, sx, sy = predictor.density(image)
+        points, _ = read_points_on_image(entry.points, entry.width, entry.height)
+        results.append(ImageResult(entry.id, entry.image, len(points), float(density.sum(dtype=np.float64)),
+                                   game_errors(density, sx, sy, points, entry.width, entry.height)))
+        if on_progress:
+            on_progress(1)
+    return results
+
+
+def summarize(results: list[ImageResult]) -> dict[str, Any]:
+    """MAE, RMSE and GAME(1..3) over images with a finite prediction; the others are listed."""
+    finite = [r for r in results if math.isfinite(r.predicted)]
+    errors = np.array([r.error for r in finite], dtype=np.float64)
+    game = np.array([r.game for r in finite], dtype=np.float64).reshape(len(finite), -1)
+    return {
+        "mae": float(np.abs(errors).mean()) if len(finite) else math.nan,
+        "rmse": float(np.sqrt((errors ** 2).mean())) if len(finite) else math.nan,
+        "game": {str(level + 1): float(game[:, level].mean()) for level in range(game.shape[1])} if len(finite) else {},
+        "n_images": len(finite),
+        "non_finite": [r.id for r in results if not math.isfinite(r.predicted)],
+    }
+
+
+# --------------------------------------------------------------------------- counting new images and videos
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray]]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise CrowdtkError(f"{path}: cannot open video", "check that OpenCV can decode it (e.g. convert to .mp4 / H.264)")
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def overlay(image: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """The image with its density map as a heat map on top (RGB uint8)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    heat = cv2.resize(density, (density.shape[1] * STRIDE, density.shape[0] * STRIDE), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    heat = np.clip(heat / max(float(heat.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
+    colored = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 0.5, colored, 0.5, 0)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    from crowdtk.data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CrowdtkError(f"{item}: no such file or folder", "check the path")
+    if not out:
+        raise CrowdtkError("no images or videos found in " + ", ".join(inputs), "pass image files, folders of images, or videos")
+    return out

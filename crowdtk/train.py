@@ -1,0 +1,447 @@
+"""`warmup` and `train`: fit a counter on labeled regions, optionally with CAP (paper 3.5).
+
+The density loss (Eq. 2) is a squared error on labeled positions only: each labeled image
+carries a mask at the output stride that is true on the cells whose centre lies in a
+labeled region. Unlabeled positions get no target; with ``cap`` they learn through Crowd
+Affinity Propagation, which mixes their features into the labeled positions' features.
+
+Determinism and resuming: every random choice of epoch ``e`` comes from generators seeded
+with ``(seed, e, …)``, and the full training state (weights, optimiser, epoch, best
+validation MAE) is written atomically after every epoch. A run killed at any point and
+resumed therefore repeats exactly the epochs an uninterrupted run would have made.
+
+Multi-process: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
+DistributedDataParallel (gloo on CPU, NCCL on CUDA). Each step's global batch is the same
+as in a one-process run with ``batch_size × world_size``; each rank takes its share, the
+loss is a mean of per-image losses, so gradients match the one-process run. Only rank 0
+writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from crowdtk.cap import CapModule
+from crowdtk.checkpoint import load_tensors, save_tensors, state_path
+from crowdtk.data import read_image
+from crowdtk.density import DensityConfig, density_map
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import CHECKPOINT, LabelsEntry, Provenance, file_digest, make_header, read_labels
+from crowdtk.models import Counter, build_model
+from crowdtk.train_config import STRIDE, TrainConfig
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Sample:
+    """One labeled image at the working resolution, padded to a multiple of the stride."""
+
+    id: str
+    image: np.ndarray  # (H, W, 3) uint8, H and W multiples of 8
+    target: np.ndarray  # (H/8, W/8) float32, heads per cell, labeled points only
+    mask: np.ndarray  # (H/8, W/8) bool, cells whose centre lies in a labeled region
+
+
+def resize_for_model(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:
+    """Resize by ``scale`` (area interpolation when shrinking); return the image and x/y factors."""
+    if scale == 1.0:
+        return image, 1.0, 1.0
+    height, width = image.shape[:2]
+    new_w, new_h = max(STRIDE, round(width * scale)), max(STRIDE, round(height * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation), new_w / width, new_h / height
+
+
+def pad_image(image: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    height, width = image.shape[:2]
+    ph, pw = -height % stride, -width % stride
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+    return image
+
+
+def prepare_sample(entry: LabelsEntry, config: TrainConfig) -> Sample:
+    image = read_image(entry.image)
+    if image.shape[:2] != (entry.height, entry.width):
+        raise CrowdtkError(
+            f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the labels say {entry.width}x{entry.height}",
+            "the image changed since labeling; re-run index/select/import",
+        )
+    image, sx, sy = resize_for_model(image, config.input_scale)
+    image = pad_image(image)
+    height, width = image.shape[:2]
+    inside = np.zeros(len(entry.points), dtype=bool)
+    for region in entry.regions:
+        inside |= region.contains(entry.points)
+    points = entry.points[inside] * [sx, sy]
+    target = density_map(points, height, width, DensityConfig(sigma=config.sigma, stride=STRIDE))
+    cy = (np.arange(height // STRIDE) + 0.5) * STRIDE / sy  # cell centres in original pixels
+    cx = (np.arange(width // STRIDE) + 0.5) * STRIDE / sx
+    mask = np.zeros(target.shape, dtype=bool)
+    for r in entry.regions:
+        mask |= ((cy >= r.y0) & (cy < r.y1))[:, None] & ((cx >= r.x0) & (cx < r.x1))[None, :]
+    return Sample(entry.id, image, target, mask)
+
+
+def random_crop(sample: Sample, crop: int, flip: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A crop of ``crop`` px (whole image when 0) that contains a random labeled cell.
+
+    Crops start on the stride grid so the stride-8 target is sliced exactly; a crop larger
+    than the image is zero-padded with the mask false there.
+    """
+    rows, cols = sample.mask.shape
+    if crop == 0:
+        image, target, mask = sample.image, sample.target, sample.mask
+    else:
+        cells = crop // STRIDE
+        ch, cw = min(cells, rows), min(cells, cols)
+        labeled = np.flatnonzero(sample.mask)
+        anchor = labeled[rng.integers(len(labeled))] if labeled.size else rng.integers(rows * cols)
+        ar, ac = divmod(int(anchor), cols)
+        top = int(rng.integers(max(0, ar - ch + 1), min(ar, rows - ch) + 1))
+        left = int(rng.integers(max(0, ac - cw + 1), min(ac, cols - cw) + 1))
+        image = sample.image[top * STRIDE:(top + ch) * STRIDE, left * STRIDE:(left + cw) * STRIDE]
+        target = sample.target[top:top + ch, left:left + cw]
+        mask = sample.mask[top:top + ch, left:left + cw]
+        if (ch, cw) != (cells, cells):
+            image = np.pad(image, ((0, (cells - ch) * STRIDE), (0, (cells - cw) * STRIDE), (0, 0)))
+            target = np.pad(target, ((0, cells - ch), (0, cells - cw)))
+            mask = np.pad(mask, ((0, cells - ch), (0, cells - cw)))
+    if flip and rng.random() < 0.5:
+        image, target, mask = image[:, ::-1], target[:, ::-1], mask[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(target), np.ascontiguousarray(mask)
+
+
+def to_input(images: np.ndarray, model: Counter, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → normalised (B, 3, H, W) float in channels-last memory."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return model.normalize(x).contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- the network being trained
+
+
+class TrainNet(nn.Module):
+    """The counter, with a CAP module between its features and its output layer when training with CAP."""
+
+    def __init__(self, counter: Counter, cap: bool) -> None:
+        super().__init__()
+        self.counter = counter
+        self.cap = CapModule() if cap else None
+
+    def forward(self, x: torch.Tensor, labeled: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.counter.forward_features(x)
+        if self.cap is not None and labeled is not None:
+            features = self.cap(features, labeled)
+        return self.counter.head(features)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors: the counter's keys unprefixed, CAP's under ``cap.``."""
+        tensors = dict(self.counter.state_dict())
+        if self.cap is not None:
+            tensors.update({f"cap.{k}": v for k, v in self.cap.state_dict().items()})
+        return tensors
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str, counter_only: bool = False) -> None:
+        counter = {k: v for k, v in tensors.items() if not k.startswith("cap.")}
+        _load_strict(self.counter, counter, source)
+        if self.cap is not None and not counter_only:
+            _load_strict(self.cap, {k[4:]: v for k, v in tensors.items() if k.startswith("cap.")}, source)
+
+
+def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CrowdtkError(
+            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+            "pass a checkpoint of the same model and configuration",
+        )
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 on labeled cells: per-image mean squared error over its labeled cells, averaged over images."""
+    err = (pred[:, 0].float() - target) ** 2 * mask
+    return (err.sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)).mean()
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Batch norm stays in eval mode: batches of 1–4 crops give useless statistics, and frozen
+    statistics make a multi-process run compute what a one-process run computes."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+# --------------------------------------------------------------------------- devices and processes
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise CrowdtkError("--device cuda but no CUDA device is available", "use --device cpu or auto")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise CrowdtkError(f"unknown --device '{name}'", "use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a torchrun job (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Processes":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        if self.world > 1 and not torch_dist.is_initialized():
+            torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cpu":
+                # Share the cores between the processes instead of oversubscribing them.
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", self.world))))
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch_dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+
+# --------------------------------------------------------------------------- the training run
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    val_mae: float
+    best_val_mae: float
+    improved: bool
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    best_val_mae: float
+    val_on: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def split_validation(entries: list[LabelsEntry], config: TrainConfig) -> tuple[list[LabelsEntry], list[LabelsEntry], str]:
+    """Hold out ``val_frac`` of the labeled images (by seed); with fewer than 5 images validate on the training images."""
+    n_val = int(round(len(entries) * config.val_frac))
+    if len(entries) < 5 or n_val == 0:
+        return entries, entries, "train"
+    order = np.random.default_rng([config.seed, 7919]).permutation(len(entries))
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [entries[i] for i in train], [entries[i] for i in val], "held-out"
+
+
+def checkpoint_header(provenance: Provenance, config: TrainConfig, counter: Counter, cap: bool, labels_sha256: str,
+                      epochs_done: int, best_val_mae: float, val_on: str) -> dict[str, Any]:
+    header = make_header(CHECKPOINT, provenance)
+    header.update(
+        model={"name": counter.name, "config": counter.config},
+        cap=cap,
+        inference_only=False,
+        density_scale=config.density_scale,
+        input_scale=config.input_scale,
+        training=asdict(config),
+        labels_sha256=labels_sha256,
+        epochs_done=epochs_done,
+        best_val_mae=best_val_mae,
+        val_on=val_on,
+    )
+    return header
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            tensors[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, groups
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def train(
+    labels_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: TrainConfig,
+    provenance: Provenance,
+    *,
+    init: str | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    prepared: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train and write the best checkpoint (by validation MAE) to ``output``.
+
+    ``on_step(epoch, step, loss)``, ``on_epoch(report)`` and ``prepared(n)`` report progress.
+    """
+    config.validate()
+    procs = Processes.from_env()
+    dev = resolve_device(device, procs.local_rank)
+    procs.start(dev)
+    _, entries = read_labels(labels_path)
+    entries = [e for e in entries if e.regions]
+    if not entries:
+        raise CrowdtkError(f"{labels_path}: no labeled regions", "import labels first (crowdtk import)")
+    labels_sha256 = file_digest(labels_path)
+    train_entries, val_entries, val_on = split_validation(entries, config)
+
+    init_header = None
+    init_tensors: dict[str, torch.Tensor] = {}
+    if init is not None:
+        init_header, init_tensors = load_tensors(init)
+        config = replace(config, model=init_header["model"]["name"], input_scale=init_header.get("input_scale", config.input_scale))
+    torch.manual_seed(config.seed)
+    if init_header is not None:
+        counter = build_model(config.model, pretrained=False, **init_header["model"]["config"])
+    else:
+        counter = build_model(config.model, pretrained=config.pretrained, backbone_weights=config.backbone_weights)
+    net = TrainNet(counter, config.cap)
+    if init_header is not None:
+        net.load_weights(init_tensors, str(init), counter_only=True)
+    net.to(dev).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+
+    start_epoch, best, history = 0, math.inf, []
+    state_file = state_path(output)
+    if resume:
+        if not state_file.exists():
+            raise CrowdtkError(f"{state_file}: no training state to resume", "start without --resume")
+        state_header, state_tensors = load_tensors(state_file)
+        same = {k: v for k, v in asdict(config).items() if k != "epochs"}  # a resumed run may be lengthened
+        saved = {k: v for k, v in (state_header.get("training") or {}).items() if k != "epochs"}
+        if state_header.get("labels_sha256") != labels_sha256 or saved != same:
+            raise CrowdtkError(f"{state_file}: was made with other labels or settings", "resume with the same labels and options, or start anew")
+        net.load_weights({k[6:]: v for k, v in state_tensors.items() if k.startswith("model.")}, str(state_file))
+        _restore_optimizer(optimizer, {k: v for k, v in state_tensors.items() if k.startswith("optim.")}, state_header["optimizer_groups"])
+        start_epoch, best, history = state_header["epochs_done"], state_header["best_val_mae"], state_header["history"]
+
+    samples = []
+    for entry in train_entries:
+        samples.append(prepare_sample(entry, config))
+        if prepared:
+            prepared(1)
+    val_samples = samples if val_on == "train" else []
+    for entry in val_entries if val_on != "train" else []:
+        val_samples.append(prepare_sample(entry, config))
+        if prepared:
+            prepared(1)
+
+    model: nn.Module = net
+    if procs.world > 1:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                    find_unused_parameters=config.cap)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    global_batch = config.batch_size * procs.world
+    steps = math.ceil(len(samples) / global_batch)
+
+    for epoch in range(start_epoch, config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(samples))
+        order = np.resize(order, steps * global_batch)  # wrap around so every rank has full batches
+        model.train()
+        freeze_batchnorm(model)
+        loss_sum = 0.0
+        for step in range(steps):
+            picks = order[step * global_batch:(step + 1) * global_batch][procs.rank * config.batch_size:(procs.rank + 1) * config.batch_size]
+            crops = [random_crop(samples[i], config.crop, config.flip,
+                                 np.random.default_rng([config.seed, epoch, step, int(i)])) for i in picks]
+            if config.crop == 0 and len({c[0].shape for c in crops}) > 1:
+                raise CrowdtkError("images of different sizes cannot share a batch without cropping", "pass --crop, or --batch-size 1")
+            x = to_input(np.stack([c[0] for c in crops]), counter, dev)
+            target = torch.from_numpy(np.stack([c[1] for c in crops])).to(dev) * config.density_scale
+            mask = torch.from_numpy(np.stack([c[2] for c in crops])).to(dev)
+            with autocast:
+                pred = model(x, mask)
+            loss = masked_loss(pred, target, mask.float())
+            if not torch.isfinite(loss):
+                names = ", ".join(samples[i].id for i in picks)
+                raise CrowdtkError(
+                    f"training loss became {loss.item()} at epoch {epoch + 1} on image(s) {names}",
+                    f"lower --lr; the last good checkpoint is kept in {output}" if Path(output).exists() else "lower --lr",
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            if on_step:
+                on_step(epoch + 1, step + 1, loss.item())
+
+        val_mae = validate(net.counter, val_samples, config, dev, procs)
+        train_loss = procs.sum([loss_sum / steps])[0] / procs.world
+        improved = val_mae < best
+        best = min(best, val_mae)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae})
+        if procs.writer:
+            if improved:
+                header = checkpoint_header(provenance, config, counter, config.cap, labels_sha256, epoch + 1, best, val_on)
+                save_tensors(output, net.weights(), header)
+            opt_tensors, groups = _optimizer_tensors(optimizer)
+            header = checkpoint_header(provenance, config, counter, config.cap, labels_sha256, epoch + 1, best, val_on)
+            header.update(history=history, optimizer_groups=groups, state=True)
+            save_tensors(state_file, {**{f"model.{k}": v for k, v in net.weights().items()}, **opt_tensors}, header)
+        procs.barrier()
+        if on_epoch:
+            on_epoch(EpochReport(epoch + 1, config.epochs, train_loss, val_mae, best, improved))
+    return TrainResult(epochs_done=config.epochs, best_val_mae=best, val_on=val_on, history=history)
+
+
+@torch.inference_mode()
+def validate(counter: Counter, samples: list[Sample], config: TrainConfig, device: torch.device, procs: Processes) -> float:
+    """MAE of the count inside each validation image's labeled regions (whole image, no CAP)."""
+    counter.eval()
+    errors, n = 0.0, 0
+    for sample in samples[procs.rank::procs.world]:
+        pred = counter(to_input(sample.image[None], counter, device))[0, 0].float().cpu().numpy() / config.density_scale
+        errors += abs(float((pred * sample.mask).sum()) - float((sample.target * sample.mask).sum()))
+        n += 1
+    errors, n = procs.sum([errors, float(n)])
+    return errors / max(n, 1)

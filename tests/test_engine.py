@@ -1,0 +1,196 @@
+"""The counter engine: train (with and without CAP), resume, strip-cap, eval, count, vectors, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from crowdtk.checkpoint import load_tensors
+from crowdtk.cli import app
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, file_digest, load_vectors, make_header, read_manifest, write_jsonl
+from crowdtk.predict import Predictor, load_counter
+from crowdtk.train import TrainConfig, random_crop, prepare_sample, train
+
+from conftest import write_generic
+
+runner = CliRunner()
+FAST = ["--model", "lite", "--crop", "32", "--batch-size", "2", "-q"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> dict[str, Path]:
+    """Six small images; strips labeled in four, two fully labeled; a manifest and a labels file."""
+    root = tmp_path_factory.mktemp("pool")
+    rng = np.random.default_rng(0)
+    scenes = {f"im{i}": (48, 80, np.c_[rng.uniform(0, 80, 6 + 4 * i), rng.uniform(0, 48, 6 + 4 * i)]) for i in range(6)}
+    write_generic(root / "data", scenes)
+    manifest = root / "m.jsonl"
+    assert run("index", root / "data", "-o", manifest).exit_code == 0
+    _, entries = read_manifest(manifest)
+    labels = []
+    for i, e in enumerate(entries):
+        pts = scenes[e.id][2]
+        regions = (Region(0, e.width, 0, e.height),) if i < 2 else (Region(16, 32, 0, e.height), Region(56, 72, 0, e.height))
+        keep = np.zeros(len(pts), bool)
+        for r in regions:
+            keep |= r.contains(pts)
+        labels.append(LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, regions, pts[keep]))
+    path = root / "labels.jsonl"
+    write_jsonl(path, make_header(LABELS, Provenance("test")), (l.to_record() for l in labels))
+    return {"root": root, "manifest": manifest, "labels": path}
+
+
+def test_mask_and_crop_follow_the_labeled_strips(pool):
+    from crowdtk.formats import read_labels
+
+    _, entries = read_labels(pool["labels"])
+    sample = prepare_sample(entries[3], TrainConfig(model="lite"))
+    assert sample.mask.shape == (6, 10)
+    assert sample.mask[:, 2:4].all() and sample.mask[:, 7:9].all() and sample.mask.sum() == 6 * 4
+    assert abs(sample.target.sum() - len(entries[3].points)) < 0.6 * len(entries[3].points) + 1e-3  # mass spills past strip edges
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, target, mask = random_crop(sample, 32, True, rng)
+        assert image.shape == (32, 32, 3) and target.shape == mask.shape == (4, 4)
+        assert mask.any()  # a crop always holds labeled cells
+
+
+def test_train_with_cap_strip_and_eval(pool, tmp_path):
+    ckpt = tmp_path / "cap.safetensors"
+    result = run("train", pool["labels"], "--cap", "--epochs", "2", "-o", ckpt, *FAST)
+    assert result.exit_code == 0, result.output
+    header, tensors = load_tensors(ckpt)
+    assert header["format"] == "checkpoint" and header["cap"] is True and header["model"]["name"] == "lite"
+    assert header["labels_sha256"] == file_digest(pool["labels"]) and header["seed"] == 0
+    assert "cap.gamma" in tensors
+    assert header["epochs_done"] >= 1 and header["best_val_mae"] >= 0
+
+    infer = tmp_path / "infer.safetensors"
+    assert run("strip-cap", ckpt, "-o", infer, "-q").exit_code == 0
+    stripped_header, stripped = load_tensors(infer)
+    assert stripped_header["inference_only"] is True and stripped_header["cap"] is False
+    assert not any(k.startswith("cap.") for k in stripped)
+    x = torch.rand(1, 3, 48, 80)
+    with torch.inference_mode():
+        before = load_counter(ckpt).counter(x)
+        after = load_counter(infer).counter(x)
+    assert torch.equal(before, after)
+
+    csv_path = tmp_path / "per_image.csv"
+    result = run("eval", infer, pool["manifest"], "--json", "--csv", csv_path, "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_images"] == 6 and set(summary["game"]) == {"1", "2", "3"}
+    assert summary["rmse"] >= summary["mae"] >= 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("image,true_count,predicted_count,error") and len(rows) == 7
+
+
+def test_tiles_add_up_to_the_whole_image(pool, tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    assert run("warmup", pool["labels"], "--epochs", "1", "-o", ckpt, *FAST).exit_code == 0
+    loaded = load_counter(ckpt)
+    image = np.random.default_rng(1).integers(0, 255, (200, 264, 3), dtype=np.uint8)
+    whole, _, _ = Predictor(loaded, device="cpu", max_side=4096).density(image)
+    tiled, _, _ = Predictor(loaded, device="cpu", max_side=192).density(image)
+    assert whole.shape == tiled.shape == (25, 33)
+    # With 64 px of context the receptive field is mostly covered: counts agree closely.
+    assert abs(whole.sum() - tiled.sum()) <= 0.05 * abs(whole.sum()) + 0.05
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(pool, tmp_path):
+    config = TrainConfig(model="lite", epochs=3, crop=32, batch_size=2, cap=True)
+    full = tmp_path / "full.safetensors"
+    train(pool["labels"], full, config, Provenance("train"))
+
+    cut = tmp_path / "cut.safetensors"
+
+    def stop_after_first(report):
+        if report.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(pool["labels"], cut, config, Provenance("train"), on_epoch=stop_after_first)
+    train(pool["labels"], cut, config, Provenance("train"), resume=True)
+    a, b = load_file(str(tmp_path / "full.state.safetensors")), load_file(str(tmp_path / "cut.state.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_pickle_checkpoints_are_refused_and_never_run(pool, tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.safetensors"
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(CrowdtkError, match="pickle-based"):
+        load_tensors(bad)
+    result = run("eval", bad, pool["manifest"], "--json")
+    assert result.exit_code == 1 and "pickle-based" in result.stderr
+    assert not marker.exists()
+
+
+def test_count_images_video_and_overlays(pool, tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    assert run("warmup", pool["labels"], "--epochs", "1", "-o", ckpt, *FAST).exit_code == 0
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
+    for i in range(3):
+        writer.write(np.full((48, 80, 3), 40 * i, np.uint8))
+    writer.release()
+    result = run("count", ckpt, pool["root"] / "data" / "images", video, "--overlay", tmp_path / "ov", "-q")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 6 + 3
+    assert all(isinstance(l["count"], float) for l in lines)
+    assert [l["frame"] for l in lines if "video" in l] == [0, 1, 2]
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 9
+
+
+def test_vectors_are_multilevel_strip_sums(pool, tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    assert run("warmup", pool["labels"], "--epochs", "1", "-o", ckpt, *FAST).exit_code == 0
+    out = tmp_path / "v.npz"
+    result = run("vectors", ckpt, pool["manifest"], "-o", out, "--levels", "4", "-q")
+    assert result.exit_code == 0, result.output
+    header, data = load_vectors(out)
+    assert header["manifest_sha256"] == file_digest(pool["manifest"]) and header["levels"] == 4
+    assert data.vectors.shape == (6 * 10, 10)
+    # Level k sums to the strip count scaled by k/L.
+    for k, (lo, hi) in enumerate([(0, 1), (1, 3), (3, 6), (6, 10)], start=1):
+        np.testing.assert_allclose(data.vectors[:, lo:hi].sum(1), data.counts * k / 4, rtol=1e-4, atol=1e-4)
+    assert (data.strip_x1 > data.strip_x0).all()
+
+
+def test_torchrun_two_processes_match_one(pool, tmp_path):
+    pytest.importorskip("torch.distributed.run")
+    common = ["train", str(pool["labels"]), "--model", "lite", "--crop", "32", "--epochs", "2", "--cap", "-q", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "crowdtk", *common, "--batch-size", "2", "-o", str(tmp_path / "one.safetensors")],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "crowdtk",
+                          *common, "--batch-size", "1", "-o", str(tmp_path / "two.safetensors")], capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(str(tmp_path / "one.state.safetensors"))
+    b = load_file(str(tmp_path / "two.state.safetensors"))
+    for key in (k for k in a if k.startswith("model.")):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
