@@ -39,6 +39,7 @@ REGIONS = "regions"
 LABELS = "labels"
 VECTORS = "vectors"
 CHECKPOINT = "checkpoint"
+SYNTH_CONFIG = "synth-config"
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
@@ -47,6 +48,7 @@ FORMAT_VERSIONS: dict[str, int] = {
     LABELS: 1,
     VECTORS: 1,
     CHECKPOINT: 1,
+    SYNTH_CONFIG: 1,
 }
 
 STDIO = "-"
