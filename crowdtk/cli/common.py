@@ -49,7 +49,7 @@ class Log:
         self.command = command
         self.quiet = quiet
         self.verbose = verbose
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:
