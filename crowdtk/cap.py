@@ -1,0 +1,199 @@
+"""Crowd Affinity Propagation (paper section 3.5, Eq. 8–10).
+
+On the counter's last feature map before the output layer, ``F`` (``C×h×w``) of one
+image, with a boolean mask of the labeled positions (``h×w``, at the output stride):
+
+* ``f_l`` (``n_l×C``) and ``f_u`` (``n_u×C``) are the features at labeled and unlabeled
+  positions;
+* Eq. 8: normalised copies ``ŝ = S(f + eps)``, ``S`` the softmax over channels,
+  ``eps = 1e-6``;
+* Eq. 9: ``s_ij = softmax_j(ŝ_l^i · ŝ_u^j)`` over the unlabeled positions ``j``;
+* Eq. 10: ``f_l^i+ = γ·Σ_j s_ij f_u^j + (1 − γ)·f_l^i``, mixing the *raw* features the
+  output layer consumes (the normalised copies only give the affinities), so removing
+  CAP leaves the output layer's input distribution unchanged. ``γ`` is learnable,
+  initialised to 0.2, and not constrained (the paper states none).
+
+The output is the feature map with labeled positions replaced by ``f_l+`` and unlabeled
+positions unchanged. The density loss is then taken on labeled positions only; its
+gradient reaches the unlabeled features through ``Σ_j s_ij f_u^j`` and through the
+affinities. An image with no labeled or no unlabeled position passes through unchanged.
+
+Memory: the affinity matrix is ``n_l×n_u`` (≈ 1.2k × 11k for a 768×1024 image with 10%
+labeled). It is computed in blocks of labeled rows so that one block stays under
+``max_bytes`` (256 MB by default); when gradients are needed and the whole matrix would
+exceed the bound, each block is recomputed in the backward pass (activation
+checkpointing) instead of being kept, so training memory stays bounded too.
+
+``CapCounter`` wraps a counter with a ``CapModule`` between ``forward_features`` and
+``head``; :func:`strip_cap` returns the plain counter (the same module, so predictions
+without CAP are identical before and after stripping). :func:`affinity_maps` returns
+the affinity rows of chosen labeled positions as ``h×w`` pictures (the paper's Fig. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from crowdtk.errors import CrowdtkError
+from crowdtk.models import Counter
+
+GAMMA_INIT = 0.2
+EPS = 1e-6
+MAX_BYTES = 256 * 1024 * 1024
+
+
+def _normalized(f: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 8: softmax over channels of ``f + eps`` (``f`` is ``n×C``)."""
+    return torch.softmax(f + eps, dim=1)
+
+
+def _propagate_block(sl: torch.Tensor, su: torch.Tensor, fu: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 and the sum of Eq. 10 for a block of labeled rows: ``softmax(ŝ_l ŝ_uᵀ) f_u``."""
+    return torch.softmax(sl @ su.t(), dim=1) @ fu
+
+
+def _rows_per_block(n_l: int, n_u: int, element_size: int, max_bytes: int) -> int:
+    return max(1, min(n_l, max_bytes // max(1, n_u * element_size)))
+
+
+def _check_mask(feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mask as ``N×h×w`` bool on the features' device (float masks: > 0.5 is labeled)."""
+    m = torch.as_tensor(mask, device=feat.device)
+    if m.dim() == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.dim() == 2 and feat.dim() == 4 and feat.shape[0] == 1:
+        m = m[None]
+    if tuple(m.shape) != (feat.shape[0], *feat.shape[-2:]):
+        raise CrowdtkError(
+            f"CAP: labeled mask of shape {tuple(mask.shape)} does not fit features {tuple(feat.shape)}",
+            "give one mask per image at the output stride (N×h×w, h = H/8, w = W/8)",
+        )
+    return m if m.dtype == torch.bool else m > 0.5
+
+
+def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | float,
+              eps: float = EPS, max_bytes: int = MAX_BYTES) -> torch.Tensor:
+    """CAP on one image: ``feat`` ``C×h×w``, ``mask`` ``h×w`` bool (True = labeled) → ``C×h×w``."""
+    c = feat.shape[0]
+    flat = feat.reshape(c, -1).t()  # (h·w, C)
+    m = mask.reshape(-1)
+    n_l = int(m.sum())
+    n_u = m.numel() - n_l
+    if n_l == 0 or n_u == 0:
+        return feat
+    idx_l = m.nonzero(as_tuple=True)[0]
+    fl = flat[idx_l]
+    fu = flat[~m]
+    sl = _normalized(fl, eps)
+    su = _normalized(fu, eps)
+    rows = _rows_per_block(n_l, n_u, sl.element_size(), max_bytes)
+    if rows >= n_l:
+        prop = _propagate_block(sl, su, fu)
+    else:
+        recompute = torch.is_grad_enabled() and (sl.requires_grad or su.requires_grad or fu.requires_grad)
+        blocks = []
+        for start in range(0, n_l, rows):
+            block = sl[start:start + rows]
+            if recompute:
+                blocks.append(checkpoint(_propagate_block, block, su, fu, use_reentrant=False))
+            else:
+                blocks.append(_propagate_block(block, su, fu))
+        prop = torch.cat(blocks, dim=0)
+    updated = gamma * prop + (1 - gamma) * fl
+    out = flat.index_put((idx_l,), updated.to(flat.dtype))
+    return out.t().reshape(feat.shape)
+
+
+def cap_batch(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | float,
+              eps: float = EPS, max_bytes: int = MAX_BYTES) -> torch.Tensor:
+    """CAP on a batch: ``feat`` ``N×C×h×w``, ``mask`` ``N×h×w`` (bool, or float with 1 = labeled)."""
+    m = _check_mask(feat, mask)
+    return torch.stack([cap_image(feat[i], m[i], gamma, eps, max_bytes) for i in range(feat.shape[0])])
+
+
+def affinity_rows(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tuple[int, int]],
+                  eps: float = EPS) -> torch.Tensor:
+    """Eq. 9 rows ``s_i·`` for labeled ``positions`` ((row, col) on the feature map) of one image.
+
+    ``feat`` is ``C×h×w``, ``mask`` ``h×w`` bool. Returns ``k×n_u``: each row sums to 1 over
+    the unlabeled positions, ordered as ``mask.reshape(-1).logical_not().nonzero()``.
+    """
+    c, h, w = feat.shape
+    m = torch.as_tensor(mask, device=feat.device)
+    m = m if m.dtype == torch.bool else m > 0.5
+    if tuple(m.shape) != (h, w):
+        raise CrowdtkError(f"CAP: mask of shape {tuple(m.shape)} does not fit features {(c, h, w)}",
+                           "give the image's labeled mask at the output stride")
+    if bool(m.all()) or not bool(m.any()):
+        raise CrowdtkError("CAP: the image has no unlabeled or no labeled positions, so there are no affinities",
+                           "pick an image that is partly labeled")
+    for r, col in positions:
+        if not (0 <= r < h and 0 <= col < w) or not bool(m[r, col]):
+            raise CrowdtkError(f"CAP: position ({r}, {col}) is not a labeled position of the {h}×{w} feature map",
+                               "pick positions inside the labeled region (feature-map coordinates)")
+    flat = feat.reshape(c, -1).t()
+    fu = flat[~m.reshape(-1)]
+    idx = torch.tensor([r * w + col for r, col in positions], dtype=torch.long, device=feat.device)
+    return torch.softmax(_normalized(flat[idx], eps) @ _normalized(fu, eps).t(), dim=1)
+
+
+def affinity_maps(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tuple[int, int]],
+                  eps: float = EPS) -> torch.Tensor:
+    """:func:`affinity_rows` laid out as ``k×h×w`` pictures (0 at labeled positions)."""
+    c, h, w = feat.shape
+    rows = affinity_rows(feat, mask, positions, eps)
+    m = torch.as_tensor(mask, device=feat.device)
+    m = (m if m.dtype == torch.bool else m > 0.5).reshape(-1)
+    out = rows.new_zeros(len(positions), h * w)
+    out[:, ~m] = rows
+    return out.reshape(len(positions), h, w)
+
+
+class CapModule(nn.Module):
+    """Eq. 8–10 with a learnable ``gamma`` (initialised to 0.2)."""
+
+    def __init__(self, gamma: float = GAMMA_INIT, eps: float = EPS, max_bytes: int = MAX_BYTES) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.tensor(float(gamma)))
+        self.eps = float(eps)
+        self.max_bytes = int(max_bytes)
+
+    def forward(self, feat: torch.Tensor, labeled_mask: torch.Tensor) -> torch.Tensor:
+        """``feat`` ``N×C×h×w``, ``labeled_mask`` ``N×h×w`` → features with labeled positions updated."""
+        return cap_batch(feat, labeled_mask, self.gamma, self.eps, self.max_bytes)
+
+    def extra_repr(self) -> str:
+        return f"gamma={float(self.gamma.detach()):.4f}, eps={self.eps}"
+
+
+class CapCounter(nn.Module):
+    """A counter with CAP between its features and its output layer (training only).
+
+    ``forward(x, labeled_mask)`` applies CAP; ``labeled_mask=None`` is the plain counter
+    (inference). State dict keys: ``counter.*`` and ``cap.gamma``.
+    """
+
+    def __init__(self, counter: Counter, cap: CapModule | None = None) -> None:
+        super().__init__()
+        self.counter = counter
+        self.cap = cap if cap is not None else CapModule()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"counter": dict(getattr(self.counter, "config", {})), "cap": {"eps": self.cap.eps}}
+
+    def forward(self, x: torch.Tensor, labeled_mask: torch.Tensor | None = None) -> torch.Tensor:
+        feat = self.counter.forward_features(x)
+        if labeled_mask is not None:
+            feat = self.cap(feat, labeled_mask)
+        return self.counter.head(feat)
+
+
+def strip_cap(model: CapCounter | Counter) -> Counter:
+    """The plain counter inside a :class:`CapCounter` (a plain counter is returned as it is)."""
+    return model.counter if isinstance(model, CapCounter) else model
