@@ -7,7 +7,7 @@
 _crowdtk_subcommands()
 {
     case "$1" in
-        "") echo "index gen-density synth warmup vectors train strip-cap eval count" ;;
+        "") echo "index gen-density synth select export import warmup vectors train strip-cap eval count" ;;
     esac
 }
 
@@ -19,6 +19,9 @@ _crowdtk_options()
         "index") echo "--force --help --output --quiet --skip-bad --verbose --workers -h -o -q -v" ;;
         "gen-density") echo "--adaptive --beta --force --help --k-nearest --output --quiet --sigma --stride --verbose --workers -h -o -q -v" ;;
         "synth") echo "--crowd --force --height --help --output --quiet --seed --test --train --verbose --width --workers -h -o -q -v" ;;
+        "select") echo "--budget --engine --exclude --force --help --output --quiet --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
+        "export") echo "--force --help --image-url --link --output --quiet --to --verbose -h -o -q -v" ;;
+        "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
         "warmup") echo "--backbone-weights --batch-size --crop --density-scale --device --epochs --force --help --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-frac --verbose -h -o -q -v" ;;
         "vectors") echo "--device --exclude --force --help --levels --max-side --output --quiet --strip-frac --verbose -h -o -q -v" ;;
         "train") echo "--backbone-weights --batch-size --cap --crop --density-scale --device --epochs --force --help --init --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-frac --verbose -h -o -q -v" ;;
@@ -39,6 +42,15 @@ _crowdtk_value()
         "gen-density|--beta"|"gen-density|--k-nearest"|"gen-density|--sigma"|"gen-density|--stride"|"gen-density|--workers") echo "none" ;;
         "synth|--output"|"synth|-o") echo "file" ;;
         "synth|--crowd"|"synth|--height"|"synth|--seed"|"synth|--test"|"synth|--train"|"synth|--width"|"synth|--workers") echo "none" ;;
+        "select|--engine") echo "choice numpy sklearn" ;;
+        "select|--strategy") echo "choice random none-or-all max mdc" ;;
+        "select|--shape") echo "choice strip band block" ;;
+        "select|--exclude"|"select|--output"|"select|--vectors"|"select|-o") echo "file" ;;
+        "select|--budget"|"select|--seed"|"select|--strip-frac"|"select|--warmup-frac"|"select|--workers") echo "none" ;;
+        "export|--to") echo "choice crops labelstudio cvat labelme" ;;
+        "export|--image-url"|"export|--output"|"export|-o") echo "file" ;;
+        "import|--from") echo "choice crops labelstudio cvat labelme" ;;
+        "import|--merge"|"import|--oracle"|"import|--output"|"import|-o") echo "file" ;;
         "warmup|--backbone-weights"|"warmup|--output"|"warmup|-o") echo "file" ;;
         "warmup|--batch-size"|"warmup|--crop"|"warmup|--density-scale"|"warmup|--device"|"warmup|--epochs"|"warmup|--lr"|"warmup|--model"|"warmup|--scale"|"warmup|--seed"|"warmup|--val-frac") echo "none" ;;
         "vectors|--exclude"|"vectors|--output"|"vectors|-o") echo "file" ;;
@@ -59,6 +71,9 @@ _crowdtk_positional()
     case "$1" in
         "index") echo "file" ;;
         "gen-density") echo "file" ;;
+        "select") echo "file" ;;
+        "export") echo "file" ;;
+        "import") echo "file" ;;
         "warmup") echo "file" ;;
         "vectors") echo "file" ;;
         "train") echo "file" ;;

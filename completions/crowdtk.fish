@@ -11,6 +11,9 @@ complete -c crowdtk -n '__fish_use_subcommand' -s h -l help -d 'Show this messag
 complete -c crowdtk -n '__fish_use_subcommand' -a index -d 'List every image of a data set with its size, head count and sha256 (JSON Lines).'
 complete -c crowdtk -n '__fish_use_subcommand' -a gen-density -d 'Write one density map (.npz, float32) per image plus an index.jsonl; each map sums to its head count.'
 complete -c crowdtk -n '__fish_use_subcommand' -a synth -d 'Generate crowd scenes (perspective, groups side by side, exact head points) as DIR/{train,test}/{images,points} plus a manifest.jsonl per split.'
+complete -c crowdtk -n '__fish_use_subcommand' -a select -d 'Choose the regions to label under a budget and write them as a regions file (JSON Lines).'
+complete -c crowdtk -n '__fish_use_subcommand' -a export -d 'Write the images (or crops) with their regions for a labeling tool, and the instruction for labelers.'
+complete -c crowdtk -n '__fish_use_subcommand' -a import -d 'Read labeled regions back (or simulate the labeler) and write a labels file: the regions and the head points inside them.'
 complete -c crowdtk -n '__fish_use_subcommand' -a warmup -d 'Train the warm-up counter on the warm-up labels (no CAP); \'vectors\' uses it to rank the rest.'
 complete -c crowdtk -n '__fish_use_subcommand' -a vectors -d 'Predict each image with the warm-up counter and describe each strip by its multi-level density vector.'
 complete -c crowdtk -n '__fish_use_subcommand' -a train -d 'Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP.'
@@ -55,6 +58,47 @@ complete -c crowdtk -n '__fish_seen_subcommand_from synth' -l force -d 'Replace 
 complete -c crowdtk -n '__fish_seen_subcommand_from synth' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from synth' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from synth' -s h -l help -d 'Show this message and exit.'
+
+# crowdtk select
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget -x -d 'Labeling budget: the fraction of the pool\'s area to label, in (0, 1]; with --exclude, of all rounds together.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l strategy -x -a 'random none-or-all max mdc' -d 'random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper\'s clustering).'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l vectors -r -F -d 'Strip vectors from \'crowdtk vectors\' over this manifest (needed by max and mdc). [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l warmup-frac -x -d 'Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l exclude -r -F -d 'Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l strip-frac -x -d 'Strip width as a fraction of the image width (the area of one cell).'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l shape -x -a 'strip band block' -d 'Cells: strip (vertical, the paper\'s), band (horizontal) or block (square), for the Table 1 ablation.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l engine -x -a 'numpy sklearn' -d 'MDC\'s EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l seed -x -d 'Random seed; recorded in every output.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l workers -x -d 'Parallel worker processes or threads.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l force -d 'Replace an existing output. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -F
+
+# crowdtk export
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -l to -x -a 'crops labelstudio cvat labelme' -d 'crops (one PNG per region), labelstudio (tasks.json + config.xml), cvat (CVAT for images 1.1) or labelme.'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -s o -l output -r -F -d 'Output folder (must not exist unless --force).'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -l link -d 'Symlink the images instead of copying them. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -l image-url -r -F -d 'Label Studio: prefix of the tasks\' image URLs (before \'images/<file>\'). [default: none, relative]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -l force -d 'Replace an existing output. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from export' -F
+
+# crowdtk import
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -l from -x -a 'crops labelstudio cvat labelme' -d 'Format of PATH: crops, labelstudio, cvat or labelme. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -l oracle -r -F -d 'Simulated labeler: fill the regions with the ground-truth points of this manifest. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -l merge -r -F -d 'Labels file of an earlier round to combine with these (repeatable), e.g. the warm-up labels. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -l allow-missing -d 'Leave out regions nobody labeled instead of stopping (they are never taken as empty). [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -l force -d 'Replace an existing output. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from import' -F
 
 # crowdtk warmup
 complete -c crowdtk -n '__fish_seen_subcommand_from warmup' -s o -l output -r -F -d 'Checkpoint to write (.safetensors); the best epoch by validation MAE.'

@@ -103,6 +103,54 @@ _crowdtk_warmup() {
         '1:labels:_files'
 }
 
+_crowdtk_import() {
+    _arguments -s -S \
+        '--from[Format of PATH: crops, labelstudio, cvat or labelme. \[default: none\]]:{crops|labelstudio|cvat|labelme}:(crops labelstudio cvat labelme)' \
+        '--oracle[Simulated labeler: fill the regions with the ground-truth points of this manifest. \[default: none\]]:file:_files' \
+        '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:file:_files' \
+        '--merge[Labels file of an earlier round to combine with these (repeatable), e.g. the warm-up labels. \[default: none\]]:file:_files' \
+        '--allow-missing[Leave out regions nobody labeled instead of stopping (they are never taken as empty). \[default: off\]]' \
+        '--force[Replace an existing output. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:regions:_files' \
+        '2::path:_files'
+}
+
+_crowdtk_export() {
+    _arguments -s -S \
+        '--to[crops (one PNG per region), labelstudio (tasks.json + config.xml), cvat (CVAT for images 1.1) or labelme.]:{crops|labelstudio|cvat|labelme}:(crops labelstudio cvat labelme)' \
+        '(-o --output)'{-o,--output}'[Output folder (must not exist unless --force).]:path:_files' \
+        '--link[Symlink the images instead of copying them. \[default: off\]]' \
+        '--image-url[Label Studio: prefix of the tasks'\'' image URLs (before '\''images/<file>'\''). \[default: none, relative\]]:file:_files' \
+        '--force[Replace an existing output. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:regions:_files'
+}
+
+_crowdtk_select() {
+    _arguments -s -S \
+        '--budget[Labeling budget: the fraction of the pool'\''s area to label, in (0, 1\]; with --exclude, of all rounds together.]:float: ' \
+        '--strategy[random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:{random|none-or-all|max|mdc}:(random none-or-all max mdc)' \
+        '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:file:_files' \
+        '--vectors[Strip vectors from '\''crowdtk vectors'\'' over this manifest (needed by max and mdc). \[default: none\]]:path:_files' \
+        '--warmup-frac[Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.]:float: ' \
+        '--exclude[Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. \[default: none\]]:file:_files' \
+        '--strip-frac[Strip width as a fraction of the image width (the area of one cell).]:float: ' \
+        '--shape[Cells: strip (vertical, the paper'\''s), band (horizontal) or block (square), for the Table 1 ablation.]:{strip|band|block}:(strip band block)' \
+        '--engine[MDC'\''s EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).]:{numpy|sklearn}:(numpy sklearn)' \
+        '--seed[Random seed; recorded in every output.]:int: ' \
+        '--workers[Parallel worker processes or threads.]:int: ' \
+        '--force[Replace an existing output. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:manifest:_files'
+}
+
 _crowdtk_synth() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Output folder (must not exist unless --force).]:path:_files' \
@@ -155,6 +203,9 @@ _crowdtk() {
         'index:List every image of a data set with its size, head count and sha256 (JSON Lines).'
         'gen-density:Write one density map (.npz, float32) per image plus an index.jsonl; each map sums to its head count.'
         'synth:Generate crowd scenes (perspective, groups side by side, exact head points) as DIR/{train,test}/{images,points} plus a manifest.jsonl per split.'
+        'select:Choose the regions to label under a budget and write them as a regions file (JSON Lines).'
+        'export:Write the images (or crops) with their regions for a labeling tool, and the instruction for labelers.'
+        'import:Read labeled regions back (or simulate the labeler) and write a labels file: the regions and the head points inside them.'
         'warmup:Train the warm-up counter on the warm-up labels (no CAP); '\''vectors'\'' uses it to rank the rest.'
         'vectors:Predict each image with the warm-up counter and describe each strip by its multi-level density vector.'
         'train:Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP.'
@@ -175,6 +226,9 @@ _crowdtk() {
                 index) _crowdtk_index && ret=0 ;;
                 gen-density) _crowdtk_gen_density && ret=0 ;;
                 synth) _crowdtk_synth && ret=0 ;;
+                select) _crowdtk_select && ret=0 ;;
+                export) _crowdtk_export && ret=0 ;;
+                import) _crowdtk_import && ret=0 ;;
                 warmup) _crowdtk_warmup && ret=0 ;;
                 vectors) _crowdtk_vectors && ret=0 ;;
                 train) _crowdtk_train && ret=0 ;;

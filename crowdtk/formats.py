@@ -40,6 +40,7 @@ LABELS = "labels"
 VECTORS = "vectors"
 CHECKPOINT = "checkpoint"
 SYNTH_CONFIG = "synth-config"
+LABELING_EXPORT = "labeling-export"  # the index.json of an `export` folder
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
@@ -49,6 +50,7 @@ FORMAT_VERSIONS: dict[str, int] = {
     VECTORS: 1,
     CHECKPOINT: 1,
     SYNTH_CONFIG: 1,
+    LABELING_EXPORT: 1,
 }
 
 STDIO = "-"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from crowdtk import __version__
-from crowdtk.cli import count, eval, gen_density, index, strip_cap, synth, train, vectors, warmup
+from crowdtk.cli import count, eval, export, gen_density, import_, index, select, strip_cap, synth, train, vectors, warmup
 
 app = typer.Typer(
     name="crowdtk",
@@ -22,6 +22,9 @@ app = typer.Typer(
 app.command("index")(index.command)
 app.command("gen-density")(gen_density.command)
 app.command("synth")(synth.command)
+app.command("select")(select.command)
+app.command("export")(export.command)
+app.command("import")(import_.command)
 app.command("warmup")(warmup.command)
 app.command("vectors")(vectors.command)
 app.command("train")(train.command)

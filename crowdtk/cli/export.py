@@ -1,0 +1,50 @@
+"""crowdtk export REGIONS --to FORMAT -o DIR: a labeling package for crops, Label Studio, CVAT or LabelMe."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crowdtk.cli.common import Force, Log, OutputDir, Quiet, Verbose, params_of, run_command
+from crowdtk.formats import LABELING_EXPORT, STDIO, Provenance, atomic_dir, file_digest, make_header, read_regions
+from crowdtk.labeling import export_regions
+
+Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select'; '-' reads stdin.", show_default=False)]
+
+
+class Tool(str, Enum):
+    crops = "crops"
+    labelstudio = "labelstudio"
+    cvat = "cvat"
+    labelme = "labelme"
+
+
+@run_command("export")
+def command(
+    regions: Regions,
+    to: Annotated[Tool, typer.Option("--to", help="crops (one PNG per region), labelstudio (tasks.json + config.xml), cvat (CVAT for images 1.1) or labelme.", show_default=False)],
+    output: OutputDir,
+    link: Annotated[bool, typer.Option("--link", help="Symlink the images instead of copying them. [default: off]")] = False,
+    image_url: Annotated[str, typer.Option(help="Label Studio: prefix of the tasks' image URLs (before 'images/<file>'). [default: none, relative]")] = "",
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write the images (or crops) with their regions for a labeling tool, and the instruction for labelers.
+
+    DIR/README.txt says how to load the package into the tool and how to bring the labels back
+    with 'crowdtk import REGIONS --from FORMAT PATH'.
+    """
+    log = Log("export", quiet, verbose)
+    _, entries = read_regions(regions)
+    params = params_of(regions=regions, to=to.value, link=link, image_url=image_url)
+    header = make_header(LABELING_EXPORT, Provenance("export", params))
+    header["regions_sha256"] = None if regions == STDIO else file_digest(regions)
+    with atomic_dir(output, force) as tmp:
+        with log.progress(len(entries), "exporting") as advance:
+            summary = export_regions(entries, Path(tmp), to.value, header, link=link, image_url=image_url, on_progress=advance)
+    log.info(f"wrote {output}: {summary.regions} regions in {summary.images} images for {to.value} ({', '.join(summary.files)}); "
+             f"see {output}/README.txt")

@@ -1,0 +1,91 @@
+"""crowdtk select MANIFEST --budget M --strategy S -o regions.jsonl: the regions to label (paper 3.4)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from crowdtk.cli.common import Force, Log, Manifest, OutputFile, Quiet, Seed, Verbose, Workers, params_of, run_command
+from crowdtk.formats import REGIONS, STDIO, Provenance, check_output_free, file_digest, load_vectors, make_header, read_manifest, write_jsonl
+from crowdtk.select import SelectConfig, check_vectors, read_exclusion, select_regions
+
+_D = SelectConfig()
+
+
+class Strategy(str, Enum):
+    random = "random"
+    none_or_all = "none-or-all"
+    max = "max"
+    mdc = "mdc"
+
+
+class Shape(str, Enum):
+    strip = "strip"
+    band = "band"
+    block = "block"
+
+
+class Engine(str, Enum):
+    numpy = "numpy"
+    sklearn = "sklearn"
+
+
+@run_command("select")
+def command(
+    manifest: Manifest,
+    budget: Annotated[float, typer.Option(help="Labeling budget: the fraction of the pool's area to label, in (0, 1]; with --exclude, of all rounds together.")] = _D.budget,
+    strategy: Annotated[Strategy, typer.Option(help="random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper's clustering).")] = Strategy(_D.strategy),
+    output: OutputFile = "-",
+    vectors: Annotated[Optional[Path], typer.Option(help="Strip vectors from 'crowdtk vectors' over this manifest (needed by max and mdc). [default: none]")] = None,
+    warmup_frac: Annotated[float, typer.Option(help="Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.")] = _D.warmup_frac,
+    exclude: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]")] = None,
+    strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width (the area of one cell).")] = _D.strip_frac,
+    shape: Annotated[Shape, typer.Option(help="Cells: strip (vertical, the paper's), band (horizontal) or block (square), for the Table 1 ablation.")] = Shape(_D.shape),
+    engine: Annotated[Engine, typer.Option(help="MDC's EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).")] = Engine(_D.engine),
+    seed: Seed = _D.seed,
+    workers: Workers = _D.workers,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Choose the regions to label under a budget and write them as a regions file (JSON Lines).
+
+    The paper's loop: 'select --strategy random --warmup-frac 0.2' picks the warm-up round; after
+    'warmup' and 'vectors', 'select --strategy mdc --vectors V --exclude WARMUP_REGIONS' spends the rest,
+    so that both rounds together label --budget of the pool's area.
+    """
+    log = Log("select", quiet, verbose)
+    config = SelectConfig(budget=budget, strategy=strategy.value, strip_frac=strip_frac, shape=shape.value, warmup_frac=warmup_frac,
+                          seed=seed, workers=workers, engine=engine.value)
+    config.validate()
+    check_output_free(output, force)
+    _, entries = read_manifest(manifest)
+    digest = None if manifest == STDIO else file_digest(manifest)
+    data = None
+    if vectors is not None:
+        vectors_header, data = load_vectors(vectors)
+        check_vectors(vectors_header, data, str(vectors), digest, manifest, entries, config)
+    exclusions = [read_exclusion(path) for path in exclude or []]
+    with log.progress(None if strategy != Strategy.mdc else len(entries), "selecting") as advance:
+        result = select_regions(entries, config, data, exclusions, manifest_name=manifest, on_progress=advance)
+    for note in result.notes:
+        log.warn(note)
+    provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []],
+                                                budget=budget, strategy=strategy.value, warmup_frac=warmup_frac, strip_frac=strip_frac,
+                                                shape=shape.value, engine=engine.value, stride=config.stride, workers=workers), seed)
+    header = make_header(REGIONS, provenance)
+    header.update(budget=budget, strip_frac=strip_frac, stride=config.stride, shape=shape.value, manifest_sha256=digest,
+                  pool_images=result.pool_images, pool_area=result.pool_area, area_fraction=result.area_fraction,
+                  cumulative_area_fraction=result.cumulative_area_fraction)
+    write_jsonl(output, header, (e.to_record() for e in result.entries))
+    n_regions = sum(len(e.regions) for e in result.entries)
+    spent = f"{100 * result.area_fraction:.2f}% of the pool's area"
+    if exclusions:
+        spent += f" ({100 * result.cumulative_area_fraction:.2f}% with the {result.excluded_images} excluded images' regions)"
+    heads = f"; {result.expected_heads:.0f} heads expected in them (vectors' predicted counts)" if result.expected_heads is not None else ""
+    label = "warm-up, random" if warmup_frac > 0 else strategy.value
+    log.info(f"selected {n_regions} regions in {len(result.entries)} of {result.pool_images} images ({label}, "
+             f"{result.cells} {shape.value}s): {spent}{heads}")

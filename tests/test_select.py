@@ -1,0 +1,330 @@
+"""Region selection: budget arithmetic, warm-up and exclusion, RANDOM / NONE-OR-ALL / MAX / MDC, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from crowdtk.cli import app
+from crowdtk.formats import (
+    MANIFEST,
+    VECTORS,
+    ManifestEntry,
+    Provenance,
+    StripVectors,
+    file_digest,
+    make_header,
+    read_regions,
+    save_vectors,
+    write_jsonl,
+)
+from crowdtk.select import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
+from crowdtk.strips import strip_edges
+
+runner = CliRunner()
+
+
+def run(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def jsonl(text: str) -> tuple[dict, list[dict]]:
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return lines[0], lines[1:]
+
+
+def assert_clean_failure(result, names: str, leftovers: Path | None = None) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("crowdtk "), result.stderr
+    assert ": error: " in result.stderr and names in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    if leftovers is not None:
+        assert not leftovers.exists()
+
+
+def pool(n: int, width: int = 1024, height: int = 768, prefix: str = "img") -> list[ManifestEntry]:
+    return [ManifestEntry(f"{prefix}{i}", f"/nowhere/{prefix}{i}.jpg", None, width, height, 10, f"{i:064x}") for i in range(n)]
+
+
+def write_manifest(path: Path, entries: list[ManifestEntry]) -> Path:
+    write_jsonl(path, make_header(MANIFEST, Provenance("index")), (e.to_record() for e in entries))
+    return path
+
+
+def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vectors: np.ndarray, counts: np.ndarray | None = None,
+                  strip_frac: float = 0.1) -> Path:
+    """A vectors file as `crowdtk vectors` writes it: vectors (images, strips, dims)."""
+    n_img, n_strips, _ = vectors.shape
+    edges = [strip_edges(e.width, strip_frac) for e in entries]
+    data = StripVectors(
+        ids=np.array([e.id for e in entries]),
+        sha256=np.array([e.sha256 for e in entries]),
+        strip_image=np.repeat(np.arange(n_img), n_strips).astype(np.int64),
+        strip_x0=np.concatenate([e[:-1] for e in edges]).astype(np.int64),
+        strip_x1=np.concatenate([e[1:] for e in edges]).astype(np.int64),
+        vectors=vectors.reshape(n_img * n_strips, -1).astype(np.float32),
+        counts=(vectors[:, :, 0] if counts is None else counts).reshape(-1).astype(np.float32),
+    )
+    header = make_header(VECTORS, Provenance("vectors", {"manifest": str(manifest)}))
+    header.update(levels=4, strip_frac=strip_frac, stride=8, manifest_sha256=file_digest(manifest), checkpoint_sha256="0" * 64)
+    save_vectors(path, header, data)
+    return path
+
+
+def level_vector(column_sums: np.ndarray, levels: int = 4) -> np.ndarray:
+    """Eq. 3-4 on a strip's per-row head counts."""
+    return np.concatenate([[band.sum() * k / levels for band in np.array_split(column_sums, k)] for k in range(1, levels + 1)])
+
+
+def realistic_vectors(n_images: int, seed: int = 0) -> np.ndarray:
+    """Strip vectors of perspective scenes: density grows towards the bottom, groups sit side by side."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0.2, 1.0, 96)
+    out = np.zeros((n_images, 10, 10))
+    for i in range(n_images):
+        density = np.outer(rows**2, np.ones(10)) * rng.uniform(0.1, 0.5)
+        for _ in range(rng.integers(1, 4)):  # groups: a few neighbouring strips, a band of rows
+            x, w = rng.integers(0, 10), rng.integers(1, 4)
+            y = rng.integers(0, 80)
+            density[y:y + rng.integers(8, 30), x:x + w] += rng.uniform(0.5, 3.0)
+        density *= rng.uniform(0.5, 1.5, size=(1, 10))
+        out[i] = [level_vector(density[:, j]) for j in range(10)]
+    return out
+
+
+def strips_per_image(entries) -> dict[str, list[int]]:
+    return {e.id: [c for d in e.details for c in d["cells"]] for e in entries}
+
+
+# --------------------------------------------------------------------------- budget arithmetic
+
+
+@pytest.mark.parametrize("budget,n_images,expected", [(0.15, 7, 11), (0.1, 7, 7), (0.05, 7, 4), (0.33, 3, 10), (0.95, 3, 29), (1.0, 4, 40)])
+def test_fractional_budgets_are_spread_exactly(budget, n_images, expected):
+    entries = pool(n_images)
+    result = select_regions(entries, SelectConfig(budget=budget, seed=3))
+    per_image = strips_per_image(result.entries)
+    assert sum(len(v) for v in per_image.values()) == expected == result.cells
+    assert all(len(v) == len(set(v)) <= 10 for v in per_image.values())
+    assert max(len(v) for v in per_image.values()) - min(len(per_image.get(e.id, [])) for e in entries) <= 1
+    # the area follows the strip count (strip widths differ by one 8-px cell at most)
+    assert abs(result.area_fraction - expected / (10 * n_images)) < 0.01
+
+
+def test_budget_is_deterministic_by_seed():
+    entries = pool(7)
+    runs = [strips_per_image(select_regions(entries, SelectConfig(budget=0.15, seed=s)).entries) for s in (0, 0, 1, 2, 3)]
+    assert runs[0] == runs[1]
+    assert any(r != runs[0] for r in runs[2:])
+
+
+@pytest.mark.parametrize("shape", ["band", "block"])
+def test_other_shapes_spend_the_same_budget(shape):
+    entries = pool(20)
+    result = select_regions(entries, SelectConfig(budget=0.1, shape=shape, seed=0))
+    assert abs(result.area_fraction - 0.1) < 0.02
+    cells = cell_grid(1024, 768, shape)
+    if shape == "band":
+        assert all(c.x0 == 0 and c.x1 == 1024 and c.y0 % 8 == 0 for c in cells) and len(cells) == 10
+    else:
+        sides = [(c.x1 - c.x0) / (c.y1 - c.y0) for c in cells]
+        assert all(0.75 <= s <= 1.34 for s in sides)  # square-ish
+        assert all(c.x0 % 8 == 0 and c.y0 % 8 == 0 for c in cells)
+    for entry in result.entries:
+        assert all(any(r.x0 == c.x0 and r.y0 == c.y0 for c in cells) for r in entry.regions)
+
+
+def test_none_or_all_labels_whole_images(tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", pool(23))
+    result = run("select", manifest, "--budget", "0.1", "--strategy", "none-or-all", "--seed", "4")
+    assert result.exit_code == 0, result.output
+    header, records = jsonl(result.stdout)
+    assert len(records) == 2  # round(0.1 x 23)
+    assert all(r["strategy"] == "none-or-all" and r["regions"] == [{"x0": 0, "x1": 1024}] for r in records)
+    assert header["format"] == "regions" and header["seed"] == 4
+
+
+def test_warmup_plus_second_round_spends_the_budget(tmp_path):
+    entries = pool(23)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    warm = tmp_path / "warm.jsonl"
+    result = run("select", manifest, "--budget", "0.15", "--warmup-frac", "0.2", "-o", warm)
+    assert result.exit_code == 0, result.output
+    _, warm_entries = read_regions(warm)
+    assert len(warm_entries) == 5 and {e.strategy for e in warm_entries} == {"warmup"}  # round(0.2 x 23)
+    warm_strips = sum(len(v) for v in strips_per_image(warm_entries).values())
+    assert warm_strips == 8  # round(0.15 x 10 x 5)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(23))
+    for strategy in ("random", "max", "mdc"):
+        second = tmp_path / f"{strategy}.jsonl"
+        result = run("select", manifest, "--budget", "0.15", "--strategy", strategy, "--vectors", vectors, "--exclude", warm, "-o", second)
+        assert result.exit_code == 0, result.output
+        header, records = jsonl(second.read_text())
+        _, second_entries = read_regions(second)
+        assert not {e.id for e in second_entries} & {e.id for e in warm_entries}
+        total = warm_strips + sum(len(v) for v in strips_per_image(second_entries).values())
+        assert total == 35  # round(0.15 x 10 x 23)
+        assert abs(header["cumulative_area_fraction"] - 0.15) < 0.005
+        assert "with the 5 excluded images' regions" in result.stderr and "heads expected" in result.stderr
+    # the same earlier round named twice counts once
+    twice = run("select", manifest, "--budget", "0.15", "--strategy", "mdc", "--vectors", vectors, "--exclude", warm, "--exclude", warm)
+    assert twice.stdout.splitlines()[1:] == (tmp_path / "mdc.jsonl").read_text().splitlines()[1:]
+
+
+# --------------------------------------------------------------------------- MDC
+
+
+def two_clusters() -> np.ndarray:
+    """One image, 10 strips: strips 0-4 around (10, …), strips 5-9 around (0, …); 2 and 6 sit on the means."""
+    v = np.zeros((1, 10, 10))
+    v[0, :5] = 10.0
+    offsets = {0: (0, 0.5), 1: (0, -0.5), 3: (1, 0.3), 4: (1, -0.3), 5: (2, 0.4), 7: (2, -0.4), 8: (3, 0.6), 9: (3, -0.6)}
+    for strip, (dim, delta) in offsets.items():
+        v[0, strip, dim] += delta
+    return v
+
+
+def test_mdc_takes_the_strip_nearest_each_cluster_mean(tmp_path):
+    entries = pool(1)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, two_clusters())
+    result = run("select", manifest, "--budget", "0.2", "--strategy", "mdc", "--vectors", vectors)
+    assert result.exit_code == 0, result.output
+    _, records = jsonl(result.stdout)
+    edges = strip_edges(1024)
+    assert [(r["x0"], r["x1"]) for r in records[0]["regions"]] == [(edges[2], edges[3]), (edges[6], edges[7])]
+    assert [r["cells"] for r in records[0]["regions"]] == [[2], [6]]
+    assert sorted(c for r in records[0]["regions"] for c in r["component"]) == [0, 1]
+    assert all(d < 1e-3 for r in records[0]["regions"] for d in r["distance"])
+    assert [r["predicted_count"] for r in records[0]["regions"]] == [10.0, 0.0]
+
+
+def test_mdc_one_strip_is_the_one_nearest_the_mean_and_neighbours_merge():
+    v = two_clusters()[0]
+    keys = image_keys(0, ["x"], "mdc")
+    mean = v.mean(axis=0)
+    one = mdc_batch(v[None], 1, keys)
+    assert one.strips[0, 0] == np.argmin(((v - mean) ** 2).sum(1))
+    # make strips 4 and 5 the clusters' centres: the two picks are neighbours and form one region
+    w = two_clusters()
+    w[0, [2, 4]] = w[0, [4, 2]]
+    w[0, [6, 5]] = w[0, [5, 6]]
+    entries = pool(1)
+    data = StripVectors(np.array(["img0"]), np.array([entries[0].sha256]), np.zeros(10, np.int64), strip_edges(1024)[:-1],
+                        strip_edges(1024)[1:], w[0].astype(np.float32), w[0, :, 0].astype(np.float32))
+    result = select_regions(entries, SelectConfig(budget=0.2, strategy="mdc"), data)
+    (entry,) = result.entries
+    assert len(entry.regions) == 1 and entry.details[0]["cells"] == [4, 5]
+
+
+def test_mdc_differs_from_random_and_max_on_realistic_vectors(tmp_path):
+    entries = pool(40)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(40, seed=5))
+    chosen = {}
+    for strategy in ("random", "max", "mdc"):
+        result = run("select", manifest, "--budget", "0.3", "--strategy", strategy, "--vectors", vectors)
+        assert result.exit_code == 0, result.output
+        chosen[strategy] = strips_per_image(read_regions_text(result.stdout, tmp_path))
+        assert sum(len(v) for v in chosen[strategy].values()) == 120
+    differs = lambda a, b: sum(chosen[a][k] != chosen[b][k] for k in chosen[a])  # noqa: E731
+    assert differs("mdc", "random") >= 20 and differs("mdc", "max") >= 20
+    # MAX takes the largest predicted counts
+    v = realistic_vectors(40, seed=5)
+    for i, strips in enumerate(chosen["max"].values()):
+        assert sorted(strips) == sorted(np.argsort(-v[i, :, 0].astype(np.float32), kind="stable")[:3].tolist())
+
+
+def read_regions_text(text: str, tmp_path: Path):
+    path = tmp_path / "stdout.jsonl"
+    path.write_text(text)
+    return read_regions(path)[1]
+
+
+def test_numpy_engine_selects_what_sklearn_selects():
+    vectors = realistic_vectors(150, seed=2)
+    keys = image_keys(0, [str(i) for i in range(150)], "mdc")
+    for k in (2, 3, 5):
+        fast, reference = mdc_batch(vectors, k, keys, "numpy"), mdc_batch(vectors, k, keys, "sklearn")
+        np.testing.assert_array_equal(fast.strips, reference.strips)
+        np.testing.assert_allclose(fast.distance, reference.distance, rtol=1e-6, atol=1e-9)
+
+
+def test_mdc_is_identical_with_one_or_two_workers(tmp_path):
+    n = 5000  # more than one chunk of images
+    entries = pool(n)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    rng = np.random.default_rng(0)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, rng.gamma(2.0, 3.0, (n, 10, 10)))
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.jsonl"
+        result = run("select", manifest, "--budget", "0.25", "--strategy", "mdc", "--vectors", vectors, "--workers", workers, "-o", out, "-q")
+        assert result.exit_code == 0, result.output
+        outputs.append(out.read_text().splitlines()[1:])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == n
+
+
+def test_mdc_result_does_not_depend_on_the_other_images():
+    vectors = realistic_vectors(30, seed=7)
+    ids = [f"img{i}" for i in range(30)]
+    whole = mdc_batch(vectors, 3, image_keys(1, ids, "mdc"))
+    part = mdc_batch(vectors[10:20], 3, image_keys(1, ids[10:20], "mdc"))
+    np.testing.assert_array_equal(whole.strips[10:20], part.strips)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("budget", ["0", "1.5", "-0.1"])
+def test_budget_outside_the_unit_interval(tmp_path, budget):
+    manifest = write_manifest(tmp_path / "m.jsonl", pool(3))
+    out = tmp_path / "r.jsonl"
+    assert_clean_failure(run("select", manifest, "--budget", budget, "-o", out), "--budget", out)
+    assert "budget outside (0, 1]" in run("select", manifest, "--budget", budget, "-o", out).stderr
+
+
+def test_vectors_from_another_manifest(tmp_path):
+    entries = pool(4)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    other = write_manifest(tmp_path / "other.jsonl", entries[:3])
+    vectors = write_vectors(tmp_path / "v.npz", other, entries, realistic_vectors(4))
+    out = tmp_path / "r.jsonl"
+    result = run("select", manifest, "--strategy", "mdc", "--vectors", vectors, "-o", out)
+    assert_clean_failure(result, "v.npz: a vectors file from another manifest", out)
+
+
+def test_strategies_that_need_vectors_say_so(tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", pool(3))
+    out = tmp_path / "r.jsonl"
+    for strategy in ("mdc", "max"):
+        assert_clean_failure(run("select", manifest, "--strategy", strategy, "-o", out), "--vectors", out)
+
+
+def test_exclude_naming_images_absent_from_the_manifest(tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", pool(5))
+    stranger = write_manifest(tmp_path / "s.jsonl", pool(5, prefix="other"))
+    assert run("select", stranger, "-o", tmp_path / "s-regions.jsonl").exit_code == 0
+    out = tmp_path / "r.jsonl"
+    result = run("select", manifest, "--exclude", tmp_path / "s-regions.jsonl", "-o", out)
+    assert_clean_failure(result, "s-regions.jsonl: names 5 image(s) absent from", out)
+
+
+def test_vectors_missing_images_to_select_from(tmp_path):
+    entries = pool(4)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries[:2], realistic_vectors(2))
+    out = tmp_path / "r.jsonl"
+    assert_clean_failure(run("select", manifest, "--strategy", "max", "--vectors", vectors, "-o", out), "no strips of 2 image(s)", out)
+
+
+def test_mdc_with_bands_is_refused(tmp_path):
+    entries = pool(2)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(2))
+    out = tmp_path / "r.jsonl"
+    assert_clean_failure(run("select", manifest, "--strategy", "mdc", "--vectors", vectors, "--shape", "band", "-o", out), "--shape band", out)
