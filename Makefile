@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/crowdtk demo -o demo-out
+	PATH="$(CURDIR)/$(BIN):$$PATH" tools/demo.sh demo-out
 
 bench: $(STAMP)
 	$(BIN)/python bench/gen_density.py
