@@ -54,6 +54,8 @@ FORMAT_VERSIONS: dict[str, int] = {
 }
 
 STDIO = "-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 
 # --------------------------------------------------------------------------- headers
@@ -133,6 +135,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, final)
@@ -152,6 +155,7 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
     check_output_free(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if final.exists():
@@ -336,11 +340,17 @@ class ManifestEntry:
         )
 
 
+def _read_entries(path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """Read a JSON Lines artifact and turn each record into ``entry_type`` (relative paths resolved)."""
+    header, records = read_jsonl(path, fmt, stdin=stdin)
+    base = None if str(path) == STDIO else Path(path).resolve().parent
+    source = "<stdin>" if str(path) == STDIO else str(path)
+    return header, [entry_type.from_record(r, source, base) for r in records]
+
+
 def read_manifest(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[ManifestEntry]]:
     source = "<stdin>" if str(path) == STDIO else str(path)
-    header, records = read_jsonl(path, MANIFEST, stdin=stdin)
-    base = None if str(path) == STDIO else Path(path).resolve().parent
-    entries = [ManifestEntry.from_record(r, source, base) for r in records]
+    header, entries = _read_entries(path, MANIFEST, ManifestEntry, stdin)
     seen: set[str] = set()
     for entry in entries:
         if entry.id in seen:
@@ -380,9 +390,7 @@ class DensityEntry:
 
 
 def read_density_index(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[DensityEntry]]:
-    header, records = read_jsonl(path, DENSITY_INDEX)
-    base = Path(path).resolve().parent
-    return header, [DensityEntry.from_record(r, str(path), base) for r in records]
+    return _read_entries(path, DENSITY_INDEX, DensityEntry)
 
 
 def load_density_map(path: str | os.PathLike[str]) -> tuple[dict[str, Any], np.ndarray]:
@@ -501,10 +509,7 @@ class LabelsEntry:
 
 
 def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LabelsEntry]]:
-    header, records = read_jsonl(path, LABELS)
-    base = None if str(path) == STDIO else Path(path).resolve().parent
-    source = "<stdin>" if str(path) == STDIO else str(path)
-    return header, [LabelsEntry.from_record(r, source, base) for r in records]
+    return _read_entries(path, LABELS, LabelsEntry)
 
 
 @dataclass(frozen=True)
@@ -562,10 +567,7 @@ class RegionsEntry:
 
 
 def read_regions(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[RegionsEntry]]:
-    header, records = read_jsonl(path, REGIONS)
-    base = None if str(path) == STDIO else Path(path).resolve().parent
-    source = "<stdin>" if str(path) == STDIO else str(path)
-    return header, [RegionsEntry.from_record(r, source, base) for r in records]
+    return _read_entries(path, REGIONS, RegionsEntry)
 
 
 # --------------------------------------------------------------------------- strip vectors

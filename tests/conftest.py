@@ -49,3 +49,13 @@ def small_set(tmp_path: Path) -> Path:
         "c": (40, 40, np.zeros((0, 2))),
     }
     return write_generic(tmp_path / "set", scenes)
+
+
+def assert_clean_failure(result, names: str, leftovers: Path | None = None) -> None:
+    """Exit 1 with one `crowdtk <cmd>: error:` line naming `names`, no traceback, no output left."""
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("crowdtk "), result.stderr
+    assert ": error: " in result.stderr and names in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    if leftovers is not None:
+        assert not leftovers.exists()

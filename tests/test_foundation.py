@@ -33,7 +33,7 @@ from crowdtk.formats import (
     write_jsonl,
 )
 
-from conftest import write_generic
+from conftest import assert_clean_failure, write_generic
 
 runner = CliRunner()
 
@@ -259,15 +259,6 @@ def test_existing_output_is_refused_without_force(small_set, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-def assert_clean_failure(result, names: str, leftovers: Path | None = None) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("crowdtk "), result.stderr
-    assert ": error: " in result.stderr and names in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    if leftovers is not None:
-        assert not leftovers.exists()
-
-
 def test_truncated_jpeg(small_set, tmp_path):
     data = (small_set / "images" / "a.jpg").read_bytes()
     (small_set / "images" / "a.jpg").write_bytes(data[: len(data) // 2])
@@ -343,3 +334,11 @@ def test_real_part_b_index_and_densities(part_b, tmp_path):
     _, dens = read_density_index(tmp_path / "dens" / "index.jsonl")
     assert len(dens) == 30
     assert max(abs(d.sum - d.count) for d in dens) < 1e-3
+
+
+def test_outputs_get_ordinary_permissions(small_set, tmp_path):
+    out = tmp_path / "m.jsonl"
+    assert run("index", small_set, "-o", out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

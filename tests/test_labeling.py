@@ -16,22 +16,13 @@ from crowdtk.data import read_image, read_points
 from crowdtk.formats import read_labels, read_manifest, read_regions
 from crowdtk.labeling import INSTRUCTION
 
-from conftest import write_generic
+from conftest import assert_clean_failure, write_generic
 
 runner = CliRunner()
 
 
 def run(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_failure(result, names: str, leftovers: Path | None = None) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("crowdtk "), result.stderr
-    assert ": error: " in result.stderr and names in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    if leftovers is not None:
-        assert not leftovers.exists()
 
 
 @pytest.fixture

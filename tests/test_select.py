@@ -25,6 +25,8 @@ from crowdtk.formats import (
 from crowdtk.select import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
 from crowdtk.strips import strip_edges
 
+from conftest import assert_clean_failure
+
 runner = CliRunner()
 
 
@@ -35,15 +37,6 @@ def run(*args: object):
 def jsonl(text: str) -> tuple[dict, list[dict]]:
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     return lines[0], lines[1:]
-
-
-def assert_clean_failure(result, names: str, leftovers: Path | None = None) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("crowdtk "), result.stderr
-    assert ": error: " in result.stderr and names in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    if leftovers is not None:
-        assert not leftovers.exists()
 
 
 def pool(n: int, width: int = 1024, height: int = 768, prefix: str = "img") -> list[ManifestEntry]:
