@@ -81,6 +81,7 @@ def read_points(path: str | os.PathLike[str]) -> np.ndarray:
             raise CrowdtkError(f"{source}: unknown points format '{suffix}'", f"use one of {', '.join(POINT_SUFFIXES)}")
     except CrowdtkError:
         raise
+    # scipy.io.loadmat signals MATLAB v7.3 (HDF5) files with NotImplementedError.
     except (ValueError, TypeError, KeyError, IndexError, OSError, UnicodeDecodeError, NotImplementedError) as exc:
         raise CrowdtkError(f"{source}: unreadable points file ({type(exc).__name__}: {exc})", "fix or re-export the annotations") from None
     try:

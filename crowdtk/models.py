@@ -44,6 +44,7 @@ batches should keep it in eval mode (``crowdtk.train`` does).
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import urllib.parse
@@ -102,7 +103,7 @@ def _normalize(images: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> 
 # --------------------------------------------------------------------------- the interface
 
 
-class Counter(nn.Module):
+class Counter(nn.Module, abc.ABC):
     """A density-map counter with output stride 8 (see the module docstring)."""
 
     name: str = ""
@@ -134,8 +135,9 @@ class Counter(nn.Module):
                 "pad the batch with crowdtk.models.pad_to_stride",
             )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before the output layer (N×C×H/8×W/8)."""
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         """The 1×1 output convolution, with no activation after it.
@@ -179,7 +181,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(p), device="cpu")
         else:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
         raise CrowdtkError(
             f"{p}: cannot read weights ({type(exc).__name__}: {exc})",
