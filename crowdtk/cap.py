@@ -189,7 +189,7 @@ class CapCounter(nn.Module):
 
     def forward(self, x: torch.Tensor, labeled_mask: torch.Tensor | None = None) -> torch.Tensor:
         feat = self.counter.forward_features(x)
-        if labeled_mask is not None:
+        if labeled_mask is not None and self.cap is not None:
             feat = self.cap(feat, labeled_mask)
         return self.counter.head(feat)
 

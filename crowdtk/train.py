@@ -32,7 +32,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from crowdtk.cap import CapModule
+from crowdtk.cap import CapCounter
 from crowdtk.checkpoint import load_tensors, save_tensors, state_path
 from crowdtk.data import read_image
 from crowdtk.density import DensityConfig, density_map
@@ -134,19 +134,13 @@ def to_input(images: np.ndarray, model: Counter, device: torch.device) -> torch.
 # --------------------------------------------------------------------------- the network being trained
 
 
-class TrainNet(nn.Module):
-    """The counter, with a CAP module between its features and its output layer when training with CAP."""
+class TrainNet(CapCounter):
+    """The counter being trained, with CAP between its features and its output layer when ``cap``."""
 
     def __init__(self, counter: Counter, cap: bool) -> None:
-        super().__init__()
-        self.counter = counter
-        self.cap = CapModule() if cap else None
-
-    def forward(self, x: torch.Tensor, labeled: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.counter.forward_features(x)
-        if self.cap is not None and labeled is not None:
-            features = self.cap(features, labeled)
-        return self.counter.head(features)
+        super().__init__(counter)
+        if not cap:
+            self.cap = None
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Checkpoint tensors: the counter's keys unprefixed, CAP's under ``cap.``."""
