@@ -194,3 +194,29 @@ def test_torchrun_two_processes_match_one(pool, tmp_path):
     b = load_file(str(tmp_path / "two.state.safetensors"))
     for key in (k for k in a if k.startswith("model.")):
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+
+
+def test_sigkill_mid_run_then_resume_finishes(pool, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "k.safetensors"
+    args = [sys.executable, "-m", "crowdtk", "train", str(pool["labels"]), "--model", "lite", "--crop", "32",
+            "--batch-size", "2", "--epochs", "40", "-q", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "k.state.safetensors"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # somewhere inside a later epoch, perhaps mid-write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "no epoch finished before the kill"
+    done_before = load_tensors(state)[0]["epochs_done"]
+    assert done_before < 40
+    resumed = subprocess.run([a for a in args if a != "-q"] + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"epoch {done_before + 1}/40:" in resumed.stderr and "epoch 1/40:" not in resumed.stderr  # continued, not restarted
+    header, _ = load_tensors(state)
+    assert header["epochs_done"] == 40 and header["history"][0]["epoch"] == 1
+    assert load_tensors(out)[0]["format"] == "checkpoint"
