@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench install clean docs
+PARTB ?= ../shared/data/ShanghaiTech/part_B
+
+.PHONY: test demo bench bench-partb install clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +20,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" tools/demo.sh demo-out
+	rm -rf demo-out
+	$(BIN)/crowdtk demo -o demo-out
 
+# The speed of every stage against its reference and the hardware floor (issue 6).
 bench: $(STAMP)
-	$(BIN)/python bench/gen_density.py
+	$(BIN)/python bench/run.py
+
+# The paper's comparisons on ShanghaiTech Part B at a 10% budget (README table; about an hour on 2 cores).
+bench-partb: $(STAMP)
+	$(BIN)/crowdtk bench --train $(PARTB)/train_data --test $(PARTB)/test_data -o bench-out/partB
 
 docs: $(STAMP)
 	$(BIN)/python tools/gen_docs.py

@@ -7,7 +7,7 @@
 _crowdtk_subcommands()
 {
     case "$1" in
-        "") echo "index gen-density synth select export import warmup vectors train strip-cap eval count" ;;
+        "") echo "index gen-density synth select export import warmup vectors train strip-cap eval count bench demo show" ;;
     esac
 }
 
@@ -17,17 +17,20 @@ _crowdtk_options()
     case "$1" in
         "") echo "--help --version -h" ;;
         "index") echo "--force --help --output --quiet --skip-bad --verbose --workers -h -o -q -v" ;;
-        "gen-density") echo "--adaptive --beta --force --help --k-nearest --output --quiet --sigma --stride --verbose --workers -h -o -q -v" ;;
+        "gen-density") echo "--adaptive --beta --force --help --k-nearest --output --quiet --sigma --skip-bad --stride --verbose --workers -h -o -q -v" ;;
         "synth") echo "--crowd --force --height --help --output --quiet --seed --test --train --verbose --width --workers -h -o -q -v" ;;
         "select") echo "--budget --engine --exclude --force --help --output --quiet --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
         "export") echo "--force --help --image-url --link --output --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
         "warmup") echo "--backbone-weights --batch-size --crop --density-scale --device --epochs --force --help --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-frac --verbose -h -o -q -v" ;;
-        "vectors") echo "--device --exclude --force --help --levels --max-side --output --quiet --strip-frac --verbose -h -o -q -v" ;;
+        "vectors") echo "--device --exclude --force --help --levels --max-side --output --quiet --skip-bad --strip-frac --verbose -h -o -q -v" ;;
         "train") echo "--backbone-weights --batch-size --cap --crop --density-scale --device --epochs --force --help --init --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-frac --verbose -h -o -q -v" ;;
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
-        "eval") echo "--csv --device --help --json --max-side --quiet --verbose -h -q -v" ;;
-        "count") echo "--device --help --max-side --overlay --quiet --verbose -h -q -v" ;;
+        "eval") echo "--csv --device --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
+        "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
+        "bench") echo "--batch-size --budget --budgets --crop --device --help --lr --methods --model --output --quiet --scale --seeds --shapes --steps --test --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "demo") echo "--batch-size --budget --crop --device --help --methods --model --output --quiet --seed --steps --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
+        "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
     esac
 }
 
@@ -62,6 +65,12 @@ _crowdtk_value()
         "eval|--device"|"eval|--max-side") echo "none" ;;
         "count|--overlay") echo "file" ;;
         "count|--device"|"count|--max-side") echo "none" ;;
+        "bench|--output"|"bench|--test"|"bench|--train"|"bench|-o") echo "file" ;;
+        "bench|--batch-size"|"bench|--budget"|"bench|--budgets"|"bench|--crop"|"bench|--device"|"bench|--lr"|"bench|--methods"|"bench|--model"|"bench|--scale"|"bench|--seeds"|"bench|--shapes"|"bench|--steps"|"bench|--val-frac"|"bench|--warmup-frac"|"bench|--warmup-steps") echo "none" ;;
+        "demo|--output"|"demo|-o") echo "file" ;;
+        "demo|--batch-size"|"demo|--budget"|"demo|--crop"|"demo|--device"|"demo|--methods"|"demo|--model"|"demo|--seed"|"demo|--steps"|"demo|--synth-test"|"demo|--synth-train"|"demo|--warmup-steps") echo "none" ;;
+        "show|--checkpoint"|"show|--labels"|"show|--manifest"|"show|--output"|"show|-o") echo "file" ;;
+        "show|--image"|"show|--max-side"|"show|--positions") echo "none" ;;
     esac
 }
 
@@ -80,6 +89,7 @@ _crowdtk_positional()
         "strip-cap") echo "file" ;;
         "eval") echo "file" ;;
         "count") echo "file" ;;
+        "show") echo "file" ;;
         *) echo "none" ;;
     esac
 }

@@ -4,11 +4,73 @@
 #
 # Use: put this file on $fpath as _crowdtk (then compinit), or source it after compinit.
 
+_crowdtk_show() {
+    _arguments -s -S \
+        '(-o --output)'{-o,--output}'[PNG file to write.]:path:_files' \
+        '--image[Id of the image to draw. \[default: the first image (with regions)\]]:text: ' \
+        '--checkpoint[With a regions/labels file: also draw this (warm-up) counter'\''s predicted density. \[default: none\]]:path:_files' \
+        '--manifest[With a checkpoint: draw image, ground truth and prediction for an image of this manifest. \[default: none\]]:path:_files' \
+        '--labels[With a checkpoint trained with --cap: draw affinity maps for an image of this labels file. \[default: none\]]:path:_files' \
+        '--positions[Number of labeled positions whose affinity maps are drawn.]:int: ' \
+        '--max-side[Images larger than this (pixels) are predicted in tiles.]:int: ' \
+        '--force[Replace an existing output. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:artifact:_files'
+}
+
+_crowdtk_demo() {
+    _arguments -s -S \
+        '(-o --output)'{-o,--output}'[Folder for the data, every step'\''s files, report.json and the pictures; rerunning reuses finished steps.]:path:_files' \
+        '--budget[Labeling budget: fraction of the pool'\''s area.]:float: ' \
+        '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap.]:text: ' \
+        '--model[Counter for every method: lite or csrnet.]:text: ' \
+        '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
+        '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
+        '--batch-size[Crops per optimizer step.]:int: ' \
+        '--crop[Training crop side in pixels (after --scale).]:int: ' \
+        '--synth-train[Generated training images (the pool).]:int: ' \
+        '--synth-test[Generated test images.]:int: ' \
+        '--seed[Random seed; recorded in every output.]:int: ' \
+        '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]'
+}
+
+_crowdtk_bench() {
+    _arguments -s -S \
+        '--train[Training pool: a split folder (indexed into DIR/data) or a manifest.]:path:_files' \
+        '--test[Test set: a split folder or a manifest.]:path:_files' \
+        '(-o --output)'{-o,--output}'[Folder for all runs and results; rerunning with the same folder reuses finished runs.]:path:_files' \
+        '--budget[Labeling budget (fraction of the pool'\''s area) when --budgets is not given.]:float: ' \
+        '--budgets[Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. \[default: --budget\]]:text: ' \
+        '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap.]:text: ' \
+        '--shapes[Extra region shapes for random selection (Table 1): band, block. \[default: none\]]:text: ' \
+        '--seeds[Seeds per method (selection and training); results give mean and std.]:int: ' \
+        '--scale[Resize images and points by this factor for training and evaluation (CPU-affordable runs).]:float: ' \
+        '--model[Counter for every method: lite or csrnet.]:text: ' \
+        '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
+        '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
+        '--batch-size[Crops per optimizer step.]:int: ' \
+        '--crop[Training crop side in pixels (after --scale).]:int: ' \
+        '--lr[Adam learning rate.]:float: ' \
+        '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
+        '--val-frac[Share of each method'\''s labeled images held out for choosing the best epoch.]:float: ' \
+        '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]'
+}
+
 _crowdtk_count() {
     _arguments -s -S \
-        '--overlay[Write a PNG heat-map overlay per image/frame into this folder. \[default: none\]]:path:_files' \
+        '--overlay[Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). \[default: none\]]:path:_files' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
+        '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
+        '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
         '(- *)'{-h,--help}'[Show this message and exit.]' \
@@ -22,6 +84,8 @@ _crowdtk_eval() {
         '--json[Print one JSON object (mae, rmse, game, n_images) instead of a table. \[default: off\]]' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
+        '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
+        '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
         '(- *)'{-h,--help}'[Show this message and exit.]' \
@@ -43,8 +107,8 @@ _crowdtk_train() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Checkpoint to write (.safetensors); the best epoch by validation MAE.]:path:_files' \
         '--cap[Train with Crowd Affinity Propagation. \[default: off\]]' \
-        '--init[Start from this checkpoint'\''s weights (e.g. the warm-up counter). \[default: none\]]:path:_files' \
-        '--model[Counter: csrnet (the paper'\''s) or lite (EfficientNet-Lite0, fast on CPU).]:text: ' \
+        '--init[Start from this checkpoint'\''s weights (e.g. the warm-up counter); it must be of --model when that is given. \[default: none\]]:path:_files' \
+        '--model[Counter: csrnet (the paper'\''s) or lite (EfficientNet-Lite0, fast on CPU). \[default: csrnet, or the model of --init\]]:text: ' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--epochs[Training epochs.]:int: ' \
@@ -67,11 +131,12 @@ _crowdtk_train() {
 _crowdtk_vectors() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Vectors file to write (.npz).]:path:_files' \
-        '--exclude[Regions or labels file whose images are skipped (already labeled). \[default: none\]]:path:_files' \
+        '--exclude[Regions or labels file whose images are skipped (already labeled); it must be of this pool (same ids and image digests). \[default: none\]]:path:_files' \
         '--levels[Levels L of the multi-level density vector.]:int: ' \
         '--strip-frac[Strip width as a fraction of the image width.]:float: ' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
+        '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
@@ -176,6 +241,7 @@ _crowdtk_gen_density() {
         '--k-nearest[k of the adaptive kernel.]:int: ' \
         '--stride[Sum-pool the map to this output stride (1 keeps full resolution).]:int: ' \
         '--workers[Parallel worker processes or threads.]:int: ' \
+        '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
@@ -212,6 +278,9 @@ _crowdtk() {
         'strip-cap:Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only.'
         'eval:Count every image of MANIFEST (sum of the predicted map) and compare with its head points.'
         'count:Print one JSON line per image ({"image", "count"}) or per video frame ({"video", "frame", "count"}).'
+        'bench:Run the paper'\''s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
+        'demo:Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
+        'show:Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
     )
     _arguments -C -s -S \
         '--version[Print the version and exit.]' \
@@ -235,6 +304,9 @@ _crowdtk() {
                 strip-cap) _crowdtk_strip_cap && ret=0 ;;
                 eval) _crowdtk_eval && ret=0 ;;
                 count) _crowdtk_count && ret=0 ;;
+                bench) _crowdtk_bench && ret=0 ;;
+                demo) _crowdtk_demo && ret=0 ;;
+                show) _crowdtk_show && ret=0 ;;
             esac ;;
     esac
     return ret

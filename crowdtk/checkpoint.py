@@ -36,8 +36,7 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
         save_file(plain, str(tmp), metadata={META_KEY: json.dumps(header)})
 
 
-def load_tensors(path: str | os.PathLike[str], fmt: str = CHECKPOINT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read tensors and the header of a crowdtk safetensors artifact; never unpickles."""
+def _read(path: str | os.PathLike[str], fmt: str, with_tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     source = str(path)
     p = Path(path)
     if not p.is_file():
@@ -45,8 +44,8 @@ def load_tensors(path: str | os.PathLike[str], fmt: str = CHECKPOINT) -> tuple[d
     try:
         with safe_open(str(p), framework="pt") as fh:
             metadata = fh.metadata() or {}
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()} if with_tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         with open(p, "rb") as fh:
             magic = fh.read(2)
         if magic == b"PK" or magic[:1] == b"\x80":  # torch.save's zip container, or a raw pickle
@@ -59,9 +58,27 @@ def load_tensors(path: str | os.PathLike[str], fmt: str = CHECKPOINT) -> tuple[d
         raise CrowdtkError(f"{source}: safetensors file without a crowdtk header", "pass a checkpoint written by crowdtk warmup/train/strip-cap")
     try:
         header = json.loads(metadata[META_KEY])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise CrowdtkError(f"{source}: crowdtk header is not JSON", "regenerate the checkpoint") from None
     return check_header(header, fmt, source), tensors
+
+
+def load_tensors(path: str | os.PathLike[str], fmt: str = CHECKPOINT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read tensors and the header of a crowdtk safetensors artifact; never unpickles."""
+    return _read(path, fmt, with_tensors=True)
+
+
+def read_header(path: str | os.PathLike[str], fmt: str = CHECKPOINT) -> dict[str, Any]:
+    """The checked header of a crowdtk safetensors artifact, without reading its tensors."""
+    return _read(path, fmt, with_tensors=False)[0]
+
+
+def model_of(header: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+    """The (name, constructor config) a checkpoint header records; a CrowdtkError when it records none."""
+    model = header.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(model.get("config", {}), dict):
+        raise CrowdtkError(f"{source}: checkpoint header names no model", "pass a checkpoint written by crowdtk warmup/train/strip-cap")
+    return model["name"], dict(model.get("config", {}))
 
 
 def state_path(output: str | os.PathLike[str]) -> Path:
@@ -83,3 +100,15 @@ def strip_cap(source: str | os.PathLike[str], output: str | os.PathLike[str], pr
                   removed_tensors=sorted(set(tensors) - set(kept)))
     save_tensors(output, kept, header)
     return header
+
+
+def training_finished(output: str | os.PathLike[str]) -> bool:
+    """Whether ``output`` is the result of a completed run, not the best epoch so far of one
+    still going or interrupted (train writes its best checkpoint after every improving epoch)."""
+    if not Path(output).exists():
+        return False
+    state = state_path(output)
+    if not state.exists():
+        return True
+    header = read_header(state)
+    return header.get("epochs_done", 0) >= (header.get("training") or {}).get("epochs", 0)

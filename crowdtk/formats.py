@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import tempfile
-import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -41,6 +40,8 @@ VECTORS = "vectors"
 CHECKPOINT = "checkpoint"
 SYNTH_CONFIG = "synth-config"
 LABELING_EXPORT = "labeling-export"  # the index.json of an `export` folder
+BENCH_RESULTS = "bench-results"  # results.json of `crowdtk bench`
+DEMO_REPORT = "demo-report"  # report.json of `crowdtk demo`
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
@@ -51,6 +52,8 @@ FORMAT_VERSIONS: dict[str, int] = {
     CHECKPOINT: 1,
     SYNTH_CONFIG: 1,
     LABELING_EXPORT: 1,
+    BENCH_RESULTS: 1,
+    DEMO_REPORT: 1,
 }
 
 STDIO = "-"
@@ -233,6 +236,8 @@ def read_jsonl(
             raise CrowdtkError(
                 f"{source}:{n}: line is not JSON ({exc.msg})", "fix or regenerate the file"
             ) from None
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+            raise CrowdtkError(f"{source}:{n}: line is not usable JSON ({type(exc).__name__})", "fix or regenerate the file") from None
         if not isinstance(obj, dict):
             raise CrowdtkError(f"{source}:{n}: line is not a JSON object", "fix or regenerate the file")
         parsed.append((n, obj))
@@ -242,6 +247,28 @@ def read_jsonl(
         obj["_line"] = n
         records.append(obj)
     return header, records
+
+
+# --------------------------------------------------------------------------- JSON documents
+
+
+def write_json(path: str | os.PathLike[str], header: dict[str, Any], body: dict[str, Any]) -> None:
+    """Write a JSON artifact atomically: the header's keys, then the body's, in one object."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({**header, **_jsonable(body)}, indent=1) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
+    """Read a JSON artifact of format ``fmt`` (header keys and body in one object)."""
+    source = str(path)
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CrowdtkError(f"{source}: no such file", "check the path") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CrowdtkError(f"{source}: not a JSON file ({exc})", f"pass a '{fmt}' artifact") from None
+    check_header(obj, fmt, source)
+    return obj
 
 
 # --------------------------------------------------------------------------- npz arrays
@@ -258,20 +285,26 @@ def load_npz(path: str | os.PathLike[str], fmt: str) -> tuple[dict[str, Any], di
     """Read an ``.npz`` artifact without ever unpickling: (header, arrays)."""
     source = str(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array, not an .npz archive
+            raise CrowdtkError(f"{source}: is a single .npy array, not an .npz archive", f"expected a '{fmt}' artifact; regenerate it")
+        with loaded as data:
             arrays = {key: data[key] for key in data.files}
+    except CrowdtkError:
+        raise
     except FileNotFoundError:
         raise CrowdtkError(f"{source}: no such file", "check the path") from None
     except ValueError as exc:
-        # numpy raises ValueError when an entry would need pickle.
-        raise CrowdtkError(f"{source}: holds data that needs unpickling ({exc})", "crowdtk refuses such files; regenerate it") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        if "pickle" in str(exc):  # numpy refuses object arrays and pickles without allow_pickle
+            raise CrowdtkError(f"{source}: holds data that needs unpickling ({exc})", "crowdtk refuses such files; regenerate it") from None
         raise CrowdtkError(f"{source}: not a readable .npz file ({exc})", "regenerate it") from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, a bad .npy header: all the same to the user
+        raise CrowdtkError(f"{source}: not a readable .npz file ({type(exc).__name__}: {exc})", "regenerate it") from None
     if "__meta__" not in arrays:
         raise CrowdtkError(f"{source}: no crowdtk header (__meta__)", f"expected a '{fmt}' artifact; regenerate it")
     try:
         header = json.loads(str(arrays.pop("__meta__")))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise CrowdtkError(f"{source}: header is not JSON", "regenerate it") from None
     return check_header(header, fmt, source), arrays
 
@@ -452,7 +485,7 @@ class Region:
         try:
             x0, x1 = int(record["x0"]), int(record["x1"])
             y0, y1 = int(record.get("y0", 0)), int(record.get("y1", height))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise CrowdtkError(f"{where}: region {record!r} lacks integer x0/x1", "fix or regenerate the file") from None
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             raise CrowdtkError(f"{where}: region {record!r} is empty or outside the {width}x{height} image", "fix or regenerate the file")
@@ -461,6 +494,8 @@ class Region:
 
 def _image_fields(record: dict[str, Any], source: str) -> None:
     _require(record, {"id": str, "image": str, "sha256": str, "width": int, "height": int, "regions": list}, source)
+    if record["width"] < 1 or record["height"] < 1:
+        raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width or height", "fix or regenerate the file")
 
 
 @dataclass(frozen=True)
@@ -500,9 +535,11 @@ class LabelsEntry:
         regions = tuple(Region.from_record(r, record["width"], record["height"], where) for r in record["regions"])
         raw = record.get("points", [])
         try:
-            points = np.asarray(raw, dtype=np.float64).reshape(-1, 2) if raw else np.zeros((0, 2))
-        except (TypeError, ValueError):
-            raise CrowdtkError(f"{where}: 'points' must be a list of [x, y] pairs", "fix or regenerate the file") from None
+            points = np.zeros((0, 2)) if raw is None or raw == [] else np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            points = None
+        if not isinstance(raw, (list, type(None))) or points is None or points.ndim != 2 or points.shape[1] != 2:
+            raise CrowdtkError(f"{where}: 'points' must be a list of [x, y] pairs", "fix or regenerate the file")
         if not np.isfinite(points).all():
             raise CrowdtkError(f"{where}: points are NaN or infinite", "fix the labels")
         return cls(record["id"], _resolve(base, record["image"]), record["sha256"], record["width"], record["height"], regions, points)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from crowdtk import __version__
-from crowdtk.cli import count, eval, export, gen_density, import_, index, select, strip_cap, synth, train, vectors, warmup
+from crowdtk.cli import bench, count, demo, eval, export, gen_density, import_, index, select, show, strip_cap, synth, train, vectors, warmup
 
 app = typer.Typer(
     name="crowdtk",
@@ -31,6 +31,9 @@ app.command("train")(train.command)
 app.command("strip-cap")(strip_cap.command)
 app.command("eval")(eval.command)
 app.command("count")(count.command)
+app.command("bench")(bench.command)
+app.command("demo")(demo.command)
+app.command("show")(show.command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,134 @@
+"""`bench` and `demo`: the paper's comparisons as chains of ordinary commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crowdtk.cli import app
+from crowdtk.errors import CrowdtkError
+from crowdtk.experiment import Experiment, Run, Schedule, Step, aggregate, epochs_for, markdown_table
+from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, read_json
+
+runner = CliRunner()
+
+
+def test_epochs_give_the_same_number_of_steps_whatever_was_labeled() -> None:
+    # 400 images, 5% held out → 380 train → 48 steps per epoch at batch 8.
+    assert epochs_for(800, 8, 400, 0.05) == round(800 / 48)
+    # 40 whole images (None-or-All) → 38 train → 5 steps per epoch: ten times the epochs.
+    assert epochs_for(800, 8, 40, 0.05) == 160
+    # Fewer than 5 images validate on the training images: nothing is held out.
+    assert epochs_for(10, 4, 4, 0.5) == 10
+    assert epochs_for(1, 64, 1000, 0.1) == 1
+
+
+def test_step_shell_quotes_paths_and_shows_redirection(tmp_path: Path) -> None:
+    step = Step(("eval", "my model.safetensors", "m.jsonl", "--json"), tmp_path / "out dir" / "eval.json", stdout=True)
+    assert step.shell() == f"crowdtk eval 'my model.safetensors' m.jsonl --json > '{tmp_path}/out dir/eval.json'"
+
+
+def test_mdc_and_mdc_cap_share_one_selection_and_the_warmup(tmp_path: Path) -> None:
+    exp = Experiment(tmp_path / "train.jsonl", tmp_path / "test.jsonl", tmp_path)
+    mdc, cap = Run("mdc", 0.1, "strip", 0), Run("mdc+cap", 0.1, "strip", 0)
+    assert exp.selection_dir(mdc) == exp.selection_dir(cap)
+    assert exp.selection_dir(Run("random", 0.1, "band", 0)).name == "select-random-band"
+    assert exp.model_of(cap).name == "infer.safetensors" and exp.model_of(mdc).name == "model.safetensors"
+    first = next(exp.chain(mdc))  # the warm-up round comes first
+    assert first.argv[:2] == ("select", str(tmp_path / "train.jsonl")) and "--warmup-frac" in first.argv
+
+
+def _row(method: str, maes: list[float], budget: float = 0.1, shape: str = "strip") -> tuple:
+    runs = [{"seed": s, "mae": m, "rmse": m * 1.5, "heads_labeled": 100 + s, "images_labeled": 40,
+             "area_fraction": 0.1, "wall_s": 60.0, "non_finite": 0} for s, m in enumerate(maes)]
+    return (method, budget, shape), runs
+
+
+def test_aggregate_and_tables() -> None:
+    results = aggregate(dict([_row("none-or-all", [20.0, 30.0]), _row("mdc+cap", [10.0, 12.0]),
+                              _row("none-or-all", [40.0], 0.05), _row("random", [11.0], 0.1, "band")]))
+    noa = results[0]
+    assert noa["mae"]["mean"] == 25.0 and noa["mae"]["std"] == pytest.approx(7.0711, abs=1e-4)
+    assert noa["heads_labeled"] == 100.5 and noa["seeds"] == [0, 1]
+    table = markdown_table(results, "t")
+    assert "| none-or-all | 25.00 ± 7.07 | 37.50 ± 10.61 | 40 | 100 | 10.00% | 1.0 min |" in table
+    assert "## Budget 5%" in table and "## Budget 10%" in table
+    assert "| none-or-all | 40.00/60.00 | 25.00/37.50 |" in table  # the budget sweep, Table 2 layout
+    assert "| mdc+cap | – | 11.00/16.50 |" in table
+    assert "random (bands)" in table
+
+
+def test_bench_refuses_bad_options(tmp_path: Path) -> None:
+    for extra, message in ((["--budgets", "0.1,1.5"], "outside (0, 1]"), (["--methods", "mdc,best"], "unknown best"),
+                           (["--shapes", "strip"], "unknown strip"), (["--budgets", "a"], "not numbers")):
+        result = runner.invoke(app, ["bench", "--train", str(tmp_path), "--test", str(tmp_path), "-o", str(tmp_path / "b"), *extra])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    result = runner.invoke(app, ["synth", "-o", str(root / "data"), "--train", "12", "--test", "4", "--width", "128", "--height", "96", "-q"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings(tiny_data: Path) -> None:
+    out = tiny_data / "b"
+    args = ["bench", "--train", str(tiny_data / "data" / "train" / "manifest.jsonl"), "--test", str(tiny_data / "data" / "test" / "manifest.jsonl"),
+            "-o", str(out), "--scale", "1", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--crop", "32",
+            "--methods", "none-or-all,mdc+cap", "--shapes", "block"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = read_json(out / "results.json", BENCH_RESULTS)
+    names = {(r["method"], r["shape"]) for r in doc["results"]}
+    assert names == {("none-or-all", "strip"), ("mdc+cap", "strip"), ("random", "block")}
+    for r in doc["results"]:
+        assert r["mae"]["mean"] >= 0 and 0 < r["area_fraction"] <= 0.2 and r["wall_s"] > 0
+    assert "| mdc+cap |" in (out / "results.md").read_text()
+    for picture in ("fig4-budget.png", "fig5-regions.png", "fig6-prediction.png"):
+        assert (out / picture).stat().st_size > 1000
+    # Every step was printed as the command that does it.
+    assert "+ crowdtk train " in result.output and "--cap" in result.output and "+ crowdtk strip-cap " in result.output
+
+    model = out / "runs" / "budget-0.1" / "seed-0" / "mdc+cap" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "+ crowdtk train" not in again.output  # nothing reran
+    assert model.stat().st_mtime_ns == before
+    assert read_json(out / "results.json", BENCH_RESULTS)["results"][0]["mae"] == doc["results"][0]["mae"]
+
+    other = runner.invoke(app, [*args, "--lr", "0.001"])
+    assert other.exit_code == 1 and "other settings (lr differ)" in other.output
+
+
+def test_a_failed_step_names_its_command(tiny_data: Path) -> None:
+    out = tiny_data / "broken"
+    manifest = tiny_data / "data" / "train" / "manifest.jsonl"
+    result = runner.invoke(app, ["bench", "--train", str(manifest), "--test", str(tiny_data / "missing.jsonl"), "-o", str(out)])
+    assert result.exit_code == 1 and "missing.jsonl: no such file" in result.output
+
+
+def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tiny_data / "demo"
+    result = runner.invoke(app, ["demo", "-o", str(out), "--steps", "2", "--warmup-steps", "1", "--batch-size", "2",
+                                 "--methods", "none-or-all,mdc+cap", "--synth-train", "12", "--synth-test", "4"])
+    assert result.exit_code == 0, result.output
+    report = read_json(out / "report.json", DEMO_REPORT)
+    assert set(report["methods"]) == {"none-or-all", "mdc+cap"} and report["wall_s"] > 0
+    for method in report["methods"].values():
+        assert {"mae", "rmse", "area_fraction", "heads_labeled"} <= set(method)
+        assert 0.05 < method["area_fraction"] < 0.2
+    assert "+ crowdtk synth" in result.output and "+ crowdtk select" in result.output
+    for picture in ("regions.png", "prediction.png", "affinity.png"):
+        assert (out / picture).stat().st_size > 1000
+    assert "mdc+cap" in result.stdout
+
+
+def test_schedule_is_checked() -> None:
+    with pytest.raises(CrowdtkError, match="warmup-frac"):
+        Schedule(warmup_frac=1.0).validate()
