@@ -2,13 +2,31 @@
 
 Coordinates are pixels, x then y, origin at the top-left corner of the image; a point
 belongs to the image when ``0 <= x < width`` and ``0 <= y < height``.
+
+Bad input, decided once for every point reader (``.mat``, ``.txt``, ``.csv``, ``.json``,
+``.npy``, and the label-tool importers of :mod:`crowdtk.labeling`):
+
+- a NaN or infinite coordinate is an error naming the file;
+- a point outside the image (negative, or at/after the width or height) is *dropped*, never
+  clipped, and the stage that drops it says how many (``index`` warns per image; later
+  stages re-read the same file, drop the same points, and check the count against the
+  manifest); label-tool points outside their regions are dropped the same way;
+- a file that cannot be parsed is a :class:`~crowdtk.errors.CrowdtkError` naming it, whatever
+  the parser raised;
+- an image with no heads is valid data (a comment line or ``[]``; a zero-byte file is refused).
+
+Images smaller than the counters' output stride (8 px on a side) are refused
+(:func:`check_image_size`): they hold no whole output cell.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
+import zlib
 from pathlib import Path
 
 import cv2
@@ -16,6 +34,7 @@ import numpy as np
 import scipy.io
 
 from crowdtk.errors import CrowdtkError
+from crowdtk.train_config import STRIDE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 POINT_SUFFIXES = (".txt", ".csv", ".json", ".npy", ".mat")
@@ -34,6 +53,15 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
     if image is None:
         raise CrowdtkError(f"{source}: not a readable image", "check that the file is a complete JPEG/PNG image, or remove it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_image_size(width: int, height: int, source: str) -> None:
+    """Refuse an image smaller than the output stride on either side (no whole output cell)."""
+    if width < STRIDE or height < STRIDE:
+        raise CrowdtkError(
+            f"{source}: image is {width}x{height} px, smaller than the counters' output stride ({STRIDE} px)",
+            "remove it, or pass --skip-bad to leave it out",
+        )
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -81,12 +109,18 @@ def read_points(path: str | os.PathLike[str]) -> np.ndarray:
             raise CrowdtkError(f"{source}: unknown points format '{suffix}'", f"use one of {', '.join(POINT_SUFFIXES)}")
     except CrowdtkError:
         raise
-    # scipy.io.loadmat signals MATLAB v7.3 (HDF5) files with NotImplementedError.
-    except (ValueError, TypeError, KeyError, IndexError, OSError, UnicodeDecodeError, NotImplementedError) as exc:
+    except RecursionError:
+        raise CrowdtkError(f"{source}: unreadable points file (nested too deeply)", "fix or re-export the annotations") from None
+    # Whatever a parser raises on a malformed file (scipy's MatReadError, NotImplementedError
+    # for MATLAB v7.3 files, csv.Error, numpy's ValueError/SyntaxError for a bad .npy header,
+    # MemoryError for an absurd shape, …) is the same problem for the user.
+    except Exception as exc:  # noqa: BLE001
         raise CrowdtkError(f"{source}: unreadable points file ({type(exc).__name__}: {exc})", "fix or re-export the annotations") from None
+    if isinstance(points, np.ndarray) and np.iscomplexobj(points):  # .mat and .npy; JSON has no complex numbers
+        raise CrowdtkError(f"{source}: points are complex numbers", "write real x, y pixel coordinates")
     try:
         points = np.asarray(points, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise CrowdtkError(f"{source}: points are not numbers", "fix or re-export the annotations") from None
     if points.size == 0:
         return np.zeros((0, 2), dtype=np.float64)
@@ -99,8 +133,136 @@ def read_points(path: str | os.PathLike[str]) -> np.ndarray:
     return points
 
 
+# MAT v5 data types (MATLAB's "MAT-File Format", table 1-1) and their item sizes: what a numeric or
+# text sub-element may be.
+_MAT_ITEM_SIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+_MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 5, 6, 14, 15
+# Matrix classes (the low byte of the array flags): cell, struct and object hold sub-matrices after
+# this many leading elements (flags, dimensions, name[, class name][, field name length, field names]);
+# char, sparse and the numeric classes hold only numeric elements. Function and opaque classes
+# (16, 17) never hold head points and are refused.
+_MAT_CONTAINERS = {1: 3, 2: 5, 3: 6}
+_MAT_ARRAYS = frozenset(range(4, 16))
+_MAT_MAX_DEPTH = 32
+_MAT_MAX_INFLATED = 256 << 20  # bytes: a points file is small; refuse a zip bomb
+
+
+def check_mat_structure(data: bytes, source: str) -> None:
+    """Walk the data elements of a MAT v5 file and refuse what scipy's reader would crash on.
+
+    ``scipy.io.loadmat`` (1.17) trusts element tags in C: a corrupt file whose element type is
+    not a MAT type (0, 8, 19, …), a compressed element inside a matrix, a matrix whose dimensions
+    element holds no dimension, or a matrix whose class does not match its contents (a numeric
+    class holding sub-matrices) ends the process with a segmentation fault instead of an exception
+    (tests/test_fuzz.py found these). So before scipy sees a file, every element is checked here:
+    a known type, a size that fits in its parent and is a whole number of items, compression only
+    at the top level, each matrix starting with its flags, at least two non-negative dimensions and
+    a name, contents that fit its class, bounded nesting and inflated size. Files that are not MAT v5 (v4,
+    v7.3/HDF5) are left to scipy, which raises on them.
+    """
+    if len(data) < 128 or 0 in data[:4] or data[126:128] not in (b"IM", b"MI"):
+        return  # not a v5 file (v4 starts with zero bytes); scipy tells which
+    order = "little" if data[126:128] == b"IM" else "big"
+    if int.from_bytes(data[124:126], order) != 0x0100:
+        return  # v7.3 (HDF5) or unknown: scipy refuses it
+
+    def bad(why: str) -> CrowdtkError:
+        return CrowdtkError(f"{source}: corrupt .mat file ({why})", "fix or re-export the annotations")
+
+    def elements(buf: bytes, pos: int, end: int, top: bool) -> list[tuple[int, int, int, int]]:
+        """(offset, type, body offset, size) of the elements in buf[pos:end]."""
+        found = []
+        while pos < end:
+            if end - pos < 8:
+                if top or any(buf[pos:end]):
+                    raise bad(f"{end - pos} stray byte(s) at offset {pos}")
+                break
+            first = int.from_bytes(buf[pos:pos + 4], order)
+            if first >> 16 and not top:  # small data element: type and size in one word, data in the next
+                kind, size = first & 0xFFFF, first >> 16
+                if size > 4:
+                    raise bad(f"small element of size {size} at offset {pos}")
+                found.append((pos, kind, pos + 4, size))
+                pos += 8
+                continue
+            kind, size = first, int.from_bytes(buf[pos + 4:pos + 8], order)
+            if pos + 8 + size > end:
+                raise bad(f"element at offset {pos} runs past its end")
+            found.append((pos, kind, pos + 8, size))
+            pos += 8 + size + (0 if top else -size % 8)  # sub-elements are padded to 8 bytes
+        return found
+
+    def int32(buf: bytes, part: tuple[int, int, int, int]) -> int:
+        return int.from_bytes(buf[part[2]:part[2] + 4], order, signed=True)
+
+    def matrix(buf: bytes, pos: int, end: int, depth: int) -> None:
+        if depth > _MAT_MAX_DEPTH:
+            raise bad("nested too deeply")
+        parts = elements(buf, pos, end, False)
+        if not parts:
+            return  # an empty matrix (e.g. an empty cell)
+        where = f"matrix at offset {pos - 8}"
+        if len(parts) < 3 or parts[0][1:4:2] != (_MI_UINT32, 8) or parts[1][1] != _MI_INT32 or parts[1][3] < 8:
+            raise bad(f"{where} lacks its flags, dimensions and name")
+        for offset, kind, body, size in parts:
+            if kind != _MI_MATRIX and kind not in _MAT_ITEM_SIZE:
+                raise bad(f"element of type {kind} at offset {offset}")
+            if kind != _MI_MATRIX and size % _MAT_ITEM_SIZE[kind]:
+                raise bad(f"element at offset {offset} holds {size} bytes, not whole items of type {kind}")
+        flags = buf[parts[0][2]:parts[0][2] + 4]
+        mx_class, is_complex = (flags[0], flags[1] & 0x08) if order == "little" else (flags[3], flags[2] & 0x08)
+        dims = [int32(buf, (0, 0, parts[1][2] + 4 * i, 4)) for i in range(parts[1][3] // 4)]
+        if min(dims) < 0:
+            raise bad(f"{where} has negative dimensions {dims}")
+        cells = math.prod(dims)
+        # scipy reads exactly as many elements as the class and dimensions call for, past the
+        # matrix's end if they are missing: the count must match what is there.
+        if mx_class in _MAT_CONTAINERS:
+            leading = _MAT_CONTAINERS[mx_class]  # flags, dims, name[, class name][, field name length, field names]
+            if len(parts) < leading:
+                raise bad(f"{where} (class {mx_class}) lacks its field names")
+            wanted = cells
+            if mx_class in (2, 3):
+                length, names = parts[leading - 2], parts[leading - 1]
+                if length[1] != _MI_INT32 or length[3] != 4 or int32(buf, length) <= 0 or names[3] % int32(buf, length):
+                    raise bad(f"{where} (class {mx_class}) has a bad field name length")
+                wanted = cells * (names[3] // int32(buf, length))
+            if len(parts) - leading != wanted:
+                raise bad(f"{where} (class {mx_class}, dimensions {dims}) holds {len(parts) - leading} matrices, not {wanted}")
+            for offset, kind, body, size in parts[leading:]:
+                if kind != _MI_MATRIX:
+                    raise bad(f"element of type {kind} at offset {offset} where {where} holds matrices")
+                matrix(buf, body, body + size, depth + 1)
+        elif mx_class in _MAT_ARRAYS:
+            wanted = 4 if mx_class == 4 else (6 if mx_class == 5 else 4) + (1 if is_complex else 0)
+            if len(parts) != wanted or any(kind == _MI_MATRIX for _, kind, _, _ in parts):
+                raise bad(f"{where} (class {mx_class}) holds {len(parts)} elements, not {wanted} numeric ones")
+        else:
+            raise bad(f"{where} of class {mx_class}")
+
+    for offset, kind, body, size in elements(data, 128, len(data), True):
+        if kind == _MI_MATRIX:
+            matrix(data, body, body + size, 1)
+        elif kind == _MI_COMPRESSED:
+            inflater = zlib.decompressobj()
+            try:
+                inner = inflater.decompress(data[body:body + size], _MAT_MAX_INFLATED)
+            except zlib.error as exc:
+                raise bad(f"compressed element at offset {offset}: {exc}") from None
+            if inflater.unconsumed_tail:
+                raise bad(f"compressed element at offset {offset} inflates past {_MAT_MAX_INFLATED >> 20} MB")
+            for _, inner_kind, inner_body, inner_size in elements(inner, 0, len(inner), True):
+                if inner_kind != _MI_MATRIX:
+                    raise bad(f"compressed element at offset {offset} holds an element of type {inner_kind}")
+                matrix(inner, inner_body, inner_body + inner_size, 1)
+        else:
+            raise bad(f"top-level element of type {kind} at offset {offset}")
+
+
 def _read_mat(p: Path) -> np.ndarray:
-    mat = scipy.io.loadmat(p)
+    data = p.read_bytes()
+    check_mat_structure(data, str(p))
+    mat = scipy.io.loadmat(io.BytesIO(data))
     if "image_info" in mat:  # ShanghaiTech
         return mat["image_info"][0, 0][0, 0][0]
     if "annPoints" in mat:  # UCF_CC_50

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from crowdtk.data import read_points_on_image
+from crowdtk.data import check_image_size, read_points_on_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import DENSITY_MAP, DensityEntry, ManifestEntry, Provenance, make_header, save_npz
 
@@ -106,6 +106,7 @@ def density_map(points: np.ndarray, height: int, width: int, config: DensityConf
 
 
 def _one(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: Provenance) -> DensityEntry:
+    check_image_size(entry.width, entry.height, entry.image)
     points, _ = read_points_on_image(entry.points, entry.width, entry.height)
     if len(points) != entry.count:
         raise CrowdtkError(
@@ -130,6 +131,14 @@ def _one(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: 
     return record
 
 
+def _one_or_error(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: Provenance) -> DensityEntry | tuple[str, str]:
+    """``_one``, with a CrowdtkError returned as (what, fix): it crosses a process boundary intact."""
+    try:
+        return _one(entry, out_dir, config, provenance)
+    except CrowdtkError as exc:
+        return exc.what, exc.fix
+
+
 def generate_densities(
     entries: list[ManifestEntry],
     out_dir: str | os.PathLike[str],
@@ -137,22 +146,40 @@ def generate_densities(
     provenance: Provenance,
     workers: int = 1,
     on_progress: Callable[[int], None] | None = None,
+    skip_bad: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[DensityEntry]:
-    """Write ``out_dir/maps/<id>.npz`` for every entry; return the index records in input order."""
+    """Write ``out_dir/maps/<id>.npz`` for every entry; return the index records in input order.
+
+    A bad entry (points file missing, unreadable, NaN, or changed since indexing) stops the run
+    with its error, unless ``skip_bad``: then it is left out and its error appended to ``skipped``.
+    """
     config.validate()
     (Path(out_dir) / "maps").mkdir(parents=True, exist_ok=True)
     results: list[DensityEntry] = []
+
+    def take(outcome: DensityEntry | tuple[str, str]) -> None:
+        if isinstance(outcome, tuple):
+            if not skip_bad:
+                raise CrowdtkError(*outcome)
+            if skipped is not None:
+                skipped.append(str(CrowdtkError(*outcome)))
+        else:
+            results.append(outcome)
+        if on_progress:
+            on_progress(1)
+
     if workers <= 1:
         for entry in entries:
-            results.append(_one(entry, str(out_dir), config, provenance))
-            if on_progress:
-                on_progress(1)
+            take(_one_or_error(entry, str(out_dir), config, provenance))
         return results
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_one, entry, str(out_dir), config, provenance) for entry in entries]
-        for future in futures:
-            results.append(future.result())
-            if on_progress:
-                on_progress(1)
+        futures = [pool.submit(_one_or_error, entry, str(out_dir), config, provenance) for entry in entries]
+        try:
+            for future in futures:
+                take(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return results
-

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crowdtk.data import IMAGE_SUFFIXES, POINT_SUFFIXES, inside, read_image, read_points
+from crowdtk.data import IMAGE_SUFFIXES, POINT_SUFFIXES, check_image_size, inside, read_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, file_digest
 
@@ -67,6 +67,7 @@ def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
 def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) -> tuple[ManifestEntry, int]:
     decoded = read_image(image)
     height, width = decoded.shape[:2]
+    check_image_size(width, height, str(image))
     if points_path is None or not points_path.exists():
         raise CrowdtkError(f"{points_path}: annotation file for {image.name} not found", "add it, or pass --skip-bad to leave the image out")
     points = read_points(points_path)

@@ -341,6 +341,13 @@ def image_reference(ref: Any, folder: Path, root: Path, source: str) -> str:
     if not isinstance(ref, str) or not ref.strip():
         raise CrowdtkError(f"{source}: an image reference is not a file name ({ref!r})", "re-export from the labeling tool")
     text = ref.strip().replace("\\", "/")
+    try:
+        return _reference_name(ref, text, folder, root, source)
+    except ValueError as exc:  # urlparse: e.g. an invalid IPv6 host; a NUL character in a path
+        raise CrowdtkError(f"{source}: image reference {ref!r} is not a usable URL or path ({exc})", "re-export from the labeling tool") from None
+
+
+def _reference_name(ref: str, text: str, folder: Path, root: Path, source: str) -> str:
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
         return PurePosixPath(unquote(urlparse(text).path)).name
     if text.startswith("/data/local-files/"):
@@ -376,8 +383,19 @@ def _load_json(path: Path) -> Any:
         raise CrowdtkError(f"{path}: no such file", "check the path") from None
     except IsADirectoryError:
         raise CrowdtkError(f"{path}: is a folder, expected a JSON file", "pass the exported JSON file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer of > 4300 digits
         raise CrowdtkError(f"{path}: not JSON ({exc})", "pass the file the labeling tool exported") from None
+    except RecursionError:
+        raise CrowdtkError(f"{path}: not usable JSON (nested too deeply)", "pass the file the labeling tool exported") from None
+
+
+def _list_of(value: Any, name: str, where: str) -> list:
+    """A JSON list field of a tool's export (missing or null: empty); anything else is refused."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CrowdtkError(f"{where}: '{name}' is not a list", "re-export from the labeling tool")
+    return value
 
 
 def parse_xml_safely(path: Path) -> ET.Element:
@@ -401,7 +419,7 @@ def parse_xml_safely(path: Path) -> ET.Element:
     try:
         guard.Parse(data, True)
         return ET.fromstring(data)
-    except (expat.ExpatError, ET.ParseError) as exc:
+    except (expat.ExpatError, ET.ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding
         raise CrowdtkError(f"{path}: not well-formed XML ({exc})", "pass the annotations file the labeling tool exported") from None
 
 
@@ -427,7 +445,7 @@ class _Collector:
             return
         try:
             size = (int(float(width)), int(float(height)))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise CrowdtkError(f"{source}: image size of '{entry.id}' is not a number", "re-export from the labeling tool") from None
         if size != (entry.width, entry.height):
             raise CrowdtkError(f"{source}: image '{entry.id}' is {size[0]}x{size[1]} there, {entry.width}x{entry.height} in the regions file",
@@ -448,16 +466,19 @@ def _read_labelstudio(path: Path, entries: Sequence[RegionsEntry]) -> _Collector
         data = task["data"]
         name = image_reference(data.get("image"), path.parent, path.parent, where)
         entry = found.matcher.by_id.get(data["crowdtk_id"]) if isinstance(data.get("crowdtk_id"), str) else found.matcher.find(name)
-        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        annotations = _list_of(task.get("annotations"), "annotations", where)
+        annotations = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
         if not annotations:
             continue  # not labeled: reported as missing
         chosen = next((a for a in annotations if a.get("ground_truth")), annotations[-1])
         points = []
-        for result in chosen.get("result") or []:
+        for result in _list_of(chosen.get("result"), "result", where):
             if not isinstance(result, dict) or result.get("type") != "keypointlabels":
                 continue
             value = result.get("value") or {}
-            labels = value.get("keypointlabels") or [HEAD]
+            if not isinstance(value, dict):
+                raise CrowdtkError(f"{where}: a keypoint's 'value' is not an object", "re-export from Label Studio")
+            labels = _list_of(value.get("keypointlabels"), "keypointlabels", where) or [HEAD]
             if HEAD not in labels:
                 found.ignored += 1
                 continue
@@ -465,9 +486,10 @@ def _read_labelstudio(path: Path, entries: Sequence[RegionsEntry]) -> _Collector
                 found.check_size(entry, result.get("original_width"), result.get("original_height"), where)
                 try:
                     points.append((float(value["x"]) * entry.width / 100.0, float(value["y"]) * entry.height / 100.0))
-                except (KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError, OverflowError):
                     raise CrowdtkError(f"{where}: a keypoint lacks numeric x/y", "re-export from Label Studio") from None
-        found.add(data.get("crowdtk_id") or name, entry, _points(points, where), where)
+        crowdtk_id = data.get("crowdtk_id")
+        found.add(crowdtk_id if isinstance(crowdtk_id, str) and crowdtk_id else name, entry, _points(points, where), where)
     return found
 
 
@@ -526,7 +548,7 @@ def _read_labelme(path: Path, entries: Sequence[RegionsEntry]) -> _Collector:
             try:
                 (x, y), = shape["points"]
                 points.append((float(x), float(y)))
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise CrowdtkError(f"{file}: a point shape does not hold one [x, y]", "fix it in LabelMe") from None
         flags = record.get("flags") if isinstance(record.get("flags"), dict) else {}
         if points or flags.get(DONE) is True:

@@ -163,6 +163,9 @@ class Selection:
 
 def cell_grid(width: int, height: int, shape: str = "strip", strip_frac: float = 0.1, stride: int = 8) -> list[Region]:
     """The candidate cells of a ``width``×``height`` image, in order (left to right, top to bottom)."""
+    if width < stride or height < stride:
+        raise CrowdtkError(f"the image is {width}x{height} px, smaller than the output stride ({stride} px)",
+                           "remove it from the manifest (crowdtk index refuses such images)")
     if shape == "strip":
         edges = strip_edges(width, strip_frac, stride)
         return [Region(int(a), int(b), 0, height) for a, b in zip(edges[:-1], edges[1:])]
@@ -424,6 +427,19 @@ def read_exclusion(path: str | os.PathLike[str]) -> Exclusion:
     return Exclusion(str(path), read_regions(path)[1])
 
 
+def check_exclusion(exclusion: Exclusion, entries: Sequence[ManifestEntry], manifest_name: str) -> None:
+    """Refuse an earlier round's file of another pool: every image it names must be in the manifest, with the same bytes."""
+    by_id = {e.id: e for e in entries}
+    unknown = [x.id for x in exclusion.entries if x.id not in by_id]
+    if unknown:
+        raise CrowdtkError(f"{exclusion.source}: names {len(unknown)} image(s) absent from {manifest_name}, e.g. '{unknown[0]}'",
+                           "pass the regions or labels of the same pool")
+    for x in exclusion.entries:
+        if x.sha256 != by_id[x.id].sha256:
+            raise CrowdtkError(f"{exclusion.source}: image '{x.id}' differs from the one in {manifest_name} (sha256)",
+                               "pass the regions or labels of the same pool")
+
+
 def _peek_format(path: str | os.PathLike[str]) -> str:
     import json
 
@@ -537,15 +553,8 @@ def select_regions(
     # Earlier rounds.
     excluded: dict[str, set[Region]] = {}  # image id -> its regions in the earlier rounds (a union over the files)
     for exclusion in exclusions:
-        unknown = [x.id for x in exclusion.entries if x.id not in index]
-        if unknown:
-            raise CrowdtkError(f"{exclusion.source}: names {len(unknown)} image(s) absent from {manifest_name}, e.g. '{unknown[0]}'",
-                               "pass the regions or labels of the same pool")
+        check_exclusion(exclusion, entries, manifest_name)
         for x in exclusion.entries:
-            m = entries[index[x.id]]
-            if x.sha256 != m.sha256:
-                raise CrowdtkError(f"{exclusion.source}: image '{x.id}' differs from the one in {manifest_name} (sha256)",
-                                   "pass the regions or labels of the same pool")
             excluded.setdefault(x.id, set()).update(x.regions)
     used_cells, used_images, excluded_area = 0, 0.0, 0
     for image_id, regions in excluded.items():

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from crowdtk.data import check_image_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, StripVectors
 from crowdtk.predict import Predictor, prefetched
@@ -38,31 +39,75 @@ def strip_columns(x0: int, x1: int, n_cols: int, sx: float) -> slice:
     return slice(int(inside[0]), int(inside[-1]) + 1)
 
 
+def _read_or_error(path: str) -> np.ndarray | CrowdtkError:
+    try:
+        return read_image(path)
+    except CrowdtkError as exc:
+        return exc
+
+
 def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: int = 4, strip_frac: float = 0.1,
-                    on_progress: Callable[[int], None] | None = None) -> StripVectors:
+                    on_progress: Callable[[int], None] | None = None, skip_bad: bool = False,
+                    skipped: list[str] | None = None) -> StripVectors:
+    """Vectors of every strip of every image; a bad image (unreadable, of another size than the manifest says,
+    too small for the strips, or predicted as NaN/inf) stops the run unless ``skip_bad``: then it is left out
+    and its error appended to ``skipped``."""
     if levels < 1:
         raise CrowdtkError(f"--levels must be at least 1, got {levels}", "use the paper's 4")
     if not entries:
         raise CrowdtkError("no images to compute vectors for", "check the manifest and --exclude")
+    kept: list[ManifestEntry] = []
     strip_image, x0s, x1s, vectors, counts = [], [], [], [], []
-    for index, (entry, (_, image)) in enumerate(zip(entries, prefetched(e.image for e in entries))):
-        density, sx, _ = predictor.density(image)
-        edges = strip_edges(entry.width, strip_frac, STRIDE)
-        for x0, x1 in zip(edges[:-1], edges[1:]):
-            part = density[:, strip_columns(int(x0), int(x1), density.shape[1], sx)]
-            strip_image.append(index)
-            x0s.append(int(x0))
-            x1s.append(int(x1))
-            vectors.append(level_vector(part, levels))
-            counts.append(float(part.sum(dtype=np.float64)))
+    for entry, (_, image) in zip(entries, prefetched((e.image for e in entries), read=_read_or_error)):
+        try:
+            if isinstance(image, CrowdtkError):
+                raise image
+            rows = _image_vectors(predictor, entry, image, levels, strip_frac)
+        except CrowdtkError as exc:
+            if not skip_bad:
+                raise
+            if skipped is not None:
+                skipped.append(str(exc))
+            rows = None
+        if rows is not None:
+            for x0, x1, vector, count in rows:
+                strip_image.append(len(kept))
+                x0s.append(x0)
+                x1s.append(x1)
+                vectors.append(vector)
+                counts.append(count)
+            kept.append(entry)
         if on_progress:
             on_progress(1)
+    if not kept:
+        raise CrowdtkError("every image was bad", "see the list of skipped images")
     return StripVectors(
-        ids=np.array([e.id for e in entries]),
-        sha256=np.array([e.sha256 for e in entries]),
+        ids=np.array([e.id for e in kept]),
+        sha256=np.array([e.sha256 for e in kept]),
         strip_image=np.array(strip_image, dtype=np.int64),
         strip_x0=np.array(x0s, dtype=np.int64),
         strip_x1=np.array(x1s, dtype=np.int64),
         vectors=np.array(vectors, dtype=np.float32),
         counts=np.array(counts, dtype=np.float32),
     )
+
+
+def _image_vectors(predictor: Predictor, entry: ManifestEntry, image: np.ndarray, levels: int,
+                   strip_frac: float) -> list[tuple[int, int, np.ndarray, float]]:
+    check_image_size(entry.width, entry.height, entry.image)
+    if image.shape[:2] != (entry.height, entry.width):
+        raise CrowdtkError(f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the manifest says {entry.width}x{entry.height}",
+                           "re-run crowdtk index")
+    try:
+        edges = strip_edges(entry.width, strip_frac, STRIDE)
+    except CrowdtkError as exc:
+        raise CrowdtkError(f"{entry.image}: {exc.what}", exc.fix) from None
+    density, sx, _ = predictor.density(image)
+    if not np.isfinite(density).all():
+        raise CrowdtkError(f"{entry.image}: the predicted density is not finite (NaN or inf)",
+                           "check the checkpoint: its weights may have diverged")
+    rows = []
+    for x0, x1 in zip(edges[:-1], edges[1:]):
+        part = density[:, strip_columns(int(x0), int(x1), density.shape[1], sx)]
+        rows.append((int(x0), int(x1), level_vector(part, levels), float(part.sum(dtype=np.float64))))
+    return rows

@@ -62,12 +62,29 @@ def test_mask_and_crop_follow_the_labeled_strips(pool):
     sample = prepare_sample(entries[3], TrainConfig(model="lite"))
     assert sample.mask.shape == (6, 10)
     assert sample.mask[:, 2:4].all() and sample.mask[:, 7:9].all() and sample.mask.sum() == 6 * 4
-    assert abs(sample.target.sum() - len(entries[3].points)) < 0.6 * len(entries[3].points) + 1e-3  # mass spills past strip edges
+    # Each strip's heads keep their whole mass inside the strip: the target counts them exactly.
+    assert sample.target.sum() == pytest.approx(len(entries[3].points), abs=1e-4)
+    assert not sample.target[~sample.mask].any()
     rng = np.random.default_rng(0)
     for _ in range(20):
         image, target, mask = random_crop(sample, 32, True, rng)
         assert image.shape == (32, 32, 3) and target.shape == mask.shape == (4, 4)
         assert mask.any()  # a crop always holds labeled cells
+
+
+def test_strip_off_the_cell_grid_supervises_only_whole_cells_with_exact_counts(pool):
+    """A strip whose edges cut output cells: the cut cells are left out, and the cells kept
+    hold exactly the heads inside them, not a share of those beside the strip."""
+    from crowdtk.formats import read_labels
+
+    _, entries = read_labels(pool["labels"])
+    e = entries[0]  # fully labeled: all its heads are known
+    strip = Region(12, 36, 0, e.height)
+    sample = prepare_sample(LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, (strip,), e.points[strip.contains(e.points)]),
+                            TrainConfig(model="lite"))
+    assert sample.mask.any(axis=0).nonzero()[0].tolist() == [2, 3]  # cells 16–32 px; 8–16 and 32–40 stick out
+    inside = ((e.points[:, 0] >= 16) & (e.points[:, 0] < 32)).sum()
+    assert sample.target[sample.mask].sum() == pytest.approx(inside, abs=1e-4)
 
 
 def test_train_with_cap_strip_and_eval(pool, tmp_path):
@@ -192,8 +209,14 @@ def test_torchrun_two_processes_match_one(pool, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_file(str(tmp_path / "one.state.safetensors"))
     b = load_file(str(tmp_path / "two.state.safetensors"))
-    for key in (k for k in a if k.startswith("model.")):
-        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+    # Adam moves a weight by about lr (1e-4) per step whatever its gradient's size, so a weight
+    # whose gradient is near zero can step the other way when the all-reduce rounds differently:
+    # allow one lr per step (6 steps) elementwise, and require the whole model to agree closely.
+    keys = [k for k in a if k.startswith("model.")]
+    for key in keys:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=6e-4)
+    diff = sum(float((a[k] - b[k]).double().norm() ** 2) for k in keys) ** 0.5
+    assert diff < 1e-4 * sum(float(a[k].double().norm() ** 2) for k in keys) ** 0.5
 
 
 def test_sigkill_mid_run_then_resume_finishes(pool, tmp_path):

@@ -81,6 +81,11 @@ class Log:
             yield lambda n=1: bar.advance(task, n)
 
 
+def _one_line(message: str) -> str:
+    """An error is one stderr line: a multi-line message from a library (torch's, say) is joined."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a subcommand: turn errors into one stderr line and exit code 1."""
 
@@ -95,7 +100,7 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
             except CrowdtkError as exc:
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
-                sys.stderr.write(f"crowdtk {command}: error: {exc}\n")
+                sys.stderr.write(f"crowdtk {command}: error: {_one_line(str(exc))}\n")
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 sys.stderr.write(f"crowdtk {command}: interrupted\n")
@@ -107,7 +112,7 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
                 sys.stderr.write(
-                    f"crowdtk {command}: error: unexpected {type(exc).__name__}: {exc} "
+                    f"crowdtk {command}: error: unexpected {type(exc).__name__}: {_one_line(str(exc))} "
                     "(re-run with --verbose for a traceback, and report it)\n"
                 )
                 raise typer.Exit(1) from None

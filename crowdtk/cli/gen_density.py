@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Force, Log, Manifest, OutputDir, Quiet, Verbose, Workers, run_command
+from crowdtk.cli.common import Force, Log, Manifest, OutputDir, Quiet, SkipBad, Verbose, Workers, run_command
+from crowdtk.errors import CrowdtkError
 from crowdtk.density import DensityConfig, generate_densities
 from crowdtk.formats import DENSITY_INDEX, Provenance, atomic_dir, make_header, read_manifest, write_jsonl
 
@@ -24,6 +25,7 @@ def command(
     k_nearest: Annotated[int, typer.Option(help="k of the adaptive kernel.")] = _D.k_nearest,
     stride: Annotated[int, typer.Option(help="Sum-pool the map to this output stride (1 keeps full resolution).")] = _D.stride,
     workers: Workers = 1,
+    skip_bad: SkipBad = False,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -33,10 +35,20 @@ def command(
     config = DensityConfig(sigma=sigma, adaptive=adaptive, beta=beta, k_nearest=k_nearest, stride=stride)
     config.validate()
     _, entries = read_manifest(manifest)
-    provenance = Provenance("gen-density", {"manifest": manifest, **asdict(config)})
+    if not entries:
+        raise CrowdtkError(f"{'<stdin>' if manifest == '-' else manifest}: no images", "index a data set with images first")
+    provenance = Provenance("gen-density", {"manifest": manifest, "skip_bad": skip_bad, **asdict(config)})
+    skipped: list[str] = []
     with atomic_dir(output, force) as tmp:
         with log.progress(len(entries), "density maps") as advance:
-            records = generate_densities(entries, tmp, config, provenance, workers=workers, on_progress=advance)
-        write_jsonl(tmp / "index.jsonl", make_header(DENSITY_INDEX, provenance), (r.to_record() for r in records))
+            records = generate_densities(entries, tmp, config, provenance, workers=workers, on_progress=advance,
+                                         skip_bad=skip_bad, skipped=skipped)
+        for problem in skipped:
+            log.warn(f"skipped {problem}")
+        if not records:
+            raise CrowdtkError(f"{manifest}: every image was bad", "see the list of skipped images")
+        header = make_header(DENSITY_INDEX, provenance)
+        header["skipped"] = skipped
+        write_jsonl(tmp / "index.jsonl", header, (r.to_record() for r in records))
     worst = max((abs(r.sum - r.count) for r in records), default=0.0)
     log.info(f"wrote {len(records)} density maps to {output} (stride {stride}); largest |sum - count| = {worst:.2e}")

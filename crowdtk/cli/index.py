@@ -35,5 +35,6 @@ def command(
                  + ", ".join(f"{k} ({v})" for k, v in list(result.dropped_points.items())[:5]))
     header = make_header(MANIFEST, Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=skip_bad)))
     header["layout"] = result.layout
+    header["skipped"] = result.skipped
     write_jsonl(output, header, (e.to_record() for e in result.entries))
     log.info(f"indexed {len(result.entries)} images ({result.layout} layout), {sum(e.count for e in result.entries)} heads")

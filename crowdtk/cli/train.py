@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,11 +31,24 @@ ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out f
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
 
 
+def check_init(init: Path, model: str | None) -> str:
+    """The model of an --init checkpoint; refuse one that is not a crowdtk checkpoint, or of another model than --model."""
+    from crowdtk.checkpoint import model_of, read_header
+
+    name, _ = model_of(read_header(init), str(init))
+    if model is not None and model != name:
+        raise CrowdtkError(f"{init}: is a checkpoint of model '{name}', not of --model {model}",
+                           f"drop --model (the --init checkpoint's model is used), or pass a checkpoint of a '{model}' model")
+    return name
+
+
 def run_training(command: str, labels: Path, output: Path, config: TrainConfig, init: Path | None,
-                 resume: bool, device: str, force: bool, log: Log) -> None:
+                 resume: bool, device: str, force: bool, log: Log, model_given: bool = True) -> None:
     from crowdtk.checkpoint import state_path
     from crowdtk.train import EpochReport, train
 
+    if init is not None:
+        config = replace(config, model=check_init(init, config.model if model_given else None))
     if not resume:
         check_output_free(output, force)
         if state_path(output).exists() and not force:
@@ -57,8 +70,8 @@ def command(
     labels: Labels,
     output: Output,
     cap: Annotated[bool, typer.Option("--cap", help="Train with Crowd Affinity Propagation. [default: off]")] = False,
-    init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (e.g. the warm-up counter). [default: none]")] = None,
-    model: Model = _T.model,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (e.g. the warm-up counter); it must be of --model when that is given. [default: none]")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Counter: csrnet (the paper's) or lite (EfficientNet-Lite0, fast on CPU). [default: {_T.model}, or the model of --init]", show_default=False)] = None,
     no_pretrained: NoPretrained = False,
     backbone_weights: BackboneWeights = None,
     epochs: Epochs = _T.epochs,
@@ -76,7 +89,7 @@ def command(
     verbose: Verbose = False,
 ) -> None:
     """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
-    config = TrainConfig(model=model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
+    config = TrainConfig(model=model or _T.model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
                          cap=cap, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
                          density_scale=density_scale, val_frac=val_frac, seed=seed)
-    run_training("train", labels, output, config, init, resume, device, force, Log("train", quiet, verbose))
+    run_training("train", labels, output, config, init, resume, device, force, Log("train", quiet, verbose), model_given=model is not None)
