@@ -341,3 +341,11 @@ def test_outputs_get_ordinary_permissions(small_set, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    # safetensors writes a file of its own (0600) in place of the temporary one
+    import torch
+
+    from crowdtk.checkpoint import save_tensors
+
+    ckpt = tmp_path / "c.safetensors"
+    save_tensors(ckpt, {"w": torch.zeros(2)}, {"format": "checkpoint", "format_version": 1})
+    assert ckpt.stat().st_mode & 0o777 == 0o666 & ~umask
