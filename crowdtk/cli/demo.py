@@ -65,7 +65,7 @@ def command(
                                                           "steps": steps, "model": model}, seed))
     write_json(output / "report.json", header, {"methods": report, "wall_s": time.perf_counter() - started})
 
-    mdc = next((r for r in runs if r.method in ("mdc+cap", "mdc")), None)
+    mdc = next((r for r in runs if r.method == "mdc+cap"), None) or next((r for r in runs if r.method == "mdc"), None)
     if mdc is not None:
         pictures.show_regions(output / "regions.png", experiment.selection_dir(mdc) / "labels.jsonl",
                               checkpoint=experiment.run_dir(mdc) / "warmup" / "model.safetensors")
