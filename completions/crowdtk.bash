@@ -22,9 +22,9 @@ _crowdtk_options()
         "select") echo "--budget --engine --exclude --force --help --output --quiet --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
         "export") echo "--force --help --image-url --link --output --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
-        "warmup") echo "--backbone-weights --batch-size --crop --density-scale --device --epochs --force --help --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-frac --verbose -h -o -q -v" ;;
+        "warmup") echo "--backbone-weights --batch-size --crop --density-scale --device --epochs --force --help --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "vectors") echo "--device --exclude --force --help --levels --max-side --output --quiet --skip-bad --strip-frac --verbose -h -o -q -v" ;;
-        "train") echo "--backbone-weights --batch-size --cap --crop --density-scale --device --epochs --force --help --init --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-frac --verbose -h -o -q -v" ;;
+        "train") echo "--backbone-weights --batch-size --cap --crop --density-scale --device --epochs --force --help --init --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
         "eval") echo "--csv --device --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
         "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
@@ -55,11 +55,11 @@ _crowdtk_value()
         "import|--from") echo "choice crops labelstudio cvat labelme" ;;
         "import|--merge"|"import|--oracle"|"import|--output"|"import|-o") echo "file" ;;
         "warmup|--backbone-weights"|"warmup|--output"|"warmup|-o") echo "file" ;;
-        "warmup|--batch-size"|"warmup|--crop"|"warmup|--density-scale"|"warmup|--device"|"warmup|--epochs"|"warmup|--lr"|"warmup|--model"|"warmup|--scale"|"warmup|--seed"|"warmup|--val-frac") echo "none" ;;
+        "warmup|--batch-size"|"warmup|--crop"|"warmup|--density-scale"|"warmup|--device"|"warmup|--epochs"|"warmup|--lr"|"warmup|--model"|"warmup|--scale"|"warmup|--seed"|"warmup|--val-every"|"warmup|--val-frac") echo "none" ;;
         "vectors|--exclude"|"vectors|--output"|"vectors|-o") echo "file" ;;
         "vectors|--device"|"vectors|--levels"|"vectors|--max-side"|"vectors|--strip-frac") echo "none" ;;
         "train|--backbone-weights"|"train|--init"|"train|--output"|"train|-o") echo "file" ;;
-        "train|--batch-size"|"train|--crop"|"train|--density-scale"|"train|--device"|"train|--epochs"|"train|--lr"|"train|--model"|"train|--scale"|"train|--seed"|"train|--val-frac") echo "none" ;;
+        "train|--batch-size"|"train|--crop"|"train|--density-scale"|"train|--device"|"train|--epochs"|"train|--lr"|"train|--model"|"train|--scale"|"train|--seed"|"train|--val-every"|"train|--val-frac") echo "none" ;;
         "strip-cap|--output"|"strip-cap|-o") echo "file" ;;
         "eval|--csv") echo "file" ;;
         "eval|--device"|"eval|--max-side") echo "none" ;;

@@ -118,6 +118,7 @@ _crowdtk_train() {
         '--scale[Resize images by this factor first (recorded; eval and count apply it).]:float: ' \
         '--density-scale[Factor on density targets.]:float: ' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
+        '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '--resume[Continue an interrupted run from its saved state. \[default: off\]]' \
@@ -158,6 +159,7 @@ _crowdtk_warmup() {
         '--scale[Resize images by this factor first (recorded; eval and count apply it).]:float: ' \
         '--density-scale[Factor on density targets.]:float: ' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
+        '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '--resume[Continue an interrupted run from its saved state. \[default: off\]]' \

@@ -274,7 +274,7 @@ class EpochReport:
     epoch: int  # 1-based
     epochs: int
     train_loss: float
-    val_mae: float
+    val_mae: float | None  # None: no validation after this epoch (--val-every)
     best_val_mae: float
     improved: bool
 
@@ -450,10 +450,10 @@ def train(
             if on_step:
                 on_step(epoch + 1, step + 1, loss.item())
 
-        val_mae = validate(net.counter, val_samples, config, dev, procs)
+        val_mae = validate(net.counter, val_samples, config, dev, procs) if config.validates_after(epoch + 1) else None
         train_loss = procs.sum([loss_sum / steps])[0] / procs.world
-        improved = val_mae < best
-        best = min(best, val_mae)
+        improved = val_mae is not None and val_mae < best
+        best = min(best, val_mae) if val_mae is not None else best
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae})
         if procs.writer:
             if improved:

@@ -118,6 +118,17 @@ def test_train_with_cap_strip_and_eval(pool, tmp_path):
     assert rows[0].startswith("image,true_count,predicted_count,error") and len(rows) == 7
 
 
+def test_validation_runs_every_n_epochs_and_after_the_last(pool, tmp_path):
+    ckpt = tmp_path / "v.safetensors"
+    result = run("train", pool["labels"], "--epochs", "5", "--val-every", "2", "-o", ckpt, *FAST)
+    assert result.exit_code == 0, result.output
+    history = load_tensors(tmp_path / "v.state.safetensors")[0]["history"]
+    assert [h["val_mae"] is not None for h in history] == [False, True, False, True, True]
+    assert load_tensors(ckpt)[0]["epochs_done"] in (2, 4, 5)  # the best checkpoint comes from a validated epoch
+    assert [TrainConfig(epochs=n).validates_after(e) for n, e in ((17, 3), (120, 5), (120, 6), (120, 119), (120, 120))] == \
+        [True, False, True, False, True]  # auto: about 20 validations per run
+
+
 def test_tiles_add_up_to_the_whole_image(pool, tmp_path):
     ckpt = tmp_path / "m.safetensors"
     assert run("warmup", pool["labels"], "--epochs", "1", "-o", ckpt, *FAST).exit_code == 0

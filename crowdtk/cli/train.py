@@ -28,6 +28,7 @@ Crop = Annotated[int, typer.Option(help="Random square crop side in pixels, a mu
 Scale = Annotated[float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")]
 DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
 ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
+ValEvery = Annotated[int, typer.Option(help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
 
 
@@ -58,7 +59,8 @@ def run_training(command: str, labels: Path, output: Path, config: TrainConfig, 
         def on_epoch(report: "EpochReport") -> None:
             advance(1)
             mark = " *" if report.improved else ""
-            log.info(f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.4f}, val MAE {report.val_mae:.2f}{mark}")
+            val = "-" if report.val_mae is None else f"{report.val_mae:.2f}"
+            log.info(f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.4f}, val MAE {val}{mark}")
 
         result = train(labels, output, config, provenance, init=str(init) if init else None, resume=resume,
                        device=device, on_epoch=on_epoch)
@@ -81,6 +83,7 @@ def command(
     scale: Scale = _T.input_scale,
     density_scale: DensityScale = _T.density_scale,
     val_frac: ValFrac = _T.val_frac,
+    val_every: ValEvery = _T.val_every,
     seed: Seed = _T.seed,
     device: Device = "auto",
     resume: Resume = False,
@@ -91,5 +94,5 @@ def command(
     """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
     config = TrainConfig(model=model or _T.model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
                          cap=cap, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
-                         density_scale=density_scale, val_frac=val_frac, seed=seed)
+                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, seed=seed)
     run_training("train", labels, output, config, init, resume, device, force, Log("train", quiet, verbose), model_given=model is not None)
