@@ -90,7 +90,7 @@ def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings
     for r in doc["results"]:
         assert r["mae"]["mean"] >= 0 and 0 < r["area_fraction"] <= 0.2 and r["wall_s"] > 0
     assert "| mdc+cap |" in (out / "results.md").read_text()
-    for picture in ("fig4-budget.png", "fig5-regions.png", "fig6-prediction.png"):
+    for picture in ("fig4-budget.png", "fig5-regions.png", "fig5-affinity.png", "fig6-prediction.png"):
         assert (out / picture).stat().st_size > 1000
     # Every step was printed as the command that does it.
     assert "+ crowdtk train " in result.output and "--cap" in result.output and "+ crowdtk strip-cap " in result.output

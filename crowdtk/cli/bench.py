@@ -108,7 +108,8 @@ def command(
 ) -> None:
     """Run the paper's comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.
 
-    Writes DIR/results.json, DIR/results.md (tables in the paper's layout) and DIR/fig4-budget.png.
+    Writes DIR/results.json, DIR/results.md (tables in the paper's layout) and DIR/fig4-budget.png; with mdc or
+    mdc+cap also fig5-regions.png, fig6-prediction.png and (mdc+cap) fig5-affinity.png.
     Every step is an ordinary crowdtk command, printed as it runs.
     """
     from crowdtk.cli.pipeline import Runner
@@ -156,5 +157,8 @@ def command(
         pictures.show_regions(output / "fig5-regions.png", experiment.selection_dir(mdc_run) / "labels.jsonl",
                               checkpoint=experiment.run_dir(mdc_run) / "warmup" / "model.safetensors")
         pictures.show_prediction(output / "fig6-prediction.png", experiment.model_of(mdc_run), experiment.test_manifest)
+        if mdc_run.method == "mdc+cap":
+            pictures.show_affinity(output / "fig5-affinity.png", experiment.run_dir(mdc_run) / mdc_run.name / "model.safetensors",
+                                   experiment.selection_dir(mdc_run) / "labels.jsonl")
     typer.echo(table)
     log.info(f"wrote {output / 'results.json'}, {output / 'results.md'} and pictures in {time.perf_counter() - started:.0f} s")
