@@ -28,8 +28,8 @@ _crowdtk_options()
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
         "eval") echo "--csv --device --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
         "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
-        "bench") echo "--batch-size --budget --budgets --crop --device --help --lr --methods --model --output --quiet --scale --seeds --shapes --steps --test --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
-        "demo") echo "--batch-size --budget --crop --device --help --methods --model --output --quiet --seed --steps --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
+        "bench") echo "--batch-size --budget --budgets --crop --device --help --lr --methods --model --output --quiet --scale --seeds --shapes --steps --strip-frac --test --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "demo") echo "--batch-size --budget --crop --device --help --methods --model --output --quiet --seed --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
     esac
 }
@@ -66,9 +66,9 @@ _crowdtk_value()
         "count|--overlay") echo "file" ;;
         "count|--device"|"count|--max-side") echo "none" ;;
         "bench|--output"|"bench|--test"|"bench|--train"|"bench|-o") echo "file" ;;
-        "bench|--batch-size"|"bench|--budget"|"bench|--budgets"|"bench|--crop"|"bench|--device"|"bench|--lr"|"bench|--methods"|"bench|--model"|"bench|--scale"|"bench|--seeds"|"bench|--shapes"|"bench|--steps"|"bench|--val-frac"|"bench|--warmup-frac"|"bench|--warmup-steps") echo "none" ;;
+        "bench|--batch-size"|"bench|--budget"|"bench|--budgets"|"bench|--crop"|"bench|--device"|"bench|--lr"|"bench|--methods"|"bench|--model"|"bench|--scale"|"bench|--seeds"|"bench|--shapes"|"bench|--steps"|"bench|--strip-frac"|"bench|--val-frac"|"bench|--warmup-frac"|"bench|--warmup-steps") echo "none" ;;
         "demo|--output"|"demo|-o") echo "file" ;;
-        "demo|--batch-size"|"demo|--budget"|"demo|--crop"|"demo|--device"|"demo|--methods"|"demo|--model"|"demo|--seed"|"demo|--steps"|"demo|--synth-test"|"demo|--synth-train"|"demo|--warmup-steps") echo "none" ;;
+        "demo|--batch-size"|"demo|--budget"|"demo|--crop"|"demo|--device"|"demo|--methods"|"demo|--model"|"demo|--seed"|"demo|--steps"|"demo|--strip-frac"|"demo|--synth-test"|"demo|--synth-train"|"demo|--warmup-steps") echo "none" ;;
         "show|--checkpoint"|"show|--labels"|"show|--manifest"|"show|--output"|"show|-o") echo "file" ;;
         "show|--image"|"show|--max-side"|"show|--positions") echo "none" ;;
     esac

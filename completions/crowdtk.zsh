@@ -30,6 +30,7 @@ _crowdtk_demo() {
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
         '--batch-size[Crops per optimizer step.]:int: ' \
         '--crop[Training crop side in pixels (after --scale).]:int: ' \
+        '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
         '--synth-train[Generated training images (the pool).]:int: ' \
         '--synth-test[Generated test images.]:int: ' \
         '--seed[Random seed; recorded in every output.]:int: ' \
@@ -57,6 +58,7 @@ _crowdtk_bench() {
         '--crop[Training crop side in pixels (after --scale).]:int: ' \
         '--lr[Adam learning rate.]:float: ' \
         '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
+        '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
         '--val-frac[Share of each method'\''s labeled images held out for choosing the best epoch.]:float: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \

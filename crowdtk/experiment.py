@@ -42,10 +42,13 @@ class Schedule:
     scale: float = 0.5  # images (and points) resized by this before training and evaluation
     val_frac: float = 0.05
     warmup_frac: float = 0.2  # the paper's share of the budget spent on warm-up images
+    strip_frac: float = 0.1  # strip width / image width; at a 10% budget 0.1 gives one strip (n_l = 1) per image
 
     def validate(self) -> None:
         if self.steps < 1 or self.warmup_steps < 1:
             raise CrowdtkError("--steps and --warmup-steps must be at least 1", "pass positive numbers")
+        if not 0 < self.strip_frac <= 1:
+            raise CrowdtkError(f"--strip-frac must be in (0, 1], got {self.strip_frac}", "pass e.g. 0.1")
         if not 0 < self.warmup_frac < 1:
             raise CrowdtkError(f"--warmup-frac must be in (0, 1), got {self.warmup_frac}", "pass e.g. 0.2")
 
@@ -96,16 +99,20 @@ class Experiment:
                 "--batch-size", str(s.batch_size), "--crop", str(s.crop), "--lr", f"{s.lr:g}", "--scale", f"{s.scale:g}",
                 "--val-frac", f"{s.val_frac:g}", "--seed", str(seed), "--device", self.device, "-q"]
 
+    def _strip_option(self) -> list[str]:
+        """Passed only when not the default, so the printed commands stay the plain ones."""
+        return [] if self.schedule.strip_frac == Schedule.strip_frac else ["--strip-frac", f"{self.schedule.strip_frac:g}"]
+
     def warmup_chain(self, run: Run) -> Iterator[Step]:
         """Algorithm 1, lines 1–4: random strips on a share of the images, a counter, vectors."""
         s, d = self.schedule, self.run_dir(run) / "warmup"
         pool = str(self.train_manifest)
         yield Step(("select", pool, "--budget", f"{run.budget:g}", "--warmup-frac", f"{s.warmup_frac:g}", "--strategy", "random",
-                    "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"), d / "regions.jsonl")
+                    *self._strip_option(), "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"), d / "regions.jsonl")
         yield Step(("import", str(d / "regions.jsonl"), "--oracle", pool, "-o", str(d / "labels.jsonl"), "-q"), d / "labels.jsonl")
         yield Step(("warmup", str(d / "labels.jsonl"), *self._train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
                     "-o", str(d / "model.safetensors")), d / "model.safetensors")
-        yield Step(("vectors", str(d / "model.safetensors"), pool, "--exclude", str(d / "regions.jsonl"),
+        yield Step(("vectors", str(d / "model.safetensors"), pool, "--exclude", str(d / "regions.jsonl"), *self._strip_option(),
                     "--device", self.device, "-o", str(d / "vectors.npz"), "-q"), d / "vectors.npz")
 
     def selection_dir(self, run: Run) -> Path:
@@ -122,13 +129,13 @@ class Experiment:
         elif run.method == "none-or-all":
             base += ["--budget", f"{run.budget:g}", "--strategy", "none-or-all"]
         elif run.method == "random":
-            base += ["--budget", f"{run.budget:g}", "--strategy", "random", "--shape", run.shape]
+            base += ["--budget", f"{run.budget:g}", "--strategy", "random", "--shape", run.shape, *self._strip_option()]
         elif run.method in WARMUP_METHODS:
             yield from self.warmup_chain(run)
             w = self.run_dir(run) / "warmup"
             strategy = "max" if run.method == "max" else "mdc"
             base += ["--budget", f"{run.budget:g}", "--strategy", strategy, "--vectors", str(w / "vectors.npz"),
-                     "--exclude", str(w / "regions.jsonl")]
+                     "--exclude", str(w / "regions.jsonl"), *self._strip_option()]
             merge = ["--merge", str(w / "labels.jsonl")]
         else:
             raise CrowdtkError(f"unknown method {run.method!r}", f"choose from {', '.join(METHODS)}")

@@ -105,6 +105,25 @@ def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings
     other = runner.invoke(app, [*args, "--lr", "0.001"])
     assert other.exit_code == 1 and "other settings (lr differ)" in other.output
 
+    settings = out / "settings.json"  # a folder made before --strip-frac existed holds default-width runs
+    saved = json.loads(settings.read_text())
+    settings.write_text(json.dumps({k: v for k, v in saved.items() if k != "strip_frac"}))
+    assert runner.invoke(app, args).exit_code == 0
+    narrow = runner.invoke(app, [*args, "--strip-frac", "0.05"])
+    assert narrow.exit_code == 1 and "other settings (strip_frac differ)" in narrow.output
+
+
+def test_strip_width_reaches_every_strip_command(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("crowdtk.experiment.labeled_images", lambda labels: 10)  # the chain is listed, not run
+    schedule = Schedule(strip_frac=0.05)
+    experiment = Experiment(Path("train.jsonl"), Path("test.jsonl"), tiny_data / "unused", schedule)
+    steps = [s for method in ("random", "mdc") for s in experiment.selection_chain(Run(method, 0.1, "strip", 0))]
+    strip_steps = [s.argv for s in steps if s.argv[0] == "vectors" or (s.argv[0] == "select" and "none-or-all" not in s.argv)]
+    assert len(strip_steps) == 4  # random; warm-up random, vectors, mdc
+    assert all(a[a.index("--strip-frac") + 1] == "0.05" for a in strip_steps)
+    default = Experiment(Path("train.jsonl"), Path("test.jsonl"), tiny_data / "unused")
+    assert not any("--strip-frac" in s.argv for s in default.selection_chain(Run("random", 0.1, "strip", 0)))
+
 
 def test_a_failed_step_names_its_command(tiny_data: Path) -> None:
     out = tiny_data / "broken"
@@ -127,6 +146,8 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
     for picture in ("regions.png", "prediction.png", "affinity.png"):  # affinity.png needs mdc+cap, listed after mdc
         assert (out / picture).stat().st_size > 1000
     assert "mdc+cap" in result.stdout
+    other = runner.invoke(app, ["demo", "-o", str(out), "--steps", "3", "--synth-train", "12", "--synth-test", "4"])
+    assert other.exit_code == 1 and "other settings" in other.output  # finished steps of other settings are not reused
 
 
 def test_schedule_is_checked() -> None:

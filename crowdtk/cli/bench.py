@@ -28,6 +28,7 @@ Model = Annotated[str, typer.Option(help="Counter for every method: lite or csrn
 BatchSize = Annotated[int, typer.Option(help="Crops per optimizer step.")]
 Crop = Annotated[int, typer.Option(help="Training crop side in pixels (after --scale).")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
+StripFrac = Annotated[float, typer.Option(help="Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).")]
 
 
 def parse_list(text: str, option: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -62,11 +63,15 @@ def manifest_step(source: Path, out: Path, split: str) -> tuple[Path, Step | Non
     return source, None
 
 
+# Settings added after a folder may have been made: absent from its settings.json means their default.
+LATER_SETTINGS = {"strip_frac": _S.strip_frac}
+
+
 def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
     """Runs in DIR are reused only when they were made with the same schedule and data."""
     path = out / "settings.json"
     if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
+        before = {**LATER_SETTINGS, **json.loads(path.read_text(encoding="utf-8"))}
         changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
         if changed:
             raise CrowdtkError(f"{out}: holds runs made with other settings ({', '.join(changed)} differ)",
@@ -101,6 +106,7 @@ def command(
     crop: Crop = _S.crop,
     lr: Lr = _S.lr,
     warmup_frac: Annotated[float, typer.Option(help="Share of the images in the warm-up round (max, mdc).")] = _S.warmup_frac,
+    strip_frac: StripFrac = _S.strip_frac,
     val_frac: Annotated[float, typer.Option(help="Share of each method's labeled images held out for choosing the best epoch.")] = _S.val_frac,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -120,7 +126,7 @@ def command(
     method_list = parse_list(methods, "--methods", METHODS)
     shape_list = parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else []
     schedule = Schedule(model=model, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop, lr=lr,
-                        scale=scale, val_frac=val_frac, warmup_frac=warmup_frac)
+                        scale=scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac)
     schedule.validate()
     output.mkdir(parents=True, exist_ok=True)
     runner = Runner(output, log)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from crowdtk.cli.bench import BatchSize, Crop, Model, Steps, WarmupSteps, parse_list
+from crowdtk.cli.bench import BatchSize, Crop, Model, Steps, StripFrac, WarmupSteps, check_same_settings, parse_list
 from crowdtk.cli.common import Device, Log, Quiet, Seed, Verbose, run_command
 from crowdtk.cli.pipeline import Runner
 from crowdtk.experiment import METHODS, Experiment, Run, Schedule, Step
@@ -30,6 +31,7 @@ def command(
     warmup_steps: WarmupSteps = DEMO.warmup_steps,
     batch_size: BatchSize = DEMO.batch_size,
     crop: Crop = DEMO.crop,
+    strip_frac: StripFrac = DEMO.strip_frac,
     synth_train: Annotated[int, typer.Option(help="Generated training images (the pool).")] = SynthConfig.train,
     synth_test: Annotated[int, typer.Option(help="Generated test images.")] = SynthConfig.test,
     seed: Seed = 0,
@@ -49,8 +51,10 @@ def command(
     started = time.perf_counter()
     method_list = parse_list(methods, "--methods", METHODS)
     schedule = Schedule(model=model, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop,
-                        scale=DEMO.scale, val_frac=DEMO.val_frac)
+                        scale=DEMO.scale, val_frac=DEMO.val_frac, strip_frac=strip_frac)
     schedule.validate()
+    output.mkdir(parents=True, exist_ok=True)
+    check_same_settings(output, {**asdict(schedule), "synth_train": synth_train, "synth_test": synth_test, "seed": seed})
     runner = Runner(output, log)
     data = output / "data"
     runner.execute(Step(("synth", "-o", str(data), "--train", str(synth_train), "--test", str(synth_test), "--seed", str(seed), "-q"), data))
@@ -62,7 +66,7 @@ def command(
                             "heads_labeled": r["heads_labeled"], "images_labeled": r["images_labeled"], "wall_s": r["wall_s"]}
               for r in results}
     header = make_header(DEMO_REPORT, Provenance("demo", {"output": output, "budget": budget, "methods": method_list,
-                                                          "steps": steps, "model": model}, seed))
+                                                          "steps": steps, "model": model, "strip_frac": strip_frac}, seed))
     write_json(output / "report.json", header, {"methods": report, "wall_s": time.perf_counter() - started})
 
     mdc = next((r for r in runs if r.method == "mdc+cap"), None) or next((r for r in runs if r.method == "mdc"), None)
