@@ -1,14 +1,15 @@
 """`warmup` and `train`: fit a counter on labeled regions, optionally with CAP (paper 3.5).
 
 The density loss (Eq. 2) is a squared error on labeled positions only: each labeled image
-carries a mask at the output stride that is true on the cells whose centre lies in a
+carries a mask at the output stride that is true on the cells lying wholly inside a
 labeled region. Unlabeled positions get no target; with ``cap`` they learn through Crowd
 Affinity Propagation, which mixes their features into the labeled positions' features.
 
 Determinism and resuming: every random choice of epoch ``e`` comes from generators seeded
 with ``(seed, e, …)``, and the full training state (weights, optimiser, epoch, best
 validation MAE) is written atomically after every epoch. A run killed at any point and
-resumed therefore repeats exactly the epochs an uninterrupted run would have made.
+resumed therefore repeats exactly the epochs an uninterrupted run would have made (it also
+keeps the run's choice of CPU convolution backward, see speed_up_cpu_training).
 
 Multi-process: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
 DistributedDataParallel (gloo on CPU, NCCL on CUDA). Each step's global batch is the same
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -52,7 +54,7 @@ class Sample:
     id: str
     image: np.ndarray  # (H, W, 3) uint8, H and W multiples of 8
     target: np.ndarray  # (H/8, W/8) float32, heads per cell, labeled points only
-    mask: np.ndarray  # (H/8, W/8) bool, cells whose centre lies in a labeled region
+    mask: np.ndarray  # (H/8, W/8) bool, cells lying wholly inside a labeled region
 
 
 def resize_for_model(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:
@@ -187,19 +189,46 @@ def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: st
             f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})", fix)
 
 
-def speed_up_cpu_training(net: nn.Module) -> None:
-    """CPU settings for training ``net``. oneDNN has no fast backward for dilated depthwise
-    convolutions (models.phase_split_conv sidesteps it), and glibc would otherwise page-fault
-    every large activation in afresh at each step (predict.retain_freed_memory). The lite
-    counter's training step with CAP, with vs without them, alternating in one run (2 cores):
-    3.4x faster at batch 1 of 256 px crops, 9.9x at 2 of 192 px, no change at 8 of 128 px
-    (0.97-1.24x over three runs); bench/run.py's training stage repeats the comparison."""
+def speed_up_cpu_training(net: nn.Module, batch: tuple[int, int, int], phase_split: bool | None = None) -> bool:
+    """CPU settings for training ``net`` on batches of ``batch`` = (crops, height, width); returns
+    whether the dilated depthwise convolutions use ``models.phase_split_conv`` in training.
+
+    glibc would otherwise page-fault every large activation in afresh at each step
+    (predict.retain_freed_memory). Whether the phase split pays depends on the CPU's oneDNN
+    kernels, so it is timed on this batch shape (``phase_split=None``; a resumed run passes its
+    first choice). Measured, lite with CAP, with vs without the split: on a 2-core AMD EPYC
+    3.4x faster at 1 crop of 256 px and 9.9x at 2 of 192 px; on a 2-core Intel Xeon 0.82x at
+    1 of 256 px and 0.85x at 8 of 128 px (bench/run.py's training stage compares both)."""
     from crowdtk.predict import retain_freed_memory  # predict imports this module
 
     retain_freed_memory()
-    for module in net.modules():
-        if isinstance(module, SameConv2d):
-            module.phase_split_backward = True
+    convs = [m for m in net.modules() if isinstance(m, SameConv2d) and m._phased]
+    if not convs:
+        return False
+    if phase_split is None:
+        phase_split = _phase_split_is_faster(net, convs, batch)
+    for m in convs:
+        m.phase_split_backward = phase_split
+    return phase_split
+
+
+def _phase_split_is_faster(net: nn.Module, convs: list[SameConv2d], batch: tuple[int, int, int]) -> bool:
+    """Best of two forward + backward passes each way, alternating, on a zero batch (about 6 training
+    steps; gradients are cleared and no random state is used)."""
+    n, h, w = batch
+    x = torch.zeros(n, 3, h, w).contiguous(memory_format=torch.channels_last)
+    mask = torch.ones(n, h // 8, w // 8, dtype=torch.bool)
+    net.train()
+    freeze_batchnorm(net)
+    best = {False: math.inf, True: math.inf}
+    for split in (False, True, False, True, True, False):  # each way's first pass is slow (warm-up); the minimum ignores it
+        for m in convs:
+            m.phase_split_backward = split
+        start = time.perf_counter()
+        net(x, mask).sum().backward()
+        best[split] = min(best[split], time.perf_counter() - start)
+    net.zero_grad(set_to_none=True)
+    return best[True] < best[False]
 
 
 def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -379,11 +408,10 @@ def train(
     if init_header is not None:
         net.load_weights(init_tensors, str(init), counter_only=True)
     net.to(dev).to(memory_format=torch.channels_last)
-    if dev.type == "cpu":
-        speed_up_cpu_training(net)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
 
     start_epoch, best, history = 0, math.inf, []
+    phase_split: bool | None = None
     state_file = state_path(output)
     if resume:
         if not state_file.exists():
@@ -396,6 +424,7 @@ def train(
         net.load_weights({k[6:]: v for k, v in state_tensors.items() if k.startswith("model.")}, str(state_file))
         _restore_optimizer(optimizer, {k: v for k, v in state_tensors.items() if k.startswith("optim.")}, state_header["optimizer_groups"])
         start_epoch, best, history = state_header["epochs_done"], state_header["best_val_mae"], state_header["history"]
+        phase_split = state_header.get("cpu_phase_split")  # keep the first choice: the same arithmetic as an uninterrupted run
 
     samples = []
     for entry in train_entries:
@@ -408,6 +437,12 @@ def train(
         if prepared:
             prepared(1)
 
+    if dev.type == "cpu":
+        h, w = (config.crop, config.crop) if config.crop else samples[0].image.shape[:2]  # multiples of the stride
+        batch = (config.batch_size, h, w)
+        phase_split = speed_up_cpu_training(net, batch, phase_split)
+        if procs.world > 1:  # every rank computes alike: the majority's choice
+            phase_split = speed_up_cpu_training(net, batch, procs.sum([float(phase_split)])[0] * 2 > procs.world)
     model: nn.Module = net
     if procs.world > 1:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
@@ -462,7 +497,7 @@ def train(
                 kept = True
             opt_tensors, groups = _optimizer_tensors(optimizer)
             header = checkpoint_header(provenance, config, counter, config.cap, labels_sha256, epoch + 1, best, val_on)
-            header.update(history=history, optimizer_groups=groups, state=True)
+            header.update(history=history, optimizer_groups=groups, state=True, cpu_phase_split=phase_split)
             save_tensors(state_file, {**{f"model.{k}": v for k, v in net.weights().items()}, **opt_tensors}, header)
         procs.barrier()
         if on_epoch:

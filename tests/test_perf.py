@@ -143,3 +143,46 @@ def test_phase_split_backward_trains_the_lite_counter_alike(monkeypatch):
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(grads[0], grads[1]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()) + 1e-7)
+
+
+def test_cpu_training_times_the_phase_split_and_leaves_no_trace():
+    from crowdtk.train import TrainNet, speed_up_cpu_training
+
+    net = TrainNet(lite(), cap=True)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    chosen = speed_up_cpu_training(net, (1, 32, 32))
+    phased = [m for m in net.modules() if isinstance(m, SameConv2d) and m._phased]
+    assert phased and all(m.phase_split_backward == chosen for m in phased)
+    assert all(p.grad is None for p in net.parameters())  # the timing passes left no gradients ...
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # ... nor batch-norm statistics
+    assert torch.equal(rng, torch.get_rng_state())
+    assert speed_up_cpu_training(net, (1, 32, 32), not chosen) is (not chosen)  # a given choice is kept, untimed
+    assert all(m.phase_split_backward == (not chosen) for m in phased)
+
+
+def test_a_resumed_run_keeps_its_first_backward_choice(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from conftest import write_generic
+    from crowdtk import train as train_module
+    from crowdtk.checkpoint import load_tensors
+    from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, make_header, write_jsonl
+    from crowdtk.index import build_manifest
+
+    rng = np.random.default_rng(0)
+    write_generic(tmp_path / "data", {f"im{i}": (32, 48, rng.uniform(0, 32, (5, 2))) for i in range(3)})
+    entries = build_manifest(tmp_path / "data").entries
+    labels = tmp_path / "labels.jsonl"
+    write_jsonl(labels, make_header(LABELS, Provenance("test")),
+                (LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, (Region(0, e.width, 0, e.height),), np.zeros((0, 2))).to_record()
+                 for e in entries))
+    calls = []
+    monkeypatch.setattr(train_module, "_phase_split_is_faster", lambda *a: calls.append(1) or True)
+    config = train_module.TrainConfig(model="lite", pretrained=False, epochs=1, crop=16, batch_size=1)
+    out = tmp_path / "m.safetensors"
+    train_module.train(labels, out, config, Provenance("train"))
+    assert load_tensors(tmp_path / "m.state.safetensors")[0]["cpu_phase_split"] is True and calls == [1]
+    monkeypatch.setattr(train_module, "_phase_split_is_faster", lambda *a: calls.append(2) or False)
+    train_module.train(labels, out, replace(config, epochs=2), Provenance("train"), resume=True)
+    assert calls == [1] and load_tensors(tmp_path / "m.state.safetensors")[0]["cpu_phase_split"] is True
