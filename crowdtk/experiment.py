@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import read_json, read_labels, read_manifest, BENCH_RESULTS
+from crowdtk.formats import read_json, read_labels, read_manifest, read_regions, BENCH_RESULTS
 
 METHODS = ("full", "none-or-all", "random", "max", "mdc", "mdc+cap")
 SHAPES = ("strip", "band", "block")
@@ -157,6 +157,11 @@ class Experiment:
             yield Step(("strip-cap", str(model), "-o", str(d / "infer.safetensors"), "-q"), d / "infer.safetensors")
             model = d / "infer.safetensors"
         yield Step(("eval", str(model), str(self.test_manifest), "--json", "--device", self.device, "-q"), d / "eval.json", stdout=True)
+
+    def first_chosen(self, run: Run) -> str | None:
+        """The first image whose regions the run's own strategy chose (its labels also hold the
+        warm-up round's random strips): the image the pictures show."""
+        return next((e.id for e in read_regions(self.selection_dir(run) / "regions.jsonl")[1] if e.regions), None)
 
     def model_of(self, run: Run) -> Path:
         """The inference checkpoint of a finished run."""

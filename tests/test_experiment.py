@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from crowdtk.cli import app
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Experiment, Run, Schedule, Step, aggregate, epochs_for, markdown_table
-from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, read_json
+from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, read_json, read_regions
 
 runner = CliRunner()
 
@@ -133,6 +133,11 @@ def test_a_failed_step_names_its_command(tiny_data: Path) -> None:
 
 
 def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crowdtk import pictures
+
+    drawn = []
+    show_regions = pictures.show_regions
+    monkeypatch.setattr(pictures, "show_regions", lambda *a, **k: drawn.append(show_regions(*a, **k)) or drawn[-1])
     out = tiny_data / "demo"
     result = runner.invoke(app, ["demo", "-o", str(out), "--steps", "2", "--warmup-steps", "1", "--batch-size", "2",
                                  "--methods", "none-or-all,mdc,mdc+cap", "--synth-train", "12", "--synth-test", "4"])
@@ -143,6 +148,9 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
         assert {"mae", "rmse", "area_fraction", "heads_labeled"} <= set(method)
         assert 0.05 < method["area_fraction"] < 0.2
     assert "+ crowdtk synth" in result.output and "+ crowdtk select" in result.output
+    warmup_ids = {e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "warmup" / "regions.jsonl")[1] if e.regions}
+    mdc_ids = [e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "select-mdc" / "regions.jsonl")[1] if e.regions]
+    assert drawn == [mdc_ids[0]] and drawn[0] not in warmup_ids  # the picture shows a strip MDC chose, not a warm-up one
     for picture in ("regions.png", "prediction.png", "affinity.png"):  # affinity.png needs mdc+cap, listed after mdc
         assert (out / picture).stat().st_size > 1000
     assert "mdc+cap" in result.stdout

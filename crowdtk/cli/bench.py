@@ -160,7 +160,7 @@ def command(
     first = runs[0]
     if "mdc" in method_list or "mdc+cap" in method_list:
         mdc_run = Run("mdc+cap" if "mdc+cap" in method_list else "mdc", first.budget, "strip", 0)
-        pictures.show_regions(output / "fig5-regions.png", experiment.selection_dir(mdc_run) / "labels.jsonl",
+        pictures.show_regions(output / "fig5-regions.png", experiment.selection_dir(mdc_run) / "labels.jsonl", experiment.first_chosen(mdc_run),
                               checkpoint=experiment.run_dir(mdc_run) / "warmup" / "model.safetensors")
         pictures.show_prediction(output / "fig6-prediction.png", experiment.model_of(mdc_run), experiment.test_manifest)
         if mdc_run.method == "mdc+cap":
