@@ -108,9 +108,10 @@ class Counter(nn.Module, abc.ABC):
 
     name: str = ""
     stride: int = STRIDE
-    # Images per forward pass when predicting many images of one size (crowdtk.predict); set
-    # from CPU measurements (bench/run.py): batching helps the lite counter's depthwise layers,
-    # not CSRNet's large convolutions, whose memory it would multiply.
+    # Images per forward pass when predicting many images of one size (crowdtk.predict, which on
+    # CPU keeps it only if the first batch is measurably faster): batching helped the lite
+    # counter's depthwise layers on an AMD EPYC (not on an Intel Xeon), never CSRNet's large
+    # convolutions, whose memory it would multiply.
     inference_batch: int = 1
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

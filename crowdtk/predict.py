@@ -21,6 +21,7 @@ import ctypes.util
 import math
 import os
 import platform
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ class Predictor:
         self.counter = counter.to(self.device).to(memory_format=torch.channels_last)
         self.max_side = max_side // STRIDE * STRIDE
         self.batch_size = max(1, batch_size if batch_size is not None else (loaded.counter.inference_batch if fast else 1))
+        # A default batch on CPU is kept only if the first full batch shows it pays (see _batching_pays).
+        self._batch_unchecked = batch_size is None and self.batch_size > 1 and self.device.type == "cpu"
         if fast and self.device.type == "cpu":
             retain_freed_memory()
 
@@ -144,6 +147,8 @@ class Predictor:
         def flush() -> Iterator[tuple[np.ndarray, float, float]]:
             if len(pending) == 1:
                 out = [self._run(pending[0][0][None])[0]]
+            elif self._batch_unchecked and len(pending) == self.batch_size:
+                out = self._batching_pays(np.stack([p[0] for p in pending]))
             else:
                 out = list(self._run(np.stack([p[0] for p in pending])))
             done = [(d, sx, sy) for d, (_, sx, sy) in zip(out, pending)]
@@ -163,6 +168,25 @@ class Predictor:
                 yield from flush()
         if pending:
             yield from flush()
+
+    def _batching_pays(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Time ``batch`` together and one image at a time (best of two each, the first of each
+        warming up) and keep batching only if it is at least 1.1× faster; returns the batch's
+        densities. Measured, lite at 768×1024, batch 4 per image vs batch 1: faster on a 2-core
+        AMD EPYC, 0.73× on a 2-core Intel Xeon (bench/run.py). Costs about three extra batches once."""
+        together, alone = math.inf, math.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            out = list(self._run(batch))
+            together = min(together, time.perf_counter() - start)
+            start = time.perf_counter()
+            for image in batch:
+                self._run(image[None])
+            alone = min(alone, time.perf_counter() - start)
+        if alone < together * 1.1:
+            self.batch_size = 1
+        self._batch_unchecked = False
+        return out
 
     def _whole_or_tiled(self, padded: np.ndarray) -> np.ndarray:
         height, width = padded.shape[:2]

@@ -186,3 +186,30 @@ def test_a_resumed_run_keeps_its_first_backward_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "_phase_split_is_faster", lambda *a: calls.append(2) or False)
     train_module.train(labels, out, replace(config, epochs=2), Provenance("train"), resume=True)
     assert calls == [1] and load_tensors(tmp_path / "m.state.safetensors")[0]["cpu_phase_split"] is True
+
+
+@pytest.mark.parametrize("batch_cost, kept", [(lambda n: 1.0, 4), (lambda n: float(n), 1)])
+def test_default_batching_is_kept_only_when_it_pays(monkeypatch, batch_cost, kept):
+    from types import SimpleNamespace
+
+    from crowdtk import predict
+
+    clock = [0.0]
+    monkeypatch.setattr(predict, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    loaded = LoadedModel(lite(), {"density_scale": 100.0}, "")
+    predictor = Predictor(loaded, device="cpu")
+    assert predictor.batch_size == 4
+    real_run = predictor._run
+
+    def timed_run(x):  # a fake clock: a batch of n costs batch_cost(n)
+        clock[0] += batch_cost(len(x))
+        return real_run(x)
+
+    monkeypatch.setattr(predictor, "_run", timed_run)
+    stream = images([(32, 48)] * 7)
+    got = list(predictor.densities(iter(stream)))
+    assert predictor.batch_size == kept
+    plain = Predictor(loaded, device="cpu", fast=False)
+    for image, (density, _, _) in zip(stream, got):  # every image once, in order, whatever was chosen
+        np.testing.assert_allclose(density, plain.density(image)[0], rtol=1e-4, atol=1e-5)
+    assert Predictor(loaded, device="cpu", batch_size=4)._batch_unchecked is False  # an explicit batch is kept as given
