@@ -22,9 +22,9 @@ _crowdtk_options()
         "select") echo "--budget --engine --exclude --force --help --output --quiet --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
         "export") echo "--force --help --image-url --link --output --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
-        "warmup") echo "--backbone-weights --batch-size --crop --density-scale --device --epochs --force --help --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
+        "warmup") echo "--backbone-weights --batch-size --compile --crop --density-scale --device --epochs --force --help --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "vectors") echo "--device --exclude --force --help --levels --max-side --output --quiet --skip-bad --strip-frac --verbose -h -o -q -v" ;;
-        "train") echo "--backbone-weights --batch-size --cap --crop --density-scale --device --epochs --force --help --init --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
+        "train") echo "--backbone-weights --batch-size --cap --compile --crop --density-scale --device --epochs --force --help --init --lr --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
         "eval") echo "--csv --device --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
         "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;

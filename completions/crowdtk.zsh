@@ -121,6 +121,7 @@ _crowdtk_train() {
         '--density-scale[Factor on density targets.]:float: ' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
         '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
+        '--compile[torch.compile the network for training (CUDA; slower to start). \[default: off\]]' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '--resume[Continue an interrupted run from its saved state. \[default: off\]]' \
@@ -162,6 +163,7 @@ _crowdtk_warmup() {
         '--density-scale[Factor on density targets.]:float: ' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
         '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
+        '--compile[torch.compile the network for training (CUDA; slower to start). \[default: off\]]' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '--resume[Continue an interrupted run from its saved state. \[default: off\]]' \

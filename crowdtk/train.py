@@ -454,6 +454,8 @@ def train(
     if procs.world > 1:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
                                                     find_unused_parameters=config.cap)
+    if config.compile:
+        model = torch.compile(model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     global_batch = config.batch_size * procs.world
     steps = math.ceil(len(samples) / global_batch)

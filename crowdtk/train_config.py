@@ -31,6 +31,8 @@ class TrainConfig:
     # labeled images (None-or-All) have many short epochs: validating each one took 40% of the
     # demo's None-or-All training.
     val_every: int = 0
+    # torch.compile the training network: off by default; meant for CUDA (on CPU see README, speed).
+    compile: bool = False
     seed: int = 0
 
     def validate(self) -> None:

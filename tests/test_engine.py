@@ -129,6 +129,16 @@ def test_validation_runs_every_n_epochs_and_after_the_last(pool, tmp_path):
         [True, False, True, False, True]  # auto: about 20 validations per run
 
 
+def test_compile_flag_compiles_the_training_network(pool, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(type(module).__name__) or module)
+    ckpt = tmp_path / "c.safetensors"
+    assert run("train", pool["labels"], "--epochs", "1", "--compile", "-o", ckpt, *FAST).exit_code == 0
+    assert compiled == ["TrainNet"] and load_tensors(ckpt)[0]["training"]["compile"] is True
+    assert run("warmup", pool["labels"], "--epochs", "1", "-o", tmp_path / "w.safetensors", *FAST).exit_code == 0
+    assert compiled == ["TrainNet"]  # off unless asked
+
+
 def test_tiles_add_up_to_the_whole_image(pool, tmp_path):
     ckpt = tmp_path / "m.safetensors"
     assert run("warmup", pool["labels"], "--epochs", "1", "-o", ckpt, *FAST).exit_code == 0

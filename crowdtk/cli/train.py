@@ -29,6 +29,7 @@ Scale = Annotated[float, typer.Option("--scale", help="Resize images by this fac
 DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
 ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
 ValEvery = Annotated[int, typer.Option(help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the network for training (CUDA; slower to start). [default: off]")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
 
 
@@ -84,6 +85,7 @@ def command(
     density_scale: DensityScale = _T.density_scale,
     val_frac: ValFrac = _T.val_frac,
     val_every: ValEvery = _T.val_every,
+    compile_: Compile = False,
     seed: Seed = _T.seed,
     device: Device = "auto",
     resume: Resume = False,
@@ -94,5 +96,5 @@ def command(
     """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
     config = TrainConfig(model=model or _T.model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
                          cap=cap, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
-                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, seed=seed)
+                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed)
     run_training("train", labels, output, config, init, resume, device, force, Log("train", quiet, verbose), model_given=model is not None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crowdtk.cli.common import Device, Force, Log, Quiet, Seed, Verbose, run_command
 from crowdtk.cli.train import (
-    BackboneWeights, BatchSize, Crop, DensityScale, Epochs, Labels, Lr, Model, NoPretrained, Output, Resume, Scale, ValEvery,
+    BackboneWeights, BatchSize, Compile, Crop, DensityScale, Epochs, Labels, Lr, Model, NoPretrained, Output, Resume, Scale, ValEvery,
     ValFrac, run_training, _T,
 )
 from crowdtk.train_config import TrainConfig
@@ -25,6 +25,7 @@ def command(
     density_scale: DensityScale = _T.density_scale,
     val_frac: ValFrac = _T.val_frac,
     val_every: ValEvery = _T.val_every,
+    compile_: Compile = False,
     seed: Seed = _T.seed,
     device: Device = "auto",
     resume: Resume = False,
@@ -35,5 +36,5 @@ def command(
     """Train the warm-up counter on the warm-up labels (no CAP); 'vectors' uses it to rank the rest."""
     config = TrainConfig(model=model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
                          cap=False, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
-                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, seed=seed)
+                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed)
     run_training("warmup", labels, output, config, None, resume, device, force, Log("warmup", quiet, verbose))
