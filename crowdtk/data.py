@@ -111,9 +111,9 @@ def read_points(path: str | os.PathLike[str]) -> np.ndarray:
         raise
     except RecursionError:
         raise CrowdtkError(f"{source}: unreadable points file (nested too deeply)", "fix or re-export the annotations") from None
-    # Whatever a parser raises on a malformed file (scipy's MatReadError, NotImplementedError
-    # for MATLAB v7.3 files, csv.Error, numpy's ValueError/SyntaxError for a bad .npy header,
-    # MemoryError for an absurd shape, …) is the same problem for the user.
+    # Whatever a parser raises on a malformed file is the same problem for the user: scipy's
+    # MatReadError, NotImplementedError for MATLAB v7.3 files, csv.Error, numpy's
+    # ValueError/SyntaxError for a bad .npy header, MemoryError for an absurd shape, and others.
     except Exception as exc:  # noqa: BLE001
         raise CrowdtkError(f"{source}: unreadable points file ({type(exc).__name__}: {exc})", "fix or re-export the annotations") from None
     if isinstance(points, np.ndarray) and np.iscomplexobj(points):  # .mat and .npy; JSON has no complex numbers

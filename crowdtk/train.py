@@ -221,8 +221,8 @@ def _phase_split_is_faster(net: nn.Module, convs: list[SameConv2d], batch: tuple
     steps; gradients are cleared and no random state is used)."""
     n, h, w = batch
     x = torch.zeros(n, 3, h, w).contiguous(memory_format=torch.channels_last)
-    mask = torch.zeros(n, h // 8, w // 8, dtype=torch.bool)
-    mask[..., : max(1, w // 80)] = True  # a labeled strip, so that CAP (if any) has work as in training
+    mask = torch.zeros(n, h // STRIDE, w // STRIDE, dtype=torch.bool)
+    mask[..., : max(1, w // (10 * STRIDE))] = True  # a labeled strip, so that CAP (if any) has work as in training
     net.train()
     freeze_batchnorm(net)
     best = {False: math.inf, True: math.inf}
@@ -497,7 +497,8 @@ def train(
         val_mae = validate(net.counter, val_samples, config, dev, procs) if config.validates_after(epoch + 1) else None
         train_loss = procs.sum([loss_sum / steps])[0] / procs.world
         improved = val_mae is not None and val_mae < best
-        best = min(best, val_mae) if val_mae is not None else best
+        if improved:
+            best = val_mae
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae})
         if procs.writer:
             if improved:
