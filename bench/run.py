@@ -426,7 +426,7 @@ class CrowdtkTraining:
         import torch
 
         from crowdtk.formats import LabelsEntry, Region
-        from crowdtk.train import TrainConfig, TrainNet, freeze_batchnorm, prepare_sample, speed_up_cpu_training
+        from crowdtk.train import TrainConfig, TrainNet, example_batch, freeze_batchnorm, prepare_sample, speed_up_cpu_training
 
         self.torch = torch
         self.config = TrainConfig(model=model, crop=crop, batch_size=1, pretrained=False)
@@ -435,7 +435,7 @@ class CrowdtkTraining:
         self.net.train()
         freeze_batchnorm(self.net)
         if cpu_settings:
-            speed_up_cpu_training(self.net, (1, crop, crop))
+            speed_up_cpu_training(self.net, example_batch((1, 3, crop, crop), (crop // 8, crop // 8)))
         self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=1e-7)
         entries = [LabelsEntry(d["id"], d["image"], d["sha256"], d["width"], d["height"], (Region(0, d["width"], 0, d["height"]),),
                                np.asarray(d["points"], dtype=np.float64).reshape(-1, 2)) for d in labels]

@@ -28,9 +28,10 @@ _crowdtk_demo() {
         '--model[Counter for every method: lite or csrnet.]:text: ' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
-        '--batch-size[Crops per optimizer step.]:int: ' \
-        '--crop[Training crop side in pixels (after --scale).]:int: ' \
+        '--batch-size[Images (whole, or crops with --crop) per optimizer step.]:int: ' \
+        '--crop[Training crop side in pixels (after --scale), for --freeze none; 0 = whole images.]:int: ' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
+        '(--cpu-bf16 --no-cpu-bf16)'{--cpu-bf16,--no-cpu-bf16}'[Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). \[default: on where the CPU runs bfloat16 natively and --device is not cuda\]]' \
         '--synth-train[Generated training images (the pool).]:int: ' \
         '--synth-test[Generated test images.]:int: ' \
         '--seed[Random seed; recorded in every output.]:int: ' \
@@ -49,17 +50,20 @@ _crowdtk_bench() {
         '--budgets[Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. \[default: --budget\]]:text: ' \
         '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap.]:text: ' \
         '--shapes[Extra region shapes for random selection (Table 1): band, block. \[default: none\]]:text: ' \
-        '--seeds[Seeds per method (selection and training); results give mean and std.]:int: ' \
+        '--seeds[Seeds per method (selection and training); results give mean ± std.]:int: ' \
         '--scale[Resize images and points by this factor for training and evaluation (CPU-affordable runs).]:float: ' \
         '--model[Counter for every method: lite or csrnet.]:text: ' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
-        '--batch-size[Crops per optimizer step.]:int: ' \
-        '--crop[Training crop side in pixels (after --scale).]:int: ' \
+        '--batch-size[Images (whole, or crops with --crop) per optimizer step.]:int: ' \
+        '--crop[Training crop side in pixels (after --scale), for --freeze none; 0 = whole images.]:int: ' \
         '--lr[Adam learning rate.]:float: ' \
+        '--freeze[encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.]:{none|early|encoder}:(none early encoder)' \
+        '(--cpu-bf16 --no-cpu-bf16)'{--cpu-bf16,--no-cpu-bf16}'[Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). \[default: on where the CPU runs bfloat16 natively and --device is not cuda\]]' \
+        '--feature-cache[Folder of the frozen front end'\''s features, shareable between bench folders (a CI job can keep it across runs). \[default: DIR/feature-cache\]]:path:_files' \
         '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
-        '--val-frac[Share of each method'\''s labeled images held out for choosing the best epoch.]:float: ' \
+        '--val-frac[Share of each method'\''s labeled images held out (validation only reports: the checkpoint is the last epoch'\''s).]:float: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
@@ -85,6 +89,7 @@ _crowdtk_eval() {
         '--csv[Write per-image results (image, true, predicted, error) here. \[default: none\]]:path:_files' \
         '--json[Print one JSON object (mae, rmse, game, n_images) instead of a table. \[default: off\]]' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
+        '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
@@ -121,6 +126,11 @@ _crowdtk_train() {
         '--density-scale[Factor on density targets.]:float: ' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
         '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
+        '--freeze[none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.]:{none|early|encoder}:(none early encoder)' \
+        '--feature-cache[Folder that keeps the frozen front end'\''s features (with --freeze), shared by runs with the same model, scale and images. \[default: in memory\]]:path:_files' \
+        '--lr-schedule[constant, or cosine: decay to 0 over the run.]:{constant|cosine}:(constant cosine)' \
+        '--keep[The epoch the checkpoint holds: best (by validation MAE) or last.]:{best|last}:(best last)' \
+        '--cpu-bf16[Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). \[default: off\]]' \
         '--compile[torch.compile the network for training (CUDA; slower to start). \[default: off\]]' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
@@ -138,7 +148,9 @@ _crowdtk_vectors() {
         '--exclude[Regions or labels file whose images are skipped (already labeled); it must be of this pool (same ids and image digests). \[default: none\]]:path:_files' \
         '--levels[Levels L of the multi-level density vector.]:int: ' \
         '--strip-frac[Strip width as a fraction of the image width.]:float: ' \
+        '--scale[The --scale the final counter will be trained at: strip edges lie on whole output cells of the image resized by it (select checks that it matches). \[default: the checkpoint'\''s scale\]]:float: ' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
+        '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
@@ -163,6 +175,11 @@ _crowdtk_warmup() {
         '--density-scale[Factor on density targets.]:float: ' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
         '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
+        '--freeze[none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.]:{none|early|encoder}:(none early encoder)' \
+        '--feature-cache[Folder that keeps the frozen front end'\''s features (with --freeze), shared by runs with the same model, scale and images. \[default: in memory\]]:path:_files' \
+        '--lr-schedule[constant, or cosine: decay to 0 over the run.]:{constant|cosine}:(constant cosine)' \
+        '--keep[The epoch the checkpoint holds: best (by validation MAE) or last.]:{best|last}:(best last)' \
+        '--cpu-bf16[Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). \[default: off\]]' \
         '--compile[torch.compile the network for training (CUDA; slower to start). \[default: off\]]' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
@@ -212,6 +229,8 @@ _crowdtk_select() {
         '--exclude[Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. \[default: none\]]:file:_files' \
         '--strip-frac[Strip width as a fraction of the image width (the area of one cell).]:float: ' \
         '--shape[Cells: strip (vertical, the paper'\''s), band (horizontal) or block (square), for the Table 1 ablation.]:{strip|band|block}:(strip band block)' \
+        '--scale[The --scale the counter will be trained at: cell edges lie on whole output cells (8 px) of the image resized by it, so every labeled head is supervised. \[default: the vectors'\'' scale, else 1\]]:float: ' \
+        '--n-init[MDC: EM starts per image (k-means++ seeds); the fit of the highest likelihood is kept.]:int: ' \
         '--engine[MDC'\''s EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).]:{numpy|sklearn}:(numpy sklearn)' \
         '--seed[Random seed; recorded in every output.]:int: ' \
         '--workers[Parallel worker processes or threads.]:int: ' \

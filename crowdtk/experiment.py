@@ -8,6 +8,13 @@ output exists (every output is written atomically), which is how a rerun reuses 
 All methods train the same model from the same ImageNet start for the same number of
 optimizer steps (``Schedule.steps``): a method that labels fewer images runs more epochs,
 so the comparison is about which pixels are labeled, not about compute.
+
+The CPU default is the frozen-encoder tier (``--freeze encoder``: ImageNet features computed
+once per image and flip, kept in ``DIR/feature-cache`` and shared by every method and seed;
+the back end, + CAP, trains on whole images). Model selection is one rule for every method:
+a cosine learning-rate decay to 0 and the last epoch's model (``--keep last``), with no
+images held out, so no method's checkpoint depends on how a handful of validation images
+happen to score (None-or-All at 10% of Part B had 2 of them).
 """
 
 from __future__ import annotations
@@ -34,13 +41,17 @@ class Schedule:
     """How every method's counter is trained and evaluated (the same for all methods)."""
 
     model: str = "lite"
-    steps: int = 800  # optimizer steps of each training run
-    warmup_steps: int = 400  # optimizer steps of the warm-up counter
-    batch_size: int = 8
-    crop: int = 128
-    lr: float = 1e-4
+    steps: int = 2000  # optimizer steps of each training run
+    warmup_steps: int = 1000  # optimizer steps of the warm-up counter
+    batch_size: int = 4
+    crop: int = 0  # whole images (the frozen tier trains on whole cached maps)
+    lr: float = 1e-3
     scale: float = 0.5  # images (and points) resized by this before training and evaluation
-    val_frac: float = 0.05
+    val_frac: float = 0.0  # no held-out images: the checkpoint is the last epoch's (keep)
+    freeze: str = "encoder"  # the frozen-encoder tier; "none" fine-tunes everything on crops
+    lr_schedule: str = "cosine"
+    keep: str = "last"
+    cpu_bf16: bool = False  # train/warmup --cpu-bf16 (bench and demo turn it on where the CPU runs bfloat16 natively)
     warmup_frac: float = 0.2  # the paper's share of the budget spent on warm-up images
     strip_frac: float = 0.1  # strip width / image width; at a 10% budget 0.1 gives one strip (n_l = 1) per image
 
@@ -89,15 +100,37 @@ class Experiment:
     out: Path
     schedule: Schedule = field(default_factory=Schedule)
     device: str = "auto"
+    cache_dir: Path | None = None  # where the frozen front end's features are kept [default: DIR/feature-cache]
 
     def run_dir(self, run: Run) -> Path:
         return self.out / "runs" / f"budget-{run.budget:g}" / f"seed-{run.seed}"
 
+    @property
+    def feature_cache(self) -> Path:
+        """Shared by every method and seed (and by other bench folders given the same folder): the frozen
+        front end's features depend only on the images, the scale and the frozen weights."""
+        return self.cache_dir if self.cache_dir is not None else self.out / "feature-cache"
+
     def _train_options(self, steps: int, labels: Path, seed: int) -> list[str]:
         s = self.schedule
-        return ["--model", s.model, "--epochs", str(epochs_for(steps, s.batch_size, labeled_images(labels), s.val_frac)),
-                "--batch-size", str(s.batch_size), "--crop", str(s.crop), "--lr", f"{s.lr:g}", "--scale", f"{s.scale:g}",
-                "--val-frac", f"{s.val_frac:g}", "--seed", str(seed), "--device", self.device, "-q"]
+        epochs = epochs_for(steps, s.batch_size, labeled_images(labels), s.val_frac)
+        options = ["--model", s.model, "--epochs", str(epochs), "--batch-size", str(s.batch_size), "--crop", str(s.crop),
+                   "--lr", f"{s.lr:g}", "--scale", f"{s.scale:g}", "--val-frac", f"{s.val_frac:g}",
+                   "--lr-schedule", s.lr_schedule, "--keep", s.keep]
+        if s.keep == "last":
+            options += ["--val-every", str(epochs)]  # validation chooses nothing: once, at the end, as a report
+        if s.freeze != "none":
+            options += ["--freeze", s.freeze, *self._cache_option()]
+        if s.cpu_bf16:
+            options.append("--cpu-bf16")
+        return options + ["--seed", str(seed), "--device", self.device, "-q"]
+
+    def _cache_option(self) -> list[str]:
+        return ["--feature-cache", str(self.feature_cache)] if self.schedule.freeze != "none" else []
+
+    def _grid_options(self) -> list[str]:
+        """Strip edges on the output-cell grid of the training scale, so every labeled head is supervised."""
+        return [] if self.schedule.scale == 1.0 else ["--scale", f"{self.schedule.scale:g}"]
 
     def _strip_option(self) -> list[str]:
         """Passed only when not the default, so the printed commands stay the plain ones."""
@@ -108,12 +141,13 @@ class Experiment:
         s, d = self.schedule, self.run_dir(run) / "warmup"
         pool = str(self.train_manifest)
         yield Step(("select", pool, "--budget", f"{run.budget:g}", "--warmup-frac", f"{s.warmup_frac:g}", "--strategy", "random",
-                    *self._strip_option(), "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"), d / "regions.jsonl")
+                    *self._strip_option(), *self._grid_options(), "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"), d / "regions.jsonl")
         yield Step(("import", str(d / "regions.jsonl"), "--oracle", pool, "-o", str(d / "labels.jsonl"), "-q"), d / "labels.jsonl")
         yield Step(("warmup", str(d / "labels.jsonl"), *self._train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
                     "-o", str(d / "model.safetensors")), d / "model.safetensors")
         yield Step(("vectors", str(d / "model.safetensors"), pool, "--exclude", str(d / "regions.jsonl"), *self._strip_option(),
-                    "--device", self.device, "-o", str(d / "vectors.npz"), "-q"), d / "vectors.npz")
+                    *self._grid_options(), *self._cache_option(), "--device", self.device, "-o", str(d / "vectors.npz"), "-q"),
+                   d / "vectors.npz")
 
     def selection_dir(self, run: Run) -> Path:
         """mdc and mdc+cap label the same regions; every other method labels its own."""
@@ -129,13 +163,14 @@ class Experiment:
         elif run.method == "none-or-all":
             base += ["--budget", f"{run.budget:g}", "--strategy", "none-or-all"]
         elif run.method == "random":
-            base += ["--budget", f"{run.budget:g}", "--strategy", "random", "--shape", run.shape, *self._strip_option()]
+            base += ["--budget", f"{run.budget:g}", "--strategy", "random", "--shape", run.shape, *self._strip_option(),
+                     *self._grid_options()]
         elif run.method in WARMUP_METHODS:
             yield from self.warmup_chain(run)
             w = self.run_dir(run) / "warmup"
             strategy = "max" if run.method == "max" else "mdc"
             base += ["--budget", f"{run.budget:g}", "--strategy", strategy, "--vectors", str(w / "vectors.npz"),
-                     "--exclude", str(w / "regions.jsonl"), *self._strip_option()]
+                     "--exclude", str(w / "regions.jsonl"), *self._strip_option(), *self._grid_options()]
             merge = ["--merge", str(w / "labels.jsonl")]
         else:
             raise CrowdtkError(f"unknown method {run.method!r}", f"choose from {', '.join(METHODS)}")
@@ -156,7 +191,8 @@ class Experiment:
         if cap:
             yield Step(("strip-cap", str(model), "-o", str(d / "infer.safetensors"), "-q"), d / "infer.safetensors")
             model = d / "infer.safetensors"
-        yield Step(("eval", str(model), str(self.test_manifest), "--json", "--device", self.device, "-q"), d / "eval.json", stdout=True)
+        yield Step(("eval", str(model), str(self.test_manifest), "--json", *self._cache_option(), "--device", self.device, "-q"),
+                   d / "eval.json", stdout=True)
 
     def first_chosen(self, run: Run) -> str | None:
         """The first image whose regions the run's own strategy chose (its labels also hold the
@@ -187,16 +223,22 @@ def run_result(experiment: Experiment, run: Run, timings: dict[str, float], step
     """One finished run's numbers: test errors, what was labeled, and the time its steps took."""
     import json
 
+    from crowdtk.checkpoint import read_header
+
     scores = json.loads((experiment.run_dir(run) / run.name / "eval.json").read_text(encoding="utf-8"))
     _, labels = read_labels(experiment.selection_dir(run) / "labels.jsonl")
     _, pool = read_manifest(experiment.train_manifest)
     pool_area = sum(m.width * m.height for m in pool)
+    supervision = read_header(experiment.run_dir(run) / run.name / "model.safetensors").get("supervision") or {}
+    labeled, supervised = supervision.get("heads_labeled", 0), supervision.get("heads_supervised", 0)
     return {
         "seed": run.seed,
         "mae": scores["mae"],
         "rmse": scores["rmse"],
         "non_finite": len(scores.get("non_finite", [])),
         "heads_labeled": sum(len(e.points) for e in labels),
+        # The heads inside cells the loss sees, over those labeled (training's own count).
+        "heads_supervised_fraction": supervised / labeled if labeled else 1.0,
         "images_labeled": sum(1 for e in labels if e.regions),
         "area_fraction": sum(e.labeled_area for e in labels) / pool_area,
         "wall_s": sum(timings.get(str(s.output), 0.0) for s in steps),
@@ -215,11 +257,46 @@ def aggregate(rows: dict[tuple[str, float, str], list[dict[str, Any]]]) -> list[
             "method": method, "budget": budget, "shape": shape, "seeds": [r["seed"] for r in runs],
             "mae": _mean_std([r["mae"] for r in runs]), "rmse": _mean_std([r["rmse"] for r in runs]),
             "heads_labeled": statistics.fmean(r["heads_labeled"] for r in runs),
+            "heads_supervised_fraction": min(r["heads_supervised_fraction"] for r in runs),
             "images_labeled": statistics.fmean(r["images_labeled"] for r in runs),
             "area_fraction": statistics.fmean(r["area_fraction"] for r in runs),
             "wall_s": statistics.fmean(r["wall_s"] for r in runs),
             "runs": runs,
         })
+    return out
+
+
+# The paper's claims as (should be better, should be worse, the claim) at one budget; lower MAE is better.
+CLAIMS = (
+    ("random", "none-or-all", "region-level labels beat None-or-All (Fig. 4)"),
+    ("mdc", "random", "MDC beats random strips"),
+    ("mdc", "max", "MDC beats MAX"),
+    ("mdc+cap", "mdc", "CAP improves MDC"),
+    ("mdc+cap", "none-or-all", "the gap to full shrinks: MDC+CAP is nearer full than None-or-All"),
+)
+
+
+def claims(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each claim whose two methods ran, per budget, with its verdict on the MAE means.
+
+    A difference counts only beyond the combined spread (the sum of the two seed standard
+    deviations): "holds" when the claimed order wins by more than that, "contradicted" when
+    the other order does, "within the spread" otherwise; one seed has no spread to judge by."""
+    out = []
+    strips = {(r["method"], r["budget"]): r for r in results if r["shape"] == "strip"}
+    for budget in sorted({b for _, b in strips}):
+        for better, worse, claim in CLAIMS:
+            a, b = strips.get((better, budget)), strips.get((worse, budget))
+            if a is None or b is None:
+                continue
+            gain = b["mae"]["mean"] - a["mae"]["mean"]
+            spread = a["mae"]["std"] + b["mae"]["std"]
+            if min(len(a["seeds"]), len(b["seeds"])) < 2:
+                verdict = "one seed: not settled"
+            else:
+                verdict = "holds" if gain > spread else "contradicted" if -gain > spread else "within the spread"
+            out.append({"budget": budget, "claim": claim, "better": better, "worse": worse, "mae_gain": gain,
+                        "relative_gain": gain / b["mae"]["mean"] if b["mae"]["mean"] else 0.0, "spread": spread, "verdict": verdict})
     return out
 
 
@@ -235,15 +312,23 @@ def markdown_table(results: list[dict[str, Any]], title: str) -> str:
     budgets = sorted({r["budget"] for r in results})
     for budget in budgets:
         lines += [f"## Budget {100 * budget:g}%", "",
-                  "| method | MAE | RMSE | images labeled | heads labeled | area labeled | wall time |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | MAE | RMSE | images labeled | heads labeled | heads supervised | area labeled | wall time |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in results:
             if r["budget"] != budget:
                 continue
             name = r["method"] if r["shape"] == "strip" else f"{r['method']} ({r['shape']}s)"
             lines.append(f"| {name} | {_score(r, 'mae')} | {_score(r, 'rmse')} | {r['images_labeled']:.0f} | "
-                         f"{r['heads_labeled']:.0f} | {100 * r['area_fraction']:.2f}% | {r['wall_s'] / 60:.1f} min |")
+                         f"{r['heads_labeled']:.0f} | {100 * r['heads_supervised_fraction']:.2f}% | {100 * r['area_fraction']:.2f}% | "
+                         f"{r['wall_s'] / 60:.1f} min |")
         lines.append("")
+        verdicts = [c for c in claims(results) if c["budget"] == budget]
+        if verdicts:
+            lines += ["The paper's claims (MAE; a difference counts only beyond the sum of the two seed std's):", "",
+                      "| claim | MAE gain | combined spread | verdict |", "|---|---|---|---|"]
+            lines += [f"| {c['claim']} | {c['mae_gain']:+.2f} ({100 * c['relative_gain']:+.0f}%) | {c['spread']:.2f} | {c['verdict']} |"
+                      for c in verdicts]
+            lines.append("")
     if len(budgets) > 1:
         lines += ["## MAE / RMSE against the budget (Table 2, Fig. 4)", "",
                   "| method | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |",

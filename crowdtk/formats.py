@@ -619,7 +619,7 @@ class StripVectors:
     Images are rows of ``ids``; strips are rows of ``vectors`` with ``strip_image`` naming
     their image and ``[strip_x0, strip_x1)`` their columns; ``counts`` is the warm-up
     counter's predicted count in each strip. The header records the manifest and checkpoint
-    digests, ``levels``, ``strip_frac`` and ``stride``.
+    digests, ``levels``, ``strip_frac`` and ``scale`` (the training scale whose cell grid the strip edges lie on).
     """
 
     ids: np.ndarray  # (I,) str

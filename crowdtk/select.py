@@ -2,21 +2,22 @@
 
 **Budget.** ``budget`` M is a fraction of the pool's area. Every image is cut into
 candidate cells (``strip``: the paper's vertical strips, :func:`crowdtk.strips.strip_edges`;
-``band``: full-width horizontal bands of the same area fraction, rows snapped to the
-stride; ``block``: a grid of square cells of about ``strip_frac`` of the image's area each,
-edges snapped to the stride) and the budget is counted in cells: the pool gets
-``round(M × Σ n_cells)`` cells (halves round up). Each image first gets
-``floor(M × n_cells)``; the cells left over go, one each, to images drawn by the seed, so the
-total is exact and no image gets more cells than it has.
+``band``: full-width horizontal bands of the same area fraction; ``block``: a grid of square
+cells of about ``strip_frac`` of the image's area each; all edges on the output-cell grid of
+the resolution the counter is trained at, ``scale``) and the budget is counted in area, also
+on pools of mixed image sizes: each image first gets ``floor(M × n_cells)`` cells; images drawn
+by the seed then get one cell more until the area reaches M of the pool's (:func:`spread_area`),
+so no image gets more cells than it has and the total is within half a cell of the budget.
 
 **Warm-up** (``warmup_frac`` R, strategy random): ``round(R × n_images)`` images drawn by the
 seed get random cells at the per-image rate M; their rows are marked ``warmup``.
-**Exclusion**: images of earlier rounds' regions or labels files are left out, and the cells
-those files already used (per image ``round(area / image area × n_cells)``) are subtracted
-from the pool's total, so that all rounds together spend M of the pool's area.
+**Exclusion**: images of earlier rounds' regions or labels files are left out, and the area
+those files already used is subtracted from the budget, so that all rounds together spend M
+of the pool's area.
 
 **Strategies.** ``random``: random cells per image. ``none-or-all``: whole images drawn by the
-seed (``round(M × n_images)`` minus the images' worth already used), one region each.
+seed until their area reaches M of the pool's area (less the area already used; see
+:func:`draw_whole_images`), one region each.
 ``max``: the strips with the largest predicted count (ties: the leftmost). ``mdc``: per
 image, a Gaussian mixture with n_l components (diagonal covariance, ``reg_covar``) fitted
 by EM to the image's strip vectors; each strip goes to its most probable component and
@@ -71,7 +72,7 @@ from crowdtk.formats import (
     read_labels,
     read_regions,
 )
-from crowdtk.strips import strip_count, strip_edges
+from crowdtk.strips import STRIDE, check_scale, model_cells, span_edges, strip_count, strip_edges
 
 STRATEGIES = ("random", "none-or-all", "max", "mdc")
 SHAPES = ("strip", "band", "block")
@@ -91,7 +92,7 @@ class SelectConfig:
     budget: float = 0.1
     strategy: str = "random"
     strip_frac: float = 0.1
-    stride: int = 8
+    scale: float = 1.0  # the --scale the counter is trained at: cell edges lie on its output-cell grid
     shape: str = "strip"
     warmup_frac: float = 0.0
     seed: int = 0
@@ -100,6 +101,7 @@ class SelectConfig:
     reg_covar: float = 1e-4
     max_iter: int = 100
     tol: float = 1e-3
+    n_init: int = 3  # EM starts per image; the best likelihood wins
 
     def validate(self) -> None:
         if not (isinstance(self.budget, (int, float)) and 0 < self.budget <= 1):
@@ -111,8 +113,7 @@ class SelectConfig:
         if self.engine not in ENGINES:
             raise CrowdtkError(f"--engine {self.engine}: unknown engine", f"use one of {', '.join(ENGINES)}")
         strip_count(self.strip_frac)  # validates --strip-frac
-        if self.stride < 1:
-            raise CrowdtkError(f"stride {self.stride} must be at least 1", "use the model's output stride, 8")
+        check_scale(self.scale)
         if not 0 <= self.warmup_frac <= 1:
             raise CrowdtkError(f"--warmup-frac {self.warmup_frac} outside [0, 1]", "use e.g. 0.2 (the paper's warm-up share), or 0 for none")
         if self.warmup_frac > 0 and self.strategy != "random":
@@ -122,6 +123,8 @@ class SelectConfig:
                                "strip vectors describe vertical strips: use --shape strip, or --strategy random")
         if self.workers < 1:
             raise CrowdtkError(f"--workers {self.workers} must be at least 1", "use 1 or more")
+        if self.n_init < 1:
+            raise CrowdtkError(f"--n-init {self.n_init} must be at least 1", "use e.g. 3")
         if not self.reg_covar > 0:
             raise CrowdtkError(f"reg_covar {self.reg_covar} must be positive", "use e.g. 1e-4")
 
@@ -145,7 +148,6 @@ class Selection:
     excluded_images: int
     excluded_area: int  # pixels of the excluded files' regions
     cells: int  # cells placed by this file
-    cells_budget: int  # the pool's whole budget in cells
     expected_heads: float | None  # predicted heads in this file's regions (vectors given)
     notes: list[str] = field(default_factory=list)
 
@@ -161,26 +163,23 @@ class Selection:
 # --------------------------------------------------------------------------- geometry and budget
 
 
-def cell_grid(width: int, height: int, shape: str = "strip", strip_frac: float = 0.1, stride: int = 8) -> list[Region]:
-    """The candidate cells of a ``width``×``height`` image, in order (left to right, top to bottom)."""
-    if width < stride or height < stride:
-        raise CrowdtkError(f"the image is {width}x{height} px, smaller than the output stride ({stride} px)",
+def cell_grid(width: int, height: int, shape: str = "strip", strip_frac: float = 0.1, scale: float = 1.0) -> list[Region]:
+    """The candidate cells of a ``width``×``height`` image, in order (left to right, top to bottom);
+    their edges lie on the output-cell grid of the image resized by ``scale`` (strips.span_edges)."""
+    if width < STRIDE or height < STRIDE:
+        raise CrowdtkError(f"the image is {width}x{height} px, smaller than the output stride ({STRIDE} px)",
                            "remove it from the manifest (crowdtk index refuses such images)")
     if shape == "strip":
-        edges = strip_edges(width, strip_frac, stride)
+        edges = strip_edges(width, strip_frac, scale)
         return [Region(int(a), int(b), 0, height) for a, b in zip(edges[:-1], edges[1:])]
     if shape == "band":
-        n = strip_count(strip_frac)
-        if -(-height // stride) < n:
-            raise CrowdtkError(f"an image {height} px high has fewer than {n} rows of {stride}-px cells for its bands",
-                               "use a larger --strip-frac, or --shape strip")
-        edges = strip_edges(height, strip_frac, stride)
+        edges = span_edges(height, strip_count(strip_frac), scale)
         return [Region(0, width, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
     if shape == "block":
         side = math.sqrt(strip_frac * width * height)
-        gx = max(1, min(round(width / side), -(-width // stride)))
-        gy = max(1, min(round(height / side), -(-height // stride)))
-        xs, ys = strip_edges(width, 1 / gx, stride), strip_edges(height, 1 / gy, stride)
+        gx = max(1, min(round(width / side), model_cells(width, scale)))
+        gy = max(1, min(round(height / side), model_cells(height, scale)))
+        xs, ys = span_edges(width, gx, scale), span_edges(height, gy, scale)
         return [Region(int(x0), int(x1), int(y0), int(y1))
                 for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
     raise CrowdtkError(f"--shape {shape}: unknown shape", f"use one of {', '.join(SHAPES)}")
@@ -191,21 +190,47 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
-def spread_budget(total: int, capacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Spread ``total`` cells over images with ``capacity`` cells each: the same rate everywhere, the
-    fractional remainder as single extra cells on images drawn from ``rng``. Never exceeds capacity."""
+def fill_area(areas: np.ndarray, wanted: float, rng: np.random.Generator) -> np.ndarray:
+    """Which items (of ``areas`` px each) to take, at random, so that their area comes nearest ``wanted``.
+
+    Items are taken in a random order while they fit under ``wanted``; the one item left that
+    brings the total nearest to ``wanted`` is then added if it does. The total is within half
+    the smallest item of ``wanted`` unless the items run out."""
+    areas = np.asarray(areas, dtype=np.float64)
+    taken = np.zeros(len(areas), dtype=bool)
+    total = 0.0
+    for i in rng.permutation(len(areas)):
+        if total + areas[i] <= wanted:
+            taken[i] = True
+            total += areas[i]
+    rest = np.flatnonzero(~taken)
+    if rest.size:
+        best = rest[np.argmin(np.abs(total + areas[rest] - wanted))]
+        if abs(total + areas[best] - wanted) <= abs(total - wanted) + 1e-9 * abs(wanted):  # a tie rounds up, as halves do
+            taken[best] = True
+    return taken
+
+
+def draw_whole_images(areas: np.ndarray, wanted: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of whole images (areas in px) drawn at random until their area reaches ``wanted``
+    (:func:`fill_area`). Counting images instead of area spends the wrong area on pools of mixed
+    sizes (ShanghaiTech Part A and UCF-QNRF range from ~300 to ~4000 px)."""
+    return np.flatnonzero(fill_area(areas, wanted, rng))
+
+
+def spread_area(wanted: float, capacity: np.ndarray, image_area: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cells per image so that their area comes nearest ``wanted`` px: the same share of every
+    image's cells (rounded down), then one more cell on images drawn by :func:`fill_area` for the
+    area left. Counted in area, not cells: on a pool of mixed sizes a cell of a 4000-px image is
+    many cells of a 300-px one. Never exceeds ``capacity``."""
     capacity = np.asarray(capacity, dtype=np.int64)
-    total = int(min(max(total, 0), capacity.sum()))
-    if total == 0:
-        return np.zeros(len(capacity), dtype=np.int64)
-    rate = total / capacity.sum()
+    image_area = np.asarray(image_area, dtype=np.float64)
+    rate = min(max(wanted / image_area.sum(), 0.0), 1.0) if image_area.sum() else 0.0
     share = np.minimum(np.floor(rate * capacity + 1e-9).astype(np.int64), capacity)
-    rest = total - int(share.sum())
-    while rest != 0:
-        eligible = np.flatnonzero(share < capacity) if rest > 0 else np.flatnonzero(share > 0)
-        chosen = rng.choice(eligible, size=min(abs(rest), len(eligible)), replace=False)
-        share[chosen] += 1 if rest > 0 else -1
-        rest -= len(chosen) if rest > 0 else -len(chosen)
+    cell = image_area / capacity
+    open_ = np.flatnonzero(share < capacity)
+    extra = fill_area(cell[open_], wanted - float((share * cell).sum()), rng)
+    share[open_[extra]] += 1
     return share
 
 
@@ -308,10 +333,11 @@ def _log_resp(z: np.ndarray, weights: np.ndarray, means: np.ndarray, prec_chol: 
     return norm.mean(axis=1), weighted - norm[:, :, None]
 
 
-def gmm_numpy(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def gmm_numpy(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int,
+              tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EM for diagonal Gaussian mixtures on B images at once; scikit-learn's updates and stopping rule.
 
-    Returns (labels (B, n), means (B, k, d)).
+    Returns (labels (B, n), means (B, k, d), mean log-likelihood of the fit (B,)).
     """
     weights, means, cov = _init_params(z, seeds, reg_covar)
     prec_chol = np.sqrt(1.0 / cov)  # scikit-learn: precisions_init -> sqrt
@@ -329,11 +355,12 @@ def gmm_numpy(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int,
         change = bound - lower[active]
         lower[active] = bound
         active = active[~(np.abs(change) < tol)]
-    _, log_resp = _log_resp(z, weights, means, prec_chol)
-    return log_resp.argmax(axis=2), means
+    score, log_resp = _log_resp(z, weights, means, prec_chol)
+    return log_resp.argmax(axis=2), means, score
 
 
-def gmm_sklearn(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def gmm_sklearn(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int,
+                tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference: one ``sklearn.mixture.GaussianMixture`` per image, from the same initialisation."""
     import warnings
 
@@ -343,6 +370,7 @@ def gmm_sklearn(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: in
     weights, means, cov = _init_params(z, seeds, reg_covar)
     labels = np.zeros(z.shape[:2], dtype=np.int64)
     out = np.zeros_like(means)
+    score = np.zeros(len(z))
     for i in range(len(z)):
         gm = GaussianMixture(n_components=seeds.shape[1], covariance_type="diag", reg_covar=reg_covar, max_iter=max_iter,
                              tol=tol, init_params="random_from_data", weights_init=weights[i], means_init=means[i], precisions_init=1.0 / cov[i])
@@ -350,7 +378,8 @@ def gmm_sklearn(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: in
             warnings.simplefilter("ignore", ConvergenceWarning)
             labels[i] = gm.fit_predict(z[i])
         out[i] = gm.means_
-    return labels, out
+        score[i] = _log_resp(z[i][None], gm.weights_[None], gm.means_[None], gm.precisions_cholesky_[None])[0][0]
+    return labels, out, score
 
 
 def _argmin_ties(values: np.ndarray, priority: np.ndarray) -> np.ndarray:
@@ -386,12 +415,17 @@ def _pick(z: np.ndarray, labels: np.ndarray, means: np.ndarray, priority: np.nda
 
 
 def mdc_batch(vectors: np.ndarray, k: int, keys: np.ndarray, engine: str = "numpy", reg_covar: float = 1e-4,
-              max_iter: int = 100, tol: float = 1e-3) -> MdcPick:
-    """MDC on B images with the same number of strips n and the same n_l = k (1 <= k < n)."""
+              max_iter: int = 100, tol: float = 1e-3, n_init: int = 3) -> MdcPick:
+    """MDC on B images with the same number of strips n and the same n_l = k (1 <= k < n).
+
+    EM runs from ``n_init`` k-means++ starts per image and keeps the fit of the highest
+    likelihood (scikit-learn's ``n_init``): from one start, a seed change flipped about a third
+    of the picks, because EM on ~10 ten-dimensional vectors has many local optima."""
     b, n, _ = vectors.shape
     z, scale, degenerate = _standardise(vectors)
     trials = 2 + int(np.log(k))
-    draws = keyed_uniforms(keys, 1 + (k - 1) * trials + n)
+    span = 1 + (k - 1) * trials  # uniforms one k-means++ start draws
+    draws = keyed_uniforms(keys, n_init * span + n)
     priority = draws[:, -n:]  # breaks exact ties between strips
     if k == 1:
         dist = np.sqrt((z**2).sum(-1))  # to the mean of all strips (the origin after centring)
@@ -399,9 +433,13 @@ def mdc_batch(vectors: np.ndarray, k: int, keys: np.ndarray, engine: str = "nump
         component = np.zeros((b, 1), dtype=np.int64)
         distance = dist[np.arange(b), chosen[:, 0]][:, None]
     else:
-        seeds = kmeans_plusplus(z, k, draws[:, : 1 + (k - 1) * trials])
         fit = gmm_numpy if engine == "numpy" else gmm_sklearn
-        labels, means = fit(z, seeds, reg_covar, max_iter, tol)
+        labels, means, best = fit(z, kmeans_plusplus(z, k, draws[:, :span]), reg_covar, max_iter, tol)
+        for start in range(1, n_init):
+            seeds = kmeans_plusplus(z, k, draws[:, start * span:(start + 1) * span])
+            l2, m2, score = fit(z, seeds, reg_covar, max_iter, tol)
+            better = score > best + 1e-12 * np.abs(best)  # a tie keeps the earlier start
+            labels[better], means[better], best[better] = l2[better], m2[better], score[better]
         chosen, component, distance = _pick(z, labels, means, priority)
     even = np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)
     chosen[degenerate] = even
@@ -412,9 +450,9 @@ def mdc_batch(vectors: np.ndarray, k: int, keys: np.ndarray, engine: str = "nump
     return MdcPick(take(chosen), take(component), take(distance) * scale[:, None])
 
 
-def _mdc_task(args: tuple[np.ndarray, int, np.ndarray, str, float, int, float]) -> MdcPick:
-    vectors, k, keys, engine, reg_covar, max_iter, tol = args
-    return mdc_batch(vectors, k, keys, engine, reg_covar, max_iter, tol)
+def _mdc_task(args: tuple[np.ndarray, int, np.ndarray, str, float, int, float, int]) -> MdcPick:
+    vectors, k, keys, engine, reg_covar, max_iter, tol, n_init = args
+    return mdc_batch(vectors, k, keys, engine, reg_covar, max_iter, tol, n_init)
 
 
 # --------------------------------------------------------------------------- reading inputs
@@ -462,10 +500,13 @@ def check_vectors(header: dict[str, Any], data: StripVectors, source: str, manif
     if header.get("manifest_sha256") != manifest_digest:
         raise CrowdtkError(f"{source}: a vectors file from another manifest (its manifest_sha256 differs from {manifest_name}'s digest)",
                            "compute the vectors from this manifest with crowdtk vectors, or pass the manifest they were made from")
-    frac, stride = header.get("strip_frac"), header.get("stride", config.stride)
-    if frac is not None and (abs(float(frac) - config.strip_frac) > 1e-12 or stride != config.stride):
-        raise CrowdtkError(f"{source}: vectors describe strips of strip_frac {frac} (stride {stride}), not --strip-frac {config.strip_frac}",
+    frac, scale = header.get("strip_frac"), float(header.get("scale", 1.0))
+    if frac is not None and abs(float(frac) - config.strip_frac) > 1e-12:
+        raise CrowdtkError(f"{source}: vectors describe strips of strip_frac {frac}, not --strip-frac {config.strip_frac}",
                            f"pass --strip-frac {frac}, or recompute the vectors")
+    if abs(scale - config.scale) > 1e-12:
+        raise CrowdtkError(f"{source}: vectors describe strips on the cell grid of --scale {scale:g}, not --scale {config.scale:g}",
+                           f"pass --scale {scale:g}, or recompute the vectors with --scale {config.scale:g}")
     by_id = {e.id: e for e in entries}
     for image_id, sha in zip(data.ids.tolist(), data.sha256.tolist()):
         entry = by_id.get(image_id)
@@ -541,7 +582,7 @@ def select_regions(
         size = (e.width, e.height)
         if size not in grids:
             try:
-                grids[size] = cell_grid(e.width, e.height, config.shape, config.strip_frac, config.stride)
+                grids[size] = cell_grid(e.width, e.height, config.shape, config.strip_frac, config.scale)
             except CrowdtkError as exc:
                 raise CrowdtkError(f"{manifest_name}: image '{e.id}': {exc.what}", exc.fix) from None
         return grids[size]
@@ -556,42 +597,35 @@ def select_regions(
         check_exclusion(exclusion, entries, manifest_name)
         for x in exclusion.entries:
             excluded.setdefault(x.id, set()).update(x.regions)
-    used_cells, used_images, excluded_area = 0, 0.0, 0
-    for image_id, regions in excluded.items():
-        m = entries[index[image_id]]
-        area = sum(r.area for r in regions)
-        excluded_area += area
-        used_cells += round_half_up(area / (m.width * m.height) * len(grid(m)))
-        used_images += area / (m.width * m.height)
+    excluded_area = sum(sum(r.area for r in regions) for regions in excluded.values())
     remaining = np.array([i for i, e in enumerate(entries) if e.id not in excluded], dtype=np.int64)
 
-    # How many cells (or whole images) each remaining image gets.
+    # How many cells (or whole images) each remaining image gets: every strategy spends the
+    # budget's area (less what earlier rounds spent), whatever the images' sizes.
     spread_rng = np.random.default_rng([config.seed, _SPREAD])
     share = np.zeros(len(entries), dtype=np.int64)
     whole: np.ndarray = np.zeros(0, dtype=np.int64)
-    budget_cells = round_half_up(config.budget * capacity.sum())
+    image_area = np.array([e.width * e.height for e in entries], dtype=np.int64)
+    wanted_area = config.budget * pool_area - excluded_area
     if config.warmup_frac > 0:
         n_warm = min(round_half_up(config.warmup_frac * len(entries)), len(remaining))
         if n_warm == 0:
             raise CrowdtkError(f"--warmup-frac {config.warmup_frac} of {len(entries)} images selects no image", "use a larger --warmup-frac")
         rng = np.random.default_rng([config.seed, _WARMUP_IMAGES])
         warm = np.sort(rng.choice(remaining, size=n_warm, replace=False))
-        share[warm] = spread_budget(round_half_up(config.budget * capacity[warm].sum()), capacity[warm], spread_rng)
-    elif config.strategy == "none-or-all":
-        wanted = round_half_up(config.budget * len(entries) - used_images)
-        if wanted > len(remaining):
-            notes.append(f"the budget asks for {wanted} whole images, but only {len(remaining)} remain; all are selected")
-        wanted = max(0, min(wanted, len(remaining)))
-        rng = np.random.default_rng([config.seed, _WHOLE_IMAGES])
-        whole = np.sort(rng.choice(remaining, size=wanted, replace=False))
+        share[warm] = spread_area(config.budget * image_area[warm].sum(), capacity[warm], image_area[warm], spread_rng)
     else:
-        wanted = budget_cells - used_cells
-        available = int(capacity[remaining].sum())
-        if wanted < 0:
-            notes.append(f"the excluded files already use {used_cells} cells, more than the budget's {budget_cells}; nothing is selected")
-        elif wanted > available:
-            notes.append(f"the budget asks for {wanted} more cells, but only {available} remain; all are selected")
-        share[remaining] = spread_budget(wanted, capacity[remaining], spread_rng)
+        available = int(image_area[remaining].sum())
+        if wanted_area < 0:
+            notes.append(f"the excluded files already use {100 * excluded_area / pool_area:.2f}% of the pool's area, more than "
+                         f"the budget's {100 * config.budget:g}%; nothing is selected")
+        elif wanted_area > available:
+            notes.append(f"the budget asks for {wanted_area:.0f} more px, but only {available} remain; all are selected")
+        if config.strategy == "none-or-all":
+            rng = np.random.default_rng([config.seed, _WHOLE_IMAGES])
+            whole = np.sort(remaining[draw_whole_images(image_area[remaining], wanted_area, rng)])
+        else:
+            share[remaining] = spread_area(wanted_area, capacity[remaining], image_area[remaining], spread_rng)
 
     # Vectors of the images that need them.
     rows_of: dict[int, np.ndarray] = {}
@@ -623,7 +657,7 @@ def select_regions(
                 x0, x1 = edges_of(entries[i])
                 if not (np.array_equal(vectors.strip_x0[rows], x0) and np.array_equal(vectors.strip_x1[rows], x1)):
                     raise CrowdtkError(f"the vectors' strips of image '{entries[i].id}' are not this strip geometry "
-                                       f"(--strip-frac {config.strip_frac}, stride {config.stride})", "recompute the vectors, or match --strip-frac")
+                                       f"(--strip-frac {config.strip_frac}, --scale {config.scale:g})", "recompute the vectors, or match --strip-frac and --scale")
 
     def counts_of(i: int) -> list[float] | None:
         if vectors is None or i not in rows_of or config.shape != "strip":
@@ -666,7 +700,7 @@ def select_regions(
         if expected is not None:
             expected += sum(float(d.get("predicted_count", 0.0)) for d in out[-1].details)
     area = sum(e.area for e in out)
-    return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, budget_cells, expected, notes)
+    return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, expected, notes)
 
 
 def _mdc_all(entries: Sequence[ManifestEntry], chosen: np.ndarray, share: np.ndarray, capacity: np.ndarray,
@@ -688,7 +722,7 @@ def _mdc_all(entries: Sequence[ManifestEntry], chosen: np.ndarray, share: np.nda
             part = members[start:start + CHUNK]
             stack = np.stack([vectors.vectors[rows_of[i]] for i in part])
             keys = image_keys(config.seed, [entries[i].id for i in part], "mdc")
-            tasks.append((stack, k, keys, config.engine, config.reg_covar, config.max_iter, config.tol))
+            tasks.append((stack, k, keys, config.engine, config.reg_covar, config.max_iter, config.tol, config.n_init))
             owners.append(part)
     if config.workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=min(config.workers, len(tasks))) as pool:

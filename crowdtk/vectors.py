@@ -16,8 +16,7 @@ from crowdtk.data import check_image_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, StripVectors
 from crowdtk.predict import Predictor, prefetched
-from crowdtk.strips import strip_edges
-from crowdtk.train import STRIDE
+from crowdtk.strips import STRIDE, strip_edges
 
 
 def level_vector(strip_density: np.ndarray, levels: int) -> np.ndarray:
@@ -47,7 +46,7 @@ def _read_or_error(path: str) -> np.ndarray | CrowdtkError:
 
 
 def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: int = 4, strip_frac: float = 0.1,
-                    on_progress: Callable[[int], None] | None = None, skip_bad: bool = False,
+                    scale: float = 1.0, on_progress: Callable[[int], None] | None = None, skip_bad: bool = False,
                     skipped: list[str] | None = None) -> StripVectors:
     """Vectors of every strip of every image; a bad image (unreadable, of another size than the manifest says,
     too small for the strips, or predicted as NaN/inf) stops the run unless ``skip_bad``: then it is left out
@@ -62,7 +61,7 @@ def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: 
         try:
             if isinstance(image, CrowdtkError):
                 raise image
-            rows = _image_vectors(predictor, entry, image, levels, strip_frac)
+            rows = _image_vectors(predictor, entry, image, levels, strip_frac, scale)
         except CrowdtkError as exc:
             if not skip_bad:
                 raise
@@ -93,16 +92,16 @@ def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: 
 
 
 def _image_vectors(predictor: Predictor, entry: ManifestEntry, image: np.ndarray, levels: int,
-                   strip_frac: float) -> list[tuple[int, int, np.ndarray, float]]:
+                   strip_frac: float, scale: float) -> list[tuple[int, int, np.ndarray, float]]:
     check_image_size(entry.width, entry.height, entry.image)
     if image.shape[:2] != (entry.height, entry.width):
         raise CrowdtkError(f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the manifest says {entry.width}x{entry.height}",
                            "re-run crowdtk index")
     try:
-        edges = strip_edges(entry.width, strip_frac, STRIDE)
+        edges = strip_edges(entry.width, strip_frac, scale)
     except CrowdtkError as exc:
         raise CrowdtkError(f"{entry.image}: {exc.what}", exc.fix) from None
-    density, sx, _ = predictor.density(image)
+    density, sx, _ = predictor.density(image, entry.sha256)
     if not np.isfinite(density).all():
         raise CrowdtkError(f"{entry.image}: the predicted density is not finite (NaN or inf)",
                            "check the checkpoint: its weights may have diverged")

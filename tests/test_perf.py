@@ -146,18 +146,18 @@ def test_phase_split_backward_trains_the_lite_counter_alike(monkeypatch):
 
 
 def test_cpu_training_times_the_phase_split_and_leaves_no_trace():
-    from crowdtk.train import TrainNet, speed_up_cpu_training
+    from crowdtk.train import TrainNet, example_batch, speed_up_cpu_training
 
     net = TrainNet(lite(), cap=True)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    chosen = speed_up_cpu_training(net, (1, 32, 32))
+    chosen = speed_up_cpu_training(net, example_batch((1, 3, 32, 32), (4, 4)))
     phased = [m for m in net.modules() if isinstance(m, SameConv2d) and m._phased]
     assert phased and all(m.phase_split_backward == chosen for m in phased)
     assert all(p.grad is None for p in net.parameters())  # the timing passes left no gradients ...
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # ... nor batch-norm statistics
     assert torch.equal(rng, torch.get_rng_state())
-    assert speed_up_cpu_training(net, (1, 32, 32), not chosen) is (not chosen)  # a given choice is kept, untimed
+    assert speed_up_cpu_training(net, example_batch((1, 3, 32, 32), (4, 4)), not chosen) is (not chosen)  # a given choice is kept, untimed
     assert all(m.phase_split_backward == (not chosen) for m in phased)
 
 

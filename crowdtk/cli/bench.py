@@ -10,11 +10,12 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
 from crowdtk.cli.common import Device, Log, Quiet, Verbose, run_command
+from crowdtk.cli.train import Freeze
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import METHODS, SHAPES, Experiment, Run, Schedule, Step, markdown_table
 from crowdtk.formats import BENCH_RESULTS, Provenance, atomic_path, file_digest, make_header, write_json
@@ -25,9 +26,25 @@ _S = Schedule()
 Steps = Annotated[int, typer.Option(help="Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).")]
 WarmupSteps = Annotated[int, typer.Option(help="Optimizer steps of the warm-up counter (max, mdc).")]
 Model = Annotated[str, typer.Option(help="Counter for every method: lite or csrnet.")]
-BatchSize = Annotated[int, typer.Option(help="Crops per optimizer step.")]
-Crop = Annotated[int, typer.Option(help="Training crop side in pixels (after --scale).")]
+BatchSize = Annotated[int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step.")]
+Crop = Annotated[int, typer.Option(help="Training crop side in pixels (after --scale), for --freeze none; 0 = whole images.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
+FreezeOpt = Annotated[Freeze, typer.Option("--freeze", help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.")]
+CpuBf16Opt = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16", help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]", show_default=False)]
+
+
+def resolve_cpu_bf16(choice: bool | None, device: str) -> bool:
+    """--cpu-bf16 as given, else on when training runs on a CPU that computes bfloat16 natively."""
+    if choice is not None:
+        return choice
+    import torch
+
+    from crowdtk.train import cpu_bf16_supported
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return on_cpu and cpu_bf16_supported()
+
+
 StripFrac = Annotated[float, typer.Option(help="Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).")]
 
 
@@ -64,7 +81,8 @@ def manifest_step(source: Path, out: Path, split: str) -> tuple[Path, Step | Non
 
 
 # Settings added after a folder may have been made: absent from its settings.json means their default.
-LATER_SETTINGS = {"strip_frac": _S.strip_frac}
+# They hold the value the code had before the setting existed (a folder of fine-tuned runs stays one).
+LATER_SETTINGS = {"strip_frac": _S.strip_frac, "freeze": "none", "lr_schedule": "constant", "keep": "best", "cpu_bf16": False}
 
 
 def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -97,7 +115,7 @@ def command(
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. [default: --budget]")] = "",
     methods: Annotated[str, typer.Option(help="Comma-separated methods out of " + ", ".join(METHODS) + ".")] = ",".join(METHODS),
     shapes: Annotated[str, typer.Option(help="Extra region shapes for random selection (Table 1): band, block. [default: none]")] = "",
-    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (selection and training); results give mean and std.")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (selection and training); results give mean ± std.")] = 3,
     scale: Annotated[float, typer.Option(help="Resize images and points by this factor for training and evaluation (CPU-affordable runs).")] = _S.scale,
     model: Model = _S.model,
     steps: Steps = _S.steps,
@@ -105,9 +123,12 @@ def command(
     batch_size: BatchSize = _S.batch_size,
     crop: Crop = _S.crop,
     lr: Lr = _S.lr,
+    freeze: FreezeOpt = Freeze(_S.freeze),
+    cpu_bf16: CpuBf16Opt = None,
+    feature_cache: Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it across runs). [default: DIR/feature-cache]", show_default=False)] = None,
     warmup_frac: Annotated[float, typer.Option(help="Share of the images in the warm-up round (max, mdc).")] = _S.warmup_frac,
     strip_frac: StripFrac = _S.strip_frac,
-    val_frac: Annotated[float, typer.Option(help="Share of each method's labeled images held out for choosing the best epoch.")] = _S.val_frac,
+    val_frac: Annotated[float, typer.Option(help="Share of each method's labeled images held out (validation only reports: the checkpoint is the last epoch's).")] = _S.val_frac,
     device: Device = "auto",
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -126,7 +147,8 @@ def command(
     method_list = parse_list(methods, "--methods", METHODS)
     shape_list = parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else []
     schedule = Schedule(model=model, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop, lr=lr,
-                        scale=scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac)
+                        scale=scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac, freeze=freeze.value,
+                        cpu_bf16=resolve_cpu_bf16(cpu_bf16, device))
     schedule.validate()
     output.mkdir(parents=True, exist_ok=True)
     runner = Runner(output, log)
@@ -138,14 +160,15 @@ def command(
         manifests.append(path)
     settings = {**asdict(schedule), "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
     check_same_settings(output, settings)
-    experiment = Experiment(manifests[0], manifests[1], output, schedule, device)
+    experiment = Experiment(manifests[0], manifests[1], output, schedule, device, feature_cache)
     runs = [Run(m, b, "strip", s) for b in budget_list for s in range(seeds) for m in method_list]
     runs += [Run("random", b, shape, s) for b in budget_list for s in range(seeds) for shape in shape_list]
     results = runner.run_all(experiment, runs)
 
     command_line = shlex.join(["crowdtk", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "crowdtk bench"
-    title = (f"crowdtk bench: {manifests[0]} → {manifests[1]}, {model}, scale {scale:g}, {steps} steps × {batch_size} crops of "
-             f"{crop} px, {seeds} seed(s)")
+    images = f"{batch_size} whole images" if crop == 0 else f"{batch_size} crops of {crop} px"
+    tier = f", --freeze {freeze.value}" if freeze.value != "none" else ""
+    title = f"crowdtk bench: {manifests[0]} → {manifests[1]}, {model}{tier}, scale {scale:g}, {steps} steps × {images}, {seeds} seed(s)"
     body = {"command_line": command_line, "settings": settings, "machine": machine(), "results": results,
             "wall_s": time.perf_counter() - started}
     header = make_header(BENCH_RESULTS, Provenance("bench", {"train": train, "test": test, "budgets": budget_list,

@@ -16,6 +16,7 @@ from crowdtk.data import check_image_size
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import STDIO, atomic_path, check_output_free, read_manifest
 
+FeatureCacheOpt = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]")]
 MaxSide = Annotated[int, typer.Option(help="Images larger than this (pixels, after --scale) are run in tiles whose counts add up.")]
 
 
@@ -26,6 +27,7 @@ def command(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image results (image, true, predicted, error) here. [default: none]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (mae, rmse, game, n_images) instead of a table. [default: off]")] = False,
     max_side: MaxSide = 2048,
+    feature_cache: FeatureCacheOpt = None,
     device: Device = "auto",
     skip_bad: SkipBad = False,
     force: Force = False,
@@ -58,7 +60,7 @@ def command(
                 raise
             skipped.append(str(exc))
     entries = good
-    predictor = Predictor(load_counter(checkpoint), device=device, max_side=max_side)
+    predictor = Predictor(load_counter(checkpoint), device=device, max_side=max_side, feature_cache=feature_cache)
     procs = Processes.from_env()
     procs.start(predictor.device)
     shard = (procs.rank, procs.world)

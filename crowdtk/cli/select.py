@@ -44,6 +44,8 @@ def command(
     exclude: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]")] = None,
     strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width (the area of one cell).")] = _D.strip_frac,
     shape: Annotated[Shape, typer.Option(help="Cells: strip (vertical, the paper's), band (horizontal) or block (square), for the Table 1 ablation.")] = Shape(_D.shape),
+    scale: Annotated[Optional[float], typer.Option(help="The --scale the counter will be trained at: cell edges lie on whole output cells (8 px) of the image resized by it, so every labeled head is supervised. [default: the vectors' scale, else 1]", show_default=False)] = None,
+    n_init: Annotated[int, typer.Option(help="MDC: EM starts per image (k-means++ seeds); the fit of the highest likelihood is kept.")] = _D.n_init,
     engine: Annotated[Engine, typer.Option(help="MDC's EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).")] = Engine(_D.engine),
     seed: Seed = _D.seed,
     workers: Workers = _D.workers,
@@ -58,15 +60,19 @@ def command(
     so that both rounds together label --budget of the pool's area.
     """
     log = Log("select", quiet, verbose)
-    config = SelectConfig(budget=budget, strategy=strategy.value, strip_frac=strip_frac, shape=shape.value, warmup_frac=warmup_frac,
-                          seed=seed, workers=workers, engine=engine.value)
-    config.validate()
     check_output_free(output, force)
     _, entries = read_manifest(manifest)
     digest = None if manifest == STDIO else file_digest(manifest)
     data = None
+    vectors_header: dict = {}
     if vectors is not None:
         vectors_header, data = load_vectors(vectors)
+    if scale is None:
+        scale = float(vectors_header.get("scale", 1.0))
+    config = SelectConfig(budget=budget, strategy=strategy.value, strip_frac=strip_frac, scale=scale, shape=shape.value,
+                          warmup_frac=warmup_frac, seed=seed, workers=workers, engine=engine.value, n_init=n_init)
+    config.validate()
+    if data is not None:
         check_vectors(vectors_header, data, str(vectors), digest, manifest, entries, config)
     exclusions = [read_exclusion(path) for path in exclude or []]
     with log.progress(None if strategy != Strategy.mdc else len(entries), "selecting") as advance:
@@ -75,9 +81,9 @@ def command(
         log.warn(note)
     provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []],
                                                 budget=budget, strategy=strategy.value, warmup_frac=warmup_frac, strip_frac=strip_frac,
-                                                shape=shape.value, engine=engine.value, stride=config.stride, workers=workers), seed)
+                                                shape=shape.value, engine=engine.value, scale=scale, n_init=n_init, workers=workers), seed)
     header = make_header(REGIONS, provenance)
-    header.update(budget=budget, strip_frac=strip_frac, stride=config.stride, shape=shape.value, manifest_sha256=digest,
+    header.update(budget=budget, strip_frac=strip_frac, scale=scale, shape=shape.value, manifest_sha256=digest,
                   pool_images=result.pool_images, pool_area=result.pool_area, area_fraction=result.area_fraction,
                   cumulative_area_fraction=result.cumulative_area_fraction)
     write_jsonl(output, header, (e.to_record() for e in result.entries))

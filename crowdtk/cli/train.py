@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, replace
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,6 +31,28 @@ DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
 ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
 ValEvery = Annotated[int, typer.Option(help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the network for training (CUDA; slower to start). [default: off]")]
+
+class Freeze(str, Enum):
+    none = "none"
+    early = "early"
+    encoder = "encoder"
+
+
+class LrSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Keep(str, Enum):
+    best = "best"
+    last = "last"
+
+
+FreezeOpt = Annotated[Freeze, typer.Option("--freeze", help="none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.")]
+FeatureCacheOpt = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder that keeps the frozen front end's features (with --freeze), shared by runs with the same model, scale and images. [default: in memory]")]
+LrScheduleOpt = Annotated[LrSchedule, typer.Option("--lr-schedule", help="constant, or cosine: decay to 0 over the run.")]
+KeepOpt = Annotated[Keep, typer.Option("--keep", help="The epoch the checkpoint holds: best (by validation MAE) or last.")]
+CpuBf16 = Annotated[bool, typer.Option("--cpu-bf16", help="Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). [default: off]")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
 
 
@@ -65,7 +88,13 @@ def run_training(command: str, labels: Path, output: Path, config: TrainConfig, 
 
         result = train(labels, output, config, provenance, init=str(init) if init else None, resume=resume,
                        device=device, on_epoch=on_epoch)
-    log.info(f"wrote {output}: best validation MAE {result.best_val_mae:.2f} (validated on {result.val_on} images)")
+    sup = result.supervision
+    if sup["heads_labeled"] and sup["heads_supervised"] < 0.995 * sup["heads_labeled"]:
+        log.warn(f"only {sup['heads_supervised']} of the {sup['heads_labeled']} labeled heads lie in supervised cells: the regions' "
+                 f"edges are not on the output-cell grid of --scale {config.input_scale:g} (select and vectors take --scale)")
+    kept = (f"best validation MAE {result.best_val_mae:.2f}" if config.keep == "best"
+            else f"the last epoch (validation MAE {result.history[-1]['val_mae']:.2f})")
+    log.info(f"wrote {output}: {kept} (validated on {result.val_on} images)")
 
 
 @run_command("train")
@@ -85,6 +114,11 @@ def command(
     density_scale: DensityScale = _T.density_scale,
     val_frac: ValFrac = _T.val_frac,
     val_every: ValEvery = _T.val_every,
+    freeze: FreezeOpt = Freeze(_T.freeze),
+    feature_cache: FeatureCacheOpt = None,
+    lr_schedule: LrScheduleOpt = LrSchedule(_T.lr_schedule),
+    keep: KeepOpt = Keep(_T.keep),
+    cpu_bf16: CpuBf16 = False,
     compile_: Compile = False,
     seed: Seed = _T.seed,
     device: Device = "auto",
@@ -96,5 +130,7 @@ def command(
     """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
     config = TrainConfig(model=model or _T.model, pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
                          cap=cap, epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale,
-                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed)
+                         density_scale=density_scale, val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed,
+                         freeze=freeze.value, feature_cache=str(feature_cache) if feature_cache else None,
+                         lr_schedule=lr_schedule.value, keep=keep.value, cpu_bf16=cpu_bf16)
     run_training("train", labels, output, config, init, resume, device, force, Log("train", quiet, verbose), model_given=model is not None)

@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from crowdtk.cli.common import Device, Force, Log, Quiet, SkipBad, Verbose, run_command
-from crowdtk.cli.eval import MaxSide
+from crowdtk.cli.eval import FeatureCacheOpt, MaxSide
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import VECTORS, Provenance, check_output_free, file_digest, make_header, read_manifest, save_vectors
+from crowdtk.strips import check_scale
 
 
 def excluded_ids(path: Path, entries: list, manifest: Path) -> set[str]:
@@ -30,7 +31,9 @@ def command(
     exclude: Annotated[Optional[Path], typer.Option(help="Regions or labels file whose images are skipped (already labeled); it must be of this pool (same ids and image digests). [default: none]")] = None,
     levels: Annotated[int, typer.Option(help="Levels L of the multi-level density vector.")] = 4,
     strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width.")] = 0.1,
+    scale: Annotated[Optional[float], typer.Option(help="The --scale the final counter will be trained at: strip edges lie on whole output cells of the image resized by it (select checks that it matches). [default: the checkpoint's scale]", show_default=False)] = None,
     max_side: MaxSide = 2048,
+    feature_cache: FeatureCacheOpt = None,
     device: Device = "auto",
     skip_bad: SkipBad = False,
     force: Force = False,
@@ -51,17 +54,20 @@ def command(
         entries = [e for e in entries if e.id not in skip]
         if not entries:
             raise CrowdtkError(f"{exclude}: excludes every image of {manifest}", "nothing is left to compute vectors for")
-    predictor = Predictor(load_counter(checkpoint), device=device, max_side=max_side)
+    predictor = Predictor(load_counter(checkpoint), device=device, max_side=max_side, feature_cache=feature_cache)
+    if scale is None:
+        scale = float(predictor.loaded.header.get("input_scale", 1.0))
+    check_scale(scale)
     skipped: list[str] = []
     with log.progress(len(entries), "strip vectors") as advance:
-        data = compute_vectors(predictor, entries, levels=levels, strip_frac=strip_frac, on_progress=advance,
+        data = compute_vectors(predictor, entries, levels=levels, strip_frac=strip_frac, scale=scale, on_progress=advance,
                                skip_bad=skip_bad, skipped=skipped)
     for problem in skipped:
         log.warn(f"skipped {problem}")
     params = {"checkpoint": checkpoint, "manifest": manifest, "exclude": exclude, "levels": levels, "strip_frac": strip_frac,
-              "skip_bad": skip_bad}
+              "scale": scale, "skip_bad": skip_bad}
     header = make_header(VECTORS, Provenance("vectors", params))
-    header.update(levels=levels, strip_frac=strip_frac, stride=8, manifest_sha256=file_digest(manifest),
+    header.update(levels=levels, strip_frac=strip_frac, scale=scale, manifest_sha256=file_digest(manifest),
                   checkpoint_sha256=file_digest(checkpoint), model=predictor.loaded.header.get("model", {}).get("name"),
                   skipped=skipped)
     save_vectors(output, header, data)

@@ -1,0 +1,147 @@
+"""The frozen-encoder training tier (--freeze): front-end features computed once per image and flip,
+kept in memory or a cache folder, the rest of the counter trained on whole cached maps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crowdtk.checkpoint import load_tensors, read_header
+from crowdtk.cli import app
+from crowdtk.features import FeatureCache
+from crowdtk.formats import Provenance, read_labels
+from crowdtk.models import build_model
+from crowdtk.train import prepare_sample, train
+from crowdtk.train_config import TrainConfig
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def labels(small_set: Path, tmp_path: Path) -> Path:
+    """Full labels of the small generic set (three images of 40-96 px)."""
+    for argv in (["index", str(small_set), "-o", str(tmp_path / "m.jsonl")],
+                 ["select", str(tmp_path / "m.jsonl"), "--budget", "1", "--strategy", "none-or-all", "--strip-frac", "0.2", "-o", str(tmp_path / "r.jsonl")],
+                 ["import", str(tmp_path / "r.jsonl"), "--oracle", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "l.jsonl")]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.output
+    return tmp_path / "l.jsonl"
+
+
+FROZEN = TrainConfig(model="lite", freeze="encoder", epochs=3, batch_size=2, crop=0, lr=1e-3, val_frac=0.0,
+                     lr_schedule="cosine", keep="last")
+
+
+@pytest.mark.parametrize("name", ["lite", "csrnet"])
+@pytest.mark.parametrize("level", ["early", "encoder"])
+def test_decode_of_encode_is_forward_features(name: str, level: str) -> None:
+    model = build_model(name, pretrained=False).eval()
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        h = model.encode(x, level)
+        assert h.shape[-2:] == (6, 8)
+        torch.testing.assert_close(model.decode(h, level), model.forward_features(x))
+    frozen = {id(p) for m in model.frozen_modules(level) for p in m.parameters()}
+    assert 0 < len(frozen) < len(list(model.parameters()))
+
+
+def test_cached_maps_are_the_encoder_features_of_the_image_and_its_mirror(labels: Path, tmp_path: Path) -> None:
+    counter = build_model("lite")
+    entry = read_labels(labels)[1][0]
+    sample = prepare_sample(entry, FROZEN)
+    cache = FeatureCache(counter, "encoder", torch.device("cpu"), tmp_path / "cache")
+    plain, mirror = cache.maps(sample.image, entry.sha256, 1.0)
+    counter.eval()
+    for pixels, got in ((sample.image, plain), (sample.image[:, ::-1], mirror)):
+        x = counter.normalize(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255)
+        with torch.no_grad():
+            want = counter.encode(x, "encoder")[0]
+        torch.testing.assert_close(got.load().float(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+    assert cache.computed == 2 and len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+    again = FeatureCache(counter, "encoder", torch.device("cpu"), tmp_path / "cache")
+    again.maps(sample.image, entry.sha256, 1.0)
+    assert again.computed == 0  # found in the folder
+    other = FeatureCache(counter, "encoder", torch.device("cpu"), tmp_path / "cache")
+    other.maps(sample.image, "f" * 64, 1.0)  # another image's digest is another key
+    assert other.computed == 2
+
+
+def test_changed_frozen_weights_are_never_served_stale_maps(tmp_path: Path) -> None:
+    a, b = build_model("lite"), build_model("lite")
+    with torch.no_grad():
+        b.encoder._blocks[0]._project_conv.weight.mul_(1.01)
+    key = dict(image_sha256="0" * 64, scale=0.5, flip=False)
+    assert FeatureCache(a, "encoder", torch.device("cpu")).key(**key) != FeatureCache(b, "encoder", torch.device("cpu")).key(**key)
+    # The early level does not contain the changed block's successors only: it contains block 0, so it changes too.
+    assert FeatureCache(a, "early", torch.device("cpu")).key(**key) != FeatureCache(b, "early", torch.device("cpu")).key(**key)
+
+
+def test_frozen_training_trains_the_back_end_only_and_reuses_the_cache(labels: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    config = replace(FROZEN, feature_cache=str(cache))
+    first = train(labels, tmp_path / "a.safetensors", config, Provenance("train"))
+    assert first.features_computed == 6  # 3 images × (plain, mirror)
+    assert len(list(cache.rglob("*.safetensors"))) == 6
+    header, tensors = load_tensors(tmp_path / "a.safetensors")
+    assert header["epochs_done"] == 3 and header["training"]["keep"] == "last"
+    start = build_model("lite").state_dict()
+    encoder = [k for k in start if k.startswith("encoder.")]
+    backend = [k for k in start if k.startswith(("backend.", "output.")) and k.endswith("weight")]
+    assert all(torch.equal(tensors[k], start[k]) for k in encoder)  # the ImageNet front end is untouched
+    assert all(not torch.equal(tensors[k], start[k]) for k in backend)  # the back end learned
+    second = train(labels, tmp_path / "b.safetensors", config, Provenance("train"))
+    assert second.features_computed == 0  # every map came from the folder
+    _, again = load_tensors(tmp_path / "b.safetensors")
+    assert all(torch.equal(again[k], tensors[k]) for k in tensors)
+    in_memory = train(labels, tmp_path / "c.safetensors", FROZEN, Provenance("train"))
+    assert in_memory.features_computed == 6
+    _, mem = load_tensors(tmp_path / "c.safetensors")
+    assert all(torch.equal(mem[k], tensors[k]) for k in tensors)
+
+
+def test_frozen_training_resumes_exactly(labels: Path, tmp_path: Path) -> None:
+    config = replace(FROZEN, cap=True, feature_cache=str(tmp_path / "cache"))
+    train(labels, tmp_path / "whole.safetensors", config, Provenance("train"))
+
+    def stop_after_one(report) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(labels, tmp_path / "parts.safetensors", config, Provenance("train"), on_epoch=stop_after_one)
+    train(labels, tmp_path / "parts.safetensors", config, Provenance("train"), resume=True)
+    _, whole = load_tensors(tmp_path / "whole.safetensors")
+    _, parts = load_tensors(tmp_path / "parts.safetensors")
+    assert "cap.gamma" in whole and all(torch.equal(whole[k], parts[k]) for k in whole)
+    # A cosine schedule is laid over the whole run: lengthening it on resume would change its past.
+    with pytest.raises(Exception, match="other labels or settings"):
+        train(labels, tmp_path / "parts.safetensors", replace(config, epochs=5), Provenance("train"), resume=True)
+
+
+def test_the_checkpoint_records_the_heads_its_loss_saw(labels: Path, tmp_path: Path) -> None:
+    train(labels, tmp_path / "a.safetensors", replace(FROZEN, epochs=1), Provenance("train"))
+    supervision = read_header(tmp_path / "a.safetensors")["supervision"]
+    heads = sum(len(e.points) for e in read_labels(labels)[1])
+    assert supervision == {"heads_labeled": heads, "heads_supervised": heads}
+
+
+def test_cosine_schedule_decays_to_zero() -> None:
+    config = TrainConfig(lr=1e-3, lr_schedule="cosine")
+    assert config.lr_at(0, 100) == 1e-3
+    assert config.lr_at(50, 100) == pytest.approx(5e-4)
+    assert config.lr_at(100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert TrainConfig(lr=1e-3).lr_at(99, 100) == 1e-3
+
+
+def test_the_cli_takes_the_tier_options_and_refuses_unknown_levels(labels: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.safetensors"
+    result = runner.invoke(app, ["train", str(labels), "--model", "lite", "--freeze", "encoder", "--feature-cache", str(tmp_path / "fc"),
+                                 "--epochs", "1", "--batch-size", "1", "--crop", "0", "--keep", "last", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_header(out)["training"]["freeze"] == "encoder"
+    bad = runner.invoke(app, ["train", str(labels), "--freeze", "everything", "-o", str(tmp_path / "x.safetensors")])
+    assert bad.exit_code == 2 and "everything" in bad.output
