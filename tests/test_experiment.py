@@ -107,6 +107,8 @@ def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings
     assert names == {("none-or-all", "strip"), ("mdc+cap", "strip"), ("random", "block")}
     for r in doc["results"]:
         assert r["mae"]["mean"] >= 0 and 0 < r["area_fraction"] <= 0.2 and r["wall_s"] > 0
+        assert r["heads_supervised_fraction"] >= 0.995  # the training checkpoints' own count
+    assert [c["claim"] for c in doc["claims"]] == ["the gap to full shrinks: MDC+CAP is nearer full than None-or-All"]
     assert "| mdc+cap |" in (out / "results.md").read_text()
     for picture in ("fig4-budget.png", "fig5-regions.png", "fig5-affinity.png", "fig6-prediction.png"):
         assert (out / picture).stat().st_size > 1000
@@ -179,3 +181,29 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
 def test_schedule_is_checked() -> None:
     with pytest.raises(CrowdtkError, match="warmup-frac"):
         Schedule(warmup_frac=1.0).validate()
+
+
+def test_bench_on_a_pool_of_mixed_sizes_spends_the_same_area_for_every_method(tmp_path: Path) -> None:
+    """96 small and 8 large generated images: None-or-All draws whole images by area, so it spends the
+    budget the strip methods spend (counting images it would spend 3.9% or 25% by the draw)."""
+    from crowdtk.formats import MANIFEST, Provenance, make_header, read_manifest, write_jsonl
+
+    entries = []
+    for name, n, (w, h) in (("small", 96, (96, 64)), ("large", 8, (384, 256))):
+        result = runner.invoke(app, ["synth", "-o", str(tmp_path / name), "--train", str(n), "--test", "2", "--width", str(w),
+                                     "--height", str(h), "--seed", "1", "-q"])
+        assert result.exit_code == 0, result.output
+        manifest = tmp_path / name / "train" / "manifest.jsonl"
+        for e in read_manifest(manifest)[1]:
+            entries.append({**e.to_record(), "id": f"{name}-{e.id}", "image": str((manifest.parent / e.image).resolve()),
+                            "points": str((manifest.parent / e.points).resolve())})
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, make_header(MANIFEST, Provenance("index")), entries)
+    out = tmp_path / "b"
+    result = runner.invoke(app, ["bench", "--train", str(pool), "--test", str(tmp_path / "small" / "test" / "manifest.jsonl"),
+                                 "-o", str(out), "--scale", "1", "--steps", "1", "--batch-size", "4", "--methods", "none-or-all,random",
+                                 "--seeds", "1", "--no-cpu-bf16", "-q"])
+    assert result.exit_code == 0, result.output
+    area = {r["method"]: r["area_fraction"] for r in read_json(out / "results.json", BENCH_RESULTS)["results"]}
+    assert abs(area["none-or-all"] - 0.1) <= 0.005 and abs(area["random"] - 0.1) <= 0.005
+    assert abs(area["none-or-all"] - area["random"]) <= 0.005

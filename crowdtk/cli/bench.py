@@ -17,7 +17,7 @@ import typer
 from crowdtk.cli.common import Device, Log, Quiet, Verbose, run_command
 from crowdtk.cli.train import Freeze
 from crowdtk.errors import CrowdtkError
-from crowdtk.experiment import METHODS, SHAPES, Experiment, Run, Schedule, Step, markdown_table
+from crowdtk.experiment import METHODS, SHAPES, Experiment, Run, Schedule, Step, claims, markdown_table
 from crowdtk.formats import BENCH_RESULTS, Provenance, atomic_path, file_digest, make_header, write_json
 
 _S = Schedule()
@@ -169,7 +169,7 @@ def command(
     images = f"{batch_size} whole images" if crop == 0 else f"{batch_size} crops of {crop} px"
     tier = f", --freeze {freeze.value}" if freeze.value != "none" else ""
     title = f"crowdtk bench: {manifests[0]} → {manifests[1]}, {model}{tier}, scale {scale:g}, {steps} steps × {images}, {seeds} seed(s)"
-    body = {"command_line": command_line, "settings": settings, "machine": machine(), "results": results,
+    body = {"command_line": command_line, "settings": settings, "machine": machine(), "results": results, "claims": claims(results),
             "wall_s": time.perf_counter() - started}
     header = make_header(BENCH_RESULTS, Provenance("bench", {"train": train, "test": test, "budgets": budget_list,
                                                               "methods": method_list, "shapes": shape_list, "seeds": seeds}))
