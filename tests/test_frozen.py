@@ -145,3 +145,30 @@ def test_the_cli_takes_the_tier_options_and_refuses_unknown_levels(labels: Path,
     assert read_header(out)["training"]["freeze"] == "encoder"
     bad = runner.invoke(app, ["train", str(labels), "--freeze", "everything", "-o", str(tmp_path / "x.safetensors")])
     assert bad.exit_code == 2 and "everything" in bad.output
+
+
+def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_predicts(labels: Path, tmp_path: Path) -> None:
+    import json
+
+    from crowdtk.data import read_image
+    from crowdtk.formats import read_manifest
+    from crowdtk.predict import Predictor, load_counter
+
+    cache = tmp_path / "cache"
+    train(labels, tmp_path / "m.safetensors", replace(FROZEN, epochs=1, feature_cache=str(cache)), Provenance("train"))
+    manifest = labels.parent / "m.jsonl"
+    plain = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(manifest), "--json", "-q"])
+    cached = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(manifest), "--json", "-q", "--feature-cache", str(cache)])
+    assert plain.exit_code == 0 and cached.exit_code == 0, cached.output
+    a, b = json.loads(plain.stdout), json.loads(cached.stdout)
+    assert b["mae"] == pytest.approx(a["mae"], rel=1e-2, abs=1e-3)
+    predictor = Predictor(load_counter(tmp_path / "m.safetensors"), device="cpu", feature_cache=cache)
+    assert predictor.features is not None
+    entry = read_manifest(manifest)[1][0]
+    image = read_image(manifest.parent / entry.image)  # a relative image path is relative to the manifest
+    before = predictor.features.computed
+    predictor.density(image, entry.sha256)
+    assert predictor.features.computed == before  # the training run's map of this image was reused
+    result = runner.invoke(app, ["vectors", str(tmp_path / "m.safetensors"), str(manifest), "--strip-frac", "0.2",
+                                 "--feature-cache", str(cache), "-o", str(tmp_path / "v.npz"), "-q"])
+    assert result.exit_code == 0, result.output
