@@ -564,7 +564,7 @@ def train(
             best = val_mae
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae})
         if procs.writer:
-            if improved if config.keep == "best" else True:
+            if config.keep == "last" or improved:
                 save_tensors(output, net.weights(), header(epoch + 1))
                 kept = True
             opt_tensors, groups = _optimizer_tensors(optimizer)

@@ -160,13 +160,16 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
     monkeypatch.setattr(pictures, "show_regions", lambda *a, **k: drawn.append(show_regions(*a, **k)) or drawn[-1])
     out = tiny_data / "demo"
     result = runner.invoke(app, ["demo", "-o", str(out), "--steps", "2", "--warmup-steps", "1", "--batch-size", "2",
-                                 "--methods", "none-or-all,mdc,mdc+cap", "--synth-train", "12", "--synth-test", "4"])
+                                 "--methods", "none-or-all,mdc,mdc+cap", "--synth-train", "12", "--synth-test", "4", "--seeds", "2"])
     assert result.exit_code == 0, result.output
     report = read_json(out / "report.json", DEMO_REPORT)
     assert set(report["methods"]) == {"none-or-all", "mdc", "mdc+cap"} and report["wall_s"] > 0
     for method in report["methods"].values():
         assert {"mae", "rmse", "area_fraction", "heads_labeled"} <= set(method)
         assert 0.05 < method["area_fraction"] < 0.2
+        assert method["seeds"] == [0, 1] and method["mae_std"] >= 0
+    assert {c["worse"] for c in report["claims"]} == {"none-or-all", "mdc"}
+    assert (out / "runs" / "budget-0.1" / "seed-1" / "mdc+cap" / "eval.json").exists()
     assert "+ crowdtk synth" in result.output and "+ crowdtk select" in result.output
     warmup_ids = {e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "warmup" / "regions.jsonl")[1] if e.regions}
     mdc_ids = [e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "select-mdc" / "regions.jsonl")[1] if e.regions]
