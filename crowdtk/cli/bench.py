@@ -25,7 +25,7 @@ _S = Schedule()
 # The schedule options, shared with `demo`.
 Steps = Annotated[int, typer.Option(help="Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).")]
 WarmupSteps = Annotated[int, typer.Option(help="Optimizer steps of the warm-up counter (max, mdc).")]
-Model = Annotated[str, typer.Option(help="Counter for every method: lite or csrnet.")]
+Model = Annotated[str, typer.Option(help="Counter for every method: lite, lite1, lite2 or csrnet.")]
 BatchSize = Annotated[int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step.")]
 Crop = Annotated[int, typer.Option(help="Training crop side in pixels (after --scale), for --freeze none; 0 = whole images.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate.")]

@@ -19,7 +19,7 @@ _T = TrainConfig()
 # The training options, shared with `warmup`.
 Labels = Annotated[Path, typer.Argument(help="Labels file from 'crowdtk import' (regions and the points inside them).", show_default=False)]
 Output = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors); the best epoch by validation MAE.", show_default=False)]
-Model = Annotated[str, typer.Option(help="Counter: csrnet (the paper's) or lite (EfficientNet-Lite0, fast on CPU).")]
+Model = Annotated[str, typer.Option(help="Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).")]
 NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="Start from random weights instead of ImageNet ones. [default: off]")]
 BackboneWeights = Annotated[Optional[Path], typer.Option(help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
@@ -103,7 +103,7 @@ def command(
     output: Output,
     cap: Annotated[bool, typer.Option("--cap", help="Train with Crowd Affinity Propagation. [default: off]")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (e.g. the warm-up counter); it must be of --model when that is given. [default: none]")] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"Counter: csrnet (the paper's) or lite (EfficientNet-Lite0, fast on CPU). [default: {_T.model}, or the model of --init]", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU). [default: {_T.model}, or the model of --init]", show_default=False)] = None,
     no_pretrained: NoPretrained = False,
     backbone_weights: BackboneWeights = None,
     epochs: Epochs = _T.epochs,
