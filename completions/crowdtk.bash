@@ -29,7 +29,7 @@ _crowdtk_options()
         "eval") echo "--csv --device --feature-cache --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
         "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
         "bench") echo "--batch-size --budget --budgets --cpu-bf16 --crop --device --feature-cache --freeze --help --lr --methods --model --no-cpu-bf16 --output --quiet --scale --seeds --shapes --steps --strip-frac --test --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
-        "demo") echo "--batch-size --budget --cpu-bf16 --crop --device --help --methods --model --no-cpu-bf16 --output --quiet --seed --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
+        "demo") echo "--batch-size --budget --cpu-bf16 --crop --device --help --methods --model --no-cpu-bf16 --output --quiet --seed --seeds --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
     esac
 }
@@ -75,7 +75,7 @@ _crowdtk_value()
         "bench|--feature-cache"|"bench|--output"|"bench|--test"|"bench|--train"|"bench|-o") echo "file" ;;
         "bench|--batch-size"|"bench|--budget"|"bench|--budgets"|"bench|--crop"|"bench|--device"|"bench|--lr"|"bench|--methods"|"bench|--model"|"bench|--scale"|"bench|--seeds"|"bench|--shapes"|"bench|--steps"|"bench|--strip-frac"|"bench|--val-frac"|"bench|--warmup-frac"|"bench|--warmup-steps") echo "none" ;;
         "demo|--output"|"demo|-o") echo "file" ;;
-        "demo|--batch-size"|"demo|--budget"|"demo|--crop"|"demo|--device"|"demo|--methods"|"demo|--model"|"demo|--seed"|"demo|--steps"|"demo|--strip-frac"|"demo|--synth-test"|"demo|--synth-train"|"demo|--warmup-steps") echo "none" ;;
+        "demo|--batch-size"|"demo|--budget"|"demo|--crop"|"demo|--device"|"demo|--methods"|"demo|--model"|"demo|--seed"|"demo|--seeds"|"demo|--steps"|"demo|--strip-frac"|"demo|--synth-test"|"demo|--synth-train"|"demo|--warmup-steps") echo "none" ;;
         "show|--checkpoint"|"show|--labels"|"show|--manifest"|"show|--output"|"show|-o") echo "file" ;;
         "show|--image"|"show|--max-side"|"show|--positions") echo "none" ;;
     esac

@@ -25,7 +25,7 @@ _crowdtk_demo() {
         '(-o --output)'{-o,--output}'[Folder for the data, every step'\''s files, report.json and the pictures; rerunning reuses finished steps.]:path:_files' \
         '--budget[Labeling budget: fraction of the pool'\''s area.]:float: ' \
         '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap.]:text: ' \
-        '--model[Counter for every method: lite or csrnet.]:text: ' \
+        '--model[Counter for every method: lite, lite1, lite2 or csrnet.]:text: ' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
         '--batch-size[Images (whole, or crops with --crop) per optimizer step.]:int: ' \
@@ -35,6 +35,7 @@ _crowdtk_demo() {
         '--synth-train[Generated training images (the pool).]:int: ' \
         '--synth-test[Generated test images.]:int: ' \
         '--seed[Random seed; recorded in every output.]:int: ' \
+        '--seeds[Training seeds per method (--seed, --seed + 1, …; the data stay those of --seed); the table gives mean ± std.]:int: ' \
         '--device[auto, cpu or cuda (auto picks CUDA when present).]:text: ' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
@@ -52,7 +53,7 @@ _crowdtk_bench() {
         '--shapes[Extra region shapes for random selection (Table 1): band, block. \[default: none\]]:text: ' \
         '--seeds[Seeds per method (selection and training); results give mean ± std.]:int: ' \
         '--scale[Resize images and points by this factor for training and evaluation (CPU-affordable runs).]:float: ' \
-        '--model[Counter for every method: lite or csrnet.]:text: ' \
+        '--model[Counter for every method: lite, lite1, lite2 or csrnet.]:text: ' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
         '--batch-size[Images (whole, or crops with --crop) per optimizer step.]:int: ' \
@@ -115,7 +116,7 @@ _crowdtk_train() {
         '(-o --output)'{-o,--output}'[Checkpoint to write (.safetensors); the best epoch by validation MAE.]:path:_files' \
         '--cap[Train with Crowd Affinity Propagation. \[default: off\]]' \
         '--init[Start from this checkpoint'\''s weights (e.g. the warm-up counter); it must be of --model when that is given. \[default: none\]]:path:_files' \
-        '--model[Counter: csrnet (the paper'\''s) or lite (EfficientNet-Lite0, fast on CPU). \[default: csrnet, or the model of --init\]]:text: ' \
+        '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU). \[default: csrnet, or the model of --init\]]:text: ' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--epochs[Training epochs.]:int: ' \
@@ -164,7 +165,7 @@ _crowdtk_vectors() {
 _crowdtk_warmup() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Checkpoint to write (.safetensors); the best epoch by validation MAE.]:path:_files' \
-        '--model[Counter: csrnet (the paper'\''s) or lite (EfficientNet-Lite0, fast on CPU).]:text: ' \
+        '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).]:text: ' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--epochs[Training epochs.]:int: ' \

@@ -19,7 +19,7 @@ from crowdtk.formats import DEMO_REPORT, Provenance, make_header, write_json
 
 # The demo's schedule: generated 384×256 images at full size on the frozen-encoder tier (whole cached
 # images, cosine decay, the last epoch kept), as the bench (README, "What the demo shows").
-DEMO = Schedule(model="lite", steps=1500, warmup_steps=750, batch_size=4, crop=0, scale=1.0)
+DEMO = Schedule(model="lite", steps=600, warmup_steps=300, batch_size=4, crop=0, scale=1.0)
 DEMO_METHODS = "none-or-all,random,mdc,mdc+cap"
 
 
