@@ -5,8 +5,8 @@
 For each labels set (random strips at a 10% budget, or all images) and each tier, one `crowdtk
 train` run (seed 0) from a cold feature cache, timed as a whole (cache included), then `crowdtk
 eval` on the 316 test images. Tiers: today's fine-tuning of the whole lite counter on random
-crops (800 steps, the bench default before the frozen tier), the frozen-encoder tier on Lite0,
-Lite1 and Lite2, and the partly frozen tier (the dilated 80/112-channel stages fine-tuned on whole
+crops (800 steps, the bench default before the frozen tier), the frozen-encoder tier on Lite0
+and Lite2 (Lite1, between them, is `--model lite1`), and the partly frozen tier (the dilated 80/112-channel stages fine-tuned on whole
 images). Writes OUT/tiers.json and OUT/tiers.md. Runs one command at a time: run nothing else
 alongside, the wall times are the result.
 """
@@ -32,7 +32,6 @@ TIERS = {
     "fine-tune (800 steps of 8 crops of 128 px)": ("lite", ["--freeze", "none", "--crop", "128", "--batch-size", "8", "--lr", "1e-4",
                                                           "--val-frac", "0.05", "--keep", "best"], 17),
     "frozen Lite0 (the bench default)": ("lite", ["--freeze", "encoder", *FROZEN], 30),
-    "frozen Lite1": ("lite1", ["--freeze", "encoder", *FROZEN], 30),
     "frozen Lite2": ("lite2", ["--freeze", "encoder", *FROZEN], 30),
     "early-frozen Lite0 (80/112 stages fine-tuned)": ("lite", ["--freeze", "early", *FROZEN], 8),
 }
