@@ -38,6 +38,7 @@ from crowdtk.cap import CapCounter
 from crowdtk.checkpoint import load_tensors, save_tensors, state_path
 from crowdtk.data import read_image
 from crowdtk.features import FeatureCache, FeatureMap
+from crowdtk.memory import retain_freed_memory
 from crowdtk.density import DensityConfig, density_map
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import CHECKPOINT, LabelsEntry, Provenance, file_digest, make_header, read_labels
@@ -218,14 +219,12 @@ def speed_up_cpu_training(net: nn.Module, example: tuple[torch.Tensor, torch.Ten
     whether the dilated depthwise convolutions use ``models.phase_split_conv`` in training.
 
     glibc would otherwise page-fault every large activation in afresh at each step
-    (predict.retain_freed_memory). Whether the phase split pays depends on the CPU's oneDNN
+    (memory.retain_freed_memory). Whether the phase split pays depends on the CPU's oneDNN
     kernels, so it is timed on this batch shape (``phase_split=None``; a resumed run passes its
     first choice). Measured, lite with CAP, with vs without the split: on a 2-core AMD EPYC
     3.4x faster at 1 crop of 256 px and 9.9x at 2 of 192 px; on a 2-core Intel Xeon 0.82x at
     1 of 256 px and 0.85x at 8 of 128 px (bench/run.py's training stage compares the chosen
     settings with none)."""
-    from crowdtk.predict import retain_freed_memory  # predict imports this module
-
     retain_freed_memory()
     convs = [m for m in net.modules() if isinstance(m, SameConv2d) and m._phased and m.weight.requires_grad]
     if not convs:
