@@ -35,6 +35,7 @@ bench-partb: $(STAMP)
 bench-tiers: $(STAMP)
 	$(BIN)/python bench/tiers.py --out bench-out/tiers
 
+# Shell completions, man pages and docs/cli.md from the app (tests/test_docs.py fails when they drift).
 docs: $(STAMP)
 	$(BIN)/python tools/gen_docs.py
 

@@ -23,7 +23,8 @@ def measure(compiled: bool, batch: int = 8, crop: int = 128, steps: int = 8) -> 
     import torch
 
     from crowdtk.models import build_model
-    from crowdtk.train import TrainNet, freeze_batchnorm, masked_loss
+    from crowdtk.cap import TrainNet
+    from crowdtk.train import freeze_batchnorm, masked_loss
 
     torch.manual_seed(0)
     net = TrainNet(build_model("lite", pretrained=False), cap=True).to(memory_format=torch.channels_last)

@@ -14,7 +14,9 @@ import time
 import torch
 
 from crowdtk.models import build_model
-from crowdtk.train import TrainNet, cpu_bf16_supported, masked_loss
+from crowdtk.cap import TrainNet
+from crowdtk.runtime import cpu_bf16_supported
+from crowdtk.train import masked_loss
 
 
 def main(steps: int = 10) -> None:

@@ -18,6 +18,8 @@ ratio < 1.2 and growth < 30 MB).
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import argparse
 import os
 import platform
@@ -33,7 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
-from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, file_digest, make_header, write_jsonl  # noqa: E402
+from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
+from crowdtk.files import file_digest
 
 
 def generate(folder: Path, n: int, width: int = 64, height: int = 48, seed: int = 0) -> Path:
@@ -61,13 +64,15 @@ def make_checkpoint(path: Path) -> Path:
 
     from crowdtk.checkpoint import save_tensors
     from crowdtk.models import build_model
-    from crowdtk.train import TrainNet, checkpoint_header
+    from crowdtk.cap import TrainNet
+    from crowdtk.formats import checkpoint_header
     from crowdtk.train_config import TrainConfig
 
     torch.manual_seed(0)
     counter = build_model("lite", pretrained=False)
-    header = checkpoint_header(Provenance("bench/load.py"), TrainConfig(model="lite", pretrained=False), counter, False,
-                               "0" * 64, 1, 0.0, "train")
+    header = checkpoint_header(Provenance("bench/load.py"), model=counter.name, model_config=counter.config, cap=False,
+                               training=asdict(TrainConfig(model="lite", pretrained=False)), labels_sha256="0" * 64,
+                               epochs_done=1, best_val_mae=0.0, val_on="train")
     save_tensors(path, TrainNet(counter, cap=False).weights(), header)
     return path
 

@@ -426,7 +426,9 @@ class CrowdtkTraining:
         import torch
 
         from crowdtk.formats import LabelsEntry, Region
-        from crowdtk.train import TrainConfig, TrainNet, example_batch, freeze_batchnorm, prepare_sample, speed_up_cpu_training
+        from crowdtk.cap import TrainNet
+        from crowdtk.train import example_batch, freeze_batchnorm, prepare_sample, speed_up_cpu_training
+        from crowdtk.train_config import TrainConfig
 
         self.torch = torch
         self.config = TrainConfig(model=model, crop=crop, batch_size=1, pretrained=False)
@@ -445,7 +447,7 @@ class CrowdtkTraining:
         self.step = 0
 
     def run(self) -> dict[str, float]:
-        from crowdtk.train import masked_loss, random_crop, to_input
+        from crowdtk.train import masked_loss, random_crop
 
         torch, config = self.torch, self.config
         start = time.perf_counter()
@@ -453,7 +455,7 @@ class CrowdtkTraining:
         rng = np.random.default_rng([config.seed, 0, self.step, i])
         self.step += 1
         image, target, mask = random_crop(self.samples[i], config.crop, config.flip, rng)
-        x = to_input(image[None], self.counter, torch.device("cpu"))
+        x = self.counter.to_input(image[None], torch.device("cpu"))
         t = torch.from_numpy(target[None]) * config.density_scale
         m = torch.from_numpy(mask[None])
         load = time.perf_counter() - start
@@ -722,7 +724,7 @@ def synthetic_pool(n: int, seed: int = 0) -> tuple[list[Any], Any]:
     """``n`` 1024×768 manifest entries and their strip vectors (10 strips × 10 numbers), perspective
     scenes with groups (vectorised version of tests/test_select.py's realistic_vectors)."""
     from crowdtk.formats import ManifestEntry, StripVectors
-    from crowdtk.strips import strip_edges
+    from crowdtk.geometry import strip_edges
 
     rng = np.random.default_rng(seed)
     rows = np.linspace(0.2, 1.0, 96)
@@ -772,7 +774,7 @@ def picks_of(selection: Any) -> dict[str, list[int]]:
 
 
 def stage_select(report: Report, sizes: Sizes, root: Path) -> None:
-    from crowdtk.select import SelectConfig, select_regions
+    from crowdtk.selection import SelectConfig, select_regions
 
     n, m = sizes.select_images, sizes.select_sample
     entries, data = synthetic_pool(n)
@@ -893,7 +895,8 @@ def _pair(report: Report, what: str, n: int, run: Callable[[int], Any], repeats:
 def epoch_timer_child(args: list[str]) -> None:
     """(Under torchrun or alone) run crowdtk.train.train and write per-epoch wall times (rank 0)."""
     from crowdtk.formats import Provenance
-    from crowdtk.train import TrainConfig, train
+    from crowdtk.train import train
+    from crowdtk.train_config import TrainConfig
 
     labels, out, crop, epochs, batch, report_path = args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5]
     prepared_at: list[float] = []  # when the last sample was prepared: the first epoch starts
@@ -930,7 +933,7 @@ def stage_scaling(report: Report, sizes: Sizes, root: Path) -> None:
     from crowdtk.formats import Provenance
     from crowdtk.index import build_manifest
     from crowdtk.predict import LoadedModel, Predictor
-    from crowdtk.select import SelectConfig, select_regions
+    from crowdtk.selection import SelectConfig, select_regions
     from crowdtk.vectors import compute_vectors
 
     n = sizes.scale_n
@@ -986,7 +989,7 @@ def _shrunk(entry: Any, tmp: Path, sizes: Sizes) -> Any:
     import cv2
     from dataclasses import replace
 
-    from crowdtk.formats import file_digest
+    from crowdtk.files import file_digest
 
     image = cv2.imread(entry.image)
     small = cv2.resize(image, (sizes.width, sizes.height), interpolation=cv2.INTER_AREA)

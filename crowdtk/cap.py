@@ -24,7 +24,7 @@ labeled). It is computed in blocks of labeled rows so that one block stays under
 exceed the bound, each block is recomputed in the backward pass (activation
 checkpointing) instead of being kept, so training memory stays bounded too.
 
-``CapCounter`` wraps a counter with a ``CapModule`` between ``forward_features`` and
+``TrainNet`` wraps a counter with a ``CapModule`` between ``forward_features`` and
 ``head``; :func:`strip_cap` returns the plain counter (the same module, so predictions
 without CAP are identical before and after stripping). :func:`affinity_maps` returns
 the affinity rows of chosen labeled positions as ``h×w`` pictures (the paper's Fig. 5).
@@ -33,7 +33,6 @@ the affinity rows of chosen labeled positions as ``h×w`` pictures (the paper's 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -171,29 +170,57 @@ class CapModule(nn.Module):
         return f"gamma={float(self.gamma.detach()):.4f}, eps={self.eps}"
 
 
-class CapCounter(nn.Module):
-    """A counter with CAP between its features and its output layer (training only).
+class TrainNet(nn.Module):
+    """The counter being trained, with CAP between its features and its output layer when ``cap``.
 
     ``forward(x, labeled_mask)`` applies CAP; ``labeled_mask=None`` is the plain counter
-    (inference). State dict keys: ``counter.*`` and ``cap.gamma``.
+    (inference). State dict keys: ``counter.*`` and, with CAP, ``cap.gamma``.
     """
 
-    def __init__(self, counter: Counter, cap: CapModule | None = None) -> None:
+    def __init__(self, counter: Counter, cap: bool, freeze: str = "none") -> None:
         super().__init__()
         self.counter = counter
-        self.cap = cap if cap is not None else CapModule()
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"counter": dict(getattr(self.counter, "config", {})), "cap": {"eps": self.cap.eps}}
+        self.cap = CapModule() if cap else None
+        # With a frozen front part the network is fed that part's cached features (crowdtk.features).
+        self.freeze = freeze
+        for module in counter.frozen_modules(freeze) if freeze != "none" else []:
+            for p in module.parameters():
+                p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, labeled_mask: torch.Tensor | None = None) -> torch.Tensor:
-        feat = self.counter.forward_features(x)
+        feat = self.counter.forward_features(x) if self.freeze == "none" else self.counter.decode(x, self.freeze)
         if labeled_mask is not None and self.cap is not None:
             feat = self.cap(feat, labeled_mask)
         return self.counter.head(feat)
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors: the counter's keys unprefixed, CAP's under ``cap.``."""
+        tensors = dict(self.counter.state_dict())
+        if self.cap is not None:
+            tensors.update({f"cap.{k}": v for k, v in self.cap.state_dict().items()})
+        return tensors
 
-def strip_cap(model: CapCounter | Counter) -> Counter:
-    """The plain counter inside a :class:`CapCounter` (a plain counter is returned as it is)."""
-    return model.counter if isinstance(model, CapCounter) else model
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: str, counter_only: bool = False) -> None:
+        counter = {k: v for k, v in tensors.items() if not k.startswith("cap.")}
+        _load_strict(self.counter, counter, source)
+        if self.cap is not None and not counter_only:
+            _load_strict(self.cap, {k[4:]: v for k, v in tensors.items() if k.startswith("cap.")}, source)
+
+
+def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    fix = "pass a checkpoint of the same model and configuration"
+    own = module.state_dict()
+    shapes = [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]
+    if shapes:  # load_state_dict raises a bare RuntimeError on these, even with strict=False
+        k = shapes[0]
+        raise CrowdtkError(f"{source}: weights do not fit the model ({k} is {tuple(tensors[k].shape)}, "
+                           f"the model's is {tuple(own[k].shape)})", fix)
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CrowdtkError(
+            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})", fix)
+
+
+def strip_cap(model: TrainNet | Counter) -> Counter:
+    """The plain counter inside a :class:`TrainNet` (a plain counter is returned as it is)."""
+    return model.counter if isinstance(model, TrainNet) else model

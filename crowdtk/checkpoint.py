@@ -24,7 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import CHECKPOINT, atomic_path, check_header
+from crowdtk.formats import CHECKPOINT, check_header, stripped_checkpoint_header
+from crowdtk.files import atomic_path
 
 META_KEY = "crowdtk"
 
@@ -81,6 +82,16 @@ def model_of(header: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     return model["name"], dict(model.get("config", {}))
 
 
+def init_model(init: str | os.PathLike[str], model: str | None) -> str:
+    """The model of a checkpoint to start training from (``--init``); refused when it is not a crowdtk
+    checkpoint, or is of another model than ``model`` (None: any)."""
+    name, _ = model_of(read_header(init), str(init))
+    if model is not None and model != name:
+        raise CrowdtkError(f"{init}: is a checkpoint of model '{name}', not of --model {model}",
+                           f"drop --model (the --init checkpoint's model is used), or pass a checkpoint of a '{model}' model")
+    return name
+
+
 def state_path(output: str | os.PathLike[str]) -> Path:
     """The resumable training state written next to a checkpoint."""
     out = Path(output)
@@ -95,9 +106,7 @@ def strip_cap(source: str | os.PathLike[str], output: str | os.PathLike[str], pr
     """
     header, tensors = load_tensors(source)
     kept = {k: v for k, v in tensors.items() if not k.startswith("cap.")}
-    header = dict(header)
-    header.update(cap=False, inference_only=True, stripped_from=str(source), stripped_by=provenance_command,
-                  removed_tensors=sorted(set(tensors) - set(kept)))
+    header = stripped_checkpoint_header(header, str(source), provenance_command, sorted(set(tensors) - set(kept)))
     save_tensors(output, kept, header)
     return header
 

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.io
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.train_config import STRIDE
+from crowdtk.geometry import STRIDE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 POINT_SUFFIXES = (".txt", ".csv", ".json", ".npy", ".mat")

@@ -28,7 +28,8 @@ from scipy.spatial import cKDTree
 
 from crowdtk.data import check_image_size, read_points_on_image
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import DENSITY_MAP, DensityEntry, ManifestEntry, Provenance, make_header, save_npz
+from crowdtk.geometry import STRIDE
+from crowdtk.formats import DensityEntry, ManifestEntry, Provenance, density_map_header, save_npz
 
 HEADS_PER_BLOCK = 2048  # bounds the N×H and N×W kernel matrices to ~16 MB each
 
@@ -42,7 +43,7 @@ class DensityConfig:
     beta: float = 0.3
     k_nearest: int = 3
     truncate: float = 4.0  # kernel radius in σ, as scipy.ndimage.gaussian_filter
-    stride: int = 8  # sum-pool to the model's output stride; 1 keeps full resolution
+    stride: int = STRIDE  # sum-pool to the model's output stride; 1 keeps full resolution
     min_sigma: float = 0.1  # floor for adaptive σ (two heads on one spot give distance 0)
 
     def validate(self) -> None:
@@ -115,8 +116,7 @@ def _one(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: 
         )
     density = density_map(points, entry.height, entry.width, config)
     rel = f"maps/{entry.id}.npz"
-    header = make_header(DENSITY_MAP, provenance)
-    header.update(image_id=entry.id, image=entry.image, count=entry.count, stride=config.stride, image_size=[entry.height, entry.width])
+    header = density_map_header(provenance, entry.id, entry.image, entry.count, config.stride, [entry.height, entry.width])
     save_npz(Path(out_dir) / rel, header, {"density": density})
     record = DensityEntry(
         id=entry.id,

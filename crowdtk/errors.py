@@ -2,7 +2,8 @@
 
 Every failure a user can act on is a :class:`CrowdtkError` carrying *what* went wrong
 (naming the file) and *how to fix it*. The CLI prints it as
-``crowdtk <command>: error: <what> (<fix>)`` and exits 1.
+``crowdtk <command>: error: <what> (<fix>)`` and exits 1; a :class:`UsageError` (options that
+contradict each other or miss a partner) exits 2, as Click's own usage errors do.
 """
 
 from __future__ import annotations
@@ -18,3 +19,7 @@ class CrowdtkError(Exception):
 
     def __str__(self) -> str:
         return f"{self.what} ({self.fix})" if self.fix else self.what
+
+
+class UsageError(CrowdtkError):
+    """A command line that cannot be run as given (exit code 2)."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from crowdtk.formats import atomic_path
+from crowdtk.files import atomic_path
 from crowdtk.errors import CrowdtkError
 from crowdtk.models import Counter, inference_copy
 

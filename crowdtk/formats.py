@@ -6,21 +6,16 @@ keep the header as their first line; ``.npz`` artifacts keep it as a JSON string
 the key ``__meta__`` (a numpy unicode array, so loading never needs pickle).
 
 Readers refuse other formats and newer versions with a message naming the file and the
-version found. Writers are atomic: a temporary file in the destination folder, then
-``os.replace``, so a killed process never leaves a half-written file under the final name.
+version found. Writers are atomic (crowdtk.files).
 The formats are documented for humans in ``docs/formats.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import datetime as _dt
 import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -29,6 +24,7 @@ import numpy as np
 
 from crowdtk import __version__
 from crowdtk.errors import CrowdtkError
+from crowdtk.files import STDIO, atomic_path
 
 # Format name -> the newest version this crowdtk reads and writes.
 MANIFEST = "manifest"
@@ -56,9 +52,6 @@ FORMAT_VERSIONS: dict[str, int] = {
     DEMO_REPORT: 1,
 }
 
-STDIO = "-"
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 
 # --------------------------------------------------------------------------- headers
@@ -83,6 +76,68 @@ def make_header(fmt: str, provenance: Provenance) -> dict[str, Any]:
         "seed": provenance.seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# One builder per artifact: the common header plus the fields that artifact's readers rely on
+# (docs/formats.md lists them). Commands and stages build headers only through these.
+
+
+def manifest_header(provenance: Provenance, layout: str, skipped: list[str] | None = None) -> dict[str, Any]:
+    """``skipped=None`` (synth, which writes every image it makes) leaves the field out."""
+    header = make_header(MANIFEST, provenance)
+    header["layout"] = layout
+    if skipped is not None:
+        header["skipped"] = skipped
+    return header
+
+
+def density_index_header(provenance: Provenance, skipped: list[str]) -> dict[str, Any]:
+    return {**make_header(DENSITY_INDEX, provenance), "skipped": skipped}
+
+
+def density_map_header(provenance: Provenance, image_id: str, image: str, count: int, stride: int,
+                       image_size: list[int]) -> dict[str, Any]:
+    return {**make_header(DENSITY_MAP, provenance), "image_id": image_id, "image": image, "count": count, "stride": stride,
+            "image_size": image_size}
+
+
+def vectors_header(provenance: Provenance, *, levels: int, strip_frac: float, scale: float, manifest_sha256: str,
+                   checkpoint_sha256: str, model: str | None, skipped: list[str]) -> dict[str, Any]:
+    return {**make_header(VECTORS, provenance), "levels": levels, "strip_frac": strip_frac, "scale": scale,
+            "manifest_sha256": manifest_sha256, "checkpoint_sha256": checkpoint_sha256, "model": model, "skipped": skipped}
+
+
+def checkpoint_header(provenance: Provenance, *, model: str, model_config: dict[str, Any], cap: bool, training: dict[str, Any],
+                      labels_sha256: str, epochs_done: int, best_val_mae: float, val_on: str,
+                      supervision: dict[str, int] | None = None) -> dict[str, Any]:
+    """``training`` is the run's TrainConfig as a dict; its density and input scales are repeated at the top
+    level because every reader of a checkpoint needs them."""
+    return {**make_header(CHECKPOINT, provenance), "model": {"name": model, "config": model_config}, "cap": cap,
+            "inference_only": False, "density_scale": training["density_scale"], "input_scale": training["input_scale"],
+            "training": training, "labels_sha256": labels_sha256, "epochs_done": epochs_done, "best_val_mae": best_val_mae,
+            "val_on": val_on, "supervision": supervision or {}}
+
+
+def regions_header(provenance: Provenance, *, budget: float, strip_frac: float, scale: float, shape: str, manifest_sha256: str | None,
+                   pool_images: int, pool_area: int, area_fraction: float, cumulative_area_fraction: float) -> dict[str, Any]:
+    return {**make_header(REGIONS, provenance), "budget": budget, "strip_frac": strip_frac, "scale": scale, "shape": shape,
+            "manifest_sha256": manifest_sha256, "pool_images": pool_images, "pool_area": pool_area, "area_fraction": area_fraction,
+            "cumulative_area_fraction": cumulative_area_fraction}
+
+
+def labels_header(provenance: Provenance, regions_sha256: str | None) -> dict[str, Any]:
+    """``regions_sha256``: the digest of the regions file the labels answer (None when it came on stdin)."""
+    return {**make_header(LABELS, provenance), "regions_sha256": regions_sha256}
+
+
+def export_header(provenance: Provenance, regions_sha256: str | None) -> dict[str, Any]:
+    """The index.json of an export folder; ``regions_sha256`` as in :func:`labels_header`."""
+    return {**make_header(LABELING_EXPORT, provenance), "regions_sha256": regions_sha256}
+
+
+def stripped_checkpoint_header(header: dict[str, Any], source: str, command: str, removed: list[str]) -> dict[str, Any]:
+    """A checkpoint's header once CAP's weights are gone (strip-cap): inference only."""
+    return {**header, "cap": False, "inference_only": True, "stripped_from": source, "stripped_by": command, "removed_tensors": removed}
 
 
 def check_header(header: Any, fmt: str, source: str) -> dict[str, Any]:
@@ -112,6 +167,36 @@ def check_header(header: Any, fmt: str, source: str) -> dict[str, Any]:
     return header
 
 
+def peek_format(path: str | os.PathLike[str]) -> str | None:
+    """The format of the crowdtk artifact at ``path`` without reading all of it: ``CHECKPOINT`` for
+    a safetensors file, else its header's ``format``; None when it has no crowdtk header.
+
+    Raises a CrowdtkError naming the file when it is missing, a folder, or a broken safetensors file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CrowdtkError(f"{path}: {'is a folder' if p.is_dir() else 'no such file'}", "pass a crowdtk artifact file")
+    with open(p, "rb") as fh:
+        head = fh.read(4096)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
+        return CHECKPOINT  # safetensors: an 8-byte header length, then the JSON header
+    if p.suffix.lower() == ".safetensors":
+        raise CrowdtkError(f"{path}: not a readable safetensors file", "pass a checkpoint written by crowdtk")
+    header: Any = None
+    try:
+        with open(p, encoding="utf-8") as fh:
+            first = fh.readline()
+            try:
+                header = json.loads(first)
+            except json.JSONDecodeError:
+                if first.strip() == "{":  # an indented JSON document (results.json, report.json)
+                    fh.seek(0)
+                    header = json.loads(fh.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    return header["format"] if isinstance(header, dict) and isinstance(header.get("format"), str) else None
+
+
 def _jsonable(value: Any) -> Any:
     """Parameters as plain JSON (paths become strings)."""
     if isinstance(value, dict):
@@ -125,62 +210,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.floating,)):
         return float(value)
     return value
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp makes 0600, and some writers (safetensors) replace the file with their own:
-        # outputs get the usual permissions once written.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
-    """Build an output folder under a temporary name; move it into place only on success.
-
-    An existing ``path`` is refused unless ``force``; with ``force`` it is replaced only
-    after the new folder is complete.
-    """
-    final = Path(path)
-    check_output_free(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_output_free(path: str | os.PathLike[str], force: bool) -> None:
-    """Refuse to overwrite an existing output unless the user said ``--force``."""
-    if str(path) == STDIO:
-        return
-    if Path(path).exists() and not force:
-        raise CrowdtkError(f"{path}: output already exists", "choose another path, or pass --force to replace it")
 
 
 # --------------------------------------------------------------------------- JSON Lines
@@ -441,15 +470,6 @@ def dumps_record(record: dict[str, Any]) -> str:
 
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes: image identity in manifests, and input digests in artifacts."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- regions and labels
 
 
@@ -629,9 +649,6 @@ class StripVectors:
     strip_x1: np.ndarray  # (S,) int64
     vectors: np.ndarray  # (S, D) float32
     counts: np.ndarray  # (S,) float32
-
-    def strips_of(self, image_index: int) -> np.ndarray:
-        return np.flatnonzero(self.strip_image == image_index)
 
 
 def save_vectors(path: str | os.PathLike[str], header: dict[str, Any], data: StripVectors) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from crowdtk.data import IMAGE_SUFFIXES, POINT_SUFFIXES, check_image_size, inside, read_image, read_points
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import ManifestEntry, file_digest
+from crowdtk.formats import ManifestEntry
+from crowdtk.files import file_digest
 
 Progress = Callable[[int], None]
 

@@ -20,7 +20,6 @@ drawing, so a 4000×3000 photo costs what a 1600×1200 one does.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,55 +35,19 @@ from crowdtk.formats import (
     LabelsEntry,
     Region,
     RegionsEntry,
-    atomic_path,
     read_json,
     read_labels,
     read_manifest,
+    peek_format,
     read_regions,
 )
+from crowdtk.files import atomic_path
+from crowdtk.predict_config import PredictConfig
 
 DPI = 100
 PANEL_WIDTH = 8.0  # inches: one picture across
 DRAW_SIDE = 1600  # images are shrunk to at most this many pixels on their longer side before drawing
 RED = "#ff0000"
-CHECKPOINT_KIND = "checkpoint"
-
-
-# --------------------------------------------------------------------------- what a file is
-
-
-def artifact_kind(path: str | os.PathLike[str]) -> str:
-    """The format of a crowdtk artifact: ``"checkpoint"`` for a safetensors file, else its header's ``format``.
-
-    Raises a CrowdtkError naming the file when it is none of crowdtk's artifacts.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CrowdtkError(f"{path}: {'is a folder' if p.is_dir() else 'no such file'}", "pass a crowdtk artifact file")
-    with open(p, "rb") as fh:
-        head = fh.read(4096)
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
-        return CHECKPOINT_KIND  # safetensors: an 8-byte header length, then the JSON header
-    if p.suffix.lower() == ".safetensors":
-        raise CrowdtkError(f"{path}: not a readable safetensors file", "pass a checkpoint written by crowdtk")
-    header: Any = None
-    try:
-        with open(p, encoding="utf-8") as fh:
-            first = fh.readline()
-            try:
-                header = json.loads(first)
-            except json.JSONDecodeError:
-                if first.strip() == "{":  # an indented JSON document (results.json, report.json)
-                    fh.seek(0)
-                    header = json.loads(fh.read())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        header = None
-    if not isinstance(header, dict) or not isinstance(header.get("format"), str):
-        raise CrowdtkError(
-            f"{path}: not a crowdtk artifact crowdtk show can draw",
-            "pass a regions or labels file, a checkpoint (.safetensors) or a bench results.json",
-        )
-    return header["format"]
 
 
 # --------------------------------------------------------------------------- drawing helpers
@@ -207,7 +170,7 @@ def _height_for(width: int, height: int, panel_width: float, rows: int = 1, extr
 
 
 def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str], image_id: str | None = None,
-                 checkpoint: str | os.PathLike[str] | None = None, max_side: int = 2048) -> str:
+                 checkpoint: str | os.PathLike[str] | None = None, max_side: int = PredictConfig.max_side) -> str:
     """Draw one image of a regions or labels file with its regions outlined in red; return the image id.
 
     Strips (full height) get two red vertical lines at ``x0`` and ``x1``; bands and blocks
@@ -215,13 +178,14 @@ def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str],
     second panel shows that counter's predicted density (same width, same red lines, the
     predicted count in its title). The default image is the first one with regions.
     """
-    kind = artifact_kind(selection)
+    kind = peek_format(selection)
     if kind == REGIONS:
         _, entries = read_regions(selection)
     elif kind == LABELS:
         _, entries = read_labels(selection)
     else:
-        raise CrowdtkError(f"{selection}: is a '{kind}' artifact, expected regions or labels",
+        found = f"a '{kind}' artifact" if kind else "not a crowdtk artifact"
+        raise CrowdtkError(f"{selection}: is {found}, expected regions or labels",
                            "pass a regions file from 'crowdtk select' or a labels file from 'crowdtk import'")
     entry = _pick(entries, image_id, str(selection), next((e for e in entries if e.regions), None))
     image = _read_entry_image(entry)
@@ -247,7 +211,7 @@ def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str],
 
     if checkpoint is not None:
         from crowdtk.predict import Predictor, load_counter
-        from crowdtk.train import STRIDE
+        from crowdtk.geometry import STRIDE
 
         predictor = Predictor(load_counter(checkpoint), max_side=max_side)
         density, sx, sy = predictor.density(image)
@@ -266,7 +230,7 @@ def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str],
 
 
 def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str], manifest: str | os.PathLike[str],
-                    image_id: str | None = None, max_side: int = 2048) -> str:
+                    image_id: str | None = None, max_side: int = PredictConfig.max_side) -> str:
     """Draw the image, its ground-truth density and the predicted density side by side; return the image id.
 
     Both maps are in heads per 8×8 pixels of the original image, so they compare cell for
@@ -275,7 +239,7 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     from crowdtk.data import read_points_on_image
     from crowdtk.density import DensityConfig, density_map
     from crowdtk.predict import Predictor, load_counter
-    from crowdtk.train import STRIDE
+    from crowdtk.geometry import STRIDE
 
     _, entries = read_manifest(manifest)
     entry = _pick(entries, image_id, str(manifest), entries[0] if entries else None)
@@ -311,94 +275,30 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
 # --------------------------------------------------------------------------- Fig. 5: CAP's affinity maps
 
 
-def choose_positions(density: np.ndarray, mask: np.ndarray, count: int) -> list[tuple[int, int]]:
-    """``count`` labeled cells (row, col) to show affinities for, deterministically.
-
-    Alternately the densest and the emptiest labeled cell by predicted density (a crowd
-    and a background position, like the paper's marked positions), each at least a
-    sixth of the map's longer side from those already chosen (the distance is halved
-    when no cell is left that far away). Cells near the map's border (within 1/16 of
-    its size) are avoided when enough others are labeled, so the marks stay readable.
-    """
-    if count < 1:
-        raise CrowdtkError(f"--positions must be at least 1, got {count}", "pass e.g. --positions 2")
-    if int(mask.sum()) < count:
-        raise CrowdtkError(f"the image has {int(mask.sum())} labeled positions, fewer than --positions {count}",
-                           "pass fewer --positions, or an image with larger labeled regions")
-    inner = np.zeros_like(mask, dtype=bool)
-    mr, mc = max(1, mask.shape[0] // 16), max(1, mask.shape[1] // 16)  # a margin of 1/16 of the map, at least a cell
-    inner[mr:-mr, mc:-mc] = mask[mr:-mr, mc:-mc]
-    if int(inner.sum()) >= count:
-        mask = inner
-    cells = np.argwhere(mask)
-    values = density[mask]
-    by_density = [np.argsort(-values, kind="stable"), np.argsort(values, kind="stable")]
-    chosen: list[int] = []
-    spacing = max(mask.shape) / 6
-    while len(chosen) < count:
-        order = by_density[len(chosen) % 2]
-        for i in order:
-            if i in chosen:
-                continue
-            if all(np.hypot(*(cells[i] - cells[j])) >= spacing for j in chosen):
-                chosen.append(int(i))
-                break
-        else:
-            spacing /= 2
-            if spacing < 0.5:
-                spacing = 0.0
-    return [(int(cells[i][0]), int(cells[i][1])) for i in chosen]
-
-
 def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str], labels: str | os.PathLike[str],
                   image_id: str | None = None, positions: int = 2) -> str:
     """Draw CAP's affinity maps (Fig. 5) for one partly labeled image; return the image id.
 
     ``checkpoint`` must carry CAP (written by ``train --cap``, before ``strip-cap``). The
     features are the counter's last feature map of the whole image; ``positions`` labeled
-    positions are chosen by :func:`choose_positions`. Panels: the image with the red
+    positions are chosen by :func:`crowdtk.affinity.choose_positions`. Panels: the image with the red
     region lines and the numbered positions, then "Affinity map #k" for each position,
     upsampled to the image (labeled positions have no affinity and are drawn grey).
     """
-    import torch
+    from crowdtk.affinity import image_affinities
 
-    from crowdtk.cap import affinity_maps
-    from crowdtk.checkpoint import load_tensors
-    from crowdtk.predict import load_counter
-    from crowdtk.train import STRIDE, TrainConfig, prepare_sample, resolve_device, to_input
-
-    header, tensors = load_tensors(checkpoint)
-    if not header.get("cap") or not any(k.startswith("cap.") for k in tensors):
-        raise CrowdtkError(
-            f"{checkpoint}: has no CAP module (trained without --cap, or CAP removed by strip-cap)",
-            "pass the checkpoint written by 'crowdtk train --cap', before 'crowdtk strip-cap'",
-        )
-    del tensors
-    loaded = load_counter(checkpoint)
     _, entries = read_labels(labels)
     partly = next((e for e in entries if e.regions and _area_share(e.regions, e.width, e.height) < 1.0), None)
     entry = _pick(entries, image_id, str(labels), partly)
     if not entry.regions or _area_share(entry.regions, entry.width, entry.height) >= 1.0:
         raise CrowdtkError(f"{labels}: image '{entry.id}' is {'not labeled' if not entry.regions else 'fully labeled'}, so CAP has no affinities to show",
                            "pass --image with a partly labeled image (strips)")
-
-    sample = prepare_sample(entry, TrainConfig(model=loaded.header["model"]["name"], input_scale=loaded.input_scale))
-    device = resolve_device("auto")
-    counter = loaded.counter.to(device)
-    with torch.inference_mode():
-        feat = counter.forward_features(to_input(sample.image[None], counter, device))
-        density = (counter.head(feat)[0, 0].float() / loaded.density_scale).cpu().numpy()
-        feat = feat[0].float()
-        mask = torch.from_numpy(sample.mask).to(device)
-        if not bool(mask.any()) or bool(mask.all()):
-            raise CrowdtkError(f"{labels}: image '{entry.id}' has no labeled or no unlabeled positions at the model's stride",
-                               "pass --image with a partly labeled image whose regions are at least 8 px wide")
-        chosen = choose_positions(density, sample.mask, positions)
-        maps = affinity_maps(feat, mask, chosen).float().cpu().numpy()
+    found = image_affinities(checkpoint, entry, positions, str(labels))
+    chosen, maps = found.positions, found.maps
 
     image = _read_entry_image(entry)
     width, height = entry.width, entry.height
-    cell_w, cell_h = _cell_size(width, height, loaded.input_scale)
+    cell_w, cell_h = _cell_size(width, height, found.input_scale)
     marks = [((c + 0.5) * cell_w, (r + 0.5) * cell_h) for r, c in chosen]
 
     panels = len(chosen) + 1
@@ -411,7 +311,7 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
     _draw_regions(axes[0], entry.regions, height)
     _mark(axes[0], marks, width, height)
     axes[0].set_title(f"{entry.id}: input image", fontsize=11)
-    labeled = np.broadcast_to(sample.mask, maps.shape[1:])
+    labeled = np.broadcast_to(found.mask, maps.shape[1:])
     for k, (values, mark) in enumerate(zip(maps, marks), start=1):
         ax = axes[k]
         shown = np.ma.masked_where(labeled, values)
@@ -428,8 +328,8 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
 
 
 def _cell_size(width: int, height: int, input_scale: float) -> tuple[float, float]:
-    """One stride-8 cell of the model's map in original pixels (as ``train.resize_for_model`` resizes)."""
-    from crowdtk.train import STRIDE
+    """One stride-8 cell of the model's map in original pixels (as ``geometry.resize_for_model`` resizes)."""
+    from crowdtk.geometry import STRIDE
 
     if input_scale == 1.0:
         return float(STRIDE), float(STRIDE)
@@ -517,5 +417,5 @@ def show_budget(out: str | os.PathLike[str], results: str | os.PathLike[str]) ->
     return None
 
 
-__all__ = ["CHECKPOINT_KIND", "artifact_kind", "choose_positions", "show_affinity", "show_budget", "show_prediction",
+__all__ = ["show_affinity", "show_budget", "show_prediction",
            "show_regions"]

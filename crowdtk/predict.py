@@ -1,4 +1,6 @@
-"""Inference for `eval`, `count` and `vectors`: density maps of whole images, and metrics.
+"""Running a trained counter: density maps of whole images, for `eval`, `count`, `vectors` and `show`.
+
+The metrics are in crowdtk.evaluate, counting files and videos in crowdtk.counting.
 
 The count of an image is the sum of its predicted density map (Eq. 11). Large images are
 cut into tiles of at most ``max_side`` pixels; each tile is run with a margin of context
@@ -10,7 +12,7 @@ On CPU the predictor (measured in ``bench/run.py``) runs an inference copy of th
 in channels-last memory under ``torch.inference_mode``, batches consecutive images of one
 size (``Counter.inference_batch``), decodes the next image in a thread while the current
 one runs (:func:`prefetched`), and keeps freed memory in the process's heap
-(:func:`retain_freed_memory`) so that the large feature maps of the next image reuse pages
+(``runtime.retain_freed_memory``) so that the large feature maps of the next image reuse pages
 instead of faulting fresh ones in.
 """
 
@@ -21,21 +23,21 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from crowdtk.checkpoint import load_tensors
-from crowdtk.data import read_image, read_points_on_image
+from crowdtk.data import read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
-from crowdtk.memory import retain_freed_memory
-from crowdtk.formats import ManifestEntry
+from crowdtk.predict_config import PredictConfig
+from crowdtk.runtime import resolve_device, retain_freed_memory
 from crowdtk.models import Counter, build_model, inference_copy
-from crowdtk.train import STRIDE, TrainNet, pad_image, resize_for_model, resolve_device, to_input
+from crowdtk.cap import TrainNet
+from crowdtk.geometry import STRIDE, pad_image, resize_for_model
 
 TILE_MARGIN = 64  # pixels of context around a tile: beyond the receptive field's useful reach
 
@@ -76,7 +78,7 @@ class Predictor:
     defaults to the counter's ``inference_batch``.
     """
 
-    def __init__(self, loaded: LoadedModel, device: str = "auto", max_side: int = 2048, *, fast: bool = True,
+    def __init__(self, loaded: LoadedModel, device: str = "auto", max_side: int = PredictConfig.max_side, *, fast: bool = True,
                  batch_size: int | None = None, feature_cache: str | os.PathLike[str] | None = None) -> None:
         if max_side < 64:
             raise CrowdtkError(f"--max-side must be at least 64, got {max_side}", "pass e.g. 2048")
@@ -99,7 +101,7 @@ class Predictor:
     @torch.inference_mode()
     def _run(self, images: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 → (B, H/8, W/8) float32 densities."""
-        x = to_input(images, self.counter, self.device)
+        x = self.counter.to_input(images, self.device)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = self.counter(x)
@@ -213,131 +215,3 @@ def prefetched(paths: Iterable[str], read: Callable[[str], Any] = read_image) ->
             pending = (path, future)
         if pending is not None:
             yield pending[0], pending[1].result()
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class ImageResult:
-    id: str
-    image: str
-    true_count: int
-    predicted: float
-    game: list[float] = field(default_factory=list)  # absolute error summed over 4^L cells, L = 1..3
-
-    @property
-    def error(self) -> float:
-        return self.predicted - self.true_count
-
-
-def game_errors(density: np.ndarray, sx: float, sy: float, points: np.ndarray, width: int, height: int, levels: int = 3) -> list[float]:
-    """GAME(L) for L = 1..levels: the image is cut into 2^L × 2^L cells; sum of |predicted − true| per cell.
-
-    A density cell belongs to the GAME cell holding its centre (mapped back to original pixels).
-    """
-    rows, cols = density.shape
-    cy = (np.arange(rows) + 0.5) * STRIDE / sy
-    cx = (np.arange(cols) + 0.5) * STRIDE / sx
-    out = []
-    for level in range(1, levels + 1):
-        k = 2 ** level
-        ry = np.minimum((cy * k / height).astype(int), k - 1)
-        rx = np.minimum((cx * k / width).astype(int), k - 1)
-        pred = np.zeros((k, k))
-        np.add.at(pred, (ry[:, None].repeat(cols, 1), rx[None, :].repeat(rows, 0)), density)
-        true = np.zeros((k, k))
-        if len(points):
-            py = np.minimum((points[:, 1] * k / height).astype(int), k - 1)
-            px = np.minimum((points[:, 0] * k / width).astype(int), k - 1)
-            np.add.at(true, (py, px), 1.0)
-        out.append(float(np.abs(pred - true).sum()))
-    return out
-
-
-def evaluate(predictor: Predictor, entries: list[ManifestEntry], on_progress: Callable[[int], None] | None = None,
-             shard: tuple[int, int] = (0, 1)) -> list[ImageResult]:
-    """Predict every manifest image (this process's shard ``(rank, world)``) and compare with its points."""
-    rank, world = shard
-    mine = entries[rank::world]
-    results = []
-
-    def checked() -> Iterator[np.ndarray]:
-        for entry, (_, image) in zip(mine, prefetched(e.image for e in mine)):
-            if image.shape[:2] != (entry.height, entry.width):
-                raise CrowdtkError(f"{entry.image}: size differs from the manifest", "re-run crowdtk index")
-            yield image
-
-    for entry, (density, sx, sy) in zip(mine, predictor.densities(checked(), (e.sha256 for e in mine))):
-        points, _ = read_points_on_image(entry.points, entry.width, entry.height)
-        results.append(ImageResult(entry.id, entry.image, len(points), float(density.sum(dtype=np.float64)),
-                                   game_errors(density, sx, sy, points, entry.width, entry.height)))
-        if on_progress:
-            on_progress(1)
-    return results
-
-
-def summarize(results: list[ImageResult]) -> dict[str, Any]:
-    """MAE, RMSE and GAME(1..3) over images with a finite prediction; the others are listed."""
-    finite = [r for r in results if math.isfinite(r.predicted)]
-    errors = np.array([r.error for r in finite], dtype=np.float64)
-    game = np.array([r.game for r in finite], dtype=np.float64).reshape(len(finite), -1)
-    return {
-        "mae": float(np.abs(errors).mean()) if len(finite) else math.nan,
-        "rmse": float(np.sqrt((errors ** 2).mean())) if len(finite) else math.nan,
-        "game": {str(level + 1): float(game[:, level].mean()) for level in range(game.shape[1])} if len(finite) else {},
-        "n_images": len(finite),
-        "non_finite": [r.id for r in results if not math.isfinite(r.predicted)],
-    }
-
-
-# --------------------------------------------------------------------------- counting new images and videos
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray]]:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise CrowdtkError(f"{path}: cannot open video", "check that OpenCV can decode it (e.g. convert to .mp4 / H.264)")
-    try:
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            index += 1
-    finally:
-        capture.release()
-
-
-def overlay(image: np.ndarray, density: np.ndarray) -> np.ndarray:
-    """The image with its density map as a heat map on top (RGB uint8)."""
-    import cv2
-
-    height, width = image.shape[:2]
-    heat = cv2.resize(density, (density.shape[1] * STRIDE, density.shape[0] * STRIDE), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
-    heat = np.clip(heat / max(float(heat.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
-    colored = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(image, 0.5, colored, 0.5, 0)
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    from crowdtk.data import IMAGE_SUFFIXES
-
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise CrowdtkError(f"{item}: no such file or folder", "check the path")
-    if not out:
-        raise CrowdtkError("no images or videos found in " + ", ".join(inputs), "pass image files, folders of images, or videos")
-    return out

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
+from crowdtk.formats import ManifestEntry, Provenance, manifest_header, write_jsonl
 from crowdtk.index import build_manifest
 
 SPLITS = ("train", "test")
@@ -485,8 +485,7 @@ def generate_dataset(
         for i, entry in enumerate(indexed.entries):
             if entry.id != image_name(split, i) or entry.count != counts[split, i]:
                 raise CrowdtkError(f"{folder}: indexing the written images disagrees with the generator at {entry.id}", "report this bug")
-        header = make_header(MANIFEST, Provenance(provenance.command, {**provenance.params, "split": split}, provenance.seed))
-        header["layout"] = indexed.layout
+        header = manifest_header(Provenance(provenance.command, {**provenance.params, "split": split}, provenance.seed), indexed.layout)
         write_jsonl(folder / "manifest.jsonl", header, (e.to_record() for e in indexed.entries))
         results[split] = indexed.entries
     return results

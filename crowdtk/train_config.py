@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.strips import STRIDE
+from crowdtk.geometry import STRIDE
 
+MODEL_NAMES = ("csrnet", "lite", "lite1", "lite2")  # crowdtk.models builds them
 FREEZE_LEVELS = ("none", "early", "encoder")  # crowdtk.models.Counter.encode explains them
 LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("best", "last")

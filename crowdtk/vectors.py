@@ -16,7 +16,7 @@ from crowdtk.data import check_image_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, StripVectors
 from crowdtk.predict import Predictor, prefetched
-from crowdtk.strips import STRIDE, strip_edges
+from crowdtk.geometry import STRIDE, strip_edges
 
 
 def level_vector(strip_density: np.ndarray, levels: int) -> np.ndarray:

@@ -51,9 +51,9 @@ def small_set(tmp_path: Path) -> Path:
     return write_generic(tmp_path / "set", scenes)
 
 
-def assert_clean_failure(result, names: str, leftovers: Path | None = None) -> None:
-    """Exit 1 with one `crowdtk <cmd>: error:` line naming `names`, no traceback, no output left."""
-    assert result.exit_code == 1, result.output
+def assert_clean_failure(result, names: str, leftovers: Path | None = None, code: int = 1) -> None:
+    """Exit ``code`` (1; 2 for a usage error) with one `crowdtk <cmd>: error:` line naming `names`, no traceback, no output left."""
+    assert result.exit_code == code, result.output
     assert result.stderr.startswith("crowdtk "), result.stderr
     assert ": error: " in result.stderr and names in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

@@ -12,8 +12,8 @@ import torch
 
 from crowdtk.density import DensityConfig, density_map
 from crowdtk.formats import LabelsEntry, ManifestEntry, Region
-from crowdtk.select import SelectConfig, draw_whole_images, select_regions
-from crowdtk.strips import strip_edges
+from crowdtk.selection import SelectConfig, draw_whole_images, select_regions
+from crowdtk.geometry import strip_edges
 from crowdtk.train import masked_loss, prepare_sample
 from crowdtk.train_config import TrainConfig
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crowdtk.cap import CapCounter, CapModule, affinity_maps, affinity_rows, cap_batch, cap_image, strip_cap
+from crowdtk.cap import CapModule, TrainNet, affinity_maps, affinity_rows, cap_batch, cap_image, strip_cap
 from crowdtk.errors import CrowdtkError
 from crowdtk.models import build_model
 
@@ -145,7 +145,7 @@ def test_chunked_affinity_matches_whole_matrix_with_gradients() -> None:
 def test_cap_counter_and_strip_cap(name: str) -> None:
     torch.manual_seed(5)
     counter = build_model(name, pretrained=False).eval()
-    model = CapCounter(counter)
+    model = TrainNet(counter, cap=True)
     x = counter.normalize(torch.rand(2, 3, 64, 48))
     mask = torch.zeros(2, 8, 6, dtype=torch.bool)
     mask[:, :, 2] = True

@@ -1,9 +1,10 @@
-"""Shell completions and man pages are generated from the app; the committed ones must not drift.
+"""Shell completions, man pages and docs/cli.md are generated from the app; the committed ones must not drift.
 
-`make docs` (tools/gen_docs.py) regenerates completions/ and man/. These tests regenerate into
-a temporary folder and compare, check that every subcommand is covered, check the scripts'
-syntax and the pages' rendering with whatever tools this machine has (skipping otherwise),
-and check that every option's --help states its default.
+`.venv/bin/python tools/gen_docs.py` (or `make docs`) regenerates completions/, man/ and docs/cli.md.
+These tests regenerate into a temporary folder and compare, check that docs/cli.md is what --help
+prints, that every subcommand is covered, the scripts' syntax and behaviour and the pages' rendering
+with whatever tools this machine has (skipping otherwise), and that every option's --help states its
+default.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import typer.main
-from typer.testing import CliRunner
 
 from crowdtk.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 GEN_DOCS = REPO / "tools" / "gen_docs.py"
-FIX = "run `make docs`"
+FIX = "run `.venv/bin/python tools/gen_docs.py`"
 
 
 def _load_gen_docs():
@@ -57,17 +57,19 @@ def _subcommands() -> list[tuple[list[str], object]]:
 
 SUBCOMMANDS = _subcommands()
 SUBCOMMAND_IDS = [" ".join(path) for path, _ in SUBCOMMANDS]
+TREE = gen_docs.build_tree()
+NODES = {tuple(node.path[1:]): node for node in TREE.walk()}  # () is the root
 
 
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("docs")
-    gen_docs.write(out, gen_docs.generate())
+    gen_docs.sync(out, gen_docs.generate())
     return out
 
 
 def _owned(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for d in ("completions", "man") if (root / d).is_dir() for p in (root / d).rglob("*") if p.is_file()}
+    return gen_docs.owned_files(root)  # crowdtk* under completions/ and man/, and docs/cli.md
 
 
 # --------------------------------------------------------------------------- drift
@@ -75,13 +77,30 @@ def _owned(root: Path) -> set[str]:
 
 def test_committed_docs_equal_the_regenerated_ones(regenerated):
     fresh = _owned(regenerated)
-    committed = gen_docs.owned_files(REPO)  # crowdtk* files under completions/ and man/
+    committed = _owned(REPO)
     missing = sorted(fresh - committed)
     stale = sorted(committed - fresh)
     differing = sorted(rel for rel in fresh & committed if (REPO / rel).read_bytes() != (regenerated / rel).read_bytes())
     assert not (missing or stale or differing), (
-        f"completions/ and man/ are out of date ({FIX}): missing {missing}, stale {stale}, differing {differing}"
+        f"completions/, man/ or docs/cli.md are out of date ({FIX}): missing {missing}, stale {stale}, differing {differing}"
     )
+
+
+def _help(path: list[str], capsys, monkeypatch) -> str:
+    """`crowdtk <path> --help` as a terminal of 80 columns shows it (CliRunner would force 80 wide)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    code = typer.main.get_command(app).main([*path, "--help"], prog_name="crowdtk", standalone_mode=False)
+    assert code in (0, None)
+    return capsys.readouterr().out.rstrip("\n")
+
+
+@pytest.mark.parametrize("path", [[], *(p for p, _ in SUBCOMMANDS)], ids=["crowdtk", *SUBCOMMAND_IDS])
+def test_cli_reference_is_what_help_prints(path, capsys, monkeypatch):
+    # The drift test compares docs/cli.md with the generator; this compares it with --help itself.
+    name = " ".join(["crowdtk", *path])
+    section = f"## {name}\n\n```text\n{_help(path, capsys, monkeypatch)}\n```\n"
+    assert section in (REPO / "docs" / "cli.md").read_text(encoding="utf-8"), f"docs/cli.md does not hold `{name} --help` as it is now ({FIX})"
 
 
 @pytest.mark.parametrize("hash_seed", ["1", "2"])
@@ -105,7 +124,7 @@ def test_check_mode_reports_drift_and_exits_1(regenerated, tmp_path):
     (tmp_path / "completions" / "crowdtk.fish").unlink()
     bad = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
-    for expected in ("man/crowdtk.1: differs", "man/crowdtk-no-such-command.1: stale", "completions/crowdtk.fish: missing", "make docs"):
+    for expected in ("man/crowdtk.1: differs", "man/crowdtk-no-such-command.1: stale", "completions/crowdtk.fish: missing", ".venv/bin/python tools/gen_docs.py"):
         assert expected in bad.stderr
     assert (tmp_path / "man" / "crowdtk.1").read_text() == "edited\n"  # --check writes nothing
 
@@ -121,12 +140,23 @@ def test_every_subcommand_has_a_man_page_and_completions(path):
     name = path[-1]
     parent = " ".join(path[:-1])
     bash = (REPO / "completions" / "crowdtk.bash").read_text()
-    subs = re.search(rf'^\s*"{re.escape(parent)}"\) echo "([^"]*)" ;;', bash, re.MULTILINE)
+    subs = re.search(rf'^\s*"{re.escape(parent)}"\) echo "choice ([^"]*)" ;;', bash, re.MULTILINE)
     assert subs and name in subs.group(1).split(), f"{name} not completed by crowdtk.bash ({FIX})"
     zsh = (REPO / "completions" / "crowdtk.zsh").read_text()
     assert re.search(rf"^\s*'{re.escape(name)}:", zsh, re.MULTILINE), f"{name} not completed by crowdtk.zsh ({FIX})"
     fish = (REPO / "completions" / "crowdtk.fish").read_text()
     assert re.search(rf"^complete -c crowdtk .* -a {re.escape(name)} -d ", fish, re.MULTILINE), f"{name} not completed by crowdtk.fish ({FIX})"
+    assert f"\n## crowdtk {' '.join(path)}\n" in (REPO / "docs" / "cli.md").read_text(), f"not in docs/cli.md ({FIX})"
+
+
+def _first_choice_option() -> tuple[list[str], str, list[str]] | None:
+    """(command path, option, choices) of the first option with choices, whatever the app has now."""
+    for key, node in NODES.items():
+        for param in node.options:
+            kind = gen_docs.value_kind(param)
+            if isinstance(kind, list):
+                return list(key), gen_docs.spellings(param)[-1], kind
+    return None
 
 
 # --------------------------------------------------------------------------- shells
@@ -172,6 +202,10 @@ def test_bash_completion_completes_commands_options_and_files(tmp_path):
     else:
         first = SUBCOMMANDS[0][0][0]
         assert "--help" in _bash_complete(["crowdtk", first, "--"], tmp_path)
+    if (found := _first_choice_option()) is not None:
+        path, option, choices = found
+        assert sorted(_bash_complete(["crowdtk", *path, option, ""], tmp_path)) == sorted(choices)
+        assert sorted(_bash_complete(["crowdtk", *path, option, "=", ""], tmp_path)) == sorted(choices)
 
 
 def test_zsh_completion_parses():
@@ -203,6 +237,9 @@ def test_fish_completion_completes_commands_options_and_files(tmp_path):
     if "index" in {p[0] for p, _ in SUBCOMMANDS}:
         assert {"--output", "--workers"} <= set(complete("crowdtk index --"))
         assert "manifest.jsonl" in complete("crowdtk index -o man")
+    if (found := _first_choice_option()) is not None:
+        path, option, choices = found
+        assert sorted(complete(" ".join(["crowdtk", *path, option, ""]))) == sorted(choices)
 
 
 def _man_pages() -> list[Path]:
@@ -230,45 +267,16 @@ def test_man_pages_render_with_man():
 # --------------------------------------------------------------------------- --help states defaults
 
 
-def _help_entries(help_text: str) -> list[tuple[set[str], str]]:
-    """(names in the entry's header, whole entry text) for each item of --help's Arguments/Options."""
-    entries: list[tuple[set[str], str]] = []
-    section = ""
-    for line in help_text.splitlines():
-        if line.strip() and not line.startswith(" "):
-            section = line.strip()  # "Usage: …", "Arguments:", "Options:"
-            continue
-        if section not in ("Arguments:", "Options:") or not line.strip():
-            continue  # the description, blank lines
-        if re.match(r"^  \S", line):  # an entry starts at the first indentation level
-            header = re.split(r"\s{2,}", line.strip())[0]  # "-o, --output <str>", "manifest <str>"
-            names = set(re.findall(r"(?<![\w-])--?\w[\w-]*", header)) | {header.split()[0]}
-            entries.append((names, line.strip()))
-        elif entries:  # a wrapped continuation line
-            names, text = entries[-1]
-            entries[-1] = (names, f"{text} {line.strip()}")
-    return entries
-
-
-@pytest.mark.parametrize("path,command", SUBCOMMANDS, ids=SUBCOMMAND_IDS)
-def test_every_option_states_its_default_in_help(path, command):
-    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "100"})
-    assert result.exit_code == 0, result.output
-    entries = _help_entries(result.output)
+@pytest.mark.parametrize("path", [p for p, _ in SUBCOMMANDS], ids=SUBCOMMAND_IDS)
+def test_every_option_states_its_default_in_help(path):
+    # The help record is the text --help prints for the parameter, [default: …] included.
+    node = NODES[tuple(path)]
     missing = []
-    for param in command.params:
-        if getattr(param, "hidden", False) or getattr(param, "required", False):
+    for param in [*node.arguments, *node.options]:
+        spellings = gen_docs.spellings(param) if param.param_type_name == "option" else [param.metavar or param.name]
+        if getattr(param, "required", False) or set(spellings) & {"-h", "--help", "--version"}:
             continue
-        if param.param_type_name == "option":
-            spellings = [*param.opts, *getattr(param, "secondary_opts", [])]
-            if set(spellings) & {"-h", "--help", "--version"}:
-                continue
-        else:
-            spellings = [param.metavar or param.name]
-        entry = next((text for names, text in entries if names & set(spellings)), None)
-        if entry is None:
-            missing.append(f"{'/'.join(spellings)} (not in --help)")
-        elif "[default:" not in entry:
+        if "[default:" not in param.get_help_record(node.ctx)[1]:
             missing.append("/".join(spellings))
     assert not missing, (
         f"crowdtk {' '.join(path)} --help: no [default: …] for {', '.join(missing)} "

@@ -18,9 +18,11 @@ from typer.testing import CliRunner
 from crowdtk.checkpoint import load_tensors
 from crowdtk.cli import app
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, file_digest, load_vectors, make_header, read_manifest, write_jsonl
+from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, load_vectors, make_header, read_manifest, write_jsonl
+from crowdtk.files import file_digest
 from crowdtk.predict import Predictor, load_counter
-from crowdtk.train import TrainConfig, random_crop, prepare_sample, train
+from crowdtk.train import random_crop, prepare_sample, train
+from crowdtk.train_config import TrainConfig
 
 from conftest import write_generic
 
@@ -152,7 +154,7 @@ def test_tiles_add_up_to_the_whole_image(pool, tmp_path):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(pool, tmp_path, monkeypatch):
-    monkeypatch.setattr("crowdtk.train._phase_split_is_faster", lambda *a: False)  # two runs, one arithmetic
+    monkeypatch.setattr("crowdtk.train.cpu._phase_split_is_faster", lambda *a: False)  # two runs, one arithmetic
     config = TrainConfig(model="lite", epochs=3, crop=32, batch_size=2, cap=True)
     full = tmp_path / "full.safetensors"
     train(pool["labels"], full, config, Provenance("train"))

@@ -83,7 +83,7 @@ def test_bench_refuses_bad_options(tmp_path: Path) -> None:
     for extra, message in ((["--budgets", "0.1,1.5"], "outside (0, 1]"), (["--methods", "mdc,best"], "unknown best"),
                            (["--shapes", "strip"], "unknown strip"), (["--budgets", "a"], "not numbers")):
         result = runner.invoke(app, ["bench", "--train", str(tmp_path), "--test", str(tmp_path), "-o", str(tmp_path / "b"), *extra])
-        assert result.exit_code == 1 and message in result.output, result.output
+        assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "b").exists()
 
 
@@ -134,7 +134,7 @@ def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings
 
 
 def test_strip_width_reaches_every_strip_command(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("crowdtk.experiment.labeled_images", lambda labels: 10)  # the chain is listed, not run
+    monkeypatch.setattr("crowdtk.experiment.plan.labeled_images", lambda labels: 10)  # the chain is listed, not run
     schedule = Schedule(strip_frac=0.05)
     experiment = Experiment(Path("train.jsonl"), Path("test.jsonl"), tiny_data / "unused", schedule)
     steps = [s for method in ("random", "mdc") for s in experiment.selection_chain(Run(method, 0.1, "strip", 0))]

@@ -23,7 +23,6 @@ from crowdtk.errors import CrowdtkError
 from crowdtk.formats import (
     MANIFEST,
     Provenance,
-    atomic_path,
     load_density_map,
     make_header,
     read_density_index,
@@ -31,6 +30,7 @@ from crowdtk.formats import (
     read_manifest,
     write_jsonl,
 )
+from crowdtk.files import atomic_path
 
 from conftest import assert_clean_failure, write_generic
 

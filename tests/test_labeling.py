@@ -291,8 +291,8 @@ def test_regions_naming_images_absent_from_the_manifest(labeled, tmp_path):
 
 def test_import_needs_exactly_one_source(labeled):
     out = labeled["tmp"] / "l.jsonl"
-    assert_clean_failure(run("import", labeled["regions"], "-o", out), "--from", out)
-    assert_clean_failure(run("import", labeled["regions"], "--from", "cvat", "-o", out), "needs PATH", out)
+    assert_clean_failure(run("import", labeled["regions"], "-o", out), "--from", out, code=2)
+    assert_clean_failure(run("import", labeled["regions"], "--from", "cvat", "-o", out), "needs PATH", out, code=2)
 
 
 # --------------------------------------------------------------------------- real data

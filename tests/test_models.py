@@ -12,6 +12,8 @@ import torch
 from crowdtk import models
 from crowdtk.errors import CrowdtkError
 from crowdtk.models import MODEL_NAMES, build_model, pad_to_stride
+from crowdtk.models.base import _normalize
+from crowdtk.models.csrnet import _vgg_frontend
 
 torch.set_num_threads(2)
 
@@ -121,7 +123,7 @@ def test_csrnet_loads_torchvision_vgg16_file(vgg16_files: dict[str, Path], kind:
 def test_csrnet_refuses_wrong_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    frontend = models._vgg_frontend().state_dict()
+    frontend = _vgg_frontend().state_dict()
     state = {f"features.{k}": v.clone() for k, v in frontend.items()}
     state["features.21.weight"] = torch.zeros(512, 256, 3, 3)
     bad_shape = tmp_path / "shape.safetensors"
@@ -160,7 +162,7 @@ def test_csrnet_reads_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.Mo
     assert cached.name == "vgg16-397923af.pth"
     cached.parent.mkdir(parents=True)
     torch.manual_seed(5)
-    state = {f"features.{k}": v for k, v in models._vgg_frontend().state_dict().items()}
+    state = {f"features.{k}": v for k, v in _vgg_frontend().state_dict().items()}
     torch.save(state, cached)
     model = build_model("csrnet")
     assert torch.equal(model.frontend[21].weight, state["features.21.weight"])
@@ -206,7 +208,7 @@ def test_lite_weights_are_real_imagenet_weights() -> None:
     img = np.ascontiguousarray(img[top:top + 224, left:left + 224])
     clf = models.Lite0Classifier()
     clf.load(models.read_state_dict(models.lite0_weights_path()), "package")
-    x = models._normalize(torch.from_numpy(img).permute(2, 0, 1)[None], (0.5,) * 3, (0.5,) * 3)
+    x = _normalize(torch.from_numpy(img).permute(2, 0, 1)[None], (0.5,) * 3, (0.5,) * 3)
     with torch.no_grad():
         p = clf.eval()(x).softmax(1)[0]
     clothing = {400, 457, 652, 667, 834, 906}  # gown, bow tie, military uniform, mortarboard, suit, Windsor tie

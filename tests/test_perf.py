@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from crowdtk.models import MBConv, SameConv2d, build_model, inference_copy, phase_split_conv
-from crowdtk.predict import LoadedModel, Predictor, retain_freed_memory
+from crowdtk.predict import LoadedModel, Predictor
+from crowdtk.runtime import retain_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,8 @@ def test_phase_split_backward_trains_the_lite_counter_alike(monkeypatch):
 
 
 def test_cpu_training_times_the_phase_split_and_leaves_no_trace():
-    from crowdtk.train import TrainNet, example_batch, speed_up_cpu_training
+    from crowdtk.cap import TrainNet
+    from crowdtk.train import example_batch, speed_up_cpu_training
 
     net = TrainNet(lite(), cap=True)
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -165,7 +167,8 @@ def test_a_resumed_run_keeps_its_first_backward_choice(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from conftest import write_generic
-    from crowdtk import train as train_module
+    from crowdtk.train import cpu, train
+    from crowdtk.train_config import TrainConfig
     from crowdtk.checkpoint import load_tensors
     from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, make_header, write_jsonl
     from crowdtk.index import build_manifest
@@ -178,13 +181,13 @@ def test_a_resumed_run_keeps_its_first_backward_choice(tmp_path, monkeypatch):
                 (LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, (Region(0, e.width, 0, e.height),), np.zeros((0, 2))).to_record()
                  for e in entries))
     calls = []
-    monkeypatch.setattr(train_module, "_phase_split_is_faster", lambda *a: calls.append(1) or True)
-    config = train_module.TrainConfig(model="lite", pretrained=False, epochs=1, crop=16, batch_size=1)
+    monkeypatch.setattr(cpu, "_phase_split_is_faster", lambda *a: calls.append(1) or True)
+    config = TrainConfig(model="lite", pretrained=False, epochs=1, crop=16, batch_size=1)
     out = tmp_path / "m.safetensors"
-    train_module.train(labels, out, config, Provenance("train"))
+    train(labels, out, config, Provenance("train"))
     assert load_tensors(tmp_path / "m.state.safetensors")[0]["cpu_phase_split"] is True and calls == [1]
-    monkeypatch.setattr(train_module, "_phase_split_is_faster", lambda *a: calls.append(2) or False)
-    train_module.train(labels, out, replace(config, epochs=2), Provenance("train"), resume=True)
+    monkeypatch.setattr(cpu, "_phase_split_is_faster", lambda *a: calls.append(2) or False)
+    train(labels, out, replace(config, epochs=2), Provenance("train"), resume=True)
     assert calls == [1] and load_tensors(tmp_path / "m.state.safetensors")[0]["cpu_phase_split"] is True
 
 

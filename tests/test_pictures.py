@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from pathlib import Path
 
 import cv2
@@ -16,7 +18,10 @@ from crowdtk.errors import CrowdtkError
 from crowdtk.formats import (BENCH_RESULTS, LABELS, REGIONS, LabelsEntry, Provenance, Region, RegionsEntry, make_header,
                              read_manifest, write_json, write_jsonl)
 from crowdtk.models import build_model
-from crowdtk.train import TrainConfig, TrainNet, checkpoint_header
+from crowdtk.affinity import choose_positions
+from crowdtk.cap import TrainNet
+from crowdtk.formats import checkpoint_header
+from crowdtk.train_config import TrainConfig
 
 from conftest import assert_clean_failure
 
@@ -66,7 +71,9 @@ def art(tmp_path_factory) -> dict[str, Path]:
     net = TrainNet(counter, cap=True)
     config = TrainConfig(model="lite", cap=True)
     cap = root / "cap.safetensors"
-    save_tensors(cap, net.weights(), checkpoint_header(Provenance("train"), config, counter, True, "0" * 64, 1, 0.0, "train"))
+    header = checkpoint_header(Provenance("train"), model=counter.name, model_config=counter.config, cap=True, training=asdict(config),
+                               labels_sha256="0" * 64, epochs_done=1, best_val_mae=0.0, val_on="train")
+    save_tensors(cap, net.weights(), header)
     plain = root / "plain.safetensors"
     strip_cap(cap, plain)
 
@@ -152,15 +159,15 @@ def test_affinity_picture_and_positions(art, tmp_path):
     mask = np.zeros((8, 12), bool)
     mask[:, 3:5] = True
     density = np.arange(96, dtype=float).reshape(8, 12)
-    chosen = pictures.choose_positions(density, mask, 3)
-    assert chosen == pictures.choose_positions(density, mask, 3)
+    chosen = choose_positions(density, mask, 3)
+    assert chosen == choose_positions(density, mask, 3)
     assert chosen[0] == (6, 4) and chosen[1] == (1, 3)  # the densest, then the emptiest labeled cell off the border
     assert all(mask[r, c] for r, c in chosen) and len(set(chosen)) == 3
     edge = np.zeros((8, 12), bool)
     edge[0, :] = True  # only border cells are labeled: they are used
-    assert pictures.choose_positions(density, edge, 2) == [(0, 11), (0, 0)]
+    assert choose_positions(density, edge, 2) == [(0, 11), (0, 0)]
     with pytest.raises(CrowdtkError, match="fewer than --positions 13"):
-        pictures.choose_positions(density, edge, 13)
+        choose_positions(density, edge, 13)
 
 
 def test_affinity_refuses_a_checkpoint_without_cap(art, tmp_path):
@@ -208,9 +215,9 @@ def test_cli_errors_are_one_line_naming_the_file(art, tmp_path):
     assert_clean_failure(run(art["manifest"], "-o", out), str(art["manifest"]), out)  # a known format, not drawable
     assert_clean_failure(run(art["regions"], "--image", "nope", "-o", out), "nope", out)
     assert_clean_failure(run(art["plain"], "--labels", art["labels"], "-o", out), str(art["plain"]), out)
-    assert_clean_failure(run(art["plain"], "-o", out), "--manifest", out)
-    assert_clean_failure(run(art["regions"], "--manifest", art["manifest"], "-o", out), str(art["regions"]), out)
-    assert_clean_failure(run(art["regions"], "-o", tmp_path / "x.jpg"), "x.jpg", tmp_path / "x.jpg")
+    assert_clean_failure(run(art["plain"], "-o", out), "--manifest", out, code=2)
+    assert_clean_failure(run(art["regions"], "--manifest", art["manifest"], "-o", out), str(art["regions"]), out, code=2)
+    assert_clean_failure(run(art["regions"], "-o", tmp_path / "x.jpg"), "x.jpg", tmp_path / "x.jpg", code=2)
     for result in (run(stray, "-o", out), run(art["regions"], "--image", "nope", "-o", out)):
         assert len(result.stderr.strip().splitlines()) == 1
     out.write_bytes(b"old")

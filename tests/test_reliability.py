@@ -48,7 +48,6 @@ from crowdtk.formats import (
     VECTORS,
     ManifestEntry,
     Provenance,
-    file_digest,
     load_density_map,
     load_npz,
     load_vectors,
@@ -59,6 +58,7 @@ from crowdtk.formats import (
     save_npz,
     write_jsonl,
 )
+from crowdtk.files import file_digest
 from crowdtk.predict import load_counter
 
 from conftest import write_generic
@@ -734,10 +734,11 @@ def test_training_that_diverges_later_keeps_the_last_good_checkpoint(pool, tmp_p
     """From epoch 2 on, the density targets are scaled to overflow (as an absurd label or setting
     would): train stops with exit 1 naming the epoch and the images, and the checkpoint of epoch 1
     is kept, loads, and predicts finite counts."""
-    import crowdtk.train as train_module
+    import crowdtk.train.loop as loop
+    import crowdtk.train.steps as steps
 
     finished = {"epochs": 0}
-    real_validate, real_crop = train_module.validate, train_module.random_crop
+    real_validate, real_crop = loop.validate, steps.random_crop
 
     def validate(*args, **kwargs):
         finished["epochs"] += 1
@@ -747,8 +748,8 @@ def test_training_that_diverges_later_keeps_the_last_good_checkpoint(pool, tmp_p
         image, target, mask = real_crop(*args, **kwargs)
         return image, target * np.float32(3e38) if finished["epochs"] >= 1 else target, mask
 
-    monkeypatch.setattr(train_module, "validate", validate)
-    monkeypatch.setattr(train_module, "random_crop", random_crop)
+    monkeypatch.setattr(loop, "validate", validate)
+    monkeypatch.setattr(steps, "random_crop", random_crop)
     out = tmp_path / "t.safetensors"
     result = run("train", pool.labels, *FAST[:-1], "3", "-o", out, "-q")
     assert result.exit_code == 1
@@ -789,11 +790,10 @@ def test_eval_leaves_a_non_finite_image_out_of_the_averages(pool, ckpt, tmp_path
     """Output weights that overflow to inf on one image's features but not on a black image's:
     eval warns, lists it under "non_finite", and averages over the others."""
     loaded = load_counter(ckpt)
-    from crowdtk.train import to_input
 
     black = np.zeros((48, 80, 3), np.uint8)
     with torch.inference_mode():
-        feats = {name: loaded.counter.forward_features(to_input(img[None], loaded.counter, torch.device("cpu")))[0]
+        feats = {name: loaded.counter.forward_features(loaded.counter.to_input(img[None], torch.device("cpu")))[0]
                  for name, img in (("black", black), ("im0", cv2.cvtColor(cv2.imread(str(pool.image("im0"))), cv2.COLOR_BGR2RGB)))}
     quiet = (feats["black"].amax(dim=(1, 2)) == 0) & (feats["im0"].amax(dim=(1, 2)) > 1)
     if not quiet.any():

@@ -16,14 +16,14 @@ from crowdtk.formats import (
     ManifestEntry,
     Provenance,
     StripVectors,
-    file_digest,
     make_header,
     read_regions,
     save_vectors,
     write_jsonl,
 )
-from crowdtk.select import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
-from crowdtk.strips import strip_edges
+from crowdtk.files import file_digest
+from crowdtk.selection import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
+from crowdtk.geometry import strip_edges
 
 from conftest import assert_clean_failure
 

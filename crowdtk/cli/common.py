@@ -1,4 +1,4 @@
-"""What every subcommand shares: the option vocabulary, stderr logging, progress, errors.
+"""What every subcommand shares: stderr logging, progress, errors (the options: crowdtk.cli.options).
 
 stdout carries data only; logs, warnings and progress go to stderr. A
 :class:`~crowdtk.errors.CrowdtkError` becomes one line
@@ -14,30 +14,13 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from crowdtk.errors import CrowdtkError
-
-# --------------------------------------------------------------------------- shared options
-
-OutputFile = Annotated[
-    str,
-    typer.Option("-o", "--output", help="Output file; '-' writes to stdout.", show_default=True),
-]
-OutputDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder (must not exist unless --force).", show_default=False)]
-Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or log messages on stderr. [default: off]")]
-Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More log messages, and a traceback on errors. [default: off]")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; recorded in every output.")]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes or threads.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto picks CUDA when present).")]
-Force = Annotated[bool, typer.Option("--force", help="Replace an existing output. [default: off]")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and list bad images instead of stopping. [default: off]")]
-Manifest = Annotated[str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)]
-
+from crowdtk.errors import CrowdtkError, UsageError
 
 # --------------------------------------------------------------------------- messages
 
@@ -87,7 +70,7 @@ def _one_line(message: str) -> str:
 
 
 def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a subcommand: turn errors into one stderr line and exit code 1."""
+    """Decorate a subcommand: turn errors into one stderr line and exit code 1 (2 for usage errors)."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
@@ -101,7 +84,7 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
                 sys.stderr.write(f"crowdtk {command}: error: {_one_line(str(exc))}\n")
-                raise typer.Exit(1) from None
+                raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
             except KeyboardInterrupt:
                 sys.stderr.write(f"crowdtk {command}: interrupted\n")
                 raise typer.Exit(130) from None

@@ -9,11 +9,10 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.bench import (BatchSize, CpuBf16Opt, Crop, Model, Steps, StripFrac, WarmupSteps, check_same_settings, parse_list,
-                               resolve_cpu_bf16)
-from crowdtk.cli.common import Device, Log, Quiet, Seed, Verbose, run_command
+from crowdtk.cli.common import Log, run_command
+from crowdtk.cli.options import BatchSize, CpuBf16Auto, Crop, Device, Model, Quiet, Seed, Steps, StripFrac, Verbose, WarmupSteps
 from crowdtk.cli.pipeline import Runner
-from crowdtk.experiment import METHODS, Experiment, Run, Schedule, Step, claims
+from crowdtk.experiment import METHODS, Experiment, Run, Schedule, Step, check_same_settings, claims, demo_report, draw_figures, parse_list, resolve_cpu_bf16
 from crowdtk.synth import SynthConfig
 from crowdtk.formats import DEMO_REPORT, Provenance, make_header, write_json
 
@@ -34,7 +33,7 @@ def command(
     batch_size: BatchSize = DEMO.batch_size,
     crop: Crop = DEMO.crop,
     strip_frac: StripFrac = DEMO.strip_frac,
-    cpu_bf16: CpuBf16Opt = None,
+    cpu_bf16: CpuBf16Auto = None,
     synth_train: Annotated[int, typer.Option(help="Generated training images (the pool).")] = SynthConfig.train,
     synth_test: Annotated[int, typer.Option(help="Generated test images.")] = SynthConfig.test,
     seed: Seed = 0,
@@ -49,39 +48,28 @@ def command(
     was labeled for every method; writes DIR/report.json and pictures of the selected strips
     (regions.png), a prediction (prediction.png) and CAP's affinity maps (affinity.png).
     """
-    from crowdtk import pictures
-
     log = Log("demo", quiet, verbose)
     started = time.perf_counter()
     method_list = parse_list(methods, "--methods", METHODS)
-    schedule = replace(DEMO, model=model, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop, strip_frac=strip_frac,
-                       cpu_bf16=resolve_cpu_bf16(cpu_bf16, device))
+    schedule = replace(DEMO, model=model.value, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop, strip_frac=strip_frac,
+                       cpu_bf16=resolve_cpu_bf16(cpu_bf16, device.value))
     schedule.validate()
     output.mkdir(parents=True, exist_ok=True)
     check_same_settings(output, {**asdict(schedule), "synth_train": synth_train, "synth_test": synth_test, "seed": seed})
     runner = Runner(output, log)
     data = output / "data"
     runner.execute(Step(("synth", "-o", str(data), "--train", str(synth_train), "--test", str(synth_test), "--seed", str(seed), "-q"), data))
-    experiment = Experiment(data / "train" / "manifest.jsonl", data / "test" / "manifest.jsonl", output, schedule, device)
+    experiment = Experiment(data / "train" / "manifest.jsonl", data / "test" / "manifest.jsonl", output, schedule, device.value)
     runs = [Run(m, budget, "strip", seed + k) for k in range(seeds) for m in method_list]
     results = runner.run_all(experiment, runs)
 
-    report = {r["method"]: {"mae": r["mae"]["mean"], "mae_std": r["mae"]["std"], "rmse": r["rmse"]["mean"], "rmse_std": r["rmse"]["std"],
-                            "seeds": r["seeds"], "area_fraction": r["area_fraction"], "heads_labeled": r["heads_labeled"],
-                            "images_labeled": r["images_labeled"], "wall_s": r["wall_s"]}
-              for r in results}
+    report = demo_report(results)
     header = make_header(DEMO_REPORT, Provenance("demo", {"output": output, "budget": budget, "methods": method_list,
-                                                          "steps": steps, "model": model, "strip_frac": strip_frac, "seeds": seeds}, seed))
+                                                          "steps": steps, "model": model.value, "strip_frac": strip_frac, "seeds": seeds}, seed))
     write_json(output / "report.json", header, {"methods": report, "claims": claims(results), "wall_s": time.perf_counter() - started})
-
     mdc = next((r for r in runs if r.method == "mdc+cap"), None) or next((r for r in runs if r.method == "mdc"), None)
     if mdc is not None:
-        pictures.show_regions(output / "regions.png", experiment.selection_dir(mdc) / "labels.jsonl", experiment.first_chosen(mdc),
-                              checkpoint=experiment.run_dir(mdc) / "warmup" / "model.safetensors")
-        pictures.show_prediction(output / "prediction.png", experiment.model_of(mdc), experiment.test_manifest)
-        if mdc.method == "mdc+cap":
-            pictures.show_affinity(output / "affinity.png", experiment.run_dir(mdc) / mdc.name / "model.safetensors",
-                                   experiment.selection_dir(mdc) / "labels.jsonl")
+        draw_figures(experiment, mdc, {"regions": "regions.png", "prediction": "prediction.png", "affinity": "affinity.png"})
 
     typer.echo(f"{'method':<13}{'MAE':>15}{'RMSE':>15}{'area':>8}{'heads':>8}{'images':>8}")
     for name, r in report.items():

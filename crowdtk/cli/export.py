@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Force, Log, OutputDir, Quiet, Verbose, params_of, run_command
-from crowdtk.formats import LABELING_EXPORT, STDIO, Provenance, atomic_dir, file_digest, make_header, read_regions
+from crowdtk.cli.common import Log, params_of, run_command
+from crowdtk.cli.options import Force, OutputDir, Quiet, Verbose
+from crowdtk.cli.options import Regions, Tool
+from crowdtk.files import STDIO, atomic_dir, file_digest
+from crowdtk.formats import Provenance, export_header, read_regions
 from crowdtk.labeling import export_regions
-
-Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select'; '-' reads stdin.", show_default=False)]
-
-
-class Tool(str, Enum):
-    crops = "crops"
-    labelstudio = "labelstudio"
-    cvat = "cvat"
-    labelme = "labelme"
 
 
 @run_command("export")
@@ -40,11 +33,9 @@ def command(
     """
     log = Log("export", quiet, verbose)
     _, entries = read_regions(regions)
-    params = params_of(regions=regions, to=to.value, link=link, image_url=image_url)
-    header = make_header(LABELING_EXPORT, Provenance("export", params))
-    header["regions_sha256"] = None if regions == STDIO else file_digest(regions)
-    with atomic_dir(output, force) as tmp:
-        with log.progress(len(entries), "exporting") as advance:
-            summary = export_regions(entries, Path(tmp), to.value, header, link=link, image_url=image_url, on_progress=advance)
+    header = export_header(Provenance("export", params_of(regions=regions, to=to.value, link=link, image_url=image_url)),
+                           None if regions == STDIO else file_digest(regions))
+    with atomic_dir(output, force) as tmp, log.progress(len(entries), "exporting") as advance:
+        summary = export_regions(entries, Path(tmp), to.value, header, link=link, image_url=image_url, on_progress=advance)
     log.info(f"wrote {output}: {summary.regions} regions in {summary.images} images for {to.value} ({', '.join(summary.files)}); "
              f"see {output}/README.txt")

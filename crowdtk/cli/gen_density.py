@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Force, Log, Manifest, OutputDir, Quiet, SkipBad, Verbose, Workers, run_command
+from crowdtk.cli.common import Log, run_command
+from crowdtk.cli.options import Force, Manifest, OutputDir, Quiet, SkipBad, Verbose, Workers
 from crowdtk.errors import CrowdtkError
 from crowdtk.density import DensityConfig, generate_densities
-from crowdtk.formats import DENSITY_INDEX, Provenance, atomic_dir, make_header, read_manifest, write_jsonl
+from crowdtk.formats import Provenance, density_index_header, read_manifest, write_jsonl
+from crowdtk.files import atomic_dir
 
 _D = DensityConfig()
 
@@ -47,8 +49,6 @@ def command(
             log.warn(f"skipped {problem}")
         if not records:
             raise CrowdtkError(f"{manifest}: every image was bad", "see the list of skipped images")
-        header = make_header(DENSITY_INDEX, provenance)
-        header["skipped"] = skipped
-        write_jsonl(tmp / "index.jsonl", header, (r.to_record() for r in records))
+        write_jsonl(tmp / "index.jsonl", density_index_header(provenance, skipped), (r.to_record() for r in records))
     worst = max((abs(r.sum - r.count) for r in records), default=0.0)
     log.info(f"wrote {len(records)} density maps to {output} (stride {stride}); largest |sum - count| = {worst:.2e}")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Force, Log, OutputFile, Quiet, Verbose, params_of, run_command
-from crowdtk.cli.export import Regions, Tool
-from crowdtk.errors import CrowdtkError
-from crowdtk.formats import LABELS, STDIO, Provenance, check_output_free, file_digest, make_header, read_labels, read_manifest, read_regions, write_jsonl
-from crowdtk.labeling import import_labels, merge_labels, oracle_labels
+from crowdtk.cli.common import Log, params_of, run_command
+from crowdtk.cli.options import Force, OutputFile, Quiet, Verbose
+from crowdtk.cli.options import Regions, Tool
+from crowdtk.errors import UsageError
+from crowdtk.files import STDIO, check_output_free, file_digest
+from crowdtk.formats import Provenance, labels_header, read_labels, read_manifest, read_regions, write_jsonl
+from crowdtk.labeling import import_round
 
 
 @run_command("import")
@@ -19,7 +22,7 @@ def command(
     regions: Regions,
     path: Annotated[Optional[Path], typer.Argument(help="What the labeling tool returned: the crops export folder, a Label Studio JSON export, a CVAT annotations.xml, or a folder of LabelMe JSON files. [default: none, with --oracle]", show_default=False)] = None,
     source: Annotated[Optional[Tool], typer.Option("--from", help="Format of PATH: crops, labelstudio, cvat or labelme. [default: none]", show_default=False)] = None,
-    oracle: Annotated[Optional[str], typer.Option(help="Simulated labeler: fill the regions with the ground-truth points of this manifest. [default: none]")] = None,
+    oracle: Annotated[Optional[str], typer.Option(metavar="FILE", help="Simulated labeler: fill the regions with the ground-truth points of this manifest. [default: none]")] = None,
     output: OutputFile = "-",
     merge: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Labels file of an earlier round to combine with these (repeatable), e.g. the warm-up labels. [default: none]")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Leave out regions nobody labeled instead of stopping (they are never taken as empty). [default: off]")] = False,
@@ -35,47 +38,32 @@ def command(
     """
     log = Log("import", quiet, verbose)
     if (source is None) == (oracle is None):
-        raise CrowdtkError("give either --from FORMAT PATH (labels from a tool) or --oracle MANIFEST (simulated labeler)", "see crowdtk import --help")
+        raise UsageError("give either --from FORMAT PATH (labels from a tool) or --oracle MANIFEST (simulated labeler)", "see crowdtk import --help")
     if source is not None and path is None:
-        raise CrowdtkError(f"--from {source.value} needs PATH, what the labeling tool exported", "add it after REGIONS")
+        raise UsageError(f"--from {source.value} needs PATH, what the labeling tool exported", "add it after REGIONS")
     if oracle is not None and path is not None:
-        raise CrowdtkError(f"PATH {path} is given with --oracle", "drop PATH, or use --from FORMAT PATH instead of --oracle")
+        raise UsageError(f"PATH {path} is given with --oracle", "drop PATH, or use --from FORMAT PATH instead of --oracle")
     check_output_free(output, force)
     regions_name = "<stdin>" if regions == STDIO else regions
     _, entries = read_regions(regions)
     earlier = [(str(p), read_labels(p)[1]) for p in merge or []]
-    if oracle is not None:
-        _, manifest = read_manifest(oracle)
-        with log.progress(len(entries), "oracle labels") as advance:
-            result = oracle_labels(entries, manifest, manifest_name=oracle, regions_name=regions_name, on_progress=advance)
-    else:
-        assert source is not None and path is not None
-        result = import_labels(entries, source.value, path, allow_missing=allow_missing, regions_name=regions_name)
-    if result.missing:
-        log.warn(f"left out {len(result.missing)} unlabeled {'region' if source == Tool.crops else 'image'}(s): "
-                 + ", ".join(result.missing[:5]) + (", …" if len(result.missing) > 5 else ""))
-    if result.dropped:
-        log.warn(f"dropped {sum(result.dropped.values())} point(s) outside their regions in {len(result.dropped)} image(s): "
-                 + ", ".join(f"{k} ({v})" for k, v in list(result.dropped.items())[:5]))
-    if result.unknown:
-        log.warn(f"ignored annotations of {len(result.unknown)} image(s) not in {regions_name}: " + ", ".join(result.unknown[:5]))
-    if result.ignored:
-        log.warn(f"ignored {result.ignored} annotation(s) that are not 'head' points")
-    labels = merge_labels(result.entries, earlier) if earlier else result.entries
+    manifest = read_manifest(oracle)[1] if oracle is not None else None
+    # Only the oracle reports progress (a tool's output is read in one go).
+    progress = log.progress(len(entries), "oracle labels") if oracle is not None else contextlib.nullcontext(None)
+    with progress as advance:
+        labeled = import_round(entries, earlier, fmt=source.value if source else None, path=path, manifest=manifest,
+                               allow_missing=allow_missing, manifest_name=oracle or "MANIFEST", regions_name=regions_name, on_progress=advance)
+    for note in labeled.notes:
+        log.warn(note)
     params = params_of(regions=regions, path=path, source=source.value if source else None, oracle=oracle,
                        merge=[str(p) for p in merge or []], allow_missing=allow_missing)
-    header = make_header(LABELS, Provenance("import", params))
-    header["regions_sha256"] = None if regions == STDIO else file_digest(regions)
-    write_jsonl(output, header, (e.to_record() for e in labels))
-    area = sum(e.labeled_area for e in result.entries)
-    if oracle is not None:
-        pool = sum(m.width * m.height for m in manifest)
-        total = sum(e.labeled_area for e in labels)
-        log.info(f"oracle labeled {result.heads} heads in {sum(len(e.regions) for e in result.entries)} regions of {len(result.entries)} images: "
-                 f"{100 * area / pool:.2f}% of the pool's area"
-                 + (f" ({100 * total / pool:.2f}% with the merged labels, {sum(len(e.points) for e in labels)} heads)" if earlier else ""))
+    header = labels_header(Provenance("import", params), None if regions == STDIO else file_digest(regions))
+    write_jsonl(output, header, (e.to_record() for e in labeled.labels))
+    done = f"{labeled.result.heads} heads in {labeled.regions} regions of {len(labeled.result.entries)} images"
+    if labeled.pool_area is not None:
+        pool = labeled.pool_area
+        log.info(f"oracle labeled {done}: {100 * labeled.area / pool:.2f}% of the pool's area"
+                 + (f" ({100 * labeled.labels_area / pool:.2f}% with the merged labels, {labeled.labels_heads} heads)" if labeled.merged else ""))
     else:
-        image_area = sum(e.width * e.height for e in result.entries)
-        log.info(f"imported {result.heads} heads in {sum(len(e.regions) for e in result.entries)} regions of {len(result.entries)} images "
-                 f"({100 * area / max(image_area, 1):.2f}% of these images' area)"
-                 + (f"; {len(labels)} images after merging" if earlier else ""))
+        log.info(f"imported {done} ({100 * labeled.area / max(labeled.image_area, 1):.2f}% of these images' area)"
+                 + (f"; {len(labeled.labels)} images after merging" if labeled.merged else ""))

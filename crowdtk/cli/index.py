@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Force, Log, OutputFile, Quiet, SkipBad, Verbose, Workers, params_of, run_command
-from crowdtk.formats import MANIFEST, Provenance, check_output_free, make_header, write_jsonl
+from crowdtk.cli.common import Log, params_of, run_command
+from crowdtk.cli.options import Force, OutputFile, Quiet, SkipBad, Verbose, Workers
+from crowdtk.formats import Provenance, manifest_header, write_jsonl
+from crowdtk.files import check_output_free
 from crowdtk.index import build_manifest
 
 
@@ -33,8 +35,7 @@ def command(
         total = sum(result.dropped_points.values())
         log.warn(f"dropped {total} point(s) outside their image in {len(result.dropped_points)} image(s): "
                  + ", ".join(f"{k} ({v})" for k, v in list(result.dropped_points.items())[:5]))
-    header = make_header(MANIFEST, Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=skip_bad)))
-    header["layout"] = result.layout
-    header["skipped"] = result.skipped
+    header = manifest_header(Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=skip_bad)),
+                             result.layout, result.skipped)
     write_jsonl(output, header, (e.to_record() for e in result.entries))
     log.info(f"indexed {len(result.entries)} images ({result.layout} layout), {sum(e.count for e in result.entries)} heads")

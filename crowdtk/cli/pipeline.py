@@ -18,7 +18,7 @@ from typing import Any
 from crowdtk.cli.common import Log
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Experiment, Run, Step, aggregate, run_result
-from crowdtk.formats import atomic_path
+from crowdtk.files import atomic_path
 
 
 class Runner:

@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Force, Log, Manifest, OutputFile, Quiet, Seed, Verbose, Workers, params_of, run_command
-from crowdtk.formats import REGIONS, STDIO, Provenance, check_output_free, file_digest, load_vectors, make_header, read_manifest, write_jsonl
-from crowdtk.select import SelectConfig, check_vectors, read_exclusion, select_regions
+from crowdtk.cli.common import Log, params_of, run_command
+from crowdtk.cli.options import Force, Manifest, OutputFile, Quiet, Seed, Verbose, Workers
+from crowdtk.files import check_output_free
+from crowdtk.formats import Provenance, read_manifest, regions_header, write_jsonl
+from crowdtk.selection import SelectConfig, Selection, select_files
 
 _D = SelectConfig()
 
@@ -62,36 +64,28 @@ def command(
     log = Log("select", quiet, verbose)
     check_output_free(output, force)
     _, entries = read_manifest(manifest)
-    digest = None if manifest == STDIO else file_digest(manifest)
-    data = None
-    vectors_header: dict = {}
-    if vectors is not None:
-        vectors_header, data = load_vectors(vectors)
-    if scale is None:
-        scale = float(vectors_header.get("scale", 1.0))
-    config = SelectConfig(budget=budget, strategy=strategy.value, strip_frac=strip_frac, scale=scale, shape=shape.value,
+    config = SelectConfig(budget=budget, strategy=strategy.value, strip_frac=strip_frac, shape=shape.value,
                           warmup_frac=warmup_frac, seed=seed, workers=workers, engine=engine.value, n_init=n_init)
-    config.validate()
-    if data is not None:
-        check_vectors(vectors_header, data, str(vectors), digest, manifest, entries, config)
-    exclusions = [read_exclusion(path) for path in exclude or []]
     with log.progress(None if strategy != Strategy.mdc else len(entries), "selecting") as advance:
-        result = select_regions(entries, config, data, exclusions, manifest_name=manifest, on_progress=advance)
+        run = select_files(entries, manifest, config, scale=scale, vectors=vectors, exclude=exclude or [], on_progress=advance)
+    result = run.selection
     for note in result.notes:
         log.warn(note)
     provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []],
                                                 budget=budget, strategy=strategy.value, warmup_frac=warmup_frac, strip_frac=strip_frac,
-                                                shape=shape.value, engine=engine.value, scale=scale, n_init=n_init, workers=workers), seed)
-    header = make_header(REGIONS, provenance)
-    header.update(budget=budget, strip_frac=strip_frac, scale=scale, shape=shape.value, manifest_sha256=digest,
-                  pool_images=result.pool_images, pool_area=result.pool_area, area_fraction=result.area_fraction,
-                  cumulative_area_fraction=result.cumulative_area_fraction)
+                                                shape=shape.value, engine=engine.value, scale=run.config.scale, n_init=n_init,
+                                                workers=workers), seed)
+    header = regions_header(provenance, **run.header_fields())
     write_jsonl(output, header, (e.to_record() for e in result.entries))
+    log.info(_summary(result, label="warm-up, random" if warmup_frac > 0 else strategy.value, cell=shape.value, excluded=bool(exclude)))
+
+
+def _summary(result: Selection, label: str, cell: str, excluded: bool) -> str:
+    """The one line ``select`` reports: regions, images, cells, area spent and heads expected."""
     n_regions = sum(len(e.regions) for e in result.entries)
     spent = f"{100 * result.area_fraction:.2f}% of the pool's area"
-    if exclusions:
+    if excluded:
         spent += f" ({100 * result.cumulative_area_fraction:.2f}% with the {result.excluded_images} excluded images' regions)"
     heads = f"; {result.expected_heads:.0f} heads expected in them (vectors' predicted counts)" if result.expected_heads is not None else ""
-    label = "warm-up, random" if warmup_frac > 0 else strategy.value
-    log.info(f"selected {n_regions} regions in {len(result.entries)} of {result.pool_images} images ({label}, "
-             f"{result.cells} {shape.value}s): {spent}{heads}")
+    return (f"selected {n_regions} regions in {len(result.entries)} of {result.pool_images} images ({label}, "
+            f"{result.cells} {cell}s): {spent}{heads}")

@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Force, Log, Quiet, Verbose, run_command
-from crowdtk.errors import CrowdtkError
-from crowdtk.formats import check_output_free
+from crowdtk.cli.common import Log, run_command
+from crowdtk.cli.options import Force, MaxSide, Quiet, Verbose
+from crowdtk.predict_config import PredictConfig
+from crowdtk.errors import CrowdtkError, UsageError
+from crowdtk.files import check_output_free
 
 ARTIFACT_HELP = (
     "What to draw: a regions file (select) or labels file (import) -> the image with its regions in red; "
@@ -27,34 +29,37 @@ def command(
     manifest: Annotated[Optional[Path], typer.Option("--manifest", help="With a checkpoint: draw image, ground truth and prediction for an image of this manifest. [default: none]")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="With a checkpoint trained with --cap: draw affinity maps for an image of this labels file. [default: none]")] = None,
     positions: Annotated[int, typer.Option("--positions", min=1, help="Number of labeled positions whose affinity maps are drawn.")] = 2,
-    max_side: Annotated[int, typer.Option("--max-side", help="Images larger than this (pixels) are predicted in tiles.")] = 2048,
+    max_side: MaxSide = PredictConfig.max_side,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is."""
     from crowdtk import pictures
-    from crowdtk.formats import BENCH_RESULTS, LABELS, REGIONS
+    from crowdtk.formats import BENCH_RESULTS, CHECKPOINT, LABELS, REGIONS, peek_format
 
     log = Log("show", quiet, verbose)
     if output.suffix.lower() != ".png":
-        raise CrowdtkError(f"{output}: crowdtk show writes PNG pictures", "name the output *.png")
+        raise UsageError(f"{output}: crowdtk show writes PNG pictures", "name the output *.png")
     check_output_free(output, force)
-    kind = pictures.artifact_kind(artifact)
+    kind = peek_format(artifact)
+    if kind is None:
+        raise CrowdtkError(f"{artifact}: not a crowdtk artifact crowdtk show can draw",
+                           "pass a regions or labels file, a checkpoint (.safetensors) or a bench results.json")
 
     def refuse(option: str, value: object, use: str) -> None:
         if value is not None:
-            raise CrowdtkError(f"{artifact}: {option} does not apply to a '{kind}' file", use)
+            raise UsageError(f"{artifact}: {option} does not apply to a '{kind}' file", use)
 
     if kind in (REGIONS, LABELS):
         refuse("--manifest", manifest, "drop it; --manifest goes with a checkpoint")
         refuse("--labels", labels, "drop it; --labels goes with a checkpoint")
         drawn = pictures.show_regions(output, artifact, image_id=image, checkpoint=checkpoint, max_side=max_side)
         what = f"{kind} of image {drawn}" + (" with the predicted density" if checkpoint is not None else "")
-    elif kind == pictures.CHECKPOINT_KIND:
+    elif kind == CHECKPOINT:
         refuse("--checkpoint", checkpoint, "the checkpoint is the ARTIFACT itself; drop --checkpoint")
         if (manifest is None) == (labels is None):
-            raise CrowdtkError(
+            raise UsageError(
                 f"{artifact}: a checkpoint needs {'one of' if manifest is None else 'only one of'} --manifest or --labels",
                 "pass --manifest MANIFEST for image/ground truth/prediction, or --labels LABELS for CAP's affinity maps",
             )

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Force, Log, Quiet, Verbose, run_command
-from crowdtk.formats import check_output_free
+from crowdtk.cli.common import Log, run_command
+from crowdtk.cli.options import Force, Quiet, Verbose
+from crowdtk.files import check_output_free
 
 
 @run_command("strip-cap")

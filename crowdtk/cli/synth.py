@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Force, Log, OutputDir, Quiet, Seed, Verbose, Workers, run_command
-from crowdtk.formats import SYNTH_CONFIG, Provenance, atomic_dir, atomic_path, make_header
+from crowdtk.cli.common import Log, run_command
+from crowdtk.cli.options import Force, OutputDir, Quiet, Seed, Verbose, Workers
+from crowdtk.formats import SYNTH_CONFIG, Provenance, make_header
+from crowdtk.files import atomic_dir, atomic_path
 from crowdtk.synth import SynthConfig, generate_dataset
 
 _D = SynthConfig()

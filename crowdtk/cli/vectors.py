@@ -7,16 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Device, Force, Log, Quiet, SkipBad, Verbose, run_command
-from crowdtk.cli.eval import FeatureCacheOpt, MaxSide
+from crowdtk.cli.common import Log, run_command
+from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, Quiet, SkipBad, Verbose
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import VECTORS, Provenance, check_output_free, file_digest, make_header, read_manifest, save_vectors
-from crowdtk.strips import check_scale
+from crowdtk.formats import Provenance, read_manifest, save_vectors, vectors_header
+from crowdtk.files import check_output_free, file_digest
+from crowdtk.geometry import check_scale
+from crowdtk.predict_config import VectorsConfig
 
 
 def excluded_ids(path: Path, entries: list, manifest: Path) -> set[str]:
     """Image ids of a regions or labels file (the images already labeled); refused when it is of another pool."""
-    from crowdtk.select import check_exclusion, read_exclusion
+    from crowdtk.selection import check_exclusion, read_exclusion
 
     exclusion = read_exclusion(path)
     check_exclusion(exclusion, entries, str(manifest))
@@ -29,11 +31,11 @@ def command(
     manifest: Annotated[Path, typer.Argument(help="Manifest of the pool (a file: its digest is recorded).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Vectors file to write (.npz).", show_default=False)],
     exclude: Annotated[Optional[Path], typer.Option(help="Regions or labels file whose images are skipped (already labeled); it must be of this pool (same ids and image digests). [default: none]")] = None,
-    levels: Annotated[int, typer.Option(help="Levels L of the multi-level density vector.")] = 4,
-    strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width.")] = 0.1,
+    levels: Annotated[int, typer.Option(help="Levels L of the multi-level density vector.")] = VectorsConfig.levels,
+    strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width.")] = VectorsConfig.strip_frac,
     scale: Annotated[Optional[float], typer.Option(help="The --scale the final counter will be trained at: strip edges lie on whole output cells of the image resized by it (select checks that it matches). [default: the checkpoint's scale]", show_default=False)] = None,
-    max_side: MaxSide = 2048,
-    feature_cache: FeatureCacheOpt = None,
+    max_side: MaxSide = VectorsConfig.max_side,
+    feature_cache: FeatureCache = None,
     device: Device = "auto",
     skip_bad: SkipBad = False,
     force: Force = False,
@@ -54,7 +56,7 @@ def command(
         entries = [e for e in entries if e.id not in skip]
         if not entries:
             raise CrowdtkError(f"{exclude}: excludes every image of {manifest}", "nothing is left to compute vectors for")
-    predictor = Predictor(load_counter(checkpoint), device=device, max_side=max_side, feature_cache=feature_cache)
+    predictor = Predictor(load_counter(checkpoint), device=device.value, max_side=max_side, feature_cache=feature_cache)
     if scale is None:
         scale = float(predictor.loaded.header.get("input_scale", 1.0))
     check_scale(scale)
@@ -66,9 +68,8 @@ def command(
         log.warn(f"skipped {problem}")
     params = {"checkpoint": checkpoint, "manifest": manifest, "exclude": exclude, "levels": levels, "strip_frac": strip_frac,
               "scale": scale, "skip_bad": skip_bad}
-    header = make_header(VECTORS, Provenance("vectors", params))
-    header.update(levels=levels, strip_frac=strip_frac, scale=scale, manifest_sha256=file_digest(manifest),
-                  checkpoint_sha256=file_digest(checkpoint), model=predictor.loaded.header.get("model", {}).get("name"),
-                  skipped=skipped)
+    header = vectors_header(Provenance("vectors", params), levels=levels, strip_frac=strip_frac, scale=scale,
+                            manifest_sha256=file_digest(manifest), checkpoint_sha256=file_digest(checkpoint),
+                            model=predictor.loaded.header.get("model", {}).get("name"), skipped=skipped)
     save_vectors(output, header, data)
     log.info(f"wrote {output}: {len(data.vectors)} strips of {len(data.ids)} images, {data.vectors.shape[1]} numbers each")

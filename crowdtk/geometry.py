@@ -1,4 +1,7 @@
-"""Strip geometry (paper 3.4): an image is cut into vertical strips of ~``strip_frac`` of its width.
+"""Pixel and cell geometry, torch-free: the output stride, image sizes after resizing and padding,
+the output cells a region covers, and the strips (paper 3.4).
+
+Strip geometry: an image is cut into vertical strips of ~``strip_frac`` of its width.
 
 There are ``round(1 / strip_frac)`` strips. Their edges lie on the output-cell grid *of the
 resolution the counter is trained at*: an image trained at ``--scale s`` is resized to
@@ -13,6 +16,9 @@ per image.
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
@@ -59,3 +65,32 @@ def strip_edges(width: int, strip_frac: float = 0.1, scale: float = 1.0) -> np.n
 def check_scale(scale: float) -> None:
     if not 0 < scale <= 4:
         raise CrowdtkError(f"--scale must be in (0, 4], got {scale}", "pass the --scale the counter is trained at, e.g. 0.5")
+
+
+def resize_for_model(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:
+    """Resize by ``scale`` (area interpolation when shrinking); return the image and x/y factors."""
+    if scale == 1.0:
+        return image, 1.0, 1.0
+    height, width = image.shape[:2]
+    new_w, new_h = model_size(width, scale), model_size(height, scale)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation), new_w / width, new_h / height
+
+
+def pad_image(image: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    height, width = image.shape[:2]
+    ph, pw = -height % stride, -width % stride
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+    return image
+
+
+def cells_inside(start: int, stop: int, size: int, factor: float, cells: int) -> tuple[int, int]:
+    """The output cells [first, last) that lie inside the pixel span [start, stop) of an image
+    ``size`` px long, resized by ``factor``; a span reaching the image's end keeps the padding
+    cell there. Region edges on the cell grid of this scale (span_edges) are rounded to
+    whole full-resolution pixels, so an edge within half a pixel of a cell edge counts as on it."""
+    slack = 0.5 * factor / STRIDE + 1e-9
+    first = math.ceil(start * factor / STRIDE - slack)
+    last = cells if stop >= size else math.floor(stop * factor / STRIDE + slack)
+    return first, min(last, cells)

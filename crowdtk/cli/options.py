@@ -1,0 +1,90 @@
+"""Every option and argument alias that more than one subcommand takes, one section per group of
+commands, so that an option means the same and reads the same wherever it appears.
+
+Options with a fixed set of values are enums (Click choices): ``--help`` lists the values, and a
+wrong one is a usage error (exit 2) before any work starts.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from crowdtk.labeling import FORMATS
+from crowdtk.train_config import FREEZE_LEVELS, KEEP, LR_SCHEDULES, MODEL_NAMES, TrainConfig
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str-valued enum of ``values``, named after the option, for Click's choice type."""
+    return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- every command
+
+OutputFile = Annotated[str, typer.Option("-o", "--output", help="Output file; '-' writes to stdout.", show_default=True)]
+OutputDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder (must not exist unless --force).", show_default=False)]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or log messages on stderr. [default: off]")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More log messages, and a traceback on errors. [default: off]")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; recorded in every output.")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes or threads.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output. [default: off]")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and list bad images instead of stopping. [default: off]")]
+Manifest = Annotated[str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)]
+
+DeviceName = _choices("DeviceName", ("auto", "cpu", "cuda"))
+Device = Annotated[DeviceName, typer.Option("--device", help="Where the network runs (auto picks CUDA when present).")]
+
+# --------------------------------------------------------------------------- training (train, warmup, bench, demo)
+
+TRAINING = TrainConfig()  # the defaults of train and warmup
+
+ModelName = _choices("ModelName", MODEL_NAMES)
+Model = Annotated[ModelName, typer.Option("--model", help="Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).")]
+BatchSize = Annotated[int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step (per process under torchrun).")]
+Crop = Annotated[int, typer.Option(help="Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate (targets are scaled by --density-scale).")]
+
+Freeze = _choices("Freeze", FREEZE_LEVELS)
+LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
+Keep = _choices("Keep", KEEP)
+
+Labels = Annotated[Path, typer.Argument(help="Labels file from 'crowdtk import' (regions and the points inside them).", show_default=False)]
+Checkpoint = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors); the best epoch by validation MAE.", show_default=False)]
+NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="Start from random weights instead of ImageNet ones. [default: off]")]
+BackboneWeights = Annotated[Optional[Path], typer.Option(help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]")]
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+Scale = Annotated[float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")]
+DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
+ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
+ValEvery = Annotated[int, typer.Option(help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the network for training (CUDA; slower to start). [default: off]")]
+FreezeOpt = Annotated[Freeze, typer.Option("--freeze", help="none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.")]
+TrainFeatureCache = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder that keeps the frozen front end's features (with --freeze), shared by runs with the same model, scale and images. [default: in memory]")]
+LrScheduleOpt = Annotated[LrSchedule, typer.Option("--lr-schedule", help="constant, or cosine: decay to 0 over the run.")]
+KeepOpt = Annotated[Keep, typer.Option("--keep", help="The epoch the checkpoint holds: best (by validation MAE) or last.")]
+CpuBf16 = Annotated[bool, typer.Option("--cpu-bf16", help="Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). [default: off]")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
+
+# --------------------------------------------------------------------------- running a counter (eval, count, vectors, show)
+
+MaxSide = Annotated[int, typer.Option("--max-side", help="Images larger than this (pixels, after --scale) are run in tiles whose counts add up.")]
+FeatureCache = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]")]
+
+# --------------------------------------------------------------------------- experiments (bench, demo)
+
+Steps = Annotated[int, typer.Option(help="Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).")]
+WarmupSteps = Annotated[int, typer.Option(help="Optimizer steps of the warm-up counter (max, mdc).")]
+StripFrac = Annotated[float, typer.Option(help="Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).")]
+BenchFreeze = Annotated[Freeze, typer.Option("--freeze", help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.")]
+CpuBf16Auto = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16", help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]", show_default=False)]
+
+# --------------------------------------------------------------------------- export / import
+
+Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select'; '-' reads stdin.", show_default=False)]
+
+# The labeling tools of --to and --from: the registry's names, in its order, so a new tool
+# needs no CLI change beyond its help text.
+Tool = _choices("Tool", FORMATS)

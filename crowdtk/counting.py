@@ -1,0 +1,119 @@
+"""`count`: counts for new images, folders of images and video frames, with heat-map overlays."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crowdtk.data import check_image_size, read_image
+from crowdtk.errors import CrowdtkError
+from crowdtk.geometry import STRIDE
+from crowdtk.predict import Predictor, prefetched
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray]]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise CrowdtkError(f"{path}: cannot open video", "check that OpenCV can decode it (e.g. convert to .mp4 / H.264)")
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def overlay(image: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """The image with its density map as a heat map on top (RGB uint8)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    heat = cv2.resize(density, (density.shape[1] * STRIDE, density.shape[0] * STRIDE), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    heat = np.clip(heat / max(float(heat.max()), 1e-6) * 255, 0, 255).astype(np.uint8)
+    colored = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 0.5, colored, 0.5, 0)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    from crowdtk.data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CrowdtkError(f"{item}: no such file or folder", "check the path")
+    if not out:
+        raise CrowdtkError("no images or videos found in " + ", ".join(inputs), "pass image files, folders of images, or videos")
+    return out
+
+
+@dataclass
+class Counted:
+    """One image or video frame counted: its output record, and what an overlay is drawn from."""
+
+    record: dict  # {"image": path} or {"video": path, "frame": n}, with "count" (None when not finite)
+    image: np.ndarray
+    density: np.ndarray
+    name: str  # the overlay's file stem
+
+    @property
+    def finite(self) -> bool:
+        return self.record["count"] is not None
+
+
+def _read_or_error(path: str) -> np.ndarray | CrowdtkError:
+    """Decoding errors are returned, not raised, so that the prefetching thread hands them over in order."""
+    try:
+        image = read_image(path)
+        check_image_size(image.shape[1], image.shape[0], path)
+        return image
+    except CrowdtkError as exc:
+        return exc
+
+
+def _counted(record: dict, image: np.ndarray, density: np.ndarray, name: str) -> Counted:
+    count = float(density.sum(dtype="float64"))
+    return Counted({**record, "count": round(count, 3) if math.isfinite(count) else None}, image, density, name)
+
+
+def count_inputs(predictor: Predictor, paths: list[Path],
+                 on_progress: Callable[[int], None] | None = None) -> Iterator[Counted | CrowdtkError]:
+    """Count the images (in order, decoding the next while one runs), then every frame of the videos.
+
+    A bad image or video is yielded as its CrowdtkError, so the caller stops or skips it (--skip-bad);
+    a video that fails midway has yielded its good frames first."""
+    images = [str(p) for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
+    for path, image in prefetched(images, read=_read_or_error):
+        if isinstance(image, CrowdtkError):
+            yield image
+        else:
+            density, _, _ = predictor.density(image)
+            yield _counted({"image": path}, image, density, Path(path).stem)
+        if on_progress:
+            on_progress(1)
+    for video in (p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES):
+        try:
+            for index, frame in video_frames(video):
+                density, _, _ = predictor.density(frame)
+                yield _counted({"video": str(video), "frame": index}, frame, density, f"{video.stem}_{index:06d}")
+        except CrowdtkError as exc:
+            yield exc

@@ -1,0 +1,116 @@
+"""The labeling loop: regions go out to labeling tools (``export``) and come back as labels (``import``).
+
+Export folders (``crowdtk export REGIONS --to FORMAT -o DIR``) hold ``README.txt`` (the
+instruction and the steps for the tool), ``index.json`` (a ``labeling-export`` header, the
+tool, the instruction, and per image its file and regions; for crops each crop's offset) and
+the tool's own files, described in its module: :mod:`~crowdtk.labeling.crops`,
+:mod:`~crowdtk.labeling.labelstudio`, :mod:`~crowdtk.labeling.cvat`,
+:mod:`~crowdtk.labeling.labelme`.
+
+Images are matched to the regions file by ``crowdtk_id`` (Label Studio), else by file name
+(``images/<file>``), else by stem = image id. Image references are checked against path
+traversal: a reference that resolves outside the folder of the labeled files is refused.
+Points go to full-image pixels; points outside their image's regions are dropped and
+counted. An image (crops: a region) without any returned annotation is an error unless
+``allow_missing``; then it is left out of the labels, never taken as "no heads".
+
+Adding a tool is a module implementing :class:`~crowdtk.labeling.common.LabelingTool`
+(``UNIT``, ``Export``, ``steps``, ``read``) plus one line in :data:`TOOLS`; the CLI's
+``--to``/``--from`` choices follow the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import LabelsEntry, ManifestEntry, RegionsEntry
+from crowdtk.labeling import crops, cvat, labelme, labelstudio
+from crowdtk.labeling.common import INDEX, INSTRUCTION, README, ExportSummary, LabelingTool, export_names, index_record, readme, write_json, write_text
+from crowdtk.labeling.crops import crop_stem
+from crowdtk.labeling.cvat import parse_xml_safely
+from crowdtk.labeling.labels import ImportRound, merge_labels, oracle_labels
+from crowdtk.labeling.labelstudio import labelstudio_config
+from crowdtk.labeling.reading import ImportResult, assemble, image_reference
+
+# The registry: format name (as in --to/--from and index.json's "tool") -> tool module. The order
+# is the one error messages and the CLI's choices list.
+TOOLS: dict[str, LabelingTool] = {
+    "crops": crops,
+    "labelstudio": labelstudio,
+    "cvat": cvat,
+    "labelme": labelme,
+}
+FORMATS = tuple(TOOLS)
+
+# The exporters' record builders under their former private names (tests/test_fuzz.py imports them).
+_cvat_xml = cvat.cvat_xml
+_labelme_record = labelme.labelme_record
+_labelstudio_task = labelstudio.labelstudio_task
+
+__all__ = ["FORMATS", "INSTRUCTION", "TOOLS", "ExportSummary", "ImportResult", "ImportRound", "crop_stem", "export_names",
+           "export_regions", "image_reference", "import_labels", "import_round", "labelstudio_config", "merge_labels",
+           "oracle_labels", "parse_xml_safely", "tool"]
+
+
+def tool(fmt: str, option: str) -> LabelingTool:
+    """The registered tool ``fmt``; ``option`` (``--to``/``--from``) names where the format came from."""
+    if fmt not in TOOLS:
+        raise CrowdtkError(f"{option} {fmt}: unknown format", f"use one of {', '.join(FORMATS)}")
+    return TOOLS[fmt]
+
+
+def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header: dict[str, Any], link: bool = False,
+                   image_url: str = "", on_progress: Callable[[int], None] | None = None) -> ExportSummary:
+    """Write the labeling package for ``fmt`` into the (new, empty) folder ``out``."""
+    chosen = tool(fmt, "--to")
+    if not entries:
+        raise CrowdtkError("the regions file has no regions", "select some regions first")
+    export = chosen.Export(out, link, image_url)
+    index_images = []
+    for entry, name in zip(entries, export_names(entries)):
+        record = index_record(entry)
+        export.add(entry, name, record)
+        index_images.append(record)
+        if on_progress:
+            on_progress(1)
+    export.finish()
+    write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "images": index_images})
+    write_text(out / README, readme(fmt, chosen.steps(image_url)))
+    files = sorted(str(p.relative_to(out)) for p in out.iterdir())
+    return ExportSummary(len(entries), sum(len(e.regions) for e in entries), files)
+
+
+def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_missing: bool = False, regions_name: str = "REGIONS") -> ImportResult:
+    """Read a labeling tool's output for the regions ``entries`` back as labels."""
+    chosen = tool(fmt, "--from")
+    if not path.exists():
+        raise CrowdtkError(f"{path}: no such file or folder", "pass what the labeling tool exported")
+    returned = chosen.read(path, entries)
+    result = ImportResult([], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored)
+    if result.missing and not allow_missing:
+        shown = ", ".join(result.missing[:3]) + (", …" if len(result.missing) > 3 else "")
+        raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.UNIT}(s) of {regions_name}: {shown}",
+                           "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')")
+    assemble(entries, returned.found, result)
+    return result
+
+
+def import_round(entries: Sequence[RegionsEntry], earlier: Sequence[tuple[str, Sequence[LabelsEntry]]] = (), *,
+                 fmt: str | None = None, path: Path | None = None, manifest: Sequence[ManifestEntry] | None = None,
+                 allow_missing: bool = False, manifest_name: str = "MANIFEST", regions_name: str = "REGIONS",
+                 on_progress: Callable[[int], None] | None = None) -> ImportRound:
+    """One round of labels for ``entries``: from the oracle (``manifest``) or from a tool (``fmt``, ``path``), merged with ``earlier``.
+
+    ``earlier`` holds (source name, labels) of previous rounds; ``on_progress`` advances per image (oracle only).
+    """
+    if manifest is not None:
+        result = oracle_labels(entries, manifest, manifest_name=manifest_name, regions_name=regions_name, on_progress=on_progress)
+        return ImportRound.of(result, earlier, "image", regions_name, pool_area=sum(m.width * m.height for m in manifest))
+    if fmt is None or path is None:
+        raise CrowdtkError("labels need either a manifest (the oracle) or a format and a path (a tool's output)",
+                           "give --oracle MANIFEST or --from FORMAT PATH")
+    result = import_labels(entries, fmt, path, allow_missing=allow_missing, regions_name=regions_name)
+    return ImportRound.of(result, earlier, TOOLS[fmt].UNIT, regions_name)

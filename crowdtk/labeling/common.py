@@ -1,0 +1,159 @@
+"""What the labeling tools share: the names, the tool interface, and writing a package.
+
+The tool interface: a tool module implements :class:`LabelingTool` (its ``Export``, a
+:class:`BaseExport`; the steps of its README; its reader, returning :class:`Returned`);
+``crowdtk.labeling`` keeps the registry of them.
+
+Export side: the file name of each image (:func:`export_names`), its record in ``index.json``,
+placing the image (copy or symlink, checked against its sha256), atomic text/JSON writes and
+the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from crowdtk.errors import CrowdtkError
+from crowdtk.files import atomic_path
+from crowdtk.formats import RegionsEntry
+
+INSTRUCTION = ("Label every head whose centre lies inside the region: click once on the centre of each such head, "
+               "also partly hidden or very small ones; ignore heads whose centre lies outside the region.")
+HEAD = "head"
+REGION = "region"
+DONE = "done"  # CVAT tag / LabelMe flag: "this image is finished", needed when it has no head points
+INDEX = "index.json"
+README = "README.txt"
+IMAGES = "images"
+
+# Per image, (region index, full-image points) of each region that came back labeled.
+Found = dict[str, list[tuple[int, np.ndarray]]]
+
+
+# --------------------------------------------------------------------------- the tool interface
+
+
+class BaseExport:
+    """One export run of a tool: :meth:`add` each image (in the regions file's order), then :meth:`finish`.
+
+    The default places the image under ``images/``, records it as the index's ``file`` and keeps
+    (entry, file name) in :attr:`placed`, for the tools that write one file for all images in
+    :meth:`finish`; a tool that writes a file per image extends :meth:`add`.
+    """
+
+    def __init__(self, out: Path, link: bool, image_url: str) -> None:
+        self.out, self.link, self.image_url = out, link, image_url
+        self.placed: list[tuple[RegionsEntry, str]] = []
+
+    def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
+        place_image(entry, self.out / IMAGES / name, self.link)
+        record["file"] = f"{IMAGES}/{name}"
+        self.placed.append((entry, name))
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class Returned:
+    """What a tool's output held for the regions: labeled regions, and what was missing or foreign."""
+
+    found: Found
+    missing: list[str]  # images (crops: regions) without an annotation
+    unknown: list[str] = field(default_factory=list)  # annotated images that are not in the regions file
+    ignored: int = 0  # annotations of other kinds (labels other than 'head')
+
+
+class LabelingTool(Protocol):
+    """A tool module: its export, its README steps, and the reader of what it returns."""
+
+    UNIT: str  # what one annotation covers, in messages: "image", or "region" for crops
+    Export: type[BaseExport]
+
+    def steps(self, image_url: str) -> str: ...
+
+    def read(self, path: Path, entries: Sequence[RegionsEntry]) -> Returned: ...
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote: images, regions, and the top-level entries of the folder."""
+
+    images: int
+    regions: int
+    files: list[str] = field(default_factory=list)
+
+
+def export_names(entries: Sequence[RegionsEntry]) -> list[str]:
+    """The file name of each image in an export folder: its id made filename-safe, plus its suffix.
+
+    Deterministic in the regions file's order, so ``import`` finds the same names."""
+    names, stems = [], set()
+    for entry in entries:
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", entry.id).lstrip(".") or "image"
+        suffix = Path(entry.image).suffix.lower() or ".jpg"
+        stem, n = base, 1
+        while stem.lower() in stems:  # ids differing only in unsafe characters or case
+            n += 1
+            stem = f"{base}-{n}"
+        stems.add(stem.lower())
+        names.append(f"{stem}{suffix}")
+    return names
+
+
+def index_record(entry: RegionsEntry) -> dict[str, Any]:
+    """An image's entry in ``index.json`` before the tool adds to it (``file``; crops: per region)."""
+    return {"id": entry.id, "width": entry.width, "height": entry.height, "sha256": entry.sha256,
+            "regions": [{"x0": r.x0, "x1": r.x1, "y0": r.y0, "y1": r.y1} for r in entry.regions]}
+
+
+def image_bytes(entry: RegionsEntry) -> bytes:
+    """The image's bytes, refused when they are not the ones the regions were selected on."""
+    try:
+        data = Path(entry.image).read_bytes()
+    except FileNotFoundError:
+        raise CrowdtkError(f"{entry.image}: image not found (image '{entry.id}' of the regions file)", "check the path, or re-run index and select") from None
+    except OSError as exc:
+        raise CrowdtkError(f"{entry.image}: cannot read image ({exc.strerror})", "check the file's permissions") from None
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise CrowdtkError(f"{entry.image}: image changed since it was selected (sha256 differs)", "re-run index and select on the current images")
+    return data
+
+
+def place_image(entry: RegionsEntry, target: Path, link: bool) -> bytes:
+    # The bytes are read (and checked) even for a symlink, so a package never points at a changed image.
+    data = image_bytes(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        os.symlink(Path(entry.image).resolve(), target)
+    else:
+        target.write_bytes(data)
+    return data
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def readme(fmt: str, steps: str) -> str:
+    """README.txt: the instruction, the rule every tool shares, then the tool's own steps."""
+    return (f"crowdtk labeling package ({fmt})\n\nInstruction for labelers:\n  {INSTRUCTION}\n\n"
+            "A point counts for the region that contains it; points outside every region are dropped on import.\n\n"
+            f"{steps}\n")

@@ -1,0 +1,81 @@
+"""Crops: one PNG per region for labeling without a tool, and the reader of the points files written beside them.
+
+Export: ``crops/<image>__r<k>.png``, one PNG per region; ``index.json`` gives each region's
+``crop`` and ``points`` file and its offset (``x``, ``y``: the region's ``x0``, ``y0``) with
+``crop_width``, ``crop_height``. Labelers write a points file beside each crop, named like it:
+``crops/<image>__r<k>.txt`` ("x y" per line, ``#`` comments; also ``.json`` or ``.csv``), in
+crop pixels; import adds the offsets. Unlike the other tools, an annotation covers one region,
+so "missing" counts regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from crowdtk.data import decode_image, read_points
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import RegionsEntry
+from crowdtk.labeling.common import BaseExport, Found, Returned, export_names, image_bytes
+
+UNIT = "region"
+CROPS = "crops"
+POINTS_SUFFIXES = (".txt", ".json", ".csv")
+
+
+def crop_stem(name: str, k: int) -> str:
+    """The file stem of region ``k`` of the image exported as ``name``: the crop and its points file share it."""
+    return f"{Path(name).stem}__r{k}"
+
+
+class Export(BaseExport):
+    """Cuts each region out of its image; the image itself is not copied."""
+
+    def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
+        image = decode_image(image_bytes(entry), entry.image)
+        # The regions' pixel coordinates are only meaningful on the image size they were selected on.
+        if image.shape[:2] != (entry.height, entry.width):
+            raise CrowdtkError(f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
+                               "re-run index and select")
+        for k, (region, rr) in enumerate(zip(entry.regions, record["regions"])):
+            stem = crop_stem(name, k)
+            crop = np.ascontiguousarray(image[region.y0:region.y1, region.x0:region.x1, ::-1])  # RGB -> BGR for cv2
+            target = self.out / CROPS / f"{stem}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(target), crop):
+                raise CrowdtkError(f"{target}: cannot write the crop", "check the output folder")
+            rr.update(crop=f"{CROPS}/{stem}.png", points=f"{CROPS}/{stem}.txt", x=region.x0, y=region.y0,
+                      crop_width=region.x1 - region.x0, crop_height=region.y1 - region.y0)
+
+
+def steps(image_url: str) -> str:
+    return (
+        "Each region is one PNG in crops/. For crops/NAME.png write crops/NAME.txt with one 'x y' line per head,\n"
+        "in the crop's pixels (origin at the crop's top-left corner); write '# no heads' for a crop without heads.\n"
+        "index.json gives each crop's offset (x, y) in its image."
+    )
+
+
+def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
+    """Per image, (region index, full-image points) of each crop that has a points file; and the missing crops."""
+    folder = path / CROPS if (path / CROPS).is_dir() else path
+    if not folder.is_dir():
+        raise CrowdtkError(f"{path}: not a folder", "pass the export folder of --to crops")
+    found: Found = {}
+    missing = []
+    for entry, name in zip(entries, export_names(entries)):
+        for k, region in enumerate(entry.regions):
+            stem = crop_stem(name, k)
+            candidates = [folder / f"{stem}{s}" for s in POINTS_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+            if len(candidates) > 1:
+                raise CrowdtkError(f"{folder}: crop {stem} has several points files ({', '.join(c.name for c in candidates)})", "keep one")
+            if not candidates:
+                missing.append(f"{entry.id} region {k} ({stem})")
+                continue
+            points = read_points(candidates[0]) + np.array([region.x0, region.y0], dtype=np.float64)
+            found.setdefault(entry.id, []).append((k, points))
+    return Returned(found, missing)

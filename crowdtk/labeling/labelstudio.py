@@ -1,0 +1,127 @@
+"""Label Studio: the export package (tasks with pre-annotated regions) and the reader of its JSON export.
+
+Export: ``images/``, ``config.xml`` (a KeyPointLabels ``kp`` with the label ``head`` and a
+RectangleLabels ``region``; the instruction as a Header) and ``tasks.json``: one task per
+image, ``data`` = ``{"image": <--image-url>images/<file>, "crowdtk_id", "regions",
+"instruction"}`` and the regions as pre-annotation rectangles (``predictions``) in Label
+Studio's percent convention (x, y, width, height in 0–100 of the image's width/height).
+
+Import reads Label Studio's JSON export (a list of tasks; per task the ground-truth
+annotation, else the last one not cancelled; its ``keypointlabels`` results, percent). Images
+are matched by ``crowdtk_id``, else by the image reference's file name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import RegionsEntry
+from crowdtk.labeling.common import HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, Returned, write_json, write_text
+from crowdtk.labeling.reading import Collector, image_reference, list_of, load_json, points_array
+
+UNIT = "image"
+TASKS = "tasks.json"
+CONFIG = "config.xml"
+
+
+def _pct(value: float, total: int) -> float:
+    return 100.0 * value / total
+
+
+def labelstudio_config() -> str:
+    return (
+        "<View>\n"
+        f"  <Header value={quoteattr(INSTRUCTION)}/>\n"
+        '  <Image name="image" value="$image" zoom="true"/>\n'
+        '  <KeyPointLabels name="kp" toName="image">\n'
+        f'    <Label value="{HEAD}" background="red"/>\n'
+        "  </KeyPointLabels>\n"
+        f'  <RectangleLabels name="{REGION}" toName="image">\n'
+        f'    <Label value="{REGION}" background="orange"/>\n'
+        "  </RectangleLabels>\n"
+        "</View>\n"
+    )
+
+
+def labelstudio_task(entry: RegionsEntry, image: str) -> dict[str, Any]:
+    """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations."""
+    results = [{
+        "id": f"region{k}",
+        "from_name": REGION,
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": entry.width,
+        "original_height": entry.height,
+        "image_rotation": 0,
+        "value": {"x": _pct(r.x0, entry.width), "y": _pct(r.y0, entry.height), "width": _pct(r.x1 - r.x0, entry.width),
+                  "height": _pct(r.y1 - r.y0, entry.height), "rotation": 0, "rectanglelabels": [REGION]},
+    } for k, r in enumerate(entry.regions)]
+    return {
+        "data": {"image": image, "crowdtk_id": entry.id, "instruction": INSTRUCTION,
+                 "regions": [[r.x0, r.y0, r.x1, r.y1] for r in entry.regions]},
+        "predictions": [{"model_version": "crowdtk select", "result": results}],
+    }
+
+
+class Export(BaseExport):
+    """The placed images; one task per image, all in one file written at the end."""
+
+    def finish(self) -> None:
+        write_json(self.out / TASKS, [labelstudio_task(entry, f"{self.image_url}{IMAGES}/{name}") for entry, name in self.placed])
+        write_text(self.out / CONFIG, labelstudio_config())
+
+
+def steps(image_url: str) -> str:
+    return (
+        "1. Create a Label Studio project; paste config.xml under Settings > Labeling Interface.\n"
+        "2. Make images/ reachable by Label Studio and import tasks.json (Import > Upload files). The tasks'\n"
+        f"   image URLs are '{image_url}images/<file>'; set them with crowdtk export --image-url, e.g. an http://\n"
+        "   server of this folder, or '/data/local-files/?d=<path under LOCAL_FILES_DOCUMENT_ROOT>/'.\n"
+        "3. The orange rectangles (pre-annotations) are the regions; add a 'head' keypoint on every head inside.\n"
+        "4. Export as JSON (not JSON-MIN) and run crowdtk import REGIONS --from labelstudio EXPORT.json."
+    )
+
+
+def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
+    found = Collector(entries)
+    tasks = load_json(path)
+    if isinstance(tasks, dict):
+        tasks = [tasks]
+    if not isinstance(tasks, list):
+        raise CrowdtkError(f"{path}: not a Label Studio JSON export (a list of tasks)", "export the project as JSON")
+    for n, task in enumerate(tasks):
+        where = f"{path}: task {task.get('id', n) if isinstance(task, dict) else n}"
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise CrowdtkError(f"{where}: not a Label Studio task (no 'data')", "export the project as JSON (not JSON-MIN or CSV)")
+        data = task["data"]
+        name = image_reference(data.get("image"), path.parent, path.parent, where)
+        entry = found.matcher.by_id.get(data["crowdtk_id"]) if isinstance(data.get("crowdtk_id"), str) else found.matcher.find(name)
+        annotations = list_of(task.get("annotations"), "annotations", where)
+        annotations = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not annotations:
+            continue  # not labeled: reported as missing
+        chosen = next((a for a in annotations if a.get("ground_truth")), annotations[-1])
+        points = []
+        for result in list_of(chosen.get("result"), "result", where):
+            if not isinstance(result, dict) or result.get("type") != "keypointlabels":
+                continue
+            value = result.get("value") or {}
+            if not isinstance(value, dict):
+                raise CrowdtkError(f"{where}: a keypoint's 'value' is not an object", "re-export from Label Studio")
+            labels = list_of(value.get("keypointlabels"), "keypointlabels", where) or [HEAD]
+            if HEAD not in labels:
+                found.ignored += 1
+                continue
+            if entry is not None:
+                found.check_size(entry, result.get("original_width"), result.get("original_height"), where)
+                try:
+                    points.append((float(value["x"]) * entry.width / 100.0, float(value["y"]) * entry.height / 100.0))
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    raise CrowdtkError(f"{where}: a keypoint lacks numeric x/y", "re-export from Label Studio") from None
+        crowdtk_id = data.get("crowdtk_id")
+        found.add(crowdtk_id if isinstance(crowdtk_id, str) and crowdtk_id else name, entry, points_array(points, where), where)
+    return found.returned()

@@ -1,0 +1,29 @@
+"""Region selection (paper 3.4; Algorithm 1, lines 1 and 5): the budget, RANDOM, NONE-OR-ALL, MAX and MDC.
+
+The parts, in the order a selection runs through them:
+
+- :mod:`~crowdtk.selection.config`: :class:`SelectConfig` (the settings, validated) and :class:`Selection` (the result).
+- :mod:`~crowdtk.selection.checks`: earlier rounds' files and strip vectors, read and refused when they do not fit the pool.
+- :mod:`~crowdtk.selection.budget`: the candidate cells of an image and how many each image gets, counted in area.
+- :mod:`~crowdtk.selection.streams`: the keyed random streams every random choice is drawn from.
+- :mod:`~crowdtk.selection.strategies`: random / none-or-all / max / mdc, the regions records, :func:`select_regions`.
+- :mod:`~crowdtk.selection.mdc` and :mod:`~crowdtk.selection.gmm`: MDC and the batched EM it fits.
+- :mod:`~crowdtk.selection.run`: :func:`select_files`, from the files ``crowdtk select`` is given.
+"""
+
+from crowdtk.selection.budget import cell_grid, draw_whole_images, fill_area, round_half_up, spread_area
+from crowdtk.selection.checks import Exclusion, check_exclusion, check_vectors, read_exclusion
+from crowdtk.selection.config import CHUNK, ENGINES, SHAPES, STRATEGIES, WARMUP, SelectConfig, Selection
+from crowdtk.selection.gmm import gmm_numpy, gmm_sklearn, kmeans_plusplus
+from crowdtk.selection.mdc import MdcPick, mdc_batch
+from crowdtk.selection.run import SelectRun, select_files
+from crowdtk.selection.streams import image_keys, keyed_uniforms
+from crowdtk.selection.strategies import select_regions
+
+__all__ = [
+    "CHUNK", "ENGINES", "SHAPES", "STRATEGIES", "WARMUP",
+    "Exclusion", "MdcPick", "SelectConfig", "SelectRun", "Selection",
+    "cell_grid", "check_exclusion", "check_vectors", "draw_whole_images", "fill_area", "gmm_numpy", "gmm_sklearn",
+    "image_keys", "keyed_uniforms", "kmeans_plusplus", "mdc_batch", "read_exclusion", "round_half_up",
+    "select_files", "select_regions", "spread_area",
+]

@@ -1,0 +1,57 @@
+"""``select`` from the files the user names: the vectors and earlier rounds read and checked, then :func:`select_regions`.
+
+This is the one library call behind ``crowdtk select``: the command parses its options and
+the manifest, calls :func:`select_files`, and writes and reports what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crowdtk.files import STDIO, file_digest
+from crowdtk.formats import ManifestEntry, load_vectors
+from crowdtk.selection.checks import check_vectors, read_exclusion
+from crowdtk.selection.config import SelectConfig, Selection
+from crowdtk.selection.strategies import select_regions
+
+
+@dataclass
+class SelectRun:
+    """A selection and what its regions file's header records about it."""
+
+    selection: Selection
+    config: SelectConfig  # as run: the scale resolved from the vectors when not given
+    manifest_sha256: str | None  # None: the manifest came from stdin
+
+    def header_fields(self) -> dict[str, Any]:
+        """The regions header's fields after the provenance (docs/formats.md), in their order."""
+        c, s = self.config, self.selection
+        return dict(budget=c.budget, strip_frac=c.strip_frac, scale=c.scale, shape=c.shape, manifest_sha256=self.manifest_sha256,
+                    pool_images=s.pool_images, pool_area=s.pool_area, area_fraction=s.area_fraction,
+                    cumulative_area_fraction=s.cumulative_area_fraction)
+
+
+def select_files(entries: Sequence[ManifestEntry], manifest: str, config: SelectConfig, *, scale: float | None = None,
+                 vectors: str | os.PathLike[str] | None = None, exclude: Sequence[str | os.PathLike[str]] = (),
+                 on_progress: Callable[[int], None] | None = None) -> SelectRun:
+    """Select from the pool ``entries`` of the manifest file ``manifest`` ('-': stdin).
+
+    ``scale`` replaces ``config.scale``; None takes the vectors' scale (else 1), so that cells
+    match the strips the vectors describe without repeating --scale. ``exclude``: regions or
+    labels files of earlier rounds."""
+    digest = None if manifest == STDIO else file_digest(manifest)
+    data = None
+    vectors_header: dict[str, Any] = {}
+    if vectors is not None:
+        vectors_header, data = load_vectors(vectors)
+    config = dataclasses.replace(config, scale=float(vectors_header.get("scale", 1.0)) if scale is None else scale)
+    config.validate()  # before the vectors are compared with the settings
+    if data is not None:
+        check_vectors(vectors_header, data, str(vectors), digest, manifest, entries, config)
+    exclusions = [read_exclusion(path) for path in exclude]
+    selection = select_regions(entries, config, data, exclusions, manifest_name=manifest, on_progress=on_progress)
+    return SelectRun(selection, config, digest)
