@@ -23,3 +23,8 @@ class CrowdtkError(Exception):
 
 class UsageError(CrowdtkError):
     """A command line that cannot be run as given (exit code 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as after Ctrl-C: finished work is kept,
+    temporary files are removed, and the command exits 143 with a message."""

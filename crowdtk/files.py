@@ -66,7 +66,11 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            # What --force replaces may be a file: rmtree leaves a file in place (and would ignore the error).
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
         else:
             os.replace(tmp, final)
     finally:

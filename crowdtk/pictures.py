@@ -250,7 +250,9 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     predictor = Predictor(load_counter(checkpoint), max_side=max_side)
     density, sx, sy = predictor.density(image)
     predicted = float(density.sum(dtype=np.float64))
-    density_per_cell = density / (sx * sy)  # a model cell covers (8/sx)×(8/sy) original pixels
+    # A model cell covers (8/sx)×(8/sy) original pixels, so its heads per 8×8 original pixels are its
+    # count times sx·sy (dividing, as before, drew a --scale 0.5 counter's map 16× too high).
+    density_per_cell = density * (sx * sy)
 
     panel = _panel_width(width, height, 5.0, max_height=6.0)
     fig = _figure(3 * panel, _height_for(width, height, panel, extra=1.2))

@@ -56,6 +56,15 @@ class LoadedModel:
     def input_scale(self) -> float:
         return float(self.header.get("input_scale", 1.0))
 
+    @property
+    def unfinished(self) -> str | None:
+        """Why this checkpoint is of a training run that did not finish (None when it did, or is older than the flag)."""
+        if self.header.get("finished", True):
+            return None
+        planned = (self.header.get("training") or {}).get("epochs", "?")
+        return (f"{self.path}: the checkpoint of an unfinished training run (epoch {self.header.get('epochs_done', '?')} of "
+                f"{planned}); continue it with 'crowdtk train … --resume' (or warmup), or pass a finished checkpoint")
+
 
 def load_counter(path: str | os.PathLike[str]) -> LoadedModel:
     """Rebuild the counter a checkpoint was trained as (CAP, if present, is not needed to predict)."""

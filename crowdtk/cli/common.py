@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from crowdtk.errors import CrowdtkError, UsageError
+from crowdtk.errors import CrowdtkError, Terminated, UsageError
 
 # --------------------------------------------------------------------------- messages
 
@@ -69,15 +71,34 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) while a command runs, so it cleans up as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a subcommand: turn errors into one stderr line and exit code 1 (2 for usage errors)."""
+    """Decorate a subcommand: turn errors into one stderr line and exit code 1 (2 for usage errors;
+    130 after Ctrl-C and 143 after SIGTERM, both once temporary files are removed)."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             verbose = bool(kwargs.get("verbose", False))
             try:
-                return func(*args, **kwargs)
+                with _sigterm_unwinds():
+                    return func(*args, **kwargs)
             except (typer.Exit, typer.Abort, SystemExit):
                 raise
             except CrowdtkError as exc:
@@ -85,9 +106,11 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
                     traceback.print_exc(file=sys.stderr)
                 sys.stderr.write(f"crowdtk {command}: error: {_one_line(str(exc))}\n")
                 raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
-            except KeyboardInterrupt:
-                sys.stderr.write(f"crowdtk {command}: interrupted\n")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+                how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+                detail = f" {exc}" if str(exc) else ""  # e.g. train: "after epoch 3; continue with --resume"
+                sys.stderr.write(f"crowdtk {command}: {how}{detail}\n")
+                raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
             except BrokenPipeError:
                 # A downstream `head` closed the pipe: not an error of ours.
                 raise typer.Exit(0) from None

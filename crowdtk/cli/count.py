@@ -41,7 +41,10 @@ def command(
     if overlay_dir is not None:
         check_output_free(overlay_dir, force)
     paths = expand_inputs(inputs)
-    predictor = Predictor(load_counter(checkpoint), device=device.value, max_side=max_side)
+    loaded = load_counter(checkpoint)
+    if loaded.unfinished:
+        log.warn(loaded.unfinished)
+    predictor = Predictor(loaded, device=device.value, max_side=max_side)
     skipped: list[str] = []
     n_images = sum(1 for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES)
     # Overlays are built in a temporary folder that replaces --overlay only when every input was counted.

@@ -46,7 +46,10 @@ def command(
     _, entries = read_manifest(manifest)
     if not entries:
         raise CrowdtkError(f"{name}: no images", "index a data set with images first")
-    predictor = Predictor(load_counter(checkpoint), device=device.value, max_side=max_side, feature_cache=feature_cache)
+    loaded = load_counter(checkpoint)
+    if loaded.unfinished:
+        log.warn(loaded.unfinished)
+    predictor = Predictor(loaded, device=device.value, max_side=max_side, feature_cache=feature_cache)
     procs = Processes.from_env()
     procs.start(predictor.device)
     with log.progress(len(entries[procs.rank::procs.world]), "evaluating") as advance:

@@ -20,15 +20,17 @@ from crowdtk.train_config import TrainConfig
 
 def run_training(command: str, labels: Path, output: Path, config: TrainConfig, init: Path | None,
                  resume: bool, device: str, force: bool, log: Log, model_given: bool = True) -> None:
-    from crowdtk.checkpoint import init_model, state_path
+    from crowdtk.checkpoint import init_model, read_header, state_path
     from crowdtk.train import EpochReport, train
 
     if init is not None:
         config = replace(config, model=init_model(init, config.model if model_given else None))
     if not resume:
-        check_output_free(output, force)
+        # The resumable state first: "pass --force" alone would throw an interrupted run's epochs away.
         if state_path(output).exists() and not force:
-            raise CrowdtkError(f"{state_path(output)}: a training state exists", "pass --resume to continue it, or --force to start anew")
+            raise CrowdtkError(f"{state_path(output)}: an unfinished or earlier run's training state exists",
+                               "continue it with --resume, or pass --force to start anew")
+        check_output_free(output, force)
     provenance = Provenance(command, {"labels": labels, "init": init, **asdict(config)}, seed=config.seed)
     with log.progress(config.epochs, f"{command} epochs") as advance:
         def on_epoch(report: "EpochReport") -> None:
@@ -37,8 +39,13 @@ def run_training(command: str, labels: Path, output: Path, config: TrainConfig, 
             val = "-" if report.val_mae is None else f"{report.val_mae:.2f}"
             log.info(f"epoch {report.epoch}/{report.epochs}: loss {report.train_loss:.4f}, val MAE {val}{mark}")
 
-        result = train(labels, output, config, provenance, init=str(init) if init else None, resume=resume,
-                       device=device, on_epoch=on_epoch)
+        try:
+            result = train(labels, output, config, provenance, init=str(init) if init else None, resume=resume,
+                           device=device, on_epoch=on_epoch)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: every finished epoch is saved
+            done = read_header(state_path(output)).get("epochs_done", 0) if state_path(output).exists() else 0
+            raise type(exc)(f"after epoch {done} of {config.epochs}; continue with --resume" if done
+                            else "before the first epoch finished; nothing was saved") from None
     sup = result.supervision
     if sup["heads_labeled"] and sup["heads_supervised"] < 0.995 * sup["heads_labeled"]:
         log.warn(f"only {sup['heads_supervised']} of the {sup['heads_labeled']} labeled heads lie in supervised cells: the regions' "

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from crowdtk.cap import TrainNet
-from crowdtk.checkpoint import load_tensors, save_tensors, state_path
+from crowdtk.checkpoint import load_tensors, read_header, save_tensors, state_path
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
 from crowdtk.files import file_digest
@@ -141,7 +141,7 @@ def train(
     def header(epochs_done: int) -> dict[str, Any]:
         return checkpoint_header(provenance, model=counter.name, model_config=counter.config, cap=config.cap, training=asdict(config),
                                  labels_sha256=labels_sha256, epochs_done=epochs_done, best_val_mae=progress.best_val_mae,
-                                 val_on=val_on, supervision=supervision)
+                                 val_on=val_on, supervision=supervision, finished=epochs_done >= config.epochs)
 
     # The epochs. Every random choice of the epoch comes from (seed, epoch, ...): a resumed run repeats it.
     kept = progress.epochs_done > 0 and Path(output).exists()  # a checkpoint of this run (or the run it resumes) is in output
@@ -194,6 +194,10 @@ def train(
         procs.barrier()
         if on_epoch:
             on_epoch(EpochReport(epoch + 1, config.epochs, train_loss, val_mae, progress.best_val_mae, improved))
+    # The kept epoch (keep="best") may be an earlier one, saved as unfinished then: the run is finished now.
+    if procs.writer and Path(output).exists() and not read_header(output).get("finished", True):
+        kept_header, kept_tensors = load_tensors(output)
+        save_tensors(output, kept_tensors, {**kept_header, "finished": True})
     return TrainResult(epochs_done=config.epochs, best_val_mae=progress.best_val_mae, val_on=val_on, history=progress.history,
                        supervision=supervision, features_computed=cache.computed if cache is not None else 0)
 
