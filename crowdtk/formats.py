@@ -126,9 +126,10 @@ def regions_header(provenance: Provenance, *, budget: float, strip_frac: float, 
             "cumulative_area_fraction": cumulative_area_fraction}
 
 
-def labels_header(provenance: Provenance, regions_sha256: str | None) -> dict[str, Any]:
-    """``regions_sha256``: the digest of the regions file the labels answer (None when it came on stdin)."""
-    return {**make_header(LABELS, provenance), "regions_sha256": regions_sha256}
+def labels_header(provenance: Provenance, regions_sha256: str | None, manifest_sha256: str | None = None) -> dict[str, Any]:
+    """``regions_sha256``: the digest of the regions file the labels answer (None when it came on stdin);
+    ``manifest_sha256``: the pool's manifest, from the regions header (so that --merge can refuse another pool's labels)."""
+    return {**make_header(LABELS, provenance), "regions_sha256": regions_sha256, "manifest_sha256": manifest_sha256}
 
 
 def export_header(provenance: Provenance, regions_sha256: str | None) -> dict[str, Any]:
@@ -354,11 +355,16 @@ def _require(record: dict[str, Any], spec: dict[str, type | tuple[type, ...]], s
             raise CrowdtkError(f"{where}: field '{name}' has the wrong type", "fix or regenerate the file")
 
 
-def _resolve(base: Path | None, value: str) -> str:
-    """Relative paths inside an artifact are relative to the artifact's folder."""
+def _resolve(base: Path | None, value: str, source: str, record: dict[str, Any]) -> str:
+    """Relative paths inside an artifact are relative to the artifact's folder. Read from stdin
+    (``base`` None) the folder is unknown: a relative path is refused rather than resolved against the
+    working directory, where it would silently name another file."""
     p = Path(value)
-    if p.is_absolute() or base is None:
+    if p.is_absolute():
         return str(p)
+    if base is None:
+        raise CrowdtkError(f"{source}:{record.get('_line', '?')}: relative path '{value}' read from stdin, where the folder it is "
+                           "relative to is unknown", "pass the file itself instead of '-', or write absolute paths into it")
     return str(base / p)
 
 
@@ -396,8 +402,8 @@ class ManifestEntry:
             raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width, height or count", "fix or regenerate the file")
         return cls(
             id=record["id"],
-            image=_resolve(base, record["image"]),
-            points=_resolve(base, points) if points is not None else None,
+            image=_resolve(base, record["image"], source, record),
+            points=_resolve(base, points, source, record) if points is not None else None,
             width=record["width"],
             height=record["height"],
             count=record["count"],
@@ -410,6 +416,13 @@ def _read_entries(path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin
     header, records = read_jsonl(path, fmt, stdin=stdin)
     base = None if str(path) == STDIO else Path(path).resolve().parent
     source = "<stdin>" if str(path) == STDIO else str(path)
+    first_line: dict[Any, Any] = {}
+    for r in records:  # one record per image: a repeated one would be trained on, exported and counted twice
+        image_id = r.get("id")
+        if isinstance(image_id, str) and image_id in first_line:
+            raise CrowdtkError(f"{source}:{r['_line']}: image '{image_id}' is listed twice (also on line {first_line[image_id]})",
+                               "remove the repeated record, or regenerate the file")
+        first_line.setdefault(image_id, r["_line"])
     return header, [entry_type.from_record(r, source, base) for r in records]
 
 
@@ -448,8 +461,8 @@ class DensityEntry:
             source,
         )
         values = {f.name: record[f.name] for f in fields(cls)}
-        values["density"] = _resolve(base, record["density"])
-        values["image"] = _resolve(base, record["image"])
+        values["density"] = _resolve(base, record["density"], source, record)
+        values["image"] = _resolve(base, record["image"], source, record)
         values["sum"] = float(record["sum"])
         return cls(**values)
 
@@ -565,7 +578,15 @@ class LabelsEntry:
             raise CrowdtkError(f"{where}: 'points' must be a list of [x, y] pairs", "fix or regenerate the file")
         if not np.isfinite(points).all():
             raise CrowdtkError(f"{where}: points are NaN or infinite", "fix the labels")
-        return cls(record["id"], _resolve(base, record["image"]), record["sha256"], record["width"], record["height"], regions, points)
+        # numpy would read "12.5" as 12.5: a coordinate written as a string is a foreign or hand-edited file.
+        if raw and any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for pair in raw for v in pair):
+            raise CrowdtkError(f"{where}: 'points' holds a coordinate that is not a number", "write each point as [x, y] numbers")
+        off = (points[:, 0] < 0) | (points[:, 0] > record["width"]) | (points[:, 1] < 0) | (points[:, 1] > record["height"])
+        if off.any():
+            x, y = points[off][0]
+            raise CrowdtkError(f"{where}: point ({x:g}, {y:g}) lies outside the {record['width']}x{record['height']} image "
+                               f"({int(off.sum())} such point(s))", "fix the labels, or import them again")
+        return cls(record["id"], _resolve(base, record["image"], source, record), record["sha256"], record["width"], record["height"], regions, points)
 
 
 def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LabelsEntry]]:
@@ -622,7 +643,7 @@ class RegionsEntry:
             {k: v for k, v in r.items() if k not in {"x0", "x1", "y0", "y1"}} if isinstance(r, dict) else {}
             for r in record["regions"]
         )
-        return cls(record["id"], _resolve(base, record["image"]), record["sha256"], record["width"], record["height"],
+        return cls(record["id"], _resolve(base, record["image"], source, record), record["sha256"], record["width"], record["height"],
                    record["strategy"], regions, details)
 
 

@@ -186,3 +186,114 @@ def test_force_over_a_file_with_a_folder_leaves_no_old_copy(tmp_path: Path) -> N
     result = runner.invoke(app, ["synth", "-o", str(out), "--train", "2", "--test", "1", "--width", "64", "--height", "64", "-q", "--force"])
     assert result.exit_code == 0, result.output
     assert out.is_dir() and hidden_leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 9. strip-cap checks what it strips
+
+
+def test_strip_cap_refuses_a_file_that_is_no_counter_and_warns_when_there_is_no_cap(tmp_path: Path) -> None:
+    from crowdtk.checkpoint import load_tensors
+
+    real = small_checkpoint(tmp_path / "plain.safetensors")
+    header, _ = load_tensors(real)
+    payload = tmp_path / "payload.safetensors"
+    save_tensors(payload, {"payload": torch.zeros(3)}, header)  # a checkpoint header over foreign tensors
+    out = tmp_path / "out.safetensors"
+    result = runner.invoke(app, ["strip-cap", str(payload), "-o", str(out)])
+    assert result.exit_code == 1 and str(payload) in result.stderr and "do not fit" in result.stderr
+    assert not out.exists()
+    result = runner.invoke(app, ["strip-cap", str(real), "-o", str(out)])
+    assert result.exit_code == 0 and "has no CAP module to remove" in result.stderr
+    with_cap = small_checkpoint(tmp_path / "cap.safetensors", cap=True)
+    result = runner.invoke(app, ["strip-cap", str(with_cap), "-o", str(tmp_path / "stripped.safetensors")])
+    assert result.exit_code == 0 and "warning" not in result.stderr and "removed 1 CAP tensor" in result.stderr
+
+
+# --------------------------------------------------------------------------- 3. paths read from stdin
+
+
+def relative_pool(root: Path) -> Path:
+    """A manifest whose image paths are relative to its own folder, as synth writes them."""
+    assert runner.invoke(app, ["synth", "-o", str(root), "--train", "2", "--test", "1", "--width", "96", "--height", "64", "-q"]).exit_code == 0
+    manifest = root / "test" / "manifest.jsonl"
+    assert '"image": "images/' in manifest.read_text()
+    return manifest
+
+
+@pytest.mark.parametrize("command", ["eval", "select", "vectors"])
+def test_a_relative_path_read_from_stdin_is_refused_with_a_fix(tmp_path: Path, command: str) -> None:
+    manifest = relative_pool(tmp_path / "syn")
+    ckpt = small_checkpoint(tmp_path / "m.safetensors")
+    out = tmp_path / "out.jsonl"
+    args = {"eval": ["eval", str(ckpt), "-"], "select": ["select", "-", "-o", str(out)],
+            "vectors": ["vectors", str(ckpt), "-", "-o", str(tmp_path / "v.npz")]}[command]
+    result = runner.invoke(app, args, input=manifest.read_text())
+    assert result.exit_code == 1, result.output
+    assert "<stdin>:2: relative path 'images/" in result.stderr and "instead of '-'" in result.stderr
+    assert not out.exists() and not (tmp_path / "v.npz").exists()
+
+
+def test_vectors_reads_an_absolute_manifest_from_stdin_and_records_its_digest(tmp_path: Path) -> None:
+    from crowdtk.files import file_digest
+    from crowdtk.formats import load_vectors
+
+    manifest = image_pool(tmp_path)  # index writes absolute paths
+    ckpt = small_checkpoint(tmp_path / "m.safetensors")
+    result = runner.invoke(app, ["vectors", str(ckpt), "-", "-o", str(tmp_path / "v.npz"), "-q"], input=manifest.read_text())
+    assert result.exit_code == 0, result.output
+    header, _ = load_vectors(tmp_path / "v.npz")
+    assert header["manifest_sha256"] == file_digest(manifest)  # so select --vectors accepts them with the manifest file
+    selected = runner.invoke(app, ["select", str(manifest), "--strategy", "mdc", "--vectors", str(tmp_path / "v.npz"),
+                                   "-o", str(tmp_path / "r.jsonl"), "-q"])
+    assert selected.exit_code == 0, selected.output
+
+
+# --------------------------------------------------------------------------- 4. duplicates and foreign data
+
+
+def test_a_repeated_record_names_its_file_and_lines(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
+    def doubled(source: Path) -> tuple[Path, int]:
+        lines = source.read_text().splitlines()
+        out = tmp_path / source.name
+        out.write_text("\n".join([*lines, lines[1]]) + "\n")
+        return out, len(lines) + 1
+
+    labels, labels_line = doubled(labeled_pool["labels"])
+    regions, regions_line = doubled(labeled_pool["labels"].parent / "regions.jsonl")
+    for command, path, line in ((["train", str(labels), "-o", str(tmp_path / "m.safetensors")], labels, labels_line),
+                                (["export", str(regions), "--to", "labelme", "-o", str(tmp_path / "x")], regions, regions_line),
+                                (["import", str(regions), "--oracle", str(labeled_pool["manifest"]), "-o", str(tmp_path / "l.jsonl")],
+                                 regions, regions_line)):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert f"{path}:{line}: image " in result.stderr and "listed twice (also on line 2)" in result.stderr
+    assert not any((tmp_path / name).exists() for name in ("m.safetensors", "x", "l.jsonl"))
+
+
+def test_merge_refuses_another_pools_labels(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    manifest = image_pool(other, n=3, size=(64, 96))
+    regions, labels = other / "regions.jsonl", other / "labels.jsonl"
+    for args in (["select", str(manifest), "--budget", "0.5", "--strip-frac", "0.25", "--seed", "3", "-o", str(regions), "-q"],
+                 ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]):
+        assert runner.invoke(app, args).exit_code == 0
+    ours = labeled_pool["labels"].parent / "regions.jsonl"
+    out = tmp_path / "merged.jsonl"
+    result = runner.invoke(app, ["import", str(ours), "--oracle", str(labeled_pool["manifest"]), "--merge", str(labels), "-o", str(out)])
+    assert result.exit_code == 1 and f"{labels}: labels of another pool" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("point, message", [(["12.5", 3.0], "not a number"), ([500.0, 3.0], "outside the 96x64 image")])
+def test_a_foreign_point_in_a_labels_file_is_an_error_naming_the_line(labeled_pool: dict[str, Path], tmp_path: Path,
+                                                                      point: list, message: str) -> None:
+    import json
+
+    lines = labeled_pool["labels"].read_text().splitlines()
+    record = json.loads(lines[1])
+    record["points"] = [*record["points"], point]
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
+    result = runner.invoke(app, ["train", str(bad), "-o", str(tmp_path / "m.safetensors")])
+    assert result.exit_code == 1 and f"{bad}:2:" in result.stderr and message in result.stderr, result.output

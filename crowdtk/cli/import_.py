@@ -13,8 +13,8 @@ from crowdtk.cli.options import Force, OutputFile, Quiet, Verbose
 from crowdtk.cli.options import Regions, Tool
 from crowdtk.errors import UsageError
 from crowdtk.files import STDIO, check_output_free, file_digest
-from crowdtk.formats import Provenance, labels_header, read_labels, read_manifest, read_regions, write_jsonl
-from crowdtk.labeling import import_round
+from crowdtk.formats import Provenance, labels_header, read_manifest, read_regions, write_jsonl
+from crowdtk.labeling import earlier_rounds, import_round
 
 
 @run_command("import")
@@ -45,8 +45,9 @@ def command(
         raise UsageError(f"PATH {path} is given with --oracle", "drop PATH, or use --from FORMAT PATH instead of --oracle")
     check_output_free(output, force)
     regions_name = "<stdin>" if regions == STDIO else regions
-    _, entries = read_regions(regions)
-    earlier = [(str(p), read_labels(p)[1]) for p in merge or []]
+    regions_header, entries = read_regions(regions)
+    pool = regions_header.get("manifest_sha256")
+    earlier = earlier_rounds(merge or [], pool, str(regions_name))
     manifest = read_manifest(oracle)[1] if oracle is not None else None
     # Only the oracle reports progress (a tool's output is read in one go).
     progress = log.progress(len(entries), "oracle labels") if oracle is not None else contextlib.nullcontext(None)
@@ -57,7 +58,7 @@ def command(
         log.warn(note)
     params = params_of(regions=regions, path=path, source=source.value if source else None, oracle=oracle,
                        merge=[str(p) for p in merge or []], allow_missing=allow_missing)
-    header = labels_header(Provenance("import", params), None if regions == STDIO else file_digest(regions))
+    header = labels_header(Provenance("import", params), None if regions == STDIO else file_digest(regions), pool)
     write_jsonl(output, header, (e.to_record() for e in labeled.labels))
     done = f"{labeled.result.heads} heads in {labeled.regions} regions of {len(labeled.result.entries)} images"
     if labeled.pool_area is not None:

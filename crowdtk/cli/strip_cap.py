@@ -22,8 +22,12 @@ def command(
 ) -> None:
     """Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only."""
     from crowdtk.checkpoint import strip_cap
+    from crowdtk.predict import load_counter
 
     log = Log("strip-cap", quiet, verbose)
     check_output_free(output, force)
+    load_counter(checkpoint)  # refuse what eval refuses: a header naming no model, weights that do not fit it
     header = strip_cap(checkpoint, output)
+    if not header["removed_tensors"]:
+        log.warn(f"{checkpoint}: has no CAP module to remove (trained without --cap, or stripped already); {output} is the same counter")
     log.info(f"wrote {output}: removed {len(header['removed_tensors'])} CAP tensor(s)")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import sys
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +15,7 @@ from crowdtk.cli.common import Log, run_command
 from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, Quiet, SkipBad, Verbose
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance, read_manifest, save_vectors, vectors_header
-from crowdtk.files import check_output_free, file_digest
+from crowdtk.files import STDIO, check_output_free, file_digest
 from crowdtk.geometry import check_scale
 from crowdtk.predict_config import VectorsConfig
 
@@ -28,7 +32,7 @@ def excluded_ids(path: Path, entries: list, manifest: Path) -> set[str]:
 @run_command("vectors")
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="The warm-up counter's checkpoint.", show_default=False)],
-    manifest: Annotated[Path, typer.Argument(help="Manifest of the pool (a file: its digest is recorded).", show_default=False)],
+    manifest: Annotated[Path, typer.Argument(help="Manifest of the pool; '-' reads stdin. Its digest is recorded (select checks it).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Vectors file to write (.npz).", show_default=False)],
     exclude: Annotated[Optional[Path], typer.Option(help="Regions or labels file whose images are skipped (already labeled); it must be of this pool (same ids and image digests). [default: none]")] = None,
     levels: Annotated[int, typer.Option(help="Levels L of the multi-level density vector.")] = VectorsConfig.levels,
@@ -48,7 +52,9 @@ def command(
 
     log = Log("vectors", quiet, verbose)
     check_output_free(output, force)
-    _, entries = read_manifest(manifest)
+    manifest_text = sys.stdin.read() if str(manifest) == STDIO else None  # read once: for the records and the digest
+    _, entries = read_manifest(manifest, stdin=io.StringIO(manifest_text) if manifest_text is not None else None)
+    manifest_sha256 = file_digest(manifest) if manifest_text is None else hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
     if not entries:
         raise CrowdtkError(f"{manifest}: no images", "index a data set with images first")
     if exclude is not None:
@@ -69,7 +75,7 @@ def command(
     params = {"checkpoint": checkpoint, "manifest": manifest, "exclude": exclude, "levels": levels, "strip_frac": strip_frac,
               "scale": scale, "skip_bad": skip_bad}
     header = vectors_header(Provenance("vectors", params), levels=levels, strip_frac=strip_frac, scale=scale,
-                            manifest_sha256=file_digest(manifest), checkpoint_sha256=file_digest(checkpoint),
+                            manifest_sha256=manifest_sha256, checkpoint_sha256=file_digest(checkpoint),
                             model=predictor.loaded.header.get("model", {}).get("name"), skipped=skipped)
     save_vectors(output, header, data)
     log.info(f"wrote {output}: {len(data.vectors)} strips of {len(data.ids)} images, {data.vectors.shape[1]} numbers each")

@@ -31,7 +31,7 @@ from crowdtk.labeling import crops, cvat, labelme, labelstudio
 from crowdtk.labeling.common import INDEX, INSTRUCTION, README, ExportSummary, LabelingTool, export_names, index_record, readme, write_json, write_text
 from crowdtk.labeling.crops import crop_stem
 from crowdtk.labeling.cvat import parse_xml_safely
-from crowdtk.labeling.labels import ImportRound, merge_labels, oracle_labels
+from crowdtk.labeling.labels import ImportRound, earlier_rounds, merge_labels, oracle_labels
 from crowdtk.labeling.labelstudio import labelstudio_config
 from crowdtk.labeling.reading import ImportResult, assemble, image_reference
 
@@ -50,7 +50,7 @@ _cvat_xml = cvat.cvat_xml
 _labelme_record = labelme.labelme_record
 _labelstudio_task = labelstudio.labelstudio_task
 
-__all__ = ["FORMATS", "INSTRUCTION", "TOOLS", "ExportSummary", "ImportResult", "ImportRound", "crop_stem", "export_names",
+__all__ = ["FORMATS", "INSTRUCTION", "TOOLS", "ExportSummary", "ImportResult", "ImportRound", "crop_stem", "earlier_rounds", "export_names",
            "export_regions", "image_reference", "import_labels", "import_round", "labelstudio_config", "merge_labels",
            "oracle_labels", "parse_xml_safely", "tool"]
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from crowdtk.data import read_points_on_image
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import LabelsEntry, ManifestEntry, RegionsEntry
+from crowdtk.formats import LabelsEntry, ManifestEntry, RegionsEntry, read_labels
 from crowdtk.labeling.common import Found
 from crowdtk.labeling.reading import ImportResult, assemble, whole
 
@@ -130,3 +131,18 @@ class ImportRound:
     @property
     def labels_heads(self) -> int:
         return sum(len(e.points) for e in self.labels)
+
+
+def earlier_rounds(paths: Sequence[str | Path], pool: str | None, regions_name: str) -> list[tuple[str, list[LabelsEntry]]]:
+    """The labels files of earlier rounds (import --merge), refused when one is of another pool than
+    this round's regions (``pool``: their manifest_sha256). Files from before the field was recorded
+    are taken as they are."""
+    rounds = []
+    for path in paths:
+        header, labels = read_labels(path)
+        other = header.get("manifest_sha256")
+        if pool and other and other != pool:
+            raise CrowdtkError(f"{path}: labels of another pool (their manifest_sha256 differs from {regions_name}'s)",
+                               "merge the labels of earlier rounds over the same manifest")
+        rounds.append((str(path), labels))
+    return rounds
