@@ -56,7 +56,7 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
     after the new folder is complete.
     """
     final = Path(path)
-    check_output_free(final, force)
+    check_output_free(final, force, folder=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
@@ -78,12 +78,25 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output_free(path: str | os.PathLike[str], force: bool) -> None:
-    """Refuse to overwrite an existing output unless the user said ``--force``."""
+def check_output_free(path: str | os.PathLike[str], force: bool, folder: bool = False) -> None:
+    """Before any work: refuse to overwrite an existing output unless ``--force``, and refuse an output that
+    cannot be written (a folder where a file goes, or the reverse; the working folder itself; a folder
+    without write permission), so that no stage finds out only after its work is done."""
     if str(path) == STDIO:
         return
-    if Path(path).exists() and not force:
+    p = Path(path)
+    if p.exists() and not force:
         raise CrowdtkError(f"{path}: output already exists", "choose another path, or pass --force to replace it")
+    if not folder and p.is_dir():
+        raise CrowdtkError(f"{path}: is a folder, and this output is a file", "name the output file, e.g. DIR/out.jsonl")
+    resolved = p.resolve()
+    if folder and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved.parent == resolved):
+        raise CrowdtkError(f"{path}: is the working folder (or holds it), which cannot be replaced", "name a new folder for the output")
+    parent = next(q for q in [resolved.parent, *resolved.parent.parents] if q.exists())  # the folders below it are made
+    if not parent.is_dir():
+        raise CrowdtkError(f"{path}: {parent} is a file, not a folder", "choose an output path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CrowdtkError(f"{path}: no permission to write in {parent}", "choose a folder you can write to, or change its permissions")
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

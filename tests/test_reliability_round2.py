@@ -297,3 +297,53 @@ def test_a_foreign_point_in_a_labels_file_is_an_error_naming_the_line(labeled_po
     bad.write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
     result = runner.invoke(app, ["train", str(bad), "-o", str(tmp_path / "m.safetensors")])
     assert result.exit_code == 1 and f"{bad}:2:" in result.stderr and message in result.stderr, result.output
+
+
+# --------------------------------------------------------------------------- 5. ordinary filesystem errors
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(labeled_pool: dict[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root every folder is writable, so the permission is simulated; the check is os.access's."""
+    import os
+
+    from crowdtk import vectors
+
+    ran = []
+    monkeypatch.setattr(vectors, "compute_vectors", lambda *a, **k: ran.append(1))
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    ckpt = small_checkpoint(tmp_path / "m.safetensors")
+    result = runner.invoke(app, ["vectors", str(ckpt), str(labeled_pool["manifest"]), "-o", str(locked / "v.npz")])
+    assert result.exit_code == 1 and f"no permission to write in {locked}" in result.stderr and not ran
+
+
+def test_a_folder_where_a_file_goes_and_the_working_folder_are_refused(labeled_pool: dict[str, Path], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    result = runner.invoke(app, ["select", str(labeled_pool["manifest"]), "-o", str(folder), "--force"])
+    assert result.exit_code == 1 and f"{folder}: is a folder, and this output is a file" in result.stderr
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["synth", "-o", ".", "--force", "--train", "2", "--test", "1"])
+    assert result.exit_code == 1 and "is the working folder" in result.stderr and "unexpected" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_a_full_disk_is_a_one_line_error_with_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import crowdtk.checkpoint as checkpoint
+
+    def full(tensors, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    ckpt = small_checkpoint(tmp_path / "m.safetensors", cap=True)
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    result = runner.invoke(app, ["strip-cap", str(ckpt), "-o", str(tmp_path / "s.safetensors")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("\n") == 1 and "No space left on device (the disk is full" in result.stderr
+    assert "unexpected" not in result.stderr and not (tmp_path / "s.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -9,6 +9,7 @@ with ``--verbose``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import signal
 import sys
@@ -66,6 +67,19 @@ class Log:
             yield lambda n=1: bar.advance(task, n)
 
 
+# Ordinary filesystem failures are the user's to fix, not bugs of ours: the one-line error with a fix.
+_FILESYSTEM_FIXES = {
+    errno.EACCES: "choose a folder you can write to, or change its permissions",
+    errno.EPERM: "choose a folder you can write to, or change its permissions",
+    errno.EROFS: "the file system is read-only: write the output elsewhere",
+    errno.ENOSPC: "the disk is full: free space, or write the output elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded: free space, or write the output elsewhere",
+    errno.EISDIR: "a folder is in the way: name a file",
+    errno.ENOTDIR: "a file is in the way: a folder of the path is a file",
+    errno.ENOENT: "check the path; its folder must exist",
+}
+
+
 def _one_line(message: str) -> str:
     """An error is one stderr line: a multi-line message from a library (torch's, say) is joined."""
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -114,6 +128,15 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
             except BrokenPipeError:
                 # A downstream `head` closed the pipe: not an error of ours.
                 raise typer.Exit(0) from None
+            except OSError as exc:
+                fix = _FILESYSTEM_FIXES.get(exc.errno)
+                if fix is None:
+                    raise
+                if verbose:
+                    traceback.print_exc(file=sys.stderr)
+                where = f"{exc.filename}: " if exc.filename else ""
+                sys.stderr.write(f"crowdtk {command}: error: {where}{exc.strerror or exc} ({fix})\n")
+                raise typer.Exit(1) from None
             except Exception as exc:  # an unexpected failure is still one readable line
                 if verbose:
                     traceback.print_exc(file=sys.stderr)

@@ -39,7 +39,7 @@ def command(
 
     log = Log("count", quiet, verbose)
     if overlay_dir is not None:
-        check_output_free(overlay_dir, force)
+        check_output_free(overlay_dir, force, folder=True)
     paths = expand_inputs(inputs)
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
