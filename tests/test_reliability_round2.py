@@ -347,3 +347,32 @@ def test_a_full_disk_is_a_one_line_error_with_a_fix(tmp_path: Path, monkeypatch:
     assert result.stderr.count("\n") == 1 and "No space left on device (the disk is full" in result.stderr
     assert "unexpected" not in result.stderr and not (tmp_path / "s.safetensors").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- 8. runs of one command compute alike
+
+
+def test_the_cpu_backward_is_chosen_once_per_machine_and_shape(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under load the timing flipped between two runs of one command; the first choice is remembered."""
+    from crowdtk.train import cpu
+
+    answers = iter([True, False, False])
+    timed = []
+    monkeypatch.setattr(cpu, "_phase_split_is_faster", lambda *a: timed.append(1) or next(answers))
+    net = TrainNet(build_model("lite", pretrained=False), cap=False)
+    example = cpu.example_batch((1, 3, 64, 64), (8, 8))
+    assert cpu.speed_up_cpu_training(net, example) is True
+    assert cpu.speed_up_cpu_training(TrainNet(build_model("lite", pretrained=False), cap=False), example) is True  # not timed again
+    assert timed == [1] and cpu.choices_path().exists()
+    other = cpu.example_batch((2, 3, 64, 96), (8, 12))  # another batch shape is its own question
+    assert cpu.speed_up_cpu_training(net, other) is False and timed == [1, 1]
+
+
+def test_the_checkpoint_records_the_backward_it_trained_with(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
+    from crowdtk.checkpoint import read_header
+
+    out = tmp_path / "m.safetensors"
+    result = runner.invoke(app, ["train", str(labeled_pool["labels"]), "--model", "lite", "--no-pretrained", "--crop", "32",
+                                 "--batch-size", "2", "--epochs", "1", "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert isinstance(read_header(out)["cpu_phase_split"], bool)

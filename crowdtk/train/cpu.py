@@ -8,12 +8,19 @@ run's batch shape; bench/run.py's training stage compares the chosen settings wi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import platform
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from crowdtk.files import atomic_path
 from crowdtk.models import SameConv2d
 from crowdtk.runtime import retain_freed_memory
 from crowdtk.train.steps import freeze_batchnorm
@@ -23,20 +30,62 @@ def speed_up_cpu_training(net: nn.Module, example: tuple[torch.Tensor, torch.Ten
     """CPU settings for training ``net`` on batches shaped like ``example`` (input, labeled mask); returns
     whether the dilated depthwise convolutions use ``models.phase_split_conv`` in training.
 
-    ``phase_split=None`` times both ways on this batch shape (the gain differs from CPU to CPU, and
-    may be a loss); a resumed run passes its first choice, so it repeats the same arithmetic."""
+    ``phase_split=None`` takes this machine's choice for this network and batch shape, timing both ways
+    the first time (the gain differs from CPU to CPU, and may be a loss) and remembering the result, so
+    that every later run of the command computes alike even when the machine is busy; a resumed run
+    passes its first choice, so it repeats the same arithmetic."""
     retain_freed_memory()
     convs = [m for m in net.modules() if isinstance(m, SameConv2d) and m._phased and m.weight.requires_grad]
     if not convs:
         return False
     if phase_split is None:
-        phase_split = _phase_split_is_faster(net, convs, example)
+        phase_split = _remembered_choice(convs, example, lambda: _phase_split_is_faster(net, convs, example))
     for m in convs:
         m.phase_split_backward = phase_split
     return phase_split
 
 
 PHASE_SPLIT_MARGIN = 1.2
+CHOICES_FILE = "cpu-phase-split.json"
+
+
+def choices_path() -> Path:
+    """Where this machine's choices are kept: $CROWDTK_CACHE_DIR, else the user's cache folder."""
+    root = os.environ.get("CROWDTK_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crowdtk")
+    return Path(root) / CHOICES_FILE
+
+
+def _machine() -> str:
+    """The CPU, as far as its speed on these kernels goes: its model name, oneDNN's ISA, torch, the threads."""
+    model = platform.processor()
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _remembered_choice(convs: list[SameConv2d], example: tuple[torch.Tensor, torch.Tensor], measure: Callable[[], bool]) -> bool:
+    """The choice recorded for this machine, network and batch shape, else ``measure()``, recorded.
+    A cache that cannot be read or written only costs the timing again."""
+    shapes = [(m.in_channels, m.out_channels, m.kernel_size, m.dilation, m.groups) for m in convs]
+    key = hashlib.sha256(json.dumps([_machine(), list(example[0].shape), list(example[1].shape), shapes], default=str).encode()).hexdigest()
+    path = choices_path()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), bool):
+        return known[key]
+    choice = measure()
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({**known, key: choice}, indent=1), encoding="utf-8")
+    except OSError:
+        pass
+    return choice
 
 
 def example_batch(x_shape: tuple[int, ...], cells: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

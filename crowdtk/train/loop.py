@@ -141,7 +141,8 @@ def train(
     def header(epochs_done: int) -> dict[str, Any]:
         return checkpoint_header(provenance, model=counter.name, model_config=counter.config, cap=config.cap, training=asdict(config),
                                  labels_sha256=labels_sha256, epochs_done=epochs_done, best_val_mae=progress.best_val_mae,
-                                 val_on=val_on, supervision=supervision, finished=epochs_done >= config.epochs)
+                                 val_on=val_on, supervision=supervision, finished=epochs_done >= config.epochs,
+                                 cpu_phase_split=progress.cpu_phase_split)
 
     # The epochs. Every random choice of the epoch comes from (seed, epoch, ...): a resumed run repeats it.
     kept = progress.epochs_done > 0 and Path(output).exists()  # a checkpoint of this run (or the run it resumes) is in output

@@ -43,8 +43,7 @@ def save_state(path: str | Path, net: TrainNet, optimizer: torch.optim.Optimizer
         for name, value in slots.items():
             tensors[f"optim.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in optim_state["param_groups"]]
-    save_tensors(path, tensors, {**header, "history": progress.history, "optimizer_groups": groups, "state": True,
-                                 "cpu_phase_split": progress.cpu_phase_split})
+    save_tensors(path, tensors, {**header, "history": progress.history, "optimizer_groups": groups, "state": True})
 
 
 def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: TrainNet, optimizer: torch.optim.Optimizer) -> Progress:
