@@ -64,7 +64,41 @@ def check_image_size(width: int, height: int, source: str) -> None:
         )
 
 
+# The largest image crowdtk decodes whole: 100 Mpx is 300 MB as RGB. Larger images are indexed from
+# their file header and refused with a clear error where a stage would decode them whole.
+MAX_DECODED_PIXELS = 100_000_000
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) from the image file's header, without decoding its pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    # crowdtk decodes with OpenCV, never with PIL: PIL's decompression-bomb guard (which refuses even to
+    # open a 20000x20000 file) has nothing to guard here, and MAX_DECODED_PIXELS is the limit instead.
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:  # reads the header only; pixels are decoded on access
+            return im.size
+    except FileNotFoundError:
+        raise CrowdtkError(f"{path}: image not found", "check the path, or re-run crowdtk index") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise CrowdtkError(f"{path}: not a readable image", "check that the file is a complete JPEG/PNG image, or remove it") from None
+
+
+def check_decodable(width: int, height: int, source: str, fix: str) -> None:
+    """Refuse, before decoding, an image too large to hold in memory whole (MAX_DECODED_PIXELS)."""
+    if width * height > MAX_DECODED_PIXELS:
+        raise CrowdtkError(f"{source}: image is {width}x{height} px ({width * height / 1e6:.0f} Mpx), more than the "
+                           f"{MAX_DECODED_PIXELS / 1e6:.0f} Mpx crowdtk decodes whole", fix)
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image whole (RGB), after checking from its header that it is not too large to."""
+    try:
+        width, height = image_size(path)
+    except CrowdtkError:
+        width = height = 0  # missing or unreadable: the lines below say which
+    check_decodable(width, height, str(path), "cut it into parts of at most 10000x10000 px, or leave it out")
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crowdtk.data import IMAGE_SUFFIXES, POINT_SUFFIXES, check_image_size, inside, read_image, read_points
+from crowdtk.data import (IMAGE_SUFFIXES, MAX_DECODED_PIXELS, POINT_SUFFIXES, check_image_size, image_size, inside, read_image,
+                          read_points)
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry
 from crowdtk.files import file_digest
@@ -66,8 +67,9 @@ def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
 
 
 def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) -> tuple[ManifestEntry, int]:
-    decoded = read_image(image)
-    height, width = decoded.shape[:2]
+    width, height = image_size(image)
+    if width * height <= MAX_DECODED_PIXELS:  # decoded to find truncated files; a larger one only by its header
+        height, width = read_image(image).shape[:2]
     check_image_size(width, height, str(image))
     if points_path is None or not points_path.exists():
         raise CrowdtkError(f"{points_path}: annotation file for {image.name} not found", "add it, or pass --skip-bad to leave the image out")

@@ -376,3 +376,40 @@ def test_the_checkpoint_records_the_backward_it_trained_with(labeled_pool: dict[
                                  "--batch-size", "2", "--epochs", "1", "-q", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert isinstance(read_header(out)["cpu_phase_split"], bool)
+
+
+# --------------------------------------------------------------------------- 1. one very large image
+
+
+def peak_rss_mb(args: list[str]) -> tuple[int, str, float]:
+    """Run a crowdtk command in a child process: exit code, stderr, the child's peak resident memory (MB)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.stderr.write(p.stderr); sys.exit(p.returncode)")
+    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "crowdtk", *args], capture_output=True, text=True)
+    return done.returncode, done.stderr, float(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_20000_px_image_is_indexed_from_its_header_and_refused_by_training(tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "points").mkdir()
+    Image.new("1", (20000, 20000)).save(data / "images" / "huge.png")  # 1 bit per pixel: a few MB on disk, 1.2 GB decoded
+    (data / "points" / "huge.txt").write_text("100 100\n15000 12000\n")
+    manifest = tmp_path / "manifest.jsonl"
+    code, stderr, rss = peak_rss_mb(["index", str(data), "-o", str(manifest), "-q"])
+    assert code == 0, stderr
+    assert '"width": 20000, "height": 20000' in manifest.read_text() and rss < 600
+    regions, labels = tmp_path / "regions.jsonl", tmp_path / "labels.jsonl"
+    assert runner.invoke(app, ["select", str(manifest), "--budget", "0.1", "-o", str(regions), "-q"]).exit_code == 0
+    assert runner.invoke(app, ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]).exit_code == 0
+    for command in (["warmup", str(labels), "-o", str(tmp_path / "m.safetensors"), "--no-pretrained", "--epochs", "1"],
+                    ["train", str(labels), "-o", str(tmp_path / "m.safetensors"), "--no-pretrained", "--epochs", "1",
+                     "--freeze", "encoder", "--scale", "0.5"]):
+        code, stderr, rss = peak_rss_mb(command)
+        assert code == 1 and "huge.png: image is 20000x20000 px (400 Mpx), more than the 100 Mpx" in stderr, stderr
+        assert rss < 1500 and not (tmp_path / "m.safetensors").exists()
