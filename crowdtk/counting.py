@@ -53,16 +53,20 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     from crowdtk.data import IMAGE_SUFFIXES
 
     out: list[Path] = []
+    subfolders = False
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if p.is_dir():  # its files only: a folder's subfolders are not searched
             out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES))
+            subfolders = subfolders or any(q.is_dir() for q in p.iterdir())
         elif p.exists():
             out.append(p)
         else:
             raise CrowdtkError(f"{item}: no such file or folder", "check the path")
     if not out:
-        raise CrowdtkError("no images or videos found in " + ", ".join(inputs), "pass image files, folders of images, or videos")
+        raise CrowdtkError("no images or videos found in " + ", ".join(inputs),
+                           "count does not look into subfolders: pass them too (e.g. DIR/*/)" if subfolders
+                           else "pass image files, folders of images, or videos")
     return out
 
 

@@ -163,7 +163,7 @@ def generate_densities(
             if not skip_bad:
                 raise CrowdtkError(*outcome)
             if skipped is not None:
-                skipped.append(str(CrowdtkError(*outcome)))
+                skipped.append(CrowdtkError(*outcome).as_skipped())
         else:
             results.append(outcome)
         if on_progress:

@@ -8,6 +8,8 @@ contradict each other or miss a partner) exits 2, as Click's own usage errors do
 
 from __future__ import annotations
 
+import re
+
 
 class CrowdtkError(Exception):
     """A data or runtime problem the user can fix."""
@@ -19,6 +21,11 @@ class CrowdtkError(Exception):
 
     def __str__(self) -> str:
         return f"{self.what} ({self.fix})" if self.fix else self.what
+
+    def as_skipped(self) -> str:
+        """The message for a list of skipped inputs (--skip-bad): the fix without "pass --skip-bad", which was."""
+        fix = re.sub(r"(,? or )?pass --skip-bad[^,;)]*", "", self.fix).strip(" ,;")
+        return f"{self.what} ({fix})" if fix else self.what
 
 
 class UsageError(CrowdtkError):

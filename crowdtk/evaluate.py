@@ -127,7 +127,7 @@ def evaluate_manifest(predictor: Predictor, entries: list[ManifestEntry], name: 
         except CrowdtkError as exc:
             if not skip_bad:
                 raise
-            skipped.append(str(exc))
+            skipped.append(exc.as_skipped())
     entries = good
     if not skip_bad:
         results = evaluate(predictor, entries, on_progress=on_progress, shard=(procs.rank, procs.world))
@@ -137,7 +137,7 @@ def evaluate_manifest(predictor: Predictor, entries: list[ManifestEntry], name: 
             try:
                 results.extend(evaluate(predictor, [entry]))
             except CrowdtkError as exc:
-                skipped.append(str(exc))
+                skipped.append(exc.as_skipped())
             if on_progress:
                 on_progress(1)
     if procs.world > 1:

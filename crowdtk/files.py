@@ -106,3 +106,10 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_inputs_exist(*paths: str | os.PathLike[str] | None) -> None:
+    """Before the seconds torch takes to import: every named input file exists ('-' and None pass)."""
+    for path in paths:
+        if path is not None and str(path) != STDIO and not Path(path).exists():
+            raise CrowdtkError(f"{path}: no such file", "check the path")

@@ -30,6 +30,7 @@ class IndexResult:
     entries: list[ManifestEntry]
     dropped_points: dict[str, int] = field(default_factory=dict)  # image id -> points off the image
     skipped: list[str] = field(default_factory=list)  # "path: why" for images left out by --skip-bad
+    ignored: list[str] = field(default_factory=list)  # files beside the images that are not images of the data set
 
 
 def _natural_key(path: Path) -> list:
@@ -38,6 +39,17 @@ def _natural_key(path: Path) -> list:
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural_key)
+
+
+def _is_preview(image: Path, root: Path) -> bool:
+    """``2_ann.png`` beside ``2.jpg`` and ``2_ann.mat`` (UCF_CC_50): a picture of an annotation, not an image of the set."""
+    stem = image.stem
+    return stem.endswith("_ann") and (root / f"{stem}.mat").exists() and not (root / f"{stem}_ann.mat").exists()
+
+
+def previews(root: Path) -> list[str]:
+    """The annotation pictures ``find_pairs`` leaves out of a UCF_CC_50 folder."""
+    return [img.name for img in _images_in(root) if _is_preview(img, root)] if root.is_dir() else []
 
 
 def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
@@ -56,7 +68,7 @@ def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
         return "generic", pairs
     ucf = [img for img in _images_in(root) if (root / f"{img.stem}_ann.mat").exists()]
     if ucf:
-        return "ucf_cc_50", [(img, root / f"{img.stem}_ann.mat") for img in _images_in(root)]
+        return "ucf_cc_50", [(img, root / f"{img.stem}_ann.mat") for img in _images_in(root) if not _is_preview(img, root)]
     hint = ""
     if (root / "train_data").is_dir() or (root / "test_data").is_dir():
         hint = f"; it holds splits: index {root / 'train_data'} or {root / 'test_data'}"
@@ -110,7 +122,7 @@ def build_manifest(
     if not pairs:
         raise CrowdtkError(f"{root}: no images found", "check the folder")
     rel = Path(relative_to) if relative_to is not None else None
-    result = IndexResult(layout=layout, entries=[])
+    result = IndexResult(layout=layout, entries=[], ignored=previews(root) if layout == "ucf_cc_50" else [])
 
     def work(pair: tuple[Path, Path | None]) -> tuple[ManifestEntry, int] | CrowdtkError:
         try:
@@ -127,7 +139,7 @@ def build_manifest(
             if isinstance(outcome, CrowdtkError):
                 if not skip_bad:
                     raise outcome
-                result.skipped.append(str(outcome))
+                result.skipped.append(outcome.as_skipped())
                 continue
             entry, dropped = outcome
             if entry.id in ids:

@@ -66,7 +66,7 @@ def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: 
             if not skip_bad:
                 raise
             if skipped is not None:
-                skipped.append(str(exc))
+                skipped.append(exc.as_skipped())
             rows = None
         if rows is not None:
             for x0, x1, vector, count in rows:

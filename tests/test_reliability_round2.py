@@ -413,3 +413,55 @@ def test_a_20000_px_image_is_indexed_from_its_header_and_refused_by_training(tmp
         code, stderr, rss = peak_rss_mb(command)
         assert code == 1 and "huge.png: image is 20000x20000 px (400 Mpx), more than the 100 Mpx" in stderr, stderr
         assert rss < 1500 and not (tmp_path / "m.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- 10. smaller ones
+
+
+def test_a_skipped_image_is_not_told_to_pass_skip_bad(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    image_pool(tmp_path)  # data/ with one good image
+    (data / "images" / "bad.png").write_bytes(b"not an image")
+    (data / "points" / "bad.txt").write_text("1 1\n")
+    result = runner.invoke(app, ["index", str(data), "--skip-bad", "-o", str(tmp_path / "m2.jsonl")])
+    assert result.exit_code == 0 and "skipped" in result.stderr and "bad.png" in result.stderr
+    assert "--skip-bad" not in result.stderr
+
+
+def test_ucf_annotation_pictures_are_ignored_with_one_warning(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in (1, 2):
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+        import scipy.io
+
+        scipy.io.savemat(tmp_path / f"{i}_ann.mat", {"annPoints": np.array([[10.0, 10.0], [20.0, 30.0]])})
+    cv2.imwrite(str(tmp_path / "2_ann.png"), np.zeros((64, 80, 3), np.uint8))  # a density preview, as UCF_CC_50 ships
+    result = runner.invoke(app, ["index", str(tmp_path), "-o", str(tmp_path / "m.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "ignored 1 annotation picture(s), not images of the data set: 2_ann.png" in result.stderr
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 3
+
+
+def test_count_says_that_it_does_not_look_into_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "day1").mkdir()
+    cv2.imwrite(str(tmp_path / "day1" / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    ckpt = small_checkpoint(tmp_path / "m.safetensors")
+    result = runner.invoke(app, ["count", str(ckpt), str(tmp_path)])
+    assert result.exit_code == 1 and "does not look into subfolders" in result.stderr
+
+
+def test_a_budget_too_small_for_one_region_is_said(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["select", str(labeled_pool["manifest"]), "--budget", "1e-9", "-o", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 0 and "nothing was selected" in result.stderr
+
+
+def test_a_missing_input_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from crowdtk.cli import app\n"
+            "try:\n    app(['eval', sys.argv[1], sys.argv[1]], prog_name='crowdtk')\n"
+            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
+    assert done.stdout.split() == ["1", "False"], done.stdout + done.stderr
+    assert "missing.safetensors: no such file" in done.stderr

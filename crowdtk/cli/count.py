@@ -12,7 +12,7 @@ import typer
 from crowdtk.cli.common import Log, run_command
 from crowdtk.cli.options import Device, Force, MaxSide, Quiet, SkipBad, Verbose
 from crowdtk.errors import CrowdtkError
-from crowdtk.files import atomic_dir, atomic_path, check_output_free
+from crowdtk.files import atomic_dir, atomic_path, check_inputs_exist, check_output_free
 from crowdtk.formats import dumps_record
 from crowdtk.predict_config import PredictConfig
 
@@ -20,7 +20,7 @@ from crowdtk.predict_config import PredictConfig
 @run_command("count")
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders of images, or video files.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders of images (not their subfolders), or video files.", show_default=False)],
     overlay_dir: Annotated[Optional[Path], typer.Option("--overlay", help="Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). [default: none]")] = None,
     max_side: MaxSide = PredictConfig.max_side,
     device: Device = "auto",
@@ -34,6 +34,7 @@ def command(
     A prediction that is NaN or infinite is printed as "count": null, with a warning. A bad image or
     video stops the command unless --skip-bad, which leaves it out with a warning.
     """
+    check_inputs_exist(checkpoint)
     from crowdtk.counting import VIDEO_SUFFIXES, count_inputs, expand_inputs, overlay
     from crowdtk.predict import Predictor, load_counter
 
@@ -54,8 +55,8 @@ def command(
             if isinstance(item, CrowdtkError):
                 if not skip_bad:
                     raise item
-                skipped.append(str(item))
-                log.warn(f"skipped {item}")
+                skipped.append(item.as_skipped())
+                log.warn(f"skipped {item.as_skipped()}")
                 continue
             if not item.finite:
                 where = item.record.get("image") or f"{item.record['video']} frame {item.record['frame']}"

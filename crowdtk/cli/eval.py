@@ -11,7 +11,7 @@ import typer
 from crowdtk.cli.common import Log, run_command
 from crowdtk.cli.options import Device, FeatureCache, Force, Manifest, MaxSide, Quiet, SkipBad, Verbose
 from crowdtk.errors import CrowdtkError
-from crowdtk.files import STDIO, atomic_path, check_output_free
+from crowdtk.files import STDIO, atomic_path, check_inputs_exist, check_output_free
 from crowdtk.formats import read_manifest
 from crowdtk.predict_config import PredictConfig
 
@@ -35,6 +35,7 @@ def command(
     An image whose prediction is NaN or infinite is reported (a warning, and "non_finite" in --json)
     and left out of the averages; when no prediction is finite the command fails.
     """
+    check_inputs_exist(checkpoint, manifest)
     from crowdtk.evaluate import evaluate_manifest, results_csv
     from crowdtk.predict import Predictor, load_counter
     from crowdtk.runtime import Processes

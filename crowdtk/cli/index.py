@@ -29,6 +29,8 @@ def command(
     check_output_free(output, force)
     with log.progress(None, "indexing") as advance:
         result = build_manifest(root, workers=workers, skip_bad=skip_bad, on_progress=advance)
+    if result.ignored:
+        log.warn(f"ignored {len(result.ignored)} annotation picture(s), not images of the data set: {', '.join(result.ignored[:5])}")
     for problem in result.skipped:
         log.warn(f"skipped {problem}")
     if result.dropped_points:

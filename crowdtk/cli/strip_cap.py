@@ -9,7 +9,7 @@ import typer
 
 from crowdtk.cli.common import Log, run_command
 from crowdtk.cli.options import Force, Quiet, Verbose
-from crowdtk.files import check_output_free
+from crowdtk.files import check_inputs_exist, check_output_free
 
 
 @run_command("strip-cap")
@@ -21,6 +21,7 @@ def command(
     verbose: Verbose = False,
 ) -> None:
     """Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only."""
+    check_inputs_exist(checkpoint)
     from crowdtk.checkpoint import strip_cap
     from crowdtk.predict import load_counter
 

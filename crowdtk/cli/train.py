@@ -15,11 +15,12 @@ from crowdtk.cli.options import (
 )
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance
-from crowdtk.files import check_output_free
+from crowdtk.files import check_inputs_exist, check_output_free
 from crowdtk.train_config import TrainConfig
 
 def run_training(command: str, labels: Path, output: Path, config: TrainConfig, init: Path | None,
                  resume: bool, device: str, force: bool, log: Log, model_given: bool = True) -> None:
+    check_inputs_exist(labels, init)
     from crowdtk.checkpoint import init_model, read_header, state_path
     from crowdtk.train import EpochReport, train
 

@@ -15,7 +15,7 @@ from crowdtk.cli.common import Log, run_command
 from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, Quiet, SkipBad, Verbose
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance, read_manifest, save_vectors, vectors_header
-from crowdtk.files import STDIO, check_output_free, file_digest
+from crowdtk.files import STDIO, check_inputs_exist, check_output_free, file_digest
 from crowdtk.geometry import check_scale
 from crowdtk.predict_config import VectorsConfig
 
@@ -47,6 +47,7 @@ def command(
     verbose: Verbose = False,
 ) -> None:
     """Predict each image with the warm-up counter and describe each strip by its multi-level density vector."""
+    check_inputs_exist(checkpoint, manifest, exclude)
     from crowdtk.predict import Predictor, load_counter
     from crowdtk.vectors import compute_vectors
 

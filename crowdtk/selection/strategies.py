@@ -100,7 +100,10 @@ def select_regions(
     picks = _PICKERS[config.strategy](job)
     out, cells_placed, expected = _records(job, plan, picks, grids)
     area = sum(e.area for e in out)
-    return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, expected, plan.notes)
+    notes = list(plan.notes)
+    if area == 0 and config.budget > 0:
+        notes.append(f"the budget of {100 * config.budget:g}% of the pool's area is less than one region: nothing was selected")
+    return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, expected, notes)
 
 
 # --------------------------------------------------------------------------- records
