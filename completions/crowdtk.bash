@@ -8,7 +8,7 @@
 _crowdtk_positional()
 {
     case "$1" in
-        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap eval count bench demo show" ;;
+        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap eval count bench demo show labels" ;;
         "index") echo "file" ;;
         "gen-density") echo "file" ;;
         "synth") echo "none" ;;
@@ -24,6 +24,8 @@ _crowdtk_positional()
         "bench") echo "none" ;;
         "demo") echo "none" ;;
         "show") echo "file" ;;
+        "labels") echo "choice diff" ;;
+        "labels diff") echo "file" ;;
         *) echo "none" ;;
     esac
 }
@@ -36,7 +38,7 @@ _crowdtk_options()
         "index") echo "--force --help --output --quiet --skip-bad --verbose --workers -h -o -q -v" ;;
         "gen-density") echo "--adaptive --beta --force --help --k-nearest --output --quiet --sigma --skip-bad --stride --verbose --workers -h -o -q -v" ;;
         "synth") echo "--crowd --force --height --help --output --quiet --seed --test --train --verbose --width --workers -h -o -q -v" ;;
-        "select") echo "--budget --engine --exclude --force --help --n-init --output --quiet --scale --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
+        "select") echo "--budget --budget-heads --engine --exclude --force --help --n-init --output --quiet --scale --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
         "export") echo "--force --help --image-url --link --output --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
         "warmup") echo "--backbone-weights --batch-size --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
@@ -45,9 +47,11 @@ _crowdtk_options()
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
         "eval") echo "--csv --device --feature-cache --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
         "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
-        "bench") echo "--batch-size --budget --budgets --cpu-bf16 --crop --device --feature-cache --freeze --help --lr --methods --model --no-cpu-bf16 --output --quiet --scale --seeds --shapes --steps --strip-frac --test --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "bench") echo "--batch-size --budget --budgets --check --cpu-bf16 --crop --device --feature-cache --freeze --help --lr --methods --model --no-cpu-bf16 --output --quiet --scale --seeds --shapes --steps --strip-frac --test --tolerance --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
         "demo") echo "--batch-size --budget --cpu-bf16 --crop --device --help --methods --model --no-cpu-bf16 --output --quiet --seed --seeds --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
+        "labels") echo "--help -h" ;;
+        "labels diff") echo "--help --quiet --verbose -h -q -v" ;;
     esac
 }
 
@@ -73,6 +77,7 @@ _crowdtk_value()
         "synth|--seed") echo "none" ;;
         "synth|--workers") echo "none" ;;
         "select|--budget") echo "none" ;;
+        "select|--budget-heads") echo "none" ;;
         "select|--strategy") echo "choice random none-or-all max mdc" ;;
         "select|-o"|"select|--output") echo "file" ;;
         "select|--vectors") echo "file" ;;
@@ -163,6 +168,8 @@ _crowdtk_value()
         "bench|--warmup-frac") echo "none" ;;
         "bench|--strip-frac") echo "none" ;;
         "bench|--val-frac") echo "none" ;;
+        "bench|--check") echo "file" ;;
+        "bench|--tolerance") echo "none" ;;
         "bench|--device") echo "choice auto cpu cuda" ;;
         "demo|-o"|"demo|--output") echo "file" ;;
         "demo|--budget") echo "none" ;;

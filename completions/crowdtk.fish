@@ -23,6 +23,7 @@ complete -c crowdtk -n '__fish_use_subcommand' -a count -d 'Print one JSON line 
 complete -c crowdtk -n '__fish_use_subcommand' -a bench -d 'Run the paper\'s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
 complete -c crowdtk -n '__fish_use_subcommand' -a demo -d 'Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
 complete -c crowdtk -n '__fish_use_subcommand' -a show -d 'Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
+complete -c crowdtk -n '__fish_use_subcommand' -a labels -d 'Work with labels files: compare two labelings of the same regions (review rounds).'
 
 # crowdtk index
 complete -c crowdtk -n '__fish_seen_subcommand_from index' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
@@ -64,7 +65,8 @@ complete -c crowdtk -n '__fish_seen_subcommand_from synth' -s v -l verbose -d 'M
 complete -c crowdtk -n '__fish_seen_subcommand_from synth' -s h -l help -d 'Show this message and exit.'
 
 # crowdtk select
-complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget -x -d 'Labeling budget: the fraction of the pool\'s area to label, in (0, 1]; with --exclude, of all rounds together.'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget -x -d 'Labeling budget: the fraction of the pool\'s area to label, in (0, 1]; with --exclude, of all rounds together. [default: 0.1]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget-heads -x -d 'A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file\'s regions reach N; --exclude leaves earlier rounds\' images out without subtracting their heads. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l strategy -x -a 'random none-or-all max mdc' -d 'random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper\'s clustering).'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l vectors -r -F -d 'Strip vectors from \'crowdtk vectors\' over this manifest (needed by max and mdc). [default: none]'
@@ -234,6 +236,8 @@ complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l feature-cache -r -
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l warmup-frac -x -d 'Share of the images in the warm-up round (max, mdc).'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l strip-frac -x -d 'Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l val-frac -x -d 'Share of each method\'s labeled images held out (validation only reports: the checkpoint is the last epoch\'s).'
+complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l check -r -F -d 'A results.json to gate on (CI): exit 1 when a method\'s mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l tolerance -x -d 'With --check: the MAE growth allowed, relative to the baseline\'s (0.05 = 5%). [default: 0.05]'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l device -x -a 'auto cpu cuda' -d 'Where the network runs (auto picks CUDA when present).'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
@@ -272,3 +276,13 @@ complete -c crowdtk -n '__fish_seen_subcommand_from show' -s q -l quiet -d 'No p
 complete -c crowdtk -n '__fish_seen_subcommand_from show' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from show' -s h -l help -d 'Show this message and exit.'
 complete -c crowdtk -n '__fish_seen_subcommand_from show' -F
+
+# crowdtk labels
+complete -c crowdtk -n '__fish_seen_subcommand_from labels; and not __fish_seen_subcommand_from diff' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from labels; and not __fish_seen_subcommand_from diff' -a diff -d 'Per region, the head points B added, removed and moved against A.'
+
+# crowdtk labels diff
+complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -F

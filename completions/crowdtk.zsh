@@ -4,6 +4,37 @@
 #
 # Use: put this file on $fpath as _crowdtk (then compinit), or source it after compinit.
 
+_crowdtk_labels_diff() {
+    _arguments -s -S \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:a:_files' \
+        '2:b:_files'
+}
+
+_crowdtk_labels() {
+    local curcontext="$curcontext" state line ret=1
+    typeset -A opt_args
+    local -a commands
+    commands=(
+        'diff:Per region, the head points B added, removed and moved against A.'
+    )
+    _arguments -C -s -S \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1: :->command' \
+        '*:: :->args' && ret=0
+    case $state in
+        command)
+            _describe -t commands 'crowdtk labels command' commands && ret=0 ;;
+        args)
+            case $words[1] in
+                diff) _crowdtk_labels_diff && ret=0 ;;
+            esac ;;
+    esac
+    return ret
+}
+
 _crowdtk_show() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[PNG file to write.]:path:_files' \
@@ -65,6 +96,8 @@ _crowdtk_bench() {
         '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
         '--val-frac[Share of each method'\''s labeled images held out (validation only reports: the checkpoint is the last epoch'\''s).]:float: ' \
+        '--check[A results.json to gate on (CI): exit 1 when a method'\''s mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. \[default: none\]]:path:_files' \
+        '--tolerance[With --check: the MAE growth allowed, relative to the baseline'\''s (0.05 = 5%). \[default: 0.05\]]:float range: ' \
         '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
@@ -222,7 +255,8 @@ _crowdtk_export() {
 
 _crowdtk_select() {
     _arguments -s -S \
-        '--budget[Labeling budget: the fraction of the pool'\''s area to label, in (0, 1\]; with --exclude, of all rounds together.]:float: ' \
+        '--budget[Labeling budget: the fraction of the pool'\''s area to label, in (0, 1\]; with --exclude, of all rounds together. \[default: 0.1\]]:float: ' \
+        '--budget-heads[A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file'\''s regions reach N; --exclude leaves earlier rounds'\'' images out without subtracting their heads. \[default: none\]]:n: ' \
         '--strategy[random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
         '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:str:_files' \
         '--vectors[Strip vectors from '\''crowdtk vectors'\'' over this manifest (needed by max and mdc). \[default: none\]]:path:_files' \
@@ -307,6 +341,7 @@ _crowdtk() {
         'bench:Run the paper'\''s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
         'demo:Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
         'show:Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
+        'labels:Work with labels files: compare two labelings of the same regions (review rounds).'
     )
     _arguments -C -s -S \
         '--version[Print the version and exit.]' \
@@ -333,6 +368,7 @@ _crowdtk() {
                 bench) _crowdtk_bench && ret=0 ;;
                 demo) _crowdtk_demo && ret=0 ;;
                 show) _crowdtk_show && ret=0 ;;
+                labels) _crowdtk_labels && ret=0 ;;
             esac ;;
     esac
     return ret

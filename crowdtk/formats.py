@@ -38,6 +38,7 @@ SYNTH_CONFIG = "synth-config"
 LABELING_EXPORT = "labeling-export"  # the index.json of an `export` folder
 BENCH_RESULTS = "bench-results"  # results.json of `crowdtk bench`
 DEMO_REPORT = "demo-report"  # report.json of `crowdtk demo`
+BENCH_CHECK = "bench-check"  # check.json of `crowdtk bench --check`
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
@@ -50,6 +51,7 @@ FORMAT_VERSIONS: dict[str, int] = {
     LABELING_EXPORT: 1,
     BENCH_RESULTS: 1,
     DEMO_REPORT: 1,
+    BENCH_CHECK: 1,
 }
 
 
@@ -121,11 +123,14 @@ def checkpoint_header(provenance: Provenance, *, model: str, model_config: dict[
             "val_on": val_on, "supervision": supervision or {}, "finished": finished, "cpu_phase_split": cpu_phase_split}
 
 
-def regions_header(provenance: Provenance, *, budget: float, strip_frac: float, scale: float, shape: str, manifest_sha256: str | None,
-                   pool_images: int, pool_area: int, area_fraction: float, cumulative_area_fraction: float) -> dict[str, Any]:
+def regions_header(provenance: Provenance, *, budget: float | None, strip_frac: float, scale: float, shape: str, manifest_sha256: str | None,
+                   pool_images: int, pool_area: int, area_fraction: float, cumulative_area_fraction: float,
+                   budget_heads: float | None = None, expected_heads: float | None = None) -> dict[str, Any]:
+    """``budget_heads`` and ``expected_heads`` are written only with a head budget (``budget`` is then None)."""
+    heads = {} if budget_heads is None else {"budget_heads": budget_heads, "expected_heads": expected_heads}
     return {**make_header(REGIONS, provenance), "budget": budget, "strip_frac": strip_frac, "scale": scale, "shape": shape,
             "manifest_sha256": manifest_sha256, "pool_images": pool_images, "pool_area": pool_area, "area_fraction": area_fraction,
-            "cumulative_area_fraction": cumulative_area_fraction}
+            "cumulative_area_fraction": cumulative_area_fraction, **heads}
 
 
 def labels_header(provenance: Provenance, regions_sha256: str | None, manifest_sha256: str | None = None) -> dict[str, Any]:
@@ -137,6 +142,11 @@ def labels_header(provenance: Provenance, regions_sha256: str | None, manifest_s
 def export_header(provenance: Provenance, regions_sha256: str | None) -> dict[str, Any]:
     """The index.json of an export folder; ``regions_sha256`` as in :func:`labels_header`."""
     return {**make_header(LABELING_EXPORT, provenance), "regions_sha256": regions_sha256}
+
+
+def bench_check_header(provenance: Provenance, *, baseline: str, baseline_sha256: str, tolerance: float) -> dict[str, Any]:
+    """check.json of ``bench --check``: the baseline results.json it compared against (path and digest) and the tolerance."""
+    return {**make_header(BENCH_CHECK, provenance), "baseline": baseline, "baseline_sha256": baseline_sha256, "tolerance": tolerance}
 
 
 def stripped_checkpoint_header(header: dict[str, Any], source: str, command: str, removed: list[str]) -> dict[str, Any]:
@@ -418,13 +428,15 @@ def _read_entries(path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin
     header, records = read_jsonl(path, fmt, stdin=stdin)
     base = None if str(path) == STDIO else Path(path).resolve().parent
     source = "<stdin>" if str(path) == STDIO else str(path)
-    first_line: dict[Any, Any] = {}
+    first_line: dict[str, int] = {}
     for r in records:  # one record per image: a repeated one would be trained on, exported and counted twice
         image_id = r.get("id")
-        if isinstance(image_id, str) and image_id in first_line:
+        if not isinstance(image_id, str):  # the record's own reader names a missing or mistyped id
+            continue
+        if image_id in first_line:
             raise CrowdtkError(f"{source}:{r['_line']}: image '{image_id}' is listed twice (also on line {first_line[image_id]})",
                                "remove the repeated record, or regenerate the file")
-        first_line.setdefault(image_id, r["_line"])
+        first_line[image_id] = r["_line"]
     return header, [entry_type.from_record(r, source, base) for r in records]
 
 
@@ -591,8 +603,8 @@ class LabelsEntry:
         return cls(record["id"], _resolve(base, record["image"], source, record), record["sha256"], record["width"], record["height"], regions, points)
 
 
-def read_labels(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LabelsEntry]]:
-    return _read_entries(path, LABELS, LabelsEntry)
+def read_labels(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[LabelsEntry]]:
+    return _read_entries(path, LABELS, LabelsEntry, stdin)
 
 
 @dataclass(frozen=True)
@@ -649,8 +661,8 @@ class RegionsEntry:
                    record["strategy"], regions, details)
 
 
-def read_regions(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[RegionsEntry]]:
-    return _read_entries(path, REGIONS, RegionsEntry)
+def read_regions(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[RegionsEntry]]:
+    return _read_entries(path, REGIONS, RegionsEntry, stdin)
 
 
 # --------------------------------------------------------------------------- strip vectors

@@ -154,7 +154,11 @@ def test_cap_counter_and_strip_cap(name: str) -> None:
         with_cap = model(x, mask)
         stripped = strip_cap(model)
         after = stripped(x)
-    assert stripped is counter and not any(k.startswith("cap") for k in stripped.state_dict())
+    # stripped: the counter's weights, every one as it was in the CAP model, and none of CAP's
+    trained = model.state_dict()
+    assert set(stripped.state_dict()) == {k.removeprefix("counter.") for k in trained if k.startswith("counter.")}
+    assert all(torch.equal(v, trained[f"counter.{k}"]) for k, v in stripped.state_dict().items())
+    assert not any(k.startswith("cap") for k in stripped.state_dict())
     assert torch.equal(plain, after)
     assert torch.equal(plain, counter(x))
     assert with_cap.shape == plain.shape

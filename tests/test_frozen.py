@@ -9,26 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from crowdtk.checkpoint import load_tensors, read_header
-from crowdtk.cli import app
 from crowdtk.features import FeatureCache
 from crowdtk.formats import Provenance, read_labels
 from crowdtk.models import build_model
 from crowdtk.train import prepare_sample, train
 from crowdtk.train_config import TrainConfig
 
-runner = CliRunner()
+from conftest import run
 
 
 @pytest.fixture
 def labels(small_set: Path, tmp_path: Path) -> Path:
     """Full labels of the small generic set (three images of 40-96 px)."""
-    for argv in (["index", str(small_set), "-o", str(tmp_path / "m.jsonl")],
-                 ["select", str(tmp_path / "m.jsonl"), "--budget", "1", "--strategy", "none-or-all", "--strip-frac", "0.2", "-o", str(tmp_path / "r.jsonl")],
-                 ["import", str(tmp_path / "r.jsonl"), "--oracle", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "l.jsonl")]):
-        result = runner.invoke(app, argv)
+    for argv in (["index", small_set, "-o", tmp_path / "m.jsonl"],
+                 ["select", tmp_path / "m.jsonl", "--budget", "1", "--strategy", "none-or-all", "--strip-frac", "0.2", "-o", tmp_path / "r.jsonl"],
+                 ["import", tmp_path / "r.jsonl", "--oracle", tmp_path / "m.jsonl", "-o", tmp_path / "l.jsonl"]):
+        result = run(*argv)
         assert result.exit_code == 0, result.output
     return tmp_path / "l.jsonl"
 
@@ -139,11 +137,11 @@ def test_cosine_schedule_decays_to_zero() -> None:
 
 def test_the_cli_takes_the_tier_options_and_refuses_unknown_levels(labels: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.safetensors"
-    result = runner.invoke(app, ["train", str(labels), "--model", "lite", "--freeze", "encoder", "--feature-cache", str(tmp_path / "fc"),
-                                 "--epochs", "1", "--batch-size", "1", "--crop", "0", "--keep", "last", "-o", str(out)])
+    result = run("train", labels, "--model", "lite", "--freeze", "encoder", "--feature-cache", tmp_path / "fc",
+                 "--epochs", "1", "--batch-size", "1", "--crop", "0", "--keep", "last", "-o", out)
     assert result.exit_code == 0, result.output
     assert read_header(out)["training"]["freeze"] == "encoder"
-    bad = runner.invoke(app, ["train", str(labels), "--freeze", "everything", "-o", str(tmp_path / "x.safetensors")])
+    bad = run("train", labels, "--freeze", "everything", "-o", tmp_path / "x.safetensors")
     assert bad.exit_code == 2 and "everything" in bad.output
 
 
@@ -157,8 +155,8 @@ def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_pre
     cache = tmp_path / "cache"
     train(labels, tmp_path / "m.safetensors", replace(FROZEN, epochs=1, feature_cache=str(cache)), Provenance("train"))
     manifest = labels.parent / "m.jsonl"
-    plain = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(manifest), "--json", "-q"])
-    cached = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(manifest), "--json", "-q", "--feature-cache", str(cache)])
+    plain = run("eval", tmp_path / "m.safetensors", manifest, "--json", "-q")
+    cached = run("eval", tmp_path / "m.safetensors", manifest, "--json", "-q", "--feature-cache", cache)
     assert plain.exit_code == 0 and cached.exit_code == 0, cached.output
     a, b = json.loads(plain.stdout), json.loads(cached.stdout)
     assert b["mae"] == pytest.approx(a["mae"], rel=1e-2, abs=1e-3)
@@ -169,6 +167,6 @@ def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_pre
     before = predictor.features.computed
     predictor.density(image, entry.sha256)
     assert predictor.features.computed == before  # the training run's map of this image was reused
-    result = runner.invoke(app, ["vectors", str(tmp_path / "m.safetensors"), str(manifest), "--strip-frac", "0.2",
-                                 "--feature-cache", str(cache), "-o", str(tmp_path / "v.npz"), "-q"])
+    result = run("vectors", tmp_path / "m.safetensors", manifest, "--strip-frac", "0.2", "--feature-cache", cache,
+                 "-o", tmp_path / "v.npz", "-q")
     assert result.exit_code == 0, result.output

@@ -326,14 +326,19 @@ def run_import(fmt: str, path: Path) -> None:
             assert all(any(r.contains(entry.points[i:i + 1])[0] for r in entry.regions) for i in range(len(entry.points)))
 
 
+def import_file(fmt: str, name: str, blob: bytes) -> None:
+    """Import ``blob`` as the one file of a ``fmt`` export (named ``name``)."""
+    path = fresh(fmt) / name
+    path.write_bytes(blob)
+    run_import(fmt, path)
+
+
 @FUZZ
 @given(data=st.data())
 def test_labelstudio_import_on_malformed_exports(data):
     blob = data.draw(st.binary(max_size=200) | mutated(valid_labelstudio()) | JSON.map(json_bytes)
                      | st.lists(JSON, max_size=3).map(json_bytes), label="export")
-    path = fresh("ls") / "export.json"
-    path.write_bytes(blob)
-    run_import("labelstudio", path)
+    import_file("labelstudio", "export.json", blob)
 
 
 @FUZZ
@@ -347,9 +352,7 @@ def test_labelstudio_import_on_tasks_with_random_parts(data):
               "result": task["annotations"][0]["result"][0], "value": task["annotations"][0]["result"][0]["value"]}[target]
     key = data.draw(st.sampled_from(sorted(holder)), label="key")
     holder[key] = data.draw(JSON, label="value")
-    path = fresh("ls2") / "export.json"
-    path.write_bytes(json_bytes(tasks))
-    run_import("labelstudio", path)
+    import_file("labelstudio", "export.json", json_bytes(tasks))
 
 
 XML_BITS = st.sampled_from([
@@ -365,9 +368,7 @@ XML_BITS = st.sampled_from([
 def test_cvat_import_on_malformed_xml(data):
     blob = data.draw(st.binary(max_size=200) | mutated(valid_cvat()) | st.lists(XML_BITS, max_size=12).map(lambda b: "".join(b).encode()),
                      label="xml")
-    path = fresh("cvat") / "annotations.xml"
-    path.write_bytes(blob)
-    run_import("cvat", path)
+    import_file("cvat", "annotations.xml", blob)
 
 
 @FUZZ

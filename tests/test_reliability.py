@@ -38,10 +38,8 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from typer.testing import CliRunner
 
 from crowdtk.checkpoint import load_tensors, save_tensors
-from crowdtk.cli import app
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import (
     MANIFEST,
@@ -61,20 +59,9 @@ from crowdtk.formats import (
 from crowdtk.files import file_digest
 from crowdtk.predict import load_counter
 
-from conftest import write_generic
+from conftest import REPO, jsonl, run, run_in_own_cache, write_generic
 
-REPO = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 FAST = ["--model", "lite", "--crop", "32", "--batch-size", "2", "--epochs", "1"]
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def jsonl(text: str) -> tuple[dict, list[dict]]:
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return lines[0], lines[1:]
 
 
 # --------------------------------------------------------------------------- a small pool
@@ -121,7 +108,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     dens = root / "dens"
     assert run("gen-density", pool.manifest, "-o", dens, "-q").exit_code == 0
     ckpt = root / "model.safetensors"
-    result = run("train", pool.labels, "-o", ckpt, "--val-frac", "0", *FAST, "-q")
+    result = run_in_own_cache(tmp_path_factory, "train", pool.labels, "-o", ckpt, "--val-frac", "0", *FAST, "-q")
     assert result.exit_code == 0, result.output
     return {"pool": pool, "dens": dens, "ckpt": ckpt, "root": root}
 
@@ -555,7 +542,7 @@ WRITERS = ["index", "gen-density", "select", "export", "import", "warmup", "trai
 @pytest.mark.parametrize("stage", WRITERS)
 def test_an_existing_output_is_refused_without_force(stage, pool, ckpt, tmp_path):
     """Every command that writes refuses an existing output (eval's --csv, count's --overlay folder
-    included) and leaves it as it was; --force replaces it (train and warmup: see the engine tests)."""
+    included) and leaves it as it was; --force replaces it (train and warmup: see test_train.py)."""
     out = out_path(tmp_path, stage)
     out.parent.mkdir()
     plant(out)

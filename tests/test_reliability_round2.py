@@ -99,14 +99,20 @@ def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_continue(labeled
     out = tmp_path / "m.safetensors"
     args = [sys.executable, "-m", "crowdtk", "train", str(labeled_pool["labels"]), "--model", "lite", "--no-pretrained", "--crop", "32",
             "--batch-size", "2", "--epochs", "500", "--keep", "last", "-q", "-o", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    state = tmp_path / "m.state.safetensors"
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert state.exists(), "no epoch finished"
-    proc.send_signal(getattr(signal, sig))
-    _, stderr = proc.communicate(timeout=60)
+    # A job started in the background inherits SIGINT ignored, and Python then keeps ignoring it:
+    # the child gets the default disposition back, as a command typed at a terminal has.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        state = tmp_path / "m.state.safetensors"
+        deadline = time.time() + 120
+        while not state.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert state.exists(), "no epoch finished"
+        proc.send_signal(getattr(signal, sig))
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a 500-epoch run behind a failed assertion
     assert proc.returncode == code, stderr
     done = read_header(state)["epochs_done"]
     assert 0 < done < 500

@@ -2,91 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from crowdtk.cli import app
-from crowdtk.formats import (
-    MANIFEST,
-    VECTORS,
-    ManifestEntry,
-    Provenance,
-    StripVectors,
-    make_header,
-    read_regions,
-    save_vectors,
-    write_jsonl,
-)
-from crowdtk.files import file_digest
+from crowdtk.formats import StripVectors, read_regions
 from crowdtk.selection import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
 from crowdtk.geometry import strip_edges
 
-from conftest import assert_clean_failure
-
-runner = CliRunner()
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def jsonl(text: str) -> tuple[dict, list[dict]]:
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return lines[0], lines[1:]
-
-
-def pool(n: int, width: int = 1024, height: int = 768, prefix: str = "img") -> list[ManifestEntry]:
-    return [ManifestEntry(f"{prefix}{i}", f"/nowhere/{prefix}{i}.jpg", None, width, height, 10, f"{i:064x}") for i in range(n)]
-
-
-def write_manifest(path: Path, entries: list[ManifestEntry]) -> Path:
-    write_jsonl(path, make_header(MANIFEST, Provenance("index")), (e.to_record() for e in entries))
-    return path
-
-
-def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vectors: np.ndarray, counts: np.ndarray | None = None,
-                  strip_frac: float = 0.1) -> Path:
-    """A vectors file as `crowdtk vectors` writes it: vectors (images, strips, dims)."""
-    n_img, n_strips, _ = vectors.shape
-    edges = [strip_edges(e.width, strip_frac) for e in entries]
-    data = StripVectors(
-        ids=np.array([e.id for e in entries]),
-        sha256=np.array([e.sha256 for e in entries]),
-        strip_image=np.repeat(np.arange(n_img), n_strips).astype(np.int64),
-        strip_x0=np.concatenate([e[:-1] for e in edges]).astype(np.int64),
-        strip_x1=np.concatenate([e[1:] for e in edges]).astype(np.int64),
-        vectors=vectors.reshape(n_img * n_strips, -1).astype(np.float32),
-        counts=(vectors[:, :, 0] if counts is None else counts).reshape(-1).astype(np.float32),
-    )
-    header = make_header(VECTORS, Provenance("vectors", {"manifest": str(manifest)}))
-    header.update(levels=4, strip_frac=strip_frac, stride=8, manifest_sha256=file_digest(manifest), checkpoint_sha256="0" * 64)
-    save_vectors(path, header, data)
-    return path
-
-
-def level_vector(column_sums: np.ndarray, levels: int = 4) -> np.ndarray:
-    """Eq. 3-4 on a strip's per-row head counts."""
-    return np.concatenate([[band.sum() * k / levels for band in np.array_split(column_sums, k)] for k in range(1, levels + 1)])
-
-
-def realistic_vectors(n_images: int, seed: int = 0) -> np.ndarray:
-    """Strip vectors of perspective scenes: density grows towards the bottom, groups sit side by side."""
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0.2, 1.0, 96)
-    out = np.zeros((n_images, 10, 10))
-    for i in range(n_images):
-        density = np.outer(rows**2, np.ones(10)) * rng.uniform(0.1, 0.5)
-        for _ in range(rng.integers(1, 4)):  # groups: a few neighbouring strips, a band of rows
-            x, w = rng.integers(0, 10), rng.integers(1, 4)
-            y = rng.integers(0, 80)
-            density[y:y + rng.integers(8, 30), x:x + w] += rng.uniform(0.5, 3.0)
-        density *= rng.uniform(0.5, 1.5, size=(1, 10))
-        out[i] = [level_vector(density[:, j]) for j in range(10)]
-    return out
+from conftest import assert_clean_failure, jsonl, pool, realistic_vectors, run, write_manifest, write_vectors
 
 
 def strips_per_image(entries) -> dict[str, list[int]]:

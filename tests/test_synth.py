@@ -9,24 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
-from typer.testing import CliRunner
 
-from crowdtk.cli import app
 from crowdtk.data import read_image, read_points
 from crowdtk.formats import read_manifest
 from crowdtk.synth import SynthConfig, render_scene
 
-runner = CliRunner()
+from conftest import jsonl, run
+
 SMALL = ("--train", "4", "--test", "2")
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def jsonl(text: str) -> tuple[dict, list[dict]]:
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return lines[0], lines[1:]
 
 
 def files_of(root: Path) -> dict[str, bytes]:

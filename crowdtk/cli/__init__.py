@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from crowdtk import __version__
-from crowdtk.cli import bench, count, demo, eval, export, gen_density, import_, index, select, show, strip_cap, synth, train, vectors, warmup
+from crowdtk.cli import bench, count, demo, eval, export, gen_density, import_, index, labels, select, show, strip_cap, synth, train, vectors, warmup
 
 app = typer.Typer(
     name="crowdtk",
@@ -25,6 +25,7 @@ app.command("synth")(synth.command)
 app.command("select")(select.command)
 app.command("export")(export.command)
 app.command("import")(import_.command)
+app.add_typer(labels.app, name="labels")
 app.command("warmup")(warmup.command)
 app.command("vectors")(vectors.command)
 app.command("train")(train.command)

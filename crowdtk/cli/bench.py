@@ -13,8 +13,9 @@ import typer
 
 from crowdtk.cli.common import Log, run_command
 from crowdtk.cli.options import BatchSize, BenchFreeze, CpuBf16Auto, Crop, Device, Lr, Model, Quiet, Steps, StripFrac, Verbose, WarmupSteps
-from crowdtk.experiment import (METHODS, SHAPES, Experiment, Run, Schedule, check_same_settings, parse_budgets, parse_list,
-                                resolve_cpu_bf16, write_bench_results, manifest_step)
+from crowdtk.errors import CrowdtkError, UsageError
+from crowdtk.experiment import (DEFAULT_TOLERANCE, METHODS, SHAPES, Experiment, Run, Schedule, check_report, check_same_settings, data_digest,
+                                manifest_step, parse_budgets, parse_list, read_baseline, resolve_cpu_bf16, write_bench_results, write_check)
 from crowdtk.files import file_digest
 
 _S = Schedule()
@@ -43,6 +44,8 @@ def command(
     warmup_frac: Annotated[float, typer.Option(help="Share of the images in the warm-up round (max, mdc).")] = _S.warmup_frac,
     strip_frac: StripFrac = _S.strip_frac,
     val_frac: Annotated[float, typer.Option(help="Share of each method's labeled images held out (validation only reports: the checkpoint is the last epoch's).")] = _S.val_frac,
+    check: Annotated[Optional[Path], typer.Option("--check", help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]", show_default=False)] = None,
+    tolerance: Annotated[Optional[float], typer.Option(min=0, help=f"With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). [default: {DEFAULT_TOLERANCE}]", show_default=False)] = None,
     device: Device = "auto",
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -51,7 +54,8 @@ def command(
 
     Writes DIR/results.json, DIR/results.md (tables in the paper's layout) and DIR/fig4-budget.png; with mdc or
     mdc+cap also fig5-regions.png, fig6-prediction.png and (mdc+cap) fig5-affinity.png.
-    Every step is an ordinary crowdtk command, printed as it runs.
+    Every step is an ordinary crowdtk command, printed as it runs. With --check BASELINE.json (a results.json made with
+    the same settings on the same data) the command also exits 1 on an MAE regression, with a table of them on stderr.
     """
     from crowdtk.cli.pipeline import Runner
 
@@ -60,6 +64,8 @@ def command(
     budget_list = parse_budgets(budgets) if budgets else parse_budgets(f"{budget}")
     method_list = parse_list(methods, "--methods", METHODS)
     shape_list = parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else []
+    if tolerance is not None and check is None:
+        raise UsageError("--tolerance without --check", "pass --check BASELINE.json, or leave --tolerance out")
     schedule = Schedule(model=model.value, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop, lr=lr,
                         scale=scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac, freeze=freeze.value,
                         cpu_bf16=resolve_cpu_bf16(cpu_bf16, device.value))
@@ -74,6 +80,8 @@ def command(
         manifests.append(path)
     settings = {**asdict(schedule), "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
     check_same_settings(output, settings)
+    settings |= {"train_data_sha256": data_digest(manifests[0]), "test_data_sha256": data_digest(manifests[1])}  # results.json only
+    baseline = read_baseline(check, settings) if check is not None else None
     experiment = Experiment(manifests[0], manifests[1], output, schedule, device.value, feature_cache)
     runs = [Run(m, b, "strip", s) for b in budget_list for s in range(seeds) for m in method_list]
     runs += [Run("random", b, shape, s) for b in budget_list for s in range(seeds) for shape in shape_list]
@@ -84,3 +92,9 @@ def command(
     table = write_bench_results(experiment, runs, results, settings, params, command_line, started)
     typer.echo(table)
     log.info(f"wrote {output / 'results.json'}, {output / 'results.md'} and pictures in {time.perf_counter() - started:.0f} s")
+    if baseline is not None:
+        verdict = write_check(output / "check.json", baseline, results, tolerance, params)
+        if not verdict["passed"]:
+            log.console.print(check_report(verdict), markup=False)  # shown even with --quiet: it is why the command fails
+            raise CrowdtkError(f"{verdict['regressions']} MAE regression(s) against {check}", f"the table above; all in {output / 'check.json'}")
+        log.info(check_report(verdict))

@@ -13,14 +13,14 @@ from crowdtk.cli.options import Force, OutputFile, Quiet, Verbose
 from crowdtk.cli.options import Regions, Tool
 from crowdtk.errors import UsageError
 from crowdtk.files import STDIO, check_output_free, file_digest
-from crowdtk.formats import Provenance, labels_header, read_manifest, read_regions, write_jsonl
-from crowdtk.labeling import earlier_rounds, import_round
+from crowdtk.formats import Provenance, labels_header, read_manifest, write_jsonl
+from crowdtk.labeling import earlier_rounds, import_round, read_to_label
 
 
 @run_command("import")
 def command(
     regions: Regions,
-    path: Annotated[Optional[Path], typer.Argument(help="What the labeling tool returned: the crops export folder, a Label Studio JSON export, a CVAT annotations.xml, or a folder of LabelMe JSON files. [default: none, with --oracle]", show_default=False)] = None,
+    path: Annotated[Optional[Path], typer.Argument(help="What the labeling tool returned: the crops export folder, a Label Studio JSON export, a CVAT XML (or its folder, or the export .zip), or a folder of LabelMe JSON files. [default: none, with --oracle]", show_default=False)] = None,
     source: Annotated[Optional[Tool], typer.Option("--from", help="Format of PATH: crops, labelstudio, cvat or labelme. [default: none]", show_default=False)] = None,
     oracle: Annotated[Optional[str], typer.Option(metavar="FILE", help="Simulated labeler: fill the regions with the ground-truth points of this manifest. [default: none]")] = None,
     output: OutputFile = "-",
@@ -35,6 +35,11 @@ def command(
     Points outside their regions are dropped and counted; an image (crops: a region) that came back
     without an annotation stops the import unless --allow-missing. --merge adds earlier rounds, so that
     warm-up and MDC labels go to 'train' as one file.
+
+    Review rounds: REGIONS may be a labels file, the one 'crowdtk export LABELS' sent out with its points
+    pre-filled. Its regions are read back; a point within 0.01 px of a pre-filled one is that point
+    (exact coordinates, its order), so a package returned without edits gives the same labels.
+    'crowdtk labels diff LABELS NEW' lists what the reviewer changed.
     """
     log = Log("import", quiet, verbose)
     if (source is None) == (oracle is None):
@@ -45,7 +50,8 @@ def command(
         raise UsageError(f"PATH {path} is given with --oracle", "drop PATH, or use --from FORMAT PATH instead of --oracle")
     check_output_free(output, force)
     regions_name = "<stdin>" if regions == STDIO else regions
-    regions_header, entries = read_regions(regions)
+    to_label = read_to_label(regions)  # a regions file, or a labels file to review
+    regions_header, entries = to_label.header, to_label.entries
     pool = regions_header.get("manifest_sha256")
     earlier = earlier_rounds(merge or [], pool, str(regions_name))
     manifest = read_manifest(oracle)[1] if oracle is not None else None
@@ -53,7 +59,8 @@ def command(
     progress = log.progress(len(entries), "oracle labels") if oracle is not None else contextlib.nullcontext(None)
     with progress as advance:
         labeled = import_round(entries, earlier, fmt=source.value if source else None, path=path, manifest=manifest,
-                               allow_missing=allow_missing, manifest_name=oracle or "MANIFEST", regions_name=regions_name, on_progress=advance)
+                               allow_missing=allow_missing, manifest_name=oracle or "MANIFEST", regions_name=regions_name, on_progress=advance,
+                               prefill=to_label.prefill)
     for note in labeled.notes:
         log.warn(note)
     params = params_of(regions=regions, path=path, source=source.value if source else None, oracle=oracle,
@@ -63,7 +70,7 @@ def command(
     done = f"{labeled.result.heads} heads in {labeled.regions} regions of {len(labeled.result.entries)} images"
     if labeled.pool_area is not None:
         pool = labeled.pool_area
-        log.info(f"oracle labeled {done}: {100 * labeled.area / pool:.2f}% of the pool's area"
+        log.info(f"oracle labeled {done}" + (f" (the regions file expected {regions_header['expected_heads']:.0f})" if regions_header.get("expected_heads") is not None else "") + f": {100 * labeled.area / pool:.2f}% of the pool's area"
                  + (f" ({100 * labeled.labels_area / pool:.2f}% with the merged labels, {labeled.labels_heads} heads)" if labeled.merged else ""))
     else:
         log.info(f"imported {done} ({100 * labeled.area / max(labeled.image_area, 1):.2f}% of these images' area)"

@@ -83,7 +83,7 @@ CpuBf16Auto = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16",
 
 # --------------------------------------------------------------------------- export / import
 
-Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select'; '-' reads stdin.", show_default=False)]
+Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select', or a labels file for a review round; '-' reads stdin.", show_default=False)]
 
 # The labeling tools of --to and --from: the registry's names, in its order, so a new tool
 # needs no CLI change beyond its help text.

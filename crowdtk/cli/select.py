@@ -1,4 +1,4 @@
-"""crowdtk select MANIFEST --budget M --strategy S -o regions.jsonl: the regions to label (paper 3.4)."""
+"""crowdtk select MANIFEST (--budget M | --budget-heads N --vectors V) --strategy S -o regions.jsonl: the regions to label (paper 3.4)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from crowdtk.cli.common import Log, params_of, run_command
 from crowdtk.cli.options import Force, Manifest, OutputFile, Quiet, Seed, Verbose, Workers
+from crowdtk.errors import UsageError
 from crowdtk.files import check_output_free
 from crowdtk.formats import Provenance, read_manifest, regions_header, write_jsonl
 from crowdtk.selection import SelectConfig, Selection, select_files
@@ -38,7 +39,8 @@ class Engine(str, Enum):
 @run_command("select")
 def command(
     manifest: Manifest,
-    budget: Annotated[float, typer.Option(help="Labeling budget: the fraction of the pool's area to label, in (0, 1]; with --exclude, of all rounds together.")] = _D.budget,
+    budget: Annotated[Optional[float], typer.Option(help=f"Labeling budget: the fraction of the pool's area to label, in (0, 1]; with --exclude, of all rounds together. [default: {_D.budget:g}]", show_default=False)] = None,
+    budget_heads: Annotated[Optional[float], typer.Option(metavar="N", help="A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file's regions reach N; --exclude leaves earlier rounds' images out without subtracting their heads. [default: none]", show_default=False)] = None,
     strategy: Annotated[Strategy, typer.Option(help="random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper's clustering).")] = Strategy(_D.strategy),
     output: OutputFile = "-",
     vectors: Annotated[Optional[Path], typer.Option(help="Strip vectors from 'crowdtk vectors' over this manifest (needed by max and mdc). [default: none]")] = None,
@@ -59,33 +61,44 @@ def command(
 
     The paper's loop: 'select --strategy random --warmup-frac 0.2' picks the warm-up round; after
     'warmup' and 'vectors', 'select --strategy mdc --vectors V --exclude WARMUP_REGIONS' spends the rest,
-    so that both rounds together label --budget of the pool's area.
+    so that both rounds together label --budget of the pool's area. '--budget-heads N --vectors V'
+    spends clicks instead of area: the strategy picks as before, until the heads predicted reach N.
     """
     log = Log("select", quiet, verbose)
+    if budget_heads is not None and budget is not None:
+        raise UsageError("--budget and --budget-heads together", "give one budget: a share of the area (--budget) or heads (--budget-heads)")
+    if budget_heads is not None and vectors is None:
+        raise UsageError("--budget-heads needs --vectors", "the heads are the vectors' predicted counts: pass them with --vectors")
+    budget = _D.budget if budget is None else budget
     check_output_free(output, force)
     _, entries = read_manifest(manifest)
-    config = SelectConfig(budget=budget, strategy=strategy.value, strip_frac=strip_frac, shape=shape.value,
+    config = SelectConfig(budget=budget, budget_heads=budget_heads, strategy=strategy.value, strip_frac=strip_frac, shape=shape.value,
                           warmup_frac=warmup_frac, seed=seed, workers=workers, engine=engine.value, n_init=n_init)
     with log.progress(None if strategy != Strategy.mdc else len(entries), "selecting") as advance:
         run = select_files(entries, manifest, config, scale=scale, vectors=vectors, exclude=exclude or [], on_progress=advance)
     result = run.selection
     for note in result.notes:
         log.warn(note)
+    # An area budget's params stay as they were; a head budget records budget None and budget_heads.
+    budgets = {"budget": budget} if budget_heads is None else {"budget": None, "budget_heads": budget_heads}
     provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []],
-                                                budget=budget, strategy=strategy.value, warmup_frac=warmup_frac, strip_frac=strip_frac,
+                                                **budgets, strategy=strategy.value, warmup_frac=warmup_frac, strip_frac=strip_frac,
                                                 shape=shape.value, engine=engine.value, scale=run.config.scale, n_init=n_init,
                                                 workers=workers), seed)
     header = regions_header(provenance, **run.header_fields())
     write_jsonl(output, header, (e.to_record() for e in result.entries))
-    log.info(_summary(result, label="warm-up, random" if warmup_frac > 0 else strategy.value, cell=shape.value, excluded=bool(exclude)))
+    log.info(_summary(result, label="warm-up, random" if warmup_frac > 0 else strategy.value, cell=shape.value, excluded=bool(exclude),
+                      budget_heads=budget_heads))
 
 
-def _summary(result: Selection, label: str, cell: str, excluded: bool) -> str:
+def _summary(result: Selection, label: str, cell: str, excluded: bool, budget_heads: float | None = None) -> str:
     """The one line ``select`` reports: regions, images, cells, area spent and heads expected."""
     n_regions = sum(len(e.regions) for e in result.entries)
     spent = f"{100 * result.area_fraction:.2f}% of the pool's area"
     if excluded:
         spent += f" ({100 * result.cumulative_area_fraction:.2f}% with the {result.excluded_images} excluded images' regions)"
     heads = f"; {result.expected_heads:.0f} heads expected in them (vectors' predicted counts)" if result.expected_heads is not None else ""
+    if budget_heads is not None:
+        heads = heads[:-1] + f", --budget-heads {budget_heads:g})"
     return (f"selected {n_regions} regions in {len(result.entries)} of {result.pool_images} images ({label}, "
             f"{result.cells} {cell}s): {spent}{heads}")

@@ -29,7 +29,7 @@ def run_training(command: str, labels: Path, output: Path, config: TrainConfig, 
     if not resume:
         # The resumable state first: "pass --force" alone would throw an interrupted run's epochs away.
         if state_path(output).exists() and not force:
-            raise CrowdtkError(f"{state_path(output)}: an unfinished or earlier run's training state exists",
+            raise CrowdtkError(f"{state_path(output)}: a training state exists (of an unfinished or an earlier run)",
                                "continue it with --resume, or pass --force to start anew")
         check_output_free(output, force)
     provenance = Provenance(command, {"labels": labels, "init": init, **asdict(config)}, seed=config.seed)

@@ -9,10 +9,17 @@ the tool's own files, described in its module: :mod:`~crowdtk.labeling.crops`,
 
 Images are matched to the regions file by ``crowdtk_id`` (Label Studio), else by file name
 (``images/<file>``), else by stem = image id. Image references are checked against path
-traversal: a reference that resolves outside the folder of the labeled files is refused.
+traversal: a reference that resolves outside the folder of the labeled files (or the export
+folder holding it; see :mod:`~crowdtk.labeling.reading`) is refused.
 Points go to full-image pixels; points outside their image's regions are dropped and
 counted. An image (crops: a region) without any returned annotation is an error unless
 ``allow_missing``; then it is left out of the labels, never taken as "no heads".
+
+Review rounds (:mod:`~crowdtk.labeling.diff`): a labels file goes where a regions file goes
+(:func:`read_to_label`). ``export LABELS`` sends its regions with their points pre-filled as
+annotations (each tool's exporter says how), so that a second labeler corrects them; ``import
+LABELS --from FORMAT PATH`` reads the reviewed package back for the labels file's regions,
+untouched points keeping their exact coordinates and order; ``labels diff`` compares the two.
 
 Adding a tool is a module implementing :class:`~crowdtk.labeling.common.LabelingTool`
 (``UNIT``, ``Export``, ``steps``, ``read``) plus one line in :data:`TOOLS`; the CLI's
@@ -21,16 +28,24 @@ Adding a tool is a module implementing :class:`~crowdtk.labeling.common.Labeling
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import io
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import LabelsEntry, ManifestEntry, RegionsEntry
+from crowdtk.files import STDIO
+from crowdtk.formats import LABELS, LabelsEntry, ManifestEntry, RegionsEntry, peek_format, read_labels, read_regions
 from crowdtk.labeling import crops, cvat, labelme, labelstudio
 from crowdtk.labeling.common import INDEX, INSTRUCTION, README, ExportSummary, LabelingTool, export_names, index_record, readme, write_json, write_text
 from crowdtk.labeling.crops import crop_stem
 from crowdtk.labeling.cvat import parse_xml_safely
+from crowdtk.labeling.diff import LabelsDiff, RegionDiff, diff_labels, in_prefilled_order, snap_found
 from crowdtk.labeling.labels import ImportRound, earlier_rounds, merge_labels, oracle_labels
 from crowdtk.labeling.labelstudio import labelstudio_config
 from crowdtk.labeling.reading import ImportResult, assemble, image_reference
@@ -50,9 +65,9 @@ _cvat_xml = cvat.cvat_xml
 _labelme_record = labelme.labelme_record
 _labelstudio_task = labelstudio.labelstudio_task
 
-__all__ = ["FORMATS", "INSTRUCTION", "TOOLS", "ExportSummary", "ImportResult", "ImportRound", "crop_stem", "earlier_rounds", "export_names",
-           "export_regions", "image_reference", "import_labels", "import_round", "labelstudio_config", "merge_labels",
-           "oracle_labels", "parse_xml_safely", "tool"]
+__all__ = ["FORMATS", "INSTRUCTION", "TOOLS", "ExportSummary", "ImportResult", "ImportRound", "LabelsDiff", "RegionDiff", "ToLabel",
+           "crop_stem", "diff_labels", "earlier_rounds", "export_names", "export_regions", "image_reference", "import_labels",
+           "import_round", "labelstudio_config", "merge_labels", "oracle_labels", "parse_xml_safely", "read_to_label", "tool"]
 
 
 def tool(fmt: str, option: str) -> LabelingTool:
@@ -62,13 +77,53 @@ def tool(fmt: str, option: str) -> LabelingTool:
     return TOOLS[fmt]
 
 
+@dataclass
+class ToLabel:
+    """What export and import work on: the regions of a regions file, or of a labels file (a review round)."""
+
+    header: dict[str, Any]
+    entries: list[RegionsEntry]
+    prefill: dict[str, np.ndarray] | None = None  # a labels file's points per image id; None for a regions file
+
+
+def review_regions(labels: Sequence[LabelsEntry]) -> list[RegionsEntry]:
+    """The regions of labels, as export and import take them (strategy ``review``)."""
+    return [RegionsEntry(e.id, e.image, e.sha256, e.width, e.height, "review", e.regions) for e in labels]
+
+
+def read_to_label(path: str, stdin: IO[str] | None = None) -> ToLabel:
+    """A regions file, or a labels file (its header says which; '-' reads ``stdin``, by default sys.stdin)."""
+    stream = None
+    if str(path) == STDIO:
+        text = (stdin if stdin is not None else sys.stdin).read()
+        stream = io.StringIO(text)
+        try:
+            first = json.loads(next((line for line in text.splitlines() if line.strip()), "null"))
+        except (ValueError, RecursionError):
+            first = None
+        fmt = first.get("format") if isinstance(first, dict) else None
+    else:
+        fmt = peek_format(path) if Path(path).is_file() else None  # errors for a missing file: those of the reader below
+    if fmt == LABELS:
+        header, labels = read_labels(path, stream)
+        return ToLabel(header, review_regions(labels), {e.id: e.points for e in labels})
+    header, entries = read_regions(path, stream)
+    return ToLabel(header, entries)
+
+
 def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header: dict[str, Any], link: bool = False,
-                   image_url: str = "", on_progress: Callable[[int], None] | None = None) -> ExportSummary:
-    """Write the labeling package for ``fmt`` into the (new, empty) folder ``out``."""
+                   image_url: str = "", on_progress: Callable[[int], None] | None = None,
+                   prefill: Mapping[str, np.ndarray] | None = None) -> ExportSummary:
+    """Write the labeling package for ``fmt`` into the (new, empty) folder ``out``.
+
+    ``prefill`` (a review round: :attr:`ToLabel.prefill`) holds per image the points the package starts from.
+    """
     chosen = tool(fmt, "--to")
     if not entries:
+        if prefill is not None:
+            raise CrowdtkError("the labels file has no images", "export a labels file that holds labels")
         raise CrowdtkError("the regions file has no regions", "select some regions first")
-    export = chosen.Export(out, link, image_url)
+    export = chosen.Export(out, link, image_url, prefill)
     index_images = []
     for entry, name in zip(entries, export_names(entries)):
         record = index_record(entry)
@@ -77,34 +132,44 @@ def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header:
         if on_progress:
             on_progress(1)
     export.finish()
-    write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "images": index_images})
-    write_text(out / README, readme(fmt, chosen.steps(image_url)))
+    write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "review": prefill is not None, "images": index_images})
+    write_text(out / README, readme(fmt, chosen.steps(image_url), review=prefill is not None))
     files = sorted(str(p.relative_to(out)) for p in out.iterdir())
     return ExportSummary(len(entries), sum(len(e.regions) for e in entries), files)
 
 
-def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_missing: bool = False, regions_name: str = "REGIONS") -> ImportResult:
-    """Read a labeling tool's output for the regions ``entries`` back as labels."""
+def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_missing: bool = False, regions_name: str = "REGIONS",
+                  prefill: Mapping[str, np.ndarray] | None = None) -> ImportResult:
+    """Read a labeling tool's output for the regions ``entries`` back as labels.
+
+    ``prefill`` (a review round): the points the package was exported with; returned points within
+    :data:`~crowdtk.labeling.diff.SNAP_PX` of one of them take its exact coordinates, and its order.
+    """
     chosen = tool(fmt, "--from")
     if not path.exists():
         raise CrowdtkError(f"{path}: no such file or folder", "pass what the labeling tool exported")
     returned = chosen.read(path, entries)
-    result = ImportResult([], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored)
+    result = ImportResult([], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored, notes=returned.notes)
     if result.missing and not allow_missing:
         shown = ", ".join(result.missing[:3]) + (", …" if len(result.missing) > 3 else "")
         raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.UNIT}(s) of {regions_name}: {shown}",
                            "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')")
-    assemble(entries, returned.found, result)
+    if prefill is None:
+        assemble(entries, returned.found, result)
+        return result
+    assemble(entries, snap_found(returned.found, prefill), result)
+    result.entries = in_prefilled_order(result.entries, prefill)
     return result
 
 
 def import_round(entries: Sequence[RegionsEntry], earlier: Sequence[tuple[str, Sequence[LabelsEntry]]] = (), *,
                  fmt: str | None = None, path: Path | None = None, manifest: Sequence[ManifestEntry] | None = None,
                  allow_missing: bool = False, manifest_name: str = "MANIFEST", regions_name: str = "REGIONS",
-                 on_progress: Callable[[int], None] | None = None) -> ImportRound:
+                 on_progress: Callable[[int], None] | None = None, prefill: Mapping[str, np.ndarray] | None = None) -> ImportRound:
     """One round of labels for ``entries``: from the oracle (``manifest``) or from a tool (``fmt``, ``path``), merged with ``earlier``.
 
-    ``earlier`` holds (source name, labels) of previous rounds; ``on_progress`` advances per image (oracle only).
+    ``earlier`` holds (source name, labels) of previous rounds; ``on_progress`` advances per image (oracle only);
+    ``prefill``: a review round's (:func:`import_labels`).
     """
     if manifest is not None:
         result = oracle_labels(entries, manifest, manifest_name=manifest_name, regions_name=regions_name, on_progress=on_progress)
@@ -112,5 +177,5 @@ def import_round(entries: Sequence[RegionsEntry], earlier: Sequence[tuple[str, S
     if fmt is None or path is None:
         raise CrowdtkError("labels need either a manifest (the oracle) or a format and a path (a tool's output)",
                            "give --oracle MANIFEST or --from FORMAT PATH")
-    result = import_labels(entries, fmt, path, allow_missing=allow_missing, regions_name=regions_name)
+    result = import_labels(entries, fmt, path, allow_missing=allow_missing, regions_name=regions_name, prefill=prefill)
     return ImportRound.of(result, earlier, TOOLS[fmt].UNIT, regions_name)

@@ -5,8 +5,8 @@ The tool interface: a tool module implements :class:`LabelingTool` (its ``Export
 ``crowdtk.labeling`` keeps the registry of them.
 
 Export side: the file name of each image (:func:`export_names`), its record in ``index.json``,
-placing the image (copy or symlink, checked against its sha256), atomic text/JSON writes and
-the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
+placing the image (copy or symlink, checked against its sha256), the points a review round
+pre-fills (:meth:`BaseExport.prefilled`), atomic text/JSON writes and the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,11 +48,21 @@ class BaseExport:
     The default places the image under ``images/``, records it as the index's ``file`` and keeps
     (entry, file name) in :attr:`placed`, for the tools that write one file for all images in
     :meth:`finish`; a tool that writes a file per image extends :meth:`add`.
+
+    ``prefill`` (a review round: ``export LABELS``) holds per image id the head points already
+    labeled; each tool writes :meth:`prefilled` as annotations its labelers start from.
     """
 
-    def __init__(self, out: Path, link: bool, image_url: str) -> None:
+    def __init__(self, out: Path, link: bool, image_url: str, prefill: Mapping[str, np.ndarray] | None = None) -> None:
         self.out, self.link, self.image_url = out, link, image_url
+        self.prefill = prefill
         self.placed: list[tuple[RegionsEntry, str]] = []
+
+    def prefilled(self, entry: RegionsEntry) -> np.ndarray | None:
+        """The points to pre-fill for ``entry`` ((N, 2) full-image pixels), or None outside a review round."""
+        if self.prefill is None:
+            return None
+        return self.prefill.get(entry.id, np.zeros((0, 2)))
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         place_image(entry, self.out / IMAGES / name, self.link)
@@ -71,6 +81,7 @@ class Returned:
     missing: list[str]  # images (crops: regions) without an annotation
     unknown: list[str] = field(default_factory=list)  # annotated images that are not in the regions file
     ignored: int = 0  # annotations of other kinds (labels other than 'head')
+    notes: list[str] = field(default_factory=list)  # what the reader reports, e.g. which file of a folder or archive it read
 
 
 class LabelingTool(Protocol):
@@ -152,8 +163,19 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
-def readme(fmt: str, steps: str) -> str:
-    """README.txt: the instruction, the rule every tool shares, then the tool's own steps."""
+def readme(fmt: str, steps: str, review: bool = False) -> str:
+    """README.txt: the instruction, the rule every tool shares, then the tool's own steps (and, ``review``, how a review round differs)."""
     return (f"crowdtk labeling package ({fmt})\n\nInstruction for labelers:\n  {INSTRUCTION}\n\n"
             "A point counts for the region that contains it; points outside every region are dropped on import.\n\n"
-            f"{steps}\n")
+            f"{steps}\n" + (f"\n{REVIEW_STEPS.format(fmt=fmt)}\n" if review else ""))
+
+
+REVIEW_STEPS = (
+    "Review round: this package was exported from a labels file (crowdtk export LABELS), and every head already\n"
+    "labeled is pre-filled (Label Studio: each task's annotation; CVAT and LabelMe: the images' head points, the\n"
+    "images already tagged 'done'; crops: the points files beside the crops). Check every region: delete wrong\n"
+    "points, move misplaced ones, add the heads that were missed. Then import with the labels file in place of\n"
+    "REGIONS, and see what changed:\n"
+    "  crowdtk import LABELS --from {fmt} PATH -o reviewed.jsonl\n"
+    "  crowdtk labels diff LABELS reviewed.jsonl > changes.jsonl"
+)

@@ -5,7 +5,9 @@ Export: ``crops/<image>__r<k>.png``, one PNG per region; ``index.json`` gives ea
 ``crop_width``, ``crop_height``. Labelers write a points file beside each crop, named like it:
 ``crops/<image>__r<k>.txt`` ("x y" per line, ``#`` comments; also ``.json`` or ``.csv``), in
 crop pixels; import adds the offsets. Unlike the other tools, an annotation covers one region,
-so "missing" counts regions.
+so "missing" counts regions. A review round (``export LABELS``) writes each crop's points file
+with the labeled heads (``repr`` floats, exact), a point where regions overlap in the first
+region that contains it; a crop without heads gets ``# no heads``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from crowdtk.data import decode_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import BaseExport, Found, Returned, export_names, image_bytes
+from crowdtk.labeling.common import BaseExport, Found, Returned, export_names, image_bytes, write_text
 
 UNIT = "region"
 CROPS = "crops"
@@ -41,6 +43,8 @@ class Export(BaseExport):
         if image.shape[:2] != (entry.height, entry.width):
             raise CrowdtkError(f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
                                "re-run index and select")
+        points = self.prefilled(entry)
+        unwritten = None if points is None else np.ones(len(points), dtype=bool)
         for k, (region, rr) in enumerate(zip(entry.regions, record["regions"])):
             stem = crop_stem(name, k)
             crop = np.ascontiguousarray(image[region.y0:region.y1, region.x0:region.x1, ::-1])  # RGB -> BGR for cv2
@@ -50,6 +54,12 @@ class Export(BaseExport):
                 raise CrowdtkError(f"{target}: cannot write the crop", "check the output folder")
             rr.update(crop=f"{CROPS}/{stem}.png", points=f"{CROPS}/{stem}.txt", x=region.x0, y=region.y0,
                       crop_width=region.x1 - region.x0, crop_height=region.y1 - region.y0)
+            if points is not None and unwritten is not None:  # a review round: the crop's labeled heads
+                here = unwritten & region.contains(points)
+                unwritten &= ~here
+                local = points[here] - np.array([region.x0, region.y0], dtype=np.float64)  # exact: import adds the offset back
+                write_text(self.out / CROPS / f"{stem}.txt",
+                           "# x y\n" + "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local) if len(local) else "# no heads\n")
 
 
 def steps(image_url: str) -> str:

@@ -1,4 +1,4 @@
-"""CVAT: the export package ("CVAT for images 1.1" with the regions as boxes) and the reader of its annotations.xml.
+"""CVAT: the export package ("CVAT for images 1.1" with the regions as boxes) and the reader of CVAT's XML.
 
 Export: ``images/``, ``labels.json`` (CVAT's label constructor: ``head`` points, ``region``
 rectangles, the ``done`` tag) and ``annotations.xml`` in "CVAT for images 1.1" with one
@@ -8,29 +8,46 @@ Import reads the same format back: ``<points label="head" points="x,y;x,y">`` pe
 pixels. CVAT lists every image of a task, so an image without head points counts as labeled
 only with the image tag ``done``. The XML is parsed only after a pass that refuses any
 DOCTYPE or ENTITY declaration (no entity expansion, no external entities).
+
+PATH may be the XML file; a folder holding one CVAT XML directly or in its ``annotations/``
+subfolder (``annotations.xml`` of an unzipped CVAT export; Datumaro's "cvat" exporter writes
+one ``<subset>.xml``, e.g. ``default.xml``, beside ``images/``); or the ``.zip`` that CVAT's
+"CVAT for images 1.1" export downloads (``annotations.xml`` plus, optionally, ``images/``).
+A folder or archive with several such XML files is refused, naming them. An archive is read
+in memory, nothing extracted; one with a member whose name is absolute or holds ``..`` is
+refused whole. For a folder or an archive, the report (:attr:`Returned.notes`) names the file
+read. Image names are resolved against the XML's folder (an archive: the folder holding it)
+under the rule of :mod:`~crowdtk.labeling.reading`.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
-from pathlib import Path
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 from xml.parsers import expat
+
+import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
 from crowdtk.labeling.common import DONE, HEAD, INSTRUCTION, REGION, BaseExport, Returned, write_json, write_text
-from crowdtk.labeling.reading import Collector, image_reference, points_array
+from crowdtk.labeling.reading import Collector, allowed_folders, image_reference, points_array
 
 UNIT = "image"
 XML = "annotations.xml"
 LABELS = "labels.json"
+ANNOTATIONS = "annotations"  # the subfolder an XML may also sit in
+MAX_XML_BYTES = 1 << 30  # an archive member larger than this (uncompressed) is refused, not read into memory
 # The labels of a task, in both the label constructor (labels.json) and the XML's <meta>.
 _LABELS = ((HEAD, "#ff0000", "points"), (REGION, "#ffa500", "rectangle"), (DONE, "#00a000", "tag"))
 
 
-def cvat_xml(images: list[tuple[RegionsEntry, str]]) -> str:
+def cvat_xml(images: list[tuple[RegionsEntry, str]], heads: Mapping[str, np.ndarray] | None = None) -> str:
     """annotations.xml for (entry, file name) pairs: the task's labels and each region as a box."""
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
@@ -52,15 +69,25 @@ def cvat_xml(images: list[tuple[RegionsEntry, str]]) -> str:
         for r in entry.regions:
             ET.SubElement(image, "box", label=REGION, source="manual", occluded="0", xtl=f"{r.x0:.2f}", ytl=f"{r.y0:.2f}",
                           xbr=f"{r.x1:.2f}", ybr=f"{r.y1:.2f}", z_order="0")
+        if heads is not None:
+            _prefilled_heads(image, heads.get(entry.id, np.zeros((0, 2))))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _prefilled_heads(image: ET.Element, points: np.ndarray) -> None:
+    """A review round (``export LABELS``): one ``head`` <points> shape per labeled head (``repr`` floats, exact), and the
+    image tagged ``done``, so that an image whose regions hold no head reads as labeled."""
+    for x, y in points:
+        ET.SubElement(image, "points", label=HEAD, source="manual", occluded="0", points=f"{float(x)!r},{float(y)!r}", z_order="0")
+    ET.SubElement(image, "tag", label=DONE, source="manual")
 
 
 class Export(BaseExport):
     """The placed images; one XML file for all of them is written at the end."""
 
     def finish(self) -> None:
-        write_text(self.out / XML, cvat_xml(self.placed))
+        write_text(self.out / XML, cvat_xml(self.placed, self.prefill))
         write_json(self.out / LABELS, [{"name": name, "color": color, "type": kind, "attributes": []} for name, color, kind in _LABELS])
 
 
@@ -70,8 +97,8 @@ def steps(image_url: str) -> str:
         "2. Upload annotations.xml (Actions > Upload annotations, format 'CVAT 1.1'): the orange boxes are the regions.\n"
         "3. Add 'head' points on every head inside a region. An image whose regions hold no head at all needs the\n"
         "   image tag 'done' (otherwise it reads as not labeled yet).\n"
-        "4. Export the task as 'CVAT for images 1.1', unzip it, and run\n"
-        "   crowdtk import REGIONS --from cvat annotations.xml."
+        "4. Export the task as 'CVAT for images 1.1' and run crowdtk import REGIONS --from cvat on the\n"
+        "   downloaded .zip (or on its annotations.xml, or the folder it was unzipped to)."
     )
 
 
@@ -83,9 +110,14 @@ def parse_xml_safely(path: Path) -> ET.Element:
         raise CrowdtkError(f"{path}: no such file", "check the path") from None
     except IsADirectoryError:
         raise CrowdtkError(f"{path}: is a folder, expected an XML file", f"pass the {XML} of the CVAT export") from None
+    return parse_xml_bytes(data, str(path))
+
+
+def parse_xml_bytes(data: bytes, source: str) -> ET.Element:
+    """:func:`parse_xml_safely` of XML already read; ``source`` names it in errors."""
 
     def refuse(*_: Any) -> None:
-        raise CrowdtkError(f"{path}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion)",
+        raise CrowdtkError(f"{source}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion)",
                            "export the annotations again from CVAT; its files have no DOCTYPE")
 
     # A first pass with expat's own handlers sees declarations before ElementTree would expand them.
@@ -98,7 +130,62 @@ def parse_xml_safely(path: Path) -> ET.Element:
         guard.Parse(data, True)
         return ET.fromstring(data)
     except (expat.ExpatError, ET.ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding
-        raise CrowdtkError(f"{path}: not well-formed XML ({exc})", "pass the annotations file the labeling tool exported") from None
+        raise CrowdtkError(f"{source}: not well-formed XML ({exc})", "pass the annotations file the labeling tool exported") from None
+
+
+def _is_xml(name: str) -> bool:
+    """A CVAT XML's place in a folder or an archive: directly in it, or in its annotations/ subfolder."""
+    parts = PurePosixPath(name).parts
+    return name.lower().endswith(".xml") and (len(parts) == 1 or (len(parts) == 2 and parts[0] == ANNOTATIONS))
+
+
+def _only_one(names: list[str], where: Path, choose: str) -> str:
+    if not names:
+        raise CrowdtkError(f"{where}: holds no CVAT XML (annotations.xml, or Datumaro's <subset>.xml, in it or in {ANNOTATIONS}/)",
+                           "pass the XML file, or the .zip of CVAT's 'CVAT for images 1.1' export")
+    if len(names) > 1:
+        raise CrowdtkError(f"{where}: holds {len(names)} XML files ({', '.join(names)}), expected one", choose)
+    return names[0]
+
+
+def _folder_xml(folder: Path) -> Path:
+    names = sorted(p.relative_to(folder).as_posix() for d in (folder, folder / ANNOTATIONS) if d.is_dir()
+                   for p in d.iterdir() if p.is_file() and _is_xml(p.relative_to(folder).as_posix()))
+    return folder / _only_one(names, folder, "pass the one to import as PATH")
+
+
+def _archive_xml(path: Path) -> tuple[str, bytes]:
+    """The one CVAT XML of an export archive (member name, bytes), read in memory; an archive with path traversal is refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            for member in members:
+                name = member.filename.replace("\\", "/")
+                if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
+                    raise CrowdtkError(f"{path}: archive member '{member.filename}' points outside the archive (path traversal)",
+                                       "export the task from CVAT again")
+            xmls = [m.filename for m in members if not m.is_dir() and _is_xml(m.filename)]
+            name = _only_one(xmls, path, "unzip it and pass the one to import as PATH")
+            info = archive.getinfo(name)
+            if info.file_size > MAX_XML_BYTES:
+                raise CrowdtkError(f"{path}: {name} is {info.file_size} bytes uncompressed, more than {MAX_XML_BYTES}",
+                                   "pass a smaller export, or the unzipped XML")
+            return name, archive.read(info)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error, ValueError) as exc:
+        raise CrowdtkError(f"{path}: not a readable zip archive ({exc})", "pass the .zip CVAT exported, or the annotations XML") from None
+
+
+def _annotations(path: Path) -> tuple[ET.Element, Path, list[Path], str, list[str]]:
+    """The XML PATH names: (its root, the folder image names start at, the folders they may point into, its name in errors, notes)."""
+    if path.is_dir():
+        xml = _folder_xml(path)
+        notes = [f"read {xml.relative_to(path).as_posix()}, the CVAT XML in {path}"]
+        return parse_xml_safely(xml), xml.parent, allowed_folders(path), str(xml), notes
+    if path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path)):
+        name, data = _archive_xml(path)
+        source = f"{path}:{name}"
+        return parse_xml_bytes(data, source), path.parent, allowed_folders(path.parent), source, [f"read {name} from {path}"]
+    return parse_xml_safely(path), path.parent, allowed_folders(path.parent), str(path), []
 
 
 def _head_points(image: ET.Element, found: Collector, where: str) -> list[tuple[float, float]]:
@@ -121,19 +208,19 @@ def _head_points(image: ET.Element, found: Collector, where: str) -> list[tuple[
 
 
 def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
-    if path.is_dir():
-        path = path / XML
-    root = parse_xml_safely(path)
+    root, folder, roots, source, notes = _annotations(path)
     if root.tag != "annotations":
-        raise CrowdtkError(f"{path}: not a CVAT for images 1.1 file (root <{root.tag}>)", "export the task as 'CVAT for images 1.1'")
+        raise CrowdtkError(f"{source}: not a CVAT for images 1.1 file (root <{root.tag}>)", "export the task as 'CVAT for images 1.1'")
     found = Collector(entries)
     for image in root.iter("image"):
-        where = f"{path}: image '{image.get('name')}'"
-        name = image_reference(image.get("name"), path.parent, path.parent, where)
+        where = f"{source}: image '{image.get('name')}'"
+        name = image_reference(image.get("name"), folder, roots, where)
         entry = found.matcher.find(name)
         found.check_size(entry, image.get("width"), image.get("height"), where)
         points = _head_points(image, found, where)
         if points or any(tag.get("label") == DONE for tag in image.iter("tag")):
             found.add(name, entry, points_array(points, where), where)
         # else: untouched (CVAT lists every image of a task): reported as missing
-    return found.returned()
+    returned = found.returned()
+    returned.notes.extend(notes)
+    return returned

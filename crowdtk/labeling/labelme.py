@@ -4,9 +4,15 @@ Export: ``images/<file>`` with ``images/<stem>.json`` beside each: ``imagePath``
 ``imageWidth``, ``imageHeight`` and ``shapes``, the regions as ``rectangle`` shapes labeled
 ``region`` (the instruction in their ``description``).
 
-Import reads every LabelMe JSON under PATH and takes its ``point`` shapes. The export writes
-every JSON, so an image without point shapes counts as labeled only with its flag ``done``
-ticked.
+Import reads every LabelMe JSON under PATH (a folder, searched with its subfolders, or one
+JSON file) and takes its ``point`` shapes. The export writes every JSON, so an image without
+point shapes counts as labeled only with its flag ``done`` ticked. Both of LabelMe's layouts
+import: the JSON beside the image (``labelme images/``: ``"imagePath": "IMG_1.jpg"``) and a
+separate labels folder (``labelme images/ --output labels/``: ``"imagePath":
+"../images/IMG_1.jpg"``, read from ``labels/`` when it lies in the export folder, or from a
+folder holding both). ``imagePath`` is resolved against the JSON's folder under the rule of
+:mod:`~crowdtk.labeling.reading` (inside PATH or the export folder around it) and the image
+matched by name, its sha256 and its size.
 """
 
 from __future__ import annotations
@@ -15,20 +21,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import DONE, IMAGES, INSTRUCTION, REGION, BaseExport, Returned, write_json
-from crowdtk.labeling.reading import Collector, image_reference, load_json, points_array
+from crowdtk.labeling.common import DONE, HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, Returned, write_json
+from crowdtk.labeling.reading import Collector, allowed_folders, image_file, load_json, points_array
 
 UNIT = "image"
 
 
-def labelme_record(entry: RegionsEntry, name: str) -> dict[str, Any]:
+def labelme_record(entry: RegionsEntry, name: str, points: np.ndarray | None = None) -> dict[str, Any]:
     """The LabelMe JSON of one image: its regions as rectangles, the flag ``done`` not yet ticked."""
     shapes = [{"label": REGION, "points": [[float(r.x0), float(r.y0)], [float(r.x1), float(r.y1)]], "group_id": None,
                "description": INSTRUCTION, "shape_type": "rectangle", "flags": {}} for r in entry.regions]
-    return {"version": "5.4.1", "flags": {DONE: False}, "shapes": shapes, "imagePath": name, "imageData": None,
-            "imageHeight": entry.height, "imageWidth": entry.width}
+    record = {"version": "5.4.1", "flags": {DONE: False}, "shapes": shapes, "imagePath": name, "imageData": None,
+              "imageHeight": entry.height, "imageWidth": entry.width}
+    if points is not None:  # a review round (export LABELS): the labeled heads as point shapes, the image already 'done'
+        shapes += [{"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": "", "shape_type": "point",
+                    "flags": {}} for x, y in points]
+        record["flags"] = {DONE: True}
+    return record
 
 
 class Export(BaseExport):
@@ -36,7 +49,7 @@ class Export(BaseExport):
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         super().add(entry, name, record)
-        write_json(self.out / IMAGES / f"{Path(name).stem}.json", labelme_record(entry, name))
+        write_json(self.out / IMAGES / f"{Path(name).stem}.json", labelme_record(entry, name, self.prefilled(entry)))
 
 
 def steps(image_url: str) -> str:
@@ -44,14 +57,15 @@ def steps(image_url: str) -> str:
         "Open images/ in LabelMe (labelme images/ --nodata). Each image's JSON already holds its regions as\n"
         "rectangles labeled 'region'; add a point labeled 'head' on every head inside them, tick the flag\n"
         "'done' when an image is finished (needed when it has no heads: otherwise it reads as not labeled yet), and save.\n"
-        "Then run crowdtk import REGIONS --from labelme images/."
+        "Then run crowdtk import REGIONS --from labelme images/ (after labelme images/ --output labels/:\n"
+        "crowdtk import REGIONS --from labelme labels/)."
     )
 
 
 def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
-    root = path if path.is_dir() else path.parent
     if not path.exists():
         raise CrowdtkError(f"{path}: no such file or folder", "pass the folder of LabelMe JSON files")
+    roots = allowed_folders(path if path.is_dir() else path.parent)
     files = sorted(path.rglob("*.json")) if path.is_dir() else [path]
     found = Collector(entries)
     for file in files:
@@ -59,8 +73,8 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         if not isinstance(record, dict) or not isinstance(record.get("shapes"), list):
             continue  # not a LabelMe file (e.g. index.json)
         image_path = record.get("imagePath") or f"{file.stem}"
-        name = image_reference(image_path, file.parent, root, str(file))
-        entry = found.matcher.find(name)
+        name, image = image_file(image_path, file.parent, roots, str(file))
+        entry = found.find(name, image, str(file))
         found.check_size(entry, record.get("imageWidth"), record.get("imageHeight"), str(file))
         points = []
         for shape in record["shapes"]:

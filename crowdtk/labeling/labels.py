@@ -96,7 +96,7 @@ class ImportRound:
     def of(cls, result: ImportResult, earlier: Sequence[tuple[str, Sequence[LabelsEntry]]], unit: str, regions_name: str,
            pool_area: int | None = None) -> ImportRound:
         """Merge ``result`` with the ``earlier`` rounds and note what did not make it into the labels."""
-        notes = []
+        notes = list(result.notes)
         if result.missing:
             notes.append(f"left out {len(result.missing)} unlabeled {unit}(s): {_some(result.missing)}")
         if result.dropped:

@@ -4,7 +4,10 @@ Export: ``images/``, ``config.xml`` (a KeyPointLabels ``kp`` with the label ``he
 RectangleLabels ``region``; the instruction as a Header) and ``tasks.json``: one task per
 image, ``data`` = ``{"image": <--image-url>images/<file>, "crowdtk_id", "regions",
 "instruction"}`` and the regions as pre-annotation rectangles (``predictions``) in Label
-Studio's percent convention (x, y, width, height in 0–100 of the image's width/height).
+Studio's percent convention (x, y, width, height in 0–100 of the image's width/height). A
+review round (``export LABELS``) adds to each task an ``annotations`` entry holding the
+regions and the labeled heads (``keypointlabels`` ``head``, percent), which Label Studio
+imports as the task's annotation for the reviewer to edit and submit.
 
 Import reads Label Studio's JSON export (a list of tasks; per task the ground-truth
 annotation, else the last one not cancelled; its ``keypointlabels`` results, percent). Images
@@ -17,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
+
+import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
@@ -47,8 +52,9 @@ def labelstudio_config() -> str:
     )
 
 
-def labelstudio_task(entry: RegionsEntry, image: str) -> dict[str, Any]:
-    """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations."""
+def labelstudio_task(entry: RegionsEntry, image: str, points: np.ndarray | None = None) -> dict[str, Any]:
+    """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations;
+    with ``points`` (a review round), also an annotation of the regions and those head points."""
     results = [{
         "id": f"region{k}",
         "from_name": REGION,
@@ -60,18 +66,26 @@ def labelstudio_task(entry: RegionsEntry, image: str) -> dict[str, Any]:
         "value": {"x": _pct(r.x0, entry.width), "y": _pct(r.y0, entry.height), "width": _pct(r.x1 - r.x0, entry.width),
                   "height": _pct(r.y1 - r.y0, entry.height), "rotation": 0, "rectanglelabels": [REGION]},
     } for k, r in enumerate(entry.regions)]
-    return {
+    task = {
         "data": {"image": image, "crowdtk_id": entry.id, "instruction": INSTRUCTION,
                  "regions": [[r.x0, r.y0, r.x1, r.y1] for r in entry.regions]},
         "predictions": [{"model_version": "crowdtk select", "result": results}],
     }
+    if points is not None:
+        heads = [{"id": f"head{k}", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": entry.width,
+                  "original_height": entry.height, "image_rotation": 0,
+                  "value": {"x": _pct(float(x), entry.width), "y": _pct(float(y), entry.height), "width": 0.5, "keypointlabels": [HEAD]}}
+                 for k, (x, y) in enumerate(points)]
+        task["annotations"] = [{"result": results + heads, "was_cancelled": False, "ground_truth": False}]
+    return task
 
 
 class Export(BaseExport):
     """The placed images; one task per image, all in one file written at the end."""
 
     def finish(self) -> None:
-        write_json(self.out / TASKS, [labelstudio_task(entry, f"{self.image_url}{IMAGES}/{name}") for entry, name in self.placed])
+        write_json(self.out / TASKS, [labelstudio_task(entry, f"{self.image_url}{IMAGES}/{name}", self.prefilled(entry))
+                                      for entry, name in self.placed])
         write_text(self.out / CONFIG, labelstudio_config())
 
 

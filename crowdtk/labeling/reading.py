@@ -4,6 +4,17 @@ Matching a tool's image reference to a regions entry (:class:`Matcher`: export f
 stem; :func:`image_reference`, refusing path traversal), the strict JSON helpers for tools'
 exports, :class:`Collector` (points per image, for the tools that annotate whole images) and
 :func:`assemble`, which keeps the points inside their regions and builds the labels.
+
+Which image references are allowed (:func:`allowed_folders`, :func:`image_file`): a relative
+reference starts at the folder of the file that holds it (a LabelMe JSON's folder; a CVAT
+XML's), an absolute one stands as it is; either is normalised (``..`` applied) and must then
+lie inside a folder the user named: the folder given as PATH (for a file, its folder) or the
+export package around it, i.e. PATH's parent when that holds crowdtk's export ``index.json``
+(a ``labeling-export`` header). So ``labelme images/ --output labels/`` inside an export folder
+(``"imagePath": "../images/IMG_1.jpg"`` in ``labels/IMG_1.json``) imports from ``labels/``,
+while ``../../x.jpg`` there, or ``/etc/passwd``, is refused as path traversal. Where the
+reference names a file that exists, its sha256 must be the regions entry's (a name match is
+confirmed by it; without a name match, the sha256 alone finds the entry).
 """
 
 from __future__ import annotations
@@ -20,8 +31,9 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import LabelsEntry, RegionsEntry
-from crowdtk.labeling.common import Found, Returned, export_names
+from crowdtk.files import file_digest
+from crowdtk.formats import LABELING_EXPORT, LabelsEntry, RegionsEntry
+from crowdtk.labeling.common import INDEX, Found, Returned, export_names
 
 REEXPORT = "re-export from the labeling tool"  # the fix for most malformed tool output
 
@@ -34,6 +46,7 @@ class ImportResult:
     missing: list[str] = field(default_factory=list)  # images (crops: regions) without an annotation
     unknown: list[str] = field(default_factory=list)  # annotated images that are not in the regions file
     ignored: int = 0  # annotations of other kinds (labels other than 'head')
+    notes: list[str] = field(default_factory=list)  # what the reader reports, e.g. which file of a folder or archive it read
 
     @property
     def heads(self) -> int:
@@ -50,6 +63,8 @@ class Matcher:
         self.by_file = {n.lower(): e for n, e in zip(names, entries)}
         self.by_stem = {Path(n).stem.lower(): e for n, e in zip(names, entries)}
         self.names = dict(zip((e.id for e in entries), names))
+        digests = [e.sha256 for e in entries]
+        self.by_sha = {e.sha256: e for e in entries if digests.count(e.sha256) == 1}  # identical images: by name only
 
     def find(self, name: str) -> RegionsEntry | None:
         base = PurePosixPath(name).name
@@ -57,39 +72,68 @@ class Matcher:
         return self.by_file.get(base.lower()) or self.by_id.get(stem) or self.by_stem.get(stem.lower())
 
 
-def image_reference(ref: Any, folder: Path, root: Path, source: str) -> str:
+def allowed_folders(folder: Path) -> list[Path]:
+    """The folders image references may point into: ``folder`` (PATH, or the folder of the file given as PATH) and the export package around it.
+
+    The package is ``folder``'s parent when that holds crowdtk's export ``index.json``; nothing is searched further up.
+    """
+    folders = [folder]
+    parent = Path(os.path.abspath(folder)).parent
+    if parent != Path(os.path.abspath(folder)) and _is_export_folder(parent):
+        folders.append(parent)
+    return folders
+
+
+def _is_export_folder(folder: Path) -> bool:
+    try:
+        record = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and record.get("format") == LABELING_EXPORT
+
+
+def image_reference(ref: Any, folder: Path, root: Path | Sequence[Path], source: str) -> str:
     """The file name an annotation tool gives for an image, checked against path traversal.
 
-    ``folder`` is where relative references start; ``root`` is the folder they must stay in.
+    ``folder`` is where relative references start; ``root`` is the folder (or the folders) they must stay in.
     URLs (``http://…``) and Label Studio's ``/data/upload/…`` keep only their last component;
     ``/data/local-files/?d=…`` must be a relative path without ``..``.
     """
+    return image_file(ref, folder, root, source)[0]
+
+
+def image_file(ref: Any, folder: Path, root: Path | Sequence[Path], source: str) -> tuple[str, Path | None]:
+    """:func:`image_reference`'s file name, and the local path the reference resolves to (None for URLs and Label Studio's paths)."""
     if not isinstance(ref, str) or not ref.strip():
         raise CrowdtkError(f"{source}: an image reference is not a file name ({ref!r})", REEXPORT)
     text = ref.strip().replace("\\", "/")
+    roots = [root] if isinstance(root, Path) else list(root)
     try:
-        return _reference_name(ref, text, folder, root, source)
+        return _reference_name(ref, text, folder, roots, source)
     except ValueError as exc:  # urlparse: e.g. an invalid IPv6 host; a NUL character in a path
         raise CrowdtkError(f"{source}: image reference {ref!r} is not a usable URL or path ({exc})", REEXPORT) from None
 
 
-def _reference_name(ref: str, text: str, folder: Path, root: Path, source: str) -> str:
+def _reference_name(ref: str, text: str, folder: Path, roots: list[Path], source: str) -> tuple[str, Path | None]:
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return PurePosixPath(unquote(urlparse(text).path)).name
+        return PurePosixPath(unquote(urlparse(text).path)).name, None
     if text.startswith("/data/local-files/"):
         inner = parse_qs(urlparse(text).query).get("d", [""])[0].replace("\\", "/")
         if not inner or inner.startswith("/") or ".." in PurePosixPath(inner).parts:
             raise CrowdtkError(f"{source}: image reference '{ref}' points outside Label Studio's document root", REEXPORT)
-        return PurePosixPath(inner).name
+        return PurePosixPath(inner).name, None
     if text.startswith("/data/upload/"):
-        return re.sub(r"^[0-9a-f]{8}-", "", PurePosixPath(text).name)
+        return re.sub(r"^[0-9a-f]{8}-", "", PurePosixPath(text).name), None
     path = Path(text)
     target = path if path.is_absolute() else folder / path
-    resolved, top = Path(os.path.normpath(os.path.abspath(target))), Path(os.path.normpath(os.path.abspath(root)))
-    if resolved != top and top not in resolved.parents:
-        raise CrowdtkError(f"{source}: image reference '{ref}' points outside {root} (path traversal)",
-                           "image names must stay inside the labeled folder; re-export from the labeling tool")
-    return resolved.name
+    resolved = Path(os.path.normpath(os.path.abspath(target)))
+    tops = [Path(os.path.normpath(os.path.abspath(root))) for root in roots]
+    if not any(resolved == top or top in resolved.parents for top in tops):
+        inside = " or ".join(str(root) for root in roots)
+        raise CrowdtkError(f"{source}: image reference '{ref}' points outside {inside} (path traversal)",
+                           "image references may point only into the folder given as PATH, or the export folder that holds it; "
+                           "pass a folder that holds both the labels and the images")
+    return resolved.name, resolved
 
 
 def points_array(values: list[tuple[float, float]], source: str) -> np.ndarray:
@@ -133,6 +177,22 @@ class Collector:
         self.points: dict[str, np.ndarray] = {}
         self.unknown: list[str] = []
         self.ignored = 0
+
+    def find(self, name: str, file: Path | None, source: str) -> RegionsEntry | None:
+        """The regions entry of an image: by ``name``; where the reference names a ``file`` that exists, checked against its sha256 (or, without a name match, found by it)."""
+        entry = self.matcher.find(name)
+        if file is None or not file.is_file():
+            return entry
+        try:
+            digest = file_digest(file)
+        except OSError:  # unreadable: the name alone decides
+            return entry
+        if entry is None:
+            return self.matcher.by_sha.get(digest)
+        if digest != entry.sha256:
+            raise CrowdtkError(f"{source}: {file} is not the image '{entry.id}' of the regions file (sha256 differs)",
+                               "label the images the regions were selected on (the export folder's images/)")
+        return entry
 
     def add(self, name: str, entry: RegionsEntry | None, points: np.ndarray, source: str) -> None:
         if entry is None:

@@ -1,10 +1,11 @@
-"""Region selection (paper 3.4; Algorithm 1, lines 1 and 5): the budget, RANDOM, NONE-OR-ALL, MAX and MDC.
+"""Region selection (paper 3.4; Algorithm 1, lines 1 and 5): the budget (area or heads), RANDOM, NONE-OR-ALL, MAX and MDC.
 
 The parts, in the order a selection runs through them:
 
 - :mod:`~crowdtk.selection.config`: :class:`SelectConfig` (the settings, validated) and :class:`Selection` (the result).
 - :mod:`~crowdtk.selection.checks`: earlier rounds' files and strip vectors, read and refused when they do not fit the pool.
 - :mod:`~crowdtk.selection.budget`: the candidate cells of an image and how many each image gets, counted in area.
+- :mod:`~crowdtk.selection.heads`: or counted in heads, the vectors' predicted counts (``--budget-heads``).
 - :mod:`~crowdtk.selection.streams`: the keyed random streams every random choice is drawn from.
 - :mod:`~crowdtk.selection.strategies`: random / none-or-all / max / mdc, the regions records, :func:`select_regions`.
 - :mod:`~crowdtk.selection.mdc` and :mod:`~crowdtk.selection.gmm`: MDC and the batched EM it fits.
@@ -15,6 +16,7 @@ from crowdtk.selection.budget import cell_grid, draw_whole_images, fill_area, ro
 from crowdtk.selection.checks import Exclusion, check_exclusion, check_vectors, read_exclusion
 from crowdtk.selection.config import CHUNK, ENGINES, SHAPES, STRATEGIES, WARMUP, SelectConfig, Selection
 from crowdtk.selection.gmm import gmm_numpy, gmm_sklearn, kmeans_plusplus
+from crowdtk.selection.heads import plan_heads, spend_heads, spending_order
 from crowdtk.selection.mdc import MdcPick, mdc_batch
 from crowdtk.selection.run import SelectRun, select_files
 from crowdtk.selection.streams import image_keys, keyed_uniforms
@@ -24,6 +26,6 @@ __all__ = [
     "CHUNK", "ENGINES", "SHAPES", "STRATEGIES", "WARMUP",
     "Exclusion", "MdcPick", "SelectConfig", "SelectRun", "Selection",
     "cell_grid", "check_exclusion", "check_vectors", "draw_whole_images", "fill_area", "gmm_numpy", "gmm_sklearn",
-    "image_keys", "keyed_uniforms", "kmeans_plusplus", "mdc_batch", "read_exclusion", "round_half_up",
-    "select_files", "select_regions", "spread_area",
+    "image_keys", "keyed_uniforms", "kmeans_plusplus", "mdc_batch", "plan_heads", "read_exclusion", "round_half_up",
+    "select_files", "select_regions", "spend_heads", "spending_order", "spread_area",
 ]

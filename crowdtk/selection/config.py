@@ -6,6 +6,7 @@ read the settings and names without importing the code that runs them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from crowdtk.errors import CrowdtkError
@@ -24,6 +25,7 @@ class SelectConfig:
     """Defaults of ``crowdtk select``."""
 
     budget: float = 0.1
+    budget_heads: float | None = None  # a head budget instead of ``budget``: the heads the vectors predict in the regions
     strategy: str = "random"
     strip_frac: float = 0.1
     scale: float = 1.0  # the --scale the counter is trained at: cell edges lie on its output-cell grid
@@ -40,6 +42,8 @@ class SelectConfig:
     def validate(self) -> None:
         if not (isinstance(self.budget, (int, float)) and 0 < self.budget <= 1):
             raise CrowdtkError(f"--budget {self.budget}: budget outside (0, 1]", "give the fraction of the pool's area to label, e.g. 0.1 for 10%")
+        if self.budget_heads is not None:
+            self._validate_heads()
         if self.strategy not in STRATEGIES:
             raise CrowdtkError(f"--strategy {self.strategy}: unknown strategy", f"use one of {', '.join(STRATEGIES)}")
         if self.shape not in SHAPES:
@@ -61,6 +65,15 @@ class SelectConfig:
             raise CrowdtkError(f"--n-init {self.n_init} must be at least 1", "use e.g. 3")
         if not self.reg_covar > 0:
             raise CrowdtkError(f"reg_covar {self.reg_covar} must be positive", "use e.g. 1e-4")
+
+    def _validate_heads(self) -> None:
+        heads = self.budget_heads
+        if not (isinstance(heads, (int, float)) and math.isfinite(heads) and heads > 0):
+            raise CrowdtkError(f"--budget-heads {heads}: not a positive number of heads", "give the heads to label, e.g. 2000")
+        if self.warmup_frac > 0:
+            raise CrowdtkError("--budget-heads with --warmup-frac", "the warm-up round has no vectors to price heads with: give it --budget")
+        if self.shape != "strip":
+            raise CrowdtkError(f"--budget-heads with --shape {self.shape}", "the vectors price vertical strips: use --shape strip")
 
 
 @dataclass

@@ -30,9 +30,12 @@ class SelectRun:
     def header_fields(self) -> dict[str, Any]:
         """The regions header's fields after the provenance (docs/formats.md), in their order."""
         c, s = self.config, self.selection
-        return dict(budget=c.budget, strip_frac=c.strip_frac, scale=c.scale, shape=c.shape, manifest_sha256=self.manifest_sha256,
-                    pool_images=s.pool_images, pool_area=s.pool_area, area_fraction=s.area_fraction,
-                    cumulative_area_fraction=s.cumulative_area_fraction)
+        fields = dict(budget=c.budget if c.budget_heads is None else None, strip_frac=c.strip_frac, scale=c.scale, shape=c.shape,
+                      manifest_sha256=self.manifest_sha256, pool_images=s.pool_images, pool_area=s.pool_area,
+                      area_fraction=s.area_fraction, cumulative_area_fraction=s.cumulative_area_fraction)
+        if c.budget_heads is not None:  # only then: an area budget's header stays as it was
+            fields.update(budget_heads=c.budget_heads, expected_heads=float(f"{s.expected_heads or 0.0:.4f}"))
+        return fields
 
 
 def select_files(entries: Sequence[ManifestEntry], manifest: str, config: SelectConfig, *, scale: float | None = None,

@@ -4,7 +4,9 @@
 their area reaches the budget (the budget's own draw, :func:`crowdtk.selection.budget.plan_budget`),
 one region each. ``max``: the strips with the largest predicted count (ties: the leftmost).
 ``mdc``: the paper's clustering (:mod:`crowdtk.selection.mdc`). Warm-up rows are random
-cells, marked ``warmup``.
+cells, marked ``warmup``. A head budget (``budget_heads``) decides how many cells each image
+gets, or which whole images, from the heads the strategy's picks predict
+(:mod:`crowdtk.selection.heads`); the strategies pick as under an area budget.
 
 **Records.** Adjacent selected cells merge into one region (strips left to right, bands top
 to bottom, blocks along a row). Each region records ``cells`` (indices of the cells it
@@ -15,6 +17,7 @@ given) and, for MDC, ``component`` and ``distance`` (per strip, in vector units:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,7 @@ from crowdtk.formats import ManifestEntry, Region, RegionsEntry, StripVectors
 from crowdtk.selection.budget import CellGrids, Plan, plan_budget
 from crowdtk.selection.checks import Exclusion, check_request, earlier_rounds, vector_rows
 from crowdtk.selection.config import WARMUP, SelectConfig, Selection
+from crowdtk.selection.heads import plan_heads
 from crowdtk.selection.mdc import Picks, mdc_all
 from crowdtk.selection.streams import image_keys, keyed_uniforms
 
@@ -94,16 +98,42 @@ def select_regions(
     excluded = earlier_rounds(exclusions, entries, manifest_name)
     excluded_area = sum(sum(r.area for r in regions) for regions in excluded.values())
     remaining = np.array([i for i, e in enumerate(entries) if e.id not in excluded], dtype=np.int64)
-    plan = plan_budget(config, image_area, capacity, remaining, pool_area, excluded_area)
-    rows_of = vector_rows(entries, config, vectors, plan.targets, grids) if vectors is not None else {}
+    if config.budget_heads is None:
+        plan = plan_budget(config, image_area, capacity, remaining, pool_area, excluded_area)
+        rows_of = vector_rows(entries, config, vectors, plan.targets, grids) if vectors is not None else {}
+    else:
+        assert vectors is not None  # check_request
+        rows_of = vector_rows(entries, config, vectors, remaining, grids)  # every image the budget may spend on is priced
+        plan = _plan_heads(_Job(entries, config, vectors, capacity, np.zeros_like(capacity), rows_of, None), remaining)
     job = _Job(entries, config, vectors, capacity, plan.share, rows_of, on_progress)
     picks = _PICKERS[config.strategy](job)
     out, cells_placed, expected = _records(job, plan, picks, grids)
     area = sum(e.area for e in out)
     notes = list(plan.notes)
-    if area == 0 and config.budget > 0:
+    if area == 0 and config.budget_heads is not None:
+        if not notes:  # else the plan said why (no heads left)
+            notes.append(f"--budget-heads {config.budget_heads:g} is less than half the heads predicted in one region: nothing was selected")
+    elif area == 0 and config.budget > 0:
         notes.append(f"the budget of {100 * config.budget:g}% of the pool's area is less than one region: nothing was selected")
     return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, expected, notes)
+
+
+def _plan_heads(job: _Job, remaining: np.ndarray) -> Plan:
+    """A head budget: the strategy's picks priced at their predicted heads (:mod:`crowdtk.selection.heads`)."""
+    assert job.config.budget_heads is not None and job.vectors is not None
+    counts = {i: job.vectors.counts[rows].astype(np.float64) for i, rows in job.rows_of.items()}
+    image_heads = np.zeros(len(job.entries), dtype=np.float64)
+    for i, c in counts.items():
+        image_heads[i] = c.sum()
+    picker = _PICKERS[job.config.strategy]
+
+    def heads_at(images: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        share = np.zeros_like(job.capacity)
+        share[images] = cells
+        picks = picker(dataclasses.replace(job, share=share))
+        return np.array([counts[i][picks[i][0]].sum() for i in images.tolist()], dtype=np.float64)
+
+    return plan_heads(job.config.budget_heads, job.config.strategy, job.config.seed, job.capacity, remaining, image_heads, heads_at)
 
 
 # --------------------------------------------------------------------------- records

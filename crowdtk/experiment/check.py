@@ -1,0 +1,161 @@
+"""The benchmark gate of ``bench --check``: this run's mean MAE per (method, budget, shape) against a
+stored results.json (the baseline), made with the same settings on the same data.
+
+A method regresses when its mean MAE grows by more than the tolerance (relative to the baseline's
+mean) and by more than the combined seed spread (the baseline's std plus this run's): the gate
+fails on a difference the seeds cannot explain, and not on one that is small however it came.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crowdtk.errors import CrowdtkError
+from crowdtk.experiment.folder import LATER_SETTINGS
+from crowdtk.files import file_digest
+from crowdtk.formats import BENCH_RESULTS, FORMAT_VERSIONS, Provenance, bench_check_header, read_json, read_manifest, write_json
+
+DEFAULT_TOLERANCE = 0.05
+
+# The digests of the manifest files change with their header's creation time and (index) their absolute
+# paths, so a fresh folder on the same data never matches them; the data digests cover what the runs see.
+FILE_DIGESTS = ("train_sha256", "test_sha256")
+DATA_DIGESTS = ("train_data_sha256", "test_data_sha256")
+_REMAKE = "make the baseline with this crowdtk: crowdtk bench … -o DIR, then copy DIR/results.json"
+
+
+def data_digest(manifest: Path) -> str:
+    """sha256 of a data set as the runs see it: each image's id, size, head count and digest, and its
+    points file's bytes, in the manifest's order (whatever made the manifest, when, and where the files lie)."""
+    _, entries = read_manifest(manifest)
+    digest = hashlib.sha256()
+    for e in entries:
+        points = file_digest(e.points) if e.points else None
+        digest.update(json.dumps([e.id, e.width, e.height, e.count, e.sha256, points]).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def differing_settings(baseline: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The settings keys whose values differ. Settings added later count as their default when the
+    baseline predates them; the data are compared by their data digests when the baseline has them,
+    else by the manifest files' digests."""
+    before = {**LATER_SETTINGS, **baseline}
+    skip = set(FILE_DIGESTS) if all(k in before for k in DATA_DIGESTS) else set(DATA_DIGESTS)
+    return sorted(k for k in (before.keys() | settings.keys()) - skip if before.get(k) != settings.get(k))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    path: Path
+    sha256: str
+    results: list[dict[str, Any]]
+
+
+def _valid_entry(r: Any) -> bool:
+    mae = r.get("mae") if isinstance(r, dict) else None
+    return (isinstance(mae, dict) and all(isinstance(mae.get(k), (int, float)) for k in ("mean", "std"))
+            and all(k in r for k in ("method", "budget", "shape", "seeds")))
+
+
+def read_baseline(path: Path, settings: dict[str, Any]) -> Baseline:
+    """The baseline's results, refused unless it is a results.json of this version made with ``settings``."""
+    doc = read_json(path, BENCH_RESULTS)  # another format, or a newer version, is refused here
+    newest = FORMAT_VERSIONS[BENCH_RESULTS]
+    if doc["format_version"] != newest:
+        raise CrowdtkError(f"{path}: a '{BENCH_RESULTS}' version {doc['format_version']} baseline; the gate compares version {newest}",
+                           _REMAKE)
+    before, results = doc.get("settings"), doc.get("results")
+    if not isinstance(before, dict) or not isinstance(results, list) or not all(_valid_entry(r) for r in results):
+        raise CrowdtkError(f"{path}: no settings or results in the form `crowdtk bench` writes", _REMAKE)
+    changed = differing_settings(before, settings)
+    if changed:
+        raise CrowdtkError(f"{path}: a baseline made with other settings or data ({', '.join(changed)} differ)",
+                           "run the bench with the baseline's settings on its data, or make a new baseline from this run")
+    return Baseline(path, file_digest(path), results)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _side(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if r is None else {"mean": _finite(r["mae"]["mean"]), "std": _finite(r["mae"]["std"]) or 0.0, "seeds": r["seeds"]}
+
+
+def _status(base: dict[str, Any] | None, run: dict[str, Any] | None, change: float | None, allowed: float | None) -> str:
+    if base is None:
+        return "new"
+    if run is None:
+        return "not run"
+    if change is None:  # a non-finite mean on one side: worse when it is this run's
+        return "ok" if run["mean"] is None and base["mean"] is None else "regressed" if run["mean"] is None else "improved"
+    return "regressed" if change > allowed else "improved" if -change > allowed else "ok"
+
+
+def compare(baseline: list[dict[str, Any]], results: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """check.json's body: every (method, budget, shape) of either side with its status (regressed, improved,
+    ok, new: only in this run, not run: only in the baseline); ``passed`` unless one regressed."""
+    before, now = ({(r["method"], r["budget"], r["shape"]): r for r in side} for side in (baseline, results))
+    rows = []
+    for k in [*now, *(k for k in before if k not in now)]:
+        base, run = _side(before.get(k)), _side(now.get(k))
+        both = base is not None and run is not None and base["mean"] is not None and run["mean"] is not None
+        change = run["mean"] - base["mean"] if both else None
+        spread = base["std"] + run["std"] if base is not None and run is not None else None
+        allowed = max(tolerance * base["mean"], spread) if both else None
+        rows.append({"method": k[0], "budget": k[1], "shape": k[2], "status": _status(base, run, change, allowed),
+                     "baseline": base, "run": run, "mae_change": change,
+                     "relative_change": change / base["mean"] if both and base["mean"] else None, "spread": spread, "allowed": allowed})
+    regressions = sum(r["status"] == "regressed" for r in rows)
+    return {"passed": regressions == 0, "regressions": regressions, "comparisons": rows}
+
+
+def write_check(path: Path, baseline: Baseline, results: list[dict[str, Any]], tolerance: float | None,
+                params: dict[str, Any]) -> dict[str, Any]:
+    """DIR/check.json (format bench-check; ``tolerance`` None: the default); returns what it holds."""
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    body = compare(baseline.results, results, tolerance)
+    header = bench_check_header(Provenance("bench", params), baseline=str(baseline.path), baseline_sha256=baseline.sha256, tolerance=tolerance)
+    write_json(path, header, body)
+    return {**header, **body}
+
+
+def _mae(side: dict[str, Any] | None) -> str:
+    if side is None:
+        return "–"
+    mean = "non-finite" if side["mean"] is None else f"{side['mean']:.2f}"
+    return mean + (f" ± {side['std']:.2f}" if len(side["seeds"]) > 1 else "")
+
+
+def _name(r: dict[str, Any]) -> str:
+    shape = "" if r["shape"] == "strip" else f" ({r['shape']}s)"
+    return f"{r['method']}{shape} at {100 * r['budget']:g}%"
+
+
+def check_report(check: dict[str, Any]) -> str:
+    """For stderr: the table of regressions (or one line when there are none), then the methods
+    that are new, not run, or better beyond the tolerance and the spread (``check``: check.json's content)."""
+    baseline, tolerance = check["baseline"], check["tolerance"]
+    regressed = [r for r in check["comparisons"] if r["status"] == "regressed"]
+    if regressed:
+        lines = [f"MAE regressions against {baseline} (growth beyond {100 * tolerance:g}% and the combined seed spread):", "",
+                 "| method | baseline MAE | this run | change | allowed growth |", "|---|---|---|---|---|"]
+        for r in regressed:
+            change = "–" if r["mae_change"] is None else f"{r['mae_change']:+.2f}" + (
+                f" ({100 * r['relative_change']:+.0f}%)" if r["relative_change"] is not None else "")
+            allowed = "–" if r["allowed"] is None else f"{r['allowed']:.2f}"
+            lines.append(f"| {_name(r)} | {_mae(r['baseline'])} | {_mae(r['run'])} | {change} | {allowed} |")
+    else:
+        compared = sum(r["status"] in ("ok", "improved") for r in check["comparisons"])
+        lines = [f"no MAE regressions against {baseline}: {compared} compared (tolerance {100 * tolerance:g}% and the seed spread)"]
+    for status, what in (("improved", "better beyond the tolerance and the spread (a new baseline?)"),
+                         ("new", "new (not in the baseline)"), ("not run", "not run (only in the baseline)")):
+        names = [_name(r) for r in check["comparisons"] if r["status"] == status]
+        if names:
+            lines.append(f"{what}: {', '.join(names)}")
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""`crowdtk import --from labelme/cvat` on the layouts the tools write by default (issue 15, item 1).
+
+LabelMe with `--output labels/` (`"imagePath": "../images/NAME"`), Datumaro's "cvat" export
+(`default.xml` beside `images/`) and CVAT's own "CVAT for images 1.1" download (a `.zip` holding
+`annotations.xml`); the folder and archive cases that must be refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+from crowdtk.formats import read_labels, read_regions
+
+from conftest import assert_clean_failure, export_package, run, truth
+
+
+def import_from(labeled, tool: str, source: Path, out: Path):
+    return run("import", labeled["regions"], "--from", tool, source, "-o", out)
+
+
+def assert_oracle_labels(labels: Path, labeled) -> None:
+    """The imported labels are the oracle's: every image, its regions, the heads inside them."""
+    _, got = read_labels(labels)
+    _, want = read_labels(labeled["oracle"])
+    assert [e.id for e in got] == [e.id for e in want]
+    for g, w in zip(got, want):
+        assert g.regions == w.regions
+        assert sorted(map(tuple, g.points.round(6))) == sorted(map(tuple, w.points.round(6)))
+
+
+def labeled_cvat_xml(labeled) -> tuple[bytes, Path]:
+    """The CVAT export's annotations.xml with a 'head' point on every head, as a labeler returns it, and the export's images/."""
+    out = export_package(labeled, "cvat")
+    tree = ET.parse(out / "annotations.xml")
+    _, regions = read_regions(labeled["regions"])
+    everything = truth(labeled)
+    for image, entry in zip(tree.getroot().findall("image"), regions):
+        ET.SubElement(image, "points", label="head", source="manual", occluded="0", z_order="0",
+                      points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in everything[entry.id]))
+    return ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True), out / "images"
+
+
+# --------------------------------------------------------------------------- LabelMe
+
+
+def test_labelme_output_folder_layout_imports(labeled):
+    """`labelme images/ --output labels/` inside the export folder: labels/NAME.json with "imagePath": "../images/NAME"."""
+    out = export_package(labeled, "labelme")
+    _, regions = read_regions(labeled["regions"])
+    everything = truth(labeled)
+    (out / "labels").mkdir()
+    for file in sorted((out / "images").glob("*.json")):
+        record = json.loads(file.read_text())
+        entry = next(e for e in regions if e.id.replace(" ", "_") == Path(record["imagePath"]).stem)
+        record["imagePath"] = f"../images/{record['imagePath']}"
+        record["shapes"] += [{"label": "head", "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
+                             for x, y in everything[entry.id]]
+        (out / "labels" / file.name).write_text(json.dumps(record))
+        file.unlink()
+    labels = labeled["tmp"] / "labelme-labels.jsonl"
+    result = import_from(labeled, "labelme", out / "labels", labels)
+    assert result.exit_code == 0, result.output
+    assert_oracle_labels(labels, labeled)
+
+    # outside the export folder (and outside PATH) it is still path traversal ...
+    record = json.loads(next((out / "labels").glob("*.json")).read_text())
+    record["imagePath"] = "../../" + Path(record["imagePath"]).name
+    bad_json = next((out / "labels").glob("*.json"))
+    good = bad_json.read_text()
+    bad_json.write_text(json.dumps(record))
+    bad = labeled["tmp"] / "bad.jsonl"
+    assert_clean_failure(import_from(labeled, "labelme", out / "labels", bad), "path traversal", bad)
+    bad_json.write_text(good)
+    # ... and an image there that is not the one the regions were selected on is refused by its sha256
+    image = out / "images" / Path(json.loads(good)["imagePath"]).name
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert_clean_failure(import_from(labeled, "labelme", out / "labels", bad), "sha256 differs", bad)
+
+
+# --------------------------------------------------------------------------- CVAT
+
+
+def test_datumaro_cvat_folder_with_default_xml_imports(labeled):
+    """Datumaro's "cvat" exporter: <subset>.xml (default.xml) beside images/; the report names the file read."""
+    folder = labeled["tmp"] / "datumaro"
+    xml, images = labeled_cvat_xml(labeled)
+    shutil.copytree(images, folder / "images")
+    (folder / "default.xml").write_bytes(xml)
+    labels = labeled["tmp"] / "dm-labels.jsonl"
+    result = import_from(labeled, "cvat", folder, labels)
+    assert result.exit_code == 0, result.output
+    assert "read default.xml" in result.stderr, result.stderr
+    assert_oracle_labels(labels, labeled)
+
+
+def test_cvat_export_zip_imports_and_names_the_file_read(labeled):
+    """CVAT's "CVAT for images 1.1" download: a .zip with annotations.xml (and images/ with "save images")."""
+    xml, images = labeled_cvat_xml(labeled)
+    archive = labeled["tmp"] / "task_1-cvat for images 1.1.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("annotations.xml", xml)
+        for image in sorted(images.iterdir()):
+            zf.write(image, f"images/{image.name}")
+    labels = labeled["tmp"] / "zip-labels.jsonl"
+    result = import_from(labeled, "cvat", archive, labels)
+    assert result.exit_code == 0, result.output
+    assert f"read annotations.xml from {archive}" in result.stderr, result.stderr
+    assert_oracle_labels(labels, labeled)
+
+
+def test_cvat_folder_with_two_xmls_is_refused_naming_both(labeled):
+    folder = labeled["tmp"] / "two"
+    (folder / "annotations").mkdir(parents=True)
+    xml, _ = labeled_cvat_xml(labeled)
+    (folder / "annotations.xml").write_bytes(xml)
+    (folder / "annotations" / "default.xml").write_bytes(xml)
+    bad = labeled["tmp"] / "bad.jsonl"
+    result = import_from(labeled, "cvat", folder, bad)
+    assert_clean_failure(result, "annotations.xml", bad)
+    assert "annotations/default.xml" in result.stderr and "2 XML files" in result.stderr
+
+
+def test_cvat_zip_member_with_parent_reference_is_refused(labeled):
+    inner = labeled["tmp"] / "inner"
+    inner.mkdir()
+    archive = inner / "task.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("annotations.xml", labeled_cvat_xml(labeled)[0])
+        zf.writestr("../evil.xml", b"<annotations/>")
+    bad = labeled["tmp"] / "bad.jsonl"
+    assert_clean_failure(import_from(labeled, "cvat", archive, bad), "'../evil.xml' points outside the archive (path traversal)", bad)
+    assert not (labeled["tmp"] / "evil.xml").exists() and sorted(p.name for p in inner.iterdir()) == ["task.zip"]
