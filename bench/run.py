@@ -722,7 +722,7 @@ def stage_training(report: Report, sizes: Sizes, root: Path) -> None:
 
 def synthetic_pool(n: int, seed: int = 0) -> tuple[list[Any], Any]:
     """``n`` 1024×768 manifest entries and their strip vectors (10 strips × 10 numbers), perspective
-    scenes with groups (vectorised version of tests/test_select.py's realistic_vectors)."""
+    scenes with groups (vectorised version of tests/conftest.py's realistic_vectors)."""
     from crowdtk.formats import ManifestEntry, StripVectors
     from crowdtk.geometry import strip_edges
 

@@ -150,16 +150,6 @@ def test_every_subcommand_has_a_man_page_and_completions(path):
     assert f"\n## crowdtk {' '.join(path)}\n" in (REPO / "docs" / "cli.md").read_text(), f"not in docs/cli.md ({FIX})"
 
 
-def _first_choice_option() -> tuple[list[str], str, list[str]] | None:
-    """(command path, option, choices) of the first option with choices, whatever the app has now."""
-    for key, node in NODES.items():
-        for param in node.options:
-            kind = gen_docs.value_kind(param)
-            if isinstance(kind, list):
-                return list(key), gen_docs.spellings(param)[-1], kind
-    return None
-
-
 # --------------------------------------------------------------------------- shells
 
 
@@ -193,20 +183,15 @@ def test_bash_completion_completes_commands_options_and_files(tmp_path):
     (tmp_path / "data").mkdir()
     assert set(_bash_complete(["crowdtk", ""], tmp_path)) >= {p[0] for p, _ in SUBCOMMANDS}
     assert "--version" in _bash_complete(["crowdtk", "--"], tmp_path)
-    if "index" in {p[0] for p, _ in SUBCOMMANDS}:
-        assert {"--output", "--workers", "--help"} <= set(_bash_complete(["crowdtk", "index", "--"], tmp_path))
-        assert "manifest.jsonl" in _bash_complete(["crowdtk", "index", "-o", "man"], tmp_path)
-        assert "manifest.jsonl" in _bash_complete(["crowdtk", "index", "--output", "=", "man"], tmp_path)  # --output=man
-        assert _bash_complete(["crowdtk", "index", "--workers", ""], tmp_path) == []
-        # the value of --workers is skipped, so the folder argument still completes as a path
-        assert "data" in _bash_complete(["crowdtk", "index", "--workers", "2", "da"], tmp_path)
-    else:
-        first = SUBCOMMANDS[0][0][0]
-        assert "--help" in _bash_complete(["crowdtk", first, "--"], tmp_path)
-    if (found := _first_choice_option()) is not None:
-        path, option, choices = found
-        assert sorted(_bash_complete(["crowdtk", *path, option, ""], tmp_path)) == sorted(choices)
-        assert sorted(_bash_complete(["crowdtk", *path, option, "=", ""], tmp_path)) == sorted(choices)
+    assert {"--output", "--workers", "--help"} <= set(_bash_complete(["crowdtk", "index", "--"], tmp_path))
+    assert "manifest.jsonl" in _bash_complete(["crowdtk", "index", "-o", "man"], tmp_path)
+    assert "manifest.jsonl" in _bash_complete(["crowdtk", "index", "--output", "=", "man"], tmp_path)  # --output=man
+    assert _bash_complete(["crowdtk", "index", "--workers", ""], tmp_path) == []
+    # the value of --workers is skipped, so the folder argument still completes as a path
+    assert "data" in _bash_complete(["crowdtk", "index", "--workers", "2", "da"], tmp_path)
+    # an option with choices (--device of count) completes to exactly its choices
+    assert sorted(_bash_complete(["crowdtk", "count", "--device", ""], tmp_path)) == ["auto", "cpu", "cuda"]
+    assert sorted(_bash_complete(["crowdtk", "count", "--device", "=", ""], tmp_path)) == ["auto", "cpu", "cuda"]
 
 
 def test_zsh_completion_parses():
@@ -235,12 +220,9 @@ def test_fish_completion_completes_commands_options_and_files(tmp_path):
         return [row.split("\t")[0] for row in result.stdout.splitlines()]
 
     assert set(complete("crowdtk ")) >= {p[0] for p, _ in SUBCOMMANDS}
-    if "index" in {p[0] for p, _ in SUBCOMMANDS}:
-        assert {"--output", "--workers"} <= set(complete("crowdtk index --"))
-        assert "manifest.jsonl" in complete("crowdtk index -o man")
-    if (found := _first_choice_option()) is not None:
-        path, option, choices = found
-        assert sorted(complete(" ".join(["crowdtk", *path, option, ""]))) == sorted(choices)
+    assert {"--output", "--workers"} <= set(complete("crowdtk index --"))
+    assert "manifest.jsonl" in complete("crowdtk index -o man")
+    assert sorted(complete("crowdtk count --device ")) == ["auto", "cpu", "cuda"]
 
 
 def _man_pages() -> list[Path]:

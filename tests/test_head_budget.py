@@ -12,7 +12,7 @@ from crowdtk.geometry import strip_edges
 from crowdtk.selection import SelectConfig, image_keys, mdc_batch, select_regions
 
 from conftest import PART_B, REPO, assert_clean_failure, jsonl, run
-from test_select import pool, realistic_vectors, write_manifest, write_vectors
+from conftest import pool, realistic_vectors, write_manifest, write_vectors
 
 STRATEGIES = ("random", "max", "mdc")
 
