@@ -39,7 +39,7 @@ _crowdtk_options()
         "gen-density") echo "--adaptive --beta --force --help --k-nearest --output --quiet --sigma --skip-bad --stride --verbose --workers -h -o -q -v" ;;
         "synth") echo "--crowd --force --height --help --output --quiet --seed --test --train --verbose --width --workers -h -o -q -v" ;;
         "select") echo "--budget --budget-heads --engine --exclude --force --help --n-init --output --quiet --scale --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
-        "export") echo "--force --help --image-url --link --output --quiet --to --verbose -h -o -q -v" ;;
+        "export") echo "--device --feature-cache --force --help --image-url --link --max-side --output --prelabel --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
         "warmup") echo "--backbone-weights --batch-size --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "vectors") echo "--device --exclude --feature-cache --force --help --levels --max-side --output --quiet --scale --skip-bad --strip-frac --verbose -h -o -q -v" ;;
@@ -93,6 +93,10 @@ _crowdtk_value()
         "export|--to") echo "choice crops labelstudio cvat labelme" ;;
         "export|-o"|"export|--output") echo "file" ;;
         "export|--image-url") echo "none" ;;
+        "export|--prelabel") echo "file" ;;
+        "export|--max-side") echo "none" ;;
+        "export|--feature-cache") echo "file" ;;
+        "export|--device") echo "choice auto cpu cuda" ;;
         "import|--from") echo "choice crops labelstudio cvat labelme" ;;
         "import|--oracle") echo "file" ;;
         "import|-o"|"import|--output") echo "file" ;;

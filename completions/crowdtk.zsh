@@ -246,6 +246,10 @@ _crowdtk_export() {
         '(-o --output)'{-o,--output}'[Output folder (must not exist unless --force).]:path:_files' \
         '--link[Symlink the images instead of copying them. \[default: off\]]' \
         '--image-url[Label Studio: prefix of the tasks'\'' image URLs (before '\''images/<file>'\''). \[default: none, relative\]]:str: ' \
+        '--prelabel[Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. \[default: none\]]:path:_files' \
+        '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
+        '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
+        '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
         '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
         '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \

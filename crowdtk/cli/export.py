@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from crowdtk.cli.common import Log, params_of, run_command
-from crowdtk.cli.options import Force, OutputDir, Quiet, Verbose
+from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, OutputDir, Quiet, Verbose
 from crowdtk.cli.options import Regions, Tool
-from crowdtk.files import STDIO, atomic_dir, file_digest
-from crowdtk.formats import Provenance, export_header
+from crowdtk.errors import UsageError
+from crowdtk.files import STDIO, atomic_dir, check_inputs_exist, file_digest
+from crowdtk.formats import Provenance, RegionsEntry, export_header
 from crowdtk.labeling import export_regions, read_to_label
+from crowdtk.predict_config import PredictConfig
+
+if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
+    from crowdtk.prelabel import Prelabels
 
 
 @run_command("export")
@@ -22,6 +27,10 @@ def command(
     output: OutputDir,
     link: Annotated[bool, typer.Option("--link", help="Symlink the images instead of copying them. [default: off]")] = False,
     image_url: Annotated[str, typer.Option(help="Label Studio: prefix of the tasks' image URLs (before 'images/<file>'). [default: none, relative]")] = "",
+    prelabel: Annotated[Optional[Path], typer.Option("--prelabel", help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. [default: none]", show_default=False)] = None,
+    max_side: MaxSide = PredictConfig.max_side,
+    feature_cache: FeatureCache = None,
+    device: Device = "auto",
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -35,15 +44,44 @@ def command(
     their head points pre-filled as annotations (Label Studio: the task's annotation; CVAT, LabelMe:
     head points, the images tagged 'done'; crops: the points files), for a second labeler to
     correct; 'crowdtk import LABELS --from FORMAT PATH' reads them back.
+
+    Pre-labels: --prelabel CKPT adds the counter's predicted heads in each region (as many as its
+    rounded predicted count) as suggestions (Label Studio: the task's prediction; CVAT: points of
+    source 'auto'; LabelMe: points flagged 'suggested'; crops: the points files, marked). What the
+    labelers leave is imported; an image still holding unconfirmed suggestions counts as missing.
     """
+    if prelabel is not None:
+        check_inputs_exist(prelabel)
     log = Log("export", quiet, verbose)
     to_label = read_to_label(regions)  # a regions file, or a labels file to review
     entries = to_label.entries
-    header = export_header(Provenance("export", params_of(regions=regions, to=to.value, link=link, image_url=image_url)),
+    if prelabel is not None and to_label.prefill is not None:
+        raise UsageError(f"--prelabel with {regions}, a labels file: its regions are labeled already",
+                         "export the regions file for pre-labels, or the labels file without --prelabel for review")
+    header = export_header(Provenance("export", params_of(regions=regions, to=to.value, link=link, image_url=image_url, prelabel=prelabel)),
                            None if regions == STDIO else file_digest(regions))
-    with atomic_dir(output, force) as tmp, log.progress(len(entries), "exporting") as advance:
-        summary = export_regions(entries, Path(tmp), to.value, header, link=link, image_url=image_url, on_progress=advance,
-                                 prefill=to_label.prefill)
+    with atomic_dir(output, force) as tmp:
+        prelabels = None
+        if prelabel is not None:
+            prelabels = suggestions(prelabel, entries, log, device.value, max_side, feature_cache)
+        with log.progress(len(entries), "exporting") as advance:
+            summary = export_regions(entries, Path(tmp), to.value, header, link=link, image_url=image_url, on_progress=advance,
+                                     prefill=to_label.prefill, prelabels=prelabels)
     review = "" if to_label.prefill is None else f" with their {sum(len(p) for p in to_label.prefill.values())} head points pre-filled for review"
+    if prelabels is not None:
+        review = f" with {sum(len(s.points) for s in prelabels.images.values())} suggested heads ({prelabels.model_version})"
     log.info(f"wrote {output}: {summary.regions} regions in {summary.images} images{review} for {to.value} ({', '.join(summary.files)}); "
              f"see {output}/README.txt")
+
+
+def suggestions(checkpoint: Path, entries: list[RegionsEntry], log: Log, device: str, max_side: int, feature_cache: Path | None) -> Prelabels:
+    """The counter's suggested heads for ``entries`` (loads torch: only with --prelabel)."""
+    from crowdtk.predict import Predictor, load_counter
+    from crowdtk.prelabel import prelabel
+
+    loaded = load_counter(checkpoint)
+    if loaded.unfinished:
+        log.warn(loaded.unfinished)
+    predictor = Predictor(loaded, device=device, max_side=max_side, feature_cache=feature_cache)
+    with log.progress(len(entries), "suggesting heads") as advance:
+        return prelabel(predictor, checkpoint, entries, on_progress=advance)

@@ -21,6 +21,11 @@ annotations (each tool's exporter says how), so that a second labeler corrects t
 LABELS --from FORMAT PATH`` reads the reviewed package back for the labels file's regions,
 untouched points keeping their exact coordinates and order; ``labels diff`` compares the two.
 
+Pre-labels (:mod:`crowdtk.prelabel`, ``export --prelabel CKPT``): a counter's suggested heads go
+into the package as the tool's own kind of suggestion (each exporter says how). What the labeler
+leaves is imported as ordinary labels; an image (crops: a region) still holding unconfirmed
+suggestions counts as missing, so a package nobody opened never imports as labels.
+
 Adding a tool is a module implementing :class:`~crowdtk.labeling.common.LabelingTool`
 (``UNIT``, ``Export``, ``steps``, ``read``) plus one line in :data:`TOOLS`; the CLI's
 ``--to``/``--from`` choices follow the registry.
@@ -34,7 +39,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +54,9 @@ from crowdtk.labeling.diff import LabelsDiff, RegionDiff, diff_labels, in_prefil
 from crowdtk.labeling.labels import ImportRound, earlier_rounds, merge_labels, oracle_labels
 from crowdtk.labeling.labelstudio import labelstudio_config
 from crowdtk.labeling.reading import ImportResult, assemble, image_reference
+
+if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
+    from crowdtk.prelabel import Prelabels
 
 # The registry: format name (as in --to/--from and index.json's "tool") -> tool module. The order
 # is the one error messages and the CLI's choices list.
@@ -113,17 +121,21 @@ def read_to_label(path: str, stdin: IO[str] | None = None) -> ToLabel:
 
 def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header: dict[str, Any], link: bool = False,
                    image_url: str = "", on_progress: Callable[[int], None] | None = None,
-                   prefill: Mapping[str, np.ndarray] | None = None) -> ExportSummary:
+                   prefill: Mapping[str, np.ndarray] | None = None, prelabels: Prelabels | None = None) -> ExportSummary:
     """Write the labeling package for ``fmt`` into the (new, empty) folder ``out``.
 
-    ``prefill`` (a review round: :attr:`ToLabel.prefill`) holds per image the points the package starts from.
+    ``prefill`` (a review round: :attr:`ToLabel.prefill`) holds per image the points the package starts from;
+    ``prelabels`` a counter's suggested heads (not with ``prefill``: a review round's points are labels already).
     """
     chosen = tool(fmt, "--to")
     if not entries:
         if prefill is not None:
             raise CrowdtkError("the labels file has no images", "export a labels file that holds labels")
         raise CrowdtkError("the regions file has no regions", "select some regions first")
-    export = chosen.Export(out, link, image_url, prefill)
+    if prefill is not None and prelabels is not None:
+        raise CrowdtkError("suggestions (--prelabel) for a labels file: its regions are labeled already",
+                           "export the regions file for pre-labels, or the labels file without --prelabel for review")
+    export = chosen.Export(out, link, image_url, prefill, prelabels)
     index_images = []
     for entry, name in zip(entries, export_names(entries)):
         record = index_record(entry)
@@ -132,8 +144,10 @@ def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header:
         if on_progress:
             on_progress(1)
     export.finish()
-    write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "review": prefill is not None, "images": index_images})
-    write_text(out / README, readme(fmt, chosen.steps(image_url), review=prefill is not None))
+    write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "review": prefill is not None,
+                             "prelabel": None if prelabels is None else prelabels.model_version, "images": index_images})
+    write_text(out / README, readme(fmt, chosen.steps(image_url), review=prefill is not None,
+                                    suggestions=None if prelabels is None else chosen.SUGGESTIONS))
     files = sorted(str(p.relative_to(out)) for p in out.iterdir())
     return ExportSummary(len(entries), sum(len(e.regions) for e in entries), files)
 
@@ -152,7 +166,9 @@ def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_m
     result = ImportResult([], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored, notes=returned.notes)
     if result.missing and not allow_missing:
         shown = ", ".join(result.missing[:3]) + (", …" if len(result.missing) > 3 else "")
-        raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.UNIT}(s) of {regions_name}: {shown}",
+        unreviewed = (f" ({returned.unreviewed} of them hold only suggestions nobody confirmed: README.txt of the package says how)"
+                      if returned.unreviewed else "")
+        raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.UNIT}(s) of {regions_name}: {shown}{unreviewed}",
                            "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')")
     if prefill is None:
         assemble(entries, returned.found, result)

@@ -6,7 +6,7 @@ The tool interface: a tool module implements :class:`LabelingTool` (its ``Export
 
 Export side: the file name of each image (:func:`export_names`), its record in ``index.json``,
 placing the image (copy or symlink, checked against its sha256), the points a review round
-pre-fills (:meth:`BaseExport.prefilled`), atomic text/JSON writes and the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
+pre-fills (:meth:`BaseExport.prefilled`), a counter's suggested heads (:meth:`BaseExport.suggested`), atomic text/JSON writes and the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,11 +26,16 @@ from crowdtk.errors import CrowdtkError
 from crowdtk.files import atomic_path
 from crowdtk.formats import RegionsEntry
 
+if TYPE_CHECKING:
+    from crowdtk.prelabel import Prelabels, Suggestions
+
 INSTRUCTION = ("Label every head whose centre lies inside the region: click once on the centre of each such head, "
                "also partly hidden or very small ones; ignore heads whose centre lies outside the region.")
 HEAD = "head"
 REGION = "region"
 DONE = "done"  # CVAT tag / LabelMe flag: "this image is finished", needed when it has no head points
+SUGGESTED = "suggested"  # LabelMe shape flag of a pre-label (export --prelabel): a point the labeler has not confirmed
+SUGGESTED_MARK = "# suggested by"  # crops: the first line of a points file of pre-labels, deleted by the labeler when reviewed
 INDEX = "index.json"
 README = "README.txt"
 IMAGES = "images"
@@ -51,11 +56,15 @@ class BaseExport:
 
     ``prefill`` (a review round: ``export LABELS``) holds per image id the head points already
     labeled; each tool writes :meth:`prefilled` as annotations its labelers start from.
+    ``prelabels`` (``export --prelabel``) holds a counter's suggested heads; each tool writes
+    :meth:`suggested` as suggestions marked as the model's, for its labelers to correct.
     """
 
-    def __init__(self, out: Path, link: bool, image_url: str, prefill: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(self, out: Path, link: bool, image_url: str, prefill: Mapping[str, np.ndarray] | None = None,
+                 prelabels: Prelabels | None = None) -> None:
         self.out, self.link, self.image_url = out, link, image_url
         self.prefill = prefill
+        self.prelabels = prelabels
         self.placed: list[tuple[RegionsEntry, str]] = []
 
     def prefilled(self, entry: RegionsEntry) -> np.ndarray | None:
@@ -63,6 +72,10 @@ class BaseExport:
         if self.prefill is None:
             return None
         return self.prefill.get(entry.id, np.zeros((0, 2)))
+
+    def suggested(self, entry: RegionsEntry) -> Suggestions | None:
+        """The counter's suggested heads for ``entry``, or None without ``--prelabel``."""
+        return None if self.prelabels is None else self.prelabels.images[entry.id]
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         place_image(entry, self.out / IMAGES / name, self.link)
@@ -82,12 +95,14 @@ class Returned:
     unknown: list[str] = field(default_factory=list)  # annotated images that are not in the regions file
     ignored: int = 0  # annotations of other kinds (labels other than 'head')
     notes: list[str] = field(default_factory=list)  # what the reader reports, e.g. which file of a folder or archive it read
+    unreviewed: int = 0  # of the missing: those holding only a counter's suggestions, not yet marked as reviewed
 
 
 class LabelingTool(Protocol):
     """A tool module: its export, its README steps, and the reader of what it returns."""
 
     UNIT: str  # what one annotation covers, in messages: "image", or "region" for crops
+    SUGGESTIONS: str  # README.txt of a package with --prelabel: where the suggestions are and how a labeler confirms them
     Export: type[BaseExport]
 
     def steps(self, image_url: str) -> str: ...
@@ -163,11 +178,13 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
-def readme(fmt: str, steps: str, review: bool = False) -> str:
-    """README.txt: the instruction, the rule every tool shares, then the tool's own steps (and, ``review``, how a review round differs)."""
+def readme(fmt: str, steps: str, review: bool = False, suggestions: str | None = None) -> str:
+    """README.txt: the instruction, the rule every tool shares, then the tool's own steps (and, ``review``, how a review
+    round differs; ``suggestions``, the tool's paragraph on pre-labels)."""
     return (f"crowdtk labeling package ({fmt})\n\nInstruction for labelers:\n  {INSTRUCTION}\n\n"
             "A point counts for the region that contains it; points outside every region are dropped on import.\n\n"
-            f"{steps}\n" + (f"\n{REVIEW_STEPS.format(fmt=fmt)}\n" if review else ""))
+            f"{steps}\n" + (f"\n{REVIEW_STEPS.format(fmt=fmt)}\n" if review else "")
+            + (f"\nPre-labels: a counter has suggested the heads (crowdtk export --prelabel). {suggestions}\n" if suggestions else ""))
 
 
 REVIEW_STEPS = (

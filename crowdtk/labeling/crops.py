@@ -7,7 +7,10 @@ Export: ``crops/<image>__r<k>.png``, one PNG per region; ``index.json`` gives ea
 crop pixels; import adds the offsets. Unlike the other tools, an annotation covers one region,
 so "missing" counts regions. A review round (``export LABELS``) writes each crop's points file
 with the labeled heads (``repr`` floats, exact), a point where regions overlap in the first
-region that contains it; a crop without heads gets ``# no heads``.
+region that contains it; a crop without heads gets ``# no heads``. With ``--prelabel`` each
+crop's points file holds the counter's suggested heads under a first line ``# suggested by
+<counter> …``; a points file that still starts with it is not imported (the labeler deletes
+that line when the crop is reviewed).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import numpy as np
 from crowdtk.data import decode_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import BaseExport, Found, Returned, export_names, image_bytes, write_text
+from crowdtk.labeling.common import SUGGESTED_MARK, BaseExport, Found, Returned, export_names, image_bytes, write_text
 
 UNIT = "region"
 CROPS = "crops"
 POINTS_SUFFIXES = (".txt", ".json", ".csv")
+SUGGESTIONS = ("The points files crops/NAME.txt already hold the suggested heads: fix them (delete wrong lines, correct\n"
+               "misplaced points, add missed heads), then delete the first line '# suggested by …' (a file that still\n"
+               "starts with it is not imported).")
 
 
 def crop_stem(name: str, k: int) -> str:
@@ -44,6 +50,9 @@ class Export(BaseExport):
             raise CrowdtkError(f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
                                "re-run index and select")
         points = self.prefilled(entry)
+        suggested = self.suggested(entry)
+        if suggested is not None:  # --prelabel: the suggestions go where a review round's points go, behind the mark
+            points = suggested.points
         unwritten = None if points is None else np.ones(len(points), dtype=bool)
         for k, (region, rr) in enumerate(zip(entry.regions, record["regions"])):
             stem = crop_stem(name, k)
@@ -58,8 +67,10 @@ class Export(BaseExport):
                 here = unwritten & region.contains(points)
                 unwritten &= ~here
                 local = points[here] - np.array([region.x0, region.y0], dtype=np.float64)  # exact: import adds the offset back
-                write_text(self.out / CROPS / f"{stem}.txt",
-                           "# x y\n" + "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local) if len(local) else "# no heads\n")
+                text = "# x y\n" + "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local) if len(local) else "# no heads\n"
+                if suggested is not None and self.prelabels is not None:
+                    text = f"{SUGGESTED_MARK} {self.prelabels.model_version}: correct the points, then delete this line\n{text}"
+                write_text(self.out / CROPS / f"{stem}.txt", text)
 
 
 def steps(image_url: str) -> str:
@@ -76,16 +87,28 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
     if not folder.is_dir():
         raise CrowdtkError(f"{path}: not a folder", "pass the export folder of --to crops")
     found: Found = {}
-    missing = []
+    missing, unreviewed = [], 0
     for entry, name in zip(entries, export_names(entries)):
         for k, region in enumerate(entry.regions):
             stem = crop_stem(name, k)
             candidates = [folder / f"{stem}{s}" for s in POINTS_SUFFIXES if (folder / f"{stem}{s}").is_file()]
             if len(candidates) > 1:
                 raise CrowdtkError(f"{folder}: crop {stem} has several points files ({', '.join(c.name for c in candidates)})", "keep one")
-            if not candidates:
+            if not candidates or _unreviewed(candidates[0]):
                 missing.append(f"{entry.id} region {k} ({stem})")
+                unreviewed += bool(candidates)
                 continue
             points = read_points(candidates[0]) + np.array([region.x0, region.y0], dtype=np.float64)
             found.setdefault(entry.id, []).append((k, points))
-    return Returned(found, missing)
+    return Returned(found, missing, unreviewed=unreviewed)
+
+
+def _unreviewed(points_file: Path) -> bool:
+    """Whether a points file still starts with the mark of suggestions (``export --prelabel``) nobody has confirmed."""
+    if points_file.suffix != ".txt":
+        return False
+    try:
+        with points_file.open(encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(SUGGESTED_MARK)
+    except OSError:
+        return False  # the points reader reports the file

@@ -2,11 +2,14 @@
 
 Export: ``images/``, ``labels.json`` (CVAT's label constructor: ``head`` points, ``region``
 rectangles, the ``done`` tag) and ``annotations.xml`` in "CVAT for images 1.1" with one
-``<image>`` per image and each region as ``<box label="region">``.
+``<image>`` per image and each region as ``<box label="region">``. With ``--prelabel`` each
+suggested head is a ``<points label="head" source="auto">`` shape (CVAT's mark of an automatic
+annotation).
 
 Import reads the same format back: ``<points label="head" points="x,y;x,y">`` per image,
 pixels. CVAT lists every image of a task, so an image without head points counts as labeled
-only with the image tag ``done``. The XML is parsed only after a pass that refuses any
+only with the image tag ``done``; so does an image holding any ``source="auto"`` head point (an
+unreviewed suggestion: a labeler who has corrected them tags the image ``done``). The XML is parsed only after a pass that refuses any
 DOCTYPE or ENTITY declaration (no entity expansion, no external entities).
 
 PATH may be the XML file; a folder holding one CVAT XML directly or in its ``annotations/``
@@ -28,7 +31,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.parsers import expat
 
 import numpy as np
@@ -37,6 +40,9 @@ from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
 from crowdtk.labeling.common import DONE, HEAD, INSTRUCTION, REGION, BaseExport, Returned, write_json, write_text
 from crowdtk.labeling.reading import Collector, allowed_folders, image_reference, points_array
+
+if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
+    from crowdtk.prelabel import Suggestions
 
 UNIT = "image"
 XML = "annotations.xml"
@@ -47,8 +53,16 @@ MAX_XML_BYTES = 1 << 30  # an archive member larger than this (uncompressed) is 
 _LABELS = ((HEAD, "#ff0000", "points"), (REGION, "#ffa500", "rectangle"), (DONE, "#00a000", "tag"))
 
 
-def cvat_xml(images: list[tuple[RegionsEntry, str]], heads: Mapping[str, np.ndarray] | None = None) -> str:
-    """annotations.xml for (entry, file name) pairs: the task's labels and each region as a box."""
+AUTO = "auto"  # the <points> source of a suggested head
+
+SUGGESTIONS = ("The suggested heads are 'head' points of source 'auto': move or delete the wrong ones, add the missed\n"
+               "ones, and tag each image 'done' when it is reviewed (an image with suggestions imports only when tagged).")
+
+
+def cvat_xml(images: list[tuple[RegionsEntry, str]], heads: Mapping[str, np.ndarray] | None = None,
+             suggested: Mapping[str, Suggestions] | None = None) -> str:
+    """annotations.xml for (entry, file name) pairs: the task's labels and each region as a box (and, a
+    review round, the ``heads`` per image id; ``--prelabel``, the ``suggested`` heads)."""
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
     meta = ET.SubElement(root, "meta")
@@ -71,6 +85,9 @@ def cvat_xml(images: list[tuple[RegionsEntry, str]], heads: Mapping[str, np.ndar
                           xbr=f"{r.x1:.2f}", ybr=f"{r.y1:.2f}", z_order="0")
         if heads is not None:
             _prefilled_heads(image, heads.get(entry.id, np.zeros((0, 2))))
+        if suggested is not None:
+            for x, y in suggested[entry.id].points:
+                ET.SubElement(image, "points", label=HEAD, source=AUTO, occluded="0", points=f"{float(x):.2f},{float(y):.2f}", z_order="0")
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -87,7 +104,7 @@ class Export(BaseExport):
     """The placed images; one XML file for all of them is written at the end."""
 
     def finish(self) -> None:
-        write_text(self.out / XML, cvat_xml(self.placed, self.prefill))
+        write_text(self.out / XML, cvat_xml(self.placed, self.prefill, None if self.prelabels is None else self.prelabels.images))
         write_json(self.out / LABELS, [{"name": name, "color": color, "type": kind, "attributes": []} for name, color, kind in _LABELS])
 
 
@@ -188,13 +205,15 @@ def _annotations(path: Path) -> tuple[ET.Element, Path, list[Path], str, list[st
     return parse_xml_safely(path), path.parent, allowed_folders(path.parent), str(path), []
 
 
-def _head_points(image: ET.Element, found: Collector, where: str) -> list[tuple[float, float]]:
-    """The 'x,y;x,y' pairs of the image's head <points> shapes; other labels are counted as ignored."""
-    points = []
+def _head_points(image: ET.Element, found: Collector, where: str) -> tuple[list[tuple[float, float]], bool]:
+    """The 'x,y;x,y' pairs of the image's head <points> shapes, and whether one of them is automatic (a suggestion);
+    other labels are counted as ignored."""
+    points, automatic = [], False
     for shape in image.iter("points"):
         if shape.get("label") != HEAD:
             found.ignored += 1
             continue
+        automatic |= shape.get("source") == AUTO
         for pair in (shape.get("points") or "").split(";"):
             if pair.strip():
                 xy = pair.split(",")
@@ -204,7 +223,7 @@ def _head_points(image: ET.Element, found: Collector, where: str) -> list[tuple[
                     points.append((float(xy[0]), float(xy[1])))
                 except ValueError:
                     raise CrowdtkError(f"{where}: points '{pair}' is not numbers", "re-export from CVAT") from None
-    return points
+    return points, automatic
 
 
 def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
@@ -217,9 +236,12 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         name = image_reference(image.get("name"), folder, roots, where)
         entry = found.matcher.find(name)
         found.check_size(entry, image.get("width"), image.get("height"), where)
-        points = _head_points(image, found, where)
-        if points or any(tag.get("label") == DONE for tag in image.iter("tag")):
+        points, automatic = _head_points(image, found, where)
+        done = any(tag.get("label") == DONE for tag in image.iter("tag"))
+        if done or (points and not automatic):
             found.add(name, entry, points_array(points, where), where)
+        elif automatic:
+            found.unreviewed += 1  # suggestions nobody has confirmed: reported as missing
         # else: untouched (CVAT lists every image of a task): reported as missing
     returned = found.returned()
     returned.notes.extend(notes)

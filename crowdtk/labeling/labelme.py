@@ -2,11 +2,14 @@
 
 Export: ``images/<file>`` with ``images/<stem>.json`` beside each: ``imagePath``,
 ``imageWidth``, ``imageHeight`` and ``shapes``, the regions as ``rectangle`` shapes labeled
-``region`` (the instruction in their ``description``).
+``region`` (the instruction in their ``description``). With ``--prelabel`` each suggested head
+is a ``point`` shape labeled ``head`` with the shape flag ``suggested`` and the counter's name and
+score in its ``description``.
 
 Import reads every LabelMe JSON under PATH (a folder, searched with its subfolders, or one
 JSON file) and takes its ``point`` shapes. The export writes every JSON, so an image without
-point shapes counts as labeled only with its flag ``done`` ticked. Both of LabelMe's layouts
+point shapes counts as labeled only with its flag ``done`` ticked; so does an image still holding
+a point flagged ``suggested`` (an unreviewed suggestion). Both of LabelMe's layouts
 import: the JSON beside the image (``labelme images/``: ``"imagePath": "IMG_1.jpg"``) and a
 separate labels folder (``labelme images/ --output labels/``: ``"imagePath":
 "../images/IMG_1.jpg"``, read from ``labels/`` when it lies in the export folder, or from a
@@ -19,20 +22,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import DONE, HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, Returned, write_json
+from crowdtk.labeling.common import DONE, HEAD, IMAGES, INSTRUCTION, REGION, SUGGESTED, BaseExport, Returned, write_json
 from crowdtk.labeling.reading import Collector, allowed_folders, image_file, load_json, points_array
 
+if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
+    from crowdtk.prelabel import Suggestions
+
 UNIT = "image"
+SUGGESTIONS = ("The suggested heads are points labeled 'head' with the shape flag 'suggested': move or delete the wrong\n"
+               "ones, add the missed ones, and tick 'done' when an image is reviewed (an image with suggestions imports only then).")
 
 
-def labelme_record(entry: RegionsEntry, name: str, points: np.ndarray | None = None) -> dict[str, Any]:
-    """The LabelMe JSON of one image: its regions as rectangles, the flag ``done`` not yet ticked."""
+def labelme_record(entry: RegionsEntry, name: str, points: np.ndarray | None = None, suggested: Suggestions | None = None,
+                   model_version: str = "") -> dict[str, Any]:
+    """The LabelMe JSON of one image: its regions as rectangles, the flag ``done`` not yet ticked (and, ``--prelabel``,
+    the ``suggested`` heads of ``model_version``)."""
     shapes = [{"label": REGION, "points": [[float(r.x0), float(r.y0)], [float(r.x1), float(r.y1)]], "group_id": None,
                "description": INSTRUCTION, "shape_type": "rectangle", "flags": {}} for r in entry.regions]
     record = {"version": "5.4.1", "flags": {DONE: False}, "shapes": shapes, "imagePath": name, "imageData": None,
@@ -41,6 +51,9 @@ def labelme_record(entry: RegionsEntry, name: str, points: np.ndarray | None = N
         shapes += [{"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": "", "shape_type": "point",
                     "flags": {}} for x, y in points]
         record["flags"] = {DONE: True}
+    if suggested is not None:
+        shapes += [{"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": f"{model_version} score {score:.2f}",
+                    "shape_type": "point", "flags": {SUGGESTED: True}} for (x, y), score in zip(suggested.points, suggested.scores)]
     return record
 
 
@@ -49,7 +62,9 @@ class Export(BaseExport):
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         super().add(entry, name, record)
-        write_json(self.out / IMAGES / f"{Path(name).stem}.json", labelme_record(entry, name, self.prefilled(entry)))
+        version = self.prelabels.model_version if self.prelabels is not None else ""
+        write_json(self.out / IMAGES / f"{Path(name).stem}.json",
+                   labelme_record(entry, name, self.prefilled(entry), self.suggested(entry), version))
 
 
 def steps(image_url: str) -> str:
@@ -76,7 +91,7 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         name, image = image_file(image_path, file.parent, roots, str(file))
         entry = found.find(name, image, str(file))
         found.check_size(entry, record.get("imageWidth"), record.get("imageHeight"), str(file))
-        points = []
+        points, suggested = [], False
         for shape in record["shapes"]:
             if not isinstance(shape, dict) or shape.get("shape_type", "polygon") != "point":
                 if not (isinstance(shape, dict) and shape.get("label") == REGION):
@@ -87,8 +102,11 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
                 points.append((float(x), float(y)))
             except (KeyError, TypeError, ValueError, OverflowError):
                 raise CrowdtkError(f"{file}: a point shape does not hold one [x, y]", "fix it in LabelMe") from None
+            suggested |= isinstance(shape.get("flags"), dict) and shape["flags"].get(SUGGESTED) is True
         flags = record.get("flags") if isinstance(record.get("flags"), dict) else {}
-        if points or flags.get(DONE) is True:
+        if flags.get(DONE) is True or (points and not suggested):
             found.add(name, entry, points_array(points, str(file)), str(file))
+        elif suggested:
+            found.unreviewed += 1  # suggestions nobody has confirmed: reported as missing
         # else: untouched, reported as missing
     return found.returned()

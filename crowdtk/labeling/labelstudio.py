@@ -4,8 +4,11 @@ Export: ``images/``, ``config.xml`` (a KeyPointLabels ``kp`` with the label ``he
 RectangleLabels ``region``; the instruction as a Header) and ``tasks.json``: one task per
 image, ``data`` = ``{"image": <--image-url>images/<file>, "crowdtk_id", "regions",
 "instruction"}`` and the regions as pre-annotation rectangles (``predictions``) in Label
-Studio's percent convention (x, y, width, height in 0–100 of the image's width/height). A
-review round (``export LABELS``) adds to each task an ``annotations`` entry holding the
+Studio's percent convention (x, y, width, height in 0–100 of the image's width/height). With
+``--prelabel`` that prediction also holds the counter's suggested heads (``keypointlabels``
+``head``, each with its ``score``; the prediction's ``model_version`` names the counter and its
+``score`` is their mean): Label Studio loads them with the regions when a labeler opens the
+task, and what the labeler submits is the annotation import reads. A review round (``export LABELS``) adds to each task an ``annotations`` entry holding the
 regions and the labeled heads (``keypointlabels`` ``head``, percent), which Label Studio
 imports as the task's annotation for the reviewer to edit and submit.
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -28,7 +31,12 @@ from crowdtk.formats import RegionsEntry
 from crowdtk.labeling.common import HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, Returned, write_json, write_text
 from crowdtk.labeling.reading import Collector, image_reference, list_of, load_json, points_array
 
+if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
+    from crowdtk.prelabel import Suggestions
+
 UNIT = "image"
+SUGGESTIONS = ("The suggested heads come with the regions as the task's prediction: move or delete the wrong ones, add\n"
+               "the missed ones, and submit; what you submit is imported (a task not submitted is not).")
 TASKS = "tasks.json"
 CONFIG = "config.xml"
 
@@ -52,8 +60,23 @@ def labelstudio_config() -> str:
     )
 
 
-def labelstudio_task(entry: RegionsEntry, image: str, points: np.ndarray | None = None) -> dict[str, Any]:
-    """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations;
+def _keypoints(entry: RegionsEntry, points: np.ndarray, prefix: str, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Head points as keypoint results (percent of the image), ids ``<prefix><k>``; with ``scores``, one each."""
+    results = []
+    for k, (x, y) in enumerate(points):
+        result = {"id": f"{prefix}{k}", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": entry.width,
+                  "original_height": entry.height, "image_rotation": 0,
+                  "value": {"x": _pct(float(x), entry.width), "y": _pct(float(y), entry.height), "width": 0.5, "keypointlabels": [HEAD]}}
+        if scores is not None:
+            result["score"] = round(float(scores[k]), 4)
+        results.append(result)
+    return results
+
+
+def labelstudio_task(entry: RegionsEntry, image: str, points: np.ndarray | None = None, suggested: Suggestions | None = None,
+                     model_version: str = "") -> dict[str, Any]:
+    """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations
+    (with ``suggested``, also the counter's suggested heads, as a prediction of ``model_version``);
     with ``points`` (a review round), also an annotation of the regions and those head points."""
     results = [{
         "id": f"region{k}",
@@ -71,12 +94,11 @@ def labelstudio_task(entry: RegionsEntry, image: str, points: np.ndarray | None 
                  "regions": [[r.x0, r.y0, r.x1, r.y1] for r in entry.regions]},
         "predictions": [{"model_version": "crowdtk select", "result": results}],
     }
+    if suggested is not None:
+        task["predictions"] = [{"model_version": model_version, "score": round(suggested.mean_score, 4),
+                                "result": results + _keypoints(entry, suggested.points, "suggested", suggested.scores)}]
     if points is not None:
-        heads = [{"id": f"head{k}", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": entry.width,
-                  "original_height": entry.height, "image_rotation": 0,
-                  "value": {"x": _pct(float(x), entry.width), "y": _pct(float(y), entry.height), "width": 0.5, "keypointlabels": [HEAD]}}
-                 for k, (x, y) in enumerate(points)]
-        task["annotations"] = [{"result": results + heads, "was_cancelled": False, "ground_truth": False}]
+        task["annotations"] = [{"result": results + _keypoints(entry, points, "head"), "was_cancelled": False, "ground_truth": False}]
     return task
 
 
@@ -84,8 +106,9 @@ class Export(BaseExport):
     """The placed images; one task per image, all in one file written at the end."""
 
     def finish(self) -> None:
-        write_json(self.out / TASKS, [labelstudio_task(entry, f"{self.image_url}{IMAGES}/{name}", self.prefilled(entry))
-                                      for entry, name in self.placed])
+        version = self.prelabels.model_version if self.prelabels is not None else ""
+        write_json(self.out / TASKS, [labelstudio_task(entry, f"{self.image_url}{IMAGES}/{name}", self.prefilled(entry), self.suggested(entry),
+                                                       version) for entry, name in self.placed])
         write_text(self.out / CONFIG, labelstudio_config())
 
 

@@ -177,6 +177,7 @@ class Collector:
         self.points: dict[str, np.ndarray] = {}
         self.unknown: list[str] = []
         self.ignored = 0
+        self.unreviewed = 0  # images left out because they hold only unconfirmed suggestions (export --prelabel)
 
     def find(self, name: str, file: Path | None, source: str) -> RegionsEntry | None:
         """The regions entry of an image: by ``name``; where the reference names a ``file`` that exists, checked against its sha256 (or, without a name match, found by it)."""
@@ -217,7 +218,7 @@ class Collector:
         """Every annotated image as labeled in all its regions; an image never annotated is missing."""
         found = {image_id: whole(self.matcher.by_id[image_id], points) for image_id, points in self.points.items()}
         missing = [e.id for e in self.matcher.entries if e.id not in self.points]
-        return Returned(found, missing, self.unknown, self.ignored)
+        return Returned(found, missing, self.unknown, self.ignored, unreviewed=self.unreviewed)
 
 
 def whole(entry: RegionsEntry, points: np.ndarray) -> list[tuple[int, np.ndarray]]:
