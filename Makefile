@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PARTB ?= ../shared/data/ShanghaiTech/part_B
 
-.PHONY: test demo bench bench-partb bench-tiers install clean docs
+.PHONY: test test-readers demo bench bench-partb bench-tiers install clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Exports checked by the tools' own readers (label-studio-sdk; pyproject's readers extra says why it is apart).
+test-readers: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,readers]'
+	$(BIN)/python -m pytest -q tests/test_labelstudio_sdk.py tests/test_export.py tests/test_prelabel.py
 
 demo: $(STAMP)
 	rm -rf demo-out

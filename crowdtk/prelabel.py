@@ -44,10 +44,6 @@ class Suggestions:
     points: np.ndarray
     scores: np.ndarray
 
-    @property
-    def mean_score(self) -> float:
-        return float(self.scores.mean()) if len(self.scores) else 0.0
-
 
 @dataclass(frozen=True)
 class Prelabels:

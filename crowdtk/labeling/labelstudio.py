@@ -95,8 +95,11 @@ def labelstudio_task(entry: RegionsEntry, image: str, points: np.ndarray | None 
         "predictions": [{"model_version": "crowdtk select", "result": results}],
     }
     if suggested is not None:
-        task["predictions"] = [{"model_version": model_version, "score": round(suggested.mean_score, 4),
-                                "result": results + _keypoints(entry, suggested.points, "suggested", suggested.scores)}]
+        prediction: dict[str, Any] = {"model_version": model_version,
+                                      "result": results + _keypoints(entry, suggested.points, "suggested", suggested.scores)}
+        if len(suggested.scores):  # no score without points: Label Studio would rank the task least confident
+            prediction["score"] = round(float(suggested.scores.mean()), 4)
+        task["predictions"] = [prediction]
     if points is not None:
         task["annotations"] = [{"result": results + _keypoints(entry, points, "head"), "was_cancelled": False, "ground_truth": False}]
     return task
