@@ -12,7 +12,7 @@ counter and the regions MDC chose). Two sets of regions are pre-labeled by each 
 
 Each is a real `crowdtk export --to labelstudio --link --prelabel CKPT` package; the suggestions
 are read back from its tasks.json and matched one-to-one to the oracle's heads within
-``--radius`` px. Clicks saved = matched suggestions / heads (each a head the labeler need not
+``--radius`` px (the pairing of ``labels diff``). Clicks saved = matched suggestions / heads (each a head the labeler need not
 click); net of deletions subtracts the wrong suggestions the labeler deletes. Writes
 OUT/prelabel.json and OUT/prelabel.md.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from crowdtk.formats import read_labels, read_regions
-from crowdtk.prelabel import match_points
+from crowdtk.labeling.diff import match_points
 
 CROWDTK = [sys.executable, "-m", "crowdtk"]
 
@@ -63,8 +63,8 @@ def score(regions: Path, truth: Path, package: Path, radius: float) -> dict[str,
             inside |= region.contains(truth_points)
         mine = suggested.get(entry.id, np.zeros((0, 2)))
         n_suggested, n_heads = n_suggested + len(mine), n_heads + int(inside.sum())
-        n_matched += match_points(mine, truth_points[inside], radius)
-        n_near += match_points(mine, truth_points[inside], 2 * radius)
+        n_matched += len(match_points(mine, truth_points[inside], radius)[0])
+        n_near += len(match_points(mine, truth_points[inside], 2 * radius)[0])
     return {"n_regions": sum(len(e.regions) for e in entries), "heads": n_heads, "recall_at_2x_radius": n_near / max(n_heads, 1), "suggested": n_suggested, "matched": n_matched,
             "precision": n_matched / max(n_suggested, 1), "recall": n_matched / max(n_heads, 1),
             "clicks_saved": n_matched / max(n_heads, 1), "net_of_deletions": (2 * n_matched - n_suggested) / max(n_heads, 1)}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
@@ -155,16 +155,3 @@ def prelabel(predictor: Predictor, checkpoint: str | Path, entries: Sequence[Reg
     images = prefetched([e.image for e in entries], read_image)
     return Prelabels(model_version(checkpoint, predictor.loaded.header), suggest_heads(predictor, entries, images, on_progress))
 
-
-
-def match_points(suggested: np.ndarray, truth: np.ndarray, radius: float) -> int:
-    """How many suggested points match a true head one-to-one within ``radius`` px (the most such pairs:
-    a minimum-cost assignment in which pairs farther apart than ``radius`` cost more than any matchable set)."""
-    if len(suggested) == 0 or len(truth) == 0:
-        return 0
-    distance = np.linalg.norm(suggested[:, None, :] - truth[None, :, :], axis=2)
-    near = distance <= radius
-    # Cost 0 for a matchable pair and 1 otherwise maximises the number of matches; ties broken toward closer pairs.
-    cost = np.where(near, distance / (radius * (len(suggested) + len(truth)) + 1.0), 1.0)
-    rows, cols = optimize.linear_sum_assignment(cost)
-    return int(near[rows, cols].sum())

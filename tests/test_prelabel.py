@@ -12,7 +12,7 @@ import pytest
 
 from crowdtk.formats import Region, RegionsEntry, read_labels, read_regions
 from crowdtk.labeling import export_regions
-from crowdtk.prelabel import Prelabels, Suggestions, match_points, peak_points, region_suggestions, suggest_heads
+from crowdtk.prelabel import Prelabels, Suggestions, peak_points, region_suggestions, suggest_heads
 
 from conftest import assert_clean_failure, run
 
@@ -62,16 +62,6 @@ def test_region_suggestions_are_in_full_image_pixels_and_inside_their_region():
     found = region_suggestions(density, 0.5, 0.5, entry)
     assert found.points.shape == (1, 2)  # the head at column 3.5 (x = 56 px) lies outside the region
     np.testing.assert_allclose(found.points[0], [12.5 * 16, 5.5 * 16], atol=4)
-
-
-def test_match_points_is_one_to_one_within_the_radius():
-    truth = np.array([[10.0, 10.0], [40.0, 10.0]])
-    assert match_points(np.array([[11.0, 10.0], [9.0, 10.0]]), truth, 8) == 1  # two suggestions, one head
-    assert match_points(np.array([[11.0, 10.0], [47.0, 10.0]]), truth, 8) == 2
-    assert match_points(np.array([[11.0, 10.0], [49.0, 10.0]]), truth, 8) == 1  # 9 px away
-    # the most matches, not the greedy nearest: (20,10) is nearest to the head at 14 but must take the one at 26
-    assert match_points(np.array([[20.0, 10.0], [10.0, 10.0]]), np.array([[14.0, 10.0], [26.0, 10.0]]), 7) == 2
-    assert match_points(np.zeros((0, 2)), truth, 8) == 0
 
 
 class MapPredictor:

@@ -4,6 +4,8 @@ reviewed package back (untouched points exactly as they were), `labels diff` say
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -245,6 +247,48 @@ def test_a_dense_crowd_matches_quickly_and_right():
     shift = a + [2.0, 0.0]  # every head 2 px off: all unchanged, whatever the crowd's density
     i, j = match_points(a, shift)
     assert len(i) == 5000 and (np.linalg.norm(a[i] - shift[j], axis=1) <= 2 + 1e-9).all()
+
+
+def full_cost(a: np.ndarray, b: np.ndarray, radius: float = 16.0) -> float:
+    """The rule's optimum over all points at once: a dense assignment with a stand-in ("unpaired", radius/2) per point."""
+    from scipy.optimize import linear_sum_assignment
+
+    n, m = len(a), len(b)
+    cost = np.full((n + m, m + n), 1e9)
+    d = np.linalg.norm(a[:, None] - b[None], axis=2)
+    cost[:n, :m] = np.where(d <= radius, d, 1e9)
+    cost[:n, m:] = np.where(np.eye(n, dtype=bool), radius / 2, 1e9)
+    cost[n:, :m] = np.where(np.eye(m, dtype=bool), radius / 2, 1e9)
+    cost[n:, m:] = 0.0
+    r, c = linear_sum_assignment(cost)
+    return float(cost[r, c].sum())
+
+
+def pairing_cost(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray, radius: float = 16.0) -> float:
+    return float(np.linalg.norm(a[i] - b[j], axis=1).sum() + radius / 2 * (len(a) + len(b) - 2 * len(i)))
+
+
+def test_matching_returns_where_scipy_s_sparse_solver_never_did():
+    # Run apart with a time limit: the failure this guards against is a call that never returns.
+    code = ("import json, numpy as np; from crowdtk.labeling.diff import match_points; "
+            "d = json.load(open('tests/data/matching-hang.json')); i, j = match_points(np.array(d['a']), np.array(d['b'])); "
+            "print(json.dumps([i.tolist(), j.tolist()]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    data = json.loads((Path(__file__).parent / "data" / "matching-hang.json").read_text())
+    a, b = np.array(data["a"]), np.array(data["b"])
+    i, j = (np.array(x, dtype=np.int64) for x in json.loads(done.stdout))
+    assert pairing_cost(a, b, i, j) == pytest.approx(full_cost(a, b))
+
+
+def test_large_groups_take_the_sparse_solver_with_the_same_optimum(monkeypatch):
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0, 120, (150, 2))
+    b = np.concatenate([a[:120] + rng.normal(0, 4, (120, 2)), rng.uniform(0, 120, (20, 2))])
+    dense = match_points(a, b)
+    monkeypatch.setattr("crowdtk.labeling.diff.MAX_DENSE_PAIRS", 0)
+    sparse = match_points(a, b)
+    assert pairing_cost(a, b, *dense) == pytest.approx(full_cost(a, b)) == pytest.approx(pairing_cost(a, b, *sparse))
 
 
 def test_regions_and_images_in_one_file_only():
