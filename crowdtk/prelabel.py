@@ -28,6 +28,7 @@ from scipy import ndimage
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
 from crowdtk.geometry import STRIDE
+from crowdtk.predict_config import PredictConfig
 
 if TYPE_CHECKING:  # importing predict at run time would load torch for every user of this module
     from crowdtk.predict import Predictor
@@ -146,12 +147,14 @@ def model_version(checkpoint: str | Path, header: dict) -> str:
     return f"crowdtk prelabel {name} {Path(checkpoint).name}"
 
 
-def prelabel(predictor: Predictor, checkpoint: str | Path, entries: Sequence[RegionsEntry],
-             on_progress: Callable[[int], None] | None = None) -> Prelabels:
-    """The suggestions of ``predictor`` (the counter of ``checkpoint``) for every image of ``entries``."""
+def prelabel(checkpoint: str | Path, entries: Sequence[RegionsEntry], *, device: str = "auto", max_side: int = PredictConfig.max_side,
+             feature_cache: str | Path | None = None, on_progress: Callable[[int], None] | None = None) -> tuple[Prelabels, str | None]:
+    """The suggestions of the counter of ``checkpoint`` for every image of ``entries``, and why the
+    checkpoint should not be trusted (an unfinished training run; else None)."""
     from crowdtk.data import read_image
-    from crowdtk.predict import prefetched
+    from crowdtk.predict import Predictor, load_counter, prefetched
 
+    loaded = load_counter(checkpoint)
+    predictor = Predictor(loaded, device=device, max_side=max_side, feature_cache=feature_cache)
     images = prefetched([e.image for e in entries], read_image)
-    return Prelabels(model_version(checkpoint, predictor.loaded.header), suggest_heads(predictor, entries, images, on_progress))
-
+    return Prelabels(model_version(checkpoint, loaded.header), suggest_heads(predictor, entries, images, on_progress)), loaded.unfinished

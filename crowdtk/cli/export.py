@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,12 +12,9 @@ from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, OutputDir,
 from crowdtk.cli.options import Regions, Tool
 from crowdtk.errors import UsageError
 from crowdtk.files import STDIO, atomic_dir, check_inputs_exist, file_digest
-from crowdtk.formats import Provenance, RegionsEntry, export_header
+from crowdtk.formats import Provenance, export_header
 from crowdtk.labeling import export_regions, read_to_label
 from crowdtk.predict_config import PredictConfig
-
-if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
-    from crowdtk.prelabel import Prelabels
 
 
 @run_command("export")
@@ -62,8 +59,14 @@ def command(
                            None if regions == STDIO else file_digest(regions))
     with atomic_dir(output, force) as tmp:
         prelabels = None
-        if prelabel is not None:
-            prelabels = suggestions(prelabel, entries, log, device.value, max_side, feature_cache)
+        if prelabel is not None:  # loads torch: only with --prelabel
+            from crowdtk.prelabel import prelabel as suggest
+
+            with log.progress(len(entries), "suggesting heads") as advance:
+                prelabels, unfinished = suggest(prelabel, entries, device=device.value, max_side=max_side, feature_cache=feature_cache,
+                                                on_progress=advance)
+            if unfinished:
+                log.warn(unfinished)
         with log.progress(len(entries), "exporting") as advance:
             summary = export_regions(entries, Path(tmp), to.value, header, link=link, image_url=image_url, on_progress=advance,
                                      prefill=to_label.prefill, prelabels=prelabels)
@@ -73,15 +76,3 @@ def command(
     log.info(f"wrote {output}: {summary.regions} regions in {summary.images} images{review} for {to.value} ({', '.join(summary.files)}); "
              f"see {output}/README.txt")
 
-
-def suggestions(checkpoint: Path, entries: list[RegionsEntry], log: Log, device: str, max_side: int, feature_cache: Path | None) -> Prelabels:
-    """The counter's suggested heads for ``entries`` (loads torch: only with --prelabel)."""
-    from crowdtk.predict import Predictor, load_counter
-    from crowdtk.prelabel import prelabel
-
-    loaded = load_counter(checkpoint)
-    if loaded.unfinished:
-        log.warn(loaded.unfinished)
-    predictor = Predictor(loaded, device=device, max_side=max_side, feature_cache=feature_cache)
-    with log.progress(len(entries), "suggesting heads") as advance:
-        return prelabel(predictor, checkpoint, entries, on_progress=advance)
