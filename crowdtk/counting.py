@@ -13,6 +13,7 @@ import numpy as np
 from crowdtk.data import check_image_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.geometry import STRIDE
+from crowdtk.native_stderr import capture, log_messages, summary
 from crowdtk.predict import Predictor, prefetched
 
 
@@ -20,21 +21,41 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray]]:
+    """The frames of a video, numbered from 0, as RGB arrays.
+
+    FFmpeg's and OpenCV's messages never reach stderr (:mod:`crowdtk.native_stderr`): they are the
+    reason in the error when the video cannot be opened, or when it ends before the frame count its
+    container gives with the decoder having complained (a damaged or truncated file; the good frames
+    before are yielded first); a frame decoded despite complaints is a warning on the
+    ``crowdtk.decoders`` logger (each distinct message once per video).
+    """
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise CrowdtkError(f"{path}: cannot open video", "check that OpenCV can decode it (e.g. convert to .mp4 / H.264)")
+    reader, messages = capture(cv2.VideoCapture, str(path))
+    if not reader.isOpened():
+        reason = f" ({summary(messages)})" if messages else ""
+        raise CrowdtkError(f"{path}: cannot open video{reason}", "check that OpenCV can decode it (e.g. convert to .mp4 / H.264)")
     try:
+        log_messages(str(path), messages)
+        seen = dict.fromkeys(messages)
+        total = int(reader.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 or less when the container does not say
         index = 0
         while True:
-            ok, frame = capture.read()
+            (ok, frame), messages = capture(reader.read)
             if not ok:
+                # A read that fails before the container's frame count is the end only when the decoder
+                # said nothing: the count of some containers (WebM, MKV) is an estimate from the duration.
+                if index < total and (messages or seen):
+                    raise CrowdtkError(f"{path}: cannot decode frame {index} of frames 0-{total - 1} ({summary(messages or seen)})",
+                                       "re-encode or repair the video, or pass --skip-bad to leave it out")
                 break
+            if new := [m for m in messages if m not in seen]:
+                log_messages(f"{path} frame {index}", new)
+                seen.update(dict.fromkeys(new))
             yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             index += 1
     finally:
-        capture.release()
+        log_messages(str(path), capture(reader.release)[1])
 
 
 def overlay(image: np.ndarray, density: np.ndarray) -> np.ndarray:

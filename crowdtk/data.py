@@ -35,6 +35,7 @@ import scipy.io
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.geometry import STRIDE
+from crowdtk.native_stderr import capture, log_messages, summary
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 POINT_SUFFIXES = (".txt", ".csv", ".json", ".npy", ".mat")
@@ -45,13 +46,18 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
 
     libjpeg returns a grey-filled image for a truncated JPEG and only warns, so a JPEG
     must also end with its end-of-image marker (some cameras append a few bytes after it).
+    What the decoder prints (libpng, libjpeg, OpenCV's logger) never reaches stderr
+    (:mod:`crowdtk.native_stderr`): it is the reason in the error when the image cannot be
+    decoded, and otherwise a warning recorded on the ``crowdtk.decoders`` logger.
     """
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
         raise CrowdtkError(f"{source}: truncated JPEG (no end-of-image marker)", "re-export or re-download the image, or remove it")
     buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    image, messages = capture(cv2.imdecode, buf, cv2.IMREAD_COLOR) if buf.size else (None, [])
     if image is None:
-        raise CrowdtkError(f"{source}: not a readable image", "check that the file is a complete JPEG/PNG image, or remove it")
+        reason = f" ({summary(messages)})" if messages else ""
+        raise CrowdtkError(f"{source}: not a readable image{reason}", "check that the file is a complete JPEG/PNG image, or remove it")
+    log_messages(source, messages)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

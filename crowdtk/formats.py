@@ -380,8 +380,15 @@ def _resolve(base: Path | None, value: str, source: str, record: dict[str, Any])
     return str(base / p)
 
 
+class _FlatEntry:
+    """An entry stored as its fields, one JSON object per line (the manifest's and the density index's)."""
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class ManifestEntry:
+class ManifestEntry(_FlatEntry):
     """One image of a data set.
 
     ``image`` and ``points`` are paths (relative ones are relative to the manifest's
@@ -396,9 +403,6 @@ class ManifestEntry:
     height: int
     count: int
     sha256: str
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "ManifestEntry":
@@ -441,18 +445,11 @@ def _read_entries(path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin
 
 
 def read_manifest(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[ManifestEntry]]:
-    source = "<stdin>" if str(path) == STDIO else str(path)
-    header, entries = _read_entries(path, MANIFEST, ManifestEntry, stdin)
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.id in seen:
-            raise CrowdtkError(f"{source}: image id '{entry.id}' appears twice", "regenerate the manifest with crowdtk index")
-        seen.add(entry.id)
-    return header, entries
+    return _read_entries(path, MANIFEST, ManifestEntry, stdin)  # a repeated id is refused there, with its lines
 
 
 @dataclass(frozen=True)
-class DensityEntry:
+class DensityEntry(_FlatEntry):
     """One density map written by ``gen-density``: its ``.npz`` (relative to the index)."""
 
     id: str
@@ -463,9 +460,6 @@ class DensityEntry:
     stride: int
     height: int
     width: int
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "DensityEntry":
@@ -548,6 +542,11 @@ def _image_fields(record: dict[str, Any], source: str) -> None:
         raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width or height", "fix or regenerate the file")
 
 
+def _image_record(entry: LabelsEntry | RegionsEntry) -> dict[str, Any]:
+    """The image a labels or regions record is about, as it starts."""
+    return {"id": entry.id, "image": entry.image, "sha256": entry.sha256, "width": entry.width, "height": entry.height}
+
+
 @dataclass(frozen=True)
 class LabelsEntry:
     """The labels of one image: its labeled regions and the head points inside them.
@@ -568,15 +567,8 @@ class LabelsEntry:
         return sum(r.area for r in self.regions)
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "image": self.image,
-            "sha256": self.sha256,
-            "width": self.width,
-            "height": self.height,
-            "regions": [r.to_record(self.height) for r in self.regions],
-            "points": [[float(x), float(y)] for x, y in self.points],
-        }
+        return {**_image_record(self), "regions": [r.to_record(self.height) for r in self.regions],
+                "points": [[float(x), float(y)] for x, y in self.points]}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "LabelsEntry":
@@ -637,15 +629,7 @@ class RegionsEntry:
             if i < len(self.details):
                 record.update(self.details[i])
             regions.append(record)
-        return {
-            "id": self.id,
-            "image": self.image,
-            "sha256": self.sha256,
-            "width": self.width,
-            "height": self.height,
-            "strategy": self.strategy,
-            "regions": regions,
-        }
+        return {**_image_record(self), "strategy": self.strategy, "regions": regions}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "RegionsEntry":

@@ -473,3 +473,159 @@ def test_a_missing_input_is_reported_before_torch_is_imported(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
     assert done.stdout.split() == ["1", "False"], done.stdout + done.stderr
     assert "missing.safetensors: no such file" in done.stderr
+
+
+# --------------------------------------------------------------------------- 10. what the native decoders print
+
+
+def png_bytes(extra: bytes = b"", bad_idat_crc: bool = False, size: int = 32) -> bytes:
+    """A size×size RGB PNG written chunk by chunk: ``extra`` chunks go before IDAT, whose CRC can be made wrong."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+        crc = zlib.crc32(kind + data) if crc is None else crc
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes((x * 7 + y * 3) % 256 for x in range(size * 3)) for y in range(size))
+    pixels = zlib.compress(rows)
+    idat_crc = zlib.crc32(b"IDAT" + pixels) ^ 1 if bad_idat_crc else None
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)) + extra
+            + chunk(b"IDAT", pixels, idat_crc) + chunk(b"IEND", b""))
+
+
+def iccp_chunk() -> bytes:
+    """An iCCP chunk whose compressed profile is 200 zero bytes: libpng warns "iCCP: too short" and decodes the image."""
+    import struct
+    import zlib
+
+    data = b"bogus\x00\x00" + zlib.compress(b"\x00" * 200)
+    return struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
+
+
+def png_pool(root: Path, **images: bytes) -> Path:
+    """A generic-layout data set of the given PNG files (name: bytes), each with two heads."""
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    for name, data in images.items():
+        (root / "images" / f"{name}.png").write_bytes(data)
+        (root / "points" / f"{name}.txt").write_text("3 4\n10 12\n")
+    return root
+
+
+def test_a_png_that_makes_libpng_warn_leaves_stderr_clean_and_the_warning_logged(tmp_path: Path,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import subprocess
+    import sys
+
+    data = png_pool(tmp_path / "data", good=png_bytes(), warns=png_bytes(iccp_chunk()))
+    # In a real process, where Python's stderr and the decoder's are the same file descriptor.
+    done = subprocess.run([sys.executable, "-m", "crowdtk", "index", str(data), "-o", str(tmp_path / "m.jsonl")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "libpng" not in done.stderr and "iCCP" not in done.stderr, done.stderr
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 3
+    # The warning is not lost: it is recorded for a -v log (logger crowdtk.decoders), naming the image.
+    with caplog.at_level(logging.WARNING, logger="crowdtk.decoders"):
+        result = runner.invoke(app, ["index", str(data), "-o", str(tmp_path / "m2.jsonl"), "--workers", "2"])
+    assert result.exit_code == 0 and "libpng" not in result.stderr, result.output
+    assert [r.getMessage() for r in caplog.records if r.name == "crowdtk.decoders"] == \
+        [f"{data / 'images' / 'warns.png'}: libpng warning: iCCP: too short"]
+    # ... and -v shows it, once, in crowdtk's own words.
+    result = runner.invoke(app, ["index", str(data), "-o", str(tmp_path / "m3.jsonl"), "-v"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("iCCP") == 1 and f"crowdtk index: decoder: {data / 'images' / 'warns.png'}: libpng warning" in result.stderr
+
+
+@pytest.mark.parametrize("stage", ["index", "count"])
+def test_a_png_with_a_bad_crc_fails_in_one_line_with_libpng_s_reason(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                                     stage: str) -> None:
+    from conftest import assert_clean_failure
+
+    data = png_pool(tmp_path / "data", good=png_bytes(), bad=png_bytes(bad_idat_crc=True))
+    args = (["index", str(data), "-o", str(tmp_path / "m.jsonl")] if stage == "index"
+            else ["count", str(small_checkpoint(tmp_path / "m.safetensors")), str(data / "images")])
+    capfd.readouterr()
+    result = runner.invoke(app, args)
+    assert_clean_failure(result, "bad.png: not a readable image (libpng error: IDAT: CRC error) (check that", tmp_path / "m.jsonl")
+    assert result.stderr.count("\n") == 1 and result.stderr.count("libpng") == 1, result.stderr
+    assert "libpng" not in capfd.readouterr().err  # nothing went round Python's stderr, to file descriptor 2
+
+
+def mjpeg_clip(path: Path, frames: int = 5) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("damage", ["no-index", "truncated"])
+def test_a_corrupt_video_fails_in_one_line_with_ffmpeg_s_reason(tmp_path: Path, capfd: pytest.CaptureFixture[str], damage: str) -> None:
+    """An .mp4 without its index (moov atom) does not open; an AVI cut inside its third frame yields two frames, then stops."""
+    from conftest import assert_clean_failure
+
+    ckpt = small_checkpoint(tmp_path / "m.safetensors")
+    if damage == "no-index":
+        video = tmp_path / "clip.mp4"
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8)))
+        expected = "clip.mp4: cannot open video (mov,mp4,m4a,3gp,3g2,mj2: moov atom not found)"
+    else:
+        whole = mjpeg_clip(tmp_path / "whole.avi").read_bytes()
+        movi = whole.index(b"movi")  # the frames' chunks (00dc) follow it; the stream header names 00dc too
+        third = [i for i in range(movi, len(whole)) if whole.startswith(b"00dc", i)][2]
+        video = tmp_path / "clip.avi"
+        video.write_bytes(whole[:third + 200])  # the third frame's chunk, cut after 200 bytes
+        expected = "clip.avi: cannot decode frame 2 of frames 0-4 (mjpeg: "
+    capfd.readouterr()
+    result = runner.invoke(app, ["count", str(ckpt), str(video), "--overlay", str(tmp_path / "ov")])
+    assert_clean_failure(result, expected, tmp_path / "ov")
+    assert result.stderr.count("\n") == 1, result.stderr
+    native = capfd.readouterr().err
+    assert "@ 0x" not in native and "mjpeg" not in native and "moov" not in native, native
+    frames = [line for line in result.stdout.splitlines() if '"frame"' in line]
+    assert len(frames) == (0 if damage == "no-index" else 2)  # the good frames were counted first
+    skipped = runner.invoke(app, ["count", str(ckpt), str(video), "--skip-bad"])
+    assert skipped.exit_code == 0 and "skipped" in skipped.stderr and expected in skipped.stderr, skipped.output
+
+
+def test_captures_from_many_threads_keep_their_own_messages_and_lose_no_other_output(tmp_path: Path,
+                                                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    """fd 2 is the process's: captures take turns, and what another thread writes meanwhile reaches stderr."""
+    import os
+    import threading
+
+    from crowdtk.native_stderr import capture
+
+    inputs = {"good": png_bytes(), "warns": png_bytes(iccp_chunk()), "bad": png_bytes(bad_idat_crc=True)}
+    expected = {"good": [], "warns": ["libpng warning: iCCP: too short"], "bad": ["libpng error: IDAT: CRC error"]}
+    wrong: list[tuple[str, list[str]]] = []
+
+    def decode_many(kind: str) -> None:
+        buf = np.frombuffer(inputs[kind], np.uint8)
+        for _ in range(200):
+            image, messages = capture(cv2.imdecode, buf, cv2.IMREAD_COLOR)
+            if messages != expected[kind] or (image is None) != (kind == "bad"):
+                wrong.append((kind, messages))
+
+    capfd.readouterr()
+    threads = [threading.Thread(target=decode_many, args=(kind,)) for kind in inputs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(300):  # another thread's own lines, written to fd 2 while the decoders run
+        os.write(2, f"crowdtk line {i}\n".encode())
+    for t in threads:
+        t.join()
+    err = capfd.readouterr().err
+    # A foreign line that lands between the pieces libpng writes its message in goes with that message:
+    # rare (here: a few of 1200 decodes against 300 lines written as fast as possible), and not lost.
+    swallowed = [m[len(expected[kind][0]):] for kind, messages in wrong for m in messages if m.startswith(expected[kind][0])]
+    assert len(wrong) == len(swallowed) and len(wrong) <= 10, wrong
+    assert "libpng" not in err
+    assert sorted(err.splitlines() + swallowed) == sorted(f"crowdtk line {i}" for i in range(300))
+    with pytest.raises(ZeroDivisionError) as raised:  # a failing call restores fd 2 too, and carries its messages
+        capture(lambda: (os.write(2, b"libpng error: IHDR: bad\n"), 1 / 0))
+    assert "libpng" not in capfd.readouterr().err
+    assert getattr(raised.value, "__notes__", ["native stderr: libpng error: IHDR: bad"]) == ["native stderr: libpng error: IHDR: bad"]

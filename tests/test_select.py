@@ -232,12 +232,14 @@ def test_exclude_naming_images_absent_from_the_manifest(tmp_path):
     assert_clean_failure(result, "s-regions.jsonl: names 5 image(s) absent from", out)
 
 
-def test_vectors_missing_images_to_select_from(tmp_path):
+@pytest.mark.parametrize("spend", [["--strategy", "max"], ["--budget-heads", "40"]], ids=["area", "heads"])
+def test_vectors_missing_images_to_select_from(tmp_path, spend):
+    # A head budget prices every image left by its vectors, as max and mdc rank them by theirs.
     entries = pool(4)
     manifest = write_manifest(tmp_path / "m.jsonl", entries)
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries[:2], realistic_vectors(2))
     out = tmp_path / "r.jsonl"
-    assert_clean_failure(run("select", manifest, "--strategy", "max", "--vectors", vectors, "-o", out), "no strips of 2 image(s)", out)
+    assert_clean_failure(run("select", manifest, *spend, "--vectors", vectors, "-o", out), "no strips of 2 image(s)", out)
 
 
 def test_mdc_with_bands_is_refused(tmp_path):

@@ -19,22 +19,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("index")(index.command)
-app.command("gen-density")(gen_density.command)
-app.command("synth")(synth.command)
-app.command("select")(select.command)
-app.command("export")(export.command)
-app.command("import")(import_.command)
+# In the order of --help (Typer lists the command groups, here labels, after the commands).
+for module in (index, gen_density, synth, select, export, import_, warmup, vectors, train, strip_cap, eval, count, bench, demo, show):
+    app.command(module.command.name)(module.command)
 app.add_typer(labels.app, name="labels")
-app.command("warmup")(warmup.command)
-app.command("vectors")(vectors.command)
-app.command("train")(train.command)
-app.command("strip-cap")(strip_cap.command)
-app.command("eval")(eval.command)
-app.command("count")(count.command)
-app.command("bench")(bench.command)
-app.command("demo")(demo.command)
-app.command("show")(show.command)
 
 
 def _version(value: bool) -> None:

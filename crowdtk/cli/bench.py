@@ -5,18 +5,17 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import BatchSize, BenchFreeze, CpuBf16Auto, Crop, Device, Lr, Model, Quiet, Steps, StripFrac, Verbose, WarmupSteps
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import SESSION, BenchFreeze, CpuBf16Auto, Device, Lr, Session, StripFrac, schedule_options
 from crowdtk.errors import CrowdtkError, UsageError
-from crowdtk.experiment import (DEFAULT_TOLERANCE, METHODS, SHAPES, Experiment, Run, Schedule, check_report, check_same_settings, data_digest,
-                                manifest_step, parse_budgets, parse_list, read_baseline, resolve_cpu_bf16, write_bench_results, write_check)
-from crowdtk.files import file_digest
+from crowdtk.experiment import (DEFAULT_TOLERANCE, METHODS, SHAPES, Schedule, bench_runs, check_report, open_bench, parse_budgets, parse_list,
+                                read_baseline, resolve_cpu_bf16, write_bench_results, write_check)
 
 _S = Schedule()
 
@@ -32,11 +31,7 @@ def command(
     shapes: Annotated[str, typer.Option(help="Extra region shapes for random selection (Table 1): band, block. [default: none]")] = "",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (selection and training); results give mean ± std.")] = 3,
     scale: Annotated[float, typer.Option(help="Resize images and points by this factor for training and evaluation (CPU-affordable runs).")] = _S.scale,
-    model: Model = _S.model,
-    steps: Steps = _S.steps,
-    warmup_steps: WarmupSteps = _S.warmup_steps,
-    batch_size: BatchSize = _S.batch_size,
-    crop: Crop = _S.crop,
+    schedule: Schedule = schedule_options(_S),
     lr: Lr = _S.lr,
     freeze: BenchFreeze = _S.freeze,
     cpu_bf16: CpuBf16Auto = None,
@@ -47,8 +42,7 @@ def command(
     check: Annotated[Optional[Path], typer.Option("--check", help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]", show_default=False)] = None,
     tolerance: Annotated[Optional[float], typer.Option(min=0, help=f"With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). [default: {DEFAULT_TOLERANCE}]", show_default=False)] = None,
     device: Device = "auto",
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad", "force"),
 ) -> None:
     """Run the paper's comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.
 
@@ -59,38 +53,21 @@ def command(
     """
     from crowdtk.cli.pipeline import Runner
 
-    log = Log("bench", quiet, verbose)
-    started = time.perf_counter()
-    budget_list = parse_budgets(budgets) if budgets else parse_budgets(f"{budget}")
-    method_list = parse_list(methods, "--methods", METHODS)
-    shape_list = parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else []
+    log, started = session.log, time.perf_counter()
+    params = {"train": train, "test": test, "budgets": parse_budgets(budgets or f"{budget}"), "methods": parse_list(methods, "--methods", METHODS),
+              "shapes": parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else [], "seeds": seeds}
     if tolerance is not None and check is None:
         raise UsageError("--tolerance without --check", "pass --check BASELINE.json, or leave --tolerance out")
-    schedule = Schedule(model=model.value, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop, lr=lr,
-                        scale=scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac, freeze=freeze.value,
-                        cpu_bf16=resolve_cpu_bf16(cpu_bf16, device.value))
+    schedule = replace(schedule, lr=lr, scale=scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac, freeze=freeze.value,
+                       cpu_bf16=resolve_cpu_bf16(cpu_bf16, device.value))
     schedule.validate()
-    output.mkdir(parents=True, exist_ok=True)
     runner = Runner(output, log)
-    manifests = []
-    for source, split in ((train, "train"), (test, "test")):
-        path, step = manifest_step(source, output, split)
-        if step is not None:
-            runner.execute(step)
-        manifests.append(path)
-    settings = {**asdict(schedule), "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
-    check_same_settings(output, settings)
-    settings |= {"train_data_sha256": data_digest(manifests[0]), "test_data_sha256": data_digest(manifests[1])}  # results.json only
+    experiment, settings = open_bench(train, test, output, schedule, runner.execute, device.value, feature_cache)
     baseline = read_baseline(check, settings) if check is not None else None
-    experiment = Experiment(manifests[0], manifests[1], output, schedule, device.value, feature_cache)
-    runs = [Run(m, b, "strip", s) for b in budget_list for s in range(seeds) for m in method_list]
-    runs += [Run("random", b, shape, s) for b in budget_list for s in range(seeds) for shape in shape_list]
+    runs = bench_runs(params["budgets"], params["methods"], params["shapes"], seeds)
     results = runner.run_all(experiment, runs)
-
     command_line = shlex.join(["crowdtk", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "crowdtk bench"
-    params = {"train": train, "test": test, "budgets": budget_list, "methods": method_list, "shapes": shape_list, "seeds": seeds}
-    table = write_bench_results(experiment, runs, results, settings, params, command_line, started)
-    typer.echo(table)
+    typer.echo(write_bench_results(experiment, runs, results, settings, params, command_line, started))
     log.info(f"wrote {output / 'results.json'}, {output / 'results.md'} and pictures in {time.perf_counter() - started:.0f} s")
     if baseline is not None:
         verdict = write_check(output / "check.json", baseline, results, tolerance, params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import signal
 import sys
 import threading
@@ -23,19 +24,27 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from crowdtk.cli.groups import expand
 from crowdtk.errors import CrowdtkError, Terminated, UsageError
+from crowdtk.native_stderr import log as decoder_log
 
 # --------------------------------------------------------------------------- messages
 
 
 class Log:
-    """Messages for the person at the terminal, all on stderr."""
+    """Messages for the person at the terminal, all on stderr; with -v also what the image and video decoders
+    warned about (the library records it on the ``crowdtk.decoders`` logger, crowdtk.native_stderr)."""
 
     def __init__(self, command: str, quiet: bool = False, verbose: bool = False) -> None:
         self.command = command
         self.quiet = quiet
         self.verbose = verbose
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        # One such handler at a time: the latest command's Log (bench runs its steps in this process).
+        for handler in [h for h in decoder_log.handlers if isinstance(h, _ToLog)]:
+            decoder_log.removeHandler(handler)
+        if verbose and not quiet:
+            decoder_log.addHandler(_ToLog(self))
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -65,6 +74,15 @@ class Log:
         with Progress(*columns, console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
+
+
+class _ToLog(logging.Handler):
+    def __init__(self, log: Log) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.debug(f"crowdtk {self.log.command}: decoder: {record.getMessage()}")
 
 
 # Ordinary filesystem failures are the user's to fix, not bugs of ours: the one-line error with a fix.
@@ -103,10 +121,13 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 
 def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a subcommand: turn errors into one stderr line and exit code 1 (2 for usage errors;
-    130 after Ctrl-C and 143 after SIGTERM, both once temporary files are removed)."""
+    """Decorate a subcommand: give it the options of the groups it takes (crowdtk.cli.groups), and
+    turn errors into one stderr line and exit code 1 (2 for usage errors; 130 after Ctrl-C and 143
+    after SIGTERM, both once temporary files are removed). The result's ``name`` is ``command``."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = expand(func, command)
+
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             verbose = bool(kwargs.get("verbose", False))
@@ -146,6 +167,7 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 )
                 raise typer.Exit(1) from None
 
+        wrapper.name = command  # type: ignore[attr-defined]  # what crowdtk.cli registers it as
         return wrapper
 
     return decorate

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import cv2
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Device, Force, MaxSide, Quiet, SkipBad, Verbose
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import PREDICTION, SESSION, Session
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import atomic_dir, atomic_path, check_inputs_exist, check_output_free
 from crowdtk.formats import dumps_record
@@ -22,12 +22,8 @@ def command(
     checkpoint: Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders of images (not their subfolders), or video files.", show_default=False)],
     overlay_dir: Annotated[Optional[Path], typer.Option("--overlay", help="Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). [default: none]")] = None,
-    max_side: MaxSide = PredictConfig.max_side,
-    device: Device = "auto",
-    skip_bad: SkipBad = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    predict: PredictConfig = PREDICTION.without("feature_cache"),
+    session: Session = SESSION,
 ) -> None:
     """Print one JSON line per image ({"image", "count"}) or per video frame ({"video", "frame", "count"}).
 
@@ -38,22 +34,22 @@ def command(
     from crowdtk.counting import VIDEO_SUFFIXES, count_inputs, expand_inputs, overlay
     from crowdtk.predict import Predictor, load_counter
 
-    log = Log("count", quiet, verbose)
+    log = session.log
     if overlay_dir is not None:
-        check_output_free(overlay_dir, force, folder=True)
+        check_output_free(overlay_dir, session.force, folder=True)
     paths = expand_inputs(inputs)
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
         log.warn(loaded.unfinished)
-    predictor = Predictor(loaded, device=device.value, max_side=max_side)
+    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side)
     skipped: list[str] = []
     n_images = sum(1 for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES)
     # Overlays are built in a temporary folder that replaces --overlay only when every input was counted.
-    folder = atomic_dir(overlay_dir, force) if overlay_dir is not None else contextlib.nullcontext(None)
+    folder = atomic_dir(overlay_dir, session.force) if overlay_dir is not None else contextlib.nullcontext(None)
     with folder as out_dir, log.progress(n_images, "counting") as advance:
         for item in count_inputs(predictor, paths, on_progress=advance):
             if isinstance(item, CrowdtkError):
-                if not skip_bad:
+                if not session.skip_bad:
                     raise item
                 skipped.append(item.as_skipped())
                 log.warn(f"skipped {item.as_skipped()}")

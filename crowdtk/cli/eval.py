@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Device, FeatureCache, Force, Manifest, MaxSide, Quiet, SkipBad, Verbose
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import PREDICTION, SESSION, Manifest, Session
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import STDIO, atomic_path, check_inputs_exist, check_output_free
 from crowdtk.formats import read_manifest
@@ -22,13 +22,8 @@ def command(
     manifest: Manifest,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image results (image, true, predicted, error) here. [default: none]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (mae, rmse, game, n_images) instead of a table. [default: off]")] = False,
-    max_side: MaxSide = PredictConfig.max_side,
-    feature_cache: FeatureCache = None,
-    device: Device = "auto",
-    skip_bad: SkipBad = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    predict: PredictConfig = PREDICTION,
+    session: Session = SESSION,
 ) -> None:
     """Count every image of MANIFEST (sum of the predicted map) and compare with its head points.
 
@@ -40,9 +35,9 @@ def command(
     from crowdtk.predict import Predictor, load_counter
     from crowdtk.runtime import Processes
 
-    log = Log("eval", quiet, verbose)
+    log = session.log
     if csv_path is not None:
-        check_output_free(csv_path, force)
+        check_output_free(csv_path, session.force)
     name = "<stdin>" if manifest == STDIO else manifest
     _, entries = read_manifest(manifest)
     if not entries:
@@ -50,11 +45,11 @@ def command(
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
         log.warn(loaded.unfinished)
-    predictor = Predictor(loaded, device=device.value, max_side=max_side, feature_cache=feature_cache)
+    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache)
     procs = Processes.from_env()
     procs.start(predictor.device)
     with log.progress(len(entries[procs.rank::procs.world]), "evaluating") as advance:
-        evaluation = evaluate_manifest(predictor, entries, str(name), skip_bad=skip_bad, procs=procs, on_progress=advance)
+        evaluation = evaluate_manifest(predictor, entries, str(name), skip_bad=session.skip_bad, procs=procs, on_progress=advance)
     if not evaluation.writer:
         return
     for problem in evaluation.skipped:

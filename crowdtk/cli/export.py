@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, params_of, run_command
-from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, OutputDir, Quiet, Verbose
-from crowdtk.cli.options import Regions, Tool
+from crowdtk.cli.common import params_of, run_command
+from crowdtk.cli.options import PREDICTION, SESSION, OutputDir, Regions, Session, Tool
 from crowdtk.errors import UsageError
 from crowdtk.files import STDIO, atomic_dir, check_inputs_exist, file_digest
 from crowdtk.formats import Provenance, export_header
@@ -25,12 +24,8 @@ def command(
     link: Annotated[bool, typer.Option("--link", help="Symlink the images instead of copying them. [default: off]")] = False,
     image_url: Annotated[str, typer.Option(help="Label Studio: prefix of the tasks' image URLs (before 'images/<file>'). [default: none, relative]")] = "",
     prelabel: Annotated[Optional[Path], typer.Option("--prelabel", help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. [default: none]", show_default=False)] = None,
-    max_side: MaxSide = PredictConfig.max_side,
-    feature_cache: FeatureCache = None,
-    device: Device = "auto",
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    predict: PredictConfig = PREDICTION,
+    session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Write the images (or crops) with their regions for a labeling tool, and the instruction for labelers.
 
@@ -49,7 +44,7 @@ def command(
     """
     if prelabel is not None:
         check_inputs_exist(prelabel)
-    log = Log("export", quiet, verbose)
+    log = session.log
     to_label = read_to_label(regions)  # a regions file, or a labels file to review
     entries = to_label.entries
     if prelabel is not None and to_label.prefill is not None:
@@ -57,14 +52,14 @@ def command(
                          "export the regions file for pre-labels, or the labels file without --prelabel for review")
     header = export_header(Provenance("export", params_of(regions=regions, to=to.value, link=link, image_url=image_url, prelabel=prelabel)),
                            None if regions == STDIO else file_digest(regions))
-    with atomic_dir(output, force) as tmp:
+    with atomic_dir(output, session.force) as tmp:
         prelabels = None
         if prelabel is not None:  # loads torch: only with --prelabel
             from crowdtk.prelabel import prelabel as suggest
 
             with log.progress(len(entries), "suggesting heads") as advance:
-                prelabels, unfinished = suggest(prelabel, entries, device=device.value, max_side=max_side, feature_cache=feature_cache,
-                                                on_progress=advance)
+                prelabels, unfinished = suggest(prelabel, entries, device=predict.device, max_side=predict.max_side,
+                                                feature_cache=predict.feature_cache, on_progress=advance)
             if unfinished:
                 log.warn(unfinished)
         with log.progress(len(entries), "exporting") as advance:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Force, Manifest, OutputDir, Quiet, SkipBad, Verbose, Workers
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import SESSION, Manifest, OutputDir, Session, Workers
 from crowdtk.errors import CrowdtkError
 from crowdtk.density import DensityConfig, generate_densities
 from crowdtk.formats import Provenance, density_index_header, read_manifest, write_jsonl
@@ -27,24 +27,21 @@ def command(
     k_nearest: Annotated[int, typer.Option(help="k of the adaptive kernel.")] = _D.k_nearest,
     stride: Annotated[int, typer.Option(help="Sum-pool the map to this output stride (1 keeps full resolution).")] = _D.stride,
     workers: Workers = 1,
-    skip_bad: SkipBad = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION,
 ) -> None:
     """Write one density map (.npz, float32) per image plus an index.jsonl; each map sums to its head count."""
-    log = Log("gen-density", quiet, verbose)
+    log = session.log
     config = DensityConfig(sigma=sigma, adaptive=adaptive, beta=beta, k_nearest=k_nearest, stride=stride)
     config.validate()
     _, entries = read_manifest(manifest)
     if not entries:
         raise CrowdtkError(f"{'<stdin>' if manifest == '-' else manifest}: no images", "index a data set with images first")
-    provenance = Provenance("gen-density", {"manifest": manifest, "skip_bad": skip_bad, **asdict(config)})
+    provenance = Provenance("gen-density", {"manifest": manifest, "skip_bad": session.skip_bad, **asdict(config)})
     skipped: list[str] = []
-    with atomic_dir(output, force) as tmp:
+    with atomic_dir(output, session.force) as tmp:
         with log.progress(len(entries), "density maps") as advance:
             records = generate_densities(entries, tmp, config, provenance, workers=workers, on_progress=advance,
-                                         skip_bad=skip_bad, skipped=skipped)
+                                         skip_bad=session.skip_bad, skipped=skipped)
         for problem in skipped:
             log.warn(f"skipped {problem}")
         if not records:

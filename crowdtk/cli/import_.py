@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, params_of, run_command
-from crowdtk.cli.options import Force, OutputFile, Quiet, Verbose
-from crowdtk.cli.options import Regions, Tool
+from crowdtk.cli.common import params_of, run_command
+from crowdtk.cli.options import SESSION, OutputFile, Regions, Session, Tool
 from crowdtk.errors import UsageError
 from crowdtk.files import STDIO, check_output_free, file_digest
 from crowdtk.formats import Provenance, labels_header, read_manifest, write_jsonl
@@ -26,9 +25,7 @@ def command(
     output: OutputFile = "-",
     merge: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Labels file of an earlier round to combine with these (repeatable), e.g. the warm-up labels. [default: none]")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Leave out regions nobody labeled instead of stopping (they are never taken as empty). [default: off]")] = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Read labeled regions back (or simulate the labeler) and write a labels file: the regions and the head points inside them.
 
@@ -41,14 +38,14 @@ def command(
     (exact coordinates, its order), so a package returned without edits gives the same labels.
     'crowdtk labels diff LABELS NEW' lists what the reviewer changed.
     """
-    log = Log("import", quiet, verbose)
+    log = session.log
     if (source is None) == (oracle is None):
         raise UsageError("give either --from FORMAT PATH (labels from a tool) or --oracle MANIFEST (simulated labeler)", "see crowdtk import --help")
     if source is not None and path is None:
         raise UsageError(f"--from {source.value} needs PATH, what the labeling tool exported", "add it after REGIONS")
     if oracle is not None and path is not None:
         raise UsageError(f"PATH {path} is given with --oracle", "drop PATH, or use --from FORMAT PATH instead of --oracle")
-    check_output_free(output, force)
+    check_output_free(output, session.force)
     regions_name = "<stdin>" if regions == STDIO else regions
     to_label = read_to_label(regions)  # a regions file, or a labels file to review
     regions_header, entries = to_label.header, to_label.entries

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Log, params_of, run_command
-from crowdtk.cli.options import Force, OutputFile, Quiet, SkipBad, Verbose, Workers
+from crowdtk.cli.common import params_of, run_command
+from crowdtk.cli.options import SESSION, OutputFile, Session, Workers
 from crowdtk.formats import Provenance, manifest_header, write_jsonl
 from crowdtk.files import check_output_free
 from crowdtk.index import build_manifest
@@ -19,16 +19,13 @@ def command(
     root: Annotated[Path, typer.Argument(help="Data set folder: a ShanghaiTech split, a UCF_CC_50 folder, or images/ + points/.", show_default=False)],
     output: OutputFile = "-",
     workers: Workers = 2,
-    skip_bad: SkipBad = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION,
 ) -> None:
     """List every image of a data set with its size, head count and sha256 (JSON Lines)."""
-    log = Log("index", quiet, verbose)
-    check_output_free(output, force)
+    log = session.log
+    check_output_free(output, session.force)
     with log.progress(None, "indexing") as advance:
-        result = build_manifest(root, workers=workers, skip_bad=skip_bad, on_progress=advance)
+        result = build_manifest(root, workers=workers, skip_bad=session.skip_bad, on_progress=advance)
     if result.ignored:
         log.warn(f"ignored {len(result.ignored)} annotation picture(s), not images of the data set: {', '.join(result.ignored[:5])}")
     for problem in result.skipped:
@@ -37,7 +34,7 @@ def command(
         total = sum(result.dropped_points.values())
         log.warn(f"dropped {total} point(s) outside their image in {len(result.dropped_points)} image(s): "
                  + ", ".join(f"{k} ({v})" for k, v in list(result.dropped_points.items())[:5]))
-    header = manifest_header(Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=skip_bad)),
+    header = manifest_header(Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=session.skip_bad)),
                              result.layout, result.skipped)
     write_jsonl(output, header, (e.to_record() for e in result.entries))
     log.info(f"indexed {len(result.entries)} images ({result.layout} layout), {sum(e.count for e in result.entries)} heads")

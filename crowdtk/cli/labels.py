@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Quiet, Verbose
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import SESSION, Session
 from crowdtk.errors import UsageError
 from crowdtk.files import STDIO
 from crowdtk.formats import dumps_record, read_labels
@@ -26,8 +26,7 @@ app = typer.Typer(
 def diff(
     a: Annotated[str, typer.Argument(help="Labels file before, e.g. the one exported for review; '-' reads stdin.", show_default=False)],
     b: Annotated[str, typer.Argument(help="Labels file after, e.g. 'crowdtk import A --from FORMAT PATH' of the reviewed package; '-' reads stdin.", show_default=False)],
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad", "force"),
 ) -> None:
     """Per region, the head points B added, removed and moved against A.
 
@@ -39,7 +38,7 @@ def diff(
     A is removed, one of B added. A region labeled in only one file lists its points as removed
     (only in A) or added (only in B).
     """
-    log = Log("labels diff", quiet, verbose)
+    log = session.log
     if a == STDIO and b == STDIO:
         raise UsageError("A and B are both '-' (stdin)", "pass at most one of them as '-'")
     _, before = read_labels(a)

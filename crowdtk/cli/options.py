@@ -1,5 +1,6 @@
 """Every option and argument alias that more than one subcommand takes, one section per group of
-commands, so that an option means the same and reads the same wherever it appears.
+commands, so that an option means the same and reads the same wherever it appears; and the groups
+of options that several commands take as one value (crowdtk.cli.groups).
 
 Options with a fixed set of values are enums (Click choices): ``--help`` lists the values, and a
 wrong one is a usage error (exit 2) before any work starts.
@@ -7,17 +8,22 @@ wrong one is a usage error (exit 2) before any work starts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from crowdtk.cli.common import Log
+from crowdtk.cli.groups import Group
+from crowdtk.experiment import Schedule
 from crowdtk.labeling import FORMATS
+from crowdtk.predict_config import PredictConfig
 from crowdtk.train_config import FREEZE_LEVELS, KEEP, LR_SCHEDULES, MODEL_NAMES, TrainConfig
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     """A str-valued enum of ``values``, named after the option, for Click's choice type."""
     return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
 
@@ -34,22 +40,40 @@ Force = Annotated[bool, typer.Option("--force", help="Replace an existing output
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and list bad images instead of stopping. [default: off]")]
 Manifest = Annotated[str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)]
 
-DeviceName = _choices("DeviceName", ("auto", "cpu", "cuda"))
+DeviceName = choices("DeviceName", ("auto", "cpu", "cuda"))
 Device = Annotated[DeviceName, typer.Option("--device", help="Where the network runs (auto picks CUDA when present).")]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A command's run: its Log (-q, -v), and --force and --skip-bad (False where it takes neither)."""
+
+    log: Log
+    force: bool = False
+    skip_bad: bool = False
+
+
+def _session(command: str, /, skip_bad: SkipBad = False, force: Force = False, quiet: Quiet = False, verbose: Verbose = False) -> Session:
+    return Session(Log(command, quiet, verbose), force=force, skip_bad=skip_bad)
+
+
+# The options every command ends with; one that writes no output that may exist leaves out --force, one
+# that reads no set of images --skip-bad.
+SESSION = Group(_session)
 
 # --------------------------------------------------------------------------- training (train, warmup, bench, demo)
 
-TRAINING = TrainConfig()  # the defaults of train and warmup
+TRAIN_DEFAULTS = TrainConfig()  # the defaults of train and warmup
 
-ModelName = _choices("ModelName", MODEL_NAMES)
+ModelName = choices("ModelName", MODEL_NAMES)
 Model = Annotated[ModelName, typer.Option("--model", help="Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).")]
 BatchSize = Annotated[int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step (per process under torchrun).")]
 Crop = Annotated[int, typer.Option(help="Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate (targets are scaled by --density-scale).")]
 
-Freeze = _choices("Freeze", FREEZE_LEVELS)
-LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
-Keep = _choices("Keep", KEEP)
+Freeze = choices("Freeze", FREEZE_LEVELS)
+LrSchedule = choices("LrSchedule", LR_SCHEDULES)
+Keep = choices("Keep", KEEP)
 
 Labels = Annotated[Path, typer.Argument(help="Labels file from 'crowdtk import' (regions and the points inside them).", show_default=False)]
 Checkpoint = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors); the best epoch by validation MAE.", show_default=False)]
@@ -68,10 +92,44 @@ KeepOpt = Annotated[Keep, typer.Option("--keep", help="The epoch the checkpoint 
 CpuBf16 = Annotated[bool, typer.Option("--cpu-bf16", help="Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). [default: off]")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
 
+
+@dataclass(frozen=True)
+class Training:
+    """The options train and warmup share, as one value: their TrainConfig (its model and cap are each command's own), --device, --resume."""
+
+    config: TrainConfig
+    device: str
+    resume: bool
+
+
+def _training(no_pretrained: NoPretrained = False, backbone_weights: BackboneWeights = None, epochs: Epochs = TRAIN_DEFAULTS.epochs,
+              lr: Lr = TRAIN_DEFAULTS.lr, batch_size: BatchSize = TRAIN_DEFAULTS.batch_size, crop: Crop = TRAIN_DEFAULTS.crop,
+              scale: Scale = TRAIN_DEFAULTS.input_scale, density_scale: DensityScale = TRAIN_DEFAULTS.density_scale,
+              val_frac: ValFrac = TRAIN_DEFAULTS.val_frac, val_every: ValEvery = TRAIN_DEFAULTS.val_every,
+              freeze: FreezeOpt = TRAIN_DEFAULTS.freeze, feature_cache: TrainFeatureCache = None,
+              lr_schedule: LrScheduleOpt = TRAIN_DEFAULTS.lr_schedule, keep: KeepOpt = TRAIN_DEFAULTS.keep, cpu_bf16: CpuBf16 = False,
+              compile_: Compile = False, seed: Seed = TRAIN_DEFAULTS.seed, device: Device = "auto", resume: Resume = False) -> Training:
+    config = TrainConfig(pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
+                         epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale, density_scale=density_scale,
+                         val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed, freeze=freeze.value,
+                         feature_cache=str(feature_cache) if feature_cache else None, lr_schedule=lr_schedule.value, keep=keep.value,
+                         cpu_bf16=cpu_bf16)
+    return Training(config, device.value, resume)
+
+
+TRAINING = Group(_training)  # the options of train and warmup after --model
+
 # --------------------------------------------------------------------------- running a counter (eval, count, vectors, show)
 
 MaxSide = Annotated[int, typer.Option("--max-side", help="Images larger than this (pixels, after --scale) are run in tiles whose counts add up.")]
 FeatureCache = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]")]
+
+
+def _prediction(max_side: MaxSide = PredictConfig.max_side, feature_cache: FeatureCache = None, device: Device = "auto") -> PredictConfig:
+    return PredictConfig(max_side=max_side, feature_cache=str(feature_cache) if feature_cache else None, device=device.value)
+
+
+PREDICTION = Group(_prediction)  # eval, count, vectors: how the counter runs
 
 # --------------------------------------------------------------------------- experiments (bench, demo)
 
@@ -81,10 +139,21 @@ StripFrac = Annotated[float, typer.Option(help="Strip width as a fraction of the
 BenchFreeze = Annotated[Freeze, typer.Option("--freeze", help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.")]
 CpuBf16Auto = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16", help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]", show_default=False)]
 
+
+def schedule_options(defaults: Schedule) -> Group:
+    """--model, --steps, --warmup-steps, --batch-size and --crop of bench and demo, each with its ``defaults``: they replace those in it."""
+
+    def schedule(model: Model = defaults.model, steps: Steps = defaults.steps, warmup_steps: WarmupSteps = defaults.warmup_steps,
+                 batch_size: BatchSize = defaults.batch_size, crop: Crop = defaults.crop) -> Schedule:
+        return replace(defaults, model=model.value, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop)
+
+    return Group(schedule)
+
+
 # --------------------------------------------------------------------------- export / import
 
 Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select', or a labels file for a review round; '-' reads stdin.", show_default=False)]
 
 # The labeling tools of --to and --from: the registry's names, in its order, so a new tool
 # needs no CLI change beyond its help text.
-Tool = _choices("Tool", FORMATS)
+Tool = choices("Tool", FORMATS)

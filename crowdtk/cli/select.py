@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, params_of, run_command
-from crowdtk.cli.options import Force, Manifest, OutputFile, Quiet, Seed, Verbose, Workers
+from crowdtk.cli.common import params_of, run_command
+from crowdtk.cli.options import SESSION, Manifest, OutputFile, Seed, Session, Workers, choices
 from crowdtk.errors import UsageError
 from crowdtk.files import check_output_free
 from crowdtk.formats import Provenance, read_manifest, regions_header, write_jsonl
-from crowdtk.selection import SelectConfig, Selection, select_files
+from crowdtk.selection import ENGINES, SHAPES, STRATEGIES, SelectConfig, select_files
 
 _D = SelectConfig()
-
-
-class Strategy(str, Enum):
-    random = "random"
-    none_or_all = "none-or-all"
-    max = "max"
-    mdc = "mdc"
-
-
-class Shape(str, Enum):
-    strip = "strip"
-    band = "band"
-    block = "block"
-
-
-class Engine(str, Enum):
-    numpy = "numpy"
-    sklearn = "sklearn"
+Strategy, Shape, Engine = choices("Strategy", STRATEGIES), choices("Shape", SHAPES), choices("Engine", ENGINES)
 
 
 @run_command("select")
@@ -53,9 +35,7 @@ def command(
     engine: Annotated[Engine, typer.Option(help="MDC's EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).")] = Engine(_D.engine),
     seed: Seed = _D.seed,
     workers: Workers = _D.workers,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Choose the regions to label under a budget and write them as a regions file (JSON Lines).
 
@@ -64,41 +44,20 @@ def command(
     so that both rounds together label --budget of the pool's area. '--budget-heads N --vectors V'
     spends clicks instead of area: the strategy picks as before, until the heads predicted reach N.
     """
-    log = Log("select", quiet, verbose)
     if budget_heads is not None and budget is not None:
         raise UsageError("--budget and --budget-heads together", "give one budget: a share of the area (--budget) or heads (--budget-heads)")
     if budget_heads is not None and vectors is None:
         raise UsageError("--budget-heads needs --vectors", "the heads are the vectors' predicted counts: pass them with --vectors")
-    budget = _D.budget if budget is None else budget
-    check_output_free(output, force)
+    check_output_free(output, session.force)
     _, entries = read_manifest(manifest)
-    config = SelectConfig(budget=budget, budget_heads=budget_heads, strategy=strategy.value, strip_frac=strip_frac, shape=shape.value,
-                          warmup_frac=warmup_frac, seed=seed, workers=workers, engine=engine.value, n_init=n_init)
-    with log.progress(None if strategy != Strategy.mdc else len(entries), "selecting") as advance:
+    config = SelectConfig(budget=_D.budget if budget is None else budget, budget_heads=budget_heads, strategy=strategy.value,
+                          strip_frac=strip_frac, shape=shape.value, warmup_frac=warmup_frac, seed=seed, workers=workers,
+                          engine=engine.value, n_init=n_init)
+    with session.log.progress(len(entries) if config.strategy == "mdc" else None, "selecting") as advance:
         run = select_files(entries, manifest, config, scale=scale, vectors=vectors, exclude=exclude or [], on_progress=advance)
-    result = run.selection
-    for note in result.notes:
-        log.warn(note)
-    # An area budget's params stay as they were; a head budget records budget None and budget_heads.
-    budgets = {"budget": budget} if budget_heads is None else {"budget": None, "budget_heads": budget_heads}
-    provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []],
-                                                **budgets, strategy=strategy.value, warmup_frac=warmup_frac, strip_frac=strip_frac,
-                                                shape=shape.value, engine=engine.value, scale=run.config.scale, n_init=n_init,
-                                                workers=workers), seed)
-    header = regions_header(provenance, **run.header_fields())
-    write_jsonl(output, header, (e.to_record() for e in result.entries))
-    log.info(_summary(result, label="warm-up, random" if warmup_frac > 0 else strategy.value, cell=shape.value, excluded=bool(exclude),
-                      budget_heads=budget_heads))
-
-
-def _summary(result: Selection, label: str, cell: str, excluded: bool, budget_heads: float | None = None) -> str:
-    """The one line ``select`` reports: regions, images, cells, area spent and heads expected."""
-    n_regions = sum(len(e.regions) for e in result.entries)
-    spent = f"{100 * result.area_fraction:.2f}% of the pool's area"
-    if excluded:
-        spent += f" ({100 * result.cumulative_area_fraction:.2f}% with the {result.excluded_images} excluded images' regions)"
-    heads = f"; {result.expected_heads:.0f} heads expected in them (vectors' predicted counts)" if result.expected_heads is not None else ""
-    if budget_heads is not None:
-        heads = heads[:-1] + f", --budget-heads {budget_heads:g})"
-    return (f"selected {n_regions} regions in {len(result.entries)} of {result.pool_images} images ({label}, "
-            f"{result.cells} {cell}s): {spent}{heads}")
+    for note in run.selection.notes:
+        session.log.warn(note)
+    provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []], **run.params()),
+                            seed)
+    write_jsonl(output, regions_header(provenance, **run.header_fields()), (e.to_record() for e in run.selection.entries))
+    session.log.info(run.summary(excluded=bool(exclude)))

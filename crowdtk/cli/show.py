@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Force, MaxSide, Quiet, Verbose
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import SESSION, MaxSide, Session
 from crowdtk.predict_config import PredictConfig
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.files import check_output_free
@@ -30,18 +30,16 @@ def command(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="With a checkpoint trained with --cap: draw affinity maps for an image of this labels file. [default: none]")] = None,
     positions: Annotated[int, typer.Option("--positions", min=1, help="Number of labeled positions whose affinity maps are drawn.")] = 2,
     max_side: MaxSide = PredictConfig.max_side,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is."""
     from crowdtk import pictures
     from crowdtk.formats import BENCH_RESULTS, CHECKPOINT, LABELS, REGIONS, peek_format
 
-    log = Log("show", quiet, verbose)
+    log = session.log
     if output.suffix.lower() != ".png":
         raise UsageError(f"{output}: crowdtk show writes PNG pictures", "name the output *.png")
-    check_output_free(output, force)
+    check_output_free(output, session.force)
     kind = peek_format(artifact)
     if kind is None:
         raise CrowdtkError(f"{artifact}: not a crowdtk artifact crowdtk show can draw",

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Force, Quiet, Verbose
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import SESSION, Session
 from crowdtk.files import check_inputs_exist, check_output_free
 
 
@@ -16,17 +16,15 @@ from crowdtk.files import check_inputs_exist, check_output_free
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint trained with --cap.", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Inference checkpoint to write.", show_default=False)],
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only."""
     check_inputs_exist(checkpoint)
     from crowdtk.checkpoint import strip_cap
     from crowdtk.predict import load_counter
 
-    log = Log("strip-cap", quiet, verbose)
-    check_output_free(output, force)
+    log = session.log
+    check_output_free(output, session.force)
     load_counter(checkpoint)  # refuse what eval refuses: a header naming no model, weights that do not fit it
     header = strip_cap(checkpoint, output)
     if not header["removed_tensors"]:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Force, OutputDir, Quiet, Seed, Verbose, Workers
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import SESSION, OutputDir, Seed, Session, Workers
 from crowdtk.formats import SYNTH_CONFIG, Provenance, make_header
 from crowdtk.files import atomic_dir, atomic_path
 from crowdtk.synth import SynthConfig, generate_dataset
@@ -27,17 +27,15 @@ def command(
     crowd: Annotated[float, typer.Option(help="Multiply the density of every group (0 gives empty scenes).")] = _D.crowd,
     seed: Seed = _D.seed,
     workers: Workers = 2,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Generate crowd scenes (perspective, groups side by side, exact head points) as DIR/{train,test}/{images,points} plus a manifest.jsonl per split."""
-    log = Log("synth", quiet, verbose)
+    log = session.log
     config = SynthConfig(train=train, test=test, width=width, height=height, seed=seed, crowd=crowd)
     config.validate()
     params = asdict(config)
     provenance = Provenance("synth", params, seed)
-    with atomic_dir(output, force) as tmp:
+    with atomic_dir(output, session.force) as tmp:
         with log.progress(train + test, "scenes") as advance:
             splits = generate_dataset(tmp, config, provenance, workers=workers, on_progress=advance)
         summary = {

@@ -5,28 +5,19 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
-
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import Log, run_command
-from crowdtk.cli.options import Device, FeatureCache, Force, MaxSide, Quiet, SkipBad, Verbose
+from crowdtk.cli.common import run_command
+from crowdtk.cli.options import PREDICTION, SESSION, Session
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance, read_manifest, save_vectors, vectors_header
 from crowdtk.files import STDIO, check_inputs_exist, check_output_free, file_digest
 from crowdtk.geometry import check_scale
-from crowdtk.predict_config import VectorsConfig
-
-
-def excluded_ids(path: Path, entries: list, manifest: Path) -> set[str]:
-    """Image ids of a regions or labels file (the images already labeled); refused when it is of another pool."""
-    from crowdtk.selection import check_exclusion, read_exclusion
-
-    exclusion = read_exclusion(path)
-    check_exclusion(exclusion, entries, str(manifest))
-    return {entry.id for entry in exclusion.entries}
+from crowdtk.predict_config import PredictConfig, VectorsConfig
+from crowdtk.selection import excluded_ids
 
 
 @run_command("vectors")
@@ -38,43 +29,38 @@ def command(
     levels: Annotated[int, typer.Option(help="Levels L of the multi-level density vector.")] = VectorsConfig.levels,
     strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width.")] = VectorsConfig.strip_frac,
     scale: Annotated[Optional[float], typer.Option(help="The --scale the final counter will be trained at: strip edges lie on whole output cells of the image resized by it (select checks that it matches). [default: the checkpoint's scale]", show_default=False)] = None,
-    max_side: MaxSide = VectorsConfig.max_side,
-    feature_cache: FeatureCache = None,
-    device: Device = "auto",
-    skip_bad: SkipBad = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
+    predict: PredictConfig = PREDICTION,
+    session: Session = SESSION,
 ) -> None:
     """Predict each image with the warm-up counter and describe each strip by its multi-level density vector."""
     check_inputs_exist(checkpoint, manifest, exclude)
     from crowdtk.predict import Predictor, load_counter
     from crowdtk.vectors import compute_vectors
 
-    log = Log("vectors", quiet, verbose)
-    check_output_free(output, force)
+    log = session.log
+    check_output_free(output, session.force)
     manifest_text = sys.stdin.read() if str(manifest) == STDIO else None  # read once: for the records and the digest
     _, entries = read_manifest(manifest, stdin=io.StringIO(manifest_text) if manifest_text is not None else None)
     manifest_sha256 = file_digest(manifest) if manifest_text is None else hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
     if not entries:
         raise CrowdtkError(f"{manifest}: no images", "index a data set with images first")
     if exclude is not None:
-        skip = excluded_ids(exclude, entries, manifest)
+        skip = excluded_ids(exclude, entries, str(manifest))
         entries = [e for e in entries if e.id not in skip]
         if not entries:
             raise CrowdtkError(f"{exclude}: excludes every image of {manifest}", "nothing is left to compute vectors for")
-    predictor = Predictor(load_counter(checkpoint), device=device.value, max_side=max_side, feature_cache=feature_cache)
+    predictor = Predictor(load_counter(checkpoint), device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache)
     if scale is None:
         scale = float(predictor.loaded.header.get("input_scale", 1.0))
     check_scale(scale)
     skipped: list[str] = []
     with log.progress(len(entries), "strip vectors") as advance:
         data = compute_vectors(predictor, entries, levels=levels, strip_frac=strip_frac, scale=scale, on_progress=advance,
-                               skip_bad=skip_bad, skipped=skipped)
+                               skip_bad=session.skip_bad, skipped=skipped)
     for problem in skipped:
         log.warn(f"skipped {problem}")
     params = {"checkpoint": checkpoint, "manifest": manifest, "exclude": exclude, "levels": levels, "strip_frac": strip_frac,
-              "scale": scale, "skip_bad": skip_bad}
+              "scale": scale, "skip_bad": session.skip_bad}
     header = vectors_header(Provenance("vectors", params), levels=levels, strip_frac=strip_frac, scale=scale,
                             manifest_sha256=manifest_sha256, checkpoint_sha256=file_digest(checkpoint),
                             model=predictor.loaded.header.get("model", {}).get("name"), skipped=skipped)

@@ -6,13 +6,14 @@ The parts: ``plan`` (the methods, the schedule, and each run's chain of commands
 MAE against a stored results.json).
 """
 
-from crowdtk.experiment.check import DEFAULT_TOLERANCE, Baseline, check_report, compare, data_digest, read_baseline, write_check
-from crowdtk.experiment.folder import (LATER_SETTINGS, check_same_settings, draw_figures, machine, manifest_step, parse_budgets,
-                                       parse_list, resolve_cpu_bf16, write_bench_results)
-from crowdtk.experiment.plan import METHODS, SHAPES, WARMUP_METHODS, Experiment, Run, Schedule, Step, epochs_for, labeled_images
-from crowdtk.experiment.results import CLAIMS, aggregate, claims, demo_report, markdown_table, run_result
+from crowdtk.experiment.check import DEFAULT_TOLERANCE, Baseline, check_report, compare, read_baseline, write_check
+from crowdtk.experiment.folder import (LATER_SETTINGS, check_same_settings, data_digest, draw_figures, machine, manifest_step, open_bench,
+                                       parse_budgets, parse_list, resolve_cpu_bf16, write_bench_results, write_demo_results)
+from crowdtk.experiment.plan import METHODS, SHAPES, WARMUP_METHODS, Experiment, Run, Schedule, Step, bench_runs, epochs_for, labeled_images
+from crowdtk.experiment.results import CLAIMS, aggregate, claims, demo_report, demo_table, markdown_table, run_result
 
 __all__ = ["CLAIMS", "DEFAULT_TOLERANCE", "LATER_SETTINGS", "METHODS", "SHAPES", "WARMUP_METHODS", "Baseline", "Experiment", "Run",
-           "Schedule", "Step", "aggregate", "check_report", "check_same_settings", "claims", "compare", "data_digest", "demo_report",
-           "draw_figures", "epochs_for", "labeled_images", "machine", "manifest_step", "markdown_table", "parse_budgets", "parse_list",
-           "read_baseline", "resolve_cpu_bf16", "run_result", "write_bench_results", "write_check"]
+           "Schedule", "Step", "aggregate", "bench_runs", "check_report", "check_same_settings", "claims", "compare", "data_digest",
+           "demo_report", "demo_table", "draw_figures", "epochs_for", "labeled_images", "machine", "manifest_step", "markdown_table",
+           "open_bench", "parse_budgets", "parse_list", "read_baseline", "resolve_cpu_bf16", "run_result", "write_bench_results",
+           "write_check", "write_demo_results"]

@@ -8,8 +8,6 @@ fails on a difference the seeds cannot explain, and not on one that is small how
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment.folder import LATER_SETTINGS
 from crowdtk.files import file_digest
-from crowdtk.formats import BENCH_RESULTS, FORMAT_VERSIONS, Provenance, bench_check_header, read_json, read_manifest, write_json
+from crowdtk.formats import BENCH_RESULTS, FORMAT_VERSIONS, Provenance, bench_check_header, read_json, write_json
 
 DEFAULT_TOLERANCE = 0.05
 
@@ -27,17 +25,6 @@ DEFAULT_TOLERANCE = 0.05
 FILE_DIGESTS = ("train_sha256", "test_sha256")
 DATA_DIGESTS = ("train_data_sha256", "test_data_sha256")
 _REMAKE = "make the baseline with this crowdtk: crowdtk bench … -o DIR, then copy DIR/results.json"
-
-
-def data_digest(manifest: Path) -> str:
-    """sha256 of a data set as the runs see it: each image's id, size, head count and digest, and its
-    points file's bytes, in the manifest's order (whatever made the manifest, when, and where the files lie)."""
-    _, entries = read_manifest(manifest)
-    digest = hashlib.sha256()
-    for e in entries:
-        points = file_digest(e.points) if e.points else None
-        digest.update(json.dumps([e.id, e.width, e.height, e.count, e.sha256, points]).encode("utf-8") + b"\n")
-    return digest.hexdigest()
 
 
 def differing_settings(baseline: dict[str, Any], settings: dict[str, Any]) -> list[str]:

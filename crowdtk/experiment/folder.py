@@ -1,21 +1,24 @@
 """A bench or demo folder: the settings its runs were made with, its data, the machine it ran on,
-and the pictures drawn from its runs; and the parsing of the comma-separated lists the
-commands take."""
+and what is written from its runs' results (the pictures among them); and the parsing of the
+comma-separated lists the commands take."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.experiment.plan import Experiment, Run, Schedule, Step
-from crowdtk.files import atomic_path
-from crowdtk.formats import BENCH_RESULTS, Provenance, make_header, write_json
-from crowdtk.experiment.results import claims, markdown_table
+from crowdtk.files import atomic_path, file_digest
+from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, Provenance, make_header, read_manifest, write_json
+from crowdtk.experiment.results import claims, demo_report, demo_table, markdown_table
 
 
 def resolve_cpu_bf16(choice: bool | None, device: str) -> bool:
@@ -81,6 +84,34 @@ def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(settings, indent=1), encoding="utf-8")
 
 
+def data_digest(manifest: Path) -> str:
+    """sha256 of a data set as the runs see it: each image's id, size, head count and digest, and its
+    points file's bytes, in the manifest's order (whatever made the manifest, when, and where the files lie)."""
+    _, entries = read_manifest(manifest)
+    digest = hashlib.sha256()
+    for e in entries:
+        points = file_digest(e.points) if e.points else None
+        digest.update(json.dumps([e.id, e.width, e.height, e.count, e.sha256, points]).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def open_bench(train: Path, test: Path, out: Path, schedule: Schedule, execute: Callable[[Step], None], device: str,
+               feature_cache: Path | None) -> tuple[Experiment, dict[str, Any]]:
+    """The bench folder ``out`` ready for runs: its experiment and settings (results.json's). A split
+    folder is indexed into DIR/data by ``execute``; runs in DIR must have been made with these settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifests = []
+    for source, split in ((train, "train"), (test, "test")):
+        path, step = manifest_step(source, out, split)
+        if step is not None:
+            execute(step)
+        manifests.append(path)
+    settings = {**asdict(schedule), "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
+    check_same_settings(out, settings)
+    settings |= {"train_data_sha256": data_digest(manifests[0]), "test_data_sha256": data_digest(manifests[1])}  # results.json only
+    return Experiment(manifests[0], manifests[1], out, schedule, device, feature_cache), settings
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -126,3 +157,15 @@ def write_bench_results(experiment: Experiment, runs: list[Run], results: list[d
         mdc = Run("mdc+cap" if "mdc+cap" in methods else "mdc", runs[0].budget, "strip", 0)
         draw_figures(experiment, mdc, {"regions": "fig5-regions.png", "prediction": "fig6-prediction.png", "affinity": "fig5-affinity.png"})
     return table
+
+
+def write_demo_results(experiment: Experiment, runs: list[Run], results: list[dict[str, Any]], params: dict[str, Any], seed: int,
+                       started: float) -> str:
+    """DIR/report.json, the pictures of the MDC run (mdc+cap's where both ran) and the table printed (returned)."""
+    report, verdicts = demo_report(results), claims(results)
+    header = make_header(DEMO_REPORT, Provenance("demo", params, seed))
+    write_json(experiment.out / "report.json", header, {"methods": report, "claims": verdicts, "wall_s": time.perf_counter() - started})
+    mdc = next((r for r in runs if r.method == "mdc+cap"), None) or next((r for r in runs if r.method == "mdc"), None)
+    if mdc is not None:
+        draw_figures(experiment, mdc, {"regions": "regions.png", "prediction": "prediction.png", "affinity": "affinity.png"})
+    return demo_table(report, verdicts)

@@ -88,6 +88,12 @@ class Run:
         return self.method if self.shape == "strip" else f"{self.method}-{self.shape}"
 
 
+def bench_runs(budgets: list[float], methods: list[str], shapes: list[str], seeds: int) -> list[Run]:
+    """A bench's runs: every method at every budget and seed, then random selection in each extra shape (Table 1)."""
+    runs = [Run(m, b, "strip", s) for b in budgets for s in range(seeds) for m in methods]
+    return runs + [Run("random", b, shape, s) for b in budgets for s in range(seeds) for shape in shapes]
+
+
 @dataclass
 class Experiment:
     """The inputs and folder of a bench (or demo) run; ``chain`` yields each run's steps."""

@@ -148,3 +148,12 @@ def demo_report(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                           "seeds": r["seeds"], "area_fraction": r["area_fraction"], "heads_labeled": r["heads_labeled"],
                           "images_labeled": r["images_labeled"], "wall_s": r["wall_s"]}
             for r in results}
+
+
+def demo_table(report: dict[str, dict[str, Any]], verdicts: list[dict[str, Any]]) -> str:
+    """What crowdtk demo prints: MAE, RMSE and what was labeled per method (``report``), then each claim's verdict."""
+    lines = [f"{'method':<13}{'MAE':>15}{'RMSE':>15}{'area':>8}{'heads':>8}{'images':>8}"]
+    lines += [f"{name:<13}{r['mae']:>7.2f} ± {r['mae_std']:<5.2f}{r['rmse']:>7.2f} ± {r['rmse_std']:<5.2f}"
+              f"{100 * r['area_fraction']:>7.2f}%{r['heads_labeled']:>8.0f}{r['images_labeled']:>8.0f}" for name, r in report.items()]
+    lines += [f"{c['claim']}: {c['verdict']} (MAE {c['mae_gain']:+.2f}, spread {c['spread']:.2f})" for c in verdicts]
+    return "\n".join(lines)

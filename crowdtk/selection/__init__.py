@@ -13,7 +13,7 @@ The parts, in the order a selection runs through them:
 """
 
 from crowdtk.selection.budget import cell_grid, draw_whole_images, fill_area, round_half_up, spread_area
-from crowdtk.selection.checks import Exclusion, check_exclusion, check_vectors, read_exclusion
+from crowdtk.selection.checks import Exclusion, check_exclusion, check_vectors, excluded_ids, read_exclusion
 from crowdtk.selection.config import CHUNK, ENGINES, SHAPES, STRATEGIES, WARMUP, SelectConfig, Selection
 from crowdtk.selection.gmm import gmm_numpy, gmm_sklearn, kmeans_plusplus
 from crowdtk.selection.heads import plan_heads, spend_heads, spending_order
@@ -25,7 +25,7 @@ from crowdtk.selection.strategies import select_regions
 __all__ = [
     "CHUNK", "ENGINES", "SHAPES", "STRATEGIES", "WARMUP",
     "Exclusion", "MdcPick", "SelectConfig", "SelectRun", "Selection",
-    "cell_grid", "check_exclusion", "check_vectors", "draw_whole_images", "fill_area", "gmm_numpy", "gmm_sklearn",
+    "cell_grid", "check_exclusion", "check_vectors", "draw_whole_images", "excluded_ids", "fill_area", "gmm_numpy", "gmm_sklearn",
     "image_keys", "keyed_uniforms", "kmeans_plusplus", "mdc_batch", "plan_heads", "read_exclusion", "round_half_up",
     "select_files", "select_regions", "spend_heads", "spending_order", "spread_area",
 ]

@@ -52,6 +52,13 @@ def check_exclusion(exclusion: Exclusion, entries: Sequence[ManifestEntry], mani
                                "pass the regions or labels of the same pool")
 
 
+def excluded_ids(path: str | os.PathLike[str], entries: Sequence[ManifestEntry], manifest_name: str) -> set[str]:
+    """Image ids of a regions or labels file (the images already labeled); refused when it is of another pool."""
+    exclusion = read_exclusion(path)
+    check_exclusion(exclusion, entries, manifest_name)
+    return {entry.id for entry in exclusion.entries}
+
+
 def check_vectors(header: dict[str, Any], data: StripVectors, source: str, manifest_digest: str | None, manifest_name: str,
                   entries: Sequence[ManifestEntry], config: SelectConfig) -> None:
     """Refuse vectors of another manifest, another strip geometry, or other image bytes."""

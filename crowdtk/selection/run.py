@@ -1,7 +1,7 @@
 """``select`` from the files the user names: the vectors and earlier rounds read and checked, then :func:`select_regions`.
 
 This is the one library call behind ``crowdtk select``: the command parses its options and
-the manifest, calls :func:`select_files`, and writes and reports what it returns.
+the manifest, calls :func:`select_files`, and writes and reports what it returns (:class:`SelectRun`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,27 @@ class SelectRun:
         if c.budget_heads is not None:  # only then: an area budget's header stays as it was
             fields.update(budget_heads=c.budget_heads, expected_heads=float(f"{s.expected_heads or 0.0:.4f}"))
         return fields
+
+    def params(self) -> dict[str, Any]:
+        """The settings the regions file's provenance records after its files, in their order."""
+        c = self.config
+        # An area budget's params stay as they were; a head budget records budget None and budget_heads.
+        budgets = {"budget": c.budget} if c.budget_heads is None else {"budget": None, "budget_heads": c.budget_heads}
+        return {**budgets, "strategy": c.strategy, "warmup_frac": c.warmup_frac, "strip_frac": c.strip_frac, "shape": c.shape,
+                "engine": c.engine, "scale": c.scale, "n_init": c.n_init, "workers": c.workers}
+
+    def summary(self, excluded: bool) -> str:
+        """The one line ``select`` reports: regions, images, cells, area spent (``excluded``: with earlier rounds') and heads expected."""
+        c, s = self.config, self.selection
+        label = "warm-up, random" if c.warmup_frac > 0 else c.strategy
+        spent = f"{100 * s.area_fraction:.2f}% of the pool's area"
+        if excluded:
+            spent += f" ({100 * s.cumulative_area_fraction:.2f}% with the {s.excluded_images} excluded images' regions)"
+        heads = f"; {s.expected_heads:.0f} heads expected in them (vectors' predicted counts)" if s.expected_heads is not None else ""
+        if c.budget_heads is not None:
+            heads = heads[:-1] + f", --budget-heads {c.budget_heads:g})"
+        return (f"selected {sum(len(e.regions) for e in s.entries)} regions in {len(s.entries)} of {s.pool_images} images ({label}, "
+                f"{s.cells} {c.shape}s): {spent}{heads}")
 
 
 def select_files(entries: Sequence[ManifestEntry], manifest: str, config: SelectConfig, *, scale: float | None = None,
