@@ -59,7 +59,8 @@ def _machine() -> str:
     """The CPU, as far as its speed on these kernels goes: its model name, oneDNN's ISA, torch, the threads."""
     model = platform.processor()
     try:
-        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("model name")), model)
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
     return f"{model}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
