@@ -63,12 +63,12 @@ class Export(BaseExport):
                 raise CrowdtkError(f"{target}: cannot write the crop", "check the output folder")
             rr.update(crop=f"{CROPS}/{stem}.png", points=f"{CROPS}/{stem}.txt", x=region.x0, y=region.y0,
                       crop_width=region.x1 - region.x0, crop_height=region.y1 - region.y0)
-            if points is not None and unwritten is not None:  # a review round: the crop's labeled heads
+            if points is not None and unwritten is not None:  # the crop's labeled heads (a review round) or suggestions
                 here = unwritten & region.contains(points)
                 unwritten &= ~here
                 local = points[here] - np.array([region.x0, region.y0], dtype=np.float64)  # exact: import adds the offset back
                 text = "# x y\n" + "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local) if len(local) else "# no heads\n"
-                if suggested is not None and self.prelabels is not None:
+                if self.prelabels is not None:
                     text = f"{SUGGESTED_MARK} {self.prelabels.model_version}: correct the points, then delete this line\n{text}"
                 write_text(self.out / CROPS / f"{stem}.txt", text)
 
