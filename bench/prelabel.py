@@ -1,6 +1,7 @@
 """How good are `export --prelabel` suggestions? Precision and recall against the true heads (issue 15).
 
     .venv/bin/python bench/prelabel.py --bench bench-out/partB --out bench-out/prelabel [--seed 0] [--budget 0.1] [--radius 8]
+        [--counter 'NAME=CKPT' ... --feature-cache DIR]
 
 Needs a finished `crowdtk bench … --methods mdc+cap` folder (its warm-up counter, its final
 counter and the regions MDC chose). Two sets of regions are pre-labeled by each counter:
@@ -10,7 +11,8 @@ counter and the regions MDC chose). Two sets of regions are pre-labeled by each 
   them, so its row there is optimistic;
 - random strips at the same budget on the test images, which neither counter has seen.
 
-Each is a real `crowdtk export --to labelstudio --link --prelabel CKPT` package; the suggestions
+Other counters (``--counter``, e.g. ones trained at another ``--scale``) replace the bench's two, with
+their own ``--feature-cache``. Each is a real `crowdtk export --to labelstudio --link --prelabel CKPT` package; the suggestions
 are read back from its tasks.json and matched one-to-one to the oracle's heads within
 ``--radius`` px (the pairing of ``labels diff``). Clicks saved = matched suggestions / heads (each a head the labeler need not
 click); net of deletions subtracts the wrong suggestions the labeler deletes. Writes
@@ -78,10 +80,14 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--radius", type=float, default=8.0)
     parser.add_argument("--scale", default="0.5", help="the bench's --scale (strip edges on its cell grid)")
+    parser.add_argument("--counter", action="append", default=[], metavar="NAME=CKPT", help="a counter to measure instead of the bench's")
+    parser.add_argument("--feature-cache", type=Path, help="the feature cache of --counter's training [default: the bench's]")
     args = parser.parse_args()
     run = args.bench / "runs" / f"budget-{args.budget:g}" / f"seed-{args.seed}"
-    cache = str(args.bench / "feature-cache")
+    cache = str(args.feature_cache or args.bench / "feature-cache")
     counters = {"warm-up": run / "warmup" / "model.safetensors", "final (mdc+cap)": run / "mdc+cap" / "infer.safetensors"}
+    if args.counter:
+        counters = {name: Path(ckpt) for name, ckpt in (c.split("=", 1) for c in args.counter)}
     args.out.mkdir(parents=True, exist_ok=True)
     test_regions, test_truth = args.out / "test-regions.jsonl", args.out / "test-labels.jsonl"
     if not test_truth.exists():
@@ -94,7 +100,7 @@ def main() -> None:
     rows = []
     for set_name, (regions, truth) in sets.items():
         for counter_name, checkpoint in counters.items():
-            package = args.out / f"{set_name.split(',')[0]}-{counter_name.split(' ')[0]}"
+            package = args.out / f"{set_name.split(',')[0]}-{''.join(c if c.isalnum() else '-' for c in counter_name)}"
             if not (package / "tasks.json").exists():
                 crowdtk("export", str(regions), "--to", "labelstudio", "--link", "--prelabel", str(checkpoint),
                         "--feature-cache", cache, "-o", str(package), "--force", "-q")
