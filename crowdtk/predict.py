@@ -213,6 +213,13 @@ class Predictor:
         return out
 
 
+def require_finite(density: np.ndarray, source: str) -> np.ndarray:
+    """``density``, refused when a value is NaN or infinite (for the stages that cannot leave an image out)."""
+    if not np.isfinite(density).all():
+        raise CrowdtkError(f"{source}: the predicted density is not finite (NaN or inf)", "check the checkpoint: its weights may have diverged")
+    return density
+
+
 def prefetched(paths: Iterable[str], read: Callable[[str], Any] = read_image) -> Iterator[tuple[str, Any]]:
     """Decode the next image in a thread while the current one runs through the model."""
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -126,16 +126,15 @@ def region_suggestions(density: np.ndarray, sx: float, sy: float, entry: Regions
 def suggest_heads(predictor: "Predictor", entries: Sequence[RegionsEntry], images: Iterable[tuple[str, np.ndarray]],
                   on_progress: Callable[[int], None] | None = None) -> dict[str, Suggestions]:
     """Per image id, the suggested heads in its regions; ``images`` yields (path, RGB image) in the entries' order."""
+    from crowdtk.predict import require_finite
+
     out = {}
     for entry, (_, image) in zip(entries, images):
         if image.shape[:2] != (entry.height, entry.width):
             raise CrowdtkError(f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
                                "re-run index and select")
         density, sx, sy = predictor.density(image, entry.sha256)
-        if not np.isfinite(density).all():
-            raise CrowdtkError(f"{entry.image}: the predicted density is not finite (NaN or inf)",
-                               "check the checkpoint: its weights may have diverged")
-        out[entry.id] = region_suggestions(density, sx, sy, entry)
+        out[entry.id] = region_suggestions(require_finite(density, entry.image), sx, sy, entry)
         if on_progress:
             on_progress(1)
     return out

@@ -15,7 +15,7 @@ import numpy as np
 from crowdtk.data import check_image_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, StripVectors
-from crowdtk.predict import Predictor, prefetched
+from crowdtk.predict import Predictor, prefetched, require_finite
 from crowdtk.geometry import STRIDE, strip_edges
 
 
@@ -102,9 +102,7 @@ def _image_vectors(predictor: Predictor, entry: ManifestEntry, image: np.ndarray
     except CrowdtkError as exc:
         raise CrowdtkError(f"{entry.image}: {exc.what}", exc.fix) from None
     density, sx, _ = predictor.density(image, entry.sha256)
-    if not np.isfinite(density).all():
-        raise CrowdtkError(f"{entry.image}: the predicted density is not finite (NaN or inf)",
-                           "check the checkpoint: its weights may have diverged")
+    require_finite(density, entry.image)
     rows = []
     for x0, x1 in zip(edges[:-1], edges[1:]):
         part = density[:, strip_columns(int(x0), int(x1), density.shape[1], sx)]

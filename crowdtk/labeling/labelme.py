@@ -48,13 +48,17 @@ def labelme_record(entry: RegionsEntry, name: str, points: np.ndarray | None = N
     record = {"version": "5.4.1", "flags": {DONE: False}, "shapes": shapes, "imagePath": name, "imageData": None,
               "imageHeight": entry.height, "imageWidth": entry.width}
     if points is not None:  # a review round (export LABELS): the labeled heads as point shapes, the image already 'done'
-        shapes += [{"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": "", "shape_type": "point",
-                    "flags": {}} for x, y in points]
+        shapes += [_head_shape(x, y, "", {}) for x, y in points]
         record["flags"] = {DONE: True}
     if suggested is not None:
-        shapes += [{"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": f"{model_version} score {score:.2f}",
-                    "shape_type": "point", "flags": {SUGGESTED: True}} for (x, y), score in zip(suggested.points, suggested.scores)]
+        shapes += [_head_shape(x, y, f"{model_version} score {score:.2f}", {SUGGESTED: True})
+                   for (x, y), score in zip(suggested.points, suggested.scores)]
     return record
+
+
+def _head_shape(x: float, y: float, description: str, flags: dict[str, bool]) -> dict[str, Any]:
+    return {"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": description, "shape_type": "point",
+            "flags": flags}
 
 
 class Export(BaseExport):
