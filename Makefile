@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PARTB ?= ../shared/data/ShanghaiTech/part_B
 
-.PHONY: test test-readers demo bench bench-partb bench-tiers install clean docs
+.PHONY: test test-readers demo bench bench-partb bench-tiers gpu-check install clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench-partb: $(STAMP)
 # The training tiers at about equal wall time (README, "Training tiers").
 bench-tiers: $(STAMP)
 	$(BIN)/python bench/tiers.py --out bench-out/tiers
+
+# The CUDA paths on a machine with a GPU, into bench-out/gpu-check (README, "GPUs and several processes"); exit 3 without one.
+gpu-check: $(STAMP)
+	PARTB=$(PARTB) bench/gpu_check.sh
 
 # Shell completions, man pages and docs/cli.md from the app (tests/test_docs.py fails when they drift).
 docs: $(STAMP)

@@ -42,12 +42,12 @@ _crowdtk_options()
         "export") echo "--device --feature-cache --force --help --image-url --link --max-side --output --prelabel --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
         "warmup") echo "--backbone-weights --batch-size --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
-        "vectors") echo "--device --exclude --feature-cache --force --help --levels --max-side --output --quiet --scale --skip-bad --strip-frac --verbose -h -o -q -v" ;;
-        "train") echo "--backbone-weights --batch-size --cap --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --init --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
+        "vectors") echo "--device --exclude --feature-cache --flip-average --force --help --levels --max-side --output --quiet --scale --skip-bad --strip-frac --verbose -h -o -q -v" ;;
+        "train") echo "--backbone-weights --batch-size --cap --cap-affinity --cap-temperature --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --init --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
-        "eval") echo "--csv --device --feature-cache --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
-        "count") echo "--device --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
-        "bench") echo "--batch-size --budget --budgets --check --cpu-bf16 --crop --device --feature-cache --freeze --help --lr --methods --model --no-cpu-bf16 --output --quiet --scale --seeds --shapes --steps --strip-frac --test --tolerance --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "eval") echo "--csv --device --feature-cache --flip-average --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
+        "count") echo "--device --flip-average --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
+        "bench") echo "--backbone-weights --batch-size --budget --budgets --check --cpu-bf16 --crop --device --feature-cache --freeze --help --lr --methods --model --no-cpu-bf16 --no-pretrained --output --quiet --recipe --scale --seeds --shapes --steps --strip-frac --test --tolerance --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
         "demo") echo "--batch-size --budget --cpu-bf16 --crop --device --help --methods --model --no-cpu-bf16 --output --quiet --seed --seeds --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
         "labels") echo "--help -h" ;;
@@ -127,6 +127,8 @@ _crowdtk_value()
         "vectors|--feature-cache") echo "file" ;;
         "vectors|--device") echo "choice auto cpu cuda" ;;
         "train|-o"|"train|--output") echo "file" ;;
+        "train|--cap-affinity") echo "choice paper temperature cosine" ;;
+        "train|--cap-temperature") echo "none" ;;
         "train|--init") echo "file" ;;
         "train|--model") echo "choice csrnet lite lite1 lite2" ;;
         "train|--backbone-weights") echo "file" ;;
@@ -155,6 +157,7 @@ _crowdtk_value()
         "bench|--train") echo "file" ;;
         "bench|--test") echo "file" ;;
         "bench|-o"|"bench|--output") echo "file" ;;
+        "bench|--recipe") echo "choice default paper" ;;
         "bench|--budget") echo "none" ;;
         "bench|--budgets") echo "none" ;;
         "bench|--methods") echo "none" ;;
@@ -168,6 +171,7 @@ _crowdtk_value()
         "bench|--crop") echo "none" ;;
         "bench|--lr") echo "none" ;;
         "bench|--freeze") echo "choice none early encoder" ;;
+        "bench|--backbone-weights") echo "file" ;;
         "bench|--feature-cache") echo "file" ;;
         "bench|--warmup-frac") echo "none" ;;
         "bench|--strip-frac") echo "none" ;;

@@ -78,12 +78,13 @@ _crowdtk_bench() {
         '--train[Training pool: a split folder (indexed into DIR/data) or a manifest.]:path:_files' \
         '--test[Test set: a split folder or a manifest.]:path:_files' \
         '(-o --output)'{-o,--output}'[Folder for all runs and results; rerunning with the same folder reuses finished runs.]:path:_files' \
+        '--recipe[Named settings; options given on the command line replace the recipe'\''s values (the defaults shown are the default recipe'\''s). default: the CPU tier: lite with its ImageNet front end frozen and cached, the scale chosen by a pixel budget (0.5 on Part B), 3000 Adam steps of 4 whole images (lr 1e-3, cosine), 10% budget, 5 seeds (README, Benchmarks). paper: the paper'\''s setting, for a GPU: csrnet (VGG16 ImageNet front end) fine-tuned whole at full resolution on random 448-px crops with flips, batch 1, Adam lr 1e-5 (cosine), 40000 steps, 10% budget (Table 5'\''s Part B), 5 seeds, --device cuda.]:default|paper:(default paper)' \
         '--budget[Labeling budget (fraction of the pool'\''s area) when --budgets is not given.]:float: ' \
         '--budgets[Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. \[default: --budget\]]:str: ' \
-        '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap.]:str: ' \
+        '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap, mdc+cap-temp, mdc+cap-cos (mdc+cap-temp and mdc+cap-cos: CAP'\''s affinity extensions, train --cap-affinity temperature / cosine).]:str: ' \
         '--shapes[Extra region shapes for random selection (Table 1): band, block. \[default: none\]]:str: ' \
         '--seeds[Seeds per method (selection and training); results give mean ± std.]:int range: ' \
-        '--scale[Resize images and points by this factor for training and evaluation (CPU-affordable runs).]:float: ' \
+        '--scale[Resize images and points by this factor for training and evaluation. \[default: the default recipe chooses it by a pixel budget: the median training image brought to about 512×384 px, never enlarged (0.5 on ShanghaiTech Part B, 1 on images of 400 px); other recipes set their own\]]:float: ' \
         '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
@@ -92,6 +93,8 @@ _crowdtk_bench() {
         '--lr[Adam learning rate (targets are scaled by --density-scale).]:float: ' \
         '--freeze[encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.]:none|early|encoder:(none early encoder)' \
         '(--cpu-bf16 --no-cpu-bf16)'{--cpu-bf16,--no-cpu-bf16}'[Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). \[default: on where the CPU runs bfloat16 natively and --device is not cuda\]]' \
+        '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
+        '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--feature-cache[Folder of the frozen front end'\''s features, shareable between bench folders (a CI job can keep it across runs). \[default: DIR/feature-cache\]]:path:_files' \
         '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
@@ -109,6 +112,7 @@ _crowdtk_count() {
         '--overlay[Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). \[default: none\]]:path:_files' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
+        '--flip-average[Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). \[default: off\]]' \
         '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
@@ -125,6 +129,7 @@ _crowdtk_eval() {
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
         '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
+        '--flip-average[Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). \[default: off\]]' \
         '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
@@ -148,6 +153,8 @@ _crowdtk_train() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Checkpoint to write (.safetensors); the best epoch by validation MAE.]:path:_files' \
         '--cap[Train with Crowd Affinity Propagation. \[default: off\]]' \
+        '--cap-affinity[With --cap: CAP'\''s affinities. paper: Eq. 9 as written (dot products of softmax-normalised features; no affinity in a row exceeds e times another). Extensions, not in the paper: temperature: those dot products divided by --cap-temperature; cosine: cosine similarity of the raw features divided by --cap-temperature.]:paper|temperature|cosine:(paper temperature cosine)' \
+        '--cap-temperature[With --cap-affinity temperature or cosine: the temperature τ of the affinities (smaller: sharper). \[default: 0.1 for both forms\]]:float: ' \
         '--init[Start from this checkpoint'\''s weights (e.g. the warm-up counter); it must be of --model when that is given. \[default: none\]]:path:_files' \
         '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU). \[default: csrnet, or the model of --init\]]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
@@ -186,6 +193,7 @@ _crowdtk_vectors() {
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
         '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
+        '--flip-average[Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). \[default: off\]]' \
         '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \

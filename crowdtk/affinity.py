@@ -1,5 +1,6 @@
 """CAP's affinity maps of a trained checkpoint (the paper's Fig. 5): for chosen labeled positions of
-one partly labeled image, Eq. 9's affinities to every unlabeled position, as ``h×w`` maps."""
+one partly labeled image, Eq. 9's affinities to every unlabeled position, as ``h×w`` maps, of the
+affinity form (and temperature) the checkpoint was trained with."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from crowdtk.cap import affinity_maps
-from crowdtk.checkpoint import load_tensors
+from crowdtk.checkpoint import cap_settings, load_tensors
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import LabelsEntry
 from crowdtk.predict import load_counter
@@ -25,6 +26,8 @@ class ImageAffinities:
     maps: np.ndarray  # (len(positions), h, w) float32
     mask: np.ndarray  # (h, w) bool: the labeled cells (they have no affinity)
     input_scale: float  # the checkpoint's, to place cells on the original image
+    affinity: str = "paper"  # CAP's affinity form in the checkpoint (crowdtk.cap)
+    temperature: float | None = None  # its temperature (None for paper)
 
 
 def choose_positions(density: np.ndarray, mask: np.ndarray, count: int) -> list[tuple[int, int]]:
@@ -77,6 +80,7 @@ def image_affinities(checkpoint: str | os.PathLike[str], entry: LabelsEntry, pos
             "pass the checkpoint written by 'crowdtk train --cap', before 'crowdtk strip-cap'",
         )
     del tensors
+    affinity, temperature = cap_settings(header, str(checkpoint))
     loaded = load_counter(checkpoint)
 
     sample = prepare_sample(entry, TrainConfig(model=loaded.header["model"]["name"], input_scale=loaded.input_scale))
@@ -91,6 +95,6 @@ def image_affinities(checkpoint: str | os.PathLike[str], entry: LabelsEntry, pos
             raise CrowdtkError(f"{source}: image '{entry.id}' has no labeled or no unlabeled positions at the model's stride",
                                "pass --image with a partly labeled image whose regions are at least 8 px wide")
         chosen = choose_positions(density, sample.mask, positions)
-        maps = affinity_maps(feat, mask, chosen).float().cpu().numpy()
+        maps = affinity_maps(feat, mask, chosen, affinity=affinity, temperature=temperature).float().cpu().numpy()
 
-    return ImageAffinities(chosen, maps, sample.mask, loaded.input_scale)
+    return ImageAffinities(chosen, maps, sample.mask, loaded.input_scale, affinity, temperature)

@@ -18,6 +18,19 @@ positions unchanged. The density loss is then taken on labeled positions only; i
 gradient reaches the unlabeled features through ``Σ_j s_ij f_u^j`` and through the
 affinities. An image with no labeled or no unlabeled position passes through unchanged.
 
+Affinity forms (``affinity``): ``paper`` is Eq. 9 as written, the default. Both of its vectors
+are softmax outputs, so every dot product lies in (0, 1) and no affinity in a row exceeds e times
+another: CAP as written mixes in about the mean unlabeled feature. Two extensions, off by default
+and labelled as such, sharpen the rows with a temperature ``τ``:
+
+* ``temperature``: ``s_ij = softmax_j((ŝ_l^i · ŝ_u^j) / τ)``, the paper's normalised copies;
+* ``cosine``: ``s_ij = softmax_j(cos(f_l^i, f_u^j) / τ)`` on the raw features (the usual
+  non-local attention form).
+
+The forms differ only in the logits ``q_i · k_j``: each is a function giving the queries ``q``
+(labeled rows, already divided by ``τ``) and the keys ``k`` (unlabeled rows), chosen from
+:data:`LOGITS`; softmax, the mix of Eq. 10 and the memory bound below are the same for all.
+
 Memory: the affinity matrix is ``n_l×n_u`` (≈ 1.2k × 11k for a 768×1024 image with 10%
 labeled). It is computed in blocks of labeled rows so that one block stays under
 ``max_bytes`` (256 MB by default); when gradients are needed and the whole matrix would
@@ -32,14 +45,17 @@ the affinity rows of chosen labeled positions as ``h×w`` pictures (the paper's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.models import Counter
+from crowdtk.train_config import CAP_AFFINITIES, CAP_TEMPERATURES
 
 GAMMA_INIT = 0.2
 EPS = 1e-6
@@ -51,9 +67,48 @@ def _normalized(f: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.softmax(f + eps, dim=1)
 
 
-def _propagate_block(sl: torch.Tensor, su: torch.Tensor, fu: torch.Tensor) -> torch.Tensor:
-    """Eq. 9 and the sum of Eq. 10 for a block of labeled rows: ``softmax(ŝ_l ŝ_uᵀ) f_u``."""
-    return torch.softmax(sl @ su.t(), dim=1) @ fu
+def _paper(fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8–9 as written: logits ``ŝ_l^i · ŝ_u^j``."""
+    return _normalized(fl, eps), _normalized(fu, eps)
+
+
+def _temperature(fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extension: logits ``(ŝ_l^i · ŝ_u^j) / τ``; dividing the queries once costs n_l·C, not n_l·n_u."""
+    assert tau is not None
+    return _normalized(fl, eps) / tau, _normalized(fu, eps)
+
+
+def _cosine(fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extension: logits ``cos(f_l^i, f_u^j) / τ`` of the raw features. A zero feature (possible after
+    a ReLU) has cosine 0 with everything rather than a division by zero (F.normalize clamps the norm)."""
+    assert tau is not None
+    return F.normalize(fl, dim=1) / tau, F.normalize(fu, dim=1)
+
+
+# Each form: (f_l, f_u, eps, τ) → (queries, keys) whose products are the logits of Eq. 9.
+LOGITS: dict[str, Callable[[torch.Tensor, torch.Tensor, float, float | None], tuple[torch.Tensor, torch.Tensor]]] = {
+    "paper": _paper, "temperature": _temperature, "cosine": _cosine}
+assert tuple(LOGITS) == CAP_AFFINITIES
+
+
+def resolve_affinity(affinity: str, temperature: float | None) -> float | None:
+    """The temperature ``affinity`` runs with: ``temperature``, or the form's default when None
+    (None for ``paper``, which takes none). Unknown forms and bad temperatures are refused."""
+    if affinity not in LOGITS:
+        raise CrowdtkError(f"CAP: unknown affinity form {affinity!r}", f"use one of {', '.join(LOGITS)}")
+    if affinity == "paper":
+        if temperature is not None:
+            raise CrowdtkError("CAP: the paper's affinities (Eq. 9) take no temperature", "use affinity 'temperature' or 'cosine'")
+        return None
+    tau = CAP_TEMPERATURES[affinity] if temperature is None else float(temperature)
+    if not (math.isfinite(tau) and tau > 0):
+        raise CrowdtkError(f"CAP: temperature must be finite and positive, got {temperature}", "pass e.g. 0.1")
+    return tau
+
+
+def _propagate_block(q: torch.Tensor, k: torch.Tensor, fu: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 and the sum of Eq. 10 for a block of labeled rows: ``softmax(q kᵀ) f_u``."""
+    return torch.softmax(q @ k.t(), dim=1) @ fu
 
 
 def _rows_per_block(n_l: int, n_u: int, element_size: int, max_bytes: int) -> int:
@@ -76,8 +131,12 @@ def _check_mask(feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | float,
-              eps: float = EPS, max_bytes: int = MAX_BYTES) -> torch.Tensor:
-    """CAP on one image: ``feat`` ``C×h×w``, ``mask`` ``h×w`` bool (True = labeled) → ``C×h×w``."""
+              eps: float = EPS, max_bytes: int = MAX_BYTES, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
+    """CAP on one image: ``feat`` ``C×h×w``, ``mask`` ``h×w`` bool (True = labeled) → ``C×h×w``.
+
+    ``affinity`` is the form of Eq. 9 (see the module's doc), ``temperature`` its ``τ`` (None: the
+    form's default; ``paper`` takes none)."""
+    tau = resolve_affinity(affinity, temperature)
     c = feat.shape[0]
     flat = feat.reshape(c, -1).t()  # (h·w, C)
     m = mask.reshape(-1)
@@ -88,20 +147,19 @@ def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | floa
     idx_l = m.nonzero(as_tuple=True)[0]
     fl = flat[idx_l]
     fu = flat[~m]
-    sl = _normalized(fl, eps)
-    su = _normalized(fu, eps)
-    rows = _rows_per_block(n_l, n_u, sl.element_size(), max_bytes)
+    q, k = LOGITS[affinity](fl, fu, eps, tau)
+    rows = _rows_per_block(n_l, n_u, q.element_size(), max_bytes)
     if rows >= n_l:
-        prop = _propagate_block(sl, su, fu)
+        prop = _propagate_block(q, k, fu)
     else:
-        recompute = torch.is_grad_enabled() and (sl.requires_grad or su.requires_grad or fu.requires_grad)
+        recompute = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or fu.requires_grad)
         blocks = []
         for start in range(0, n_l, rows):
-            block = sl[start:start + rows]
+            block = q[start:start + rows]
             if recompute:
-                blocks.append(checkpoint(_propagate_block, block, su, fu, use_reentrant=False))
+                blocks.append(checkpoint(_propagate_block, block, k, fu, use_reentrant=False))
             else:
-                blocks.append(_propagate_block(block, su, fu))
+                blocks.append(_propagate_block(block, k, fu))
         prop = torch.cat(blocks, dim=0)
     updated = gamma * prop + (1 - gamma) * fl
     out = flat.index_put((idx_l,), updated.to(flat.dtype))
@@ -109,19 +167,20 @@ def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | floa
 
 
 def cap_batch(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | float,
-              eps: float = EPS, max_bytes: int = MAX_BYTES) -> torch.Tensor:
+              eps: float = EPS, max_bytes: int = MAX_BYTES, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
     """CAP on a batch: ``feat`` ``N×C×h×w``, ``mask`` ``N×h×w`` (bool, or float with 1 = labeled)."""
     m = _check_mask(feat, mask)
-    return torch.stack([cap_image(feat[i], m[i], gamma, eps, max_bytes) for i in range(feat.shape[0])])
+    return torch.stack([cap_image(feat[i], m[i], gamma, eps, max_bytes, affinity, temperature) for i in range(feat.shape[0])])
 
 
 def affinity_rows(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tuple[int, int]],
-                  eps: float = EPS) -> torch.Tensor:
-    """Eq. 9 rows ``s_i·`` for labeled ``positions`` ((row, col) on the feature map) of one image.
+                  eps: float = EPS, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
+    """Eq. 9 rows ``s_i·`` (of the form ``affinity``) for labeled ``positions`` ((row, col) on the feature map) of one image.
 
     ``feat`` is ``C×h×w``, ``mask`` ``h×w`` bool. Returns ``k×n_u``: each row sums to 1 over
     the unlabeled positions, ordered as ``mask.reshape(-1).logical_not().nonzero()``.
     """
+    tau = resolve_affinity(affinity, temperature)
     c, h, w = feat.shape
     m = torch.as_tensor(mask, device=feat.device)
     m = m if m.dtype == torch.bool else m > 0.5
@@ -138,14 +197,15 @@ def affinity_rows(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tu
     flat = feat.reshape(c, -1).t()
     fu = flat[~m.reshape(-1)]
     idx = torch.tensor([r * w + col for r, col in positions], dtype=torch.long, device=feat.device)
-    return torch.softmax(_normalized(flat[idx], eps) @ _normalized(fu, eps).t(), dim=1)
+    q, k = LOGITS[affinity](flat[idx], fu, eps, tau)
+    return torch.softmax(q @ k.t(), dim=1)
 
 
 def affinity_maps(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tuple[int, int]],
-                  eps: float = EPS) -> torch.Tensor:
+                  eps: float = EPS, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
     """:func:`affinity_rows` laid out as ``k×h×w`` pictures (0 at labeled positions)."""
     c, h, w = feat.shape
-    rows = affinity_rows(feat, mask, positions, eps)
+    rows = affinity_rows(feat, mask, positions, eps, affinity, temperature)
     m = torch.as_tensor(mask, device=feat.device)
     m = (m if m.dtype == torch.bool else m > 0.5).reshape(-1)
     out = rows.new_zeros(len(positions), h * w)
@@ -154,33 +214,42 @@ def affinity_maps(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tu
 
 
 class CapModule(nn.Module):
-    """Eq. 8–10 with a learnable ``gamma`` (initialised to 0.2)."""
+    """Eq. 8–10 with a learnable ``gamma`` (initialised to 0.2), affinities of the form ``affinity``
+    with temperature ``temperature`` (None: the form's default). The form and temperature are
+    settings, not weights: the state dict holds ``gamma`` only, and checkpoints record them in
+    their header."""
 
-    def __init__(self, gamma: float = GAMMA_INIT, eps: float = EPS, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, gamma: float = GAMMA_INIT, eps: float = EPS, max_bytes: int = MAX_BYTES, affinity: str = "paper",
+                 temperature: float | None = None) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.tensor(float(gamma)))
         self.eps = float(eps)
         self.max_bytes = int(max_bytes)
+        self.temperature = resolve_affinity(affinity, temperature)
+        self.affinity = affinity
 
     def forward(self, feat: torch.Tensor, labeled_mask: torch.Tensor) -> torch.Tensor:
         """``feat`` ``N×C×h×w``, ``labeled_mask`` ``N×h×w`` → features with labeled positions updated."""
-        return cap_batch(feat, labeled_mask, self.gamma, self.eps, self.max_bytes)
+        return cap_batch(feat, labeled_mask, self.gamma, self.eps, self.max_bytes, self.affinity, self.temperature)
 
     def extra_repr(self) -> str:
-        return f"gamma={float(self.gamma.detach()):.4f}, eps={self.eps}"
+        form = "" if self.affinity == "paper" else f", affinity={self.affinity}, temperature={self.temperature:g}"
+        return f"gamma={float(self.gamma.detach()):.4f}, eps={self.eps}{form}"
 
 
 class TrainNet(nn.Module):
     """The counter being trained, with CAP between its features and its output layer when ``cap``.
 
     ``forward(x, labeled_mask)`` applies CAP; ``labeled_mask=None`` is the plain counter
-    (inference). State dict keys: ``counter.*`` and, with CAP, ``cap.gamma``.
+    (inference). State dict keys: ``counter.*`` and, with CAP, ``cap.gamma``. ``cap_affinity``
+    and ``cap_temperature`` choose CAP's affinity form (:class:`CapModule`).
     """
 
-    def __init__(self, counter: Counter, cap: bool, freeze: str = "none") -> None:
+    def __init__(self, counter: Counter, cap: bool, freeze: str = "none", cap_affinity: str = "paper",
+                 cap_temperature: float | None = None) -> None:
         super().__init__()
         self.counter = counter
-        self.cap = CapModule() if cap else None
+        self.cap = CapModule(affinity=cap_affinity, temperature=cap_temperature) if cap else None
         # With a frozen front part the network is fed that part's cached features (crowdtk.features).
         self.freeze = freeze
         for module in counter.frozen_modules(freeze) if freeze != "none" else []:

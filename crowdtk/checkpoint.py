@@ -6,6 +6,8 @@ bytes: nothing in a checkpoint can run code. A pickle-based file (``torch.save``
 
 Header fields beyond the common artifact header (see ``formats.make_header``):
 ``model`` (name and constructor config), ``cap`` (whether CAP weights are inside),
+``cap_affinity`` and ``cap_temperature`` (CAP's affinity form and its temperature, with ``cap``;
+absent in checkpoints written before the forms existed, which read as ``paper``),
 ``inference_only``, ``density_scale`` (the factor the model's output carries),
 ``input_scale`` (the image resize factor the model was trained at), ``training`` (the
 resolved training configuration), ``labels_sha256``, ``epochs_done`` and
@@ -15,6 +17,7 @@ resolved training configuration), ``labels_sha256``, ``epochs_done`` and
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from safetensors.torch import save_file
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import CHECKPOINT, check_header, stripped_checkpoint_header
 from crowdtk.files import atomic_path
+from crowdtk.train_config import CAP_AFFINITIES
 
 META_KEY = "crowdtk"
 
@@ -80,6 +84,22 @@ def model_of(header: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(model.get("config", {}), dict):
         raise CrowdtkError(f"{source}: checkpoint header names no model", "pass a checkpoint written by crowdtk warmup/train/strip-cap")
     return model["name"], dict(model.get("config", {}))
+
+
+def cap_settings(header: dict[str, Any], source: str) -> tuple[str, float | None]:
+    """The (affinity form, temperature) CAP was trained with; ``("paper", None)`` when the header records none."""
+    affinity = header.get("cap_affinity", "paper")
+    temperature = header.get("cap_temperature")
+    if affinity not in CAP_AFFINITIES:
+        raise CrowdtkError(f"{source}: checkpoint header has an unknown CAP affinity form {affinity!r}",
+                           f"it must be one of {', '.join(CAP_AFFINITIES)}; regenerate the checkpoint")
+    bad = (temperature is not None if affinity == "paper"
+           else not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+           or not (math.isfinite(temperature) and temperature > 0))
+    if bad:
+        raise CrowdtkError(f"{source}: checkpoint header has an invalid CAP temperature {temperature!r} for affinity '{affinity}'",
+                           "regenerate the checkpoint")
+    return affinity, None if temperature is None else float(temperature)
 
 
 def init_model(init: str | os.PathLike[str], model: str | None) -> str:

@@ -112,12 +112,16 @@ def vectors_header(provenance: Provenance, *, levels: int, strip_frac: float, sc
 def checkpoint_header(provenance: Provenance, *, model: str, model_config: dict[str, Any], cap: bool, training: dict[str, Any],
                       labels_sha256: str, epochs_done: int, best_val_mae: float, val_on: str,
                       supervision: dict[str, int] | None = None, finished: bool = True,
-                      cpu_phase_split: bool | None = None) -> dict[str, Any]:
+                      cpu_phase_split: bool | None = None, cap_affinity: str = "paper",
+                      cap_temperature: float | None = None) -> dict[str, Any]:
     """``training`` is the run's TrainConfig as a dict; its density and input scales are repeated at the top
     level because every reader of a checkpoint needs them. ``finished``: the run trained all its epochs
     (False in the checkpoint of a run that was interrupted, which eval and count warn about).
-    ``cpu_phase_split``: the CPU convolution backward the run used (crowdtk.train.cpu; None off the CPU)."""
-    return {**make_header(CHECKPOINT, provenance), "model": {"name": model, "config": model_config}, "cap": cap,
+    ``cpu_phase_split``: the CPU convolution backward the run used (crowdtk.train.cpu; None off the CPU).
+    With ``cap``, CAP's affinity form and temperature are written too (``cap_affinity``, ``cap_temperature``),
+    so that whoever draws its affinities uses the form training used (checkpoint.cap_settings reads them)."""
+    cap_fields = {"cap_affinity": cap_affinity, "cap_temperature": cap_temperature} if cap else {}
+    return {**make_header(CHECKPOINT, provenance), "model": {"name": model, "config": model_config}, "cap": cap, **cap_fields,
             "inference_only": False, "density_scale": training["density_scale"], "input_scale": training["input_scale"],
             "training": training, "labels_sha256": labels_sha256, "epochs_done": epochs_done, "best_val_mae": best_val_mae,
             "val_on": val_on, "supervision": supervision or {}, "finished": finished, "cpu_phase_split": cpu_phase_split}

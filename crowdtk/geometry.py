@@ -94,3 +94,26 @@ def cells_inside(start: int, stop: int, size: int, factor: float, cells: int) ->
     first = math.ceil(start * factor / STRIDE - slack)
     last = cells if stop >= size else math.floor(stop * factor / STRIDE + slack)
     return first, min(last, cells)
+
+
+# The working resolution a data set gets from `--scale auto`: about this many pixels per image.
+# 512×384 is Part B at half size, where the frozen tier was measured (a 1024×768 image's heads
+# stay about 6–20 px wide); smaller images are not enlarged, larger ones shrink to it.
+PIXEL_BUDGET = 512 * 384
+
+
+def scale_for_pixels(sizes: list[tuple[int, int]], pixel_budget: int = PIXEL_BUDGET) -> float:
+    """One working scale for a data set of image ``sizes`` (width, height): the factor that brings
+    the median image to about ``pixel_budget`` pixels, never above 1, floored to a multiple of
+    1/16 so that close pools get the same scale (and the printed commands a short number).
+
+    One factor for every data set (0.5) shrank 400-px images to 200 px and their heads to a few
+    pixels; one factor per image would give every image its own cell grid, which the strips,
+    the budget's accounting and the feature cache all assume is one scale per run."""
+    if not sizes:
+        raise CrowdtkError("no images to choose a scale for", "pass a manifest with images")
+    if pixel_budget < STRIDE * STRIDE:
+        raise CrowdtkError(f"pixel budget {pixel_budget} is below one output cell", "pass e.g. 196608 (512×384)")
+    median_area = float(np.median([w * h for w, h in sizes]))
+    factor = min(1.0, math.sqrt(pixel_budget / median_area))
+    return max(1 / 16, math.floor(factor * 16 + 1e-9) / 16)

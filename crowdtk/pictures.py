@@ -285,7 +285,9 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
     features are the counter's last feature map of the whole image; ``positions`` labeled
     positions are chosen by :func:`crowdtk.affinity.choose_positions`. Panels: the image with the red
     region lines and the numbered positions, then "Affinity map #k" for each position,
-    upsampled to the image (labeled positions have no affinity and are drawn grey).
+    upsampled to the image (labeled positions have no affinity and are drawn grey). The
+    affinities are of the form the checkpoint was trained with; the titles name an extension's
+    form and temperature (nothing for the paper's).
     """
     from crowdtk.affinity import image_affinities
 
@@ -314,6 +316,8 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
     _mark(axes[0], marks, width, height)
     axes[0].set_title(f"{entry.id}: input image", fontsize=11)
     labeled = np.broadcast_to(found.mask, maps.shape[1:])
+    # The maps are of the form training used; an extension (not the paper's Eq. 9) says so in the titles.
+    form = "" if found.affinity == "paper" else f" ({found.affinity}, τ = {found.temperature:g})"
     for k, (values, mark) in enumerate(zip(maps, marks), start=1):
         ax = axes[k]
         shown = np.ma.masked_where(labeled, values)
@@ -322,7 +326,7 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
                     interpolation="bilinear")
         _draw_regions(ax, entry.regions, height, linewidth=1.0)
         _mark(ax, [mark], width, height, first=k)
-        ax.set_title(f"Affinity map #{k}", fontsize=11)
+        ax.set_title(f"Affinity map #{k}{form}", fontsize=11)
     for ax in axes[panels:]:
         ax.set_visible(False)
     _save(fig, out)

@@ -11,6 +11,7 @@ class PredictConfig:
     max_side: int = 2048  # images larger than this (px, after the checkpoint's scale) run in tiles
     feature_cache: str | None = None  # cached features of a front end trained frozen (train --feature-cache)
     device: str = "auto"
+    flip_average: bool = False  # average with the mirrored image's mirrored density (test-time flip)
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from crowdtk.errors import CrowdtkError
+from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.geometry import STRIDE
 
 MODEL_NAMES = ("csrnet", "lite", "lite1", "lite2")  # crowdtk.models builds them
 FREEZE_LEVELS = ("none", "early", "encoder")  # crowdtk.models.Counter.encode explains them
 LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("best", "last")
+# CAP's affinity forms (crowdtk.cap): the paper's Eq. 9, and two extensions with a temperature τ.
+CAP_AFFINITIES = ("paper", "temperature", "cosine")
+# Default τ per extension, chosen so that a row's logits span a few units to ~10 on the features CAP
+# meets, which makes affinity maps pick out regions (hundreds of positions) rather than a handful.
+# Measured on the 64-channel stride-8 features of lite on Part B images at scale 0.5 (2784 unlabeled
+# positions, a 10% strip labeled), median over rows:
+# - softmax dot products (paper, temperature) do not sit near 1/C there: mean 0.09 (ImageNet front
+#   end, fresh back end) to 0.24-0.34 (a trained counter), row range 0.73-0.99, because the softmax
+#   of real features is dominated by a few channels. At τ = 0.1 the largest/smallest affinity of a
+#   row is 2e3-2e4 (paper: <= e) and a row spreads over 7-12% (fresh) or 26-41% (trained) of the
+#   positions (exp of its entropy); at τ = 0.01 it is 0.5-1.3% (fresh), near-hard attention. Only
+#   i.i.d. N(0, 1) features give dots near 1/C (0.016, row range 0.019), where τ = 0.1 hardly
+#   sharpens (ratio 1.2) and τ = 0.01 gives ratio 7.
+# - cosine of the raw features: row range 0.5 (fresh) to 1.0 (trained); at τ = 0.1 the ratio is
+#   170-2e4 and a row spreads over 43-78% of the positions (65% on i.i.d. ReLU(N(0, 1)) features).
+CAP_TEMPERATURES = {"temperature": 0.1, "cosine": 0.1}
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,10 @@ class TrainConfig:
     pretrained: bool = True
     backbone_weights: str | None = None
     cap: bool = False
+    # CAP's affinity form and its temperature (None: the form's default in CAP_TEMPERATURES; the
+    # paper's form takes none). Used only with cap.
+    cap_affinity: str = "paper"
+    cap_temperature: float | None = None
     epochs: int = 100
     lr: float = 1e-4  # Adam; the paper's 1e-8 belongs to an unscaled sum loss
     weight_decay: float = 0.0
@@ -71,6 +91,13 @@ class TrainConfig:
             raise CrowdtkError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}", "pass best or last")
         if not self.lr > 0:
             raise CrowdtkError(f"--lr must be positive, got {self.lr}", "pass e.g. 1e-4")
+        check_cap_options(self.cap, self.cap_affinity, self.cap_temperature)
+
+    def cap_tau(self) -> float | None:
+        """The temperature CAP's affinities run with: --cap-temperature, or the form's default (None for paper)."""
+        if self.cap_affinity == "paper":
+            return None
+        return CAP_TEMPERATURES[self.cap_affinity] if self.cap_temperature is None else self.cap_temperature
 
     def lr_at(self, step: int, total: int) -> float:
         """The learning rate of 0-based optimizer ``step`` out of ``total``."""
@@ -82,3 +109,18 @@ class TrainConfig:
         """Whether validation (and so the choice of the best checkpoint) runs after 1-based ``epoch``."""
         every = self.val_every or max(1, self.epochs // 20)
         return epoch % every == 0 or epoch == self.epochs
+
+
+def check_cap_options(cap: bool, affinity: str, temperature: float | None) -> None:
+    """Refuse CAP settings that cannot run as given (usage errors: exit 2 from the CLI)."""
+    if affinity not in CAP_AFFINITIES:
+        raise UsageError(f"--cap-affinity must be one of {', '.join(CAP_AFFINITIES)}, got {affinity!r}", "pass e.g. --cap-affinity cosine")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise UsageError(f"--cap-temperature must be finite and positive, got {temperature}",
+                         f"pass e.g. --cap-temperature {CAP_TEMPERATURES['cosine']:g}")
+    if not cap and (affinity != "paper" or temperature is not None):
+        given = "--cap-affinity" if affinity != "paper" else "--cap-temperature"
+        raise UsageError(f"{given} without --cap", "add --cap, or leave the CAP options out")
+    if affinity == "paper" and temperature is not None:
+        raise UsageError("--cap-temperature with --cap-affinity paper: the paper's affinities (Eq. 9) take no temperature",
+                         "pass --cap-affinity temperature or cosine, or leave --cap-temperature out")

@@ -45,21 +45,35 @@ def _row(method: str, maes: list[float], budget: float = 0.1, shape: str = "stri
     return (method, budget, shape), runs
 
 
-def test_claims_hold_only_beyond_the_combined_seed_spread() -> None:
+def test_claims_are_judged_on_paired_seed_differences() -> None:
     from crowdtk.experiment import claims
 
-    results = aggregate(dict([_row("none-or-all", [20.0, 22.0]), _row("random", [15.0, 16.0]), _row("mdc", [15.5, 17.5]),
-                              _row("max", [30.0, 32.0]), _row("mdc+cap", [14.0])]))
+    # mdc beats random by 0.2 in every seed although both spread by 1.0 over seeds: the paired view sees it.
+    # max against mdc: a mean gain of 1.0 whose seed differences disagree in sign.
+    results = aggregate(dict([_row("none-or-all", [20.0, 22.0, 21.0]), _row("random", [15.0, 16.0, 17.0]),
+                              _row("mdc", [14.8, 15.8, 16.8]), _row("max", [16.8, 13.8, 19.8]), _row("mdc+cap", [14.0])]))
     verdict = {(c["better"], c["worse"]): c for c in claims(results)}
-    # random 15.5 ± 0.71 against none-or-all 21 ± 1.41: a gain of 5.5 beyond a spread of 2.12.
+    consistent = verdict["mdc", "random"]
+    assert consistent["verdict"] == "holds" and consistent["seeds"] == 3
+    assert consistent["mae_gain"] == pytest.approx(0.2) and consistent["ci_low"] == pytest.approx(0.2, abs=1e-9)
+    noisy = verdict["mdc", "max"]  # gains 2 -2 3 around 1.0: sd 2.646, t(0.975, 2) = 4.3027
+    assert noisy["verdict"] == "undecided" and noisy["mae_gain"] == pytest.approx(1.0)
+    assert noisy["ci_low"] == pytest.approx(1.0 - 4.3027 * 2.6458 / 3 ** 0.5, abs=1e-3)
+    assert noisy["ci_high"] == pytest.approx(1.0 + 4.3027 * 2.6458 / 3 ** 0.5, abs=1e-3)
     assert verdict["random", "none-or-all"]["verdict"] == "holds"
-    assert verdict["random", "none-or-all"]["spread"] == pytest.approx(2.1213, abs=1e-4)
-    assert verdict["mdc", "random"]["verdict"] == "within the spread"  # 16.5 vs 15.5, spread 2.12
-    assert verdict["mdc", "max"]["verdict"] == "holds"
-    assert verdict["mdc+cap", "mdc"]["verdict"] == "one seed: not settled"
-    worse = aggregate(dict([_row("none-or-all", [10.0, 10.5]), _row("random", [15.0, 15.5])]))
-    assert claims(worse)[0]["verdict"] == "contradicted"
-    assert "| region-level labels beat None-or-All (Fig. 4) | -5.00 (-49%) | 0.71 | contradicted |" in markdown_table(worse, "t")
+    assert verdict["mdc+cap", "mdc"]["verdict"] == "one seed: not settled" and verdict["mdc+cap", "mdc"]["ci_low"] is None
+    worse = aggregate(dict([_row("none-or-all", [10.0, 10.5]), _row("random", [15.0, 15.6])]))
+    assert claims(worse)[0]["verdict"] == "refuted"  # gains -5.0, -5.1: t(0.975, 1) = 12.706, half-width 0.635
+    assert "| region-level labels beat None-or-All (Fig. 4) | 2 | -5.05 (-49%) | [-5.69, -4.41] | refuted |" in markdown_table(worse, "t")
+
+
+def test_claims_pair_only_the_seeds_both_methods_ran() -> None:
+    from crowdtk.experiment import claims
+
+    random_runs = _row("random", [15.0, 16.0, 99.0])  # seed 2 only for random: left out of the pairs
+    results = aggregate(dict([_row("none-or-all", [20.0, 21.0]), random_runs]))
+    (claim,) = claims(results)
+    assert claim["seeds"] == 2 and claim["mae_gain"] == pytest.approx(5.0)
 
 
 def test_aggregate_and_tables() -> None:
@@ -173,3 +187,15 @@ def test_bench_on_a_pool_of_mixed_sizes_spends_the_same_area_for_every_method(tm
     area = {r["method"]: r["area_fraction"] for r in read_json(out / "results.json", BENCH_RESULTS)["results"]}
     assert abs(area["none-or-all"] - 0.1) <= 0.005 and abs(area["random"] - 0.1) <= 0.005
     assert abs(area["none-or-all"] - area["random"]) <= 0.005
+
+
+def test_the_doubling_check_pairs_seeds_across_schedules() -> None:
+    from crowdtk.experiment.results import schedule_change
+
+    short = aggregate(dict([_row("full", [16.0, 17.0, 18.0]), _row("random", [19.0, 20.0, 21.0]), _row("mdc", [19.0])]))
+    long = aggregate(dict([_row("full", [15.0, 16.1, 16.9]), _row("random", [19.5, 19.6, 21.2]), _row("max", [19.0, 19.0])]))
+    rows = {r["method"]: r for r in schedule_change(short, long)}
+    assert set(rows) == {"full"} | {"random"}  # mdc and max ran under one schedule only
+    full, random = rows["full"], rows["random"]
+    assert full["change"] == pytest.approx(-1.0) and full["ci_high"] < 0 and full["converged"] is False  # still improving
+    assert random["change"] == pytest.approx(0.1) and random["ci_low"] < 0 < random["ci_high"] and random["converged"] is True

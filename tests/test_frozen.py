@@ -170,3 +170,32 @@ def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_pre
     result = run("vectors", tmp_path / "m.safetensors", manifest, "--strip-frac", "0.2", "--feature-cache", cache,
                  "-o", tmp_path / "v.npz", "-q")
     assert result.exit_code == 0, result.output
+
+
+def test_flip_average_is_the_mean_of_the_density_and_the_mirrored_density_of_the_mirror(labels: Path, tmp_path: Path) -> None:
+    import json
+
+    from crowdtk.data import read_image
+    from crowdtk.formats import read_manifest
+    from crowdtk.predict import Predictor, load_counter
+
+    cache = tmp_path / "cache"
+    train(labels, tmp_path / "m.safetensors", replace(FROZEN, epochs=1, feature_cache=str(cache)), Provenance("train"))
+    manifest = labels.parent / "m.jsonl"
+    entry = read_manifest(manifest)[1][0]
+    image = read_image(manifest.parent / entry.image)
+    loaded = load_counter(tmp_path / "m.safetensors")
+    plain = Predictor(loaded, device="cpu", batch_size=1)
+    direct, _, _ = plain.density(image)
+    mirrored, _, _ = plain.density(np.ascontiguousarray(image[:, ::-1]))
+    averaged, _, _ = Predictor(loaded, device="cpu", batch_size=1, flip_average=True).density(image)
+    if image.shape[1] % 8 == 0:  # mirrored cells line up with the image's own
+        assert np.allclose(averaged, (direct + mirrored[:, ::-1]) / 2, atol=1e-5)
+    assert averaged.sum() == pytest.approx((direct.sum() + mirrored.sum()) / 2, rel=1e-4)
+    assert not np.allclose(averaged, direct, atol=1e-6)  # the option does something
+    cached, _, _ = Predictor(loaded, device="cpu", feature_cache=cache, flip_average=True).density(image, entry.sha256)
+    assert cached.sum() == pytest.approx(averaged.sum(), rel=1e-2)  # float16 cached maps
+    result = run("eval", tmp_path / "m.safetensors", manifest, "--json", "-q", "--flip-average")
+    plain_eval = run("eval", tmp_path / "m.safetensors", manifest, "--json", "-q")
+    assert result.exit_code == 0 and plain_eval.exit_code == 0, result.output
+    assert json.loads(result.stdout)["mae"] != json.loads(plain_eval.stdout)["mae"]

@@ -16,7 +16,7 @@ from crowdtk.cli import app
 from crowdtk.cli.common import run_command
 from crowdtk.cli.groups import Group
 from crowdtk.selection import ENGINES, SHAPES, STRATEGIES
-from crowdtk.train_config import MODEL_NAMES
+from crowdtk.train_config import CAP_AFFINITIES, MODEL_NAMES
 
 runner = CliRunner()
 COMMANDS = typer.main.get_command(app).commands
@@ -61,8 +61,9 @@ def test_a_group_without_an_option_does_not_offer_it_and_keeps_its_default() -> 
 
 
 def test_train_and_warmup_take_the_same_training_options() -> None:
-    """Declared once: warmup's options are train's less --cap and --init, with the same help and defaults but for --model."""
-    train = [p for p in _options("train") if p[0] not in ("cap", "init")]
+    """Declared once: warmup's options are train's less CAP's (--cap, --cap-affinity, --cap-temperature) and --init,
+    with the same help and defaults but for --model."""
+    train = [p for p in _options("train") if p[0] not in ("cap", "cap_affinity", "cap_temperature", "init")]
     warmup = _options("warmup")
     assert [p[0] for p in train] == [p[0] for p in warmup]
     assert [p for p in train if p[0] != "model"] == [p for p in warmup if p[0] != "model"]
@@ -86,6 +87,7 @@ def _command_line(command: str, tmp: Path) -> list[str]:
 @pytest.mark.parametrize("command, option, values, wrong", [
     *((command, "--model", MODEL_NAMES, "resnet") for command in ("train", "warmup", "bench", "demo")),
     *((command, "--device", ("auto", "cpu", "cuda"), "gpu") for command in ("train", "eval", "count", "vectors")),
+    ("train", "--cap-affinity", CAP_AFFINITIES, "dot"),
     ("select", "--strategy", STRATEGIES, "best"), ("select", "--shape", SHAPES, "circle"), ("select", "--engine", ENGINES, "torch"),
 ])
 def test_a_choice_lists_its_values_and_refuses_others(command: str, option: str, values: tuple[str, ...], wrong: str, tmp_path: Path) -> None:

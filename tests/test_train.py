@@ -57,6 +57,7 @@ def test_strip_off_the_cell_grid_supervises_only_whole_cells_with_exact_counts(s
 def test_train_with_cap_writes_the_best_validated_epoch(strip_pool, cap_ckpt):
     header, tensors = load_tensors(cap_ckpt)
     assert header["format"] == "checkpoint" and header["cap"] is True and header["model"]["name"] == "lite"
+    assert header["cap_affinity"] == "paper" and header["cap_temperature"] is None  # the paper's Eq. 9 unless asked otherwise
     assert header["labels_sha256"] == file_digest(strip_pool["labels"]) and header["seed"] == 0
     assert "cap.gamma" in tensors
     history = load_tensors(cap_ckpt.with_name("cap.state.safetensors"))[0]["history"]

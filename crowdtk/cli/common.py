@@ -173,6 +173,13 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
     return decorate
 
 
+def given_options(ctx: typer.Context) -> set[str]:
+    """The names of the parameters given on the command line (or by environment), not left at their defaults:
+    what a command that starts from named settings (bench --recipe) lets replace them."""
+    return {name for name in ctx.params if (source := ctx.get_parameter_source(name)) is not None
+            and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
 def params_of(**kwargs: Any) -> dict[str, Any]:
     """Resolved command parameters as recorded in artifacts (paths as strings)."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if k not in {"quiet", "verbose", "force"}}

@@ -41,7 +41,7 @@ def command(
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
         log.warn(loaded.unfinished)
-    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side)
+    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side, flip_average=predict.flip_average)
     skipped: list[str] = []
     n_images = sum(1 for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES)
     # Overlays are built in a temporary folder that replaces --overlay only when every input was counted.

@@ -45,7 +45,8 @@ def command(
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
         log.warn(loaded.unfinished)
-    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache)
+    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache,
+                          flip_average=predict.flip_average)
     procs = Processes.from_env()
     procs.start(predictor.device)
     with log.progress(len(entries[procs.rank::procs.world]), "evaluating") as advance:

@@ -24,7 +24,7 @@ def command(
     link: Annotated[bool, typer.Option("--link", help="Symlink the images instead of copying them. [default: off]")] = False,
     image_url: Annotated[str, typer.Option(help="Label Studio: prefix of the tasks' image URLs (before 'images/<file>'). [default: none, relative]")] = "",
     prelabel: Annotated[Optional[Path], typer.Option("--prelabel", help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. [default: none]", show_default=False)] = None,
-    predict: PredictConfig = PREDICTION,
+    predict: PredictConfig = PREDICTION.without("flip_average"),
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Write the images (or crops) with their regions for a labeling tool, and the instruction for labelers.

@@ -125,8 +125,13 @@ MaxSide = Annotated[int, typer.Option("--max-side", help="Images larger than thi
 FeatureCache = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]")]
 
 
-def _prediction(max_side: MaxSide = PredictConfig.max_side, feature_cache: FeatureCache = None, device: Device = "auto") -> PredictConfig:
-    return PredictConfig(max_side=max_side, feature_cache=str(feature_cache) if feature_cache else None, device=device.value)
+FlipAverage = Annotated[bool, typer.Option("--flip-average", help="Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). [default: off]")]
+
+
+def _prediction(max_side: MaxSide = PredictConfig.max_side, feature_cache: FeatureCache = None, device: Device = "auto",
+                flip_average: FlipAverage = PredictConfig.flip_average) -> PredictConfig:
+    return PredictConfig(max_side=max_side, feature_cache=str(feature_cache) if feature_cache else None, device=device.value,
+                         flip_average=flip_average)
 
 
 PREDICTION = Group(_prediction)  # eval, count, vectors: how the counter runs

@@ -1,4 +1,4 @@
-"""crowdtk train LABELS [--cap] [--init CKPT] -o model.safetensors (Algorithm 1, line 7)."""
+"""crowdtk train LABELS [--cap [--cap-affinity FORM] [--cap-temperature T]] [--init CKPT] -o model.safetensors (Algorithm 1, line 7)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,30 @@ from typing import Annotated, Optional
 import typer
 
 from crowdtk.cli.common import run_command
-from crowdtk.cli.options import SESSION, TRAIN_DEFAULTS, TRAINING, Checkpoint, Labels, ModelName, Session, Training
+from crowdtk.cli.options import SESSION, TRAIN_DEFAULTS, TRAINING, Checkpoint, Labels, ModelName, Session, Training, choices
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance
 from crowdtk.files import check_inputs_exist, check_output_free
+from crowdtk.train_config import CAP_AFFINITIES, CAP_TEMPERATURES, check_cap_options
+
+CapAffinity = choices("CapAffinity", CAP_AFFINITIES)
+_TEMPERATURE_DEFAULTS = (f"{next(iter(CAP_TEMPERATURES.values())):g} for both forms" if len(set(CAP_TEMPERATURES.values())) == 1
+                         else ", ".join(f"{t:g} for {form}" for form, t in CAP_TEMPERATURES.items()))
 
 
 def run_training(labels: Path, output: Path, model: str | None, training: Training, session: Session, *, cap: bool = False,
-                 init: Path | None = None) -> None:
+                 cap_affinity: str = "paper", cap_temperature: float | None = None, init: Path | None = None) -> None:
     """What train and warmup (the session's command) do; ``model`` None: the default one, or that of ``init``."""
+    check_cap_options(cap, cap_affinity, cap_temperature)  # a usage error, before any file is looked at
     check_inputs_exist(labels, init)
     from crowdtk.checkpoint import init_model, read_header, state_path
     from crowdtk.train import EpochReport, train
 
     log, command = session.log, session.log.command
-    config = replace(training.config, cap=cap, model=init_model(init, model) if init is not None else model or TRAIN_DEFAULTS.model)
+    config = replace(training.config, cap=cap, cap_affinity=cap_affinity, cap_temperature=cap_temperature,
+                     model=init_model(init, model) if init is not None else model or TRAIN_DEFAULTS.model)
+    # The form's default temperature written out, so that the recorded settings say what ran.
+    config = replace(config, cap_temperature=config.cap_tau())
     if not training.resume:
         # The resumable state first: "pass --force" alone would throw an interrupted run's epochs away.
         if state_path(output).exists() and not session.force:
@@ -59,10 +68,19 @@ def command(
     labels: Labels,
     output: Checkpoint,
     cap: Annotated[bool, typer.Option("--cap", help="Train with Crowd Affinity Propagation. [default: off]")] = False,
+    cap_affinity: Annotated[CapAffinity, typer.Option(
+        "--cap-affinity", help="With --cap: CAP's affinities. paper: Eq. 9 as written (dot products of softmax-normalised "
+        "features; no affinity in a row exceeds e times another). Extensions, not in the paper: temperature: those dot products "
+        "divided by --cap-temperature; cosine: cosine similarity of the raw features divided by --cap-temperature.")] = "paper",
+    cap_temperature: Annotated[Optional[float], typer.Option(
+        "--cap-temperature", help="With --cap-affinity temperature or cosine: the temperature τ of the affinities (smaller: sharper). "
+        f"[default: {_TEMPERATURE_DEFAULTS}]",
+        show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (e.g. the warm-up counter); it must be of --model when that is given. [default: none]")] = None,
     model: Annotated[Optional[ModelName], typer.Option(help=f"Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU). [default: {TRAIN_DEFAULTS.model}, or the model of --init]", show_default=False)] = None,
     training: Training = TRAINING,
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
-    run_training(labels, output, model.value if model else None, training, session, cap=cap, init=init)
+    run_training(labels, output, model.value if model else None, training, session, cap=cap, cap_affinity=cap_affinity.value,
+                 cap_temperature=cap_temperature, init=init)

@@ -49,7 +49,8 @@ def command(
         entries = [e for e in entries if e.id not in skip]
         if not entries:
             raise CrowdtkError(f"{exclude}: excludes every image of {manifest}", "nothing is left to compute vectors for")
-    predictor = Predictor(load_counter(checkpoint), device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache)
+    predictor = Predictor(load_counter(checkpoint), device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache,
+                          flip_average=predict.flip_average)
     if scale is None:
         scale = float(predictor.loaded.header.get("input_scale", 1.0))
     check_scale(scale)

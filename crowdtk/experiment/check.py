@@ -28,12 +28,12 @@ _REMAKE = "make the baseline with this crowdtk: crowdtk bench … -o DIR, then c
 
 
 def differing_settings(baseline: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-    """The settings keys whose values differ. Settings added later count as their default when the
-    baseline predates them; the data are compared by their data digests when the baseline has them,
+    """The settings keys whose values differ. Settings added later count as their default where either
+    side lacks them; the data are compared by their data digests when the baseline has them,
     else by the manifest files' digests."""
-    before = {**LATER_SETTINGS, **baseline}
+    before, now = {**LATER_SETTINGS, **baseline}, {**LATER_SETTINGS, **settings}
     skip = set(FILE_DIGESTS) if all(k in before for k in DATA_DIGESTS) else set(DATA_DIGESTS)
-    return sorted(k for k in (before.keys() | settings.keys()) - skip if before.get(k) != settings.get(k))
+    return sorted(k for k in (before.keys() | now.keys()) - skip if before.get(k) != now.get(k))
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.experiment.plan import Experiment, Run, Schedule, Step
 from crowdtk.files import atomic_path, file_digest
+from crowdtk.geometry import scale_for_pixels
 from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, Provenance, make_header, read_manifest, write_json
 from crowdtk.experiment.results import claims, demo_report, demo_table, markdown_table
 
@@ -67,15 +68,16 @@ def manifest_step(source: Path, out: Path, split: str) -> tuple[Path, Step | Non
 
 # Settings added after a folder may have been made: absent from its settings.json means their default.
 # They hold the value the code had before the setting existed (a folder of fine-tuned runs stays one).
-LATER_SETTINGS = {"strip_frac": Schedule.strip_frac, "freeze": "none", "lr_schedule": "constant", "keep": "best", "cpu_bf16": False}
+LATER_SETTINGS = {"strip_frac": Schedule.strip_frac, "freeze": "none", "lr_schedule": "constant", "keep": "best", "cpu_bf16": False,
+                  "pretrained": True, "recipe": "default", "backbone_weights_sha256": None}
 
 
 def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
     """Runs in DIR are reused only when they were made with the same schedule and data."""
     path = out / "settings.json"
     if path.exists():
-        before = {**LATER_SETTINGS, **json.loads(path.read_text(encoding="utf-8"))}
-        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        before, now = {**LATER_SETTINGS, **json.loads(path.read_text(encoding="utf-8"))}, {**LATER_SETTINGS, **settings}
+        changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
         if changed:
             raise CrowdtkError(f"{out}: holds runs made with other settings ({', '.join(changed)} differ)",
                                "choose another -o folder, or remove this one to start anew")
@@ -96,9 +98,13 @@ def data_digest(manifest: Path) -> str:
 
 
 def open_bench(train: Path, test: Path, out: Path, schedule: Schedule, execute: Callable[[Step], None], device: str,
-               feature_cache: Path | None) -> tuple[Experiment, dict[str, Any]]:
+               feature_cache: Path | None, recipe: str = "default", backbone_weights: Path | None = None,
+               auto_scale: bool = False) -> tuple[Experiment, dict[str, Any]]:
     """The bench folder ``out`` ready for runs: its experiment and settings (results.json's). A split
-    folder is indexed into DIR/data by ``execute``; runs in DIR must have been made with these settings."""
+    folder is indexed into DIR/data by ``execute``; runs in DIR must have been made with these settings,
+    the name of the recipe they came from and the same backbone weights (by content: the file may move)."""
+    if backbone_weights is not None and not backbone_weights.is_file():
+        raise CrowdtkError(f"{backbone_weights}: backbone weights file not found", "check the path given to --backbone-weights")
     out.mkdir(parents=True, exist_ok=True)
     manifests = []
     for source, split in ((train, "train"), (test, "test")):
@@ -106,10 +112,13 @@ def open_bench(train: Path, test: Path, out: Path, schedule: Schedule, execute: 
         if step is not None:
             execute(step)
         manifests.append(path)
-    settings = {**asdict(schedule), "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
+    if auto_scale:  # one working scale for the data set, from its images' sizes (geometry.scale_for_pixels)
+        schedule = replace(schedule, scale=scale_for_pixels([(e.width, e.height) for e in read_manifest(manifests[0])[1]]))
+    settings = {**asdict(schedule), "recipe": recipe, "backbone_weights_sha256": file_digest(backbone_weights) if backbone_weights else None,
+                "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
     check_same_settings(out, settings)
     settings |= {"train_data_sha256": data_digest(manifests[0]), "test_data_sha256": data_digest(manifests[1])}  # results.json only
-    return Experiment(manifests[0], manifests[1], out, schedule, device, feature_cache), settings
+    return Experiment(manifests[0], manifests[1], out, schedule, device, feature_cache, backbone_weights), settings
 
 
 def machine() -> dict[str, Any]:
@@ -143,7 +152,8 @@ def write_bench_results(experiment: Experiment, runs: list[Run], results: list[d
     images = f"{s.batch_size} whole images" if s.crop == 0 else f"{s.batch_size} crops of {s.crop} px"
     tier = f", --freeze {s.freeze}" if s.freeze != "none" else ""
     seeds = params["seeds"]
-    title = (f"crowdtk bench: {experiment.train_manifest} → {experiment.test_manifest}, {s.model}{tier}, scale {s.scale:g}, "
+    recipe = f" (--recipe {settings['recipe']})" if settings.get("recipe", "default") != "default" else ""
+    title = (f"crowdtk bench{recipe}: {experiment.train_manifest} → {experiment.test_manifest}, {s.model}{tier}, scale {s.scale:g}, "
              f"{s.steps} steps × {images}, {seeds} seed(s)")
     body = {"command_line": command_line, "settings": settings, "machine": machine(), "results": results, "claims": claims(results),
             "wall_s": time.perf_counter() - started}

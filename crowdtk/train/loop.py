@@ -142,7 +142,8 @@ def train(
         return checkpoint_header(provenance, model=counter.name, model_config=counter.config, cap=config.cap, training=asdict(config),
                                  labels_sha256=labels_sha256, epochs_done=epochs_done, best_val_mae=progress.best_val_mae,
                                  val_on=val_on, supervision=supervision, finished=epochs_done >= config.epochs,
-                                 cpu_phase_split=progress.cpu_phase_split)
+                                 cpu_phase_split=progress.cpu_phase_split, cap_affinity=config.cap_affinity,
+                                 cap_temperature=config.cap_tau())
 
     # The epochs. Every random choice of the epoch comes from (seed, epoch, ...): a resumed run repeats it.
     kept = progress.epochs_done > 0 and Path(output).exists()  # a checkpoint of this run (or the run it resumes) is in output
@@ -205,7 +206,7 @@ def train(
 
 def _network(config: TrainConfig, init: str | None) -> tuple[TrainConfig, TrainNet]:
     """The counter to train, from ImageNet weights or from the ``--init`` checkpoint (whose model and
-    input scale the run then takes), with CAP when ``config.cap``."""
+    input scale the run then takes), with CAP (of ``config.cap_affinity``) when ``config.cap``."""
     init_header = None
     init_tensors: dict[str, torch.Tensor] = {}
     if init is not None:
@@ -216,7 +217,7 @@ def _network(config: TrainConfig, init: str | None) -> tuple[TrainConfig, TrainN
         counter = build_model(config.model, pretrained=False, **init_header["model"]["config"])
     else:
         counter = build_model(config.model, pretrained=config.pretrained, backbone_weights=config.backbone_weights)
-    net = TrainNet(counter, config.cap, config.freeze)
+    net = TrainNet(counter, config.cap, config.freeze, cap_affinity=config.cap_affinity, cap_temperature=config.cap_tau())
     if init_header is not None:
         net.load_weights(init_tensors, str(init), counter_only=True)
     return config, net

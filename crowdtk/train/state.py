@@ -23,6 +23,7 @@ from crowdtk.train_config import TrainConfig
 # Options a resumed run may change: its length (with a constant learning rate; a cosine schedule is
 # laid over the whole run), and where the cached features are kept.
 MAY_CHANGE_ON_RESUME = ("epochs", "feature_cache")
+CAP_BEFORE_FORMS = {"cap_affinity": "paper", "cap_temperature": None}
 
 
 @dataclass
@@ -54,7 +55,8 @@ def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: Trai
     header, tensors = load_tensors(path)
     free = MAY_CHANGE_ON_RESUME if config.lr_schedule == "constant" else ("feature_cache",)
     same = {k: v for k, v in asdict(config).items() if k not in free}
-    saved = {k: v for k, v in (header.get("training") or {}).items() if k not in free}
+    # A state written before CAP's affinity forms existed ran the paper's (no temperature).
+    saved = {k: v for k, v in {**CAP_BEFORE_FORMS, **(header.get("training") or {})}.items() if k not in free}
     if header.get("labels_sha256") != labels_sha256 or saved != same:
         raise CrowdtkError(f"{path}: was made with other labels or settings", "resume with the same labels and options, or start anew")
     net.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
