@@ -122,6 +122,7 @@ def test_extensions_put_the_mass_on_the_similar_cluster_where_the_paper_cannot(a
 
 @pytest.mark.parametrize("affinity", ["paper", *VARIANTS])
 def test_blocked_rows_equal_the_whole_matrix_with_gradients(affinity: str) -> None:
+    """Every form, the paper's included: blocks of labeled rows (recomputed in the backward pass) change nothing."""
     torch.manual_seed(4)
     base = torch.randn(2, 16, 12, 20, dtype=torch.float64).relu()
     mask = torch.stack([_strip_mask(12, 20, slice(4, 10)), _strip_mask(12, 20, slice(15, 17))])
