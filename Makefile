@@ -28,9 +28,9 @@ demo: $(STAMP)
 	rm -rf demo-out
 	$(BIN)/crowdtk demo -o demo-out
 
-# The speed of every stage against its reference and the hardware floor (issue 6).
+# The speed of every stage against its reference and the hardware floor.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python benchmarks/run.py
 
 # The paper's comparisons on ShanghaiTech Part B at a 10% budget, six methods x 5 seeds with paired verdicts (README, Benchmarks:
 # about 81 min on a 2-core Xeon with AMX, about 4.6 h on a 2-core EPYC without bfloat16).
@@ -39,11 +39,11 @@ bench-partb: $(STAMP)
 
 # The training tiers at about equal wall time (README, "Training tiers").
 bench-tiers: $(STAMP)
-	$(BIN)/python bench/tiers.py --out bench-out/tiers
+	$(BIN)/python benchmarks/tiers.py --out bench-out/tiers
 
 # The CUDA paths on a machine with a GPU, into bench-out/gpu-check (README, "GPUs and several processes"); exit 3 without one.
 gpu-check: $(STAMP)
-	PARTB=$(PARTB) bench/gpu_check.sh
+	PARTB=$(PARTB) benchmarks/gpu_check.sh
 
 # Shell completions, man pages and docs/cli.md from the app (tests/test_docs.py fails when they drift).
 docs: $(STAMP)

@@ -41,9 +41,9 @@ _crowdtk_options()
         "select") echo "--budget --budget-heads --engine --exclude --force --help --n-init --output --quiet --scale --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
         "export") echo "--device --feature-cache --force --help --image-url --link --max-side --output --prelabel --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
-        "warmup") echo "--backbone-weights --batch-size --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
+        "warmup") echo "--backbone-weights --batch-size --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --keep --loss --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "vectors") echo "--device --exclude --feature-cache --flip-average --force --help --levels --max-side --output --quiet --scale --skip-bad --strip-frac --verbose -h -o -q -v" ;;
-        "train") echo "--backbone-weights --batch-size --cap --cap-affinity --cap-temperature --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --init --keep --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
+        "train") echo "--backbone-weights --batch-size --cap --cap-affinity --cap-temperature --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --init --keep --loss --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
         "eval") echo "--csv --device --feature-cache --flip-average --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
         "count") echo "--device --flip-average --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
@@ -110,6 +110,7 @@ _crowdtk_value()
         "warmup|--crop") echo "none" ;;
         "warmup|--scale") echo "none" ;;
         "warmup|--density-scale") echo "none" ;;
+        "warmup|--loss") echo "choice mse" ;;
         "warmup|--val-frac") echo "none" ;;
         "warmup|--val-every") echo "none" ;;
         "warmup|--freeze") echo "choice none early encoder" ;;
@@ -138,6 +139,7 @@ _crowdtk_value()
         "train|--crop") echo "none" ;;
         "train|--scale") echo "none" ;;
         "train|--density-scale") echo "none" ;;
+        "train|--loss") echo "choice mse" ;;
         "train|--val-frac") echo "none" ;;
         "train|--val-every") echo "none" ;;
         "train|--freeze") echo "choice none early encoder" ;;

@@ -56,7 +56,7 @@ _crowdtk_demo() {
         '(-o --output)'{-o,--output}'[Folder for the data, every step'\''s files, report.json and the pictures; rerunning reuses finished steps.]:path:_files' \
         '--budget[Labeling budget: fraction of the pool'\''s area.]:float: ' \
         '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap.]:str: ' \
-        '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
+        '--model[Counter: csrnet (the paper'\''s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
         '--batch-size[Images (whole, or crops with --crop) per optimizer step (per process under torchrun).]:int: ' \
@@ -81,11 +81,11 @@ _crowdtk_bench() {
         '--recipe[Named settings; options given on the command line replace the recipe'\''s values (the defaults shown are the default recipe'\''s). default: the CPU tier: lite with its ImageNet front end frozen and cached, the scale chosen by a pixel budget (0.5 on Part B), 3000 Adam steps of 4 whole images (lr 1e-3, cosine), 10% budget, 5 seeds (README, Benchmarks). paper: the paper'\''s setting, for a GPU: csrnet (VGG16 ImageNet front end) fine-tuned whole at full resolution on random 448-px crops with flips, batch 1, Adam lr 1e-5 (cosine), 40000 steps, 10% budget (Table 5'\''s Part B), 5 seeds, --device cuda.]:default|paper:(default paper)' \
         '--budget[Labeling budget (fraction of the pool'\''s area) when --budgets is not given.]:float: ' \
         '--budgets[Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. \[default: --budget\]]:str: ' \
-        '--methods[Comma-separated methods out of full, none-or-all, random, max, mdc, mdc+cap, mdc+cap-temp, mdc+cap-cos (mdc+cap-temp and mdc+cap-cos: CAP'\''s affinity extensions, train --cap-affinity temperature / cosine).]:str: ' \
+        '--methods[Comma-separated methods: full (every image labeled: none-or-all at budget 1), none-or-all (whole images), random (random strips), max (largest predicted counts), mdc (the paper'\''s clustering), mdc+cap (mdc'\''s regions, trained with CAP), mdc+cap-temp (mdc'\''s regions, CAP with train --cap-affinity temperature) and mdc+cap-cos (mdc'\''s regions, CAP with train --cap-affinity cosine).]:str: ' \
         '--shapes[Extra region shapes for random selection (Table 1): band, block. \[default: none\]]:str: ' \
         '--seeds[Seeds per method (selection and training); results give mean ± std.]:int range: ' \
         '--scale[Resize images and points by this factor for training and evaluation. \[default: the default recipe chooses it by a pixel budget: the median training image brought to about 512×384 px, never enlarged (0.5 on ShanghaiTech Part B, 1 on images of 400 px); other recipes set their own\]]:float: ' \
-        '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
+        '--model[Counter: csrnet (the paper'\''s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
         '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
         '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
         '--batch-size[Images (whole, or crops with --crop) per optimizer step (per process under torchrun).]:int: ' \
@@ -156,7 +156,7 @@ _crowdtk_train() {
         '--cap-affinity[With --cap: CAP'\''s affinities. paper: Eq. 9 as written (dot products of softmax-normalised features; no affinity in a row exceeds e times another). Extensions, not in the paper: temperature: those dot products divided by --cap-temperature; cosine: cosine similarity of the raw features divided by --cap-temperature.]:paper|temperature|cosine:(paper temperature cosine)' \
         '--cap-temperature[With --cap-affinity temperature or cosine: the temperature τ of the affinities (smaller: sharper). \[default: 0.1 for both forms\]]:float: ' \
         '--init[Start from this checkpoint'\''s weights (e.g. the warm-up counter); it must be of --model when that is given. \[default: none\]]:path:_files' \
-        '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU). \[default: csrnet, or the model of --init\]]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
+        '--model[Counter: csrnet (the paper'\''s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider). \[default: csrnet, or the model of --init\]]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--epochs[Training epochs.]:int: ' \
@@ -165,6 +165,7 @@ _crowdtk_train() {
         '--crop[Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.]:int: ' \
         '--scale[Resize images by this factor first (recorded; eval and count apply it).]:float: ' \
         '--density-scale[Factor on density targets.]:float: ' \
+        '--loss[The density loss (crowdtk/train/loss.py): mse: Eq. 2: the squared error on the labeled cells, summed over the batch'\''s labeled cells and divided by its images.]:mse:(mse)' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
         '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
         '--freeze[none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.]:none|early|encoder:(none early encoder)' \
@@ -206,7 +207,7 @@ _crowdtk_vectors() {
 _crowdtk_warmup() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Checkpoint to write (.safetensors); the best epoch by validation MAE.]:path:_files' \
-        '--model[Counter: csrnet (the paper'\''s), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
+        '--model[Counter: csrnet (the paper'\''s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--epochs[Training epochs.]:int: ' \
@@ -215,6 +216,7 @@ _crowdtk_warmup() {
         '--crop[Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.]:int: ' \
         '--scale[Resize images by this factor first (recorded; eval and count apply it).]:float: ' \
         '--density-scale[Factor on density targets.]:float: ' \
+        '--loss[The density loss (crowdtk/train/loss.py): mse: Eq. 2: the squared error on the labeled cells, summed over the batch'\''s labeled cells and divided by its images.]:mse:(mse)' \
         '--val-frac[Share of labeled images held out for validation.]:float: ' \
         '--val-every[Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.]:int: ' \
         '--freeze[none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.]:none|early|encoder:(none early encoder)' \
@@ -250,7 +252,7 @@ _crowdtk_import() {
 
 _crowdtk_export() {
     _arguments -s -S \
-        '--to[crops (one PNG per region), labelstudio (tasks.json + config.xml), cvat (CVAT for images 1.1) or labelme.]:crops|labelstudio|cvat|labelme:(crops labelstudio cvat labelme)' \
+        '--to[crops (one PNG per region), labelstudio (tasks.json + config.xml), cvat (CVAT for images 1.1) or labelme (a LabelMe JSON beside each image).]:crops|labelstudio|cvat|labelme:(crops labelstudio cvat labelme)' \
         '(-o --output)'{-o,--output}'[Output folder (must not exist unless --force).]:path:_files' \
         '--link[Symlink the images instead of copying them. \[default: off\]]' \
         '--image-url[Label Studio: prefix of the tasks'\'' image URLs (before '\''images/<file>'\''). \[default: none, relative\]]:str: ' \
@@ -269,7 +271,7 @@ _crowdtk_select() {
     _arguments -s -S \
         '--budget[Labeling budget: the fraction of the pool'\''s area to label, in (0, 1\]; with --exclude, of all rounds together. \[default: 0.1\]]:float: ' \
         '--budget-heads[A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file'\''s regions reach N; --exclude leaves earlier rounds'\'' images out without subtracting their heads. \[default: none\]]:n: ' \
-        '--strategy[random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
+        '--strategy[random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
         '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:str:_files' \
         '--vectors[Strip vectors from '\''crowdtk vectors'\'' over this manifest (needed by max and mdc). \[default: none\]]:path:_files' \
         '--warmup-frac[Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.]:float: ' \

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from crowdtk.cap import affinity_maps
-from crowdtk.checkpoint import cap_settings, load_tensors
+from crowdtk.checkpoint import cap_settings, load_tensors, refuse_training_state
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import LabelsEntry
 from crowdtk.predict import load_counter
@@ -74,6 +74,7 @@ def image_affinities(checkpoint: str | os.PathLike[str], entry: LabelsEntry, pos
     checkpoint's predicted density), from the counter's last feature map of the whole image.
     ``checkpoint`` must carry CAP (``train --cap``, before ``strip-cap``); ``source`` names the labels file."""
     header, tensors = load_tensors(checkpoint)
+    refuse_training_state(header, checkpoint)
     if not header.get("cap") or not any(k.startswith("cap.") for k in tensors):
         raise CrowdtkError(
             f"{checkpoint}: has no CAP module (trained without --cap, or CAP removed by strip-cap)",

@@ -102,10 +102,29 @@ def cap_settings(header: dict[str, Any], source: str) -> tuple[str, float | None
     return affinity, None if temperature is None else float(temperature)
 
 
+def refuse_training_state(header: dict[str, Any], source: str | os.PathLike[str]) -> None:
+    """Refuse the training state (``state_path``) where a checkpoint is wanted, naming the checkpoint it belongs to.
+
+    A state is a checkpoint-format file too, with the model's weights under ``model.`` and the optimizer's beside
+    them, so without this check it reached the model and failed as "weights do not fit the model"."""
+    if not header.get("state"):
+        return
+    p = Path(source)
+    stem = p.name.removesuffix(".state.safetensors")
+    if stem != p.name:
+        owner = p.with_name(stem + ".safetensors")
+        fix = f"pass {owner}, the checkpoint it belongs to" + ("" if owner.exists() else " (not there now: moved, or not written yet)")
+    else:
+        fix = "pass the checkpoint its training run wrote beside it"
+    raise CrowdtkError(f"{source}: is a training state (what train and warmup --resume continue from), not a checkpoint", fix)
+
+
 def init_model(init: str | os.PathLike[str], model: str | None) -> str:
     """The model of a checkpoint to start training from (``--init``); refused when it is not a crowdtk
-    checkpoint, or is of another model than ``model`` (None: any)."""
-    name, _ = model_of(read_header(init), str(init))
+    checkpoint (a training state included), or is of another model than ``model`` (None: any)."""
+    header = read_header(init)
+    refuse_training_state(header, init)
+    name, _ = model_of(header, str(init))
     if model is not None and model != name:
         raise CrowdtkError(f"{init}: is a checkpoint of model '{name}', not of --model {model}",
                            f"drop --model (the --init checkpoint's model is used), or pass a checkpoint of a '{model}' model")
@@ -125,6 +144,7 @@ def strip_cap(source: str | os.PathLike[str], output: str | os.PathLike[str], pr
     remaining weights predict exactly what the checkpoint predicted without CAP.
     """
     header, tensors = load_tensors(source)
+    refuse_training_state(header, source)
     kept = {k: v for k, v in tensors.items() if not k.startswith("cap.")}
     header = stripped_checkpoint_header(header, str(source), provenance_command, sorted(set(tensors) - set(kept)))
     save_tensors(output, kept, header)

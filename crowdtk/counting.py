@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crowdtk.data import check_image_size, read_image
+from crowdtk.data import check_image_size, input_status, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.geometry import STRIDE
 from crowdtk.native_stderr import capture, log_messages, summary
@@ -31,10 +31,11 @@ def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray
     """
     import cv2
 
+    input_status(path, "video", "check the path")  # FFmpeg would wait forever to open a FIFO
     reader, messages = capture(cv2.VideoCapture, str(path))
     if not reader.isOpened():
-        reason = f" ({summary(messages)})" if messages else ""
-        raise CrowdtkError(f"{path}: cannot open video{reason}", "check that OpenCV can decode it (e.g. convert to .mp4 / H.264)")
+        raise CrowdtkError(f"{path}: cannot open video ({summary(messages) if messages else _silent_failure(path)})",
+                           "re-encode it (e.g. to H.264 in .mp4), or pass --skip-bad to leave it out")
     try:
         log_messages(str(path), messages)
         seen = dict.fromkeys(messages)
@@ -56,6 +57,17 @@ def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray
             index += 1
     finally:
         log_messages(str(path), capture(reader.release)[1])
+
+
+def _silent_failure(path: str | os.PathLike[str]) -> str:
+    """Why a video may not open when FFmpeg said nothing (a container that ends before its first frame, written by
+    a writer that was closed without frames, is one such file)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file"
+    except OSError:
+        pass
+    return "no video stream OpenCV can read: a file without frames, a damaged file, or a codec this OpenCV lacks"
 
 
 def overlay(image: np.ndarray, density: np.ndarray) -> np.ndarray:
@@ -91,6 +103,13 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class NoFrames:
+    """A video that opened but held no frame: nothing was counted for it (the command says so)."""
+
+    video: Path
+
+
 @dataclass
 class Counted:
     """One image or video frame counted: its output record, and what an overlay is drawn from."""
@@ -121,11 +140,12 @@ def _counted(record: dict, image: np.ndarray, density: np.ndarray, name: str) ->
 
 
 def count_inputs(predictor: Predictor, paths: list[Path],
-                 on_progress: Callable[[int], None] | None = None) -> Iterator[Counted | CrowdtkError]:
+                 on_progress: Callable[[int], None] | None = None) -> Iterator[Counted | CrowdtkError | NoFrames]:
     """Count the images (in order, decoding the next while one runs), then every frame of the videos.
 
     A bad image or video is yielded as its CrowdtkError, so the caller stops or skips it (--skip-bad);
-    a video that fails midway has yielded its good frames first."""
+    a video that fails midway has yielded its good frames first; a video without frames is yielded as
+    :class:`NoFrames` (otherwise it would leave no trace in the output)."""
     images = [str(p) for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
     for path, image in prefetched(images, read=_read_or_error):
         if isinstance(image, CrowdtkError):
@@ -136,9 +156,14 @@ def count_inputs(predictor: Predictor, paths: list[Path],
         if on_progress:
             on_progress(1)
     for video in (p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES):
+        frames = 0
         try:
             for index, frame in video_frames(video):
                 density, _, _ = predictor.density(frame)
+                frames += 1
                 yield _counted({"video": str(video), "frame": index}, frame, density, f"{video.stem}_{index:06d}")
         except CrowdtkError as exc:
             yield exc
+            continue
+        if frames == 0:
+            yield NoFrames(video)

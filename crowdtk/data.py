@@ -21,44 +21,175 @@ Images smaller than the counters' output stride (8 px on a side) are refused
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import stat
+import threading
+import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import scipy.io
+from PIL import Image, UnidentifiedImageError
 
 from crowdtk.errors import CrowdtkError
+from crowdtk.files import file_digest
 from crowdtk.geometry import STRIDE
 from crowdtk.native_stderr import capture, log_messages, summary
+
+# crowdtk refuses an image above MAX_DECODED_PIXELS itself, from its header (check_decodable), before
+# decoding: Pillow's decompression-bomb guard, which refuses even to open a 20000x20000 file to read
+# its size, has nothing to guard here.
+Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 POINT_SUFFIXES = (".txt", ".csv", ".json", ".npy", ".mat")
 
 
+# Decoding. Images are decoded by Pillow, which reports a decoder's failure as an exception carrying
+# its message (libjpeg's own warnings it silences; PNG and BMP it parses in Python; WebP errors are
+# return codes). OpenCV's imdecode prints the reason on file descriptor 2 instead, which crowdtk had
+# to capture by pointing the process's fd 2 at a file around each call (crowdtk.native_stderr):
+# every decode serialised on one lock, and another thread's output written meanwhile could land
+# inside a decoder's message. TIFF is the exception: Pillow decodes it with libtiff, which prints
+# its errors on fd 2 too ("Using code not yet in table") and leaves Pillow only "decoder error -2",
+# so a TIFF is decoded by OpenCV under that capture, as before.
+#
+# Speed, measured with `.venv/bin/python benchmarks/decode.py --rounds 5` on the 400 Part B training
+# JPEGs (1024x768) decoded from memory, on the project's 2-core machine with other work running beside
+# (best round): cv2.imdecode + BGR-to-RGB 7.5 ms/image of CPU time (23.2 ms wall), decode_image 8.8 ms
+# (27.4 ms wall): 1.17x. Both use libjpeg-turbo and give the same pixels; the difference is Pillow's
+# copy from its 4-byte pixels to a packed RGB array. Well under the 1.5x that would have kept OpenCV
+# for decoding. Before Pillow kept freed image blocks (_PILLOW_BLOCKS) it spent 7-9 ms/image more in the
+# kernel, mapping and faulting in a fresh block for every image (3.4x in all).
+_PILLOW_BLOCKS = 4  # freed image blocks Pillow keeps for the next image (at most 4 x 16 MB held)
+_ORIENTATION = 0x0112  # the EXIF tag
+# How an image with each EXIF orientation is turned upright: OpenCV's IMREAD_COLOR applied it, and
+# the manifests' widths and heights of rotated camera images are the upright ones.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+# What Pillow may take a file for: the formats of IMAGE_SUFFIXES (a JPEG holding more pictures, MPO, opens as
+# JPEG; DIB: a BMP without its file header). Not the others it knows: EPS, for one, would run Ghostscript.
+_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "DIB")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # grey modes holding 16-bit values
+_PIL_DIR = Path(Image.__file__).resolve().parent
+_warnings_lock = threading.Lock()
+_blocks_kept = False
+UNREADABLE_FIX = "check that the file is a complete JPEG/PNG image, or remove it"
+
+
+@contextlib.contextmanager
+def _pillow_warnings(messages: list[str]) -> Iterator[None]:
+    """Pillow's Python warnings (corrupt EXIF or TIFF tags) appended to ``messages`` instead of printed.
+
+    ``warnings.catch_warnings`` swaps process-wide state (until Python 3.14), so it is held one thread
+    at a time and only around Pillow's header and metadata parsing (tens of microseconds), never around
+    pixel decoding. A warning that code outside Pillow raised meanwhile is passed on as it was.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with _warnings_lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for w in caught:
+            if Path(w.filename).resolve().is_relative_to(_PIL_DIR):
+                messages.append(" ".join(str(w.message).split()))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _reason(exc: Exception) -> str:
+    """A Pillow exception as the reason in a one-line error (without the repr of the buffer it read)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a JPEG, PNG, TIFF, WebP or BMP image"
+    text = " ".join(str(exc).split())
+    return text if text else type(exc).__name__
+
+
+def _rgb(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as a writable H×W×3 uint8 RGB array, as OpenCV's IMREAD_COLOR gave it:
+    grey to 3 channels, alpha dropped, palettes expanded, 16-bit values reduced to their high byte."""
+    if im.mode in _SIXTEEN_BIT:
+        grey = (np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    # np.asarray would wrap Pillow's bytes read-only (torch.from_numpy warns on such arrays): one copy.
+    return np.array(im)
+
+
+def _decode_with_pillow(data: bytes, source: str, messages: list[str]) -> np.ndarray | None:
+    """The image's pixels; None for a TIFF (left to OpenCV). Raises whatever Pillow raises."""
+    global _blocks_kept
+    if not _blocks_kept:
+        if Image.core.get_blocks_max() < _PILLOW_BLOCKS:  # PILLOW_BLOCKS_MAX may ask for more
+            Image.core.set_blocks_max(_PILLOW_BLOCKS)
+        _blocks_kept = True
+    with _pillow_warnings(messages):
+        im = Image.open(io.BytesIO(data), formats=_FORMATS)  # the header only
+    if im.format == "TIFF":
+        return None
+    check_decodable(im.width, im.height, source, "cut it into parts of at most 10000x10000 px, or leave it out")
+    if im.format == "PNG":
+        # Pillow checks no IDAT chunk's CRC while decoding (libpng did, and refused the file); verify() checks
+        # every chunk's, and the file is opened again to decode.
+        im.verify()
+        im = Image.open(io.BytesIO(data), formats=_FORMATS)
+    im.load()
+    with _pillow_warnings(messages):
+        try:
+            orientation = im.getexif().get(_ORIENTATION, 1)
+        except Exception as exc:  # noqa: BLE001 - metadata Pillow cannot parse; the pixels are decoded
+            messages.append(f"unreadable EXIF data ({_reason(exc)})")
+            orientation = 1
+    if isinstance(orientation, int) and orientation in _UPRIGHT:
+        im = im.transpose(_UPRIGHT[orientation])
+    return _rgb(im)
+
+
 def decode_image(data: bytes, source: str) -> np.ndarray:
-    """Decode image bytes to an H×W×3 uint8 RGB array (grayscale becomes 3 channels).
+    """Decode image bytes to an H×W×3 uint8 RGB array (grayscale becomes 3 channels, EXIF orientation applied).
 
     libjpeg returns a grey-filled image for a truncated JPEG and only warns, so a JPEG
     must also end with its end-of-image marker (some cameras append a few bytes after it).
-    What the decoder prints (libpng, libjpeg, OpenCV's logger) never reaches stderr
-    (:mod:`crowdtk.native_stderr`): it is the reason in the error when the image cannot be
-    decoded, and otherwise a warning recorded on the ``crowdtk.decoders`` logger.
+    A file that cannot be decoded is a :class:`CrowdtkError` naming it, with the decoder's reason;
+    warnings about a file decoded all the same (corrupt metadata) are recorded on the
+    ``crowdtk.decoders`` logger, never printed. Nothing is written to stderr: Pillow decodes
+    (see above), and a TIFF goes through :func:`crowdtk.native_stderr.capture`.
     """
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
         raise CrowdtkError(f"{source}: truncated JPEG (no end-of-image marker)", "re-export or re-download the image, or remove it")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    image, messages = capture(cv2.imdecode, buf, cv2.IMREAD_COLOR) if buf.size else (None, [])
-    if image is None:
-        reason = f" ({summary(messages)})" if messages else ""
-        raise CrowdtkError(f"{source}: not a readable image{reason}", "check that the file is a complete JPEG/PNG image, or remove it")
+    messages: list[str] = []
+    try:
+        image = _decode_with_pillow(data, source, messages)
+    except CrowdtkError:
+        raise
+    # Whatever Pillow raises on a damaged file is the same problem for the user: OSError ("image file is
+    # truncated", "broken data stream"), SyntaxError (a bad PNG chunk), ValueError, EOFError, struct.error
+    # and others from its format parsers.
+    except Exception as exc:  # noqa: BLE001
+        # A file Pillow could not identify after warning about it (a TIFF cut short): the warnings are the reason.
+        reasons = messages if isinstance(exc, UnidentifiedImageError) and messages else [_reason(exc), *messages]
+        raise CrowdtkError(f"{source}: not a readable image ({summary(reasons)})", UNREADABLE_FIX) from None
+    if image is None:  # a TIFF
+        image, native = capture(cv2.imdecode, np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        messages += native
+        if image is None:
+            reason = f" ({summary(messages)})" if messages else ""
+            raise CrowdtkError(f"{source}: not a readable image{reason}", UNREADABLE_FIX)
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     log_messages(source, messages)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def check_image_size(width: int, height: int, source: str) -> None:
@@ -76,19 +207,20 @@ MAX_DECODED_PIXELS = 100_000_000
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(width, height) from the image file's header, without decoding its pixels."""
-    from PIL import Image, UnidentifiedImageError
+    """(width, height) from the image file's header, without decoding its pixels.
 
-    # crowdtk decodes with OpenCV, never with PIL: PIL's decompression-bomb guard (which refuses even to
-    # open a 20000x20000 file) has nothing to guard here, and MAX_DECODED_PIXELS is the limit instead.
-    Image.MAX_IMAGE_PIXELS = None
+    Pillow's warnings about the header are not recorded here: the decode that follows parses the same
+    header and records them once (an image too large to decode is indexed by its size alone)."""
+    input_status(path, "image", IMAGE_MISSING_FIX)
     try:
-        with Image.open(path) as im:  # reads the header only; pixels are decoded on access
-            return im.size
+        with open(path, "rb") as fh:
+            with _pillow_warnings([]):
+                size = Image.open(fh, formats=_FORMATS).size  # reads the header only
     except FileNotFoundError:
-        raise CrowdtkError(f"{path}: image not found", "check the path, or re-run crowdtk index") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise CrowdtkError(f"{path}: not a readable image", "check that the file is a complete JPEG/PNG image, or remove it") from None
+        raise CrowdtkError(f"{path}: image not found", IMAGE_MISSING_FIX) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise CrowdtkError(f"{path}: not a readable image", UNREADABLE_FIX) from None
+    return size
 
 
 def check_decodable(width: int, height: int, source: str, fix: str) -> None:
@@ -98,23 +230,94 @@ def check_decodable(width: int, height: int, source: str, fix: str) -> None:
                            f"{MAX_DECODED_PIXELS / 1e6:.0f} Mpx crowdtk decodes whole", fix)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image whole (RGB), after checking from its header that it is not too large to."""
+# --------------------------------------------------------------------------- input files, and whether they changed
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def input_status(path: str | os.PathLike[str], what: str, missing_fix: str) -> os.stat_result:
+    """The status of an input file (after symlinks), refused unless it is a regular file, before anything opens it:
+    opening a FIFO waits for a writer that may never come (a folder listing of images can hold one), and a
+    device may never end. ``what`` names the kind of file ("image", "points file") in the error."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise CrowdtkError(f"{path}: {what} not found", missing_fix) from None
+    except OSError as exc:
+        raise CrowdtkError(f"{path}: cannot read {what} ({exc.strerror})", "check the file's permissions") from None
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(status.st_mode)), "not a regular file")
+        raise CrowdtkError(f"{path}: is {kind}, not a regular file", "remove it, or pass --skip-bad to leave it out")
+    return status
+
+
+def _read_input(path: str | os.PathLike[str], what: str, missing_fix: str) -> bytes:
+    input_status(path, what, missing_fix)
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CrowdtkError(f"{path}: {what} not found", missing_fix) from None
+    except OSError as exc:
+        raise CrowdtkError(f"{path}: cannot read {what} ({exc.strerror})", "check the file's permissions") from None
+
+
+IMAGE_MISSING_FIX = "check the path, or re-run crowdtk index"
+CHANGED_FIX = "re-run crowdtk index, then the later steps"
+
+
+def changed_since_indexed(path: str | os.PathLike[str]) -> CrowdtkError:
+    """The one error of every stage that finds an image or points file other than ``index`` recorded."""
+    return CrowdtkError(f"{path}: changed since it was indexed (sha256 differs)", CHANGED_FIX)
+
+
+def check_bytes(data: bytes, sha256: str | None, path: str | os.PathLike[str]) -> None:
+    """Refuse bytes read from ``path`` whose digest is not the ``sha256`` recorded at indexing (None: not recorded).
+
+    For the stages that read the bytes anyway: hashing them costs 0.10 ms of CPU per Part B image (1024x768
+    JPEG, ~150 kB), against 8.8 ms to decode it in the same run (benchmarks/decode.py, see decode_image)."""
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise changed_since_indexed(path)
+
+
+def check_unchanged(path: str | os.PathLike[str], sha256: str, size: int | None = None, mtime_ns: int | None = None) -> None:
+    """Refuse an image other than the one indexed, for a stage that does not read its bytes: the same size and
+    modification time as recorded pass at the cost of one stat; otherwise (a copied data set has new
+    modification times; an older manifest records neither) the file's sha256 decides."""
+    status = input_status(path, "image", IMAGE_MISSING_FIX)
+    if size is not None and status.st_size != size:
+        raise changed_since_indexed(path)
+    if size is not None and mtime_ns is not None and status.st_mtime_ns == mtime_ns:
+        return
+    if file_digest(path) != sha256:
+        raise changed_since_indexed(path)
+
+
+def read_image_bytes(path: str | os.PathLike[str], sha256: str | None = None) -> bytes:
+    """An image file's bytes, refused when it is no regular file, or (``sha256`` given) not the file indexed."""
+    data = _read_input(path, "image", IMAGE_MISSING_FIX)
+    check_bytes(data, sha256, path)
+    return data
+
+
+def read_image(path: str | os.PathLike[str], sha256: str | None = None) -> np.ndarray:
+    """Decode an image whole (RGB), after checking from its header that it is not too large to; with
+    ``sha256`` (the digest its manifest, regions or labels record), refused when the file changed since."""
+    input_status(path, "image", IMAGE_MISSING_FIX)  # before the header is opened
     try:
         width, height = image_size(path)
     except CrowdtkError:
-        width = height = 0  # missing or unreadable: the lines below say which
+        width = height = 0  # unreadable: the lines below say why
     check_decodable(width, height, str(path), "cut it into parts of at most 10000x10000 px, or leave it out")
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CrowdtkError(f"{path}: image not found", "check the path, or re-run crowdtk index") from None
-    except OSError as exc:
-        raise CrowdtkError(f"{path}: cannot read image ({exc.strerror})", "check the file's permissions") from None
-    return decode_image(data, str(path))
+    data = read_image_bytes(path)
+    image = decode_image(data, str(path))
+    # After decoding: a file damaged since indexing is named with what is wrong with it (truncated, not
+    # an image), which the user must repair; one that decodes is still refused if it is another image.
+    check_bytes(data, sha256, path)
+    return image
 
 
-def read_points(path: str | os.PathLike[str]) -> np.ndarray:
+def read_points(path: str | os.PathLike[str], sha256: str | None = None) -> np.ndarray:
     """Read head points as an (N, 2) float64 array of (x, y) pixels.
 
     Supported: ShanghaiTech ``.mat`` (``image_info[0,0][0,0][0]``), UCF_CC_50 ``.mat``
@@ -122,29 +325,41 @@ def read_points(path: str | os.PathLike[str]) -> np.ndarray:
     optional header), ``.json`` (``[[x, y], …]``, ``[{"x":…, "y":…}, …]`` or
     ``{"points": …}``) and ``.npy`` (an (N, 2) numeric array, loaded without pickle).
     A zero-byte file is refused: a labeler's export that failed must not read as "no heads"
-    (write a comment line or ``[]`` for an image without heads).
+    (write a comment line or ``[]`` for an image without heads). With ``sha256`` (the digest the
+    manifest records) a file edited since indexing is refused.
     """
+    return read_points_and_digest(path, sha256)[0]
+
+
+def read_points_and_digest(path: str | os.PathLike[str], sha256: str | None = None) -> tuple[np.ndarray, str]:
+    """:func:`read_points`, and the sha256 of the bytes the points were read from (what ``index`` records)."""
     p = Path(path)
     source = str(path)
-    if not p.exists():
-        raise CrowdtkError(f"{source}: points file not found", "add the annotation file, or remove its image")
-    if p.stat().st_size == 0:
+    data = _read_input(path, "points file", "add the annotation file, or remove its image")
+    if not data:
         raise CrowdtkError(
             f"{source}: empty points file",
             "an image without heads needs a comment line ('# no heads') or '[]', not an empty file",
         )
+    points = _parse_points(data, p)
+    check_bytes(data, sha256, path)  # after parsing, as in read_image: a broken file is named with its problem
+    return points, sha256 or hashlib.sha256(data).hexdigest()
+
+
+def _parse_points(data: bytes, p: Path) -> np.ndarray:
+    source = str(p)
     suffix = p.suffix.lower()
     try:
         if suffix == ".mat":
-            points = _read_mat(p)
+            points = _read_mat(data, p)
         elif suffix == ".npy":
-            points = np.load(p, allow_pickle=False)
+            points = np.load(io.BytesIO(data), allow_pickle=False)
         elif suffix == ".json":
-            points = _read_json_points(p)
+            points = _read_json_points(data, p)
         elif suffix == ".csv":
-            points = _read_csv_points(p)
+            points = _read_csv_points(data)
         elif suffix == ".txt":
-            points = _read_txt_points(p)
+            points = _read_txt_points(data)
         else:
             raise CrowdtkError(f"{source}: unknown points format '{suffix}'", f"use one of {', '.join(POINT_SUFFIXES)}")
     except CrowdtkError:
@@ -299,8 +514,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
             raise bad(f"top-level element of type {kind} at offset {offset}")
 
 
-def _read_mat(p: Path) -> np.ndarray:
-    data = p.read_bytes()
+def _read_mat(data: bytes, p: Path) -> np.ndarray:
     check_mat_structure(data, str(p))
     mat = scipy.io.loadmat(io.BytesIO(data))
     if "image_info" in mat:  # ShanghaiTech
@@ -314,8 +528,8 @@ def _read_mat(p: Path) -> np.ndarray:
     )
 
 
-def _read_json_points(p: Path) -> list:
-    data = json.loads(p.read_text(encoding="utf-8"))
+def _read_json_points(raw: bytes, p: Path) -> list:
+    data = json.loads(raw.decode("utf-8"))
     if isinstance(data, dict):
         if "points" not in data:
             raise CrowdtkError(f"{p}: JSON object without a 'points' list", "write [[x, y], …] or {\"points\": [[x, y], …]}")
@@ -333,8 +547,8 @@ def _read_json_points(p: Path) -> list:
     return out
 
 
-def _read_csv_points(p: Path) -> list:
-    rows = [row for row in csv.reader(p.read_text(encoding="utf-8").splitlines()) if row and not row[0].startswith("#")]
+def _read_csv_points(data: bytes) -> list:
+    rows = [row for row in csv.reader(data.decode("utf-8").splitlines()) if row and not row[0].startswith("#")]
     if rows and rows[0] and not _is_number(rows[0][0]):
         header = [h.strip().lower() for h in rows[0]]
         ix, iy = (header.index("x"), header.index("y")) if {"x", "y"} <= set(header) else (0, 1)
@@ -344,9 +558,9 @@ def _read_csv_points(p: Path) -> list:
     return [[float(r[ix]), float(r[iy])] for r in rows]
 
 
-def _read_txt_points(p: Path) -> list:
+def _read_txt_points(data: bytes) -> list:
     out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in data.decode("utf-8").splitlines():
         line = line.split("#", 1)[0].replace(",", " ").strip()
         if line:
             values = line.split()
@@ -367,10 +581,11 @@ def inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
     return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
 
 
-def read_points_on_image(path: str | os.PathLike[str] | None, width: int, height: int) -> tuple[np.ndarray, int]:
-    """Points that lie on a ``width``×``height`` image, and how many were dropped."""
+def read_points_on_image(path: str | os.PathLike[str] | None, width: int, height: int,
+                         sha256: str | None = None) -> tuple[np.ndarray, int]:
+    """Points that lie on a ``width``×``height`` image, and how many were dropped (``sha256`` as in :func:`read_points`)."""
     if path is None:
         return np.zeros((0, 2), dtype=np.float64), 0
-    points = read_points(path)
+    points = read_points(path, sha256)
     keep = inside(points, width, height)
     return points[keep], int((~keep).sum())

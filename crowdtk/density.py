@@ -11,7 +11,7 @@ because that filters the whole image per head: the kernel is separable, so the w
 one matrix product ``D = Yᵀ X`` where row k of ``Y`` (N×H) and ``X`` (N×W) hold head k's
 1-D kernels. Sum-pooling to the output stride is linear and separable too, so it is applied
 to ``Y`` and ``X`` before the product and the stride-8 map costs 64× less than the full one.
-``bench/gen_density.py`` measures the gain against the textbook method.
+``benchmarks/gen_density.py`` measures the gain against the textbook method.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from crowdtk.data import check_image_size, read_points_on_image
+from crowdtk.data import check_image_size, check_unchanged, read_points_on_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.geometry import STRIDE
 from crowdtk.formats import DensityEntry, ManifestEntry, Provenance, density_map_header, save_npz
+from crowdtk.workers import process_pool
 
 HEADS_PER_BLOCK = 2048  # bounds the N×H and N×W kernel matrices to ~16 MB each
 
@@ -108,8 +108,10 @@ def density_map(points: np.ndarray, height: int, width: int, config: DensityConf
 
 def _one(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: Provenance) -> DensityEntry:
     check_image_size(entry.width, entry.height, entry.image)
-    points, _ = read_points_on_image(entry.points, entry.width, entry.height)
-    if len(points) != entry.count:
+    # A map is drawn for the image indexed: one replaced since is refused, though only its size is used here.
+    check_unchanged(entry.image, entry.sha256, entry.size_bytes, entry.mtime_ns)
+    points, _ = read_points_on_image(entry.points, entry.width, entry.height, entry.points_sha256)
+    if len(points) != entry.count:  # manifests before points_sha256: an edit that changes the count
         raise CrowdtkError(
             f"{entry.points}: holds {len(points)} heads on the image but the manifest says {entry.count}",
             "the annotations changed since indexing; re-run crowdtk index",
@@ -173,7 +175,7 @@ def generate_densities(
         for entry in entries:
             take(_one_or_error(entry, str(out_dir), config, provenance))
         return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:  # workers that die with this process
         futures = [pool.submit(_one_or_error, entry, str(out_dir), config, provenance) for entry in entries]
         try:
             for future in futures:

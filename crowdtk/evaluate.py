@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdtk.data import check_image_size, read_points_on_image
+from crowdtk.data import check_image_size, read_image, read_points_on_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry
 from crowdtk.geometry import STRIDE
@@ -69,13 +69,13 @@ def evaluate(predictor: Predictor, entries: list[ManifestEntry], on_progress: Ca
     results = []
 
     def checked() -> Iterator[np.ndarray]:
-        for entry, (_, image) in zip(mine, prefetched(e.image for e in mine)):
+        for entry, (_, image) in zip(mine, prefetched(mine, read=lambda e: read_image(e.image, e.sha256))):
             if image.shape[:2] != (entry.height, entry.width):
                 raise CrowdtkError(f"{entry.image}: size differs from the manifest", "re-run crowdtk index")
             yield image
 
     for entry, (density, sx, sy) in zip(mine, predictor.densities(checked(), (e.sha256 for e in mine))):
-        points, _ = read_points_on_image(entry.points, entry.width, entry.height)
+        points, _ = read_points_on_image(entry.points, entry.width, entry.height, entry.points_sha256)
         results.append(ImageResult(entry.id, entry.image, len(points), float(density.sum(dtype=np.float64)),
                                    game_errors(density, sx, sy, points, entry.width, entry.height)))
         if on_progress:

@@ -18,7 +18,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -113,18 +113,20 @@ def checkpoint_header(provenance: Provenance, *, model: str, model_config: dict[
                       labels_sha256: str, epochs_done: int, best_val_mae: float, val_on: str,
                       supervision: dict[str, int] | None = None, finished: bool = True,
                       cpu_phase_split: bool | None = None, cap_affinity: str = "paper",
-                      cap_temperature: float | None = None) -> dict[str, Any]:
+                      cap_temperature: float | None = None, run_id: str | None = None) -> dict[str, Any]:
     """``training`` is the run's TrainConfig as a dict; its density and input scales are repeated at the top
     level because every reader of a checkpoint needs them. ``finished``: the run trained all its epochs
     (False in the checkpoint of a run that was interrupted, which eval and count warn about).
     ``cpu_phase_split``: the CPU convolution backward the run used (crowdtk.train.cpu; None off the CPU).
     With ``cap``, CAP's affinity form and temperature are written too (``cap_affinity``, ``cap_temperature``),
-    so that whoever draws its affinities uses the form training used (checkpoint.cap_settings reads them)."""
+    so that whoever draws its affinities uses the form training used (checkpoint.cap_settings reads them).
+    ``run_id`` names the training run (the same in its checkpoint and its resumable state)."""
     cap_fields = {"cap_affinity": cap_affinity, "cap_temperature": cap_temperature} if cap else {}
     return {**make_header(CHECKPOINT, provenance), "model": {"name": model, "config": model_config}, "cap": cap, **cap_fields,
             "inference_only": False, "density_scale": training["density_scale"], "input_scale": training["input_scale"],
             "training": training, "labels_sha256": labels_sha256, "epochs_done": epochs_done, "best_val_mae": best_val_mae,
-            "val_on": val_on, "supervision": supervision or {}, "finished": finished, "cpu_phase_split": cpu_phase_split}
+            "val_on": val_on, "supervision": supervision or {}, "finished": finished, "cpu_phase_split": cpu_phase_split,
+            "run_id": run_id}
 
 
 def regions_header(provenance: Provenance, *, budget: float | None, strip_frac: float, scale: float, shape: str, manifest_sha256: str | None,
@@ -213,6 +215,30 @@ def peek_format(path: str | os.PathLike[str]) -> str | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         header = None
     return header["format"] if isinstance(header, dict) and isinstance(header.get("format"), str) else None
+
+
+def with_named_files(*paths: str | os.PathLike[str] | None) -> list[str | os.PathLike[str]]:
+    """``paths`` and the image and points files that the manifests, regions and labels files among them name:
+    everything a command reads through them, for the check that its output spares its inputs."""
+    readers: dict[str, Callable[[str | os.PathLike[str]], tuple[dict[str, Any], list[Any]]]] = {
+        MANIFEST: read_manifest, REGIONS: read_regions, LABELS: read_labels}
+    found: list[str | os.PathLike[str]] = []
+    for path in paths:
+        if path is None or str(path) == STDIO:
+            continue
+        found.append(path)
+        if not Path(path).is_file():
+            continue
+        try:  # an input that cannot be read is the command's to report, in its own order of checks
+            reader = readers.get(peek_format(path) or "")
+            entries = reader(path)[1] if reader is not None else []
+        except CrowdtkError:
+            continue
+        for entry in entries:
+            found.append(entry.image)
+            if isinstance(getattr(entry, "points", None), str):
+                found.append(entry.points)
+    return found
 
 
 def _jsonable(value: Any) -> Any:
@@ -398,6 +424,11 @@ class ManifestEntry(_FlatEntry):
     ``image`` and ``points`` are paths (relative ones are relative to the manifest's
     folder); ``count`` is the number of head points inside the image; ``sha256`` is the
     digest of the image file's bytes; ``id`` names the image uniquely within the manifest.
+
+    Optional (manifests before them lack them; None is left out of the record): ``size_bytes``
+    and ``mtime_ns``, the image file's size and modification time when it was indexed, let a stage
+    that does not read the image tell by one stat that it is unchanged
+    (:func:`crowdtk.data.check_unchanged`); ``points_sha256`` is the digest of the points file.
     """
 
     id: str
@@ -407,6 +438,15 @@ class ManifestEntry(_FlatEntry):
     height: int
     count: int
     sha256: str
+    size_bytes: int | None = None
+    mtime_ns: int | None = None
+    points_sha256: str | None = None
+
+    _OPTIONAL = {"size_bytes": int, "mtime_ns": int, "points_sha256": str}
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        return {k: v for k, v in record.items() if not (k in self._OPTIONAL and v is None)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "ManifestEntry":
@@ -418,6 +458,10 @@ class ManifestEntry(_FlatEntry):
         points = record.get("points")
         if points is not None and not isinstance(points, str):
             raise CrowdtkError(f"{source}:{record.get('_line', '?')}: field 'points' has the wrong type", "fix or regenerate the file")
+        for name, kind in cls._OPTIONAL.items():
+            value = record.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+                raise CrowdtkError(f"{source}:{record.get('_line', '?')}: field '{name}' has the wrong type", "fix or regenerate the file")
         if record["width"] < 1 or record["height"] < 1 or record["count"] < 0:
             raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width, height or count", "fix or regenerate the file")
         return cls(
@@ -428,6 +472,9 @@ class ManifestEntry(_FlatEntry):
             height=record["height"],
             count=record["count"],
             sha256=record["sha256"],
+            size_bytes=record.get("size_bytes"),
+            mtime_ns=record.get("mtime_ns"),
+            points_sha256=record.get("points_sha256"),
         )
 
 

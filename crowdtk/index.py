@@ -9,14 +9,16 @@ Layouts recognised, in this order:
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crowdtk.data import (IMAGE_SUFFIXES, MAX_DECODED_PIXELS, POINT_SUFFIXES, check_image_size, image_size, inside, read_image,
-                          read_points)
+from crowdtk.data import (IMAGE_MISSING_FIX, IMAGE_SUFFIXES, MAX_DECODED_PIXELS, POINT_SUFFIXES, check_image_size, decode_image,
+                          image_size, input_status, inside, read_image_bytes, read_points_and_digest)
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry
 from crowdtk.files import file_digest
@@ -38,7 +40,9 @@ def _natural_key(path: Path) -> list:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural_key)
+    # Not only regular files: a FIFO or a broken link named like an image is refused (or skipped with
+    # --skip-bad) by name when it is read, instead of leaving the data set unnoticed.
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()), key=_natural_key)
 
 
 def _is_preview(image: Path, root: Path) -> bool:
@@ -78,14 +82,34 @@ def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
     )
 
 
+def _check_utf8_name(path: Path) -> None:
+    """Manifests and every file after them are UTF-8 JSON: a name that is not UTF-8 could be indexed but not written."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise CrowdtkError(f"{shown}: the file name is not valid UTF-8", "rename the file, or pass --skip-bad to leave it out") from None
+
+
 def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) -> tuple[ManifestEntry, int]:
+    for path in (image, points_path):
+        if path is not None:
+            _check_utf8_name(path)
+    # Taken before the bytes are read: a file written meanwhile then has another time than recorded, and is
+    # checked by its sha256 (the digest of the bytes read here) where the stat alone would pass it.
+    status = input_status(image, "image", IMAGE_MISSING_FIX)
     width, height = image_size(image)
+    size_bytes = status.st_size
     if width * height <= MAX_DECODED_PIXELS:  # decoded to find truncated files; a larger one only by its header
-        height, width = read_image(image).shape[:2]
+        data = read_image_bytes(image)
+        sha256, size_bytes = hashlib.sha256(data).hexdigest(), len(data)
+        height, width = decode_image(data, str(image)).shape[:2]
+    else:
+        sha256 = file_digest(image)
     check_image_size(width, height, str(image))
     if points_path is None or not points_path.exists():
         raise CrowdtkError(f"{points_path}: annotation file for {image.name} not found", "add it, or pass --skip-bad to leave the image out")
-    points = read_points(points_path)
+    points, points_sha256 = read_points_and_digest(points_path)
     on_image = inside(points, width, height)
 
     def rel(p: Path) -> str:
@@ -100,7 +124,10 @@ def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) 
         width=int(width),
         height=int(height),
         count=int(on_image.sum()),
-        sha256=file_digest(image),
+        sha256=sha256,
+        size_bytes=size_bytes,
+        mtime_ns=status.st_mtime_ns,
+        points_sha256=points_sha256,
     )
     return entry, int((~on_image).sum())
 

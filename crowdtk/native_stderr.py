@@ -1,5 +1,10 @@
 """What OpenCV's native decoders print, captured instead of leaking onto crowdtk's stderr.
 
+Used only where no decoder hands its messages to the program: videos (``cv2.VideoCapture``:
+FFmpeg, OpenCV's AVI reader) and TIFF images (libtiff prints its errors in Pillow too). Other images
+are decoded by Pillow, which raises with the decoder's message (:func:`crowdtk.data.decode_image`),
+so that decoding them touches no process-wide state.
+
 OpenCV's codecs write straight to file descriptor 2, below Python's ``sys.stderr``: libpng's
 default handlers (``libpng warning: iCCP: known incorrect sRGB profile``, ``libpng error: IDAT:
 CRC error``), libjpeg's warnings (``Corrupt JPEG data: premature end of data segment``), FFmpeg's
@@ -19,10 +24,12 @@ overlapping captures would each save and restore the other's redirection, and co
 message is whose); decodes under :func:`capture` therefore run one at a time. Other threads keep
 running while fd 2 is redirected; whatever they write there (crowdtk's own log lines, a progress
 bar) does not look like a decoder's message and is written back to the real stderr as soon as the
-call returns, so it is delayed by at most one decode. The one exception: libpng writes a message in
-pieces, and a line another thread writes between those pieces lands inside the decoder's line; it
-then goes with that message (the error, or the ``-v`` log) instead of to stderr. A decoder line of a kind not
-listed in ``_DECODER_LINE`` is passed through the same way: it reaches stderr as it did before.
+call returns, so it is delayed by at most one decode. The one exception: a decoder that writes a
+message in pieces (libpng does), and a line another thread writes between those pieces lands inside
+the decoder's line; it then goes with that message (the error, or the ``-v`` log) instead of to
+stderr. That depends on timing, which is why images other than TIFF no longer pass through here. A
+decoder line of a kind not listed in ``_DECODER_LINE`` is passed through the same way: it reaches
+stderr as it did before.
 """
 
 from __future__ import annotations

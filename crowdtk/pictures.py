@@ -20,7 +20,11 @@ drawing, so a 4000×3000 photo costs what a 1600×1200 one does.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,35 @@ from crowdtk.formats import (
 )
 from crowdtk.files import atomic_path
 from crowdtk.predict_config import PredictConfig
+
+def _writable_matplotlib_config() -> None:
+    """Give matplotlib a private, writable MPLCONFIGDIR (a temporary folder, removed at exit) when the folders it would
+    use are not writable (HOME unwritable or absent, as under some service accounts and containers).
+
+    matplotlib then makes a temporary folder itself, but also prints a warning on stderr, which no crowdtk
+    option can silence: ``show -q`` must print nothing. Runs before matplotlib is imported (it reads the
+    variable once); a variable the user set is left alone."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    home = Path(os.path.expanduser("~"))
+    folders = [Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
+               Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"]
+    if all(_writable_folder(folder) for folder in folders):
+        return
+    private = tempfile.mkdtemp(prefix="crowdtk-matplotlib-")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = private
+
+
+def _writable_folder(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)  # matplotlib would make it too
+    except OSError:
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+_writable_matplotlib_config()
 
 DPI = 100
 PANEL_WIDTH = 8.0  # inches: one picture across
@@ -147,7 +180,7 @@ def _pick(entries: Sequence[Any], image_id: str | None, source: str, default: An
 def _read_entry_image(entry: Any) -> np.ndarray:
     from crowdtk.data import read_image
 
-    image = read_image(entry.image)
+    image = read_image(entry.image, entry.sha256)
     if image.shape[:2] != (entry.height, entry.width):
         raise CrowdtkError(
             f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the file says {entry.width}x{entry.height}",
@@ -245,7 +278,7 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     entry = _pick(entries, image_id, str(manifest), entries[0] if entries else None)
     image = _read_entry_image(entry)
     width, height = entry.width, entry.height
-    points, _ = read_points_on_image(entry.points, width, height)
+    points, _ = read_points_on_image(entry.points, width, height, entry.points_sha256)
     truth = density_map(points, height, width, DensityConfig(stride=STRIDE))
     predictor = Predictor(load_counter(checkpoint), max_side=max_side)
     density, sx, sy = predictor.density(image)

@@ -7,7 +7,7 @@ cut into tiles of at most ``max_side`` pixels; each tile is run with a margin of
 around it and only its own cells are kept, so tile counts add up to the image's count and
 peak memory is bounded by the tile size.
 
-On CPU the predictor (measured in ``bench/run.py``) runs an inference copy of the counter
+On CPU the predictor (measured in ``benchmarks/inference.py``) runs an inference copy of the counter
 (batch norm folded into the convolutions, activations in place: ``models.inference_copy``),
 in channels-last memory under ``torch.inference_mode``, batches consecutive images of one
 size (``Counter.inference_batch``), decodes the next image in a thread while the current
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crowdtk.checkpoint import load_tensors
+from crowdtk.checkpoint import load_tensors, refuse_training_state
 from crowdtk.data import read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
@@ -71,6 +71,7 @@ class LoadedModel:
 def load_counter(path: str | os.PathLike[str]) -> LoadedModel:
     """Rebuild the counter a checkpoint was trained as (CAP, if present, is not needed to predict)."""
     header, tensors = load_tensors(path)
+    refuse_training_state(header, path)
     model = header.get("model") or {}
     try:
         counter = build_model(model["name"], pretrained=False, **model.get("config", {}))
@@ -192,7 +193,7 @@ class Predictor:
         """Time ``batch`` together and one image at a time (best of two each, the first of each
         warming up) and keep batching only if it is at least 1.1× faster; returns the batch's
         densities. Measured, lite at 768×1024, batch 4 per image vs batch 1: faster on a 2-core
-        AMD EPYC, 0.73× on a 2-core Intel Xeon (bench/run.py). Costs about three extra batches once."""
+        AMD EPYC, 0.73× on a 2-core Intel Xeon (benchmarks/inference.py). Costs about three extra batches once."""
         together, alone = math.inf, math.inf
         for _ in range(2):
             start = time.perf_counter()
@@ -232,8 +233,9 @@ def require_finite(density: np.ndarray, source: str) -> np.ndarray:
     return density
 
 
-def prefetched(paths: Iterable[str], read: Callable[[str], Any] = read_image) -> Iterator[tuple[str, Any]]:
-    """Decode the next image in a thread while the current one runs through the model."""
+def prefetched(paths: Iterable[Any], read: Callable[[Any], Any] = read_image) -> Iterator[tuple[Any, Any]]:
+    """Decode the next image in a thread while the current one runs through the model (``paths``: what
+    ``read`` takes, a path or a manifest entry; yielded with what ``read`` returned)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for path in paths:

@@ -155,5 +155,5 @@ def prelabel(checkpoint: str | Path, entries: Sequence[RegionsEntry], *, device:
 
     loaded = load_counter(checkpoint)
     predictor = Predictor(loaded, device=device, max_side=max_side, feature_cache=feature_cache)
-    images = prefetched([e.image for e in entries], read_image)
+    images = prefetched(entries, lambda e: read_image(e.image, e.sha256))
     return Prelabels(model_version(checkpoint, loaded.header), suggest_heads(predictor, entries, images, on_progress)), loaded.unfinished

@@ -59,6 +59,48 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+# What a launcher of processes sets for each one (torchrun: all of them). Outside torchrun they are strays.
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+_RELAUNCH = "torchrun sets it for each process: launch with torchrun --nproc-per-node N, or unset it to run one process"
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher of torch.distributed's env:// rendezvous) started this process.
+
+    torchrun always sets TORCHELASTIC_RUN_ID. Another launcher (a cluster's job script) must set MASTER_ADDR and
+    MASTER_PORT, without which no process group can form, together with a rank or world size; RANK alone in a
+    shell (left from another job, or set for another program) is not a launch."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env:
+        return True
+    return "MASTER_ADDR" in env and "MASTER_PORT" in env and any(name in env for name in ("RANK", "WORLD_SIZE"))
+
+
+def stray_launch_note() -> str | None:
+    """A warning for the command to show when launch variables are set but this process was not launched
+    (:func:`launched`): they are ignored, and naming them tells the user what to unset. None when there are none."""
+    stray = [name for name in LAUNCH_VARIABLES if name in os.environ]
+    if not stray or launched():
+        return None
+    values = ", ".join(f"{name}={os.environ[name]}" for name in stray)
+    return (f"ignoring {values} in the environment: this process was not launched by torchrun (no TORCHELASTIC_RUN_ID, "
+            f"nor MASTER_ADDR and MASTER_PORT), so it runs alone; unset {' '.join(stray)} to silence this, or launch with torchrun")
+
+
+def _whole(name: str, least: int) -> int:
+    """The launch variable ``name`` as a whole number of at least ``least``; a clear error when it is missing or malformed."""
+    value = os.environ.get(name)
+    if value is None:
+        raise CrowdtkError(f"environment: {name} is not set, but this process was launched by torchrun", _RELAUNCH)
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = None
+    if number is None or number < least:
+        raise CrowdtkError(f"environment: {name}={value!r} is not a whole number of at least {least}", _RELAUNCH)
+    return number
+
+
 @dataclass(frozen=True)
 class Processes:
     """This process's place in a torchrun job (one process: rank 0 of 1)."""
@@ -69,7 +111,22 @@ class Processes:
 
     @classmethod
     def from_env(cls) -> "Processes":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+        """This process's place as its launcher describes it: one process (rank 0 of 1) unless it was launched by
+        torchrun (:func:`launched`); then RANK and WORLD_SIZE must be set and consistent, or it is an error.
+
+        Outside torchrun these variables are ignored (:func:`stray_launch_note` says so): a RANK left in the shell
+        would otherwise make eval report nothing (only rank 0 writes), and a WORLD_SIZE would wait for a rendezvous
+        that no launcher set up."""
+        if not launched():
+            return cls()
+        rank, world = _whole("RANK", 0), _whole("WORLD_SIZE", 1)
+        local_rank = _whole("LOCAL_RANK", 0) if "LOCAL_RANK" in os.environ else 0  # a job script may leave it out
+        if "LOCAL_WORLD_SIZE" in os.environ:
+            _whole("LOCAL_WORLD_SIZE", 1)  # start() divides the cores by it
+        if rank >= world:
+            raise CrowdtkError(f"environment: RANK={rank} with WORLD_SIZE={world}: the rank must be below the world size",
+                               _RELAUNCH)
+        return cls(rank, world, local_rank)
 
     @property
     def writer(self) -> bool:

@@ -27,7 +27,6 @@ import functools
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from scipy.spatial import cKDTree
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, Provenance, manifest_header, write_jsonl
 from crowdtk.index import build_manifest
+from crowdtk.workers import process_pool
 
 SPLITS = ("train", "test")
 SHIFT = 4  # cv2 drawing with 4 fractional bits: coordinates are exact to 1/16 pixel
@@ -470,7 +470,7 @@ def generate_dataset(
             if on_progress:
                 on_progress(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:  # workers that die with this process
             futures = [pool.submit(_write_one, config, split, i, str(out)) for split, i in jobs]
             for job, future in zip(jobs, futures):
                 counts[job] = future.result()

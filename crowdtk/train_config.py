@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.geometry import STRIDE
+from crowdtk.model_records import model_record
+from crowdtk.train.loss import DEFAULT_LOSS, density_loss
 
-MODEL_NAMES = ("csrnet", "lite", "lite1", "lite2")  # crowdtk.models builds them
 FREEZE_LEVELS = ("none", "early", "encoder")  # crowdtk.models.Counter.encode explains them
 LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("best", "last")
@@ -49,6 +50,7 @@ class TrainConfig:
     crop: int = 256  # random square crop side in pixels (multiple of 8); 0 = whole image
     flip: bool = True
     density_scale: float = 100.0  # targets are multiplied by this so a stride-8 cell is O(1..10)
+    loss: str = DEFAULT_LOSS  # a name in crowdtk.train.loss.LOSSES
     input_scale: float = 1.0  # resize images (and points) by this factor before anything else
     sigma: float = 4.0
     val_frac: float = 0.1  # share of labeled images held out for validation (never the test set)
@@ -85,13 +87,19 @@ class TrainConfig:
             raise CrowdtkError(f"--val-every must be 0 (auto) or positive, got {self.val_every}", "pass e.g. --val-every 1")
         if self.freeze not in FREEZE_LEVELS:
             raise CrowdtkError(f"--freeze must be one of {', '.join(FREEZE_LEVELS)}, got {self.freeze!r}", "pass e.g. --freeze encoder")
+        if self.freeze != "none" and not model_record(self.model).frozen_encoder:
+            raise CrowdtkError(f"--freeze {self.freeze} with --model {self.model}, which has no front end to keep frozen", "pass --freeze none")
         if self.lr_schedule not in LR_SCHEDULES:
             raise CrowdtkError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}", "pass e.g. cosine")
         if self.keep not in KEEP:
             raise CrowdtkError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}", "pass best or last")
         if not self.lr > 0:
             raise CrowdtkError(f"--lr must be positive, got {self.lr}", "pass e.g. 1e-4")
+        if not (math.isfinite(self.density_scale) and self.density_scale > 0):  # 0 makes every validation 0/0
+            raise UsageError(f"--density-scale must be finite and positive, got {self.density_scale}",
+                             f"pass e.g. --density-scale {TrainConfig.density_scale:g}")
         check_cap_options(self.cap, self.cap_affinity, self.cap_temperature)
+        density_loss(self.loss)  # a name registered there
 
     def cap_tau(self) -> float | None:
         """The temperature CAP's affinities run with: --cap-temperature, or the form's default (None for paper)."""

@@ -38,9 +38,9 @@ def strip_columns(x0: int, x1: int, n_cols: int, sx: float) -> slice:
     return slice(int(inside[0]), int(inside[-1]) + 1)
 
 
-def _read_or_error(path: str) -> np.ndarray | CrowdtkError:
+def _read_or_error(entry: ManifestEntry) -> np.ndarray | CrowdtkError:
     try:
-        return read_image(path)
+        return read_image(entry.image, entry.sha256)
     except CrowdtkError as exc:
         return exc
 
@@ -57,7 +57,7 @@ def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: 
         raise CrowdtkError("no images to compute vectors for", "check the manifest and --exclude")
     kept: list[ManifestEntry] = []
     strip_image, x0s, x1s, vectors, counts = [], [], [], [], []
-    for entry, (_, image) in zip(entries, prefetched((e.image for e in entries), read=_read_or_error)):
+    for entry, (_, image) in zip(entries, prefetched(entries, read=_read_or_error)):
         try:
             if isinstance(image, CrowdtkError):
                 raise image

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from crowdtk.cap import TrainNet
+from crowdtk.checkpoint import save_tensors
 from crowdtk.cli import app
 from crowdtk.data import read_points
 from crowdtk.files import file_digest
-from crowdtk.formats import (LABELS, MANIFEST, VECTORS, LabelsEntry, ManifestEntry, Provenance, Region, StripVectors, make_header,
+from crowdtk.formats import (LABELS, MANIFEST, VECTORS, LabelsEntry, ManifestEntry, Provenance, Region, StripVectors, checkpoint_header, make_header,
                              read_manifest, save_vectors, write_jsonl)
 from crowdtk.geometry import strip_edges
 from crowdtk.labeling import INSTRUCTION
+from crowdtk.models import build_model
+from crowdtk.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PART_B = REPO.parent / "shared" / "data" / "ShanghaiTech" / "part_B"
@@ -119,10 +125,10 @@ def write_manifest(path: Path, entries: list[ManifestEntry]) -> Path:
 
 
 def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vectors: np.ndarray, counts: np.ndarray | None = None,
-                  strip_frac: float = 0.1) -> Path:
-    """A vectors file as `crowdtk vectors` writes it: vectors (images, strips, dims)."""
+                  strip_frac: float = 0.1, scale: float = 1.0) -> Path:
+    """A vectors file as `crowdtk vectors` writes it: vectors (images, strips, dims), strips on the grid of `scale`."""
     n_img, n_strips, _ = vectors.shape
-    edges = [strip_edges(e.width, strip_frac) for e in entries]
+    edges = [strip_edges(e.width, strip_frac, scale) for e in entries]
     data = StripVectors(
         ids=np.array([e.id for e in entries]),
         sha256=np.array([e.sha256 for e in entries]),
@@ -134,6 +140,8 @@ def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vect
     )
     header = make_header(VECTORS, Provenance("vectors", {"manifest": str(manifest)}))
     header.update(levels=4, strip_frac=strip_frac, stride=8, manifest_sha256=file_digest(manifest), checkpoint_sha256="0" * 64)
+    if scale != 1.0:
+        header["scale"] = scale
     save_vectors(path, header, data)
     return path
 
@@ -268,3 +276,17 @@ def own_cpu_choices(tmp_path_factory, monkeypatch) -> None:
     """Each test starts without the remembered CPU phase-split choices (crowdtk.train.cpu), so that a
     test timing or patching the choice is not answered by an earlier test's, nor the user's cache."""
     monkeypatch.setenv("CROWDTK_CACHE_DIR", str(tmp_path_factory.mktemp("crowdtk-cache")))
+
+
+# --------------------------------------------------------------------------- a counter without training
+
+
+def small_checkpoint(path: Path, input_scale: float = 1.0, cap: bool = False, finished: bool = True, freeze: str = "none") -> Path:
+    """A small random `lite` counter saved as a crowdtk checkpoint trained at ``input_scale`` (with ``freeze``)."""
+    torch.manual_seed(0)
+    counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
+    config = TrainConfig(model="lite", pretrained=False, input_scale=input_scale, cap=cap, epochs=1, freeze=freeze)
+    header = checkpoint_header(Provenance("test"), model=counter.name, model_config=counter.config, cap=cap, training=asdict(config),
+                               labels_sha256="0" * 64, epochs_done=1 if finished else 0, best_val_mae=0.0, val_on="train")
+    save_tensors(path, TrainNet(counter, cap=cap).weights(), header)
+    return path

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from crowdtk.density import DensityConfig, density_map
+from crowdtk.files import file_digest
 from crowdtk.formats import LabelsEntry, ManifestEntry, Region
 from crowdtk.selection import SelectConfig, draw_whole_images, select_regions
 from crowdtk.geometry import strip_edges
-from crowdtk.train import masked_loss, prepare_sample
+from crowdtk.train import density_loss, prepare_sample
 from crowdtk.train_config import TrainConfig
 
 
@@ -28,7 +29,7 @@ def _labels(image: str, width: int, height: int, regions: list[Region], points: 
     inside = np.zeros(len(points), dtype=bool)
     for r in regions:
         inside |= r.contains(points)
-    return LabelsEntry("im", image, "0" * 64, width, height, tuple(regions), points[inside])
+    return LabelsEntry("im", image, file_digest(image), width, height, tuple(regions), points[inside])
 
 
 def _supervised_share(tmp_path: Path, width: int, height: int, scale: float, grid_scale: float) -> float:
@@ -106,7 +107,7 @@ def test_each_labeled_cell_weighs_the_same_in_the_loss() -> None:
     mask = torch.zeros(2, 4, 8)
     mask[0, :, 0] = 1
     mask[1, :, :6] = 1
-    masked_loss(pred, target, mask).backward()
+    density_loss()(pred, target, mask, 1.0).backward()
     grads = pred.grad[:, 0][mask.bool()]
     assert torch.allclose(grads, grads[0]) and grads[0] > 0
     assert float(pred.grad[:, 0][~mask.bool()].abs().sum()) == 0.0
@@ -119,3 +120,20 @@ def test_sigma_is_in_full_resolution_pixels(tmp_path: Path) -> None:
     sample = prepare_sample(_labels(image, 512, 256, [Region(0, 512, 0, 256)], points), TrainConfig(input_scale=0.5, sigma=8.0))
     expected = density_map(points * 0.5, 128, 256, DensityConfig(sigma=4.0, stride=8))
     np.testing.assert_allclose(sample.target, expected, atol=1e-6)
+
+
+def test_losses_are_registered_once_and_chosen_by_name() -> None:
+    from crowdtk.errors import UsageError
+    from crowdtk.train.loss import LOSSES, density_loss, register_loss
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_loss("mse", "again")(lambda pred, target, mask, scale: pred.sum())
+    with pytest.raises(UsageError, match="--loss"):
+        density_loss("no-such-loss")
+    register_loss("l1-toy", "absolute error, for this test")(lambda pred, target, mask, scale: ((pred[:, 0] - target * scale).abs() * mask).sum())
+    try:
+        pred, target, mask = torch.full((1, 1, 2, 2), 3.0), torch.ones(1, 2, 2), torch.ones(1, 2, 2)
+        assert float(density_loss("l1-toy")(pred, target, mask, 2.0)) == 4.0
+        assert float(density_loss()(pred, target, mask, 2.0)) == 4.0  # Eq. 2: (3 - 2)² over four cells, one image
+    finally:
+        del LOSSES["l1-toy"]

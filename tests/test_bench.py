@@ -39,6 +39,20 @@ def test_mdc_and_mdc_cap_share_one_selection_and_the_warmup(tmp_path: Path) -> N
     assert first.argv[:2] == ("select", str(tmp_path / "train.jsonl")) and "--warmup-frac" in first.argv
 
 
+def test_a_chain_passes_every_digit_of_its_numbers(tmp_path: Path, monkeypatch) -> None:
+    import crowdtk.experiment.plan
+
+    monkeypatch.setattr(crowdtk.experiment.plan, "labeled_images", lambda labels: 10)  # no labels files: the steps are not run
+    schedule = Schedule(lr=0.00123456789, scale=0.3333333333, strip_frac=0.0523456789, warmup_frac=0.2345678912)
+    exp = Experiment(tmp_path / "train.jsonl", tmp_path / "test.jsonl", tmp_path, schedule)
+    steps = list(exp.chain(Run("mdc", 0.1234567, "strip", 0)))
+    words = {word for step in steps for word in step.argv}
+    for value in (0.1234567, 0.00123456789, 0.3333333333, 0.0523456789, 0.2345678912):
+        assert repr(value) in words, value
+    assert not words & {"0.123457", "0.00123457", "0.333333"}
+    assert all(float(step.argv[step.argv.index("--budget") + 1]) == 0.1234567 for step in steps if "--budget" in step.argv)
+
+
 def _row(method: str, maes: list[float], budget: float = 0.1, shape: str = "strip") -> tuple:
     runs = [{"seed": s, "mae": m, "rmse": m * 1.5, "heads_labeled": 100 + s, "images_labeled": 40, "heads_supervised_fraction": 1 - s / 100,
              "area_fraction": 0.1, "wall_s": 60.0, "non_finite": 0} for s, m in enumerate(maes)]

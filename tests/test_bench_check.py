@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.experiment import Schedule, aggregate, compare, data_digest, read_baseline
+from crowdtk.experiment import Schedule, aggregate, bench_runs, compare, data_digest, read_baseline
 from crowdtk.formats import BENCH_CHECK, BENCH_RESULTS, DEMO_REPORT, FORMAT_VERSIONS, read_json
 
 from conftest import assert_clean_failure, run
@@ -173,3 +173,42 @@ def test_bench_gate_passes_on_its_own_results_and_fails_on_a_better_baseline(tin
     refused = run(*args, "--check", other)
     assert_clean_failure(refused, "a baseline made with other settings or data (steps differ)")
     assert not (out / "check.json").exists() and "+ crowdtk" not in refused.output
+
+
+def test_a_baseline_that_cannot_gate_is_refused(tmp_path: Path) -> None:
+    """A gate that compares nothing must not pass: a non-finite MAE in the baseline (compared with it, any run was
+    "improved"), a baseline without results ("0 compared"), one listing a result twice, and one holding none of the
+    methods and budgets the bench runs are refused, each naming the file and what is wrong."""
+    settings = {**asdict(Schedule(steps=2)), "train_data_sha256": "c", "test_data_sha256": "d"}
+    good = _results(mdc=[10.0, 11.0])[0]
+    for mean, std in ((float("nan"), 0.5), (float("inf"), 0.5), (10.0, float("nan")), (10.0, float("-inf"))):
+        path = _baseline(tmp_path / "nan.json", settings, [{**good, "mae": {"mean": mean, "std": std}}])
+        with pytest.raises(CrowdtkError, match=r"nan.json: mdc at budget 0.1 has a non-finite MAE \(mean .*, std .*\), which no run"):
+            read_baseline(path, settings)
+    with pytest.raises(CrowdtkError, match="empty.json: a baseline with no results"):
+        read_baseline(_baseline(tmp_path / "empty.json", settings, []), settings)
+    with pytest.raises(CrowdtkError, match="twice.json: mdc at budget 0.1 is listed twice"):
+        read_baseline(_baseline(tmp_path / "twice.json", settings, [good, good]), settings)
+    with pytest.raises(CrowdtkError, match=r"setting.json: non-finite settings \(lr\)"):
+        read_baseline(_baseline(tmp_path / "setting.json", {**settings, "lr": float("nan")}, [good]), {**settings, "lr": float("nan")})
+    for broken in ({**good, "seeds": []}, {**good, "budget": "0.1"}, {**good, "mae": {"mean": True, "std": 0.0}}, ["mdc"]):
+        with pytest.raises(CrowdtkError, match=r"broken.json: no settings or results in the form `crowdtk bench` writes \(result 1: "):
+            read_baseline(_baseline(tmp_path / "broken.json", settings, [broken]), settings)
+    # The bench's own runs (planned) must meet the baseline at least once.
+    path = _baseline(tmp_path / "other.json", settings, [good])
+    assert read_baseline(path, settings, bench_runs([0.1], ["random", "mdc"], [], 2)).results == [good]
+    with pytest.raises(CrowdtkError, match=r"other.json: the baseline holds none of the methods and budgets this bench runs "
+                                           r"\(it holds mdc at budget 0.1\)"):
+        read_baseline(path, settings, bench_runs([0.2], ["mdc"], [], 1))
+    with pytest.raises(CrowdtkError, match="none of the methods and budgets"):
+        read_baseline(path, settings, bench_runs([0.1], ["random"], ["block"], 1))
+
+
+@pytest.mark.parametrize("kind", ["nan", "empty"])
+def test_bench_check_refuses_a_baseline_that_cannot_gate_before_any_step(kind: str, tiny_data: Path, tmp_path: Path) -> None:
+    baseline = _baseline(tmp_path / "baseline.json", {}, [] if kind == "empty" else [{**_results(mdc=[10.0])[0], "mae": {"mean": float("nan"), "std": 0.0}}])
+    out = tmp_path / "b"
+    result = run("bench", "--train", tiny_data / "data" / "train" / "manifest.jsonl", "--test", tiny_data / "data" / "test" / "manifest.jsonl",
+                 "-o", out, "--scale", "1", "--methods", "mdc", "--seeds", "1", "--no-cpu-bf16", "--check", baseline)
+    assert_clean_failure(result, f"{baseline}: " + ("a baseline with no results" if kind == "empty" else "mdc at budget 0.1 has a non-finite MAE"))
+    assert "+ crowdtk" not in result.output and not (out / "check.json").exists() and not (out / "results.json").exists()

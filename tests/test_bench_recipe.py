@@ -38,7 +38,7 @@ def test_the_paper_recipe_s_commands_fine_tune_csrnet_on_crops_at_full_resolutio
     train = next(s.argv for s in steps if s.argv[0] == "train")
     warmup = next(s.argv for s in steps if s.argv[0] == "warmup")
     for argv in (train, warmup):
-        assert _option(argv, "--model") == "csrnet" and _option(argv, "--scale") == "1" and _option(argv, "--crop") == "448"
+        assert _option(argv, "--model") == "csrnet" and _option(argv, "--scale") == "1.0" and _option(argv, "--crop") == "448"
         assert _option(argv, "--batch-size") == "1" and _option(argv, "--lr") == "1e-05" and _option(argv, "--device") == "cuda"
         assert "--freeze" not in argv and "--feature-cache" not in argv  # train's default tier: the whole counter fine-tuned
         assert "--no-pretrained" not in argv and "--backbone-weights" not in argv
@@ -116,7 +116,7 @@ def test_a_cpu_dry_run_of_the_paper_recipe(tmp_path: Path) -> None:
     assert [argv[1] for argv in trains] == ["warmup", "train"]
     for argv in trains:
         # the recipe's values where nothing was given...
-        assert _option(argv, "--model") == "csrnet" and _option(argv, "--scale") == "1" and _option(argv, "--batch-size") == "1"
+        assert _option(argv, "--model") == "csrnet" and _option(argv, "--scale") == "1.0" and _option(argv, "--batch-size") == "1"
         assert _option(argv, "--lr") == "1e-05" and "--freeze" not in argv and "--no-pretrained" in argv
         # ...and the command line's where it was
         assert _option(argv, "--crop") == "32" and _option(argv, "--device") == "cpu" and _option(argv, "--seed") == "0"

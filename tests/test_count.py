@@ -42,3 +42,28 @@ def test_tiles_add_up_to_the_whole_image(warm_ckpt):
     assert whole.shape == tiled.shape == (25, 33)
     # With 64 px of context the receptive field is mostly covered: counts agree closely.
     assert abs(whole.sum() - tiled.sum()) <= 0.05 * abs(whole.sum()) + 0.05
+
+
+def test_a_video_without_frames_is_said_not_silently_skipped(warm_ckpt, tmp_path):
+    """A writer closed before its first frame: an AVI that opens with no frame is a warning (the command's
+    output would otherwise be empty without a word); an MP4 that OpenCV cannot open at all is an error that
+    says why, though FFmpeg said nothing."""
+    avi = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48)).release()
+    result = run("count", warm_ckpt, avi)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr == f"crowdtk count: warning: {avi}: the video has no frames; nothing was counted for it\n"
+
+    mp4 = tmp_path / "empty.mp4"
+    writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), 5, (80, 48))
+    writer.release()
+    result = run("count", warm_ckpt, mp4)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"crowdtk count: error: {mp4}: cannot open video ("), result.stderr
+    assert result.stderr.count("\n") == 1 and "()" not in result.stderr and "re-encode it" in result.stderr, result.stderr
+
+    nothing = tmp_path / "nothing.mp4"
+    nothing.write_bytes(b"")
+    result = run("count", warm_ckpt, nothing, "--skip-bad")
+    assert result.exit_code == 0 and f"{nothing}: cannot open video (" in result.stderr, result.output

@@ -1,4 +1,4 @@
-"""bench/gpu_check.sh where it cannot check anything: no CUDA device (exit 3), no project venv (exit 4); one line on
+"""benchmarks/gpu_check.sh where it cannot check anything: no CUDA device (exit 3), no project venv (exit 4); one line on
 stderr, nothing run and nothing written."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "bench" / "gpu_check.sh"
-NO_CUDA = "bench/gpu_check.sh: no CUDA device here; this script checks the GPU paths and runs nothing without one\n"
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+NO_CUDA = "benchmarks/gpu_check.sh: no CUDA device here; this script checks the GPU paths and runs nothing without one\n"
 NVIDIA_DRIVER = shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").exists()
 
 
@@ -26,8 +26,8 @@ def _run(script: Path, out: Path, path: str | None = None) -> subprocess.Complet
 def _tree_without_gpu_tools(tmp_path: Path, venv: bool) -> tuple[Path, Path]:
     """A copy of the script in a tree (with the project's venv or none) and a PATH folder with a stand-in nvidia-smi,
     as on a machine with an NVIDIA driver."""
-    (tmp_path / "tree" / "bench").mkdir(parents=True)
-    script = tmp_path / "tree" / "bench" / "gpu_check.sh"
+    (tmp_path / "tree" / "benchmarks").mkdir(parents=True)
+    script = tmp_path / "tree" / "benchmarks" / "gpu_check.sh"
     shutil.copy(SCRIPT, script)
     if venv:
         (tmp_path / "tree" / ".venv").symlink_to(REPO / ".venv")
@@ -50,7 +50,7 @@ def test_without_cuda_it_says_so_and_runs_nothing(tmp_path: Path) -> None:
 def test_with_a_driver_but_no_venv_it_asks_for_make_install(tmp_path: Path) -> None:
     script, tools = _tree_without_gpu_tools(tmp_path, venv=False)
     result = _run(script, tmp_path / "out", path=str(tools))
-    assert result.returncode == 4 and result.stderr == "bench/gpu_check.sh: no project venv (.venv/bin/python); run make install first\n"
+    assert result.returncode == 4 and result.stderr == "benchmarks/gpu_check.sh: no project venv (.venv/bin/python); run make install first\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from crowdtk import models
 from crowdtk.errors import CrowdtkError
-from crowdtk.models import MODEL_NAMES, build_model, pad_to_stride
+from crowdtk.models import MODELS, build_model, pad_to_stride
 from crowdtk.models.base import _normalize
 from crowdtk.models.csrnet import _vgg_frontend
 
@@ -70,14 +70,14 @@ def test_pad_to_stride_pads_bottom_right_with_zeros() -> None:
     assert pad_to_stride(torch.randn(5, 9), stride=4).shape == (8, 12)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(MODELS))
 def test_unpadded_input_is_refused(name: str) -> None:
     model = build_model(name, pretrained=False)
     with pytest.raises(CrowdtkError, match="pad_to_stride"):
         model(torch.zeros(1, 3, 60, 64))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tuple(MODELS))
 def test_normalize_conventions(name: str) -> None:
     model = build_model(name, pretrained=False)
     img = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
@@ -151,9 +151,69 @@ def test_csrnet_without_cache_names_both_ways(tmp_path: Path, monkeypatch: pytes
         build_model("csrnet")
     message = str(info.value)
     assert "connected machine" in message
-    assert "backbone weights" in message
+    # The command line's options, not Python's parameter names.
+    assert "--backbone-weights FILE" in message and "--no-pretrained" in message
+    assert "backbone weights =" not in message and "pretrained=False" not in message
     assert str(tmp_path / "hub") in message
     assert not (tmp_path / "hub").exists()  # nothing was downloaded or created
+
+
+def test_csrnet_offline_names_the_command_line_options(strip_pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import assert_clean_failure, run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: no VGG16 weights
+    out = tmp_path / "w.safetensors"
+    result = run("warmup", strip_pool["labels"], "--model", "csrnet", "--crop", "32", "--epochs", "1", "-o", out)
+    assert_clean_failure(result, "ImageNet VGG16 weights for csrnet are not in the torch hub cache", out)
+    assert "pass --backbone-weights FILE" in result.stderr and "--no-pretrained trains from random weights" in result.stderr
+    assert "pretrained=False" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def _torch_file_cut_short(path: Path) -> None:
+    torch.save({"w": torch.zeros(64)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _torch_file_with_an_object(path: Path) -> None:
+    import argparse
+
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=1.0)}, path)
+
+
+BAD_WEIGHTS = {
+    "random.pth": (lambda p: p.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))),
+                   "not a PyTorch file (.pth/.pt) nor safetensors"),
+    "text.pt": (lambda p: p.write_text("hello\n"), "not a PyTorch file (.pth/.pt) nor safetensors"),
+    "pickle-noise.pth": (lambda p: p.write_bytes(b"\x80\x02" + b"noise" * 20), "not a readable PyTorch state dict"),
+    "cut.pth": (_torch_file_cut_short, "a damaged or truncated PyTorch file"),
+    "namespace.pth": (_torch_file_with_an_object, "it holds pickled Python objects (argparse.Namespace) besides tensors"),
+    "noise.safetensors": (lambda p: p.write_bytes(b"noise" * 10), "not a readable safetensors file"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_WEIGHTS))
+def test_unreadable_backbone_weights_get_crowdtk_s_own_message(name: str, tmp_path: Path) -> None:
+    """torch's message advises weights_only=False, which would run what the file's pickle holds: the error names the
+    file and what is wrong with it instead."""
+    write, problem = BAD_WEIGHTS[name]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(CrowdtkError) as info:
+        build_model("lite", backbone_weights=path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot read weights: {problem}"), message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_unreadable_backbone_weights_are_one_line_from_the_command(strip_pool, tmp_path: Path) -> None:
+    from conftest import assert_clean_failure, run
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x02" + b"noise" * 20)
+    out = tmp_path / "w.safetensors"
+    result = run("warmup", strip_pool["labels"], "--model", "lite", "--crop", "32", "--epochs", "1", "--backbone-weights", junk, "-o", out)
+    assert_clean_failure(result, "junk.pth: cannot read weights: not a readable PyTorch state dict", out)
+    assert "weights_only" not in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_csrnet_reads_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

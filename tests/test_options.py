@@ -16,7 +16,8 @@ from crowdtk.cli import app
 from crowdtk.cli.common import run_command
 from crowdtk.cli.groups import Group
 from crowdtk.selection import ENGINES, SHAPES, STRATEGIES
-from crowdtk.train_config import CAP_AFFINITIES, MODEL_NAMES
+from crowdtk.model_records import MODELS
+from crowdtk.train_config import CAP_AFFINITIES
 
 runner = CliRunner()
 COMMANDS = typer.main.get_command(app).commands
@@ -85,10 +86,10 @@ def _command_line(command: str, tmp: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("command, option, values, wrong", [
-    *((command, "--model", MODEL_NAMES, "resnet") for command in ("train", "warmup", "bench", "demo")),
+    *((command, "--model", tuple(MODELS), "resnet") for command in ("train", "warmup", "bench", "demo")),
     *((command, "--device", ("auto", "cpu", "cuda"), "gpu") for command in ("train", "eval", "count", "vectors")),
     ("train", "--cap-affinity", CAP_AFFINITIES, "dot"),
-    ("select", "--strategy", STRATEGIES, "best"), ("select", "--shape", SHAPES, "circle"), ("select", "--engine", ENGINES, "torch"),
+    ("select", "--strategy", tuple(STRATEGIES), "best"), ("select", "--shape", SHAPES, "circle"), ("select", "--engine", ENGINES, "torch"),
 ])
 def test_a_choice_lists_its_values_and_refuses_others(command: str, option: str, values: tuple[str, ...], wrong: str, tmp_path: Path) -> None:
     assert "<" + "|".join(values) + ">" in runner.invoke(app, [command, "--help"]).output

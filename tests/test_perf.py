@@ -1,4 +1,4 @@
-"""The fast inference path gives the plain path's results (no timing here: bench/run.py measures)."""
+"""The fast inference path gives the plain path's results (no timing here: benchmarks/run.py measures)."""
 
 from __future__ import annotations
 
@@ -90,23 +90,24 @@ def test_retain_freed_memory_is_idempotent():
     assert retain_freed_memory() is first
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+def load_bench(stage: str):
+    """benchmarks/STAGE.py (the stages of benchmarks/run.py)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{stage}", REPO / "benchmarks" / f"{stage}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses look their module up
+    sys.modules[f"bench_{stage}"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
 def test_bench_counts_csrnet_flops_from_its_layers():
-    bench = load_bench()
+    bench = load_bench("floor")
     assert abs(bench.count_flops("csrnet", {}, (1, 3, 768, 1024)) / 1e9 - 649.6) < 0.1
     lite_flops = bench.count_flops("lite", {}, (1, 3, 768, 1024))
     assert bench.count_flops("lite", {"dilated": False}, (1, 3, 768, 1024)) < lite_flops < 650e9 / 15
 
 
 def test_bench_synthetic_pool_is_a_valid_vectors_file():
-    bench = load_bench()
+    bench = load_bench("selection")
     entries, data = bench.synthetic_pool(30)
     assert len(entries) == 30 and data.vectors.shape == (300, 10)
     # Level k sums to the strip count scaled by k / 4.

@@ -221,12 +221,12 @@ def corrupt_image(path: Path, kind: str) -> None:
 @pytest.mark.parametrize("stage", ["index", "eval", "count", "vectors", "warmup", "train", "export"])
 def test_bad_image_stops_every_stage_that_reads_images(stage, kind, pool, ckpt, tmp_path):
     """A truncated or non-image file: each stage that decodes it names the file and the problem.
-    (export compares the image's digest with the regions file's, so it reports the change.)"""
+    (export compares the image's digest with the one indexed before it decodes, so it reports the change.)"""
     corrupt_image(pool.image("im3"), kind)
     out = out_path(tmp_path, stage)
     problem = {"truncated": "truncated JPEG", "not-an-image": "not a readable image"}[kind]
     if stage == "export":
-        problem = "changed since it was selected"
+        problem = "changed since it was indexed (sha256 differs)"
     fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out), out, "im3.jpg", problem)
 
 
@@ -501,6 +501,24 @@ def test_weights_that_do_not_fit_the_model_their_header_names(stage, pool, ckpt,
     args = (["train", pool.labels, "--init", csrnet, "--crop", "32", "--epochs", "1", "-o", out] if stage == "train"
             else stage_args("eval", pool, ckpt, out, ckpt=csrnet))
     fails_cleanly(stage, args, out, "csrnet.safetensors: weights do not fit the model")
+
+
+@pytest.mark.parametrize("stage", ["eval", "count", "strip-cap", "vectors", "train"])
+def test_a_training_state_where_a_checkpoint_belongs_names_its_checkpoint(stage, pool, ckpt, tmp_path):
+    """The .state.safetensors train writes beside its checkpoint (for --resume) is a checkpoint-format file holding
+    the weights under other names: refused as a training state, naming the checkpoint it belongs to."""
+    state = ckpt.with_name("model.state.safetensors")
+    assert state.is_file()
+    out = out_path(tmp_path, stage)
+    line = fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out, ckpt=state), out,
+                         f"{state}: is a training state (what train and warmup --resume continue from), not a checkpoint",
+                         f"pass {ckpt}, the checkpoint it belongs to")
+    assert "weights do not fit" not in line
+    # Renamed, it is still a state; its checkpoint is then not named.
+    renamed = tmp_path / "renamed.safetensors"
+    shutil.copy(state, renamed)
+    fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out, ckpt=renamed), out, f"{renamed}: is a training state",
+                  "pass the checkpoint its training run wrote beside it", force=False)
 
 
 @pytest.mark.parametrize("budget", ["nan", "inf", "-inf"])
@@ -807,7 +825,7 @@ def test_eval_leaves_a_non_finite_image_out_of_the_averages(pool, ckpt, tmp_path
 
 
 def _bench_load():
-    spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "load.py")
+    spec = importlib.util.spec_from_file_location("bench_load", REPO / "benchmarks" / "load.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
@@ -815,7 +833,7 @@ def _bench_load():
 
 
 def test_eval_and_count_memory_does_not_grow_with_the_number_of_images(tmp_path):
-    """bench/load.py at a small scale: 30 vs 300 images, peak RSS ratio < 1.2 and growth < 30 MB."""
+    """benchmarks/load.py at a small scale: 30 vs 300 images, peak RSS ratio < 1.2 and growth < 30 MB."""
     bench = _bench_load()
     rows = bench.measure([30, 300], tmp_path)
     by = {(name, n): peak for name, n, peak, _, _ in rows}

@@ -93,6 +93,79 @@ def test_warmup_plus_second_round_spends_the_budget(tmp_path):
     assert twice.stdout.splitlines()[1:] == (tmp_path / "mdc.jsonl").read_text().splitlines()[1:]
 
 
+def width_weighted_vectors(entries, scale: float, seed: int = 0) -> np.ndarray:
+    """realistic_vectors of strips whose heads grow with their width, as a counter's do: on the grid of a small image at
+    a reduced scale some strips are twice as wide as others, and MAX and MDC take the wide ones."""
+    widths = np.stack([np.diff(strip_edges(e.width, 0.1, scale)) for e in entries]).astype(np.float64)
+    return realistic_vectors(len(entries), seed=seed) * (widths / widths.mean(axis=1, keepdims=True))[:, :, None]
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.1, 0.2])
+@pytest.mark.parametrize("strategy", ["random", "max", "mdc"])
+def test_both_rounds_spend_the_budget_on_small_images_at_half_scale(tmp_path, strategy, budget):
+    """256×192 images at --scale 0.5 have strips of 16 and 32 px, and MAX and MDC favour the wide ones. The budget
+    counts the warm-up round's strips (the paper's Algorithm 1: one budget for both rounds): together the two rounds
+    spend it within half a percentage point, for every seed; one image's strips make the difference when a
+    strategy's picks are wider than average."""
+    entries = pool(12, width=256, height=192)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, width_weighted_vectors(entries, 0.5), scale=0.5)
+    for seed in range(4):
+        warm = tmp_path / f"warm{seed}.jsonl"
+        result = run("select", manifest, "--budget", budget, "--warmup-frac", "0.2", "--scale", "0.5", "--seed", seed, "-o", warm)
+        assert result.exit_code == 0, result.output
+        second = tmp_path / f"{strategy}{seed}.jsonl"
+        result = run("select", manifest, "--budget", budget, "--strategy", strategy, "--vectors", vectors, "--exclude", warm,
+                     "--seed", seed, "-o", second)
+        assert result.exit_code == 0, result.output
+        header, _ = jsonl(second.read_text())
+        assert abs(header["cumulative_area_fraction"] - budget) <= 0.005, (seed, header["cumulative_area_fraction"])
+        total = f"({100 * header['cumulative_area_fraction']:.2f}% with the "
+        assert total in result.stderr and "warning" not in result.stderr, result.stderr
+
+
+def test_the_same_round_alone_spends_the_budget_on_small_images(tmp_path):
+    """Without a warm-up round too (MAX's and MDC's strips are the wide ones)."""
+    entries = pool(12, width=256, height=192)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    data = width_weighted_vectors(entries, 0.5)
+    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, data, scale=0.5)
+    for strategy in ("random", "max", "mdc"):
+        for seed in range(4):
+            result = run("select", manifest, "--budget", "0.1", "--strategy", strategy, "--vectors", vectors, "--seed", seed)
+            assert result.exit_code == 0, result.output
+            header, _ = jsonl(result.stdout)
+            assert abs(header["area_fraction"] - 0.1) <= 0.005, (strategy, seed, header["area_fraction"])
+
+
+def test_a_budget_the_earlier_rounds_spent_already_says_so(tmp_path):
+    entries = pool(12, width=256, height=192)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    earlier = tmp_path / "earlier.jsonl"  # four whole images: a third of the pool
+    assert run("select", manifest, "--budget", "0.33", "--strategy", "none-or-all", "-o", earlier).exit_code == 0
+    for strategy in ("random", "none-or-all"):
+        result = run("select", manifest, "--budget", "0.1", "--exclude", earlier, "--scale", "0.5", "--strategy", strategy)
+        assert result.exit_code == 0, result.output
+        lines = result.stderr.splitlines()
+        assert lines[0] == ("crowdtk select: warning: the excluded files already use 33.33% of the pool's area, more than the budget's "
+                            "10%; nothing is selected") and len(lines) == 2, result.stderr
+
+
+def test_exclude_covering_every_image_is_one_clear_outcome(tmp_path):
+    entries = pool(5)
+    manifest = write_manifest(tmp_path / "m.jsonl", entries)
+    everything = tmp_path / "all.jsonl"
+    assert run("select", manifest, "--budget", "0.1", "-o", everything).exit_code == 0
+    out = tmp_path / "r.jsonl"
+    result = run("select", manifest, "--exclude", everything, "-o", out)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("crowdtk select: warning: every image of the pool is in the excluded files (9.84% of its area labeled there): "
+                        "nothing is left to select"), result.stderr
+    assert len(lines) == 2 and lines[1].startswith("selected 0 regions in 0 of 5 images"), result.stderr
+    assert read_regions(out)[1] == []
+
+
 # --------------------------------------------------------------------------- MDC
 
 

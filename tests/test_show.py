@@ -223,3 +223,28 @@ def test_cli_errors_are_one_line_naming_the_file(art, tmp_path):
     assert out.read_bytes() == b"old"
     assert show(art["regions"], "-o", out, "--force", "-q").exit_code == 0
     png(out)
+
+
+@pytest.mark.parametrize("home", ["a file", "absent"])
+def test_show_quiet_prints_nothing_where_home_is_not_writable(art, tmp_path, home):
+    """matplotlib warns on stderr when its config folder cannot be written (and MPLCONFIGDIR is unset): crowdtk gives
+    it a private temporary folder first, and removes it at exit. A new process: matplotlib is imported once."""
+    import os
+    import subprocess
+    import sys
+
+    fake_home = tmp_path / "home"
+    if home == "a file":
+        fake_home.write_text("not a folder\n")  # nothing can be made under it, whoever runs the test
+    else:
+        fake_home = Path("/proc/no-such-home")  # absent, and cannot be made (even by root)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(fake_home), TMPDIR=str(temp))
+    out = tmp_path / "regions.png"
+    done = subprocess.run([sys.executable, "-m", "crowdtk", "show", str(art["regions"]), "--image", "im2", "-o", str(out), "-q"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""
+    assert out.is_file() and list(temp.iterdir()) == []  # the private folder is gone

@@ -1,4 +1,4 @@
-"""`crowdtk import --from labelme/cvat` on the layouts the tools write by default (issue 15, item 1).
+"""`crowdtk import --from labelme/cvat` on the layouts the tools write by default.
 
 LabelMe with `--output labels/` (`"imagePath": "../images/NAME"`), Datumaro's "cvat" export
 (`default.xml` beside `images/`) and CVAT's own "CVAT for images 1.1" download (a `.zip` holding

@@ -7,16 +7,18 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from crowdtk.cli.common import given_options, run_command
-from crowdtk.cli.options import (SESSION, BackboneWeights, BenchFreeze, CpuBf16Auto, Device, Lr, NoPretrained, Session, StripFrac, choices,
-                                 schedule_options)
+from crowdtk.cli.common import claim, given_options, run_command
+from crowdtk.cli.groups import Deferred
+from crowdtk.cli.options import (SESSION, BackboneWeights, BenchFreeze, CpuBf16Auto, Device, Lr, NoPretrained, Session, choices, schedule_options,
+                                 strip_frac_option, warmup_strategies)
 from crowdtk.errors import CrowdtkError, UsageError
-from crowdtk.experiment import (ALL_METHODS, DEFAULT_TOLERANCE, METHODS, RECIPES, SHAPES, Schedule, bench_runs, check_report, open_bench, parse_budgets,
-                                parse_list, read_baseline, resolve_cpu_bf16, write_bench_results, write_check)
+from crowdtk.experiment import (DEFAULT_TOLERANCE, RECIPES, SHAPES, Schedule, bench_methods, bench_runs, check_report, default_methods, open_bench,
+                                parse_budgets, parse_list, read_baseline, resolve_cpu_bf16, write_bench_results, write_check)
+from crowdtk.registry import listing
 
 _D = RECIPES["default"]
 _S = _D.schedule  # the options' defaults are the default recipe's; another recipe replaces those not given
@@ -24,6 +26,14 @@ RecipeName = choices("RecipeName", tuple(RECIPES))
 _RECIPE_HELP = ("Named settings; options given on the command line replace the recipe's values (the defaults shown are the "
                 "default recipe's). " + " ".join(f"{r.name}: {r.help}." for r in RECIPES.values()))
 _SETTING = {"no_pretrained": "pretrained", "budget": "budgets"}  # options whose recipe setting has another name
+
+
+def _methods_option() -> Any:
+    return Annotated[str, typer.Option(help=f"Comma-separated methods: {listing(list(bench_methods().values()), 'and')}.")]
+
+
+def _warmup_frac_option() -> Any:
+    return Annotated[float, typer.Option(help=f"Share of the images in the warm-up round ({warmup_strategies()}).")]
 
 
 @run_command("bench")
@@ -35,7 +45,7 @@ def command(
     recipe: Annotated[RecipeName, typer.Option("--recipe", help=_RECIPE_HELP)] = _D.name,
     budget: Annotated[float, typer.Option(help="Labeling budget (fraction of the pool's area) when --budgets is not given.")] = _D.budgets[0],
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. [default: --budget]")] = "",
-    methods: Annotated[str, typer.Option(help="Comma-separated methods out of " + ", ".join(ALL_METHODS) + " (mdc+cap-temp and mdc+cap-cos: CAP's affinity extensions, train --cap-affinity temperature / cosine).")] = ",".join(METHODS),
+    methods: str = Deferred(_methods_option, default_from=lambda: ",".join(default_methods())),
     shapes: Annotated[str, typer.Option(help="Extra region shapes for random selection (Table 1): band, block. [default: none]")] = "",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (selection and training); results give mean ± std.")] = _D.seeds,
     scale: Annotated[Optional[float], typer.Option(help="Resize images and points by this factor for training and evaluation. [default: the default recipe chooses it by a pixel budget: the median training image brought to about 512×384 px, never enlarged (0.5 on ShanghaiTech Part B, 1 on images of 400 px); other recipes set their own]", show_default=False)] = None,
@@ -46,8 +56,8 @@ def command(
     no_pretrained: NoPretrained = False,
     backbone_weights: BackboneWeights = None,
     feature_cache: Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it across runs). [default: DIR/feature-cache]", show_default=False)] = None,
-    warmup_frac: Annotated[float, typer.Option(help="Share of the images in the warm-up round (max, mdc).")] = _S.warmup_frac,
-    strip_frac: StripFrac = _S.strip_frac,
+    warmup_frac: float = Deferred(_warmup_frac_option, _S.warmup_frac),
+    strip_frac: float = strip_frac_option(_S.strip_frac),
     val_frac: Annotated[float, typer.Option(help="Share of each method's labeled images held out (validation only reports: the checkpoint is the last epoch's).")] = _S.val_frac,
     check: Annotated[Optional[Path], typer.Option("--check", help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]", show_default=False)] = None,
     tolerance: Annotated[Optional[float], typer.Option(min=0, help=f"With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). [default: {DEFAULT_TOLERANCE}]", show_default=False)] = None,
@@ -79,16 +89,26 @@ def command(
     schedule = replace(chosen.schedule, cpu_bf16=resolve_cpu_bf16(cpu_bf16, chosen.device))
     schedule.validate()
     params = {"train": train, "test": test, "recipe": chosen.name, "budgets": list(chosen.budgets),
-              "methods": parse_list(methods, "--methods", ALL_METHODS), "shapes": parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else [],
+              "methods": parse_list(methods, "--methods", tuple(bench_methods())), "shapes": parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else [],
               "seeds": chosen.seeds}
     from crowdtk.runtime import resolve_device
 
     resolve_device(chosen.device)  # a recipe's --device cuda on a machine without one fails here, before any step
+    # Every input checked before DIR is made: a failed start leaves nothing that blocks the corrected rerun.
+    for source in (train, test):
+        if not source.exists():
+            raise CrowdtkError(f"{source}: no such file or folder", "pass a split folder or a manifest")
+    if check is not None:
+        from crowdtk.formats import BENCH_RESULTS, peek_format
+
+        if peek_format(check) != BENCH_RESULTS:
+            raise CrowdtkError(f"{check}: not a bench results.json", "pass the results.json of an earlier crowdtk bench run")
+    claim(output, True, folder=True, lock_only=True, inputs=(train, test, check))  # a folder the bench adds to, one bench at a time
     runner = Runner(output, log)
     experiment, settings = open_bench(train, test, output, schedule, runner.execute, chosen.device, feature_cache, chosen.name,
                                       backbone_weights, auto_scale=chosen.auto_scale and "scale" not in given)
-    baseline = read_baseline(check, settings) if check is not None else None
     runs = bench_runs(params["budgets"], params["methods"], params["shapes"], chosen.seeds)
+    baseline = read_baseline(check, settings, runs) if check is not None else None
     results = runner.run_all(experiment, runs)
     command_line = shlex.join(["crowdtk", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "crowdtk bench"
     typer.echo(write_bench_results(experiment, runs, results, settings, params, command_line, started))

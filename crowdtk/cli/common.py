@@ -9,6 +9,7 @@ with ``--verbose``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import functools
 import logging
@@ -26,7 +27,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from crowdtk.cli.groups import expand
 from crowdtk.errors import CrowdtkError, Terminated, UsageError
+from crowdtk.files import claim_output
 from crowdtk.native_stderr import log as decoder_log
+
+# crowdtk.features's logger, named rather than imported: importing that module imports torch.
+_features_log = logging.getLogger("crowdtk.features")
 
 # --------------------------------------------------------------------------- messages
 
@@ -45,6 +50,10 @@ class Log:
             decoder_log.removeHandler(handler)
         if verbose and not quiet:
             decoder_log.addHandler(_ToLog(self))
+        # A recomputed feature cache entry is always a warning (crowdtk.features).
+        for handler in [h for h in _features_log.handlers if isinstance(h, _ToWarning)]:
+            _features_log.removeHandler(handler)
+        _features_log.addHandler(_ToWarning(self))
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -85,6 +94,15 @@ class _ToLog(logging.Handler):
         self.log.debug(f"crowdtk {self.log.command}: decoder: {record.getMessage()}")
 
 
+class _ToWarning(logging.Handler):
+    def __init__(self, log: Log) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.warn(record.getMessage())
+
+
 # Ordinary filesystem failures are the user's to fix, not bugs of ours: the one-line error with a fix.
 _FILESYSTEM_FIXES = {
     errno.EACCES: "choose a folder you can write to, or change its permissions",
@@ -95,6 +113,12 @@ _FILESYSTEM_FIXES = {
     errno.EISDIR: "a folder is in the way: name a file",
     errno.ENOTDIR: "a file is in the way: a folder of the path is a file",
     errno.ENOENT: "check the path; its folder must exist",
+    errno.ENAMETOOLONG: "shorten the file name or the path",
+    errno.EMFILE: "too many open files for this process: raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files on this system: close some programs and rerun",
+    errno.EFBIG: "the file is larger than this process may write: raise the limit (ulimit -f)",
+    errno.ELOOP: "a symbolic link points to itself: fix the link",
+    errno.EIO: "the disk or the file system reported an input/output error: check it and rerun",
 }
 
 
@@ -128,12 +152,18 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         func = expand(func, command)
 
-        @functools.wraps(func)
+        # Not the annotations: Typer reads the signature through __wrapped__, where a deferred option is made anew
+        # each time (crowdtk.cli.groups); a copy taken here would hold the registries as they were at import.
+        @functools.wraps(func, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             verbose = bool(kwargs.get("verbose", False))
             try:
-                with _sigterm_unwinds():
-                    return func(*args, **kwargs)
+                with _sigterm_unwinds(), contextlib.ExitStack() as claims:
+                    token = _COMMAND_CLAIMS.set(claims)
+                    try:
+                        return func(*args, **kwargs)
+                    finally:
+                        _COMMAND_CLAIMS.reset(token)
             except (typer.Exit, typer.Abort, SystemExit):
                 raise
             except CrowdtkError as exc:
@@ -149,10 +179,8 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
             except BrokenPipeError:
                 # A downstream `head` closed the pipe: not an error of ours.
                 raise typer.Exit(0) from None
-            except OSError as exc:
-                fix = _FILESYSTEM_FIXES.get(exc.errno)
-                if fix is None:
-                    raise
+            except OSError as exc:  # a file system's refusal, named with its path; never a traceback
+                fix = _FILESYSTEM_FIXES.get(exc.errno or 0, "check the file and the file system, and rerun")
                 if verbose:
                     traceback.print_exc(file=sys.stderr)
                 where = f"{exc.filename}: " if exc.filename else ""
@@ -167,10 +195,29 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 )
                 raise typer.Exit(1) from None
 
+        wrapper.__annotations__ = {}  # its own (*args, **kwargs) are no options; the command's are read through __wrapped__
         wrapper.name = command  # type: ignore[attr-defined]  # what crowdtk.cli registers it as
         return wrapper
 
     return decorate
+
+
+# The outputs the running command has claimed, released when it ends (a bench's steps run in its process, each its own command).
+_COMMAND_CLAIMS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("crowdtk_command_claims", default=None)
+
+
+def claim(path: str | Path | None, force: bool, *, folder: bool = False, inputs: tuple[str | Path | None, ...] = (),
+          lock_only: bool = False) -> None:
+    """Claim ``path`` as the running command's output until the command ends (crowdtk.files.claim_output): refused when
+    it exists without --force, when another run holds it, or when it is, holds or lies inside one of ``inputs`` or a
+    file they name (a manifest's images and points). None (no such output asked for) claims nothing."""
+    if path is None:
+        return
+    claims = _COMMAND_CLAIMS.get()
+    assert claims is not None, "claim() is called inside a command (run_command)"
+    from crowdtk.formats import with_named_files  # formats reads the inputs; files only compares paths
+
+    claims.enter_context(claim_output(path, force, folder=folder, inputs=with_named_files(*inputs), lock_only=lock_only))
 
 
 def given_options(ctx: typer.Context) -> set[str]:

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 import cv2
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import PREDICTION, SESSION, Session
 from crowdtk.errors import CrowdtkError
-from crowdtk.files import atomic_dir, atomic_path, check_inputs_exist, check_output_free
+from crowdtk.files import atomic_dir, atomic_path, check_inputs_exist
 from crowdtk.formats import dumps_record
 from crowdtk.predict_config import PredictConfig
 
@@ -31,12 +31,11 @@ def command(
     video stops the command unless --skip-bad, which leaves it out with a warning.
     """
     check_inputs_exist(checkpoint)
-    from crowdtk.counting import VIDEO_SUFFIXES, count_inputs, expand_inputs, overlay
+    from crowdtk.counting import VIDEO_SUFFIXES, NoFrames, count_inputs, expand_inputs, overlay
     from crowdtk.predict import Predictor, load_counter
 
     log = session.log
-    if overlay_dir is not None:
-        check_output_free(overlay_dir, session.force, folder=True)
+    claim(overlay_dir, session.force, folder=True, inputs=(checkpoint, *inputs))
     paths = expand_inputs(inputs)
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
@@ -48,6 +47,9 @@ def command(
     folder = atomic_dir(overlay_dir, session.force) if overlay_dir is not None else contextlib.nullcontext(None)
     with folder as out_dir, log.progress(n_images, "counting") as advance:
         for item in count_inputs(predictor, paths, on_progress=advance):
+            if isinstance(item, NoFrames):
+                log.warn(f"{item.video}: the video has no frames; nothing was counted for it")
+                continue
             if isinstance(item, CrowdtkError):
                 if not session.skip_bad:
                     raise item

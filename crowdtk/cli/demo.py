@@ -9,10 +9,12 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import run_command
-from crowdtk.cli.options import SESSION, CpuBf16Auto, Device, Seed, Session, StripFrac, schedule_options
+from crowdtk.cli.common import claim, run_command
+from crowdtk.cli.groups import Deferred
+from crowdtk.cli.options import SESSION, CpuBf16Auto, Device, Seed, Session, schedule_options, strip_frac_option
 from crowdtk.cli.pipeline import Runner
-from crowdtk.experiment import METHODS, Experiment, Run, Schedule, Step, check_same_settings, parse_list, resolve_cpu_bf16, write_demo_results
+from crowdtk.experiment import Experiment, Run, Schedule, Step, check_same_settings, default_methods, parse_list, resolve_cpu_bf16, write_demo_results
+from crowdtk.errors import UsageError
 from crowdtk.synth import SynthConfig
 
 # The demo's schedule: generated 384×256 images at full size on the frozen-encoder tier (whole cached
@@ -25,9 +27,10 @@ DEMO_METHODS = "none-or-all,random,mdc,mdc+cap"
 def command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the data, every step's files, report.json and the pictures; rerunning reuses finished steps.")] = Path("demo-out"),
     budget: Annotated[float, typer.Option(help="Labeling budget: fraction of the pool's area.")] = 0.1,
-    methods: Annotated[str, typer.Option(help="Comma-separated methods out of " + ", ".join(METHODS) + ".")] = DEMO_METHODS,
+    methods: str = Deferred(lambda: Annotated[str, typer.Option(help=f"Comma-separated methods out of {', '.join(default_methods())}.")],
+                            DEMO_METHODS),
     schedule: Schedule = schedule_options(DEMO),
-    strip_frac: StripFrac = DEMO.strip_frac,
+    strip_frac: float = strip_frac_option(DEMO.strip_frac),
     cpu_bf16: CpuBf16Auto = None,
     synth_train: Annotated[int, typer.Option(help="Generated training images (the pool).")] = SynthConfig.train,
     synth_test: Annotated[int, typer.Option(help="Generated test images.")] = SynthConfig.test,
@@ -43,9 +46,15 @@ def command(
     (regions.png), a prediction (prediction.png) and CAP's affinity maps (affinity.png).
     """
     started = time.perf_counter()
-    method_list = parse_list(methods, "--methods", METHODS)
+    method_list = parse_list(methods, "--methods", tuple(default_methods()))
     schedule = replace(schedule, strip_frac=strip_frac, cpu_bf16=resolve_cpu_bf16(cpu_bf16, device.value))
     schedule.validate()
+    # Checked before DIR is made: a refused start leaves nothing behind. The pool needs a warm-up share and the rest.
+    if synth_train < 5 or synth_test < 1:
+        raise UsageError(f"--synth-train {synth_train} --synth-test {synth_test}: the demo needs at least 5 training images "
+                         "(a warm-up round and the rest) and 1 test image", "pass e.g. --synth-train 48 --synth-test 24")
+    SynthConfig(train=synth_train, test=synth_test, seed=seed).validate()
+    claim(output, True, folder=True, lock_only=True)  # a folder the demo adds to, one demo at a time
     output.mkdir(parents=True, exist_ok=True)
     check_same_settings(output, {**asdict(schedule), "synth_train": synth_train, "synth_test": synth_test, "seed": seed})
     runner = Runner(output, session.log)

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import PREDICTION, SESSION, Manifest, Session
 from crowdtk.errors import CrowdtkError
-from crowdtk.files import STDIO, atomic_path, check_inputs_exist, check_output_free
+from crowdtk.files import STDIO, atomic_path, check_inputs_exist
 from crowdtk.formats import read_manifest
 from crowdtk.predict_config import PredictConfig
 
@@ -33,11 +33,14 @@ def command(
     check_inputs_exist(checkpoint, manifest)
     from crowdtk.evaluate import evaluate_manifest, results_csv
     from crowdtk.predict import Predictor, load_counter
-    from crowdtk.runtime import Processes
+    from crowdtk.runtime import Processes, stray_launch_note
 
     log = session.log
-    if csv_path is not None:
-        check_output_free(csv_path, session.force)
+    procs = Processes.from_env()  # a malformed torchrun environment is refused before any work
+    if (note := stray_launch_note()) is not None:
+        log.warn(note)
+    if procs.writer:  # under torchrun rank 0 writes the CSV
+        claim(csv_path, session.force, inputs=(checkpoint, manifest, predict.feature_cache))
     name = "<stdin>" if manifest == STDIO else manifest
     _, entries = read_manifest(manifest)
     if not entries:
@@ -47,7 +50,6 @@ def command(
         log.warn(loaded.unfinished)
     predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache,
                           flip_average=predict.flip_average)
-    procs = Processes.from_env()
     procs.start(predictor.device)
     with log.progress(len(entries[procs.rank::procs.world]), "evaluating") as advance:
         evaluation = evaluate_manifest(predictor, entries, str(name), skip_bad=session.skip_bad, procs=procs, on_progress=advance)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, Manifest, OutputDir, Session, Workers
 from crowdtk.errors import CrowdtkError
 from crowdtk.density import DensityConfig, generate_densities
@@ -33,6 +33,7 @@ def command(
     log = session.log
     config = DensityConfig(sigma=sigma, adaptive=adaptive, beta=beta, k_nearest=k_nearest, stride=stride)
     config.validate()
+    claim(output, session.force, folder=True, inputs=(manifest,))
     _, entries = read_manifest(manifest)
     if not entries:
         raise CrowdtkError(f"{'<stdin>' if manifest == '-' else manifest}: no images", "index a data set with images first")

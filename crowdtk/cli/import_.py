@@ -4,23 +4,37 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from crowdtk.cli.common import params_of, run_command
-from crowdtk.cli.options import SESSION, OutputFile, Regions, Session, Tool
+from crowdtk.cli.common import claim, params_of, run_command
+from crowdtk.cli.groups import Deferred
+from crowdtk.cli.options import SESSION, OutputFile, Regions, Session, tool_choices
 from crowdtk.errors import UsageError
-from crowdtk.files import STDIO, check_output_free, file_digest
+from crowdtk.files import STDIO, file_digest
 from crowdtk.formats import Provenance, labels_header, read_manifest, write_jsonl
-from crowdtk.labeling import earlier_rounds, import_round, read_to_label
+from crowdtk.labeling import TOOLS, earlier_rounds, import_round, read_to_label
+from crowdtk.registry import names
+
+
+# PATH and --from, made from the tools' records when the command is built (crowdtk.cli.groups.Deferred).
+def _path() -> Any:
+    returned = "; ".join(f"{t.name}: {t.reads}" for t in TOOLS.values())
+    return Annotated[Optional[Path], typer.Argument(help=f"What the labeling tool returned ({returned}). [default: none, with --oracle]",
+                                                    show_default=False)]
+
+
+def _source() -> Any:
+    return Annotated[Optional[tool_choices()], typer.Option("--from", help=f"Format of PATH: {names(TOOLS, 'or')}. [default: none]",  # type: ignore[misc]
+                                                            show_default=False)]
 
 
 @run_command("import")
 def command(
     regions: Regions,
-    path: Annotated[Optional[Path], typer.Argument(help="What the labeling tool returned: the crops export folder, a Label Studio JSON export, a CVAT XML (or its folder, or the export .zip), or a folder of LabelMe JSON files. [default: none, with --oracle]", show_default=False)] = None,
-    source: Annotated[Optional[Tool], typer.Option("--from", help="Format of PATH: crops, labelstudio, cvat or labelme. [default: none]", show_default=False)] = None,
+    path: Optional[Path] = Deferred(_path, None),
+    source: Optional[str] = Deferred(_source, None),
     oracle: Annotated[Optional[str], typer.Option(metavar="FILE", help="Simulated labeler: fill the regions with the ground-truth points of this manifest. [default: none]")] = None,
     output: OutputFile = "-",
     merge: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Labels file of an earlier round to combine with these (repeatable), e.g. the warm-up labels. [default: none]")] = None,
@@ -42,10 +56,10 @@ def command(
     if (source is None) == (oracle is None):
         raise UsageError("give either --from FORMAT PATH (labels from a tool) or --oracle MANIFEST (simulated labeler)", "see crowdtk import --help")
     if source is not None and path is None:
-        raise UsageError(f"--from {source.value} needs PATH, what the labeling tool exported", "add it after REGIONS")
+        raise UsageError(f"--from {source} needs PATH, what the labeling tool exported", "add it after REGIONS")
     if oracle is not None and path is not None:
         raise UsageError(f"PATH {path} is given with --oracle", "drop PATH, or use --from FORMAT PATH instead of --oracle")
-    check_output_free(output, session.force)
+    claim(output, session.force, inputs=(regions, path, oracle, *(merge or [])))
     regions_name = "<stdin>" if regions == STDIO else regions
     to_label = read_to_label(regions)  # a regions file, or a labels file to review
     regions_header, entries = to_label.header, to_label.entries
@@ -55,12 +69,12 @@ def command(
     # Only the oracle reports progress (a tool's output is read in one go).
     progress = log.progress(len(entries), "oracle labels") if oracle is not None else contextlib.nullcontext(None)
     with progress as advance:
-        labeled = import_round(entries, earlier, fmt=source.value if source else None, path=path, manifest=manifest,
+        labeled = import_round(entries, earlier, fmt=source, path=path, manifest=manifest,
                                allow_missing=allow_missing, manifest_name=oracle or "MANIFEST", regions_name=regions_name, on_progress=advance,
                                prefill=to_label.prefill)
     for note in labeled.notes:
         log.warn(note)
-    params = params_of(regions=regions, path=path, source=source.value if source else None, oracle=oracle,
+    params = params_of(regions=regions, path=path, source=source, oracle=oracle,
                        merge=[str(p) for p in merge or []], allow_missing=allow_missing)
     header = labels_header(Provenance("import", params), None if regions == STDIO else file_digest(regions), pool)
     write_jsonl(output, header, (e.to_record() for e in labeled.labels))

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import params_of, run_command
+from crowdtk.cli.common import claim, params_of, run_command
 from crowdtk.cli.options import SESSION, OutputFile, Session, Workers
 from crowdtk.formats import Provenance, manifest_header, write_jsonl
-from crowdtk.files import check_output_free
 from crowdtk.index import build_manifest
 
 
@@ -23,7 +22,7 @@ def command(
 ) -> None:
     """List every image of a data set with its size, head count and sha256 (JSON Lines)."""
     log = session.log
-    check_output_free(output, session.force)
+    claim(output, session.force)  # the data set's folder usually holds its manifest: it is no input to keep apart
     with log.progress(None, "indexing") as advance:
         result = build_manifest(root, workers=workers, skip_bad=session.skip_bad, on_progress=advance)
     if result.ignored:

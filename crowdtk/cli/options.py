@@ -3,7 +3,9 @@ commands, so that an option means the same and reads the same wherever it appear
 of options that several commands take as one value (crowdtk.cli.groups).
 
 Options with a fixed set of values are enums (Click choices): ``--help`` lists the values, and a
-wrong one is a usage error (exit 2) before any work starts.
+wrong one is a usage error (exit 2) before any work starts. The options that choose a registered
+extension (a model, a labeling tool; select's strategy, bench's methods) are :class:`Deferred`: their
+choices and help are read from the registry each time the command is built, never at import.
 """
 
 from __future__ import annotations
@@ -11,21 +13,30 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from crowdtk.cli.common import Log
-from crowdtk.cli.groups import Group
+from crowdtk.cli.groups import Deferred, Group
 from crowdtk.experiment import Schedule
-from crowdtk.labeling import FORMATS
+from crowdtk.labeling import TOOLS
+from crowdtk.model_records import MODELS
 from crowdtk.predict_config import PredictConfig
-from crowdtk.train_config import FREEZE_LEVELS, KEEP, LR_SCHEDULES, MODEL_NAMES, TrainConfig
+from crowdtk.registry import Registry, listing
+from crowdtk.selection import STRATEGIES
+from crowdtk.train.loss import LOSSES
+from crowdtk.train_config import FREEZE_LEVELS, KEEP, LR_SCHEDULES, TrainConfig
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     """A str-valued enum of ``values``, named after the option, for Click's choice type."""
     return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+def registered(name: str, registry: Registry[Any]) -> type[Enum]:
+    """The names in ``registry`` now, as choices (call it in a Deferred's annotation, when the command is built)."""
+    return choices(name, tuple(registry))
 
 
 # --------------------------------------------------------------------------- every command
@@ -65,8 +76,16 @@ SESSION = Group(_session)
 
 TRAIN_DEFAULTS = TrainConfig()  # the defaults of train and warmup
 
-ModelName = choices("ModelName", MODEL_NAMES)
-Model = Annotated[ModelName, typer.Option("--model", help="Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU).")]
+
+def model_help() -> str:
+    return f"Counter: {listing(MODELS)}."
+
+
+def model_option(default: str) -> Deferred:
+    """--model with ``default``: the registered models (crowdtk.model_records)."""
+    return Deferred(lambda: Annotated[registered("ModelName", MODELS), typer.Option("--model", help=model_help())], default)
+
+
 BatchSize = Annotated[int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step (per process under torchrun).")]
 Crop = Annotated[int, typer.Option(help="Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate (targets are scaled by --density-scale).")]
@@ -82,6 +101,9 @@ BackboneWeights = Annotated[Optional[Path], typer.Option(help="ImageNet weights 
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 Scale = Annotated[float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")]
 DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
+LossName = choices("LossName", tuple(LOSSES))
+LossOpt = Annotated[LossName, typer.Option("--loss", help="The density loss (crowdtk/train/loss.py): "
+                                           + "; ".join(f"{loss.name}: {loss.help}" for loss in LOSSES.values()))]
 ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
 ValEvery = Annotated[int, typer.Option(help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the network for training (CUDA; slower to start). [default: off]")]
@@ -105,13 +127,13 @@ class Training:
 def _training(no_pretrained: NoPretrained = False, backbone_weights: BackboneWeights = None, epochs: Epochs = TRAIN_DEFAULTS.epochs,
               lr: Lr = TRAIN_DEFAULTS.lr, batch_size: BatchSize = TRAIN_DEFAULTS.batch_size, crop: Crop = TRAIN_DEFAULTS.crop,
               scale: Scale = TRAIN_DEFAULTS.input_scale, density_scale: DensityScale = TRAIN_DEFAULTS.density_scale,
-              val_frac: ValFrac = TRAIN_DEFAULTS.val_frac, val_every: ValEvery = TRAIN_DEFAULTS.val_every,
+              loss: LossOpt = TRAIN_DEFAULTS.loss, val_frac: ValFrac = TRAIN_DEFAULTS.val_frac, val_every: ValEvery = TRAIN_DEFAULTS.val_every,
               freeze: FreezeOpt = TRAIN_DEFAULTS.freeze, feature_cache: TrainFeatureCache = None,
               lr_schedule: LrScheduleOpt = TRAIN_DEFAULTS.lr_schedule, keep: KeepOpt = TRAIN_DEFAULTS.keep, cpu_bf16: CpuBf16 = False,
               compile_: Compile = False, seed: Seed = TRAIN_DEFAULTS.seed, device: Device = "auto", resume: Resume = False) -> Training:
     config = TrainConfig(pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
                          epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale, density_scale=density_scale,
-                         val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed, freeze=freeze.value,
+                         loss=loss.value, val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed, freeze=freeze.value,
                          feature_cache=str(feature_cache) if feature_cache else None, lr_schedule=lr_schedule.value, keep=keep.value,
                          cpu_bf16=cpu_bf16)
     return Training(config, device.value, resume)
@@ -139,8 +161,28 @@ PREDICTION = Group(_prediction)  # eval, count, vectors: how the counter runs
 # --------------------------------------------------------------------------- experiments (bench, demo)
 
 Steps = Annotated[int, typer.Option(help="Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).")]
-WarmupSteps = Annotated[int, typer.Option(help="Optimizer steps of the warm-up counter (max, mdc).")]
-StripFrac = Annotated[float, typer.Option(help="Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).")]
+
+
+def warmup_strategies() -> str:
+    """The strategies a bench runs a warm-up round for (those that need vectors), for a --help text: ``max, mdc``."""
+    return ", ".join(s.name for s in STRATEGIES.values() if s.needs_vectors)
+
+
+def _warmup_steps() -> Any:
+    return Annotated[int, typer.Option(help=f"Optimizer steps of the warm-up counter ({warmup_strategies()}).")]
+
+
+def _strip_frac() -> Any:
+    # The strategies that pick cells of images (not whole images): those the strips are cut for.
+    cells = ", ".join(s.name for s in STRATEGIES.values() if not s.whole_images)
+    return Annotated[float, typer.Option(help=f"Strip width as a fraction of the image width ({cells}; the budget sets how many per image).")]
+
+
+def strip_frac_option(default: float) -> Deferred:
+    """--strip-frac of bench and demo (with ``default``), naming the strategies that pick strips."""
+    return Deferred(_strip_frac, default)
+
+
 BenchFreeze = Annotated[Freeze, typer.Option("--freeze", help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.")]
 CpuBf16Auto = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16", help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]", show_default=False)]
 
@@ -148,9 +190,10 @@ CpuBf16Auto = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16",
 def schedule_options(defaults: Schedule) -> Group:
     """--model, --steps, --warmup-steps, --batch-size and --crop of bench and demo, each with its ``defaults``: they replace those in it."""
 
-    def schedule(model: Model = defaults.model, steps: Steps = defaults.steps, warmup_steps: WarmupSteps = defaults.warmup_steps,
+    def schedule(model: str = model_option(defaults.model), steps: Steps = defaults.steps,
+                 warmup_steps: int = Deferred(_warmup_steps, defaults.warmup_steps),
                  batch_size: BatchSize = defaults.batch_size, crop: Crop = defaults.crop) -> Schedule:
-        return replace(defaults, model=model.value, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop)
+        return replace(defaults, model=model, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop)
 
     return Group(schedule)
 
@@ -159,6 +202,7 @@ def schedule_options(defaults: Schedule) -> Group:
 
 Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select', or a labels file for a review round; '-' reads stdin.", show_default=False)]
 
-# The labeling tools of --to and --from: the registry's names, in its order, so a new tool
-# needs no CLI change beyond its help text.
-Tool = choices("Tool", FORMATS)
+
+def tool_choices() -> type[Enum]:
+    """--to and --from: the registered labeling tools (crowdtk.labeling.TOOLS), in their order."""
+    return registered("Tool", TOOLS)

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from crowdtk.cli.common import params_of, run_command
-from crowdtk.cli.options import SESSION, Manifest, OutputFile, Seed, Session, Workers, choices
+from crowdtk.cli.common import claim, params_of, run_command
+from crowdtk.cli.groups import Deferred
+from crowdtk.cli.options import SESSION, Manifest, OutputFile, Seed, Session, Workers, choices, registered
 from crowdtk.errors import UsageError
-from crowdtk.files import check_output_free
 from crowdtk.formats import Provenance, read_manifest, regions_header, write_jsonl
+from crowdtk.registry import listing, names
 from crowdtk.selection import ENGINES, SHAPES, STRATEGIES, SelectConfig, select_files
 
 _D = SelectConfig()
-Strategy, Shape, Engine = choices("Strategy", STRATEGIES), choices("Shape", SHAPES), choices("Engine", ENGINES)
+Shape, Engine = choices("Shape", SHAPES), choices("Engine", ENGINES)
+
+
+# The options that name strategies, made from their records when the command is built (crowdtk.cli.groups.Deferred).
+def _strategy() -> Any:
+    return Annotated[registered("Strategy", STRATEGIES), typer.Option(help=f"{listing(STRATEGIES)}.")]
+
+
+def _vectors() -> Any:
+    need = names([s for s in STRATEGIES.values() if s.needs_vectors])
+    return Annotated[Optional[Path], typer.Option(help=f"Strip vectors from 'crowdtk vectors' over this manifest (needed by {need}). [default: none]")]
+
+
+def _warmup_frac() -> Any:
+    pickers = " or ".join(s.name for s in STRATEGIES.values() if s.warmup)
+    return Annotated[float, typer.Option(help=f"Warm-up round (strategy {pickers}): this share of the images gets random strips at the per-image "
+                                              "budget; the paper uses 0.2. 0 means no warm-up round.")]
 
 
 @run_command("select")
@@ -23,10 +40,10 @@ def command(
     manifest: Manifest,
     budget: Annotated[Optional[float], typer.Option(help=f"Labeling budget: the fraction of the pool's area to label, in (0, 1]; with --exclude, of all rounds together. [default: {_D.budget:g}]", show_default=False)] = None,
     budget_heads: Annotated[Optional[float], typer.Option(metavar="N", help="A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file's regions reach N; --exclude leaves earlier rounds' images out without subtracting their heads. [default: none]", show_default=False)] = None,
-    strategy: Annotated[Strategy, typer.Option(help="random strips, none-or-all (whole images), max (largest predicted counts) or mdc (the paper's clustering).")] = Strategy(_D.strategy),
+    strategy: str = Deferred(_strategy, _D.strategy),
     output: OutputFile = "-",
-    vectors: Annotated[Optional[Path], typer.Option(help="Strip vectors from 'crowdtk vectors' over this manifest (needed by max and mdc). [default: none]")] = None,
-    warmup_frac: Annotated[float, typer.Option(help="Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.")] = _D.warmup_frac,
+    vectors: Optional[Path] = Deferred(_vectors, None),
+    warmup_frac: float = Deferred(_warmup_frac, _D.warmup_frac),
     exclude: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]")] = None,
     strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width (the area of one cell).")] = _D.strip_frac,
     shape: Annotated[Shape, typer.Option(help="Cells: strip (vertical, the paper's), band (horizontal) or block (square), for the Table 1 ablation.")] = Shape(_D.shape),
@@ -48,12 +65,12 @@ def command(
         raise UsageError("--budget and --budget-heads together", "give one budget: a share of the area (--budget) or heads (--budget-heads)")
     if budget_heads is not None and vectors is None:
         raise UsageError("--budget-heads needs --vectors", "the heads are the vectors' predicted counts: pass them with --vectors")
-    check_output_free(output, session.force)
+    claim(output, session.force, inputs=(manifest, vectors, *(exclude or [])))
     _, entries = read_manifest(manifest)
-    config = SelectConfig(budget=_D.budget if budget is None else budget, budget_heads=budget_heads, strategy=strategy.value,
+    config = SelectConfig(budget=_D.budget if budget is None else budget, budget_heads=budget_heads, strategy=strategy,
                           strip_frac=strip_frac, shape=shape.value, warmup_frac=warmup_frac, seed=seed, workers=workers,
                           engine=engine.value, n_init=n_init)
-    with session.log.progress(len(entries) if config.strategy == "mdc" else None, "selecting") as advance:
+    with session.log.progress(len(entries) if STRATEGIES[config.strategy].progress else None, "selecting") as advance:
         run = select_files(entries, manifest, config, scale=scale, vectors=vectors, exclude=exclude or [], on_progress=advance)
     for note in run.selection.notes:
         session.log.warn(note)

@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, MaxSide, Session
 from crowdtk.predict_config import PredictConfig
 from crowdtk.errors import CrowdtkError, UsageError
-from crowdtk.files import check_output_free
 
 ARTIFACT_HELP = (
     "What to draw: a regions file (select) or labels file (import) -> the image with its regions in red; "
@@ -39,7 +38,7 @@ def command(
     log = session.log
     if output.suffix.lower() != ".png":
         raise UsageError(f"{output}: crowdtk show writes PNG pictures", "name the output *.png")
-    check_output_free(output, session.force)
+    claim(output, session.force, inputs=(artifact, checkpoint, manifest, labels))
     kind = peek_format(artifact)
     if kind is None:
         raise CrowdtkError(f"{artifact}: not a crowdtk artifact crowdtk show can draw",

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, Session
-from crowdtk.files import check_inputs_exist, check_output_free
+from crowdtk.files import check_inputs_exist
 
 
 @run_command("strip-cap")
@@ -24,7 +24,7 @@ def command(
     from crowdtk.predict import load_counter
 
     log = session.log
-    check_output_free(output, session.force)
+    claim(output, session.force, inputs=(checkpoint,))
     load_counter(checkpoint)  # refuse what eval refuses: a header naming no model, weights that do not fit it
     header = strip_cap(checkpoint, output)
     if not header["removed_tensors"]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, OutputDir, Seed, Session, Workers
 from crowdtk.formats import SYNTH_CONFIG, Provenance, make_header
 from crowdtk.files import atomic_dir, atomic_path
@@ -35,6 +35,7 @@ def command(
     config.validate()
     params = asdict(config)
     provenance = Provenance("synth", params, seed)
+    claim(output, session.force, folder=True)
     with atomic_dir(output, session.force) as tmp:
         with log.progress(train + test, "scenes") as advance:
             splits = generate_dataset(tmp, config, provenance, workers=workers, on_progress=advance)

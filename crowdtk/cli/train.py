@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import run_command
-from crowdtk.cli.options import SESSION, TRAIN_DEFAULTS, TRAINING, Checkpoint, Labels, ModelName, Session, Training, choices
+from crowdtk.cli.common import claim, run_command
+from crowdtk.cli.groups import Deferred
+from crowdtk.cli.options import SESSION, TRAIN_DEFAULTS, TRAINING, Checkpoint, Labels, Session, Training, choices, model_help, registered
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance
+from crowdtk.model_records import MODELS
 from crowdtk.files import check_inputs_exist, check_output_free
 from crowdtk.train_config import CAP_AFFINITIES, CAP_TEMPERATURES, check_cap_options
 
@@ -26,14 +28,22 @@ def run_training(labels: Path, output: Path, model: str | None, training: Traini
     check_cap_options(cap, cap_affinity, cap_temperature)  # a usage error, before any file is looked at
     check_inputs_exist(labels, init)
     from crowdtk.checkpoint import init_model, read_header, state_path
+    from crowdtk.runtime import Processes, stray_launch_note
     from crowdtk.train import EpochReport, train
 
     log, command = session.log, session.log.command
+    procs = Processes.from_env()  # a malformed torchrun environment is refused before any work (train reads it again)
+    if (note := stray_launch_note()) is not None:
+        log.warn(note)
     config = replace(training.config, cap=cap, cap_affinity=cap_affinity, cap_temperature=cap_temperature,
                      model=init_model(init, model) if init is not None else model or TRAIN_DEFAULTS.model)
     # The form's default temperature written out, so that the recorded settings say what ran.
     config = replace(config, cap_temperature=config.cap_tau())
-    if not training.resume:
+    # One run at a time writes this checkpoint and its training state (under torchrun, rank 0 writes and holds it);
+    # the existing-output rules follow.
+    if procs.writer:
+        claim(output, session.force or training.resume, lock_only=True, inputs=(labels, init, config.feature_cache))
+    if not training.resume and procs.writer:
         # The resumable state first: "pass --force" alone would throw an interrupted run's epochs away.
         if state_path(output).exists() and not session.force:
             raise CrowdtkError(f"{state_path(output)}: a training state exists (of an unfinished or an earlier run)",
@@ -77,10 +87,11 @@ def command(
         f"[default: {_TEMPERATURE_DEFAULTS}]",
         show_default=False)] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (e.g. the warm-up counter); it must be of --model when that is given. [default: none]")] = None,
-    model: Annotated[Optional[ModelName], typer.Option(help=f"Counter: csrnet (the paper's), or lite, lite1, lite2 (EfficientNet-Lite0/1/2 front ends, fast on CPU). [default: {TRAIN_DEFAULTS.model}, or the model of --init]", show_default=False)] = None,
+    model: Optional[str] = Deferred(lambda: Annotated[Optional[registered("ModelName", MODELS)], typer.Option(
+        help=f"{model_help()} [default: {TRAIN_DEFAULTS.model}, or the model of --init]", show_default=False)], None),
     training: Training = TRAINING,
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
     """Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP."""
-    run_training(labels, output, model.value if model else None, training, session, cap=cap, cap_affinity=cap_affinity.value,
+    run_training(labels, output, model, training, session, cap=cap, cap_affinity=cap_affinity.value,
                  cap_temperature=cap_temperature, init=init)

@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from crowdtk.cli.common import run_command
+from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import PREDICTION, SESSION, Session
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import Provenance, read_manifest, save_vectors, vectors_header
-from crowdtk.files import STDIO, check_inputs_exist, check_output_free, file_digest
+from crowdtk.files import STDIO, check_inputs_exist, file_digest
 from crowdtk.geometry import check_scale
 from crowdtk.predict_config import PredictConfig, VectorsConfig
 from crowdtk.selection import excluded_ids
@@ -38,7 +38,7 @@ def command(
     from crowdtk.vectors import compute_vectors
 
     log = session.log
-    check_output_free(output, session.force)
+    claim(output, session.force, inputs=(checkpoint, manifest, exclude, predict.feature_cache))
     manifest_text = sys.stdin.read() if str(manifest) == STDIO else None  # read once: for the records and the digest
     _, entries = read_manifest(manifest, stdin=io.StringIO(manifest_text) if manifest_text is not None else None)
     manifest_sha256 = file_digest(manifest) if manifest_text is None else hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()

@@ -9,12 +9,14 @@ fails on a difference the seeds cannot explain, and not on one that is small how
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment.folder import LATER_SETTINGS
+from crowdtk.experiment.plan import Run
 from crowdtk.files import file_digest
 from crowdtk.formats import BENCH_RESULTS, FORMAT_VERSIONS, Provenance, bench_check_header, read_json, write_json
 
@@ -43,26 +45,75 @@ class Baseline:
     results: list[dict[str, Any]]
 
 
-def _valid_entry(r: Any) -> bool:
-    mae = r.get("mae") if isinstance(r, dict) else None
-    return (isinstance(mae, dict) and all(isinstance(mae.get(k), (int, float)) for k in ("mean", "std"))
-            and all(k in r for k in ("method", "budget", "shape", "seeds")))
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def read_baseline(path: Path, settings: dict[str, Any]) -> Baseline:
-    """The baseline's results, refused unless it is a results.json of this version made with ``settings``."""
+def _entry_problem(r: Any) -> str | None:
+    """What makes ``r`` no entry of the results `crowdtk bench` writes (None: it is one)."""
+    if not isinstance(r, dict) or not all(k in r for k in ("method", "budget", "shape", "seeds", "mae")):
+        return "an entry without method, budget, shape, seeds and mae"
+    if not isinstance(r["method"], str) or not isinstance(r["shape"], str) or not _number(r["budget"]):
+        return "an entry whose method, budget or shape is not what bench writes"
+    seeds, mae = r["seeds"], r["mae"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        return f"{_key_name(r)}: seeds is not a list of seed numbers"
+    if not isinstance(mae, dict) or not all(_number(mae.get(k)) for k in ("mean", "std")):
+        return f"{_key_name(r)}: its MAE has no numeric mean and std"
+    return None
+
+
+def _key_name(r: dict[str, Any]) -> str:
+    return f"{r['method']} at budget {r['budget']:g}" + ("" if r["shape"] == "strip" else f" ({r['shape']}s)")
+
+
+def _non_finite(value: Any, where: str = "") -> list[str]:
+    """The places (dotted keys) of the non-finite numbers in a JSON value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where or "the value"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def read_baseline(path: Path, settings: dict[str, Any], planned: Iterable[Run] = ()) -> Baseline:
+    """The baseline's results, refused unless it is a results.json of this version made with ``settings``, with
+    results, every one of them finite, and (``planned``: this bench's runs) at least one (method, budget, shape)
+    that the bench runs. Each refusal closes a way for the gate to pass without comparing anything: a NaN
+    baseline MAE made any run "improved", and an empty baseline passed with "0 compared"."""
     doc = read_json(path, BENCH_RESULTS)  # another format, or a newer version, is refused here
     newest = FORMAT_VERSIONS[BENCH_RESULTS]
     if doc["format_version"] != newest:
         raise CrowdtkError(f"{path}: a '{BENCH_RESULTS}' version {doc['format_version']} baseline; the gate compares version {newest}",
                            _REMAKE)
     before, results = doc.get("settings"), doc.get("results")
-    if not isinstance(before, dict) or not isinstance(results, list) or not all(_valid_entry(r) for r in results):
+    if not isinstance(before, dict) or not isinstance(results, list):
         raise CrowdtkError(f"{path}: no settings or results in the form `crowdtk bench` writes", _REMAKE)
+    if not results:
+        raise CrowdtkError(f"{path}: a baseline with no results, which no run can be compared with", _REMAKE)
+    for n, r in enumerate(results, start=1):
+        if (problem := _entry_problem(r)) is not None:
+            raise CrowdtkError(f"{path}: no settings or results in the form `crowdtk bench` writes (result {n}: {problem})", _REMAKE)
+    for r in results:
+        if not (math.isfinite(r["mae"]["mean"]) and math.isfinite(r["mae"]["std"])):
+            raise CrowdtkError(f"{path}: {_key_name(r)} has a non-finite MAE (mean {r['mae']['mean']}, std {r['mae']['std']}), "
+                               "which no run can be compared with", "make the baseline from a bench whose methods all have a finite MAE")
+    if bad := _non_finite(before):
+        raise CrowdtkError(f"{path}: non-finite settings ({', '.join(bad)})", _REMAKE)
+    keys = [(r["method"], r["budget"], r["shape"]) for r in results]
+    if twice := next((r for r, k in zip(results, keys) if keys.count(k) > 1), None):
+        raise CrowdtkError(f"{path}: {_key_name(twice)} is listed twice in the results", _REMAKE)
     changed = differing_settings(before, settings)
     if changed:
         raise CrowdtkError(f"{path}: a baseline made with other settings or data ({', '.join(changed)} differ)",
                            "run the bench with the baseline's settings on its data, or make a new baseline from this run")
+    runs = {(run.method, run.budget, run.shape) for run in planned}
+    if runs and not runs & set(keys):
+        held = ", ".join(sorted(_key_name(r) for r in results))
+        raise CrowdtkError(f"{path}: the baseline holds none of the methods and budgets this bench runs (it holds {held})",
+                           "run the bench with the baseline's --methods and --budgets, or make a new baseline from this run")
     return Baseline(path, file_digest(path), results)
 
 

@@ -5,6 +5,10 @@ vectors → select → import → train → strip-cap → eval) writing into its
 each step can be rerun by hand from the printed command line. A step is finished when its
 output exists (every output is written atomically), which is how a rerun reuses work.
 
+The methods are records (:class:`Method`, :func:`register_method`): every registered selection
+strategy is a method of its own name, and a record adds the others (full, the CAP variants)
+and the paper's claims, which results.md gives a verdict on.
+
 All methods train the same model from the same ImageNet start for the same number of
 optimizer steps (``Schedule.steps``): a method that labels fewer images runs more epochs,
 so the comparison is about which pixels are labeled, not about compute.
@@ -32,14 +36,103 @@ from typing import Any
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import read_labels, read_regions
+from crowdtk.registry import RegistrationError, Registry
+from crowdtk.selection import STRATEGIES
 
-# The bench's methods (and the paper's); each mdc+cap-* is MDC's regions trained with one of CAP's
-# labelled affinity extensions (train --cap-affinity), run only when asked for by --methods.
-METHODS = ("full", "none-or-all", "random", "max", "mdc", "mdc+cap")
-CAP_METHODS = {"mdc+cap": (), "mdc+cap-temp": ("--cap-affinity", "temperature"), "mdc+cap-cos": ("--cap-affinity", "cosine")}
-ALL_METHODS = (*METHODS, *(m for m in CAP_METHODS if m not in METHODS))
 SHAPES = ("strip", "band", "block")
-WARMUP_METHODS = {"max", "mdc", *CAP_METHODS}  # those that need the warm-up counter's vectors
+
+
+@dataclass(frozen=True)
+class Method:
+    """A bench method: the regions it labels (a strategy's, at the run's budget or its own) and how its counter trains.
+
+    Every registered strategy is a method of its own name as well (:func:`bench_methods`), labeled by it and
+    trained without CAP; a record is registered for a method that is more than that (``full``, ``mdc+cap``), or
+    to give a strategy's method the paper's claims about it."""
+
+    name: str
+    help: str  # one line, for bench --help
+    strategy: str  # select --strategy of its regions; one that needs vectors gets a warm-up round first
+    budget: float | None = None  # its own budget instead of the run's (full: 1, every image)
+    cap: tuple[str, ...] | None = None  # train --cap with these further options (CAP's affinity form); None: no CAP
+    regions_of: str | None = None  # the method whose regions (and warm-up) it trains on instead of its own (mdc+cap: mdc's)
+    default: bool = True  # run when bench --methods is not given
+    beats: tuple[tuple[str, str], ...] = ()  # the paper's claims: (a method it should beat at the same budget, the claim)
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise RegistrationError(f"the bench method {self.name!r}: no strategy {self.strategy!r} is registered")
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise RegistrationError(f"the bench method {self.name!r}: budget {self.budget} outside (0, 1]")
+        known = bench_methods()
+        if self.regions_of is not None and (self.regions_of not in known or known[self.regions_of].strategy != self.strategy):
+            raise RegistrationError(f"the bench method {self.name!r}: regions of {self.regions_of!r}, no method of strategy {self.strategy!r}")
+        unknown = [worse for worse, _ in self.beats if worse not in known]
+        if unknown:
+            raise RegistrationError(f"the bench method {self.name!r}: claims to beat {', '.join(unknown)}, which are no methods (yet)")
+
+    @property
+    def warmup(self) -> bool:
+        """Whether its strategy ranks strips by a warm-up counter's vectors (Algorithm 1, lines 1-4 run first)."""
+        return STRATEGIES[self.strategy].needs_vectors
+
+
+# The methods registered for themselves, in the order bench lists and runs them.
+METHODS: Registry[Method] = Registry("bench method")
+
+
+def register_method(method: Method) -> Method:
+    """Register a bench method; a name registered twice, or one naming an unknown strategy or method, fails here."""
+    return METHODS.register(method)
+
+
+def bench_methods() -> dict[str, Method]:
+    """Every method the bench offers, by name: the registered ones, then each strategy without a method of its name
+    (labeled by that strategy, trained without CAP), in the strategies' order. Read when asked, so that a strategy
+    registered from the user's own code is offered."""
+    methods = dict(METHODS)
+    for s in STRATEGIES.values():
+        methods.setdefault(s.name, Method(s.name, s.help, s.name))
+    return methods
+
+
+def bench_method(name: str) -> Method:
+    """The bench method ``name``; an unknown one is refused with the choices."""
+    methods = bench_methods()
+    if name not in methods:
+        raise CrowdtkError(f"unknown method {name!r}", f"choose from {', '.join(methods)}")
+    return methods[name]
+
+
+def default_methods() -> list[str]:
+    """The methods bench runs when --methods is not given."""
+    return [m.name for m in bench_methods().values() if m.default]
+
+
+# The bench's methods (and the paper's). Each mdc+cap-* is MDC's regions trained with one of CAP's labelled affinity
+# extensions (train --cap-affinity), run only when asked for by --methods.
+register_method(Method("full", "every image labeled: none-or-all at budget 1", "none-or-all", budget=1.0))
+register_method(Method("none-or-all", "whole images", "none-or-all"))
+register_method(Method("random", "random strips", "random", beats=(("none-or-all", "region-level labels beat None-or-All (Fig. 4)"),)))
+register_method(Method("max", "largest predicted counts", "max"))
+register_method(Method("mdc", "the paper's clustering", "mdc", beats=(("random", "MDC beats random strips"), ("max", "MDC beats MAX"))))
+register_method(Method("mdc+cap", "mdc's regions, trained with CAP", "mdc", cap=(), regions_of="mdc",
+                       beats=(("mdc", "CAP improves MDC"),
+                              ("none-or-all", "the gap to full shrinks: MDC+CAP is nearer full than None-or-All"))))
+register_method(Method("mdc+cap-temp", "mdc's regions, CAP with train --cap-affinity temperature", "mdc",
+                       cap=("--cap-affinity", "temperature"), regions_of="mdc", default=False,
+                       beats=(("mdc", "CAP with a temperature on the affinity logits (extension) improves MDC"),
+                              ("mdc+cap", "the temperature extension beats the paper's CAP"))))
+register_method(Method("mdc+cap-cos", "mdc's regions, CAP with train --cap-affinity cosine", "mdc",
+                       cap=("--cap-affinity", "cosine"), regions_of="mdc", default=False,
+                       beats=(("mdc", "CAP with cosine affinities of the raw features (extension) improves MDC"),
+                              ("mdc+cap", "the cosine extension beats the paper's CAP"))))
+
+
+def exact(value: float) -> str:
+    """A number as a step's command line gets it: every digit (repr), so that the command a bench or demo
+    prints and runs passes the value it was given; ``:g`` kept six significant digits (0.1234567 became 0.123457)."""
+    return repr(float(value))
 
 
 @dataclass(frozen=True)
@@ -126,7 +219,7 @@ DEFAULT_RECIPE = Recipe(
 #   doubling check (README, Benchmarks) found full and mdc+cap still improving at its length, and a short
 #   schedule biases the comparison against the methods that keep improving. Estimated, not measured,
 #   at 10–20 ms a step on one H100/H200: 7–13 min a run, 6 methods × 5 seeds plus 5 warm-ups in about
-#   4–7.5 hours (bench/gpu_check.sh prints csrnet's s/step to check this).
+#   4–7.5 hours (benchmarks/gpu_check.sh prints csrnet's s/step to check this).
 # - Cosine decay to 0, the last epoch's model and no held-out images: the paper does not say how its
 #   checkpoints were chosen; this is the default tier's rule, one for every method, so no checkpoint
 #   depends on a handful of validation images.
@@ -189,7 +282,7 @@ class Experiment:
     backbone_weights: Path | None = None  # train/warmup --backbone-weights [default: the model's own ImageNet weights]
 
     def run_dir(self, run: Run) -> Path:
-        return self.out / "runs" / f"budget-{run.budget:g}" / f"seed-{run.seed}"
+        return self.out / "runs" / f"budget-{exact(run.budget)}" / f"seed-{run.seed}"
 
     @property
     def feature_cache(self) -> Path:
@@ -201,7 +294,7 @@ class Experiment:
         s = self.schedule
         epochs = epochs_for(steps, s.batch_size, labeled_images(labels), s.val_frac)
         options = ["--model", s.model, "--epochs", str(epochs), "--batch-size", str(s.batch_size), "--crop", str(s.crop),
-                   "--lr", f"{s.lr:g}", "--scale", f"{s.scale:g}", "--val-frac", f"{s.val_frac:g}",
+                   "--lr", exact(s.lr), "--scale", exact(s.scale), "--val-frac", exact(s.val_frac),
                    "--lr-schedule", s.lr_schedule, "--keep", s.keep]
         if s.keep == "last":
             options += ["--val-every", str(epochs)]  # validation chooses nothing: once, at the end, as a report
@@ -220,17 +313,17 @@ class Experiment:
 
     def _grid_options(self) -> list[str]:
         """Strip edges on the output-cell grid of the training scale, so every labeled head is supervised."""
-        return [] if self.schedule.scale == 1.0 else ["--scale", f"{self.schedule.scale:g}"]
+        return [] if self.schedule.scale == 1.0 else ["--scale", exact(self.schedule.scale)]
 
     def _strip_option(self) -> list[str]:
         """Passed only when not the default, so the printed commands stay the plain ones."""
-        return [] if self.schedule.strip_frac == Schedule.strip_frac else ["--strip-frac", f"{self.schedule.strip_frac:g}"]
+        return [] if self.schedule.strip_frac == Schedule.strip_frac else ["--strip-frac", exact(self.schedule.strip_frac)]
 
     def warmup_chain(self, run: Run) -> Iterator[Step]:
         """Algorithm 1, lines 1–4: random strips on a share of the images, a counter, vectors."""
         s, d = self.schedule, self.run_dir(run) / "warmup"
         pool = str(self.train_manifest)
-        yield Step(("select", pool, "--budget", f"{run.budget:g}", "--warmup-frac", f"{s.warmup_frac:g}", "--strategy", "random",
+        yield Step(("select", pool, "--budget", exact(run.budget), "--warmup-frac", exact(s.warmup_frac), "--strategy", "random",
                     *self._strip_option(), *self._grid_options(), "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"), d / "regions.jsonl")
         yield Step(("import", str(d / "regions.jsonl"), "--oracle", pool, "-o", str(d / "labels.jsonl"), "-q"), d / "labels.jsonl")
         yield Step(("warmup", str(d / "labels.jsonl"), *self._train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
@@ -240,30 +333,26 @@ class Experiment:
                    d / "vectors.npz")
 
     def selection_dir(self, run: Run) -> Path:
-        """mdc and every mdc+cap* label the same regions; every other method labels its own."""
-        key = "mdc" if run.method in CAP_METHODS else run.name
+        """A method that trains on another's regions (mdc+cap* on mdc's) shares its folder; every other labels its own."""
+        key = bench_method(run.method).regions_of or run.name
         return self.run_dir(run) / f"select-{key}"
 
     def selection_chain(self, run: Run) -> Iterator[Step]:
+        method = bench_method(run.method)
+        strategy = STRATEGIES[method.strategy]
         pool, d = str(self.train_manifest), self.selection_dir(run)
-        base = ["select", pool, "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"]
+        # The run's budget with every digit; a method's own as declared (full: "1", not "1.0").
+        budget = exact(run.budget) if method.budget is None else repr(method.budget).removesuffix(".0")
+        base = ["select", pool, "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q", "--budget", budget, "--strategy", strategy.name]
         merge: list[str] = []
-        if run.method == "full":
-            base += ["--budget", "1", "--strategy", "none-or-all"]
-        elif run.method == "none-or-all":
-            base += ["--budget", f"{run.budget:g}", "--strategy", "none-or-all"]
-        elif run.method == "random":
-            base += ["--budget", f"{run.budget:g}", "--strategy", "random", "--shape", run.shape, *self._strip_option(),
-                     *self._grid_options()]
-        elif run.method in WARMUP_METHODS:
+        if method.warmup:
             yield from self.warmup_chain(run)
             w = self.run_dir(run) / "warmup"
-            strategy = "max" if run.method == "max" else "mdc"
-            base += ["--budget", f"{run.budget:g}", "--strategy", strategy, "--vectors", str(w / "vectors.npz"),
-                     "--exclude", str(w / "regions.jsonl"), *self._strip_option(), *self._grid_options()]
+            base += ["--vectors", str(w / "vectors.npz"), "--exclude", str(w / "regions.jsonl")]
             merge = ["--merge", str(w / "labels.jsonl")]
-        else:
-            raise CrowdtkError(f"unknown method {run.method!r}", f"choose from {', '.join(METHODS)}")
+        if not strategy.whole_images:  # whole images have no cells to shape
+            base += ["--shape", run.shape] if len(strategy.shapes) > 1 else []
+            base += [*self._strip_option(), *self._grid_options()]
         yield Step(tuple(base), d / "regions.jsonl")
         yield Step(("import", str(d / "regions.jsonl"), "--oracle", pool, *merge, "-o", str(d / "labels.jsonl"), "-q"),
                    d / "labels.jsonl")
@@ -274,11 +363,11 @@ class Experiment:
         yield from self.selection_chain(run)
         labels = self.selection_dir(run) / "labels.jsonl"
         d = self.run_dir(run) / run.name
-        cap = run.method in CAP_METHODS
-        yield Step(("train", str(labels), *(["--cap", *CAP_METHODS[run.method]] if cap else []), *self._train_options(self.schedule.steps, labels, run.seed),
+        cap = bench_method(run.method).cap
+        yield Step(("train", str(labels), *(["--cap", *cap] if cap is not None else []), *self._train_options(self.schedule.steps, labels, run.seed),
                     "-o", str(d / "model.safetensors")), d / "model.safetensors")
         model = d / "model.safetensors"
-        if cap:
+        if cap is not None:
             yield Step(("strip-cap", str(model), "-o", str(d / "infer.safetensors"), "-q"), d / "infer.safetensors")
             model = d / "infer.safetensors"
         yield Step(("eval", str(model), str(self.test_manifest), "--json", *self._cache_option(), "--device", self.device, "-q"),
@@ -292,7 +381,7 @@ class Experiment:
     def model_of(self, run: Run) -> Path:
         """The inference checkpoint of a finished run."""
         d = self.run_dir(run) / run.name
-        return d / ("infer.safetensors" if run.method in CAP_METHODS else "model.safetensors")
+        return d / ("infer.safetensors" if bench_method(run.method).cap is not None else "model.safetensors")
 
 
 def labeled_images(labels: Path) -> int:

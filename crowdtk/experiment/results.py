@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from crowdtk.experiment.plan import SHAPES, Experiment, Run, Step
+from crowdtk.experiment.plan import SHAPES, Experiment, Run, Step, bench_methods
 from crowdtk.formats import read_labels, read_manifest
 
 
@@ -58,18 +58,12 @@ def aggregate(rows: dict[tuple[str, float, str], list[dict[str, Any]]]) -> list[
     return out
 
 
-# The paper's claims as (should be better, should be worse, the claim) at one budget; lower MAE is better.
-CLAIMS = (
-    ("random", "none-or-all", "region-level labels beat None-or-All (Fig. 4)"),
-    ("mdc", "random", "MDC beats random strips"),
-    ("mdc", "max", "MDC beats MAX"),
-    ("mdc+cap", "mdc", "CAP improves MDC"),
-    ("mdc+cap-temp", "mdc", "CAP with a temperature on the affinity logits (extension) improves MDC"),
-    ("mdc+cap-cos", "mdc", "CAP with cosine affinities of the raw features (extension) improves MDC"),
-    ("mdc+cap-temp", "mdc+cap", "the temperature extension beats the paper's CAP"),
-    ("mdc+cap-cos", "mdc+cap", "the cosine extension beats the paper's CAP"),
-    ("mdc+cap", "none-or-all", "the gap to full shrinks: MDC+CAP is nearer full than None-or-All"),
-)
+def paper_claims() -> list[tuple[str, str, str]]:
+    """The paper's claims as (should be better, should be worse, the claim), from the methods' records
+    (:attr:`~crowdtk.experiment.plan.Method.beats`), in the methods' order; lower MAE is better."""
+    return [(m.name, worse, claim) for m in bench_methods().values() for worse, claim in m.beats]
+
+
 CONFIDENCE = 0.95
 
 
@@ -102,9 +96,10 @@ def verdict_of(interval: dict[str, Any]) -> str:
     return "holds" if interval["low"] > 0 else "refuted" if interval["high"] < 0 else "undecided"
 
 
-def claims(results: list[dict[str, Any]], claim_list: Sequence[tuple[str, str, str]] = CLAIMS) -> list[dict[str, Any]]:
-    """Each claim whose two methods ran, per budget, with its verdict from the paired seed differences
-    (:func:`paired_interval`, :func:`verdict_of`)."""
+def claims(results: list[dict[str, Any]], claim_list: Sequence[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
+    """Each claim (by default :func:`paper_claims`) whose two methods ran, per budget, with its verdict from the
+    paired seed differences (:func:`paired_interval`, :func:`verdict_of`)."""
+    claim_list = paper_claims() if claim_list is None else claim_list
     out = []
     strips = {(r["method"], r["budget"]): r for r in results if r["shape"] == "strip"}
     for budget in sorted({b for _, b in strips}):

@@ -26,9 +26,11 @@ into the package as the tool's own kind of suggestion (each exporter says how). 
 leaves is imported as ordinary labels; an image (crops: a region) still holding unconfirmed
 suggestions counts as missing, so a package nobody opened never imports as labels.
 
-Adding a tool is a module implementing :class:`~crowdtk.labeling.common.LabelingTool`
-(``UNIT``, ``Export``, ``steps``, ``read``) plus one line in :data:`TOOLS`; the CLI's
-``--to``/``--from`` choices follow the registry.
+Adding a tool is one record: a module with its export (a :class:`~crowdtk.labeling.common.BaseExport`), its
+README steps and its reader, ending with :func:`~crowdtk.labeling.common.register_tool` of a
+:class:`~crowdtk.labeling.common.LabelingTool` (name, one-line help, what import reads, its unit, whether it
+takes suggestions and review rounds). ``export --to`` and ``import --from`` offer it, with its help, from
+:data:`TOOLS`; a tool of the user's own is registered the same way from their code.
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ import numpy as np
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import STDIO
 from crowdtk.formats import LABELS, LabelsEntry, ManifestEntry, RegionsEntry, peek_format, read_labels, read_regions
-from crowdtk.labeling import crops, cvat, labelme, labelstudio
-from crowdtk.labeling.common import INDEX, INSTRUCTION, README, ExportSummary, LabelingTool, export_names, index_record, readme, write_json, write_text
+from crowdtk.labeling.common import (INDEX, INSTRUCTION, README, TOOLS, ExportSummary, LabelingTool, export_names, index_record, readme,
+                                     register_tool, write_json, write_text)
+
+# Each tool module registers its tool when imported: in this order, the order --to/--from list them.
+from crowdtk.labeling import crops, labelstudio, cvat, labelme  # noqa: F401  # isort: skip
 from crowdtk.labeling.crops import crop_stem
 from crowdtk.labeling.cvat import parse_xml_safely
 from crowdtk.labeling.diff import LabelsDiff, RegionDiff, diff_labels, in_prefilled_order, snap_found
@@ -58,30 +63,20 @@ from crowdtk.labeling.reading import ImportResult, assemble, image_reference
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
     from crowdtk.prelabel import Prelabels
 
-# The registry: format name (as in --to/--from and index.json's "tool") -> tool module. The order
-# is the one error messages and the CLI's choices list.
-TOOLS: dict[str, LabelingTool] = {
-    "crops": crops,
-    "labelstudio": labelstudio,
-    "cvat": cvat,
-    "labelme": labelme,
-}
-FORMATS = tuple(TOOLS)
-
 # The exporters' record builders under their former private names (tests/test_fuzz.py imports them).
 _cvat_xml = cvat.cvat_xml
 _labelme_record = labelme.labelme_record
 _labelstudio_task = labelstudio.labelstudio_task
 
-__all__ = ["FORMATS", "INSTRUCTION", "TOOLS", "ExportSummary", "ImportResult", "ImportRound", "LabelsDiff", "RegionDiff", "ToLabel",
+__all__ = ["INSTRUCTION", "TOOLS", "LabelingTool", "ExportSummary", "ImportResult", "ImportRound", "LabelsDiff", "RegionDiff", "ToLabel",
            "crop_stem", "diff_labels", "earlier_rounds", "export_names", "export_regions", "image_reference", "import_labels",
-           "import_round", "labelstudio_config", "merge_labels", "oracle_labels", "parse_xml_safely", "read_to_label", "tool"]
+           "import_round", "labelstudio_config", "merge_labels", "oracle_labels", "parse_xml_safely", "read_to_label", "register_tool", "tool"]
 
 
 def tool(fmt: str, option: str) -> LabelingTool:
     """The registered tool ``fmt``; ``option`` (``--to``/``--from``) names where the format came from."""
     if fmt not in TOOLS:
-        raise CrowdtkError(f"{option} {fmt}: unknown format", f"use one of {', '.join(FORMATS)}")
+        raise CrowdtkError(f"{option} {fmt}: unknown format", f"use one of {', '.join(TOOLS)}")
     return TOOLS[fmt]
 
 
@@ -135,7 +130,14 @@ def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header:
     if prefill is not None and prelabels is not None:
         raise CrowdtkError("suggestions (--prelabel) for a labels file: its regions are labeled already",
                            "export the regions file for pre-labels, or the labels file without --prelabel for review")
-    export = chosen.Export(out, link, image_url, prefill, prelabels)
+    if prelabels is not None and chosen.suggestions is None:
+        able = [t.name for t in TOOLS.values() if t.suggestions is not None]
+        raise CrowdtkError(f"--prelabel with --to {fmt}: {fmt} takes no suggestions", f"export for {' or '.join(able)}, or leave --prelabel out")
+    if prefill is not None and not chosen.review:
+        able = [t.name for t in TOOLS.values() if t.review]
+        raise CrowdtkError(f"a labels file (a review round) with --to {fmt}: {fmt} takes no pre-filled points",
+                           f"export for {' or '.join(able)}, or export the regions file")
+    export = chosen.export(out, link, image_url, prefill, prelabels)
     index_images = []
     for entry, name in zip(entries, export_names(entries)):
         record = index_record(entry)
@@ -147,7 +149,7 @@ def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header:
     write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "review": prefill is not None,
                              "prelabel": None if prelabels is None else prelabels.model_version, "images": index_images})
     write_text(out / README, readme(fmt, chosen.steps(image_url), review=prefill is not None,
-                                    suggestions=None if prelabels is None else chosen.SUGGESTIONS))
+                                    suggestions=None if prelabels is None else chosen.suggestions))
     files = sorted(str(p.relative_to(out)) for p in out.iterdir())
     return ExportSummary(len(entries), sum(len(e.regions) for e in entries), files)
 
@@ -168,7 +170,7 @@ def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_m
         shown = ", ".join(result.missing[:3]) + (", …" if len(result.missing) > 3 else "")
         unreviewed = (f" ({returned.unreviewed} of them hold only suggestions nobody confirmed: README.txt of the package says how)"
                       if returned.unreviewed else "")
-        raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.UNIT}(s) of {regions_name}: {shown}{unreviewed}",
+        raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.unit}(s) of {regions_name}: {shown}{unreviewed}",
                            "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')")
     if prefill is None:
         assemble(entries, returned.found, result)
@@ -194,4 +196,4 @@ def import_round(entries: Sequence[RegionsEntry], earlier: Sequence[tuple[str, S
         raise CrowdtkError("labels need either a manifest (the oracle) or a format and a path (a tool's output)",
                            "give --oracle MANIFEST or --from FORMAT PATH")
     result = import_labels(entries, fmt, path, allow_missing=allow_missing, regions_name=regions_name, prefill=prefill)
-    return ImportRound.of(result, earlier, TOOLS[fmt].UNIT, regions_name)
+    return ImportRound.of(result, earlier, TOOLS[fmt].unit, regions_name)

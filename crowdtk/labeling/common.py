@@ -1,8 +1,8 @@
-"""What the labeling tools share: the names, the tool interface, and writing a package.
+"""What the labeling tools share: the names, the tool record and its registry, and writing a package.
 
-The tool interface: a tool module implements :class:`LabelingTool` (its ``Export``, a
-:class:`BaseExport`; the steps of its README; its reader, returning :class:`Returned`);
-``crowdtk.labeling`` keeps the registry of them.
+The tool interface: a tool module defines its export (a :class:`BaseExport`), the steps of its
+README and its reader (returning :class:`Returned`), and registers them as one :class:`LabelingTool`
+record in :data:`TOOLS` (:func:`register_tool`), which ``export --to`` and ``import --from`` offer.
 
 Export side: the file name of each image (:func:`export_names`), its record in ``index.json``,
 placing the image (copy or symlink, checked against its sha256), the points a review round
@@ -11,20 +11,20 @@ pre-fills (:meth:`BaseExport.prefilled`), a counter's suggested heads (:meth:`Ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crowdtk.errors import CrowdtkError
+from crowdtk.data import read_image_bytes
 from crowdtk.files import atomic_path
 from crowdtk.formats import RegionsEntry
+from crowdtk.registry import RegistrationError, Registry
 
 if TYPE_CHECKING:
     from crowdtk.prelabel import Prelabels, Suggestions
@@ -98,16 +98,38 @@ class Returned:
     unreviewed: int = 0  # of the missing: those holding only a counter's suggestions, not yet marked as reviewed
 
 
-class LabelingTool(Protocol):
-    """A tool module: its export, its README steps, and the reader of what it returns."""
+@dataclass(frozen=True)
+class LabelingTool:
+    """A labeling tool (:func:`register_tool` registers one, in the module that implements it)."""
 
-    UNIT: str  # what one annotation covers, in messages: "image", or "region" for crops
-    SUGGESTIONS: str  # README.txt of a package with --prelabel: where the suggestions are and how a labeler confirms them
-    Export: type[BaseExport]
+    name: str  # as in --to/--from and index.json's "tool"
+    help: str  # one line: what export writes for it (export --help)
+    reads: str  # one line: what import reads back from it (import --help)
+    unit: str  # what one annotation covers, in messages: "image", or "region" for crops
+    export: type[BaseExport]  # the package writer
+    steps: Callable[[str], str]  # README.txt's steps for the tool, given export --image-url
+    read: Callable[[Path, Sequence[RegionsEntry]], Returned]  # what the tool returned, for the regions
+    # README.txt of a package with --prelabel: where the suggestions are and how a labeler confirms them;
+    # None: the tool takes no suggestions (export --prelabel refuses it).
+    suggestions: str | None = None
+    review: bool = True  # writes a labels file's points as annotations to correct (export LABELS, BaseExport.prefilled)
 
-    def steps(self, image_url: str) -> str: ...
+    def check(self) -> None:
+        if not (isinstance(self.export, type) and issubclass(self.export, BaseExport)):
+            raise RegistrationError(f"the labeling tool {self.name!r}: its export {self.export!r} is no BaseExport subclass")
+        if not (callable(self.steps) and callable(self.read)):
+            raise RegistrationError(f"the labeling tool {self.name!r} needs its README steps and its reader")
+        if not self.unit or not self.reads.strip() or "\n" in self.reads:
+            raise RegistrationError(f"the labeling tool {self.name!r} needs its unit and a one-line text of what import reads")
 
-    def read(self, path: Path, entries: Sequence[RegionsEntry]) -> Returned: ...
+
+# Every labeling tool by name, in the order --to/--from list them (crowdtk.labeling imports the tools in it).
+TOOLS: Registry[LabelingTool] = Registry("labeling tool")
+
+
+def register_tool(tool: LabelingTool) -> LabelingTool:
+    """Register a labeling tool; a name registered twice, or a record missing a part, fails here."""
+    return TOOLS.register(tool)
 
 
 # --------------------------------------------------------------------------- export
@@ -146,16 +168,8 @@ def index_record(entry: RegionsEntry) -> dict[str, Any]:
 
 
 def image_bytes(entry: RegionsEntry) -> bytes:
-    """The image's bytes, refused when they are not the ones the regions were selected on."""
-    try:
-        data = Path(entry.image).read_bytes()
-    except FileNotFoundError:
-        raise CrowdtkError(f"{entry.image}: image not found (image '{entry.id}' of the regions file)", "check the path, or re-run index and select") from None
-    except OSError as exc:
-        raise CrowdtkError(f"{entry.image}: cannot read image ({exc.strerror})", "check the file's permissions") from None
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise CrowdtkError(f"{entry.image}: image changed since it was selected (sha256 differs)", "re-run index and select on the current images")
-    return data
+    """The image's bytes, refused when they are not the ones indexed (the regions file records their sha256)."""
+    return read_image_bytes(entry.image, entry.sha256)
 
 
 def place_image(entry: RegionsEntry, target: Path, link: bool) -> bytes:

@@ -25,7 +25,7 @@ import numpy as np
 from crowdtk.data import decode_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import SUGGESTED_MARK, BaseExport, Found, Returned, export_names, image_bytes, write_text
+from crowdtk.labeling.common import SUGGESTED_MARK, BaseExport, Found, LabelingTool, Returned, export_names, image_bytes, register_tool, write_text
 
 UNIT = "region"
 CROPS = "crops"
@@ -112,3 +112,8 @@ def _unreviewed(points_file: Path) -> bool:
             return f.readline().startswith(SUGGESTED_MARK)
     except OSError:
         return False  # the points reader reports the file
+
+
+# The tool's record: export --to crops and import --from crops run the parts above.
+TOOL = register_tool(LabelingTool("crops", help="one PNG per region", reads="the export folder, with the points files beside the crops",
+                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))

@@ -38,7 +38,7 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import DONE, HEAD, INSTRUCTION, REGION, BaseExport, Returned, write_json, write_text
+from crowdtk.labeling.common import DONE, HEAD, INSTRUCTION, REGION, BaseExport, LabelingTool, Returned, register_tool, write_json, write_text
 from crowdtk.labeling.reading import Collector, allowed_folders, image_reference, points_array
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
@@ -246,3 +246,8 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
     returned = found.returned()
     returned.notes.extend(notes)
     return returned
+
+
+# The tool's record: export --to cvat and import --from cvat run the parts above.
+TOOL = register_tool(LabelingTool("cvat", help="CVAT for images 1.1", reads="a CVAT XML, or its folder, or the export .zip",
+                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))

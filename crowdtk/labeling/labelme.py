@@ -28,7 +28,7 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import DONE, HEAD, IMAGES, INSTRUCTION, REGION, SUGGESTED, BaseExport, Returned, write_json
+from crowdtk.labeling.common import DONE, HEAD, IMAGES, INSTRUCTION, REGION, SUGGESTED, BaseExport, LabelingTool, Returned, register_tool, write_json
 from crowdtk.labeling.reading import Collector, allowed_folders, image_file, load_json, points_array
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
@@ -114,3 +114,8 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
             found.unreviewed += 1  # suggestions nobody has confirmed: reported as missing
         # else: untouched, reported as missing
     return found.returned()
+
+
+# The tool's record: export --to labelme and import --from labelme run the parts above.
+TOOL = register_tool(LabelingTool("labelme", help="a LabelMe JSON beside each image", reads="a folder of LabelMe JSON files",
+                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))

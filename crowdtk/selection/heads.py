@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from crowdtk.selection.budget import Plan, fill_area
+from crowdtk.selection.config import STRATEGIES
 from crowdtk.selection.streams import HEAD_ORDER, WHOLE_IMAGES, pool_stream
 
 # (images, cells per image) -> the heads the strategy's picks of that many cells predict in each image
@@ -94,10 +95,10 @@ def plan_heads(wanted: float, strategy: str, seed: int, capacity: np.ndarray, re
                image_heads: np.ndarray, heads_at: HeadsAt) -> Plan:
     """How a head budget of ``wanted`` heads is spent on the ``remaining`` images.
 
-    ``image_heads``: predicted heads per image of the pool (none-or-all's prices);
+    ``image_heads``: predicted heads per image of the pool (the prices of a whole-image strategy, none-or-all);
     ``heads_at``: the strategy's heads at a number of cells (the other strategies)."""
     plan = Plan(np.zeros(len(capacity), dtype=np.int64), np.zeros(0, dtype=np.int64))
-    if strategy == "none-or-all":
+    if STRATEGIES[strategy].whole_images:  # none-or-all
         prices = np.asarray(image_heads, dtype=np.float64)[remaining]
         taken = fill_area(prices, wanted, pool_stream(seed, WHOLE_IMAGES))
         plan.whole = np.sort(remaining[taken])

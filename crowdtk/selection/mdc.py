@@ -27,21 +27,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from crowdtk.formats import ManifestEntry, StripVectors
-from crowdtk.selection.config import CHUNK, SelectConfig
+from crowdtk.selection.config import CHUNK, Picks, SelectConfig
 from crowdtk.selection.gmm import gmm_numpy, gmm_sklearn, kmeans_plusplus
 from crowdtk.selection.streams import image_keys, keyed_uniforms
+from crowdtk.workers import process_pool
 
 _DEGENERATE = 1e-6  # heads: strips whose vectors spread less than this are all alike
-
-# Per image: the picked cells (ascending) and, for MDC, (component, distance) per picked cell.
-Picks = dict[int, tuple[list[int], tuple[list[int], list[float]] | None]]
-
 
 @dataclass
 class MdcPick:
@@ -165,7 +161,7 @@ def mdc_all(entries: Sequence[ManifestEntry], chosen: np.ndarray, share: np.ndar
             owners.append(part)
     # A process pool only pays for itself with more than one chunk to share.
     parallel = config.workers > 1 and len(tasks) > 1
-    with ProcessPoolExecutor(max_workers=min(config.workers, len(tasks))) if parallel else contextlib.nullcontext() as pool:
+    with process_pool(min(config.workers, len(tasks))) if parallel else contextlib.nullcontext() as pool:
         results = pool.map(_mdc_task, tasks) if parallel else map(_mdc_task, tasks)  # type: ignore[union-attr]
         for part, result in zip(owners, results):
             advance(len(part))

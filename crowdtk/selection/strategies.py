@@ -1,5 +1,9 @@
 """The strategies (paper 3.4): which cells of each image to label, and the regions records written.
 
+Each strategy is a picker registered with :func:`~crowdtk.selection.config.register_strategy` (its record:
+help, capabilities) and given a :class:`~crowdtk.selection.config.Job`; :func:`select_regions` runs the one
+``--strategy`` names.
+
 ``random``: random cells per image. ``none-or-all``: whole images drawn by the seed until
 their area reaches the budget (the budget's own draw, :func:`crowdtk.selection.budget.plan_budget`),
 one region each. ``max``: the strips with the largest predicted count (ties: the leftmost).
@@ -19,38 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from crowdtk.formats import ManifestEntry, Region, RegionsEntry, StripVectors
-from crowdtk.selection.budget import CellGrids, Plan, plan_budget
+from crowdtk.selection.budget import CellGrids, Plan, fill_area, plan_budget
 from crowdtk.selection.checks import Exclusion, check_request, earlier_rounds, vector_rows
-from crowdtk.selection.config import WARMUP, SelectConfig, Selection
-from crowdtk.selection.heads import plan_heads
-from crowdtk.selection.mdc import Picks, mdc_all
-from crowdtk.selection.streams import image_keys, keyed_uniforms
+from crowdtk.selection.config import STRATEGIES, WARMUP, Job, Picks, SelectConfig, Selection, register_strategy
+from crowdtk.selection.heads import plan_heads, spending_order
+from crowdtk.selection.mdc import mdc_all
+from crowdtk.selection.streams import AREA_ORDER, image_keys, keyed_uniforms, pool_stream
 
 
-@dataclass
-class _Job:
-    """What a strategy picks from: the pool, the cells each image gets, and the images' vector rows."""
-
-    entries: Sequence[ManifestEntry]
-    config: SelectConfig
-    vectors: StripVectors | None
-    capacity: np.ndarray  # cells per image
-    share: np.ndarray  # cells to pick per image
-    rows_of: dict[int, np.ndarray]
-    on_progress: Callable[[int], None] | None
-
-    @property
-    def chosen(self) -> np.ndarray:
-        return np.flatnonzero(self.share)
+# The built-in strategies, in the order select --help lists them (the warm-up round is --strategy random).
 
 
-def _pick_random(job: _Job) -> Picks:
+@register_strategy("random", "random strips", warmup=True)
+def pick_random(job: Job) -> Picks:
     # One keyed stream per image: an image's cells do not depend on the rest of the pool.
     keys = image_keys(job.config.seed, [job.entries[i].id for i in job.chosen], "random")
     uniforms = keyed_uniforms(keys, int(job.capacity.max()))
@@ -58,7 +48,13 @@ def _pick_random(job: _Job) -> Picks:
             for i, u in zip(job.chosen.tolist(), uniforms)}
 
 
-def _pick_max(job: _Job) -> Picks:
+@register_strategy("none-or-all", "whole images", whole_images=True)
+def pick_none(job: Job) -> Picks:
+    return {}  # none-or-all picks no cells: the budget drew whole images (Plan.whole)
+
+
+@register_strategy("max", "largest predicted counts", needs_vectors=True, shapes=("strip",))
+def pick_max(job: Job) -> Picks:
     assert job.vectors is not None  # check_request
     picks: Picks = {}
     for i in job.chosen.tolist():
@@ -67,17 +63,10 @@ def _pick_max(job: _Job) -> Picks:
     return picks
 
 
-def _pick_mdc(job: _Job) -> Picks:
+@register_strategy("mdc", "the paper's clustering", needs_vectors=True, shapes=("strip",), progress=True)
+def pick_mdc(job: Job) -> Picks:
     assert job.vectors is not None  # check_request
     return mdc_all(job.entries, job.chosen, job.share, job.capacity, job.rows_of, job.vectors, job.config, job.on_progress)
-
-
-def _pick_none(job: _Job) -> Picks:
-    return {}  # none-or-all picks no cells: the budget drew whole images (Plan.whole)
-
-
-# The choice inside each image, by --strategy (the warm-up round is --strategy random).
-_PICKERS: dict[str, Callable[[_Job], Picks]] = {"random": _pick_random, "none-or-all": _pick_none, "max": _pick_max, "mdc": _pick_mdc}
 
 
 def select_regions(
@@ -104,28 +93,117 @@ def select_regions(
     else:
         assert vectors is not None  # check_request
         rows_of = vector_rows(entries, config, vectors, remaining, grids)  # every image the budget may spend on is priced
-        plan = _plan_heads(_Job(entries, config, vectors, capacity, np.zeros_like(capacity), rows_of, None), remaining)
-    job = _Job(entries, config, vectors, capacity, plan.share, rows_of, on_progress)
-    picks = _PICKERS[config.strategy](job)
+        plan = _plan_heads(Job(entries, config, vectors, capacity, np.zeros_like(capacity), rows_of, None), remaining)
+    job = Job(entries, config, vectors, capacity, plan.share, rows_of, on_progress)
+    picks = STRATEGIES[config.strategy].pick(job)
+    if plan.spend_on is not None:
+        job, plan, picks = _spend_picked_area(job, plan, picks, grids, pool_area)
     out, cells_placed, expected = _records(job, plan, picks, grids)
     area = sum(e.area for e in out)
     notes = list(plan.notes)
+    if plan.spend_on is not None and plan.wanted > 0 and abs(area - plan.wanted) > KEEP_WITHIN * pool_area:
+        full = bool((plan.share[plan.spend_on] == capacity[plan.spend_on]).all())
+        if not full:  # else the plan said so (all are selected)
+            cell = float(image_area[plan.spend_on].sum() / capacity[plan.spend_on].sum())
+            notes.append(f"this round spends {100 * area / pool_area:.2f}% of the pool's area where the budget leaves "
+                         f"{100 * plan.wanted / pool_area:.2f}%: its cells (about {100 * cell / pool_area:.2f}% of the pool each) "
+                         "come no nearer")
     if area == 0 and config.budget_heads is not None:
         if not notes:  # else the plan said why (no heads left)
             notes.append(f"--budget-heads {config.budget_heads:g} is less than half the heads predicted in one region: nothing was selected")
-    elif area == 0 and config.budget > 0:
+    elif area == 0 and not notes:  # else the plan said why (nothing left, or the budget spent already)
         notes.append(f"the budget of {100 * config.budget:g}% of the pool's area is less than one region: nothing was selected")
     return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, expected, notes)
 
 
-def _plan_heads(job: _Job, remaining: np.ndarray) -> Plan:
+# An area plan whose picks miss the budget by at most one mean cell and by at most this share of the pool (half a
+# percentage point) is kept; a round that ends farther from its budget says so.
+KEEP_WITHIN = 0.005
+
+
+def _spend_picked_area(job: Job, plan: Plan, picks: Picks, grids: CellGrids, pool_area: int) -> tuple[Job, Plan, Picks]:
+    """The area plan counted every cell at its image's mean cell area (budget.spread_area); the strategy's picks
+    are particular cells, which may be wider than the mean (MAX's and MDC's strips hold more heads, and on the
+    coarse grid of a small image at a reduced scale a strip is one or two output cells wide). When their area
+    misses ``plan.wanted`` by more than one mean cell or by more than KEEP_WITHIN of the pool, the cells are
+    handed out again, each priced at the area of what the strategy picks (:func:`_spread_priced`). Otherwise the
+    plan is kept, so that every strategy gets the cells random strips get wherever cells are alike enough (the
+    strip widths of a 1024-px image at scale 1 differ by one 8-px cell).
+
+    Returns the job, plan and picks that are spent."""
+    spend_on = plan.spend_on
+    assert spend_on is not None
+    if not spend_on.size or plan.wanted <= 0:
+        return job, plan, picks
+    areas: dict[int, np.ndarray] = {}
+
+    def picked_area(i: int, cells: list[int]) -> float:
+        if i not in areas:
+            areas[i] = np.array([c.area for c in grids.of(job.entries[i])], dtype=np.float64)
+        return float(areas[i][cells].sum())
+
+    spent = sum(picked_area(i, cells) for i, (cells, _) in picks.items())
+    capacity = job.capacity[spend_on]
+    cell = sum(job.entries[i].width * job.entries[i].height for i in spend_on.tolist()) / float(capacity.sum())
+    everything = spent < plan.wanted and bool((plan.share[spend_on] == capacity).all())
+    if abs(spent - plan.wanted) <= min(cell, KEEP_WITHIN * pool_area) or everything:
+        return job, plan, picks
+    if job.vectors is not None:  # the new shares may give cells to images the plan left out
+        job = dataclasses.replace(job, rows_of=vector_rows(job.entries, job.config, job.vectors, spend_on, grids))
+    picker = STRATEGIES[job.config.strategy].pick
+    # An image's picks depend only on it and its number of cells (keyed streams; MDC clusters each image alone).
+    known: dict[tuple[int, int], tuple[list[int], Any]] = {(i, len(p[0])): p for i, p in picks.items()}
+
+    def area_at(images: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        todo = [(i, k) for i, k in zip(images.tolist(), cells.tolist()) if (i, k) not in known]
+        if todo:
+            share = np.zeros_like(job.capacity)
+            share[[i for i, _ in todo]] = [k for _, k in todo]
+            found = picker(dataclasses.replace(job, share=share, on_progress=None))
+            known.update(((i, k), found[i]) for i, k in todo)
+        return np.array([picked_area(i, known[(i, k)][0]) for i, k in zip(images.tolist(), cells.tolist())], dtype=np.float64)
+
+    share = _spread_priced(plan.wanted, job.capacity, spend_on, area_at, pool_stream(job.config.seed, AREA_ORDER))
+    chosen = np.flatnonzero(share).tolist()
+    return (dataclasses.replace(job, share=share), dataclasses.replace(plan, share=share),
+            {i: known[(i, int(share[i]))] for i in chosen})
+
+
+def _spread_priced(wanted: float, capacity: np.ndarray, images: np.ndarray, area_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Cells per image so that the area of the strategy's picks comes nearest ``wanted`` px: budget.spread_area with
+    every cell priced at what the strategy picks instead of the image's mean cell. The same share of every image's
+    cells first, level by level as a head budget hands them out (heads.spending_order: every image's first cell,
+    then every image's second, ...); in the level that would pass ``wanted``, the images that get their next cell
+    are drawn as spread_area draws its extra cells (budget.fill_area), so the area is within half of that level's
+    smallest step of ``wanted`` unless the level runs out."""
+    share = np.zeros(len(capacity), dtype=np.int64)
+    current = np.zeros(len(capacity), dtype=np.float64)  # the area of each image's picks at its cells so far
+    image, cells, level = spending_order(capacity, images, rng)
+    spent = 0.0
+    for part in np.split(np.arange(len(image)), np.flatnonzero(np.diff(level)) + 1):
+        if not part.size:
+            continue
+        imgs, ks = image[part], cells[part]
+        steps = np.asarray(area_at(imgs, ks), dtype=np.float64) - current[imgs]  # MDC re-clusters: a step may move cells
+        if spent + steps.sum() <= wanted:
+            share[imgs], current[imgs] = ks, current[imgs] + steps
+            spent += float(steps.sum())
+            continue
+        taken = fill_area(steps, wanted - spent, rng)
+        share[imgs[taken]] = ks[taken]
+        break
+    return share
+
+
+def _plan_heads(job: Job, remaining: np.ndarray) -> Plan:
     """A head budget: the strategy's picks priced at their predicted heads (:mod:`crowdtk.selection.heads`)."""
     assert job.config.budget_heads is not None and job.vectors is not None
     counts = {i: job.vectors.counts[rows].astype(np.float64) for i, rows in job.rows_of.items()}
     image_heads = np.zeros(len(job.entries), dtype=np.float64)
     for i, c in counts.items():
         image_heads[i] = c.sum()
-    picker = _PICKERS[job.config.strategy]
+    picker = STRATEGIES[job.config.strategy].pick
 
     def heads_at(images: np.ndarray, cells: np.ndarray) -> np.ndarray:
         share = np.zeros_like(job.capacity)
@@ -139,14 +217,14 @@ def _plan_heads(job: _Job, remaining: np.ndarray) -> Plan:
 # --------------------------------------------------------------------------- records
 
 
-def _counts_of(job: _Job, i: int) -> list[float] | None:
+def _counts_of(job: Job, i: int) -> list[float] | None:
     """Image ``i``'s predicted heads per strip, when vectors describe its cells."""
     if job.vectors is None or i not in job.rows_of or job.config.shape != "strip":
         return None
     return job.vectors.counts[job.rows_of[i]].astype(np.float64).tolist()
 
 
-def _records(job: _Job, plan: Plan, picks: Picks, grids: CellGrids) -> tuple[list[RegionsEntry], int, float | None]:
+def _records(job: Job, plan: Plan, picks: Picks, grids: CellGrids) -> tuple[list[RegionsEntry], int, float | None]:
     """The regions records in manifest order, the cells they place, and the heads predicted in them."""
     strategy = WARMUP if job.config.warmup_frac > 0 else job.config.strategy
     out: list[RegionsEntry] = []

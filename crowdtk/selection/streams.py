@@ -1,8 +1,9 @@
 """Keyed random streams: every random choice of ``select`` comes from one seed, split by purpose.
 
 Two kinds. Pool-wide draws (which images get a spare cell, which images are warm-up or whole
-images, the order in which a head budget visits the images) use numpy generators seeded by
-(seed, purpose number), so that changing one of them never shifts another. Per-image draws
+images, the order in which a head budget visits the images, and the order in which an area budget
+priced at the strategy's picks does) use numpy generators seeded by (seed, purpose number), so
+that changing one of them never shifts another. Per-image draws
 (random cells, MDC's k-means++ starts and tie-breaks) use a 64-bit key per image from
 sha256(seed, purpose, image id): an image's draws then depend neither on the other images,
 nor on their order, nor on how MDC splits them over workers.
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 # Purpose numbers of the pool-wide streams of one seed.
-SPREAD, WARMUP_IMAGES, WHOLE_IMAGES, HEAD_ORDER = 1, 2, 3, 4
+SPREAD, WARMUP_IMAGES, WHOLE_IMAGES, HEAD_ORDER, AREA_ORDER = 1, 2, 3, 4, 5
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -24,7 +25,7 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def pool_stream(seed: int, purpose: int) -> np.random.Generator:
-    """The pool-wide generator of ``purpose`` (one of SPREAD, WARMUP_IMAGES, WHOLE_IMAGES, HEAD_ORDER)."""
+    """The pool-wide generator of ``purpose`` (one of SPREAD, WARMUP_IMAGES, WHOLE_IMAGES, HEAD_ORDER, AREA_ORDER)."""
     return np.random.default_rng([seed, purpose])
 
 

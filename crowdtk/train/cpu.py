@@ -3,7 +3,7 @@
 glibc would otherwise page-fault every large activation in afresh at each step
 (runtime.retain_freed_memory). Whether the phase split of the dilated depthwise convolutions
 (``models.phase_split_conv``) pays depends on the CPU's oneDNN kernels, so it is timed on the
-run's batch shape; bench/run.py's training stage compares the chosen settings with none.
+run's batch shape; benchmarks/training.py compares the chosen settings with none.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from crowdtk.cap import TrainNet
-from crowdtk.checkpoint import load_tensors, read_header, save_tensors, state_path
+from crowdtk.checkpoint import load_tensors, read_header, refuse_training_state, save_tensors, state_path
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
 from crowdtk.files import file_digest
@@ -36,9 +36,10 @@ from crowdtk.models import build_model
 from crowdtk.runtime import Processes, cpu_bf16_supported, resolve_device
 from crowdtk.train_config import TrainConfig
 from crowdtk.train.cpu import example_batch, speed_up_cpu_training
-from crowdtk.train.samples import Sample, prepare_sample, split_validation
+from crowdtk.train.samples import Sample, prepare_sample, split_validation, working_image
 from crowdtk.train.state import Progress, restore_state, save_state
-from crowdtk.train.steps import crop_batch, crop_batches, feature_batch, freeze_batchnorm, masked_loss, whole_image_batches
+from crowdtk.train.loss import density_loss
+from crowdtk.train.steps import crop_batch, crop_batches, feature_batch, freeze_batchnorm, whole_image_batches
 
 
 @dataclass
@@ -100,6 +101,7 @@ def train(
     config, net = _network(config, init)
     counter = net.counter
     net.to(dev).to(memory_format=torch.channels_last)
+    loss_of = density_loss(config.loss)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
 
     # A resumed run continues from the state saved after its last finished epoch.
@@ -113,7 +115,8 @@ def train(
     def prepare(entry: LabelsEntry) -> Sample:
         sample = prepare_sample(entry, config)
         if cache is not None:
-            sample.features = cache.maps(sample.image, entry.sha256, config.input_scale)
+            # The image is let go; a damaged cache file is computed again from the image file.
+            sample.features = cache.maps(sample.image, entry.sha256, config.input_scale, source=lambda: working_image(entry, config)[0])
             sample.image = None
         if prepared:
             prepared(1)
@@ -143,10 +146,17 @@ def train(
                                  labels_sha256=labels_sha256, epochs_done=epochs_done, best_val_mae=progress.best_val_mae,
                                  val_on=val_on, supervision=supervision, finished=epochs_done >= config.epochs,
                                  cpu_phase_split=progress.cpu_phase_split, cap_affinity=config.cap_affinity,
-                                 cap_temperature=config.cap_tau())
+                                 cap_temperature=config.cap_tau(), run_id=progress.run_id)
+
+    def ours() -> bool:
+        """Whether ``output`` holds a checkpoint of this run (or of the run it resumes)."""
+        return Path(output).exists() and (progress.run_id is None or read_header(output).get("run_id") == progress.run_id)
 
     # The epochs. Every random choice of the epoch comes from (seed, epoch, ...): a resumed run repeats it.
-    kept = progress.epochs_done > 0 and Path(output).exists()  # a checkpoint of this run (or the run it resumes) is in output
+    kept = progress.epochs_done > 0 and ours()  # a checkpoint of this run (or the run it resumes) is in output
+    if resume and config.keep == "best" and np.isfinite(progress.best_val_mae) and not kept:
+        raise CrowdtkError(f"{output}: the checkpoint of the best epoch so far (validation MAE {progress.best_val_mae:.2f}) is missing "
+                           "or was replaced; resuming cannot restore it", "put the file back, or start anew with --force instead of --resume")
     for epoch in range(progress.epochs_done, config.epochs):
         batches = batches_of(samples, global_batch, np.random.default_rng([config.seed, epoch]))
         model.train()
@@ -159,13 +169,12 @@ def train(
                 x, target, mask = feature_batch([samples[i] for i in picks], config.flip, rngs, dev)
             else:
                 x, target, mask = crop_batch([samples[i] for i in picks], config, rngs, counter, dev)
-            target = target * config.density_scale
             lr = config.lr_at(epoch * steps + step, config.epochs * steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
                 pred = model(x, mask)
-            loss = masked_loss(pred, target, mask.float())
+            loss = loss_of(pred, target, mask.float(), config.density_scale)
             if not torch.isfinite(loss):
                 names = ", ".join(samples[i].id for i in picks)
                 raise CrowdtkError(
@@ -196,6 +205,14 @@ def train(
         procs.barrier()
         if on_epoch:
             on_epoch(EpochReport(epoch + 1, config.epochs, train_loss, val_mae, progress.best_val_mae, improved))
+    validated = [h["val_mae"] for h in progress.history if h["val_mae"] is not None]
+    if validated and not any(np.isfinite(v) for v in validated):
+        if procs.writer and kept and config.keep == "last":  # this run's own checkpoint of a counter that predicts NaN
+            Path(output).unlink(missing_ok=True)
+        raise CrowdtkError(f"every validation of this run was NaN (the counter predicts no number); {output} was not written",
+                           "lower --lr, check the labels and --density-scale, or start anew with --force")
+    if procs.writer and not ours():
+        raise CrowdtkError(f"{output}: no checkpoint of this run was written", "start anew with --force")
     # The kept epoch (keep="best") may be an earlier one, saved as unfinished then: the run is finished now.
     if procs.writer and Path(output).exists() and not read_header(output).get("finished", True):
         kept_header, kept_tensors = load_tensors(output)
@@ -211,6 +228,7 @@ def _network(config: TrainConfig, init: str | None) -> tuple[TrainConfig, TrainN
     init_tensors: dict[str, torch.Tensor] = {}
     if init is not None:
         init_header, init_tensors = load_tensors(init)
+        refuse_training_state(init_header, init)
         config = replace(config, model=init_header["model"]["name"], input_scale=init_header.get("input_scale", config.input_scale))
     torch.manual_seed(config.seed)
     if init_header is not None:

@@ -30,15 +30,20 @@ class Sample:
     features: tuple[FeatureMap, FeatureMap] | None = None  # frozen part's maps of the image and its mirror
 
 
-def prepare_sample(entry: LabelsEntry, config: TrainConfig) -> Sample:
-    image = read_image(entry.image)
+def working_image(entry: LabelsEntry, config: TrainConfig) -> tuple[np.ndarray, float, float]:
+    """The entry's image at the working resolution, padded to the stride, and the x/y resize factors."""
+    image = read_image(entry.image, entry.sha256)
     if image.shape[:2] != (entry.height, entry.width):
         raise CrowdtkError(
             f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the labels say {entry.width}x{entry.height}",
             "the image changed since labeling; re-run index/select/import",
         )
     image, sx, sy = resize_for_model(image, config.input_scale)
-    image = pad_image(image)
+    return pad_image(image), sx, sy
+
+
+def prepare_sample(entry: LabelsEntry, config: TrainConfig) -> Sample:
+    image, sx, sy = working_image(entry, config)
     rows, cols = image.shape[0] // STRIDE, image.shape[1] // STRIDE
     target = np.zeros((rows, cols), dtype=np.float32)
     mask = np.zeros((rows, cols), dtype=bool)

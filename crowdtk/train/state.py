@@ -9,6 +9,7 @@ pickled and the file is read like any other crowdtk safetensors file.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from crowdtk.train_config import TrainConfig
 # Options a resumed run may change: its length (with a constant learning rate; a cosine schedule is
 # laid over the whole run), and where the cached features are kept.
 MAY_CHANGE_ON_RESUME = ("epochs", "feature_cache")
-CAP_BEFORE_FORMS = {"cap_affinity": "paper", "cap_temperature": None}
+# What a state written before a setting existed ran with.
+SETTINGS_BEFORE = {"cap_affinity": "paper", "cap_temperature": None, "loss": "mse"}
 
 
 @dataclass
@@ -34,6 +36,9 @@ class Progress:
     best_val_mae: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
     cpu_phase_split: bool | None = None  # the run's first choice (train.cpu), kept when resumed
+    # Names the run in its checkpoint and state, so that the end of a run can tell its own checkpoint from
+    # an older file under the same name (states written before run ids existed: None).
+    run_id: str | None = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def save_state(path: str | Path, net: TrainNet, optimizer: torch.optim.Optimizer, header: dict[str, Any], progress: Progress) -> None:
@@ -55,8 +60,7 @@ def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: Trai
     header, tensors = load_tensors(path)
     free = MAY_CHANGE_ON_RESUME if config.lr_schedule == "constant" else ("feature_cache",)
     same = {k: v for k, v in asdict(config).items() if k not in free}
-    # A state written before CAP's affinity forms existed ran the paper's (no temperature).
-    saved = {k: v for k, v in {**CAP_BEFORE_FORMS, **(header.get("training") or {})}.items() if k not in free}
+    saved = {k: v for k, v in {**SETTINGS_BEFORE, **(header.get("training") or {})}.items() if k not in free}
     if header.get("labels_sha256") != labels_sha256 or saved != same:
         raise CrowdtkError(f"{path}: was made with other labels or settings", "resume with the same labels and options, or start anew")
     net.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
@@ -67,4 +71,4 @@ def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: Trai
             slots.setdefault(int(index), {})[name] = value
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in header["optimizer_groups"]]
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
-    return Progress(header["epochs_done"], header["best_val_mae"], header["history"], header.get("cpu_phase_split"))
+    return Progress(header["epochs_done"], header["best_val_mae"], header["history"], header.get("cpu_phase_split"), header.get("run_id"))

@@ -1,5 +1,5 @@
-"""One optimizer step's inputs and loss: the order of an epoch's batches, a batch of random crops
-(fine-tuning) or of cached front-end maps (frozen tier), and the masked loss of Eq. 2."""
+"""One optimizer step's inputs: the order of an epoch's batches, and a batch of random crops
+(fine-tuning) or of cached front-end maps (frozen tier). The loss is ``crowdtk.train.loss``'s."""
 
 from __future__ import annotations
 
@@ -52,14 +52,6 @@ def feature_batch(batch: list[Sample], flip: bool, rngs: list[np.random.Generato
     mask = np.stack([s.mask[:, ::-1] if f else s.mask for s, f in zip(batch, flips)])
     return (x.contiguous(memory_format=torch.channels_last), torch.from_numpy(np.ascontiguousarray(target)).to(device),
             torch.from_numpy(np.ascontiguousarray(mask)).to(device))
-
-
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 on labeled cells: the squared error summed over every labeled cell of the batch, divided
-    by the number of images in it. Every labeled cell weighs the same (Eq. 2 is a sum): a per-image
-    mean over labeled cells made an image with one supervised column weigh as much as one with six."""
-    err = (pred[:, 0].float() - target) ** 2 * mask
-    return err.sum() / pred.shape[0]
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -1,7 +1,7 @@
-"""Command line (from the repository root): .venv/bin/python bench/gen_density.py --images 20 --sigma 4 --adaptive --workers 2
+"""Command line (from the repository root): .venv/bin/python benchmarks/gen_density.py --images 20 --sigma 4 --adaptive --workers 2
 
 Benchmark: crowdtk's density maps against the textbook method, on real ShanghaiTech Part B.
-Fixed kernel only: ``.venv/bin/python bench/gen_density.py`` (what `make bench` runs;
+Fixed kernel only: ``.venv/bin/python benchmarks/gen_density.py`` (what `make bench` runs;
 the defaults are --images 20 --sigma 4).
 
 The textbook method (the original CSRNet preprocessing): for each head a delta image (1 at
@@ -32,7 +32,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,15 +39,16 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
+from benchmarks.harness import DEFAULT_ROOT, alternating, timed, verdict  # noqa: E402
 from crowdtk.data import read_points_on_image  # noqa: E402
 from crowdtk.density import DensityConfig, density_map, generate_densities, head_sigmas  # noqa: E402
 from crowdtk.errors import CrowdtkError  # noqa: E402
 from crowdtk.formats import Provenance  # noqa: E402
 from crowdtk.index import build_manifest  # noqa: E402
 
-DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ShanghaiTech" / "part_B" / "train_data"
 SPEED_TARGET = 50.0  # fixed kernel, now
 LATER_SPEED_TARGET = 100.0  # fixed and adaptive, later
 DIFF_TARGET = 1e-6
@@ -85,21 +85,13 @@ def run_kernel(images: list[tuple[str, np.ndarray, int, int]], config: DensityCo
     worst_sum = 0.0
     for i, (name, points, height, width) in enumerate(images):
         sigmas = head_sigmas(points, config)
+        sides = {"textbook": (textbook, textbook_density, (points, height, width, sigmas, config.truncate)),
+                 "crowdtk": (ours, density_map, (points, height, width, config))}
         maps: dict[str, np.ndarray] = {}
-
-        def time_textbook() -> None:
-            start = time.perf_counter()
-            maps["textbook"] = textbook_density(points, height, width, sigmas, config.truncate)
-            textbook.seconds += time.perf_counter() - start
-
-        def time_ours() -> None:
-            start = time.perf_counter()
-            maps["crowdtk"] = density_map(points, height, width, config)
-            ours.seconds += time.perf_counter() - start
-
-        order = (time_textbook, time_ours) if i % 2 == 0 else (time_ours, time_textbook)
-        for step in order:
-            step()
+        for method_name in alternating(list(sides), i):
+            side, method, method_args = sides[method_name]
+            seconds, maps[method_name] = timed(method, *method_args)
+            side.seconds += seconds
         textbook.images += 1
         ours.images += 1
         diff = float(np.abs(maps["textbook"] - maps["crowdtk"].astype(np.float64)).max()) if len(points) else 0.0
@@ -107,10 +99,6 @@ def run_kernel(images: list[tuple[str, np.ndarray, int, int]], config: DensityCo
         worst_sum = max(worst_sum, abs(float(maps["crowdtk"].sum(dtype=np.float64)) - len(points)))
         print(f"  {kind:8s} {i + 1:3d}/{len(images)} {name}: {len(points):4d} heads, max |diff| {diff:.2e}", file=sys.stderr)
     return textbook, ours, worst_diff, worst_sum
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     if not (root / "images").is_dir():
         print(
-            f"bench/gen_density.py: error: ShanghaiTech Part B train split not found at {root} "
+            f"benchmarks/gen_density.py: error: ShanghaiTech Part B train split not found at {root} "
             "(pass --root pointing at a folder with images/ and ground-truth/)",
             file=sys.stderr,
         )
@@ -133,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_manifest(root, workers=os.cpu_count() or 2)
     except CrowdtkError as exc:
-        print(f"bench/gen_density.py: error: {exc}", file=sys.stderr)
+        print(f"benchmarks/gen_density.py: error: {exc}", file=sys.stderr)
         return 1
     entries = manifest.entries if args.images <= 0 else manifest.entries[: args.images]
     images = []
@@ -166,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {kind}: largest |map sum - head count| = {sum_err:.2e}", file=sys.stderr)
         if args.workers >= 1 and not config.adaptive:
             with tempfile.TemporaryDirectory() as tmp:
-                start = time.perf_counter()
-                generate_densities(entries, tmp, config, Provenance("bench"), workers=args.workers)
-                seconds = time.perf_counter() - start
+                seconds, _ = timed(generate_densities, entries, tmp, config, Provenance("bench"), workers=args.workers)
             rows.append((f"crowdtk generate_densities workers={args.workers} (with I/O)", len(entries), seconds, textbook.seconds / seconds, None))
 
     print()

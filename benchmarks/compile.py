@@ -1,4 +1,4 @@
-"""Command line (from the repository root): .venv/bin/python bench/compile.py
+"""Command line (from the repository root): .venv/bin/python benchmarks/compile.py
 
 Benchmark: does ``torch.compile`` (``train --compile``) speed up a CPU training step?
 
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+
+from benchmarks.harness import timed  # noqa: E402
 
 
 def measure(compiled: bool, batch: int = 8, crop: int = 128, steps: int = 8) -> tuple[float, float]:
@@ -24,7 +26,7 @@ def measure(compiled: bool, batch: int = 8, crop: int = 128, steps: int = 8) -> 
 
     from crowdtk.models import build_model
     from crowdtk.cap import TrainNet
-    from crowdtk.train import freeze_batchnorm, masked_loss
+    from crowdtk.train import density_loss, freeze_batchnorm
 
     torch.manual_seed(0)
     net = TrainNet(build_model("lite", pretrained=False), cap=True).to(memory_format=torch.channels_last)
@@ -36,14 +38,14 @@ def measure(compiled: bool, batch: int = 8, crop: int = 128, steps: int = 8) -> 
     mask = torch.zeros(batch, crop // 8, crop // 8, dtype=torch.bool)
     mask[:, :, :2] = True
     target = torch.rand(batch, crop // 8, crop // 8)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        loss = masked_loss(model(x, mask), target, mask.float())
+
+    def step() -> None:
+        loss = density_loss()(model(x, mask), target, mask.float(), 1.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
+
+    times = [timed(step)[0] for _ in range(steps)]
     return times[0], min(times[2:])
 
 

@@ -1,7 +1,7 @@
 """Training step of the frozen tier (back end + CAP on 4 cached Part B maps at half size), float32
 against bfloat16 autocast, alternating, in one run:
 
-    .venv/bin/python bench/cpu_bf16.py
+    .venv/bin/python benchmarks/cpu_bf16.py
 
 Prints milliseconds per step each way and their ratio (train --cpu-bf16 is worth it where the
 ratio is well above 1; it needs AVX512-BF16 or AMX).
@@ -9,14 +9,20 @@ ratio is well above 1; it needs AVX512-BF16 or AMX).
 
 from __future__ import annotations
 
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from crowdtk.models import build_model
-from crowdtk.cap import TrainNet
-from crowdtk.runtime import cpu_bf16_supported
-from crowdtk.train import masked_loss
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+
+from benchmarks.harness import timed  # noqa: E402
+from crowdtk.models import build_model  # noqa: E402
+from crowdtk.cap import TrainNet  # noqa: E402
+from crowdtk.runtime import cpu_bf16_supported  # noqa: E402
+from crowdtk.train import density_loss  # noqa: E402
 
 
 def main(steps: int = 10) -> None:
@@ -27,17 +33,20 @@ def main(steps: int = 10) -> None:
     target = torch.rand(4, 48, 64)
     mask = torch.zeros(4, 48, 64, dtype=torch.bool)
     mask[..., :6] = True  # one strip of 10%
+
+    def train_steps(n: int) -> None:
+        for _ in range(n):
+            loss = density_loss()(net(x, mask), target, mask.float(), 1.0)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
     best = {}
     for bf16 in (False, True, False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for i in range(3 + steps):
-                if i == 3:
-                    start = time.perf_counter()
-                loss = masked_loss(net(x, mask), target, mask.float())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        ms = (time.perf_counter() - start) / steps * 1000
+            train_steps(3)  # warm-up, not timed
+            seconds, _ = timed(train_steps, steps)
+        ms = seconds / steps * 1000
         best[bf16] = min(best.get(bf16, ms), ms)
     print(f"bf16 natively supported: {cpu_bf16_supported()}")
     print(f"float32 {best[False]:.1f} ms/step, bfloat16 {best[True]:.1f} ms/step: {best[False] / best[True]:.2f}x")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bench/gpu_check.sh: run crowdtk's CUDA paths on a machine with an NVIDIA GPU, and fail loudly on any error.
+# benchmarks/gpu_check.sh: run crowdtk's CUDA paths on a machine with an NVIDIA GPU, and fail loudly on any error.
 #
-#   make gpu-check        (= bench/gpu_check.sh; PARTB=DIR and GPU_CHECK_OUT=DIR override the defaults)
+#   make gpu-check        (= benchmarks/gpu_check.sh; PARTB=DIR and GPU_CHECK_OUT=DIR override the defaults)
 #
 # What it runs, in order, each step announced on stderr as "== STEP":
 #   1. bf16-autocast training steps (train --device cuda) of csrnet and lite, each without and with --cap, on real
@@ -23,7 +23,7 @@
 # Everything is written under GPU_CHECK_OUT (default bench-out/gpu-check, ignored by git), emptied at the start.
 set -Eeuo pipefail  # -E: the ERR trap below also fires inside functions
 
-ME=bench/gpu_check.sh
+ME=benchmarks/gpu_check.sh
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PY=.venv/bin/python

@@ -1,8 +1,8 @@
-"""Reliability, round two (issue 14): harsher inputs and actions, each a case that went wrong before."""
+"""Harsher inputs and actions, each a case that went wrong before: signals mid-run, paths read from stdin, repeated
+and foreign records, file system errors, one very large image, and what the native video decoders print."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -14,22 +14,11 @@ from typer.testing import CliRunner
 from crowdtk.cap import TrainNet
 from crowdtk.checkpoint import save_tensors
 from crowdtk.cli import app
-from crowdtk.formats import Provenance, checkpoint_header
 from crowdtk.models import build_model
-from crowdtk.train_config import TrainConfig
+
+from conftest import small_checkpoint
 
 runner = CliRunner()
-
-
-def small_checkpoint(path: Path, input_scale: float = 1.0, cap: bool = False, finished: bool = True) -> Path:
-    """A small random `lite` counter saved as a crowdtk checkpoint trained at ``input_scale``."""
-    torch.manual_seed(0)
-    counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
-    config = TrainConfig(model="lite", pretrained=False, input_scale=input_scale, cap=cap, epochs=1)
-    header = checkpoint_header(Provenance("test"), model=counter.name, model_config=counter.config, cap=cap, training=asdict(config),
-                               labels_sha256="0" * 64, epochs_done=1 if finished else 0, best_val_mae=0.0, val_on="train")
-    save_tensors(path, TrainNet(counter, cap=cap).weights(), header)
-    return path
 
 
 def image_pool(root: Path, n: int = 1, size: tuple[int, int] = (96, 128)) -> Path:
@@ -47,7 +36,7 @@ def image_pool(root: Path, n: int = 1, size: tuple[int, int] = (96, 128)) -> Pat
     return manifest
 
 
-# --------------------------------------------------------------------------- 2. Fig. 6 at --scale 0.5
+# --------------------------------------------------------------------------- Fig. 6 at --scale 0.5
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
@@ -69,7 +58,7 @@ def test_fig6_draws_the_predicted_density_in_heads_per_8_pixels_at_any_scale(tmp
     assert bars[1] == pytest.approx(float(density.max()) * sx * sy, rel=1e-5)
 
 
-# --------------------------------------------------------------------------- 6, 7. signals, and how to continue
+# --------------------------------------------------------------------------- signals, and how to continue
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +185,7 @@ def test_force_over_a_file_with_a_folder_leaves_no_old_copy(tmp_path: Path) -> N
     assert out.is_dir() and hidden_leftovers(tmp_path) == []
 
 
-# --------------------------------------------------------------------------- 9. strip-cap checks what it strips
+# --------------------------------------------------------------------------- strip-cap checks what it strips
 
 
 def test_strip_cap_refuses_a_file_that_is_no_counter_and_warns_when_there_is_no_cap(tmp_path: Path) -> None:
@@ -217,7 +206,7 @@ def test_strip_cap_refuses_a_file_that_is_no_counter_and_warns_when_there_is_no_
     assert result.exit_code == 0 and "warning" not in result.stderr and "removed 1 CAP tensor" in result.stderr
 
 
-# --------------------------------------------------------------------------- 3. paths read from stdin
+# --------------------------------------------------------------------------- paths read from stdin
 
 
 def relative_pool(root: Path) -> Path:
@@ -256,7 +245,7 @@ def test_vectors_reads_an_absolute_manifest_from_stdin_and_records_its_digest(tm
     assert selected.exit_code == 0, selected.output
 
 
-# --------------------------------------------------------------------------- 4. duplicates and foreign data
+# --------------------------------------------------------------------------- duplicates and foreign data
 
 
 def test_a_repeated_record_names_its_file_and_lines(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
@@ -307,7 +296,7 @@ def test_a_foreign_point_in_a_labels_file_is_an_error_naming_the_line(labeled_po
     assert result.exit_code == 1 and f"{bad}:2:" in result.stderr and message in result.stderr, result.output
 
 
-# --------------------------------------------------------------------------- 5. ordinary filesystem errors
+# --------------------------------------------------------------------------- ordinary filesystem errors
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_work(labeled_pool: dict[str, Path], tmp_path: Path,
@@ -357,7 +346,7 @@ def test_a_full_disk_is_a_one_line_error_with_a_fix(tmp_path: Path, monkeypatch:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-# --------------------------------------------------------------------------- 8. runs of one command compute alike
+# --------------------------------------------------------------------------- runs of one command compute alike
 
 
 def test_the_cpu_backward_is_chosen_once_per_machine_and_shape(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -386,7 +375,7 @@ def test_the_checkpoint_records_the_backward_it_trained_with(labeled_pool: dict[
     assert isinstance(read_header(out)["cpu_phase_split"], bool)
 
 
-# --------------------------------------------------------------------------- 1. one very large image
+# --------------------------------------------------------------------------- one very large image
 
 
 def peak_rss_mb(args: list[str]) -> tuple[int, str, float]:
@@ -423,7 +412,7 @@ def test_a_20000_px_image_is_indexed_from_its_header_and_refused_by_training(tmp
         assert rss < 1500 and not (tmp_path / "m.safetensors").exists()
 
 
-# --------------------------------------------------------------------------- 10. smaller ones
+# --------------------------------------------------------------------------- smaller ones
 
 
 def test_a_skipped_image_is_not_told_to_pass_skip_bad(tmp_path: Path) -> None:
@@ -475,82 +464,7 @@ def test_a_missing_input_is_reported_before_torch_is_imported(tmp_path: Path) ->
     assert "missing.safetensors: no such file" in done.stderr
 
 
-# --------------------------------------------------------------------------- 10. what the native decoders print
-
-
-def png_bytes(extra: bytes = b"", bad_idat_crc: bool = False, size: int = 32) -> bytes:
-    """A size×size RGB PNG written chunk by chunk: ``extra`` chunks go before IDAT, whose CRC can be made wrong."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
-        crc = zlib.crc32(kind + data) if crc is None else crc
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes((x * 7 + y * 3) % 256 for x in range(size * 3)) for y in range(size))
-    pixels = zlib.compress(rows)
-    idat_crc = zlib.crc32(b"IDAT" + pixels) ^ 1 if bad_idat_crc else None
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)) + extra
-            + chunk(b"IDAT", pixels, idat_crc) + chunk(b"IEND", b""))
-
-
-def iccp_chunk() -> bytes:
-    """An iCCP chunk whose compressed profile is 200 zero bytes: libpng warns "iCCP: too short" and decodes the image."""
-    import struct
-    import zlib
-
-    data = b"bogus\x00\x00" + zlib.compress(b"\x00" * 200)
-    return struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
-
-
-def png_pool(root: Path, **images: bytes) -> Path:
-    """A generic-layout data set of the given PNG files (name: bytes), each with two heads."""
-    (root / "images").mkdir(parents=True)
-    (root / "points").mkdir()
-    for name, data in images.items():
-        (root / "images" / f"{name}.png").write_bytes(data)
-        (root / "points" / f"{name}.txt").write_text("3 4\n10 12\n")
-    return root
-
-
-def test_a_png_that_makes_libpng_warn_leaves_stderr_clean_and_the_warning_logged(tmp_path: Path,
-                                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-    import subprocess
-    import sys
-
-    data = png_pool(tmp_path / "data", good=png_bytes(), warns=png_bytes(iccp_chunk()))
-    # In a real process, where Python's stderr and the decoder's are the same file descriptor.
-    done = subprocess.run([sys.executable, "-m", "crowdtk", "index", str(data), "-o", str(tmp_path / "m.jsonl")],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "libpng" not in done.stderr and "iCCP" not in done.stderr, done.stderr
-    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 3
-    # The warning is not lost: it is recorded for a -v log (logger crowdtk.decoders), naming the image.
-    with caplog.at_level(logging.WARNING, logger="crowdtk.decoders"):
-        result = runner.invoke(app, ["index", str(data), "-o", str(tmp_path / "m2.jsonl"), "--workers", "2"])
-    assert result.exit_code == 0 and "libpng" not in result.stderr, result.output
-    assert [r.getMessage() for r in caplog.records if r.name == "crowdtk.decoders"] == \
-        [f"{data / 'images' / 'warns.png'}: libpng warning: iCCP: too short"]
-    # ... and -v shows it, once, in crowdtk's own words.
-    result = runner.invoke(app, ["index", str(data), "-o", str(tmp_path / "m3.jsonl"), "-v"])
-    assert result.exit_code == 0, result.output
-    assert result.stderr.count("iCCP") == 1 and f"crowdtk index: decoder: {data / 'images' / 'warns.png'}: libpng warning" in result.stderr
-
-
-@pytest.mark.parametrize("stage", ["index", "count"])
-def test_a_png_with_a_bad_crc_fails_in_one_line_with_libpng_s_reason(tmp_path: Path, capfd: pytest.CaptureFixture[str],
-                                                                     stage: str) -> None:
-    from conftest import assert_clean_failure
-
-    data = png_pool(tmp_path / "data", good=png_bytes(), bad=png_bytes(bad_idat_crc=True))
-    args = (["index", str(data), "-o", str(tmp_path / "m.jsonl")] if stage == "index"
-            else ["count", str(small_checkpoint(tmp_path / "m.safetensors")), str(data / "images")])
-    capfd.readouterr()
-    result = runner.invoke(app, args)
-    assert_clean_failure(result, "bad.png: not a readable image (libpng error: IDAT: CRC error) (check that", tmp_path / "m.jsonl")
-    assert result.stderr.count("\n") == 1 and result.stderr.count("libpng") == 1, result.stderr
-    assert "libpng" not in capfd.readouterr().err  # nothing went round Python's stderr, to file descriptor 2
+# --------------------------------------------------------------------------- what the native video decoders print (images: test_decoding.py)
 
 
 def mjpeg_clip(path: Path, frames: int = 5) -> Path:
@@ -589,43 +503,3 @@ def test_a_corrupt_video_fails_in_one_line_with_ffmpeg_s_reason(tmp_path: Path, 
     assert len(frames) == (0 if damage == "no-index" else 2)  # the good frames were counted first
     skipped = runner.invoke(app, ["count", str(ckpt), str(video), "--skip-bad"])
     assert skipped.exit_code == 0 and "skipped" in skipped.stderr and expected in skipped.stderr, skipped.output
-
-
-def test_captures_from_many_threads_keep_their_own_messages_and_lose_no_other_output(tmp_path: Path,
-                                                                                      capfd: pytest.CaptureFixture[str]) -> None:
-    """fd 2 is the process's: captures take turns, and what another thread writes meanwhile reaches stderr."""
-    import os
-    import threading
-
-    from crowdtk.native_stderr import capture
-
-    inputs = {"good": png_bytes(), "warns": png_bytes(iccp_chunk()), "bad": png_bytes(bad_idat_crc=True)}
-    expected = {"good": [], "warns": ["libpng warning: iCCP: too short"], "bad": ["libpng error: IDAT: CRC error"]}
-    wrong: list[tuple[str, list[str]]] = []
-
-    def decode_many(kind: str) -> None:
-        buf = np.frombuffer(inputs[kind], np.uint8)
-        for _ in range(200):
-            image, messages = capture(cv2.imdecode, buf, cv2.IMREAD_COLOR)
-            if messages != expected[kind] or (image is None) != (kind == "bad"):
-                wrong.append((kind, messages))
-
-    capfd.readouterr()
-    threads = [threading.Thread(target=decode_many, args=(kind,)) for kind in inputs for _ in range(2)]
-    for t in threads:
-        t.start()
-    for i in range(300):  # another thread's own lines, written to fd 2 while the decoders run
-        os.write(2, f"crowdtk line {i}\n".encode())
-    for t in threads:
-        t.join()
-    err = capfd.readouterr().err
-    # A foreign line that lands between the pieces libpng writes its message in goes with that message:
-    # rare (here: a few of 1200 decodes against 300 lines written as fast as possible), and not lost.
-    swallowed = [m[len(expected[kind][0]):] for kind, messages in wrong for m in messages if m.startswith(expected[kind][0])]
-    assert len(wrong) == len(swallowed) and len(wrong) <= 10, wrong
-    assert "libpng" not in err
-    assert sorted(err.splitlines() + swallowed) == sorted(f"crowdtk line {i}" for i in range(300))
-    with pytest.raises(ZeroDivisionError) as raised:  # a failing call restores fd 2 too, and carries its messages
-        capture(lambda: (os.write(2, b"libpng error: IHDR: bad\n"), 1 / 0))
-    assert "libpng" not in capfd.readouterr().err
-    assert getattr(raised.value, "__notes__", ["native stderr: libpng error: IHDR: bad"]) == ["native stderr: libpng error: IHDR: bad"]

@@ -1,4 +1,4 @@
-"""Command line (from the repository root): .venv/bin/python bench/load.py --images 200 2000
+"""Command line (from the repository root): .venv/bin/python benchmarks/load.py --images 200 2000
 
 Benchmark: `crowdtk eval` and `crowdtk count` keep constant memory as the number of images grows.
 
@@ -26,15 +26,16 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
+from benchmarks.harness import CROWDTK, run_child  # noqa: E402
 from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
 from crowdtk.files import file_digest
 
@@ -54,7 +55,7 @@ def generate(folder: Path, n: int, width: int = 64, height: int = 48, seed: int 
         entries.append(ManifestEntry(name, str(image), str(folder / "points" / f"{name}.txt"), width, height, len(points),
                                      file_digest(image)))
     manifest = folder / "manifest.jsonl"
-    write_jsonl(manifest, make_header(MANIFEST, Provenance("bench/load.py", {"images": n})), (e.to_record() for e in entries))
+    write_jsonl(manifest, make_header(MANIFEST, Provenance("benchmarks/load.py", {"images": n})), (e.to_record() for e in entries))
     return manifest
 
 
@@ -70,7 +71,7 @@ def make_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     counter = build_model("lite", pretrained=False)
-    header = checkpoint_header(Provenance("bench/load.py"), model=counter.name, model_config=counter.config, cap=False,
+    header = checkpoint_header(Provenance("benchmarks/load.py"), model=counter.name, model_config=counter.config, cap=False,
                                training=asdict(TrainConfig(model="lite", pretrained=False)), labels_sha256="0" * 64,
                                epochs_done=1, best_val_mae=0.0, val_on="train")
     save_tensors(path, TrainNet(counter, cap=False).weights(), header)
@@ -79,31 +80,16 @@ def make_checkpoint(path: Path) -> Path:
 
 def peak_rss_mb(args: list[str], timeout: float = 1800) -> tuple[float, float]:
     """Run ``args`` with stdout to /dev/null; return (peak RSS of that process in MB, wall seconds)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = start + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            raise TimeoutError(f"{' '.join(args)} ran past {timeout} s")
-        time.sleep(0.05)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {stderr[-2000:]}")
-    scale = 1024 if sys.platform != "darwin" else 1  # ru_maxrss: KiB on Linux, bytes on macOS
-    return usage.ru_maxrss * scale / 2 ** 20, seconds
+    child = run_child(args, stdout=subprocess.DEVNULL, timeout=timeout)
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {child.returncode}: {child.stderr[-2000:]}")
+    return child.peak_mb, child.seconds
 
 
 def commands(checkpoint: Path, manifest: Path) -> dict[str, list[str]]:
-    crowdtk = [sys.executable, "-m", "crowdtk"]
     return {
-        "eval": [*crowdtk, "eval", str(checkpoint), str(manifest), "--json", "-q", "--device", "cpu"],
-        "count": [*crowdtk, "count", str(checkpoint), str(manifest.parent / "images"), "-q", "--device", "cpu"],
+        "eval": [*CROWDTK, "eval", str(checkpoint), str(manifest), "--json", "-q", "--device", "cpu"],
+        "count": [*CROWDTK, "count", str(checkpoint), str(manifest.parent / "images"), "-q", "--device", "cpu"],
     }
 
 

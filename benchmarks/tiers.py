@@ -1,6 +1,6 @@
-"""Training tiers compared at about equal wall time on ShanghaiTech Part B (issue 12).
+"""Training tiers compared at about equal wall time on ShanghaiTech Part B.
 
-    .venv/bin/python bench/tiers.py --out bench-out/tiers [--labels random,full] [--only NAME,...]
+    .venv/bin/python benchmarks/tiers.py --out bench-out/tiers [--labels random,full] [--only NAME,...]
 
 For each labels set (random strips at a 10% budget, or all images) and each tier, one `crowdtk
 train` run (seed 0) from a cold feature cache, timed as a whole (cache included), then `crowdtk
@@ -14,15 +14,17 @@ alongside, the wall times are the result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PART_B = REPO.parent / "shared" / "data" / "ShanghaiTech" / "part_B"
-CROWDTK = [sys.executable, "-m", "crowdtk"]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+
+from benchmarks.harness import CROWDTK, PART_B, timed  # noqa: E402
 
 # The frozen tiers as the bench runs them (bfloat16 autocast: this machine's CPU has AMX).
 FROZEN = ["--crop", "0", "--batch-size", "4", "--lr", "1e-3", "--lr-schedule", "cosine", "--keep", "last", "--val-frac", "0", "--cpu-bf16"]
@@ -38,10 +40,10 @@ TIERS = {
 
 
 def crowdtk(*args: str, stdout: Path | None = None) -> float:
-    start = time.perf_counter()
-    with open(stdout, "w") if stdout else open("/dev/null", "w") as out:
-        subprocess.run([*CROWDTK, *args], check=True, stdout=out if stdout else None)
-    return time.perf_counter() - start
+    """Run one crowdtk command, its standard output into the file ``stdout`` when given; its wall seconds."""
+    with open(stdout, "w") if stdout else contextlib.nullcontext() as out:
+        seconds, _ = timed(subprocess.run, [*CROWDTK, *args], check=True, stdout=out)
+    return seconds
 
 
 def main() -> None:

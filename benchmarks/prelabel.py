@@ -1,6 +1,6 @@
-"""How good are `export --prelabel` suggestions? Precision and recall against the true heads (issue 15).
+"""How good are `export --prelabel` suggestions? Precision and recall against the true heads.
 
-    .venv/bin/python bench/prelabel.py --bench bench-out/partB --out bench-out/prelabel [--seed 0] [--budget 0.1] [--radius 8]
+    .venv/bin/python benchmarks/prelabel.py --bench bench-out/partB --out bench-out/prelabel [--seed 0] [--budget 0.1] [--radius 8]
         [--counter 'NAME=CKPT' ... --feature-cache DIR]
 
 Needs a finished `crowdtk bench … --methods mdc+cap` folder (its warm-up counter, its final
@@ -105,7 +105,7 @@ def main() -> None:
                 crowdtk("export", str(regions), "--to", "labelstudio", "--link", "--prelabel", str(checkpoint),
                         "--feature-cache", cache, "-o", str(package), "--force", "-q")
             rows.append({"regions": set_name, "counter": counter_name, **score(regions, truth, package, args.radius)})
-    command = "python bench/prelabel.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/prelabel.py " + " ".join(sys.argv[1:])
     (args.out / "prelabel.json").write_text(json.dumps({"command": command, "radius": args.radius, "rows": rows}, indent=1) + "\n")
     lines = [f"`{command}` (matched one-to-one within {args.radius:g} px)", "",
              f"| regions | counter | heads | suggested | precision | recall = clicks saved | net of deletions | recall within {2 * args.radius:g} px |",

@@ -1,0 +1,58 @@
+"""Command line (from the repository root): .venv/bin/python benchmarks/run.py [--quick] [--only STAGE,...] [--json OUT]
+
+crowdtk's performance table: every stage against a plain reference and against the
+machine's hardware floor, measured as ratios in ONE run so that machine noise hits both sides.
+
+Stages (``--only`` takes a comma-separated subset), each in its own file, which runs it alone
+(.venv/bin/python benchmarks/FILE [--quick] [--json OUT]) and describes it:
+
+``floor``        floor.py: float32 matmul rate and each model's forward FLOPs; floor = FLOPs / rate.
+``inference``    inference.py: CSRNet and lite, plain vs crowdtk's Predictor; tiled vs whole big image.
+``training``     training.py: a plain CSRNet-style training loop vs crowdtk's step.
+``select``       selection.py: ``select --strategy mdc`` vs one scikit-learn GaussianMixture per image.
+``gen-density``  density.py: benchmarks/gen_density.py's kernels vs the textbook per-head filter.
+``scaling``      scaling.py: index, gen-density, vectors, select at N and 2N images; torchrun 2 vs 1.
+
+inference and training run floor first (their floor multiples need it). How it measures, and
+what the columns mean: benchmarks/harness.py. ``--quick`` shrinks every size (seconds; for smoke
+runs only: its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
+
+from benchmarks.density import stage_gen_density  # noqa: E402
+from benchmarks.floor import stage_floor  # noqa: E402
+from benchmarks.harness import Stage, parser, run  # noqa: E402
+from benchmarks.inference import stage_inference  # noqa: E402
+from benchmarks.scaling import stage_scaling  # noqa: E402
+from benchmarks.selection import stage_select  # noqa: E402
+from benchmarks.training import stage_training  # noqa: E402
+
+RUNNERS: dict[str, Stage] = {
+    "floor": stage_floor, "inference": stage_inference, "training": stage_training,
+    "select": stage_select, "gen-density": stage_gen_density, "scaling": stage_scaling,
+}
+STAGES = tuple(RUNNERS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, only=STAGES)
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    if ("inference" in stages or "training" in stages) and "floor" not in stages:
+        stages.insert(0, "floor")  # their floor multiples need it
+    return run({s: RUNNERS[s] for s in STAGES if s in stages}, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
