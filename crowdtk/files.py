@@ -245,8 +245,6 @@ def claim_output(path: str | os.PathLike[str], force: bool, *, folder: bool = Fa
     check_apart(path, inputs)
     final = _location(path)
     with _exclusive(final):
-        if not lock_only:
-            check_output_free(path, force, folder)  # a run that held the lock until now may have written it
         remove_stale_temporaries(final)
         _CLAIMS[final] = _Claim(force)
         try:
