@@ -24,8 +24,8 @@ from benchmarks.harness import timed  # noqa: E402
 def measure(compiled: bool, batch: int = 8, crop: int = 128, steps: int = 8) -> tuple[float, float]:
     import torch
 
-    from crowdtk.models import build_model
     from crowdtk.cap import TrainNet
+    from crowdtk.models import build_model
     from crowdtk.train import density_loss, freeze_batchnorm
 
     torch.manual_seed(0)
@@ -57,7 +57,9 @@ def main() -> int:
     print("side      first step s  best later step s")
     results = {}
     for side in ("eager", "compiled"):
-        out = subprocess.run([sys.executable, __file__, side], capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, __file__, side], capture_output=True, text=True, check=True
+        ).stdout.split()
         results[side] = float(out[-1])
         print(f"{side:<9} {float(out[-2]):>12.1f} {float(out[-1]):>18.3f}")
     print(f"compiled / eager step time: {results['compiled'] / results['eager']:.2f}")

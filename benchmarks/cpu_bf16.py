@@ -19,15 +19,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
 from benchmarks.harness import timed  # noqa: E402
-from crowdtk.models import build_model  # noqa: E402
 from crowdtk.cap import TrainNet  # noqa: E402
+from crowdtk.models import build_model  # noqa: E402
 from crowdtk.runtime import cpu_bf16_supported  # noqa: E402
 from crowdtk.train import density_loss  # noqa: E402
 
 
 def main(steps: int = 10) -> None:
     torch.manual_seed(0)
-    net = TrainNet(build_model("lite", pretrained=False), cap=True, freeze="encoder").to(memory_format=torch.channels_last)
+    net = TrainNet(build_model("lite", pretrained=False), cap=True, freeze="encoder").to(
+        memory_format=torch.channels_last
+    )
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], 1e-3)
     x = torch.randn(4, 112, 48, 64).contiguous(memory_format=torch.channels_last)  # 4 maps of 384×512 images
     target = torch.rand(4, 48, 64)

@@ -43,7 +43,9 @@ def with_sha256(data: bytes) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[2])
-    parser.add_argument("--images", type=Path, default=PART_B, help="folder of .jpg images (default: Part B train_data/images)")
+    parser.add_argument(
+        "--images", type=Path, default=PART_B, help="folder of .jpg images (default: Part B train_data/images)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     files = sorted(args.images.glob("*.jpg"))
@@ -55,7 +57,7 @@ def main() -> int:
     wall = {name: np.inf for name in ways}
     cpu = {name: np.inf for name in ways}
     for r in range(args.rounds):
-        for name in (list(ways) if r % 2 == 0 else list(reversed(ways))):
+        for name in list(ways) if r % 2 == 0 else list(reversed(ways)):
             t0, start = os.times(), time.perf_counter()
             for data in blobs:
                 ways[name](data)
@@ -65,9 +67,13 @@ def main() -> int:
     diff = max(int(np.abs(with_opencv(d).astype(int) - with_crowdtk(d).astype(int)).max()) for d in blobs[:20])
     print(f"{len(blobs)} images from {args.images}, best of {args.rounds} rounds")
     for name in ways:
-        print(f"{name:7s} CPU {1000 * cpu[name] / len(blobs):6.2f} ms/image, wall {1000 * wall[name] / len(blobs):6.2f} ms/image")
-    print(f"pillow/opencv: CPU {cpu['pillow'] / cpu['opencv']:.2f}x, wall {wall['pillow'] / wall['opencv']:.2f}x; "
-          f"largest pixel difference on 20 images: {diff}")
+        print(
+            f"{name:7s} CPU {1000 * cpu[name] / len(blobs):6.2f} ms/image, wall {1000 * wall[name] / len(blobs):6.2f} ms/image"
+        )
+    print(
+        f"pillow/opencv: CPU {cpu['pillow'] / cpu['opencv']:.2f}x, wall {wall['pillow'] / wall['opencv']:.2f}x; "
+        f"largest pixel difference on 20 images: {diff}"
+    )
     return 0
 
 

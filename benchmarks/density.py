@@ -42,18 +42,39 @@ def stage_gen_density(report: Report, sizes: Sizes, root: Path) -> None:
         reset_peak()
         textbook, ours, diff, _ = gd.run_kernel(images, config)
         ratio = textbook.seconds / ours.seconds
-        report.rows.append(Row("gen-density", f"textbook per-head gaussian_filter, {kind}, {len(images)} images ({heads} heads), per image",
-                               textbook.seconds / len(images), ours.seconds / len(images), ratio, None, peak_mb(),
-                               f"density_map, max |diff| {diff:.1e}"))
+        report.rows.append(
+            Row(
+                "gen-density",
+                f"textbook per-head gaussian_filter, {kind}, {len(images)} images ({heads} heads), per image",
+                textbook.seconds / len(images),
+                ours.seconds / len(images),
+                ratio,
+                None,
+                peak_mb(),
+                f"density_map, max |diff| {diff:.1e}",
+            )
+        )
         report.check(f"gen-density {kind}: ≥ 100× faster than the textbook filter", f"{ratio:.0f}×", ratio >= 100)
         report.check(f"gen-density {kind}: max |diff| < 1e-6", f"{diff:.1e}", diff < 1e-6)
     entries = manifest.entries[: sizes.gd_worker_images]
     t: dict[int, list[float]] = {1: [], 2: []}
     for workers in (1, 2, 2, 1):
         with tempfile.TemporaryDirectory() as tmp:
-            t[workers].append(timed(generate_densities, entries, tmp, DensityConfig(), Provenance("bench"), workers=workers)[0])
-    report.rows.append(Row("gen-density", f"generate_densities --workers 1, {len(entries)} images (stride 8, with I/O)", min(t[1]), min(t[2]),
-                           min(t[1]) / min(t[2]), None, None, "--workers 2"))
+            t[workers].append(
+                timed(generate_densities, entries, tmp, DensityConfig(), Provenance("bench"), workers=workers)[0]
+            )
+    report.rows.append(
+        Row(
+            "gen-density",
+            f"generate_densities --workers 1, {len(entries)} images (stride 8, with I/O)",
+            min(t[1]),
+            min(t[2]),
+            min(t[1]) / min(t[2]),
+            None,
+            None,
+            "--workers 2",
+        )
+    )
     report.facts["gen_density_workers"] = {"1": t[1], "2": t[2]}
 
 

@@ -39,7 +39,9 @@ def count_flops(name: str, options: dict[str, Any] | None, shape: tuple[int, ...
         elif isinstance(module, torch.nn.Linear):
             total[0] += 2 * output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.empty(shape, device="meta"))
     for h in handles:
@@ -73,18 +75,44 @@ def stage_floor(report: Report, sizes: Sizes, root: Path) -> None:
     rate = matmul_rate(sizes.matmul, sizes.matmul_repeats)
     report.facts["gflops"] = rate
     shape = (1, 3, sizes.height, sizes.width)
-    report.rows.append(Row("floor", f"torch.matmul {sizes.matmul}³ fp32, best of {sizes.matmul_repeats}", None, None, None,
-                           what=f"{rate:.1f} GFLOP/s"))
-    for name, options, label in (("csrnet", {}, "csrnet"), ("lite", {}, "lite"), ("lite", {"dilated": False}, "lite dilated=False")):
+    report.rows.append(
+        Row(
+            "floor",
+            f"torch.matmul {sizes.matmul}³ fp32, best of {sizes.matmul_repeats}",
+            None,
+            None,
+            None,
+            what=f"{rate:.1f} GFLOP/s",
+        )
+    )
+    for name, options, label in (
+        ("csrnet", {}, "csrnet"),
+        ("lite", {}, "lite"),
+        ("lite", {"dilated": False}, "lite dilated=False"),
+    ):
         flops = count_flops(name, options, shape)
         report.facts[f"flops:{label}"] = flops
-        report.rows.append(Row("floor", f"{label} forward FLOPs at {sizes.height}×{sizes.width}", None, flops / rate / 1e9, None,
-                               what=f"floor; {flops / 1e9:.1f} GFLOP"))
+        report.rows.append(
+            Row(
+                "floor",
+                f"{label} forward FLOPs at {sizes.height}×{sizes.width}",
+                None,
+                flops / rate / 1e9,
+                None,
+                what=f"floor; {flops / 1e9:.1f} GFLOP",
+            )
+        )
     csr = report.facts["flops:csrnet"] * (768 * 1024) / (sizes.height * sizes.width)
-    report.check("csrnet FLOPs at 768×1024 ≈ 650 GFLOP (layer count check)", f"{csr / 1e9:.1f} GFLOP", abs(csr / 650e9 - 1) < 0.02)
+    report.check(
+        "csrnet FLOPs at 768×1024 ≈ 650 GFLOP (layer count check)",
+        f"{csr / 1e9:.1f} GFLOP",
+        abs(csr / 650e9 - 1) < 0.02,
+    )
 
 
-def floor_seconds(report: Report, label: str, height: int, width: int, sizes: Sizes, gflops: float | None = None) -> float:
+def floor_seconds(
+    report: Report, label: str, height: int, width: int, sizes: Sizes, gflops: float | None = None
+) -> float:
     """FLOPs / rate; ``gflops`` is a rate measured alongside (else the floor stage's)."""
     flops = report.facts[f"flops:{label}"] * (height * width) / (sizes.height * sizes.width)
     return flops / (gflops or report.facts["gflops"]) / 1e9
@@ -95,8 +123,10 @@ def alongside_rate(report: Report, result: Race, sizes: Sizes, stage: str) -> fl
     when that is higher (a loaded machine lowers both sides alike)."""
     rate = 2 * sizes.matmul**3 / result.best("matmul") / 1e9
     report.facts[f"gflops:{stage}"] = rate
-    report.notes.append(f"{stage}: matmul rate measured alongside {rate:.1f} GFLOP/s (floor stage: {report.facts['gflops']:.1f}); "
-                        "floor multiples use the larger")
+    report.notes.append(
+        f"{stage}: matmul rate measured alongside {rate:.1f} GFLOP/s (floor stage: {report.facts['gflops']:.1f}); "
+        "floor multiples use the larger"
+    )
     return max(rate, report.facts["gflops"])
 
 

@@ -74,7 +74,9 @@ class Side:
         self.images = 0
 
 
-def run_kernel(images: list[tuple[str, np.ndarray, int, int]], config: DensityConfig) -> tuple[Side, Side, float, float]:
+def run_kernel(
+    images: list[tuple[str, np.ndarray, int, int]], config: DensityConfig
+) -> tuple[Side, Side, float, float]:
     """Interleave both methods over ``images``; return (textbook, crowdtk, max |diff|, max |sum - count|)."""
     kind = "adaptive" if config.adaptive else "fixed"
     textbook, ours = Side(f"textbook ({kind})"), Side(f"crowdtk ({kind})")
@@ -85,8 +87,10 @@ def run_kernel(images: list[tuple[str, np.ndarray, int, int]], config: DensityCo
     worst_sum = 0.0
     for i, (name, points, height, width) in enumerate(images):
         sigmas = head_sigmas(points, config)
-        sides = {"textbook": (textbook, textbook_density, (points, height, width, sigmas, config.truncate)),
-                 "crowdtk": (ours, density_map, (points, height, width, config))}
+        sides = {
+            "textbook": (textbook, textbook_density, (points, height, width, sigmas, config.truncate)),
+            "crowdtk": (ours, density_map, (points, height, width, config)),
+        }
         maps: dict[str, np.ndarray] = {}
         for method_name in alternating(list(sides), i):
             side, method, method_args = sides[method_name]
@@ -97,17 +101,30 @@ def run_kernel(images: list[tuple[str, np.ndarray, int, int]], config: DensityCo
         diff = float(np.abs(maps["textbook"] - maps["crowdtk"].astype(np.float64)).max()) if len(points) else 0.0
         worst_diff = max(worst_diff, diff)
         worst_sum = max(worst_sum, abs(float(maps["crowdtk"].sum(dtype=np.float64)) - len(points)))
-        print(f"  {kind:8s} {i + 1:3d}/{len(images)} {name}: {len(points):4d} heads, max |diff| {diff:.2e}", file=sys.stderr)
+        print(
+            f"  {kind:8s} {i + 1:3d}/{len(images)} {name}: {len(points):4d} heads, max |diff| {diff:.2e}",
+            file=sys.stderr,
+        )
     return textbook, ours, worst_diff, worst_sum
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"ShanghaiTech split folder [default: {DEFAULT_ROOT}]")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", type=Path, default=DEFAULT_ROOT, help=f"ShanghaiTech split folder [default: {DEFAULT_ROOT}]"
+    )
     parser.add_argument("--images", type=int, default=20, help="first N images in natural order; 0 = all [default: 20]")
-    parser.add_argument("--sigma", type=float, default=DensityConfig().sigma, help="fixed Gaussian σ in pixels [default: 4]")
-    parser.add_argument("--adaptive", action="store_true", help="also compare the geometry-adaptive kernel (β 0.3, k 3)")
-    parser.add_argument("--workers", type=int, default=0, help="add a generate_densities(workers=N) row; 0 = skip [default: 0]")
+    parser.add_argument(
+        "--sigma", type=float, default=DensityConfig().sigma, help="fixed Gaussian σ in pixels [default: 4]"
+    )
+    parser.add_argument(
+        "--adaptive", action="store_true", help="also compare the geometry-adaptive kernel (β 0.3, k 3)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="add a generate_densities(workers=N) row; 0 = skip [default: 0]"
+    )
     args = parser.parse_args(argv)
 
     root = args.root.resolve()
@@ -149,13 +166,27 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((ours.name, ours.images, ours.seconds, ratio, diff))
         if not config.adaptive:
             checks.append((f"{kind}: crowdtk >= {SPEED_TARGET:g}x faster", f"{ratio:.0f}x", ratio >= SPEED_TARGET))
-        checks.append((f"{kind}: crowdtk >= {LATER_SPEED_TARGET:g}x faster (later target)", f"{ratio:.0f}x", ratio >= LATER_SPEED_TARGET))
+        checks.append(
+            (
+                f"{kind}: crowdtk >= {LATER_SPEED_TARGET:g}x faster (later target)",
+                f"{ratio:.0f}x",
+                ratio >= LATER_SPEED_TARGET,
+            )
+        )
         checks.append((f"{kind}: max |diff| < {DIFF_TARGET:g}", f"{diff:.2e}", diff < DIFF_TARGET))
         print(f"  {kind}: largest |map sum - head count| = {sum_err:.2e}", file=sys.stderr)
         if args.workers >= 1 and not config.adaptive:
             with tempfile.TemporaryDirectory() as tmp:
                 seconds, _ = timed(generate_densities, entries, tmp, config, Provenance("bench"), workers=args.workers)
-            rows.append((f"crowdtk generate_densities workers={args.workers} (with I/O)", len(entries), seconds, textbook.seconds / seconds, None))
+            rows.append(
+                (
+                    f"crowdtk generate_densities workers={args.workers} (with I/O)",
+                    len(entries),
+                    seconds,
+                    textbook.seconds / seconds,
+                    None,
+                )
+            )
 
     print()
     print(f"{'method':52s} {'images':>6s} {'seconds':>9s} {'ms/image':>9s} {'ratio':>8s} {'max |diff|':>11s}")

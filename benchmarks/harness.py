@@ -33,9 +33,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 PART_B = REPO.parent / "shared" / "data" / "ShanghaiTech" / "part_B"
@@ -81,10 +82,30 @@ class Sizes:
     torchrun_epochs: int = 3
 
 
-QUICK = Sizes(height=192, width=256, matmul=512, matmul_repeats=3, infer_rounds=1, lite_images=2, big=(750, 1000),
-              max_side=512, train_models=("lite",), crop=64, train_steps=2, select_images=2000, select_sample=50,
-              gd_images=1, gd_worker_images=8, scale_n=4, scale_vec_n=2, scale_select_n=1000, synth_train=6,
-              synth_size=(96, 128), torchrun_crop=32, torchrun_epochs=2)
+QUICK = Sizes(
+    height=192,
+    width=256,
+    matmul=512,
+    matmul_repeats=3,
+    infer_rounds=1,
+    lite_images=2,
+    big=(750, 1000),
+    max_side=512,
+    train_models=("lite",),
+    crop=64,
+    train_steps=2,
+    select_images=2000,
+    select_sample=50,
+    gd_images=1,
+    gd_worker_images=8,
+    scale_n=4,
+    scale_vec_n=2,
+    scale_select_n=1000,
+    synth_train=6,
+    synth_size=(96, 128),
+    torchrun_crop=32,
+    torchrun_epochs=2,
+)
 
 
 # --------------------------------------------------------------------------- timing
@@ -350,11 +371,15 @@ def fmt_mb(x: float | None) -> str:
 
 
 def markdown(report: Report) -> str:
-    lines = ["| stage | reference | reference time | crowdtk time | ratio | floor multiple | peak memory |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| stage | reference | reference time | crowdtk time | ratio | floor multiple | peak memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report.rows:
         ours = fmt_s(r.ours_s) + (f" ({r.what})" if r.what else "")
-        lines.append(f"| {r.stage} | {r.reference} | {fmt_s(r.ref_s)} | {ours} | {fmt_x(r.ratio)} | {fmt_x(r.floor_multiple)} | {fmt_mb(r.peak_mb)} |")
+        lines.append(
+            f"| {r.stage} | {r.reference} | {fmt_s(r.ref_s)} | {ours} | {fmt_x(r.ratio)} | {fmt_x(r.floor_multiple)} | {fmt_mb(r.peak_mb)} |"
+        )
     return "\n".join(lines)
 
 
@@ -367,11 +392,17 @@ Stage = Callable[[Report, Sizes, Path], None]
 def parser(doc: str, only: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The options every stage script takes; ``only`` (the stages run.py knows) adds ``--only``."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run (seconds; the numbers mean nothing)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes, for a smoke run (seconds; the numbers mean nothing)"
+    )
     if only:
-        p.add_argument("--only", default=",".join(only), help=f"comma-separated stages [default: all: {','.join(only)}]")
+        p.add_argument(
+            "--only", default=",".join(only), help=f"comma-separated stages [default: all: {','.join(only)}]"
+        )
     p.add_argument("--json", type=Path, default=None, help="also write the rows, checks and facts as JSON to this file")
-    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"ShanghaiTech Part B train split [default: {DEFAULT_ROOT}]")
+    p.add_argument(
+        "--root", type=Path, default=DEFAULT_ROOT, help=f"ShanghaiTech Part B train split [default: {DEFAULT_ROOT}]"
+    )
     return p
 
 
@@ -394,10 +425,19 @@ def run(stages: dict[str, Stage], args: argparse.Namespace) -> int:
     import torch
 
     report = Report()
-    report.facts.update(quick=args.quick, stages=list(stages), python=platform.python_version(), torch=torch.__version__,
-                        threads=torch.get_num_threads(), cpus=os.cpu_count(), load_before=load_line())
-    log(f"{prog()}: stages {', '.join(stages)}{' (quick)' if args.quick else ''}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {load_line()}")
+    report.facts.update(
+        quick=args.quick,
+        stages=list(stages),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        cpus=os.cpu_count(),
+        load_before=load_line(),
+    )
+    log(
+        f"{prog()}: stages {', '.join(stages)}{' (quick)' if args.quick else ''}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {load_line()}"
+    )
     started = time.perf_counter()
     for stage, runner in stages.items():
         log(f"== {stage}")
@@ -414,8 +454,10 @@ def run(stages: dict[str, Stage], args: argparse.Namespace) -> int:
 
     print(markdown(report))
     print()
-    print("ratio = reference time / crowdtk time (scaling rows: time(2N) / time(N)); floor multiple = crowdtk time / "
-          "(forward FLOPs / matmul rate), training: / (3 × forward floor); times are the best of alternating repeats.")
+    print(
+        "ratio = reference time / crowdtk time (scaling rows: time(2N) / time(N)); floor multiple = crowdtk time / "
+        "(forward FLOPs / matmul rate), training: / (3 × forward floor); times are the best of alternating repeats."
+    )
     print()
     for c in report.checks:
         print(f"{verdict(c.ok)}  {c.what}: {c.value}")
@@ -423,7 +465,11 @@ def run(stages: dict[str, Stage], args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"\n{total:.0f} s in all; before: {report.facts['load_before']}; after: {report.facts['load_after']}")
     if args.json:
-        payload = {"rows": [r.__dict__ for r in report.rows], "checks": [c.__dict__ for c in report.checks],
-                   "notes": report.notes, "facts": report.facts}
+        payload = {
+            "rows": [r.__dict__ for r in report.rows],
+            "checks": [c.__dict__ for c in report.checks],
+            "notes": report.notes,
+            "facts": report.facts,
+        }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
     return 0

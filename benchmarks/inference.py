@@ -24,14 +24,32 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
 from benchmarks.floor import Matmul, alongside_rate, floor_seconds, stage_floor  # noqa: E402
-from benchmarks.harness import (PY, Remote, Report, Row, Sizes, fmt_mb, log, make_counter, maxrss_mb, parser,  # noqa: E402
-                                part_b_paths, race, read_rgb, run, run_child, timed)
+from benchmarks.harness import (  # noqa: E402
+    PY,
+    Remote,
+    Report,
+    Row,
+    Sizes,
+    fmt_mb,
+    log,
+    make_counter,
+    maxrss_mb,
+    parser,
+    part_b_paths,
+    race,
+    read_rgb,
+    run,
+    run_child,
+    timed,
+)
 
 
 class PlainInference:
     """The plain reference: decode, NCHW float tensor, torch.no_grad(), model(x), one image at a time."""
 
-    def __init__(self, model: str, paths: list[str], size: tuple[int, int], options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: str, paths: list[str], size: tuple[int, int], options: dict[str, Any] | None = None
+    ) -> None:
         import torch
 
         self.torch = torch
@@ -56,12 +74,24 @@ class CrowdtkInference:
     """crowdtk's path: Predictor (inference copy, channels-last, inference_mode, batching, retained memory)
     fed by ``prefetched`` (the next image decodes in a thread)."""
 
-    def __init__(self, model: str, paths: list[str], size: tuple[int, int], options: dict[str, Any] | None = None,
-                 fast: bool = True, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        paths: list[str],
+        size: tuple[int, int],
+        options: dict[str, Any] | None = None,
+        fast: bool = True,
+        batch_size: int | None = None,
+    ) -> None:
         from crowdtk.predict import LoadedModel, Predictor
 
-        self.predictor = Predictor(LoadedModel(make_counter(model, options), {}, ""), device="cpu", max_side=1 << 16,
-                                   fast=fast, batch_size=batch_size)
+        self.predictor = Predictor(
+            LoadedModel(make_counter(model, options), {}, ""),
+            device="cpu",
+            max_side=1 << 16,
+            fast=fast,
+            batch_size=batch_size,
+        )
         self.paths, self.size = paths, size
 
     def run(self) -> list[float]:
@@ -80,12 +110,21 @@ def tile_child(model: str, path: str, big: tuple[int, int], max_side: int, fast:
     image = read_rgb(path, big)
     predictor = Predictor(LoadedModel(make_counter(model), {}, ""), device="cpu", max_side=max_side, fast=fast)
     seconds, (density, _, _) = timed(predictor.density, image)
-    print(json.dumps({"seconds": seconds, "count": float(density.sum(dtype=np.float64)),
-                      "peak_mb": maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "count": float(density.sum(dtype=np.float64)),
+                "peak_mb": maxrss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+            }
+        )
+    )
 
 
 def run_tile_child(model: str, path: str, big: tuple[int, int], max_side: int, fast: bool) -> dict[str, Any]:
-    child = run_child([PY, str(Path(__file__).resolve()), "--tile-child", json.dumps([model, path, list(big), max_side, fast])])
+    child = run_child(
+        [PY, str(Path(__file__).resolve()), "--tile-child", json.dumps([model, path, list(big), max_side, fast])]
+    )
     if child.returncode != 0:
         raise RuntimeError(f"tile child failed: {child.stderr[-2000:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -98,51 +137,117 @@ def stage_inference(report: Report, sizes: Sizes, root: Path) -> None:
     one = part_b_paths(root, 1)
     many = part_b_paths(root, sizes.lite_images)
     log(f"inference: starting workers (csrnet and lite, {size[0]}×{size[1]})")
-    result = race({
-        "matmul": Remote(Matmul, n=sizes.matmul),
-        "csrnet plain": Remote(PlainInference, model="csrnet", paths=one, size=size),
-        "csrnet crowdtk": Remote(CrowdtkInference, model="csrnet", paths=one, size=size),
-        "lite plain": Remote(PlainInference, model="lite", paths=many, size=size),
-        "lite crowdtk": Remote(CrowdtkInference, model="lite", paths=many, size=size),
-        "lite crowdtk batch 1": Remote(CrowdtkInference, model="lite", paths=many, size=size, batch_size=1),
-        "lite crowdtk unfused": Remote(CrowdtkInference, model="lite", paths=many, size=size, fast=False),
-        "lite-nd crowdtk": Remote(CrowdtkInference, model="lite", paths=many, size=size, options={"dilated": False}),
-    }, sizes.infer_rounds)
+    result = race(
+        {
+            "matmul": Remote(Matmul, n=sizes.matmul),
+            "csrnet plain": Remote(PlainInference, model="csrnet", paths=one, size=size),
+            "csrnet crowdtk": Remote(CrowdtkInference, model="csrnet", paths=one, size=size),
+            "lite plain": Remote(PlainInference, model="lite", paths=many, size=size),
+            "lite crowdtk": Remote(CrowdtkInference, model="lite", paths=many, size=size),
+            "lite crowdtk batch 1": Remote(CrowdtkInference, model="lite", paths=many, size=size, batch_size=1),
+            "lite crowdtk unfused": Remote(CrowdtkInference, model="lite", paths=many, size=size, fast=False),
+            "lite-nd crowdtk": Remote(
+                CrowdtkInference, model="lite", paths=many, size=size, options={"dilated": False}
+            ),
+        },
+        sizes.infer_rounds,
+    )
     n = len(many)
     t = {k: result.best(k) for k in result.times}
     rate = alongside_rate(report, result, sizes, "inference")
     csr_floor = floor_seconds(report, "csrnet", *size, sizes, rate)
-    report.rows.append(Row("inference", f"csrnet {size[0]}×{size[1]} batch 1, NCHW, no_grad", t["csrnet plain"], t["csrnet crowdtk"],
-                           t["csrnet plain"] / t["csrnet crowdtk"], t["csrnet crowdtk"] / csr_floor, result.peaks["csrnet crowdtk"],
-                           "Predictor"))
+    report.rows.append(
+        Row(
+            "inference",
+            f"csrnet {size[0]}×{size[1]} batch 1, NCHW, no_grad",
+            t["csrnet plain"],
+            t["csrnet crowdtk"],
+            t["csrnet plain"] / t["csrnet crowdtk"],
+            t["csrnet crowdtk"] / csr_floor,
+            result.peaks["csrnet crowdtk"],
+            "Predictor",
+        )
+    )
     lite_floor = floor_seconds(report, "lite", *size, sizes, rate)
     per = {k: t[k] / n for k in t}
-    report.rows.append(Row("inference", f"lite, {n} real images end to end, NCHW, no_grad, batch 1", per["lite plain"], per["lite crowdtk"],
-                           per["lite plain"] / per["lite crowdtk"], per["lite crowdtk"] / lite_floor, result.peaks["lite crowdtk"],
-                           "per image, Predictor"))
-    report.rows.append(Row("inference", "lite per image: Predictor, plain counter (no folding), batch 1", per["lite crowdtk unfused"],
-                           per["lite crowdtk"], per["lite crowdtk unfused"] / per["lite crowdtk"], None, result.peaks["lite crowdtk unfused"],
-                           "Predictor, default"))
-    report.rows.append(Row("inference", "lite per image: Predictor batch 1", per["lite crowdtk batch 1"], per["lite crowdtk"],
-                           per["lite crowdtk batch 1"] / per["lite crowdtk"], None, result.peaks["lite crowdtk batch 1"],
-                           f"batch {min(n, 4)}"))
-    report.rows.append(Row("inference", "csrnet per image (Predictor)", t["csrnet crowdtk"], per["lite crowdtk"],
-                           t["csrnet crowdtk"] / per["lite crowdtk"], None, None, "lite, Predictor default, per image"))
+    report.rows.append(
+        Row(
+            "inference",
+            f"lite, {n} real images end to end, NCHW, no_grad, batch 1",
+            per["lite plain"],
+            per["lite crowdtk"],
+            per["lite plain"] / per["lite crowdtk"],
+            per["lite crowdtk"] / lite_floor,
+            result.peaks["lite crowdtk"],
+            "per image, Predictor",
+        )
+    )
+    report.rows.append(
+        Row(
+            "inference",
+            "lite per image: Predictor, plain counter (no folding), batch 1",
+            per["lite crowdtk unfused"],
+            per["lite crowdtk"],
+            per["lite crowdtk unfused"] / per["lite crowdtk"],
+            None,
+            result.peaks["lite crowdtk unfused"],
+            "Predictor, default",
+        )
+    )
+    report.rows.append(
+        Row(
+            "inference",
+            "lite per image: Predictor batch 1",
+            per["lite crowdtk batch 1"],
+            per["lite crowdtk"],
+            per["lite crowdtk batch 1"] / per["lite crowdtk"],
+            None,
+            result.peaks["lite crowdtk batch 1"],
+            f"batch {min(n, 4)}",
+        )
+    )
+    report.rows.append(
+        Row(
+            "inference",
+            "csrnet per image (Predictor)",
+            t["csrnet crowdtk"],
+            per["lite crowdtk"],
+            t["csrnet crowdtk"] / per["lite crowdtk"],
+            None,
+            None,
+            "lite, Predictor default, per image",
+        )
+    )
     nd_floor = floor_seconds(report, "lite dilated=False", *size, sizes, rate)
-    report.rows.append(Row("inference", "csrnet per image (Predictor)", t["csrnet crowdtk"], per["lite-nd crowdtk"],
-                           t["csrnet crowdtk"] / per["lite-nd crowdtk"], per["lite-nd crowdtk"] / nd_floor, result.peaks["lite-nd crowdtk"],
-                           "lite dilated=False, Predictor default, per image"))
+    report.rows.append(
+        Row(
+            "inference",
+            "csrnet per image (Predictor)",
+            t["csrnet crowdtk"],
+            per["lite-nd crowdtk"],
+            t["csrnet crowdtk"] / per["lite-nd crowdtk"],
+            per["lite-nd crowdtk"] / nd_floor,
+            result.peaks["lite-nd crowdtk"],
+            "lite dilated=False, Predictor default, per image",
+        )
+    )
     # Same results: crowdtk's counts vs the plain path's (same weights).
     for model in ("csrnet", "lite"):
         a = np.array(result.outputs[f"{model} plain"])
         b = np.array(result.outputs[f"{model} crowdtk"])
         rel = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-6)))
         report.check(f"{model}: Predictor counts = plain counts (relative difference < 1e-4)", f"{rel:.1e}", rel < 1e-4)
-    report.check("csrnet forward within 1.2× of its FLOP floor", f"{t['csrnet crowdtk'] / csr_floor:.2f}×", t["csrnet crowdtk"] / csr_floor <= 1.2)
+    report.check(
+        "csrnet forward within 1.2× of its FLOP floor",
+        f"{t['csrnet crowdtk'] / csr_floor:.2f}×",
+        t["csrnet crowdtk"] / csr_floor <= 1.2,
+    )
     speed = t["csrnet crowdtk"] / per["lite crowdtk"]
     report.check("lite (Predictor default) ≥ 15× faster per image than csrnet", f"{speed:.1f}×", speed >= 15)
     speed_nd = t["csrnet crowdtk"] / per["lite-nd crowdtk"]
-    report.check("lite dilated=False (Predictor default) ≥ 15× faster per image than csrnet", f"{speed_nd:.1f}×", speed_nd >= 15)
+    report.check(
+        "lite dilated=False (Predictor default) ≥ 15× faster per image than csrnet", f"{speed_nd:.1f}×", speed_nd >= 15
+    )
     report.facts["inference_times"] = t
 
     # Tiling: peak RSS of one big image, each run in a fresh process.
@@ -150,14 +255,28 @@ def stage_inference(report: Report, sizes: Sizes, root: Path) -> None:
     log(f"inference: {big[1]}×{big[0]} image, lite, --max-side {sizes.max_side} vs whole (fresh processes)")
     tiled = run_tile_child("lite", one[0], big, sizes.max_side, True)
     whole = run_tile_child("lite", one[0], big, 1 << 16, False)
-    report.rows.append(Row("inference", f"lite {big[1]}×{big[0]} whole image, plain counter", whole["seconds"], tiled["seconds"],
-                           whole["seconds"] / tiled["seconds"], None, tiled["peak_mb"],
-                           f"--max-side {sizes.max_side}; whole: {fmt_mb(whole['peak_mb'])}"))
-    report.check(f"{big[1]}×{big[0]} image with --max-side {sizes.max_side}: peak RSS < 4 GB (lite)", fmt_mb(tiled["peak_mb"]),
-                 tiled["peak_mb"] < 4096)
+    report.rows.append(
+        Row(
+            "inference",
+            f"lite {big[1]}×{big[0]} whole image, plain counter",
+            whole["seconds"],
+            tiled["seconds"],
+            whole["seconds"] / tiled["seconds"],
+            None,
+            tiled["peak_mb"],
+            f"--max-side {sizes.max_side}; whole: {fmt_mb(whole['peak_mb'])}",
+        )
+    )
+    report.check(
+        f"{big[1]}×{big[0]} image with --max-side {sizes.max_side}: peak RSS < 4 GB (lite)",
+        fmt_mb(tiled["peak_mb"]),
+        tiled["peak_mb"] < 4096,
+    )
     rel = abs(tiled["count"] - whole["count"]) / max(abs(whole["count"]), 1e-6)
-    report.notes.append(f"tiled vs whole count of the {big[1]}×{big[0]} image: {tiled['count']:.2f} vs {whole['count']:.2f} "
-                        f"(relative {rel:.1e}; tiles see {64} px of context)")
+    report.notes.append(
+        f"tiled vs whole count of the {big[1]}×{big[0]} image: {tiled['count']:.2f} vs {whole['count']:.2f} "
+        f"(relative {rel:.1e}; tiles see {64} px of context)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,14 +18,13 @@ ratio < 1.2 and growth < 30 MB).
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import argparse
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -36,8 +35,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
 from benchmarks.harness import CROWDTK, run_child  # noqa: E402
-from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
 from crowdtk.files import file_digest
+from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
 
 
 def generate(folder: Path, n: int, width: int = 64, height: int = 48, seed: int = 0) -> Path:
@@ -52,10 +51,17 @@ def generate(folder: Path, n: int, width: int = 64, height: int = 48, seed: int 
         cv2.imwrite(str(image), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
         points = np.c_[rng.uniform(0, width, i % 10), rng.uniform(0, height, i % 10)]
         (folder / "points" / f"{name}.txt").write_text("# x y\n" + "".join(f"{x:.2f} {y:.2f}\n" for x, y in points))
-        entries.append(ManifestEntry(name, str(image), str(folder / "points" / f"{name}.txt"), width, height, len(points),
-                                     file_digest(image)))
+        entries.append(
+            ManifestEntry(
+                name, str(image), str(folder / "points" / f"{name}.txt"), width, height, len(points), file_digest(image)
+            )
+        )
     manifest = folder / "manifest.jsonl"
-    write_jsonl(manifest, make_header(MANIFEST, Provenance("benchmarks/load.py", {"images": n})), (e.to_record() for e in entries))
+    write_jsonl(
+        manifest,
+        make_header(MANIFEST, Provenance("benchmarks/load.py", {"images": n})),
+        (e.to_record() for e in entries),
+    )
     return manifest
 
 
@@ -63,17 +69,25 @@ def make_checkpoint(path: Path) -> Path:
     """A `lite` counter with random weights, saved as a crowdtk checkpoint."""
     import torch
 
-    from crowdtk.checkpoint import save_tensors
-    from crowdtk.models import build_model
     from crowdtk.cap import TrainNet
+    from crowdtk.checkpoint import save_tensors
     from crowdtk.formats import checkpoint_header
+    from crowdtk.models import build_model
     from crowdtk.train_config import TrainConfig
 
     torch.manual_seed(0)
     counter = build_model("lite", pretrained=False)
-    header = checkpoint_header(Provenance("benchmarks/load.py"), model=counter.name, model_config=counter.config, cap=False,
-                               training=asdict(TrainConfig(model="lite", pretrained=False)), labels_sha256="0" * 64,
-                               epochs_done=1, best_val_mae=0.0, val_on="train")
+    header = checkpoint_header(
+        Provenance("benchmarks/load.py"),
+        model=counter.name,
+        model_config=counter.config,
+        cap=False,
+        training=asdict(TrainConfig(model="lite", pretrained=False)),
+        labels_sha256="0" * 64,
+        epochs_done=1,
+        best_val_mae=0.0,
+        val_on="train",
+    )
     save_tensors(path, TrainNet(counter, cap=False).weights(), header)
     return path
 
@@ -108,12 +122,16 @@ def measure(sizes: list[int], work: Path) -> list[tuple[str, int, float, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, nargs="+", default=[200, 2000], help="data set sizes [default: 200 2000]")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crowdtk-load-") as tmp:
         rows = measure(args.images, Path(tmp))
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
     print(f"{'command':<8} {'images':>7} {'peak RSS MB':>12} {'ratio':>6} {'seconds':>8}")
     for name, n, peak, ratio, seconds in sorted(rows):
         print(f"{name:<8} {n:>7} {peak:>12.1f} {ratio:>6.2f} {seconds:>8.1f}")

@@ -44,8 +44,12 @@ def suggested_points(tasks: Path) -> dict[str, np.ndarray]:
     """Per image id, the suggested heads of a Label Studio package, in full-image pixels."""
     out = {}
     for task in json.loads(tasks.read_text()):
-        points = [(r["value"]["x"] * r["original_width"] / 100, r["value"]["y"] * r["original_height"] / 100)
-                  for p in task["predictions"] for r in p["result"] if r["type"] == "keypointlabels"]
+        points = [
+            (r["value"]["x"] * r["original_width"] / 100, r["value"]["y"] * r["original_height"] / 100)
+            for p in task["predictions"]
+            for r in p["result"]
+            if r["type"] == "keypointlabels"
+        ]
         out[task["data"]["crowdtk_id"]] = np.array(points, dtype=np.float64).reshape(-1, 2)
     return out
 
@@ -67,9 +71,17 @@ def score(regions: Path, truth: Path, package: Path, radius: float) -> dict[str,
         n_suggested, n_heads = n_suggested + len(mine), n_heads + int(inside.sum())
         n_matched += len(match_points(mine, truth_points[inside], radius)[0])
         n_near += len(match_points(mine, truth_points[inside], 2 * radius)[0])
-    return {"n_regions": sum(len(e.regions) for e in entries), "heads": n_heads, "recall_at_2x_radius": n_near / max(n_heads, 1), "suggested": n_suggested, "matched": n_matched,
-            "precision": n_matched / max(n_suggested, 1), "recall": n_matched / max(n_heads, 1),
-            "clicks_saved": n_matched / max(n_heads, 1), "net_of_deletions": (2 * n_matched - n_suggested) / max(n_heads, 1)}
+    return {
+        "n_regions": sum(len(e.regions) for e in entries),
+        "heads": n_heads,
+        "recall_at_2x_radius": n_near / max(n_heads, 1),
+        "suggested": n_suggested,
+        "matched": n_matched,
+        "precision": n_matched / max(n_suggested, 1),
+        "recall": n_matched / max(n_heads, 1),
+        "clicks_saved": n_matched / max(n_heads, 1),
+        "net_of_deletions": (2 * n_matched - n_suggested) / max(n_heads, 1),
+    }
 
 
 def main() -> None:
@@ -80,38 +92,86 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--radius", type=float, default=8.0)
     parser.add_argument("--scale", default="0.5", help="the bench's --scale (strip edges on its cell grid)")
-    parser.add_argument("--counter", action="append", default=[], metavar="NAME=CKPT", help="a counter to measure instead of the bench's")
-    parser.add_argument("--feature-cache", type=Path, help="the feature cache of --counter's training [default: the bench's]")
+    parser.add_argument(
+        "--counter",
+        action="append",
+        default=[],
+        metavar="NAME=CKPT",
+        help="a counter to measure instead of the bench's",
+    )
+    parser.add_argument(
+        "--feature-cache", type=Path, help="the feature cache of --counter's training [default: the bench's]"
+    )
     args = parser.parse_args()
     run = args.bench / "runs" / f"budget-{args.budget:g}" / f"seed-{args.seed}"
     cache = str(args.feature_cache or args.bench / "feature-cache")
-    counters = {"warm-up": run / "warmup" / "model.safetensors", "final (mdc+cap)": run / "mdc+cap" / "infer.safetensors"}
+    counters = {
+        "warm-up": run / "warmup" / "model.safetensors",
+        "final (mdc+cap)": run / "mdc+cap" / "infer.safetensors",
+    }
     if args.counter:
         counters = {name: Path(ckpt) for name, ckpt in (c.split("=", 1) for c in args.counter)}
     args.out.mkdir(parents=True, exist_ok=True)
     test_regions, test_truth = args.out / "test-regions.jsonl", args.out / "test-labels.jsonl"
     if not test_truth.exists():
         test = args.bench / "data" / "test.manifest.jsonl"
-        crowdtk("select", str(test), "--budget", f"{args.budget:g}", "--strategy", "random", "--scale", args.scale,
-                "--seed", str(args.seed), "-o", str(test_regions), "--force", "-q")
+        crowdtk(
+            "select",
+            str(test),
+            "--budget",
+            f"{args.budget:g}",
+            "--strategy",
+            "random",
+            "--scale",
+            args.scale,
+            "--seed",
+            str(args.seed),
+            "-o",
+            str(test_regions),
+            "--force",
+            "-q",
+        )
         crowdtk("import", str(test_regions), "--oracle", str(test), "-o", str(test_truth), "--force", "-q")
-    sets = {"pool, MDC's regions": (run / "select-mdc" / "regions.jsonl", run / "select-mdc" / "labels.jsonl"),
-            "test, random strips": (test_regions, test_truth)}
+    sets = {
+        "pool, MDC's regions": (run / "select-mdc" / "regions.jsonl", run / "select-mdc" / "labels.jsonl"),
+        "test, random strips": (test_regions, test_truth),
+    }
     rows = []
     for set_name, (regions, truth) in sets.items():
         for counter_name, checkpoint in counters.items():
             package = args.out / f"{set_name.split(',')[0]}-{''.join(c if c.isalnum() else '-' for c in counter_name)}"
             if not (package / "tasks.json").exists():
-                crowdtk("export", str(regions), "--to", "labelstudio", "--link", "--prelabel", str(checkpoint),
-                        "--feature-cache", cache, "-o", str(package), "--force", "-q")
+                crowdtk(
+                    "export",
+                    str(regions),
+                    "--to",
+                    "labelstudio",
+                    "--link",
+                    "--prelabel",
+                    str(checkpoint),
+                    "--feature-cache",
+                    cache,
+                    "-o",
+                    str(package),
+                    "--force",
+                    "-q",
+                )
             rows.append({"regions": set_name, "counter": counter_name, **score(regions, truth, package, args.radius)})
     command = "python benchmarks/prelabel.py " + " ".join(sys.argv[1:])
-    (args.out / "prelabel.json").write_text(json.dumps({"command": command, "radius": args.radius, "rows": rows}, indent=1) + "\n")
-    lines = [f"`{command}` (matched one-to-one within {args.radius:g} px)", "",
-             f"| regions | counter | heads | suggested | precision | recall = clicks saved | net of deletions | recall within {2 * args.radius:g} px |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['regions']} ({r['n_regions']}) | {r['counter']} | {r['heads']} | {r['suggested']} | {r['precision']:.2f} | {r['recall']:.2f} | "
-              f"{r['net_of_deletions']:.2f} | {r['recall_at_2x_radius']:.2f} |" for r in rows]
+    (args.out / "prelabel.json").write_text(
+        json.dumps({"command": command, "radius": args.radius, "rows": rows}, indent=1) + "\n"
+    )
+    lines = [
+        f"`{command}` (matched one-to-one within {args.radius:g} px)",
+        "",
+        f"| regions | counter | heads | suggested | precision | recall = clicks saved | net of deletions | recall within {2 * args.radius:g} px |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['regions']} ({r['n_regions']}) | {r['counter']} | {r['heads']} | {r['suggested']} | {r['precision']:.2f} | {r['recall']:.2f} | "
+        f"{r['net_of_deletions']:.2f} | {r['recall_at_2x_radius']:.2f} |"
+        for r in rows
+    ]
     (args.out / "prelabel.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

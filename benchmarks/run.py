@@ -36,8 +36,12 @@ from benchmarks.selection import stage_select  # noqa: E402
 from benchmarks.training import stage_training  # noqa: E402
 
 RUNNERS: dict[str, Stage] = {
-    "floor": stage_floor, "inference": stage_inference, "training": stage_training,
-    "select": stage_select, "gen-density": stage_gen_density, "scaling": stage_scaling,
+    "floor": stage_floor,
+    "inference": stage_inference,
+    "training": stage_training,
+    "select": stage_select,
+    "gen-density": stage_gen_density,
+    "scaling": stage_scaling,
 }
 STAGES = tuple(RUNNERS)
 

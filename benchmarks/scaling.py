@@ -16,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
-from benchmarks.harness import (CROWDTK, PY, QUICK, Report, Row, Sizes, alternating, log, make_counter, parser,  # noqa: E402
-                                run, timed)
+from benchmarks.harness import (  # noqa: E402
+    CROWDTK,
+    PY,
+    QUICK,
+    Report,
+    Row,
+    Sizes,
+    alternating,
+    log,
+    make_counter,
+    parser,
+    run,
+    timed,
+)
 from benchmarks.selection import subset_vectors, synthetic_pool  # noqa: E402
 
 
@@ -64,16 +77,35 @@ def epoch_timer_child(args: list[str]) -> None:
     prepared_at: list[float] = []  # when the last sample was prepared: the first epoch starts
     epoch_ends: list[float] = []
     config = TrainConfig(model="lite", crop=crop, epochs=epochs, batch_size=batch, cap=True, val_frac=0.0)
-    train(labels, out, config, Provenance("bench"), device="cpu", prepared=lambda _n: prepared_at.append(time.perf_counter()),
-          on_epoch=lambda _r: epoch_ends.append(time.perf_counter()))
+    train(
+        labels,
+        out,
+        config,
+        Provenance("bench"),
+        device="cpu",
+        prepared=lambda _n: prepared_at.append(time.perf_counter()),
+        on_epoch=lambda _r: epoch_ends.append(time.perf_counter()),
+    )
     if int(os.environ.get("RANK", 0)) == 0:
         Path(report_path).write_text(json.dumps(np.diff([prepared_at[-1], *epoch_ends]).tolist()))
 
 
 def _train_epochs(labels: Path, tmp: Path, procs: int, crop: int, epochs: int, global_batch: int) -> list[float]:
     report_path = tmp / f"epochs{procs}.json"
-    child = [str(Path(__file__).resolve()), "--epoch-timer", json.dumps([str(labels), str(tmp / f"m{procs}.safetensors"), str(crop),
-                                                                       str(epochs), str(global_batch // procs), str(report_path)])]
+    child = [
+        str(Path(__file__).resolve()),
+        "--epoch-timer",
+        json.dumps(
+            [
+                str(labels),
+                str(tmp / f"m{procs}.safetensors"),
+                str(crop),
+                str(epochs),
+                str(global_batch // procs),
+                str(report_path),
+            ]
+        ),
+    ]
     if procs == 1:
         cmd = [PY, *child]
     else:
@@ -92,8 +124,9 @@ def _crowdtk(*args: Any) -> None:
 
 def _shrunk(entry: Any, tmp: Path, sizes: Sizes) -> Any:
     """(quick) a small copy of an image so the lite forward takes milliseconds."""
-    import cv2
     from dataclasses import replace
+
+    import cv2
 
     from crowdtk.files import file_digest
 
@@ -145,7 +178,9 @@ def stage_scaling(report: Report, sizes: Sizes, root: Path) -> None:
         # torchrun: 2 processes vs 1 per epoch, same global batch (2), on a tiny labeled pool.
         log("scaling: torchrun 2 processes vs 1 (crowdtk train, lite, CAP)")
         h, w = sizes.synth_size
-        _crowdtk("synth", "-o", tmp / "synth", "--train", sizes.synth_train, "--test", 1, "--width", w, "--height", h, "-q")
+        _crowdtk(
+            "synth", "-o", tmp / "synth", "--train", sizes.synth_train, "--test", 1, "--width", w, "--height", h, "-q"
+        )
         manifest = tmp / "synth" / "train" / "manifest.jsonl"
         _crowdtk("select", manifest, "--budget", 0.3, "--strategy", "random", "-o", tmp / "regions.jsonl", "-q")
         _crowdtk("import", tmp / "regions.jsonl", "--oracle", manifest, "-o", tmp / "labels.jsonl", "-q")
@@ -153,8 +188,19 @@ def stage_scaling(report: Report, sizes: Sizes, root: Path) -> None:
         one = _train_epochs(tmp / "labels.jsonl", tmp, 1, sizes.torchrun_crop, epochs, 2)
         two = _train_epochs(tmp / "labels.jsonl", tmp, 2, sizes.torchrun_crop, epochs, 2)
         t1, t2 = float(np.median(one)), float(np.median(two))
-        report.rows.append(Row("scaling", f"crowdtk train lite+CAP, {sizes.synth_train} images {w}×{h}, crop {sizes.torchrun_crop}, "
-                               "global batch 2, 1 process, per epoch", t1, t2, t1 / t2, None, None, "torchrun 2 processes"))
+        report.rows.append(
+            Row(
+                "scaling",
+                f"crowdtk train lite+CAP, {sizes.synth_train} images {w}×{h}, crop {sizes.torchrun_crop}, "
+                "global batch 2, 1 process, per epoch",
+                t1,
+                t2,
+                t1 / t2,
+                None,
+                None,
+                "torchrun 2 processes",
+            )
+        )
         report.check("torchrun 2 processes faster per epoch than 1 (ratio > 1)", f"{t1 / t2:.2f}×", t1 / t2 > 1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -68,8 +68,15 @@ def subset_vectors(data: Any, n: int) -> Any:
     from crowdtk.formats import StripVectors
 
     keep = data.strip_image < n
-    return StripVectors(data.ids[:n], data.sha256[:n], data.strip_image[keep], data.strip_x0[keep], data.strip_x1[keep],
-                        data.vectors[keep], data.counts[keep])
+    return StripVectors(
+        data.ids[:n],
+        data.sha256[:n],
+        data.strip_image[keep],
+        data.strip_x0[keep],
+        data.strip_x1[keep],
+        data.vectors[keep],
+        data.counts[keep],
+    )
 
 
 def picks_of(selection: Any) -> dict[str, list[int]]:
@@ -88,9 +95,11 @@ def stage_select(report: Report, sizes: Sizes, root: Path) -> None:
     times: dict[str, float] = {}
     peaks: dict[str, float] = {}
     picks: dict[str, dict[str, list[int]]] = {}
-    runs = [("sklearn", small_entries, small_data, SelectConfig(budget=config.budget, strategy="mdc", engine="sklearn")),
-            ("numpy", entries, data, config),
-            ("numpy workers=2", entries, data, SelectConfig(budget=config.budget, strategy="mdc", workers=2))]
+    runs = [
+        ("sklearn", small_entries, small_data, SelectConfig(budget=config.budget, strategy="mdc", engine="sklearn")),
+        ("numpy", entries, data, config),
+        ("numpy workers=2", entries, data, SelectConfig(budget=config.budget, strategy="mdc", workers=2)),
+    ]
     for name, ents, vecs, cfg in runs:
         reset_peak()
         times[name], selection = timed(select_regions, ents, cfg, vecs)
@@ -99,14 +108,40 @@ def stage_select(report: Report, sizes: Sizes, root: Path) -> None:
     ref = times["sklearn"] * n / m
     ours = times["numpy"]
     ours2 = times["numpy workers=2"]
-    report.rows.append(Row("select", f"scikit-learn GaussianMixture per image ({m} timed: {times['sklearn']:.1f} s, ×{n // m})",
-                           ref, ours, ref / ours, None, peaks["numpy"], f"select mdc, {n} images"))
-    report.rows.append(Row("select", f"select mdc, {n} images, workers=1", ours, ours2, ours / ours2, None, peaks["numpy workers=2"],
-                           "workers=2"))
+    report.rows.append(
+        Row(
+            "select",
+            f"scikit-learn GaussianMixture per image ({m} timed: {times['sklearn']:.1f} s, ×{n // m})",
+            ref,
+            ours,
+            ref / ours,
+            None,
+            peaks["numpy"],
+            f"select mdc, {n} images",
+        )
+    )
+    report.rows.append(
+        Row(
+            "select",
+            f"select mdc, {n} images, workers=1",
+            ours,
+            ours2,
+            ours / ours2,
+            None,
+            peaks["numpy workers=2"],
+            "workers=2",
+        )
+    )
     same = all(picks["numpy"][i] == picks["sklearn"][i] for i in picks["sklearn"]) and len(picks["sklearn"]) == m
     differ = sum(picks["numpy"][i] != picks["sklearn"][i] for i in picks["sklearn"])
-    report.check(f"select mdc over {n} images within 60 s", f"{min(ours, ours2):.1f} s (workers=1: {ours:.1f} s)", min(ours, ours2) <= 60)
-    report.check(f"select: identical picks to scikit-learn on the common {m} images", f"{m - differ}/{m} identical", same)
+    report.check(
+        f"select mdc over {n} images within 60 s",
+        f"{min(ours, ours2):.1f} s (workers=1: {ours:.1f} s)",
+        min(ours, ours2) <= 60,
+    )
+    report.check(
+        f"select: identical picks to scikit-learn on the common {m} images", f"{m - differ}/{m} identical", same
+    )
     same_workers = picks["numpy"] == picks["numpy workers=2"]
     report.check("select: workers=2 picks = workers=1 picks", "identical" if same_workers else "differ", same_workers)
 

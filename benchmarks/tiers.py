@@ -27,12 +27,42 @@ if str(REPO) not in sys.path:
 from benchmarks.harness import CROWDTK, PART_B, timed  # noqa: E402
 
 # The frozen tiers as the bench runs them (bfloat16 autocast: this machine's CPU has AMX).
-FROZEN = ["--crop", "0", "--batch-size", "4", "--lr", "1e-3", "--lr-schedule", "cosine", "--keep", "last", "--val-frac", "0", "--cpu-bf16"]
+FROZEN = [
+    "--crop",
+    "0",
+    "--batch-size",
+    "4",
+    "--lr",
+    "1e-3",
+    "--lr-schedule",
+    "cosine",
+    "--keep",
+    "last",
+    "--val-frac",
+    "0",
+    "--cpu-bf16",
+]
 # name -> (model, options, epochs on 400 images); epochs are chosen for about 5 minutes of training
 # each, the wall time of today's 800-step fine-tuning, so that the table compares equal budgets.
 TIERS = {
-    "fine-tune (800 steps of 8 crops of 128 px)": ("lite", ["--freeze", "none", "--crop", "128", "--batch-size", "8", "--lr", "1e-4",
-                                                          "--val-frac", "0.05", "--keep", "best"], 17),
+    "fine-tune (800 steps of 8 crops of 128 px)": (
+        "lite",
+        [
+            "--freeze",
+            "none",
+            "--crop",
+            "128",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-4",
+            "--val-frac",
+            "0.05",
+            "--keep",
+            "best",
+        ],
+        17,
+    ),
     "frozen Lite0 (the bench default)": ("lite", ["--freeze", "encoder", *FROZEN], 30),
     "frozen Lite2": ("lite2", ["--freeze", "encoder", *FROZEN], 30),
     "early-frozen Lite0 (80/112 stages fine-tuned)": ("lite", ["--freeze", "early", *FROZEN], 8),
@@ -63,7 +93,11 @@ def main() -> None:
     for name in args.labels.split(","):
         regions, lab = out / f"{name}.regions.jsonl", out / f"{name}.labels.jsonl"
         if not lab.exists():
-            select = ["--budget", "1", "--strategy", "none-or-all"] if name == "full" else ["--budget", "0.1", "--strategy", "random"]
+            select = (
+                ["--budget", "1", "--strategy", "none-or-all"]
+                if name == "full"
+                else ["--budget", "0.1", "--strategy", "random"]
+            )
             crowdtk("select", str(train_m), *select, "--scale", args.scale, "--seed", "0", "-o", str(regions), "-q")
             crowdtk("import", str(regions), "--oracle", str(train_m), "-o", str(lab), "-q")
         labels[name] = lab
@@ -79,19 +113,56 @@ def main() -> None:
             key = f"{lab_name}-{model}-{options[1]}"
             ckpt = out / f"{key}.safetensors"
             cache = out / f"cache-{key}"  # cold: each tier pays for its own features
-            train_s = crowdtk("train", str(lab), "--model", model, *options, "--epochs", str(epochs), "--scale", args.scale,
-                              "--feature-cache", str(cache), "--seed", "0", "--force", "-q", "-o", str(ckpt))
+            train_s = crowdtk(
+                "train",
+                str(lab),
+                "--model",
+                model,
+                *options,
+                "--epochs",
+                str(epochs),
+                "--scale",
+                args.scale,
+                "--feature-cache",
+                str(cache),
+                "--seed",
+                "0",
+                "--force",
+                "-q",
+                "-o",
+                str(ckpt),
+            )
             scores_path = out / f"{key}.eval.json"
             eval_s = crowdtk("eval", str(ckpt), str(test_m), "--json", "-q", stdout=scores_path)
             scores = json.loads(scores_path.read_text())
-            results.append({"labels": lab_name, "tier": tier, "model": model, "epochs": epochs, "train_s": train_s, "eval_s": eval_s,
-                            "mae": scores["mae"], "rmse": scores["rmse"], "command": " ".join(["crowdtk", "train", str(lab), "--model", model,
-                                                                                               *options, "--epochs", str(epochs)])})
+            results.append(
+                {
+                    "labels": lab_name,
+                    "tier": tier,
+                    "model": model,
+                    "epochs": epochs,
+                    "train_s": train_s,
+                    "eval_s": eval_s,
+                    "mae": scores["mae"],
+                    "rmse": scores["rmse"],
+                    "command": " ".join(
+                        ["crowdtk", "train", str(lab), "--model", model, *options, "--epochs", str(epochs)]
+                    ),
+                }
+            )
             results_path.write_text(json.dumps(results, indent=1))
-            print(f"{lab_name:7} {tier:48} train {train_s:6.0f} s  MAE {scores['mae']:.2f}  RMSE {scores['rmse']:.2f}", flush=True)
-    lines = ["| labels | tier | epochs | train wall time (cold cache) | test MAE | test RMSE |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['labels']} | {r['tier']} | {r['epochs']} | {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | {r['rmse']:.2f} |"
-              for r in results]
+            print(
+                f"{lab_name:7} {tier:48} train {train_s:6.0f} s  MAE {scores['mae']:.2f}  RMSE {scores['rmse']:.2f}",
+                flush=True,
+            )
+    lines = [
+        "| labels | tier | epochs | train wall time (cold cache) | test MAE | test RMSE |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['labels']} | {r['tier']} | {r['epochs']} | {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | {r['rmse']:.2f} |"
+        for r in results
+    ]
     (out / "tiers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

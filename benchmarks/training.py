@@ -25,8 +25,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
 from benchmarks.floor import Matmul, alongside_rate, floor_seconds, stage_floor  # noqa: E402
-from benchmarks.harness import (Remote, Report, Row, Sizes, log, make_counter, manifest_of, parser, race,  # noqa: E402
-                                read_rgb, run, timed)
+from benchmarks.harness import (  # noqa: E402
+    Remote,
+    Report,
+    Row,
+    Sizes,
+    log,
+    make_counter,
+    manifest_of,
+    parser,
+    race,
+    read_rgb,
+    run,
+    timed,
+)
 
 
 class PlainTraining:
@@ -61,8 +73,8 @@ class PlainTraining:
         h, w = image.shape[:2]
         c = self.crop
         top, left = int(self.rng.integers(0, h - c + 1)), int(self.rng.integers(0, w - c + 1))
-        image = image[top:top + c, left:left + c]
-        density = density[top:top + c, left:left + c]
+        image = image[top : top + c, left : left + c]
+        density = density[top : top + c, left : left + c]
         if self.rng.random() < 0.5:
             image, density = image[:, ::-1], density[:, ::-1]
         target = cv2.resize(np.ascontiguousarray(density), (c // 8, c // 8), interpolation=cv2.INTER_CUBIC) * 64
@@ -86,8 +98,8 @@ class CrowdtkTraining:
     def __init__(self, model: str, labels: list[dict[str, Any]], crop: int, cpu_settings: bool = True) -> None:
         import torch
 
-        from crowdtk.formats import LabelsEntry, Region
         from crowdtk.cap import TrainNet
+        from crowdtk.formats import LabelsEntry, Region
         from crowdtk.train import example_batch, freeze_batchnorm, prepare_sample, speed_up_cpu_training
         from crowdtk.train_config import TrainConfig
 
@@ -100,8 +112,18 @@ class CrowdtkTraining:
         if cpu_settings:
             speed_up_cpu_training(self.net, example_batch((1, 3, crop, crop), (crop // 8, crop // 8)))
         self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=1e-7)
-        entries = [LabelsEntry(d["id"], d["image"], d["sha256"], d["width"], d["height"], (Region(0, d["width"], 0, d["height"]),),
-                               np.asarray(d["points"], dtype=np.float64).reshape(-1, 2)) for d in labels]
+        entries = [
+            LabelsEntry(
+                d["id"],
+                d["image"],
+                d["sha256"],
+                d["width"],
+                d["height"],
+                (Region(0, d["width"], 0, d["height"]),),
+                np.asarray(d["points"], dtype=np.float64).reshape(-1, 2),
+            )
+            for d in labels
+        ]
         seconds, self.samples = timed(lambda: [prepare_sample(e, self.config) for e in entries])
         self.prepare_per_image = seconds / len(entries)
         self.step = 0
@@ -135,8 +157,17 @@ def _labels_records(root: Path, n: int) -> list[dict[str, Any]]:
     out = []
     for e in manifest.entries[:n]:
         points, _ = read_points_on_image(e.points, e.width, e.height)
-        out.append({"id": e.id, "image": e.image, "sha256": e.sha256, "width": e.width, "height": e.height,
-                    "points": points.tolist(), "entry": e})
+        out.append(
+            {
+                "id": e.id,
+                "image": e.image,
+                "sha256": e.sha256,
+                "width": e.width,
+                "height": e.height,
+                "points": points.tolist(),
+                "entry": e,
+            }
+        )
     return out
 
 
@@ -154,32 +185,70 @@ def stage_training(report: Report, sizes: Sizes, root: Path) -> None:
         labels = [{k: v for k, v in r.items() if k != "entry"} for r in records]
         for model in sizes.train_models:
             log(f"training: {model}, crop {sizes.crop}, {sizes.train_steps} steps per side")
-            result = race({
-                "matmul": Remote(Matmul, n=sizes.matmul),
-                "plain": Remote(PlainTraining, model=model, paths=paths, densities=densities, crop=sizes.crop),
-                "crowdtk": Remote(CrowdtkTraining, model=model, labels=labels, crop=sizes.crop),
-                "crowdtk-bare": Remote(CrowdtkTraining, model=model, labels=labels, crop=sizes.crop, cpu_settings=False),
-            }, sizes.train_steps)
+            result = race(
+                {
+                    "matmul": Remote(Matmul, n=sizes.matmul),
+                    "plain": Remote(PlainTraining, model=model, paths=paths, densities=densities, crop=sizes.crop),
+                    "crowdtk": Remote(CrowdtkTraining, model=model, labels=labels, crop=sizes.crop),
+                    "crowdtk-bare": Remote(
+                        CrowdtkTraining, model=model, labels=labels, crop=sizes.crop, cpu_settings=False
+                    ),
+                },
+                sizes.train_steps,
+            )
             ref, ours, bare = result.best("plain"), result.best("crowdtk"), result.best("crowdtk-bare")
-            floor3 = 3 * floor_seconds(report, model, sizes.crop, sizes.crop, sizes, alongside_rate(report, result, sizes, f"training {model}"))
+            floor3 = 3 * floor_seconds(
+                report, model, sizes.crop, sizes.crop, sizes, alongside_rate(report, result, sizes, f"training {model}")
+            )
             out = result.outputs["crowdtk"]
             load = float(np.median([out["load"]]))  # last step's; the per-step cost is steady
             share_steady = load / ours
             share_first = (load + out["prepare_per_image"]) / (ours + out["prepare_per_image"])
-            report.rows.append(Row("training", f"{model} crop {sizes.crop}, plain CSRNet-style loop, per step", ref, ours, ref / ours,
-                                   ours / floor3, result.peaks["crowdtk"], "TrainNet step"))
-            report.rows.append(Row("training", f"{model} crop {sizes.crop}, crowdtk step without its CPU settings", bare, ours, bare / ours,
-                                   ours / floor3, result.peaks["crowdtk"], "TrainNet step + speed_up_cpu_training"))
-            report.check(f"training {model}: crowdtk step ≥ 1.5× faster than the plain loop", f"{ref / ours:.2f}×", ref / ours >= 1.5)
-            report.check(f"training {model}: step within 2× of 3× the forward floor", f"{ours / floor3:.2f}×", ours / floor3 <= 2)
-            report.check(f"training {model}: data loading + augmentation < 10% of the step (steady; first epoch incl. prepare_sample)",
-                         f"{100 * share_steady:.1f}%; {100 * share_first:.1f}%", share_first < 0.10)
+            report.rows.append(
+                Row(
+                    "training",
+                    f"{model} crop {sizes.crop}, plain CSRNet-style loop, per step",
+                    ref,
+                    ours,
+                    ref / ours,
+                    ours / floor3,
+                    result.peaks["crowdtk"],
+                    "TrainNet step",
+                )
+            )
+            report.rows.append(
+                Row(
+                    "training",
+                    f"{model} crop {sizes.crop}, crowdtk step without its CPU settings",
+                    bare,
+                    ours,
+                    bare / ours,
+                    ours / floor3,
+                    result.peaks["crowdtk"],
+                    "TrainNet step + speed_up_cpu_training",
+                )
+            )
+            report.check(
+                f"training {model}: crowdtk step ≥ 1.5× faster than the plain loop",
+                f"{ref / ours:.2f}×",
+                ref / ours >= 1.5,
+            )
+            report.check(
+                f"training {model}: step within 2× of 3× the forward floor", f"{ours / floor3:.2f}×", ours / floor3 <= 2
+            )
+            report.check(
+                f"training {model}: data loading + augmentation < 10% of the step (steady; first epoch incl. prepare_sample)",
+                f"{100 * share_steady:.1f}%; {100 * share_first:.1f}%",
+                share_first < 0.10,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run({"floor": stage_floor, "training": stage_training}, parser(__doc__).parse_args(argv))  # floor multiples need it
+    return run(
+        {"floor": stage_floor, "training": stage_training}, parser(__doc__).parse_args(argv)
+    )  # floor multiples need it
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def choose_positions(density: np.ndarray, mask: np.ndarray, count: int) -> list[
     if count < 1:
         raise CrowdtkError(f"--positions must be at least 1, got {count}", "pass e.g. --positions 2")
     if int(mask.sum()) < count:
-        raise CrowdtkError(f"the image has {int(mask.sum())} labeled positions, fewer than --positions {count}",
-                           "pass fewer --positions, or an image with larger labeled regions")
+        raise CrowdtkError(
+            f"the image has {int(mask.sum())} labeled positions, fewer than --positions {count}",
+            "pass fewer --positions, or an image with larger labeled regions",
+        )
     inner = np.zeros_like(mask, dtype=bool)
     mr, mc = max(1, mask.shape[0] // 16), max(1, mask.shape[1] // 16)  # a margin of 1/16 of the map, at least a cell
     inner[mr:-mr, mc:-mc] = mask[mr:-mr, mc:-mc]
@@ -69,7 +71,9 @@ def choose_positions(density: np.ndarray, mask: np.ndarray, count: int) -> list[
     return [(int(cells[i][0]), int(cells[i][1])) for i in chosen]
 
 
-def image_affinities(checkpoint: str | os.PathLike[str], entry: LabelsEntry, positions: int, source: str) -> ImageAffinities:
+def image_affinities(
+    checkpoint: str | os.PathLike[str], entry: LabelsEntry, positions: int, source: str
+) -> ImageAffinities:
     """The affinity maps of ``positions`` labeled cells of ``entry`` (chosen by :func:`choose_positions` on the
     checkpoint's predicted density), from the counter's last feature map of the whole image.
     ``checkpoint`` must carry CAP (``train --cap``, before ``strip-cap``); ``source`` names the labels file."""
@@ -93,8 +97,10 @@ def image_affinities(checkpoint: str | os.PathLike[str], entry: LabelsEntry, pos
         feat = feat[0].float()
         mask = torch.from_numpy(sample.mask).to(device)
         if not bool(mask.any()) or bool(mask.all()):
-            raise CrowdtkError(f"{source}: image '{entry.id}' has no labeled or no unlabeled positions at the model's stride",
-                               "pass --image with a partly labeled image whose regions are at least 8 px wide")
+            raise CrowdtkError(
+                f"{source}: image '{entry.id}' has no labeled or no unlabeled positions at the model's stride",
+                "pass --image with a partly labeled image whose regions are at least 8 px wide",
+            )
         chosen = choose_positions(density, sample.mask, positions)
         maps = affinity_maps(feat, mask, chosen, affinity=affinity, temperature=temperature).float().cpu().numpy()
 

@@ -72,7 +72,9 @@ def _paper(fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None) ->
     return _normalized(fl, eps), _normalized(fu, eps)
 
 
-def _temperature(fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _temperature(
+    fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Extension: logits ``(ŝ_l^i · ŝ_u^j) / τ``; dividing the queries once costs n_l·C, not n_l·n_u."""
     assert tau is not None
     return _normalized(fl, eps) / tau, _normalized(fu, eps)
@@ -87,7 +89,10 @@ def _cosine(fl: torch.Tensor, fu: torch.Tensor, eps: float, tau: float | None) -
 
 # Each form: (f_l, f_u, eps, τ) → (queries, keys) whose products are the logits of Eq. 9.
 LOGITS: dict[str, Callable[[torch.Tensor, torch.Tensor, float, float | None], tuple[torch.Tensor, torch.Tensor]]] = {
-    "paper": _paper, "temperature": _temperature, "cosine": _cosine}
+    "paper": _paper,
+    "temperature": _temperature,
+    "cosine": _cosine,
+}
 assert tuple(LOGITS) == CAP_AFFINITIES
 
 
@@ -98,7 +103,9 @@ def resolve_affinity(affinity: str, temperature: float | None) -> float | None:
         raise CrowdtkError(f"CAP: unknown affinity form {affinity!r}", f"use one of {', '.join(LOGITS)}")
     if affinity == "paper":
         if temperature is not None:
-            raise CrowdtkError("CAP: the paper's affinities (Eq. 9) take no temperature", "use affinity 'temperature' or 'cosine'")
+            raise CrowdtkError(
+                "CAP: the paper's affinities (Eq. 9) take no temperature", "use affinity 'temperature' or 'cosine'"
+            )
         return None
     tau = CAP_TEMPERATURES[affinity] if temperature is None else float(temperature)
     if not (math.isfinite(tau) and tau > 0):
@@ -130,8 +137,15 @@ def _check_mask(feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return m if m.dtype == torch.bool else m > 0.5
 
 
-def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | float,
-              eps: float = EPS, max_bytes: int = MAX_BYTES, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
+def cap_image(
+    feat: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: torch.Tensor | float,
+    eps: float = EPS,
+    max_bytes: int = MAX_BYTES,
+    affinity: str = "paper",
+    temperature: float | None = None,
+) -> torch.Tensor:
     """CAP on one image: ``feat`` ``C×h×w``, ``mask`` ``h×w`` bool (True = labeled) → ``C×h×w``.
 
     ``affinity`` is the form of Eq. 9 (see the module's doc), ``temperature`` its ``τ`` (None: the
@@ -155,7 +169,7 @@ def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | floa
         recompute = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or fu.requires_grad)
         blocks = []
         for start in range(0, n_l, rows):
-            block = q[start:start + rows]
+            block = q[start : start + rows]
             if recompute:
                 blocks.append(checkpoint(_propagate_block, block, k, fu, use_reentrant=False))
             else:
@@ -166,15 +180,30 @@ def cap_image(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | floa
     return out.t().reshape(feat.shape)
 
 
-def cap_batch(feat: torch.Tensor, mask: torch.Tensor, gamma: torch.Tensor | float,
-              eps: float = EPS, max_bytes: int = MAX_BYTES, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
+def cap_batch(
+    feat: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: torch.Tensor | float,
+    eps: float = EPS,
+    max_bytes: int = MAX_BYTES,
+    affinity: str = "paper",
+    temperature: float | None = None,
+) -> torch.Tensor:
     """CAP on a batch: ``feat`` ``N×C×h×w``, ``mask`` ``N×h×w`` (bool, or float with 1 = labeled)."""
     m = _check_mask(feat, mask)
-    return torch.stack([cap_image(feat[i], m[i], gamma, eps, max_bytes, affinity, temperature) for i in range(feat.shape[0])])
+    return torch.stack(
+        [cap_image(feat[i], m[i], gamma, eps, max_bytes, affinity, temperature) for i in range(feat.shape[0])]
+    )
 
 
-def affinity_rows(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tuple[int, int]],
-                  eps: float = EPS, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
+def affinity_rows(
+    feat: torch.Tensor,
+    mask: torch.Tensor,
+    positions: Sequence[tuple[int, int]],
+    eps: float = EPS,
+    affinity: str = "paper",
+    temperature: float | None = None,
+) -> torch.Tensor:
     """Eq. 9 rows ``s_i·`` (of the form ``affinity``) for labeled ``positions`` ((row, col) on the feature map) of one image.
 
     ``feat`` is ``C×h×w``, ``mask`` ``h×w`` bool. Returns ``k×n_u``: each row sums to 1 over
@@ -185,15 +214,21 @@ def affinity_rows(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tu
     m = torch.as_tensor(mask, device=feat.device)
     m = m if m.dtype == torch.bool else m > 0.5
     if tuple(m.shape) != (h, w):
-        raise CrowdtkError(f"CAP: mask of shape {tuple(m.shape)} does not fit features {(c, h, w)}",
-                           "give the image's labeled mask at the output stride")
+        raise CrowdtkError(
+            f"CAP: mask of shape {tuple(m.shape)} does not fit features {(c, h, w)}",
+            "give the image's labeled mask at the output stride",
+        )
     if bool(m.all()) or not bool(m.any()):
-        raise CrowdtkError("CAP: the image has no unlabeled or no labeled positions, so there are no affinities",
-                           "pick an image that is partly labeled")
+        raise CrowdtkError(
+            "CAP: the image has no unlabeled or no labeled positions, so there are no affinities",
+            "pick an image that is partly labeled",
+        )
     for r, col in positions:
         if not (0 <= r < h and 0 <= col < w) or not bool(m[r, col]):
-            raise CrowdtkError(f"CAP: position ({r}, {col}) is not a labeled position of the {h}×{w} feature map",
-                               "pick positions inside the labeled region (feature-map coordinates)")
+            raise CrowdtkError(
+                f"CAP: position ({r}, {col}) is not a labeled position of the {h}×{w} feature map",
+                "pick positions inside the labeled region (feature-map coordinates)",
+            )
     flat = feat.reshape(c, -1).t()
     fu = flat[~m.reshape(-1)]
     idx = torch.tensor([r * w + col for r, col in positions], dtype=torch.long, device=feat.device)
@@ -201,8 +236,14 @@ def affinity_rows(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tu
     return torch.softmax(q @ k.t(), dim=1)
 
 
-def affinity_maps(feat: torch.Tensor, mask: torch.Tensor, positions: Sequence[tuple[int, int]],
-                  eps: float = EPS, affinity: str = "paper", temperature: float | None = None) -> torch.Tensor:
+def affinity_maps(
+    feat: torch.Tensor,
+    mask: torch.Tensor,
+    positions: Sequence[tuple[int, int]],
+    eps: float = EPS,
+    affinity: str = "paper",
+    temperature: float | None = None,
+) -> torch.Tensor:
     """:func:`affinity_rows` laid out as ``k×h×w`` pictures (0 at labeled positions)."""
     c, h, w = feat.shape
     rows = affinity_rows(feat, mask, positions, eps, affinity, temperature)
@@ -219,8 +260,14 @@ class CapModule(nn.Module):
     settings, not weights: the state dict holds ``gamma`` only, and checkpoints record them in
     their header."""
 
-    def __init__(self, gamma: float = GAMMA_INIT, eps: float = EPS, max_bytes: int = MAX_BYTES, affinity: str = "paper",
-                 temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        gamma: float = GAMMA_INIT,
+        eps: float = EPS,
+        max_bytes: int = MAX_BYTES,
+        affinity: str = "paper",
+        temperature: float | None = None,
+    ) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.tensor(float(gamma)))
         self.eps = float(eps)
@@ -245,8 +292,14 @@ class TrainNet(nn.Module):
     and ``cap_temperature`` choose CAP's affinity form (:class:`CapModule`).
     """
 
-    def __init__(self, counter: Counter, cap: bool, freeze: str = "none", cap_affinity: str = "paper",
-                 cap_temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        counter: Counter,
+        cap: bool,
+        freeze: str = "none",
+        cap_affinity: str = "paper",
+        cap_temperature: float | None = None,
+    ) -> None:
         super().__init__()
         self.counter = counter
         self.cap = CapModule(affinity=cap_affinity, temperature=cap_temperature) if cap else None
@@ -282,12 +335,17 @@ def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: st
     shapes = [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]
     if shapes:  # load_state_dict raises a bare RuntimeError on these, even with strict=False
         k = shapes[0]
-        raise CrowdtkError(f"{source}: weights do not fit the model ({k} is {tuple(tensors[k].shape)}, "
-                           f"the model's is {tuple(own[k].shape)})", fix)
+        raise CrowdtkError(
+            f"{source}: weights do not fit the model ({k} is {tuple(tensors[k].shape)}, "
+            f"the model's is {tuple(own[k].shape)})",
+            fix,
+        )
     missing, unexpected = module.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CrowdtkError(
-            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})", fix)
+            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+            fix,
+        )
 
 
 def strip_cap(model: TrainNet | Counter) -> Counter:

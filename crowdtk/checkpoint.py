@@ -27,8 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import CHECKPOINT, check_header, stripped_checkpoint_header
 from crowdtk.files import atomic_path
+from crowdtk.formats import CHECKPOINT, check_header, stripped_checkpoint_header
 from crowdtk.train_config import CAP_AFFINITIES
 
 META_KEY = "crowdtk"
@@ -58,9 +58,14 @@ def _read(path: str | os.PathLike[str], fmt: str, with_tensors: bool) -> tuple[d
                 f"{source}: is a pickle-based PyTorch file, which could run code when loaded",
                 "crowdtk only loads .safetensors checkpoints; convert trusted weights with safetensors.torch.save_file",
             ) from None
-        raise CrowdtkError(f"{source}: not a readable safetensors file ({exc})", "pass a checkpoint written by crowdtk") from None
+        raise CrowdtkError(
+            f"{source}: not a readable safetensors file ({exc})", "pass a checkpoint written by crowdtk"
+        ) from None
     if META_KEY not in metadata:
-        raise CrowdtkError(f"{source}: safetensors file without a crowdtk header", "pass a checkpoint written by crowdtk warmup/train/strip-cap")
+        raise CrowdtkError(
+            f"{source}: safetensors file without a crowdtk header",
+            "pass a checkpoint written by crowdtk warmup/train/strip-cap",
+        )
     try:
         header = json.loads(metadata[META_KEY])
     except (ValueError, RecursionError):
@@ -81,8 +86,14 @@ def read_header(path: str | os.PathLike[str], fmt: str = CHECKPOINT) -> dict[str
 def model_of(header: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     """The (name, constructor config) a checkpoint header records; a CrowdtkError when it records none."""
     model = header.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(model.get("config", {}), dict):
-        raise CrowdtkError(f"{source}: checkpoint header names no model", "pass a checkpoint written by crowdtk warmup/train/strip-cap")
+    if (
+        not isinstance(model, dict)
+        or not isinstance(model.get("name"), str)
+        or not isinstance(model.get("config", {}), dict)
+    ):
+        raise CrowdtkError(
+            f"{source}: checkpoint header names no model", "pass a checkpoint written by crowdtk warmup/train/strip-cap"
+        )
     return model["name"], dict(model.get("config", {}))
 
 
@@ -91,14 +102,22 @@ def cap_settings(header: dict[str, Any], source: str) -> tuple[str, float | None
     affinity = header.get("cap_affinity", "paper")
     temperature = header.get("cap_temperature")
     if affinity not in CAP_AFFINITIES:
-        raise CrowdtkError(f"{source}: checkpoint header has an unknown CAP affinity form {affinity!r}",
-                           f"it must be one of {', '.join(CAP_AFFINITIES)}; regenerate the checkpoint")
-    bad = (temperature is not None if affinity == "paper"
-           else not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
-           or not (math.isfinite(temperature) and temperature > 0))
+        raise CrowdtkError(
+            f"{source}: checkpoint header has an unknown CAP affinity form {affinity!r}",
+            f"it must be one of {', '.join(CAP_AFFINITIES)}; regenerate the checkpoint",
+        )
+    bad = (
+        temperature is not None
+        if affinity == "paper"
+        else not isinstance(temperature, (int, float))
+        or isinstance(temperature, bool)
+        or not (math.isfinite(temperature) and temperature > 0)
+    )
     if bad:
-        raise CrowdtkError(f"{source}: checkpoint header has an invalid CAP temperature {temperature!r} for affinity '{affinity}'",
-                           "regenerate the checkpoint")
+        raise CrowdtkError(
+            f"{source}: checkpoint header has an invalid CAP temperature {temperature!r} for affinity '{affinity}'",
+            "regenerate the checkpoint",
+        )
     return affinity, None if temperature is None else float(temperature)
 
 
@@ -113,10 +132,14 @@ def refuse_training_state(header: dict[str, Any], source: str | os.PathLike[str]
     stem = p.name.removesuffix(".state.safetensors")
     if stem != p.name:
         owner = p.with_name(stem + ".safetensors")
-        fix = f"pass {owner}, the checkpoint it belongs to" + ("" if owner.exists() else " (not there now: moved, or not written yet)")
+        fix = f"pass {owner}, the checkpoint it belongs to" + (
+            "" if owner.exists() else " (not there now: moved, or not written yet)"
+        )
     else:
         fix = "pass the checkpoint its training run wrote beside it"
-    raise CrowdtkError(f"{source}: is a training state (what train and warmup --resume continue from), not a checkpoint", fix)
+    raise CrowdtkError(
+        f"{source}: is a training state (what train and warmup --resume continue from), not a checkpoint", fix
+    )
 
 
 def init_model(init: str | os.PathLike[str], model: str | None) -> str:
@@ -126,8 +149,10 @@ def init_model(init: str | os.PathLike[str], model: str | None) -> str:
     refuse_training_state(header, init)
     name, _ = model_of(header, str(init))
     if model is not None and model != name:
-        raise CrowdtkError(f"{init}: is a checkpoint of model '{name}', not of --model {model}",
-                           f"drop --model (the --init checkpoint's model is used), or pass a checkpoint of a '{model}' model")
+        raise CrowdtkError(
+            f"{init}: is a checkpoint of model '{name}', not of --model {model}",
+            f"drop --model (the --init checkpoint's model is used), or pass a checkpoint of a '{model}' model",
+        )
     return name
 
 
@@ -137,7 +162,9 @@ def state_path(output: str | os.PathLike[str]) -> Path:
     return out.with_name(out.name.removesuffix(".safetensors") + ".state.safetensors")
 
 
-def strip_cap(source: str | os.PathLike[str], output: str | os.PathLike[str], provenance_command: str = "strip-cap") -> dict[str, Any]:
+def strip_cap(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], provenance_command: str = "strip-cap"
+) -> dict[str, Any]:
     """Algorithm 1, line 8: drop the CAP module's weights and mark the checkpoint inference-only.
 
     CAP sits between the features and the output layer only while training, so the

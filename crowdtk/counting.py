@@ -16,7 +16,6 @@ from crowdtk.geometry import STRIDE
 from crowdtk.native_stderr import capture, log_messages, summary
 from crowdtk.predict import Predictor, prefetched
 
-
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
@@ -34,8 +33,10 @@ def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray
     input_status(path, "video", "check the path")  # FFmpeg would wait forever to open a FIFO
     reader, messages = capture(cv2.VideoCapture, str(path))
     if not reader.isOpened():
-        raise CrowdtkError(f"{path}: cannot open video ({summary(messages) if messages else _silent_failure(path)})",
-                           "re-encode it (e.g. to H.264 in .mp4), or pass --skip-bad to leave it out")
+        raise CrowdtkError(
+            f"{path}: cannot open video ({summary(messages) if messages else _silent_failure(path)})",
+            "re-encode it (e.g. to H.264 in .mp4), or pass --skip-bad to leave it out",
+        )
     try:
         log_messages(str(path), messages)
         seen = dict.fromkeys(messages)
@@ -47,8 +48,10 @@ def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray
                 # A read that fails before the container's frame count is the end only when the decoder
                 # said nothing: the count of some containers (WebM, MKV) is an estimate from the duration.
                 if index < total and (messages or seen):
-                    raise CrowdtkError(f"{path}: cannot decode frame {index} of frames 0-{total - 1} ({summary(messages or seen)})",
-                                       "re-encode or repair the video, or pass --skip-bad to leave it out")
+                    raise CrowdtkError(
+                        f"{path}: cannot decode frame {index} of frames 0-{total - 1} ({summary(messages or seen)})",
+                        "re-encode or repair the video, or pass --skip-bad to leave it out",
+                    )
                 break
             if new := [m for m in messages if m not in seen]:
                 log_messages(f"{path} frame {index}", new)
@@ -97,9 +100,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             raise CrowdtkError(f"{item}: no such file or folder", "check the path")
     if not out:
-        raise CrowdtkError("no images or videos found in " + ", ".join(inputs),
-                           "count does not look into subfolders: pass them too (e.g. DIR/*/)" if subfolders
-                           else "pass image files, folders of images, or videos")
+        raise CrowdtkError(
+            "no images or videos found in " + ", ".join(inputs),
+            "count does not look into subfolders: pass them too (e.g. DIR/*/)"
+            if subfolders
+            else "pass image files, folders of images, or videos",
+        )
     return out
 
 
@@ -139,8 +145,9 @@ def _counted(record: dict, image: np.ndarray, density: np.ndarray, name: str) ->
     return Counted({**record, "count": round(count, 3) if math.isfinite(count) else None}, image, density, name)
 
 
-def count_inputs(predictor: Predictor, paths: list[Path],
-                 on_progress: Callable[[int], None] | None = None) -> Iterator[Counted | CrowdtkError | NoFrames]:
+def count_inputs(
+    predictor: Predictor, paths: list[Path], on_progress: Callable[[int], None] | None = None
+) -> Iterator[Counted | CrowdtkError | NoFrames]:
     """Count the images (in order, decoding the next while one runs), then every frame of the videos.
 
     A bad image or video is yielded as its CrowdtkError, so the caller stops or skips it (--skip-bad);

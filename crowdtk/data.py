@@ -74,9 +74,15 @@ _PILLOW_BLOCKS = 4  # freed image blocks Pillow keeps for the next image (at mos
 _ORIENTATION = 0x0112  # the EXIF tag
 # How an image with each EXIF orientation is turned upright: OpenCV's IMREAD_COLOR applied it, and
 # the manifests' widths and heights of rotated camera images are the upright ones.
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # What Pillow may take a file for: the formats of IMAGE_SUFFIXES (a JPEG holding more pictures, MPO, opens as
 # JPEG; DIB: a BMP without its file header). Not the others it knows: EPS, for one, would run Ghostscript.
 _FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "DIB")
@@ -168,7 +174,9 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
     (see above), and a TIFF goes through :func:`crowdtk.native_stderr.capture`.
     """
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
-        raise CrowdtkError(f"{source}: truncated JPEG (no end-of-image marker)", "re-export or re-download the image, or remove it")
+        raise CrowdtkError(
+            f"{source}: truncated JPEG (no end-of-image marker)", "re-export or re-download the image, or remove it"
+        )
     messages: list[str] = []
     try:
         image = _decode_with_pillow(data, source, messages)
@@ -226,14 +234,22 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def check_decodable(width: int, height: int, source: str, fix: str) -> None:
     """Refuse, before decoding, an image too large to hold in memory whole (MAX_DECODED_PIXELS)."""
     if width * height > MAX_DECODED_PIXELS:
-        raise CrowdtkError(f"{source}: image is {width}x{height} px ({width * height / 1e6:.0f} Mpx), more than the "
-                           f"{MAX_DECODED_PIXELS / 1e6:.0f} Mpx crowdtk decodes whole", fix)
+        raise CrowdtkError(
+            f"{source}: image is {width}x{height} px ({width * height / 1e6:.0f} Mpx), more than the "
+            f"{MAX_DECODED_PIXELS / 1e6:.0f} Mpx crowdtk decodes whole",
+            fix,
+        )
 
 
 # --------------------------------------------------------------------------- input files, and whether they changed
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def input_status(path: str | os.PathLike[str], what: str, missing_fix: str) -> os.stat_result:
@@ -280,7 +296,9 @@ def check_bytes(data: bytes, sha256: str | None, path: str | os.PathLike[str]) -
         raise changed_since_indexed(path)
 
 
-def check_unchanged(path: str | os.PathLike[str], sha256: str, size: int | None = None, mtime_ns: int | None = None) -> None:
+def check_unchanged(
+    path: str | os.PathLike[str], sha256: str, size: int | None = None, mtime_ns: int | None = None
+) -> None:
     """Refuse an image other than the one indexed, for a stage that does not read its bytes: the same size and
     modification time as recorded pass at the cost of one stat; otherwise (a copied data set has new
     modification times; an older manifest records neither) the file's sha256 decides."""
@@ -365,12 +383,16 @@ def _parse_points(data: bytes, p: Path) -> np.ndarray:
     except CrowdtkError:
         raise
     except RecursionError:
-        raise CrowdtkError(f"{source}: unreadable points file (nested too deeply)", "fix or re-export the annotations") from None
+        raise CrowdtkError(
+            f"{source}: unreadable points file (nested too deeply)", "fix or re-export the annotations"
+        ) from None
     # Whatever a parser raises on a malformed file is the same problem for the user: scipy's
     # MatReadError, NotImplementedError for MATLAB v7.3 files, csv.Error, numpy's
     # ValueError/SyntaxError for a bad .npy header, MemoryError for an absurd shape, and others.
     except Exception as exc:  # noqa: BLE001
-        raise CrowdtkError(f"{source}: unreadable points file ({type(exc).__name__}: {exc})", "fix or re-export the annotations") from None
+        raise CrowdtkError(
+            f"{source}: unreadable points file ({type(exc).__name__}: {exc})", "fix or re-export the annotations"
+        ) from None
     if isinstance(points, np.ndarray) and np.iscomplexobj(points):  # .mat and .npy; JSON has no complex numbers
         raise CrowdtkError(f"{source}: points are complex numbers", "write real x, y pixel coordinates")
     try:
@@ -380,7 +402,9 @@ def _parse_points(data: bytes, p: Path) -> np.ndarray:
     if points.size == 0:
         return np.zeros((0, 2), dtype=np.float64)
     if points.ndim != 2 or points.shape[1] < 2:
-        raise CrowdtkError(f"{source}: points have shape {points.shape}, expected (N, 2)", "write one 'x y' pair per head")
+        raise CrowdtkError(
+            f"{source}: points have shape {points.shape}, expected (N, 2)", "write one 'x y' pair per head"
+        )
     points = points[:, :2]
     if not np.isfinite(points).all():
         bad = int((~np.isfinite(points)).any(axis=1).sum())
@@ -432,7 +456,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
                 if top or any(buf[pos:end]):
                     raise bad(f"{end - pos} stray byte(s) at offset {pos}")
                 break
-            first = int.from_bytes(buf[pos:pos + 4], order)
+            first = int.from_bytes(buf[pos : pos + 4], order)
             if first >> 16 and not top:  # small data element: type and size in one word, data in the next
                 kind, size = first & 0xFFFF, first >> 16
                 if size > 4:
@@ -440,7 +464,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
                 found.append((pos, kind, pos + 4, size))
                 pos += 8
                 continue
-            kind, size = first, int.from_bytes(buf[pos + 4:pos + 8], order)
+            kind, size = first, int.from_bytes(buf[pos + 4 : pos + 8], order)
             if pos + 8 + size > end:
                 raise bad(f"element at offset {pos} runs past its end")
             found.append((pos, kind, pos + 8, size))
@@ -448,7 +472,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
         return found
 
     def int32(buf: bytes, part: tuple[int, int, int, int]) -> int:
-        return int.from_bytes(buf[part[2]:part[2] + 4], order, signed=True)
+        return int.from_bytes(buf[part[2] : part[2] + 4], order, signed=True)
 
     def matrix(buf: bytes, pos: int, end: int, depth: int) -> None:
         if depth > _MAT_MAX_DEPTH:
@@ -464,7 +488,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
                 raise bad(f"element of type {kind} at offset {offset}")
             if kind != _MI_MATRIX and size % _MAT_ITEM_SIZE[kind]:
                 raise bad(f"element at offset {offset} holds {size} bytes, not whole items of type {kind}")
-        flags = buf[parts[0][2]:parts[0][2] + 4]
+        flags = buf[parts[0][2] : parts[0][2] + 4]
         mx_class, is_complex = (flags[0], flags[1] & 0x08) if order == "little" else (flags[3], flags[2] & 0x08)
         dims = [int32(buf, (0, 0, parts[1][2] + 4 * i, 4)) for i in range(parts[1][3] // 4)]
         if min(dims) < 0:
@@ -483,7 +507,9 @@ def check_mat_structure(data: bytes, source: str) -> None:
                     raise bad(f"{where} (class {mx_class}) has a bad field name length")
                 wanted = cells * (names[3] // int32(buf, length))
             if len(parts) - leading != wanted:
-                raise bad(f"{where} (class {mx_class}, dimensions {dims}) holds {len(parts) - leading} matrices, not {wanted}")
+                raise bad(
+                    f"{where} (class {mx_class}, dimensions {dims}) holds {len(parts) - leading} matrices, not {wanted}"
+                )
             for offset, kind, body, size in parts[leading:]:
                 if kind != _MI_MATRIX:
                     raise bad(f"element of type {kind} at offset {offset} where {where} holds matrices")
@@ -501,7 +527,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
         elif kind == _MI_COMPRESSED:
             inflater = zlib.decompressobj()
             try:
-                inner = inflater.decompress(data[body:body + size], _MAT_MAX_INFLATED)
+                inner = inflater.decompress(data[body : body + size], _MAT_MAX_INFLATED)
             except zlib.error as exc:
                 raise bad(f"compressed element at offset {offset}: {exc}") from None
             if inflater.unconsumed_tail:
@@ -532,7 +558,9 @@ def _read_json_points(raw: bytes, p: Path) -> list:
     data = json.loads(raw.decode("utf-8"))
     if isinstance(data, dict):
         if "points" not in data:
-            raise CrowdtkError(f"{p}: JSON object without a 'points' list", "write [[x, y], …] or {\"points\": [[x, y], …]}")
+            raise CrowdtkError(
+                f"{p}: JSON object without a 'points' list", 'write [[x, y], …] or {"points": [[x, y], …]}'
+            )
         data = data["points"]
     if not isinstance(data, list):
         raise CrowdtkError(f"{p}: JSON points must be a list", "write [[x, y], …]")
@@ -543,7 +571,7 @@ def _read_json_points(raw: bytes, p: Path) -> list:
         elif isinstance(item, list) and len(item) >= 2:
             out.append(item[:2])
         else:
-            raise CrowdtkError(f"{p}: JSON point {item!r} is neither [x, y] nor {{\"x\", \"y\"}}", "fix the annotations")
+            raise CrowdtkError(f'{p}: JSON point {item!r} is neither [x, y] nor {{"x", "y"}}', "fix the annotations")
     return out
 
 
@@ -581,8 +609,9 @@ def inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
     return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
 
 
-def read_points_on_image(path: str | os.PathLike[str] | None, width: int, height: int,
-                         sha256: str | None = None) -> tuple[np.ndarray, int]:
+def read_points_on_image(
+    path: str | os.PathLike[str] | None, width: int, height: int, sha256: str | None = None
+) -> tuple[np.ndarray, int]:
     """Points that lie on a ``width``×``height`` image, and how many were dropped (``sha256`` as in :func:`read_points`)."""
     if path is None:
         return np.zeros((0, 2), dtype=np.float64), 0

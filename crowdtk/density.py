@@ -27,8 +27,8 @@ from scipy.spatial import cKDTree
 
 from crowdtk.data import check_image_size, check_unchanged, read_points_on_image
 from crowdtk.errors import CrowdtkError
-from crowdtk.geometry import STRIDE
 from crowdtk.formats import DensityEntry, ManifestEntry, Provenance, density_map_header, save_npz
+from crowdtk.geometry import STRIDE
 from crowdtk.workers import process_pool
 
 HEADS_PER_BLOCK = 2048  # bounds the N×H and N×W kernel matrices to ~16 MB each
@@ -118,7 +118,9 @@ def _one(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: 
         )
     density = density_map(points, entry.height, entry.width, config)
     rel = f"maps/{entry.id}.npz"
-    header = density_map_header(provenance, entry.id, entry.image, entry.count, config.stride, [entry.height, entry.width])
+    header = density_map_header(
+        provenance, entry.id, entry.image, entry.count, config.stride, [entry.height, entry.width]
+    )
     save_npz(Path(out_dir) / rel, header, {"density": density})
     record = DensityEntry(
         id=entry.id,
@@ -133,7 +135,9 @@ def _one(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: 
     return record
 
 
-def _one_or_error(entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: Provenance) -> DensityEntry | tuple[str, str]:
+def _one_or_error(
+    entry: ManifestEntry, out_dir: str, config: DensityConfig, provenance: Provenance
+) -> DensityEntry | tuple[str, str]:
     """``_one``, with a CrowdtkError returned as (what, fix): it crosses a process boundary intact."""
     try:
         return _one(entry, out_dir, config, provenance)

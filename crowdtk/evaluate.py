@@ -37,7 +37,9 @@ class ImageResult:
         return self.predicted - self.true_count
 
 
-def game_errors(density: np.ndarray, sx: float, sy: float, points: np.ndarray, width: int, height: int, levels: int = 3) -> list[float]:
+def game_errors(
+    density: np.ndarray, sx: float, sy: float, points: np.ndarray, width: int, height: int, levels: int = 3
+) -> list[float]:
     """GAME(L) for L = 1..levels: the image is cut into 2^L × 2^L cells; sum of |predicted − true| per cell.
 
     A density cell belongs to the GAME cell holding its centre (mapped back to original pixels).
@@ -47,7 +49,7 @@ def game_errors(density: np.ndarray, sx: float, sy: float, points: np.ndarray, w
     cx = (np.arange(cols) + 0.5) * STRIDE / sx
     out = []
     for level in range(1, levels + 1):
-        k = 2 ** level
+        k = 2**level
         ry = np.minimum((cy * k / height).astype(int), k - 1)
         rx = np.minimum((cx * k / width).astype(int), k - 1)
         pred = np.zeros((k, k))
@@ -61,8 +63,12 @@ def game_errors(density: np.ndarray, sx: float, sy: float, points: np.ndarray, w
     return out
 
 
-def evaluate(predictor: Predictor, entries: list[ManifestEntry], on_progress: Callable[[int], None] | None = None,
-             shard: tuple[int, int] = (0, 1)) -> list[ImageResult]:
+def evaluate(
+    predictor: Predictor,
+    entries: list[ManifestEntry],
+    on_progress: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> list[ImageResult]:
     """Predict every manifest image (this process's shard ``(rank, world)``) and compare with its points."""
     rank, world = shard
     mine = entries[rank::world]
@@ -76,8 +82,15 @@ def evaluate(predictor: Predictor, entries: list[ManifestEntry], on_progress: Ca
 
     for entry, (density, sx, sy) in zip(mine, predictor.densities(checked(), (e.sha256 for e in mine))):
         points, _ = read_points_on_image(entry.points, entry.width, entry.height, entry.points_sha256)
-        results.append(ImageResult(entry.id, entry.image, len(points), float(density.sum(dtype=np.float64)),
-                                   game_errors(density, sx, sy, points, entry.width, entry.height)))
+        results.append(
+            ImageResult(
+                entry.id,
+                entry.image,
+                len(points),
+                float(density.sum(dtype=np.float64)),
+                game_errors(density, sx, sy, points, entry.width, entry.height),
+            )
+        )
         if on_progress:
             on_progress(1)
     return results
@@ -90,7 +103,7 @@ def summarize(results: list[ImageResult]) -> dict[str, Any]:
     game = np.array([r.game for r in finite], dtype=np.float64).reshape(len(finite), -1)
     return {
         "mae": float(np.abs(errors).mean()) if len(finite) else math.nan,
-        "rmse": float(np.sqrt((errors ** 2).mean())) if len(finite) else math.nan,
+        "rmse": float(np.sqrt((errors**2).mean())) if len(finite) else math.nan,
         "game": {str(level + 1): float(game[:, level].mean()) for level in range(game.shape[1])} if len(finite) else {},
         "n_images": len(finite),
         "non_finite": [r.id for r in results if not math.isfinite(r.predicted)],
@@ -110,13 +123,22 @@ class Evaluation:
         if not self.results:
             raise CrowdtkError(f"{self.name}: every image was bad", "see the list of skipped images")
         if not any(math.isfinite(r.predicted) for r in self.results):
-            raise CrowdtkError(f"{self.checkpoint}: the prediction is not finite (NaN or inf) for all {len(self.results)} image(s) of {self.name}",
-                               "the checkpoint's weights have diverged; use an earlier checkpoint, or retrain with a lower --lr")
+            raise CrowdtkError(
+                f"{self.checkpoint}: the prediction is not finite (NaN or inf) for all {len(self.results)} image(s) of {self.name}",
+                "the checkpoint's weights have diverged; use an earlier checkpoint, or retrain with a lower --lr",
+            )
         return {**summarize(self.results), "skipped": self.skipped}
 
 
-def evaluate_manifest(predictor: Predictor, entries: list[ManifestEntry], name: str, *, skip_bad: bool = False,
-                      procs: Processes = Processes(), on_progress: Callable[[int], None] | None = None) -> Evaluation:
+def evaluate_manifest(
+    predictor: Predictor,
+    entries: list[ManifestEntry],
+    name: str,
+    *,
+    skip_bad: bool = False,
+    procs: Processes = Processes(),
+    on_progress: Callable[[int], None] | None = None,
+) -> Evaluation:
     """Evaluate every image of the manifest ``name`` (this process's share under torchrun)."""
     skipped: list[str] = []
     good = []
@@ -133,7 +155,7 @@ def evaluate_manifest(predictor: Predictor, entries: list[ManifestEntry], name: 
         results = evaluate(predictor, entries, on_progress=on_progress, shard=(procs.rank, procs.world))
     else:  # one image at a time, so that a bad one is left out instead of stopping the run
         results = []
-        for entry in entries[procs.rank::procs.world]:
+        for entry in entries[procs.rank :: procs.world]:
             try:
                 results.extend(evaluate(predictor, [entry]))
             except CrowdtkError as exc:

@@ -90,7 +90,11 @@ def read_entry(path: Path, key: str, spatial: tuple[int, int] | None = None) -> 
         raise DamagedEntry("have no digest (written by an older crowdtk)", stale=True)
     if meta.get("key") != key:
         raise DamagedEntry("belong to another entry (the file was copied or renamed)")
-    if features.dtype != torch.float16 or features.dim() != 3 or (spatial is not None and tuple(features.shape[1:]) != spatial):
+    if (
+        features.dtype != torch.float16
+        or features.dim() != 3
+        or (spatial is not None and tuple(features.shape[1:]) != spatial)
+    ):
         raise DamagedEntry(f"are a {features.dtype} map of shape {tuple(features.shape)}, not this image's")
     if map_digest(features) != meta["sha256"]:
         raise DamagedEntry("do not match their digest (the file is damaged)")
@@ -99,7 +103,9 @@ def read_entry(path: Path, key: str, spatial: tuple[int, int] | None = None) -> 
 
 def frozen_digest(counter: Counter, level: str) -> str:
     """sha256 of the model's identity and the frozen modules' weights and buffers."""
-    h = hashlib.sha256(json.dumps({"model": counter.name, "config": counter.config, "level": level}, sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps({"model": counter.name, "config": counter.config, "level": level}, sort_keys=True).encode()
+    )
     for module in counter.frozen_modules(level):
         for name, tensor in module.state_dict().items():
             h.update(name.encode())
@@ -132,8 +138,10 @@ class FeatureMap:
             return read_entry(self.path, self.key, self.spatial)
         except DamagedEntry as damage:
             if self.recompute is None:
-                raise CrowdtkError(f"{self.path}: cached features {damage}",
-                                   "delete the feature cache folder; it is rebuilt on the next run") from None
+                raise CrowdtkError(
+                    f"{self.path}: cached features {damage}",
+                    "delete the feature cache folder; it is rebuilt on the next run",
+                ) from None
             features, stored = self.recompute(damage)
             if not stored:
                 self.tensor = features
@@ -143,7 +151,9 @@ class FeatureMap:
 class FeatureCache:
     """Computes (or finds) the frozen part's features of images at the working resolution."""
 
-    def __init__(self, counter: Counter, level: str, device: torch.device, folder: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, counter: Counter, level: str, device: torch.device, folder: str | os.PathLike[str] | None = None
+    ) -> None:
         self.level = level
         self.device = device
         self.digest = frozen_digest(counter, level)
@@ -166,10 +176,20 @@ class FeatureCache:
     def _store(self, path: Path, key: str, features: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file({"features": features}, str(tmp), metadata={"format": FORMAT, "key": key, "sha256": map_digest(features)})
+            save_file(
+                {"features": features},
+                str(tmp),
+                metadata={"format": FORMAT, "key": key, "sha256": map_digest(features)},
+            )
 
-    def map(self, image: np.ndarray, image_sha256: str, scale: float, flip: bool = False,
-            source: Callable[[], np.ndarray] | None = None) -> FeatureMap:
+    def map(
+        self,
+        image: np.ndarray,
+        image_sha256: str,
+        scale: float,
+        flip: bool = False,
+        source: Callable[[], np.ndarray] | None = None,
+    ) -> FeatureMap:
         """The map of ``image`` (uint8 H×W×3 at the working scale, padded to the stride; mirrored
         first when ``flip``); ``image_sha256`` and ``scale`` name the original image and scale.
 
@@ -200,17 +220,34 @@ class FeatureCache:
             self._warn(path, damage, "")
             return features, True
 
-        return FeatureMap(path=path, key=key, spatial=(image.shape[0] // STRIDE, image.shape[1] // STRIDE), recompute=recompute)
+        return FeatureMap(
+            path=path, key=key, spatial=(image.shape[0] // STRIDE, image.shape[1] // STRIDE), recompute=recompute
+        )
 
     def _warn(self, path: Path, damage: DamagedEntry, unsaved: str) -> None:
         if not damage.stale:
-            log.warning("%s: cached features %s; computed again from the image%s", path, damage, unsaved, extra={"source": str(path)})
+            log.warning(
+                "%s: cached features %s; computed again from the image%s",
+                path,
+                damage,
+                unsaved,
+                extra={"source": str(path)},
+            )
         elif not self._told_stale:  # an older crowdtk's folder: one warning, not one per map
             self._told_stale = True
-            log.warning("%s: cached features %s; computed again from the image, as is every such file in %s%s",
-                        path, damage, self.folder, unsaved, extra={"source": str(path)})
+            log.warning(
+                "%s: cached features %s; computed again from the image, as is every such file in %s%s",
+                path,
+                damage,
+                self.folder,
+                unsaved,
+                extra={"source": str(path)},
+            )
 
-    def maps(self, image: np.ndarray, image_sha256: str, scale: float,
-             source: Callable[[], np.ndarray] | None = None) -> tuple[FeatureMap, FeatureMap]:
+    def maps(
+        self, image: np.ndarray, image_sha256: str, scale: float, source: Callable[[], np.ndarray] | None = None
+    ) -> tuple[FeatureMap, FeatureMap]:
         """The maps of ``image`` and of its horizontal mirror (training's flips)."""
-        return self.map(image, image_sha256, scale, source=source), self.map(image, image_sha256, scale, flip=True, source=source)
+        return self.map(image, image_sha256, scale, source=source), self.map(
+            image, image_sha256, scale, flip=True, source=source
+        )

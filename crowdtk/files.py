@@ -168,8 +168,10 @@ class _Claim:
     def check_replace(self, final: Path) -> None:
         """At write time: an output that appeared after the start (another program wrote it) needs --force too."""
         if not self.force and not self.written and os.path.lexists(final):
-            raise CrowdtkError(f"{final}: was created by another program while this run worked",
-                               "choose another output path, or pass --force to replace it")
+            raise CrowdtkError(
+                f"{final}: was created by another program while this run worked",
+                "choose another output path, or pass --force to replace it",
+            )
 
 
 _CLAIMS: dict[Path, _Claim] = {}
@@ -207,8 +209,10 @@ def _exclusive(final: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise CrowdtkError(f"{final}: another crowdtk run ({_holder(lock_path)}) is writing this output",
-                               "wait for it to finish, or choose another output path") from None
+            raise CrowdtkError(
+                f"{final}: another crowdtk run ({_holder(lock_path)}) is writing this output",
+                "wait for it to finish, or choose another output path",
+            ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
         except FileNotFoundError:
@@ -227,8 +231,14 @@ def _exclusive(final: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def claim_output(path: str | os.PathLike[str], force: bool, *, folder: bool = False,
-                 inputs: Iterable[str | os.PathLike[str] | None] = (), lock_only: bool = False) -> Iterator[None]:
+def claim_output(
+    path: str | os.PathLike[str],
+    force: bool,
+    *,
+    folder: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    lock_only: bool = False,
+) -> Iterator[None]:
     """Hold ``path`` as this run's output for the length of the block.
 
     Before any work: the checks of :func:`check_output_free` (unless ``lock_only``: a folder a command
@@ -257,7 +267,9 @@ def check_apart(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
     """Refuse an output that is, holds or lies inside one of ``inputs`` (files or folders): replacing it
     with --force would delete what the command reads."""
     out = _location(output)
-    folders: dict[str, Path] = {}  # each input's folder resolved once: a manifest names thousands of images in a few folders
+    folders: dict[
+        str, Path
+    ] = {}  # each input's folder resolved once: a manifest names thousands of images in a few folders
     for item in inputs:
         if item is None or str(item) == STDIO:
             continue
@@ -268,8 +280,10 @@ def check_apart(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
         where = folders[parent] / name
         if where == out or out in where.parents or (where in out.parents and os.path.isdir(where)):
             relation = "is" if where == out else ("holds" if out in where.parents else "lies inside")
-            raise CrowdtkError(f"{output}: the output {relation} {item}, an input of this command",
-                               "write the output to a path apart from the inputs")
+            raise CrowdtkError(
+                f"{output}: the output {relation} {item}, an input of this command",
+                "write the output to a path apart from the inputs",
+            )
 
 
 def check_output_free(path: str | os.PathLike[str], force: bool, folder: bool = False) -> None:
@@ -282,20 +296,30 @@ def check_output_free(path: str | os.PathLike[str], force: bool, folder: bool = 
     if p.exists() and not force:
         raise CrowdtkError(f"{path}: output already exists", "choose another path, or pass --force to replace it")
     if not folder and p.is_dir():
-        raise CrowdtkError(f"{path}: is a folder, and this output is a file", "name the output file, e.g. DIR/out.jsonl")
+        raise CrowdtkError(
+            f"{path}: is a folder, and this output is a file", "name the output file, e.g. DIR/out.jsonl"
+        )
     resolved = p.resolve()
-    if folder and (resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved.parent == resolved):
-        raise CrowdtkError(f"{path}: is the working folder (or holds it), which cannot be replaced", "name a new folder for the output")
+    if folder and (
+        resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved.parent == resolved
+    ):
+        raise CrowdtkError(
+            f"{path}: is the working folder (or holds it), which cannot be replaced", "name a new folder for the output"
+        )
     parent = next(q for q in [resolved.parent, *resolved.parent.parents] if q.exists())  # the folders below it are made
     name_max = _name_max(parent)
     if len(os.fsencode(p.name)) + _NAME_ROOM > name_max:
-        raise CrowdtkError(f"{path}: the name is {len(os.fsencode(p.name))} bytes long; crowdtk's temporary files beside it need "
-                           f"{_NAME_ROOM} bytes more, and names here are limited to {name_max}",
-                           f"shorten the name to {name_max - _NAME_ROOM} bytes or fewer")
+        raise CrowdtkError(
+            f"{path}: the name is {len(os.fsencode(p.name))} bytes long; crowdtk's temporary files beside it need "
+            f"{_NAME_ROOM} bytes more, and names here are limited to {name_max}",
+            f"shorten the name to {name_max - _NAME_ROOM} bytes or fewer",
+        )
     if not parent.is_dir():
         raise CrowdtkError(f"{path}: {parent} is a file, not a folder", "choose an output path in a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise CrowdtkError(f"{path}: no permission to write in {parent}", "choose a folder you can write to, or change its permissions")
+        raise CrowdtkError(
+            f"{path}: no permission to write in {parent}", "choose a folder you can write to, or change its permissions"
+        )
 
 
 def _name_max(folder: Path) -> int:

@@ -16,9 +16,10 @@ import datetime as _dt
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -53,7 +54,6 @@ FORMAT_VERSIONS: dict[str, int] = {
     DEMO_REPORT: 1,
     BENCH_CHECK: 1,
 }
-
 
 
 # --------------------------------------------------------------------------- headers
@@ -97,23 +97,60 @@ def density_index_header(provenance: Provenance, skipped: list[str]) -> dict[str
     return {**make_header(DENSITY_INDEX, provenance), "skipped": skipped}
 
 
-def density_map_header(provenance: Provenance, image_id: str, image: str, count: int, stride: int,
-                       image_size: list[int]) -> dict[str, Any]:
-    return {**make_header(DENSITY_MAP, provenance), "image_id": image_id, "image": image, "count": count, "stride": stride,
-            "image_size": image_size}
+def density_map_header(
+    provenance: Provenance, image_id: str, image: str, count: int, stride: int, image_size: list[int]
+) -> dict[str, Any]:
+    return {
+        **make_header(DENSITY_MAP, provenance),
+        "image_id": image_id,
+        "image": image,
+        "count": count,
+        "stride": stride,
+        "image_size": image_size,
+    }
 
 
-def vectors_header(provenance: Provenance, *, levels: int, strip_frac: float, scale: float, manifest_sha256: str,
-                   checkpoint_sha256: str, model: str | None, skipped: list[str]) -> dict[str, Any]:
-    return {**make_header(VECTORS, provenance), "levels": levels, "strip_frac": strip_frac, "scale": scale,
-            "manifest_sha256": manifest_sha256, "checkpoint_sha256": checkpoint_sha256, "model": model, "skipped": skipped}
+def vectors_header(
+    provenance: Provenance,
+    *,
+    levels: int,
+    strip_frac: float,
+    scale: float,
+    manifest_sha256: str,
+    checkpoint_sha256: str,
+    model: str | None,
+    skipped: list[str],
+) -> dict[str, Any]:
+    return {
+        **make_header(VECTORS, provenance),
+        "levels": levels,
+        "strip_frac": strip_frac,
+        "scale": scale,
+        "manifest_sha256": manifest_sha256,
+        "checkpoint_sha256": checkpoint_sha256,
+        "model": model,
+        "skipped": skipped,
+    }
 
 
-def checkpoint_header(provenance: Provenance, *, model: str, model_config: dict[str, Any], cap: bool, training: dict[str, Any],
-                      labels_sha256: str, epochs_done: int, best_val_mae: float, val_on: str,
-                      supervision: dict[str, int] | None = None, finished: bool = True,
-                      cpu_phase_split: bool | None = None, cap_affinity: str = "paper",
-                      cap_temperature: float | None = None, run_id: str | None = None) -> dict[str, Any]:
+def checkpoint_header(
+    provenance: Provenance,
+    *,
+    model: str,
+    model_config: dict[str, Any],
+    cap: bool,
+    training: dict[str, Any],
+    labels_sha256: str,
+    epochs_done: int,
+    best_val_mae: float,
+    val_on: str,
+    supervision: dict[str, int] | None = None,
+    finished: bool = True,
+    cpu_phase_split: bool | None = None,
+    cap_affinity: str = "paper",
+    cap_temperature: float | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """``training`` is the run's TrainConfig as a dict; its density and input scales are repeated at the top
     level because every reader of a checkpoint needs them. ``finished``: the run trained all its epochs
     (False in the checkpoint of a run that was interrupted, which eval and count warn about).
@@ -122,24 +159,61 @@ def checkpoint_header(provenance: Provenance, *, model: str, model_config: dict[
     so that whoever draws its affinities uses the form training used (checkpoint.cap_settings reads them).
     ``run_id`` names the training run (the same in its checkpoint and its resumable state)."""
     cap_fields = {"cap_affinity": cap_affinity, "cap_temperature": cap_temperature} if cap else {}
-    return {**make_header(CHECKPOINT, provenance), "model": {"name": model, "config": model_config}, "cap": cap, **cap_fields,
-            "inference_only": False, "density_scale": training["density_scale"], "input_scale": training["input_scale"],
-            "training": training, "labels_sha256": labels_sha256, "epochs_done": epochs_done, "best_val_mae": best_val_mae,
-            "val_on": val_on, "supervision": supervision or {}, "finished": finished, "cpu_phase_split": cpu_phase_split,
-            "run_id": run_id}
+    return {
+        **make_header(CHECKPOINT, provenance),
+        "model": {"name": model, "config": model_config},
+        "cap": cap,
+        **cap_fields,
+        "inference_only": False,
+        "density_scale": training["density_scale"],
+        "input_scale": training["input_scale"],
+        "training": training,
+        "labels_sha256": labels_sha256,
+        "epochs_done": epochs_done,
+        "best_val_mae": best_val_mae,
+        "val_on": val_on,
+        "supervision": supervision or {},
+        "finished": finished,
+        "cpu_phase_split": cpu_phase_split,
+        "run_id": run_id,
+    }
 
 
-def regions_header(provenance: Provenance, *, budget: float | None, strip_frac: float, scale: float, shape: str, manifest_sha256: str | None,
-                   pool_images: int, pool_area: int, area_fraction: float, cumulative_area_fraction: float,
-                   budget_heads: float | None = None, expected_heads: float | None = None) -> dict[str, Any]:
+def regions_header(
+    provenance: Provenance,
+    *,
+    budget: float | None,
+    strip_frac: float,
+    scale: float,
+    shape: str,
+    manifest_sha256: str | None,
+    pool_images: int,
+    pool_area: int,
+    area_fraction: float,
+    cumulative_area_fraction: float,
+    budget_heads: float | None = None,
+    expected_heads: float | None = None,
+) -> dict[str, Any]:
     """``budget_heads`` and ``expected_heads`` are written only with a head budget (``budget`` is then None)."""
     heads = {} if budget_heads is None else {"budget_heads": budget_heads, "expected_heads": expected_heads}
-    return {**make_header(REGIONS, provenance), "budget": budget, "strip_frac": strip_frac, "scale": scale, "shape": shape,
-            "manifest_sha256": manifest_sha256, "pool_images": pool_images, "pool_area": pool_area, "area_fraction": area_fraction,
-            "cumulative_area_fraction": cumulative_area_fraction, **heads}
+    return {
+        **make_header(REGIONS, provenance),
+        "budget": budget,
+        "strip_frac": strip_frac,
+        "scale": scale,
+        "shape": shape,
+        "manifest_sha256": manifest_sha256,
+        "pool_images": pool_images,
+        "pool_area": pool_area,
+        "area_fraction": area_fraction,
+        "cumulative_area_fraction": cumulative_area_fraction,
+        **heads,
+    }
 
 
-def labels_header(provenance: Provenance, regions_sha256: str | None, manifest_sha256: str | None = None) -> dict[str, Any]:
+def labels_header(
+    provenance: Provenance, regions_sha256: str | None, manifest_sha256: str | None = None
+) -> dict[str, Any]:
     """``regions_sha256``: the digest of the regions file the labels answer (None when it came on stdin);
     ``manifest_sha256``: the pool's manifest, from the regions header (so that --merge can refuse another pool's labels)."""
     return {**make_header(LABELS, provenance), "regions_sha256": regions_sha256, "manifest_sha256": manifest_sha256}
@@ -150,14 +224,28 @@ def export_header(provenance: Provenance, regions_sha256: str | None) -> dict[st
     return {**make_header(LABELING_EXPORT, provenance), "regions_sha256": regions_sha256}
 
 
-def bench_check_header(provenance: Provenance, *, baseline: str, baseline_sha256: str, tolerance: float) -> dict[str, Any]:
+def bench_check_header(
+    provenance: Provenance, *, baseline: str, baseline_sha256: str, tolerance: float
+) -> dict[str, Any]:
     """check.json of ``bench --check``: the baseline results.json it compared against (path and digest) and the tolerance."""
-    return {**make_header(BENCH_CHECK, provenance), "baseline": baseline, "baseline_sha256": baseline_sha256, "tolerance": tolerance}
+    return {
+        **make_header(BENCH_CHECK, provenance),
+        "baseline": baseline,
+        "baseline_sha256": baseline_sha256,
+        "tolerance": tolerance,
+    }
 
 
 def stripped_checkpoint_header(header: dict[str, Any], source: str, command: str, removed: list[str]) -> dict[str, Any]:
     """A checkpoint's header once CAP's weights are gone (strip-cap): inference only."""
-    return {**header, "cap": False, "inference_only": True, "stripped_from": source, "stripped_by": command, "removed_tensors": removed}
+    return {
+        **header,
+        "cap": False,
+        "inference_only": True,
+        "stripped_from": source,
+        "stripped_by": command,
+        "removed_tensors": removed,
+    }
 
 
 def check_header(header: Any, fmt: str, source: str) -> dict[str, Any]:
@@ -221,7 +309,10 @@ def with_named_files(*paths: str | os.PathLike[str] | None) -> list[str | os.Pat
     """``paths`` and the image and points files that the manifests, regions and labels files among them name:
     everything a command reads through them, for the check that its output spares its inputs."""
     readers: dict[str, Callable[[str | os.PathLike[str]], tuple[dict[str, Any], list[Any]]]] = {
-        MANIFEST: read_manifest, REGIONS: read_regions, LABELS: read_labels}
+        MANIFEST: read_manifest,
+        REGIONS: read_regions,
+        LABELS: read_labels,
+    }
     found: list[str | os.PathLike[str]] = []
     for path in paths:
         if path is None or str(path) == STDIO:
@@ -299,7 +390,9 @@ def read_jsonl(
     except IsADirectoryError:
         raise CrowdtkError(f"{source}: is a folder, expected a '{fmt}' JSON Lines file", "pass the file") from None
     except UnicodeDecodeError:
-        raise CrowdtkError(f"{source}: not UTF-8 text (expected a '{fmt}' JSON Lines file)", "pass the right file") from None
+        raise CrowdtkError(
+            f"{source}: not UTF-8 text (expected a '{fmt}' JSON Lines file)", "pass the right file"
+        ) from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise CrowdtkError(f"{source}: empty file (expected a '{fmt}' artifact)", "regenerate it")
@@ -308,11 +401,11 @@ def read_jsonl(
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CrowdtkError(
-                f"{source}:{n}: line is not JSON ({exc.msg})", "fix or regenerate the file"
-            ) from None
+            raise CrowdtkError(f"{source}:{n}: line is not JSON ({exc.msg})", "fix or regenerate the file") from None
         except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-            raise CrowdtkError(f"{source}:{n}: line is not usable JSON ({type(exc).__name__})", "fix or regenerate the file") from None
+            raise CrowdtkError(
+                f"{source}:{n}: line is not usable JSON ({type(exc).__name__})", "fix or regenerate the file"
+            ) from None
         if not isinstance(obj, dict):
             raise CrowdtkError(f"{source}:{n}: line is not a JSON object", "fix or regenerate the file")
         parsed.append((n, obj))
@@ -362,7 +455,9 @@ def load_npz(path: str | os.PathLike[str], fmt: str) -> tuple[dict[str, Any], di
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array, not an .npz archive
-            raise CrowdtkError(f"{source}: is a single .npy array, not an .npz archive", f"expected a '{fmt}' artifact; regenerate it")
+            raise CrowdtkError(
+                f"{source}: is a single .npy array, not an .npz archive", f"expected a '{fmt}' artifact; regenerate it"
+            )
         with loaded as data:
             arrays = {key: data[key] for key in data.files}
     except CrowdtkError:
@@ -371,10 +466,14 @@ def load_npz(path: str | os.PathLike[str], fmt: str) -> tuple[dict[str, Any], di
         raise CrowdtkError(f"{source}: no such file", "check the path") from None
     except ValueError as exc:
         if "pickle" in str(exc):  # numpy refuses object arrays and pickles without allow_pickle
-            raise CrowdtkError(f"{source}: holds data that needs unpickling ({exc})", "crowdtk refuses such files; regenerate it") from None
+            raise CrowdtkError(
+                f"{source}: holds data that needs unpickling ({exc})", "crowdtk refuses such files; regenerate it"
+            ) from None
         raise CrowdtkError(f"{source}: not a readable .npz file ({exc})", "regenerate it") from None
     except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, a bad .npy header: all the same to the user
-        raise CrowdtkError(f"{source}: not a readable .npz file ({type(exc).__name__}: {exc})", "regenerate it") from None
+        raise CrowdtkError(
+            f"{source}: not a readable .npz file ({type(exc).__name__}: {exc})", "regenerate it"
+        ) from None
     if "__meta__" not in arrays:
         raise CrowdtkError(f"{source}: no crowdtk header (__meta__)", f"expected a '{fmt}' artifact; regenerate it")
     try:
@@ -405,8 +504,11 @@ def _resolve(base: Path | None, value: str, source: str, record: dict[str, Any])
     if p.is_absolute():
         return str(p)
     if base is None:
-        raise CrowdtkError(f"{source}:{record.get('_line', '?')}: relative path '{value}' read from stdin, where the folder it is "
-                           "relative to is unknown", "pass the file itself instead of '-', or write absolute paths into it")
+        raise CrowdtkError(
+            f"{source}:{record.get('_line', '?')}: relative path '{value}' read from stdin, where the folder it is "
+            "relative to is unknown",
+            "pass the file itself instead of '-', or write absolute paths into it",
+        )
     return str(base / p)
 
 
@@ -449,7 +551,7 @@ class ManifestEntry(_FlatEntry):
         return {k: v for k, v in record.items() if not (k in self._OPTIONAL and v is None)}
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "ManifestEntry":
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> ManifestEntry:
         _require(
             record,
             {"id": str, "image": str, "width": int, "height": int, "count": int, "sha256": str},
@@ -457,13 +559,20 @@ class ManifestEntry(_FlatEntry):
         )
         points = record.get("points")
         if points is not None and not isinstance(points, str):
-            raise CrowdtkError(f"{source}:{record.get('_line', '?')}: field 'points' has the wrong type", "fix or regenerate the file")
+            raise CrowdtkError(
+                f"{source}:{record.get('_line', '?')}: field 'points' has the wrong type", "fix or regenerate the file"
+            )
         for name, kind in cls._OPTIONAL.items():
             value = record.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-                raise CrowdtkError(f"{source}:{record.get('_line', '?')}: field '{name}' has the wrong type", "fix or regenerate the file")
+                raise CrowdtkError(
+                    f"{source}:{record.get('_line', '?')}: field '{name}' has the wrong type",
+                    "fix or regenerate the file",
+                )
         if record["width"] < 1 or record["height"] < 1 or record["count"] < 0:
-            raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width, height or count", "fix or regenerate the file")
+            raise CrowdtkError(
+                f"{source}:{record.get('_line', '?')}: invalid width, height or count", "fix or regenerate the file"
+            )
         return cls(
             id=record["id"],
             image=_resolve(base, record["image"], source, record),
@@ -478,7 +587,9 @@ class ManifestEntry(_FlatEntry):
         )
 
 
-def _read_entries(path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[Any]]:
+def _read_entries(
+    path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin: IO[str] | None = None
+) -> tuple[dict[str, Any], list[Any]]:
     """Read a JSON Lines artifact and turn each record into ``entry_type`` (relative paths resolved)."""
     header, records = read_jsonl(path, fmt, stdin=stdin)
     base = None if str(path) == STDIO else Path(path).resolve().parent
@@ -489,13 +600,17 @@ def _read_entries(path: str | os.PathLike[str], fmt: str, entry_type: Any, stdin
         if not isinstance(image_id, str):  # the record's own reader names a missing or mistyped id
             continue
         if image_id in first_line:
-            raise CrowdtkError(f"{source}:{r['_line']}: image '{image_id}' is listed twice (also on line {first_line[image_id]})",
-                               "remove the repeated record, or regenerate the file")
+            raise CrowdtkError(
+                f"{source}:{r['_line']}: image '{image_id}' is listed twice (also on line {first_line[image_id]})",
+                "remove the repeated record, or regenerate the file",
+            )
         first_line[image_id] = r["_line"]
     return header, [entry_type.from_record(r, source, base) for r in records]
 
 
-def read_manifest(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[ManifestEntry]]:
+def read_manifest(
+    path: str | os.PathLike[str], stdin: IO[str] | None = None
+) -> tuple[dict[str, Any], list[ManifestEntry]]:
     return _read_entries(path, MANIFEST, ManifestEntry, stdin)  # a repeated id is refused there, with its lines
 
 
@@ -513,10 +628,19 @@ class DensityEntry(_FlatEntry):
     width: int
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "DensityEntry":
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> DensityEntry:
         _require(
             record,
-            {"id": str, "image": str, "density": str, "count": int, "sum": (int, float), "stride": int, "height": int, "width": int},
+            {
+                "id": str,
+                "image": str,
+                "density": str,
+                "count": int,
+                "sum": (int, float),
+                "stride": int,
+                "height": int,
+                "width": int,
+            },
             source,
         )
         values = {f.name: record[f.name] for f in fields(cls)}
@@ -542,7 +666,6 @@ def dumps_record(record: dict[str, Any]) -> str:
     return json.dumps(_jsonable(record))
 
 
-
 # --------------------------------------------------------------------------- regions and labels
 
 
@@ -559,7 +682,9 @@ class Region:
     y1: int
 
     def contains(self, points: np.ndarray) -> np.ndarray:
-        return (points[:, 0] >= self.x0) & (points[:, 0] < self.x1) & (points[:, 1] >= self.y0) & (points[:, 1] < self.y1)
+        return (
+            (points[:, 0] >= self.x0) & (points[:, 0] < self.x1) & (points[:, 1] >= self.y0) & (points[:, 1] < self.y1)
+        )
 
     @property
     def area(self) -> int:
@@ -572,25 +697,34 @@ class Region:
         return record
 
     @classmethod
-    def from_record(cls, record: Any, width: int, height: int, where: str) -> "Region":
+    def from_record(cls, record: Any, width: int, height: int, where: str) -> Region:
         if isinstance(record, list) and len(record) == 2:  # the short form [x0, x1)
             record = {"x0": record[0], "x1": record[1]}
         if not isinstance(record, dict):
-            raise CrowdtkError(f"{where}: a region must be {{\"x0\", \"x1\"[, \"y0\", \"y1\"]}} or [x0, x1]", "fix or regenerate the file")
+            raise CrowdtkError(
+                f'{where}: a region must be {{"x0", "x1"[, "y0", "y1"]}} or [x0, x1]', "fix or regenerate the file"
+            )
         try:
             x0, x1 = int(record["x0"]), int(record["x1"])
             y0, y1 = int(record.get("y0", 0)), int(record.get("y1", height))
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise CrowdtkError(f"{where}: region {record!r} lacks integer x0/x1", "fix or regenerate the file") from None
+            raise CrowdtkError(
+                f"{where}: region {record!r} lacks integer x0/x1", "fix or regenerate the file"
+            ) from None
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise CrowdtkError(f"{where}: region {record!r} is empty or outside the {width}x{height} image", "fix or regenerate the file")
+            raise CrowdtkError(
+                f"{where}: region {record!r} is empty or outside the {width}x{height} image",
+                "fix or regenerate the file",
+            )
         return cls(x0, x1, y0, y1)
 
 
 def _image_fields(record: dict[str, Any], source: str) -> None:
     _require(record, {"id": str, "image": str, "sha256": str, "width": int, "height": int, "regions": list}, source)
     if record["width"] < 1 or record["height"] < 1:
-        raise CrowdtkError(f"{source}:{record.get('_line', '?')}: invalid width or height", "fix or regenerate the file")
+        raise CrowdtkError(
+            f"{source}:{record.get('_line', '?')}: invalid width or height", "fix or regenerate the file"
+        )
 
 
 def _image_record(entry: LabelsEntry | RegionsEntry) -> dict[str, Any]:
@@ -618,11 +752,14 @@ class LabelsEntry:
         return sum(r.area for r in self.regions)
 
     def to_record(self) -> dict[str, Any]:
-        return {**_image_record(self), "regions": [r.to_record(self.height) for r in self.regions],
-                "points": [[float(x), float(y)] for x, y in self.points]}
+        return {
+            **_image_record(self),
+            "regions": [r.to_record(self.height) for r in self.regions],
+            "points": [[float(x), float(y)] for x, y in self.points],
+        }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "LabelsEntry":
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> LabelsEntry:
         _image_fields(record, source)
         where = f"{source}:{record.get('_line', '?')}"
         regions = tuple(Region.from_record(r, record["width"], record["height"], where) for r in record["regions"])
@@ -637,13 +774,31 @@ class LabelsEntry:
             raise CrowdtkError(f"{where}: points are NaN or infinite", "fix the labels")
         # numpy would read "12.5" as 12.5: a coordinate written as a string is a foreign or hand-edited file.
         if raw and any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for pair in raw for v in pair):
-            raise CrowdtkError(f"{where}: 'points' holds a coordinate that is not a number", "write each point as [x, y] numbers")
-        off = (points[:, 0] < 0) | (points[:, 0] > record["width"]) | (points[:, 1] < 0) | (points[:, 1] > record["height"])
+            raise CrowdtkError(
+                f"{where}: 'points' holds a coordinate that is not a number", "write each point as [x, y] numbers"
+            )
+        off = (
+            (points[:, 0] < 0)
+            | (points[:, 0] > record["width"])
+            | (points[:, 1] < 0)
+            | (points[:, 1] > record["height"])
+        )
         if off.any():
             x, y = points[off][0]
-            raise CrowdtkError(f"{where}: point ({x:g}, {y:g}) lies outside the {record['width']}x{record['height']} image "
-                               f"({int(off.sum())} such point(s))", "fix the labels, or import them again")
-        return cls(record["id"], _resolve(base, record["image"], source, record), record["sha256"], record["width"], record["height"], regions, points)
+            raise CrowdtkError(
+                f"{where}: point ({x:g}, {y:g}) lies outside the {record['width']}x{record['height']} image "
+                f"({int(off.sum())} such point(s))",
+                "fix the labels, or import them again",
+            )
+        return cls(
+            record["id"],
+            _resolve(base, record["image"], source, record),
+            record["sha256"],
+            record["width"],
+            record["height"],
+            regions,
+            points,
+        )
 
 
 def read_labels(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[LabelsEntry]]:
@@ -683,7 +838,7 @@ class RegionsEntry:
         return {**_image_record(self), "strategy": self.strategy, "regions": regions}
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> "RegionsEntry":
+    def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> RegionsEntry:
         _image_fields(record, source)
         _require(record, {"strategy": str}, source)
         where = f"{source}:{record.get('_line', '?')}"
@@ -692,11 +847,21 @@ class RegionsEntry:
             {k: v for k, v in r.items() if k not in {"x0", "x1", "y0", "y1"}} if isinstance(r, dict) else {}
             for r in record["regions"]
         )
-        return cls(record["id"], _resolve(base, record["image"], source, record), record["sha256"], record["width"], record["height"],
-                   record["strategy"], regions, details)
+        return cls(
+            record["id"],
+            _resolve(base, record["image"], source, record),
+            record["sha256"],
+            record["width"],
+            record["height"],
+            record["strategy"],
+            regions,
+            details,
+        )
 
 
-def read_regions(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[RegionsEntry]]:
+def read_regions(
+    path: str | os.PathLike[str], stdin: IO[str] | None = None
+) -> tuple[dict[str, Any], list[RegionsEntry]]:
     return _read_entries(path, REGIONS, RegionsEntry, stdin)
 
 
@@ -733,7 +898,11 @@ def load_vectors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], StripVec
         raise CrowdtkError(f"{path}: vectors file lacks {missing}", "regenerate it with crowdtk vectors")
     data = StripVectors(**{f.name: arrays[f.name] for f in fields(StripVectors)})
     n_images, n_strips = len(data.ids), len(data.vectors)
-    if data.vectors.ndim != 2 or any(len(a) != n_strips for a in (data.strip_image, data.strip_x0, data.strip_x1, data.counts)) \
-            or len(data.sha256) != n_images or (n_strips and not (0 <= data.strip_image.min() and data.strip_image.max() < n_images)):
+    if (
+        data.vectors.ndim != 2
+        or any(len(a) != n_strips for a in (data.strip_image, data.strip_x0, data.strip_x1, data.counts))
+        or len(data.sha256) != n_images
+        or (n_strips and not (0 <= data.strip_image.min() and data.strip_image.max() < n_images))
+    ):
         raise CrowdtkError(f"{path}: inconsistent array shapes", "regenerate it with crowdtk vectors")
     return header, data

@@ -64,7 +64,9 @@ def strip_edges(width: int, strip_frac: float = 0.1, scale: float = 1.0) -> np.n
 
 def check_scale(scale: float) -> None:
     if not 0 < scale <= 4:
-        raise CrowdtkError(f"--scale must be in (0, 4], got {scale}", "pass the --scale the counter is trained at, e.g. 0.5")
+        raise CrowdtkError(
+            f"--scale must be in (0, 4], got {scale}", "pass the --scale the counter is trained at, e.g. 0.5"
+        )
 
 
 def resize_for_model(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:

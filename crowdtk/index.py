@@ -17,11 +17,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crowdtk.data import (IMAGE_MISSING_FIX, IMAGE_SUFFIXES, MAX_DECODED_PIXELS, POINT_SUFFIXES, check_image_size, decode_image,
-                          image_size, input_status, inside, read_image_bytes, read_points_and_digest)
+from crowdtk.data import (
+    IMAGE_MISSING_FIX,
+    IMAGE_SUFFIXES,
+    MAX_DECODED_PIXELS,
+    POINT_SUFFIXES,
+    check_image_size,
+    decode_image,
+    image_size,
+    input_status,
+    inside,
+    read_image_bytes,
+    read_points_and_digest,
+)
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import ManifestEntry
 from crowdtk.files import file_digest
+from crowdtk.formats import ManifestEntry
 
 Progress = Callable[[int], None]
 
@@ -42,7 +53,9 @@ def _natural_key(path: Path) -> list:
 def _images_in(folder: Path) -> list[Path]:
     # Not only regular files: a FIFO or a broken link named like an image is refused (or skipped with
     # --skip-bad) by name when it is read, instead of leaving the data set unnoticed.
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()), key=_natural_key)
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()), key=_natural_key
+    )
 
 
 def _is_preview(image: Path, root: Path) -> bool:
@@ -59,7 +72,10 @@ def previews(root: Path) -> list[str]:
 def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
     """Detect the layout of ``root``; return it and (image, points file or None) pairs."""
     if not root.is_dir():
-        raise CrowdtkError(f"{root}: not a folder", "pass a data set folder (a ShanghaiTech split, a UCF_CC_50 folder, or images/ + points/)")
+        raise CrowdtkError(
+            f"{root}: not a folder",
+            "pass a data set folder (a ShanghaiTech split, a UCF_CC_50 folder, or images/ + points/)",
+        )
     images_dir = root / "images"
     gt_dir = next((root / n for n in ("ground-truth", "ground_truth") if (root / n).is_dir()), None)
     if images_dir.is_dir() and gt_dir is not None:
@@ -67,12 +83,18 @@ def find_pairs(root: Path) -> tuple[str, list[tuple[Path, Path | None]]]:
     if images_dir.is_dir() and (root / "points").is_dir():
         pairs = []
         for img in _images_in(images_dir):
-            found = [root / "points" / f"{img.stem}{s}" for s in POINT_SUFFIXES if (root / "points" / f"{img.stem}{s}").exists()]
+            found = [
+                root / "points" / f"{img.stem}{s}"
+                for s in POINT_SUFFIXES
+                if (root / "points" / f"{img.stem}{s}").exists()
+            ]
             pairs.append((img, found[0] if found else root / "points" / f"{img.stem}.txt"))
         return "generic", pairs
     ucf = [img for img in _images_in(root) if (root / f"{img.stem}_ann.mat").exists()]
     if ucf:
-        return "ucf_cc_50", [(img, root / f"{img.stem}_ann.mat") for img in _images_in(root) if not _is_preview(img, root)]
+        return "ucf_cc_50", [
+            (img, root / f"{img.stem}_ann.mat") for img in _images_in(root) if not _is_preview(img, root)
+        ]
     hint = ""
     if (root / "train_data").is_dir() or (root / "test_data").is_dir():
         hint = f"; it holds splits: index {root / 'train_data'} or {root / 'test_data'}"
@@ -88,7 +110,9 @@ def _check_utf8_name(path: Path) -> None:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        raise CrowdtkError(f"{shown}: the file name is not valid UTF-8", "rename the file, or pass --skip-bad to leave it out") from None
+        raise CrowdtkError(
+            f"{shown}: the file name is not valid UTF-8", "rename the file, or pass --skip-bad to leave it out"
+        ) from None
 
 
 def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) -> tuple[ManifestEntry, int]:
@@ -108,7 +132,10 @@ def _index_one(image: Path, points_path: Path | None, relative_to: Path | None) 
         sha256 = file_digest(image)
     check_image_size(width, height, str(image))
     if points_path is None or not points_path.exists():
-        raise CrowdtkError(f"{points_path}: annotation file for {image.name} not found", "add it, or pass --skip-bad to leave the image out")
+        raise CrowdtkError(
+            f"{points_path}: annotation file for {image.name} not found",
+            "add it, or pass --skip-bad to leave the image out",
+        )
     points, points_sha256 = read_points_and_digest(points_path)
     on_image = inside(points, width, height)
 

@@ -49,7 +49,9 @@ class ModelRecord:
             if not _BUILDER.fullmatch(self.builder):
                 raise RegistrationError(f"the model {self.name!r}: builder {self.builder!r} is not 'module:attr'")
         elif not callable(self.builder):
-            raise RegistrationError(f"the model {self.name!r} has no builder: give its Counter subclass, or 'module:attr' naming it")
+            raise RegistrationError(
+                f"the model {self.name!r} has no builder: give its Counter subclass, or 'module:attr' naming it"
+            )
         if not all(isinstance(o, str) and o.isidentifier() for o in self.options):
             raise RegistrationError(f"the model {self.name!r}: options {self.options!r} are not keyword names")
 
@@ -61,7 +63,9 @@ class ModelRecord:
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise RegistrationError(f"the model {self.name!r}: its builder {self.builder!r} does not resolve ({exc})") from None
+            raise RegistrationError(
+                f"the model {self.name!r}: its builder {self.builder!r} does not resolve ({exc})"
+            ) from None
 
 
 # Every model by name, in the order --model lists them.
@@ -82,6 +86,12 @@ def model_record(name: str) -> ModelRecord:
 
 _LITE_OPTIONS = ("dilated", "backend_channels")
 register_model(ModelRecord("csrnet", "the paper's: a VGG16 front end", "crowdtk.models.csrnet:CSRNet"))
-register_model(ModelRecord("lite", "an EfficientNet-Lite0 front end, fast on CPU", "crowdtk.models.lite:LiteCounter", _LITE_OPTIONS))
+register_model(
+    ModelRecord(
+        "lite", "an EfficientNet-Lite0 front end, fast on CPU", "crowdtk.models.lite:LiteCounter", _LITE_OPTIONS
+    )
+)
 register_model(ModelRecord("lite1", "EfficientNet-Lite1: deeper", "crowdtk.models.lite:Lite1Counter", _LITE_OPTIONS))
-register_model(ModelRecord("lite2", "EfficientNet-Lite2: deeper and wider", "crowdtk.models.lite:Lite2Counter", _LITE_OPTIONS))
+register_model(
+    ModelRecord("lite2", "EfficientNet-Lite2: deeper and wider", "crowdtk.models.lite:Lite2Counter", _LITE_OPTIONS)
+)

@@ -64,11 +64,15 @@ _DECODER_LINE = re.compile(
     )""",
     re.X,
 )
-_OPENCV_LOG = re.compile(r"\[[^\]]*\]\s+\S+\s+\S+:\d+\s+\S+\s+(?P<message>.+)")  # [ WARN:0@0.08] global file.cpp:12 function message
+_OPENCV_LOG = re.compile(
+    r"\[[^\]]*\]\s+\S+\s+\S+:\d+\s+\S+\s+(?P<message>.+)"
+)  # [ WARN:0@0.08] global file.cpp:12 function message
 _FFMPEG_LOG = re.compile(r"\[(?P<who>[^\]]*?) @ 0x[0-9a-fA-F]+\]\s*(?P<message>.*)")
 _OPENCV_NOISE = (
     re.compile(r"\w+\('[^']*'\): "),  # imdecode_('')
-    re.compile(r"OpenCV\([^)]*\) \S+:\d+: error: \(-?\d+:[^)]*\) "),  # OpenCV(5.0.0) /io/…/bitstrm.cpp:59: error: (-2:Unspecified error)
+    re.compile(
+        r"OpenCV\([^)]*\) \S+:\d+: error: \(-?\d+:[^)]*\) "
+    ),  # OpenCV(5.0.0) /io/…/bitstrm.cpp:59: error: (-2:Unspecified error)
     re.compile(r" in function '[^']*'"),
 )
 
@@ -94,8 +98,9 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     # Holding the lock across fork() means no child starts with fd 2 still pointing at the sink.
-    os.register_at_fork(before=lambda: _lock.acquire(), after_in_parent=lambda: _lock.release(),
-                        after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=lambda: _lock.acquire(), after_in_parent=lambda: _lock.release(), after_in_child=_after_fork_in_child
+    )
 
 
 def _drain(sink: int) -> bytes:
@@ -167,7 +172,7 @@ def _write_back(data: bytes) -> None:
     """Text that is not a decoder's (another thread's output) goes to stderr, where it was going."""
     while data:
         try:
-            data = data[os.write(2, data):]
+            data = data[os.write(2, data) :]
         except OSError:
             return  # stderr is gone (a closed pipe): as lost as it would have been without the capture
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
+from crowdtk.files import atomic_path
 from crowdtk.formats import (
     BENCH_RESULTS,
     LABELS,
@@ -39,14 +40,14 @@ from crowdtk.formats import (
     LabelsEntry,
     Region,
     RegionsEntry,
+    peek_format,
     read_json,
     read_labels,
     read_manifest,
-    peek_format,
     read_regions,
 )
-from crowdtk.files import atomic_path
 from crowdtk.predict_config import PredictConfig
+
 
 def _writable_matplotlib_config() -> None:
     """Give matplotlib a private, writable MPLCONFIGDIR (a temporary folder, removed at exit) when the folders it would
@@ -58,8 +59,10 @@ def _writable_matplotlib_config() -> None:
     if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
         return
     home = Path(os.path.expanduser("~"))
-    folders = [Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
-               Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib"]
+    folders = [
+        Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "matplotlib",
+        Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "matplotlib",
+    ]
     if all(_writable_folder(folder) for folder in folders):
         return
     private = tempfile.mkdtemp(prefix="crowdtk-matplotlib-")
@@ -105,7 +108,9 @@ def _for_drawing(image: np.ndarray, side: int = DRAW_SIDE) -> np.ndarray:
     scale = side / max(height, width)
     if scale >= 1:
         return image
-    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+    )
 
 
 def _show_image(ax: Any, image: np.ndarray, width: int, height: int) -> None:
@@ -121,7 +126,9 @@ def _frame(ax: Any, width: int, height: int) -> None:
     ax.set_yticks([])
 
 
-def _show_cells(ax: Any, cells: np.ndarray, cell_w: float, cell_h: float, width: int, height: int, **kwargs: Any) -> Any:
+def _show_cells(
+    ax: Any, cells: np.ndarray, cell_w: float, cell_h: float, width: int, height: int, **kwargs: Any
+) -> Any:
     """Draw a stride-grid map whose cells are ``cell_w``×``cell_h`` image pixels, cut to the image."""
     rows, cols = cells.shape
     shown = ax.imshow(cells, extent=(0, cols * cell_w, rows * cell_h, 0), **kwargs)
@@ -151,8 +158,16 @@ def _draw_regions(ax: Any, regions: Sequence[Region], height: int, linewidth: fl
             for x in (region.x0, region.x1):
                 ax.axvline(x, color=RED, linewidth=linewidth)
         else:
-            ax.add_patch(Rectangle((region.x0, region.y0), region.x1 - region.x0, region.y1 - region.y0,
-                                   fill=False, edgecolor=RED, linewidth=linewidth))
+            ax.add_patch(
+                Rectangle(
+                    (region.x0, region.y0),
+                    region.x1 - region.x0,
+                    region.y1 - region.y0,
+                    fill=False,
+                    edgecolor=RED,
+                    linewidth=linewidth,
+                )
+            )
 
 
 def _area_share(regions: Sequence[Region], width: int, height: int) -> float:
@@ -160,7 +175,7 @@ def _area_share(regions: Sequence[Region], width: int, height: int) -> float:
     if covered is None:  # a huge image: regions from crowdtk never overlap, so their areas add up
         return min(1.0, sum(r.area for r in regions) / (width * height))
     for r in regions:
-        covered[r.y0:r.y1, r.x0:r.x1] = True
+        covered[r.y0 : r.y1, r.x0 : r.x1] = True
     return float(covered.mean())
 
 
@@ -174,7 +189,10 @@ def _pick(entries: Sequence[Any], image_id: str | None, source: str, default: An
         if entry.id == image_id:
             return entry
     known = ", ".join(e.id for e in entries[:5]) + (f", … ({len(entries)} images)" if len(entries) > 5 else "")
-    raise CrowdtkError(f"{source}: no image '{image_id}'", f"pass --image with one of its ids: {known}" if entries else "the file lists no images")
+    raise CrowdtkError(
+        f"{source}: no image '{image_id}'",
+        f"pass --image with one of its ids: {known}" if entries else "the file lists no images",
+    )
 
 
 def _read_entry_image(entry: Any) -> np.ndarray:
@@ -202,8 +220,13 @@ def _height_for(width: int, height: int, panel_width: float, rows: int = 1, extr
 # --------------------------------------------------------------------------- Fig. 5 (regions) and the warm-up density
 
 
-def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str], image_id: str | None = None,
-                 checkpoint: str | os.PathLike[str] | None = None, max_side: int = PredictConfig.max_side) -> str:
+def show_regions(
+    out: str | os.PathLike[str],
+    selection: str | os.PathLike[str],
+    image_id: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    max_side: int = PredictConfig.max_side,
+) -> str:
     """Draw one image of a regions or labels file with its regions outlined in red; return the image id.
 
     Strips (full height) get two red vertical lines at ``x0`` and ``x1``; bands and blocks
@@ -218,8 +241,10 @@ def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str],
         _, entries = read_labels(selection)
     else:
         found = f"a '{kind}' artifact" if kind else "not a crowdtk artifact"
-        raise CrowdtkError(f"{selection}: is {found}, expected regions or labels",
-                           "pass a regions file from 'crowdtk select' or a labels file from 'crowdtk import'")
+        raise CrowdtkError(
+            f"{selection}: is {found}, expected regions or labels",
+            "pass a regions file from 'crowdtk select' or a labels file from 'crowdtk import'",
+        )
     entry = _pick(entries, image_id, str(selection), next((e for e in entries if e.regions), None))
     image = _read_entry_image(entry)
     width, height = entry.width, entry.height
@@ -238,23 +263,43 @@ def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str],
     _draw_regions(axes[0], entry.regions, height)
     if isinstance(entry, LabelsEntry) and len(entry.points):
         size = 20 if len(entry.points) < 300 else 8
-        axes[0].scatter(entry.points[:, 0], entry.points[:, 1], s=size, c="#ffff00", edgecolors="black",
-                        linewidths=0.4, zorder=3)
+        axes[0].scatter(
+            entry.points[:, 0], entry.points[:, 1], s=size, c="#ffff00", edgecolors="black", linewidths=0.4, zorder=3
+        )
     axes[0].set_title(title, fontsize=11)
 
     if checkpoint is not None:
-        from crowdtk.predict import Predictor, load_counter
         from crowdtk.geometry import STRIDE
+        from crowdtk.predict import Predictor, load_counter
 
         predictor = Predictor(load_counter(checkpoint), max_side=max_side)
         density, sx, sy = predictor.density(image)
-        shown = _show_cells(axes[1], density, STRIDE / sx, STRIDE / sy, width, height, cmap="viridis",
-                            vmin=0, vmax=max(float(density.max()), 1e-6), interpolation="bilinear")
+        shown = _show_cells(
+            axes[1],
+            density,
+            STRIDE / sx,
+            STRIDE / sy,
+            width,
+            height,
+            cmap="viridis",
+            vmin=0,
+            vmax=max(float(density.max()), 1e-6),
+            interpolation="bilinear",
+        )
         _draw_regions(axes[1], entry.regions, height)
         # A horizontal colour bar under the map keeps both panels the same width.
-        _colorbar(fig, shown, axes[1], shrink=0.5, aspect=40, pad=0.01,
-                     label=f"predicted heads per {STRIDE / sx:.3g}×{STRIDE / sy:.3g}-pixel cell")
-        axes[1].set_title(f"{Path(checkpoint).name}: predicted count {float(density.sum(dtype=np.float64)):.1f}", fontsize=11)
+        _colorbar(
+            fig,
+            shown,
+            axes[1],
+            shrink=0.5,
+            aspect=40,
+            pad=0.01,
+            label=f"predicted heads per {STRIDE / sx:.3g}×{STRIDE / sy:.3g}-pixel cell",
+        )
+        axes[1].set_title(
+            f"{Path(checkpoint).name}: predicted count {float(density.sum(dtype=np.float64)):.1f}", fontsize=11
+        )
     _save(fig, out)
     return entry.id
 
@@ -262,8 +307,13 @@ def show_regions(out: str | os.PathLike[str], selection: str | os.PathLike[str],
 # --------------------------------------------------------------------------- Fig. 6: ground truth and prediction
 
 
-def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str], manifest: str | os.PathLike[str],
-                    image_id: str | None = None, max_side: int = PredictConfig.max_side) -> str:
+def show_prediction(
+    out: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    manifest: str | os.PathLike[str],
+    image_id: str | None = None,
+    max_side: int = PredictConfig.max_side,
+) -> str:
     """Draw the image, its ground-truth density and the predicted density side by side; return the image id.
 
     Both maps are in heads per 8×8 pixels of the original image, so they compare cell for
@@ -271,8 +321,8 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     """
     from crowdtk.data import read_points_on_image
     from crowdtk.density import DensityConfig, density_map
-    from crowdtk.predict import Predictor, load_counter
     from crowdtk.geometry import STRIDE
+    from crowdtk.predict import Predictor, load_counter
 
     _, entries = read_manifest(manifest)
     entry = _pick(entries, image_id, str(manifest), entries[0] if entries else None)
@@ -292,13 +342,25 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     axes = fig.subplots(1, 3)
     _show_image(axes[0], image, width, height)
     axes[0].set_title(f"{entry.id} ({width}×{height})", fontsize=12)
-    maps = ((axes[1], truth, float(STRIDE), float(STRIDE), f"Ground truth: {len(points)}"),
-            (axes[2], density_per_cell, STRIDE / sx, STRIDE / sy, f"Predicted: {predicted:.1f}"))
+    maps = (
+        (axes[1], truth, float(STRIDE), float(STRIDE), f"Ground truth: {len(points)}"),
+        (axes[2], density_per_cell, STRIDE / sx, STRIDE / sy, f"Predicted: {predicted:.1f}"),
+    )
     for ax, cells, cell_w, cell_h, title in maps:
         # Each map on its own scale (a count far off would otherwise leave one map black);
         # both in the same unit, so the colour bars compare them.
-        shown = _show_cells(ax, cells, cell_w, cell_h, width, height, cmap="jet", vmin=0,
-                            vmax=max(float(cells.max()), 1e-6), interpolation="bilinear")
+        shown = _show_cells(
+            ax,
+            cells,
+            cell_w,
+            cell_h,
+            width,
+            height,
+            cmap="jet",
+            vmin=0,
+            vmax=max(float(cells.max()), 1e-6),
+            interpolation="bilinear",
+        )
         ax.set_title(title, fontsize=12)
         _colorbar(fig, shown, ax, shrink=0.8, aspect=30, pad=0.02, label="heads per 8×8 pixels")
     # An invisible bar under the image keeps the three panels the same size.
@@ -310,8 +372,13 @@ def show_prediction(out: str | os.PathLike[str], checkpoint: str | os.PathLike[s
 # --------------------------------------------------------------------------- Fig. 5: CAP's affinity maps
 
 
-def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str], labels: str | os.PathLike[str],
-                  image_id: str | None = None, positions: int = 2) -> str:
+def show_affinity(
+    out: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    labels: str | os.PathLike[str],
+    image_id: str | None = None,
+    positions: int = 2,
+) -> str:
     """Draw CAP's affinity maps (Fig. 5) for one partly labeled image; return the image id.
 
     ``checkpoint`` must carry CAP (written by ``train --cap``, before ``strip-cap``). The
@@ -328,8 +395,10 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
     partly = next((e for e in entries if e.regions and _area_share(e.regions, e.width, e.height) < 1.0), None)
     entry = _pick(entries, image_id, str(labels), partly)
     if not entry.regions or _area_share(entry.regions, entry.width, entry.height) >= 1.0:
-        raise CrowdtkError(f"{labels}: image '{entry.id}' is {'not labeled' if not entry.regions else 'fully labeled'}, so CAP has no affinities to show",
-                           "pass --image with a partly labeled image (strips)")
+        raise CrowdtkError(
+            f"{labels}: image '{entry.id}' is {'not labeled' if not entry.regions else 'fully labeled'}, so CAP has no affinities to show",
+            "pass --image with a partly labeled image (strips)",
+        )
     found = image_affinities(checkpoint, entry, positions, str(labels))
     chosen, maps = found.positions, found.maps
 
@@ -355,8 +424,18 @@ def show_affinity(out: str | os.PathLike[str], checkpoint: str | os.PathLike[str
         ax = axes[k]
         shown = np.ma.masked_where(labeled, values)
         cmap = _jet_with_grey()
-        _show_cells(ax, shown, cell_w, cell_h, width, height, cmap=cmap, vmin=float(shown.min()), vmax=float(shown.max()),
-                    interpolation="bilinear")
+        _show_cells(
+            ax,
+            shown,
+            cell_w,
+            cell_h,
+            width,
+            height,
+            cmap=cmap,
+            vmin=float(shown.min()),
+            vmax=float(shown.max()),
+            interpolation="bilinear",
+        )
         _draw_regions(ax, entry.regions, height, linewidth=1.0)
         _mark(ax, [mark], width, height, first=k)
         ax.set_title(f"Affinity map #{k}{form}", fontsize=11)
@@ -385,12 +464,40 @@ def _jet_with_grey() -> Any:
 def _mark(ax: Any, marks: Sequence[tuple[float, float]], width: int, height: int, first: int = 1) -> None:
     """Numbered markers: a white ring with a black edge, the number beside it on the side facing the image's centre."""
     for k, (x, y) in enumerate(marks, start=first):
-        ax.plot([x], [y], marker="o", markersize=11, markerfacecolor="none", markeredgecolor="white", markeredgewidth=2.5, zorder=4)
-        ax.plot([x], [y], marker="o", markersize=11, markerfacecolor="none", markeredgecolor="black", markeredgewidth=1.0, zorder=5)
+        ax.plot(
+            [x],
+            [y],
+            marker="o",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor="white",
+            markeredgewidth=2.5,
+            zorder=4,
+        )
+        ax.plot(
+            [x],
+            [y],
+            marker="o",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            markeredgewidth=1.0,
+            zorder=5,
+        )
         right, below = x < 0.7 * width, y < 0.5 * height
-        ax.annotate(f"{k}", (x, y), xytext=(8 if right else -8, -8 if below else 8), textcoords="offset points",
-                    ha="left" if right else "right", va="top" if below else "bottom", fontsize=11, fontweight="bold",
-                    color="black", zorder=6, bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "black", "linewidth": 0.6})
+        ax.annotate(
+            f"{k}",
+            (x, y),
+            xytext=(8 if right else -8, -8 if below else 8),
+            textcoords="offset points",
+            ha="left" if right else "right",
+            va="top" if below else "bottom",
+            fontsize=11,
+            fontweight="bold",
+            color="black",
+            zorder=6,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "black", "linewidth": 0.6},
+        )
 
 
 # --------------------------------------------------------------------------- Fig. 4: MAE against the budget
@@ -418,11 +525,15 @@ def show_budget(out: str | os.PathLike[str], results: str | os.PathLike[str]) ->
             mean = float(row["mae"]["mean"])
             std = float(row["mae"].get("std", 0.0) or 0.0)
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise CrowdtkError(f"{results}: results[{n}] lacks method, budget or mae.mean", "regenerate it with crowdtk bench") from None
+            raise CrowdtkError(
+                f"{results}: results[{n}] lacks method, budget or mae.mean", "regenerate it with crowdtk bench"
+            ) from None
         seeds = row.get("seeds")
         series.setdefault(method, []).append((budget, mean, std, len(seeds) if isinstance(seeds, list) else 0))
     if not series:
-        raise CrowdtkError(f"{results}: no results for strip regions", "run crowdtk bench with --shape strip (the paper's shape)")
+        raise CrowdtkError(
+            f"{results}: no results for strip regions", "run crowdtk bench with --shape strip (the paper's shape)"
+        )
     budgets = sorted({b for points in series.values() for b, *_ in points})
     percent = 100.0 if max(budgets) <= 1 else 1.0
     xs = [b * percent for b in budgets]
@@ -437,9 +548,20 @@ def show_budget(out: str | os.PathLike[str], results: str | os.PathLike[str]) ->
         label = method + (f" ({seeds.pop()} seeds)" if len(seeds) == 1 and min(seeds) > 1 else "")
         # Methods are nudged apart along x (by under 2% of a budget) so their error bars do not overlap.
         nudge = 0.012 * (i - (len(series) - 1) / 2)
-        at = [b * percent * (1 + nudge) if log_x or len(xs) == 1 else b * percent + nudge * (xs[-1] - xs[0]) for b, *_ in points]
-        ax.errorbar(at, [m for _, m, _, _ in points], yerr=[s for _, _, s, _ in points],
-                    marker=markers[i % len(markers)], markersize=6, capsize=4, linewidth=1.6, label=label)
+        at = [
+            b * percent * (1 + nudge) if log_x or len(xs) == 1 else b * percent + nudge * (xs[-1] - xs[0])
+            for b, *_ in points
+        ]
+        ax.errorbar(
+            at,
+            [m for _, m, _, _ in points],
+            yerr=[s for _, _, s, _ in points],
+            marker=markers[i % len(markers)],
+            markersize=6,
+            capsize=4,
+            linewidth=1.6,
+            label=label,
+        )
     if log_x:
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -456,5 +578,4 @@ def show_budget(out: str | os.PathLike[str], results: str | os.PathLike[str]) ->
     return None
 
 
-__all__ = ["show_affinity", "show_budget", "show_prediction",
-           "show_regions"]
+__all__ = ["show_affinity", "show_budget", "show_prediction", "show_regions"]

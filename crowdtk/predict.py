@@ -19,7 +19,6 @@ instead of faulting fresh ones in.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import os
 import time
@@ -31,15 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from crowdtk.cap import TrainNet
 from crowdtk.checkpoint import load_tensors, refuse_training_state
 from crowdtk.data import read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
+from crowdtk.geometry import STRIDE, pad_image, resize_for_model
+from crowdtk.models import Counter, build_model, inference_copy
 from crowdtk.predict_config import PredictConfig
 from crowdtk.runtime import resolve_device, retain_freed_memory
-from crowdtk.models import Counter, build_model, inference_copy
-from crowdtk.cap import TrainNet
-from crowdtk.geometry import STRIDE, pad_image, resize_for_model
 
 TILE_MARGIN = 64  # pixels of context around a tile: beyond the receptive field's useful reach
 
@@ -64,8 +63,10 @@ class LoadedModel:
         if self.header.get("finished", True):
             return None
         planned = (self.header.get("training") or {}).get("epochs", "?")
-        return (f"{self.path}: the checkpoint of an unfinished training run (epoch {self.header.get('epochs_done', '?')} of "
-                f"{planned}); continue it with 'crowdtk train … --resume' (or warmup), or pass a finished checkpoint")
+        return (
+            f"{self.path}: the checkpoint of an unfinished training run (epoch {self.header.get('epochs_done', '?')} of "
+            f"{planned}); continue it with 'crowdtk train … --resume' (or warmup), or pass a finished checkpoint"
+        )
 
 
 def load_counter(path: str | os.PathLike[str]) -> LoadedModel:
@@ -76,7 +77,9 @@ def load_counter(path: str | os.PathLike[str]) -> LoadedModel:
     try:
         counter = build_model(model["name"], pretrained=False, **model.get("config", {}))
     except (KeyError, TypeError) as exc:
-        raise CrowdtkError(f"{path}: checkpoint header names no usable model ({exc})", "pass a checkpoint written by crowdtk") from None
+        raise CrowdtkError(
+            f"{path}: checkpoint header names no usable model ({exc})", "pass a checkpoint written by crowdtk"
+        ) from None
     TrainNet(counter, cap=False).load_weights(tensors, str(path), counter_only=True)
     counter.eval()
     return LoadedModel(counter, header, str(path))
@@ -90,9 +93,17 @@ class Predictor:
     defaults to the counter's ``inference_batch``.
     """
 
-    def __init__(self, loaded: LoadedModel, device: str = "auto", max_side: int = PredictConfig.max_side, *, fast: bool = True,
-                 batch_size: int | None = None, feature_cache: str | os.PathLike[str] | None = None,
-                 flip_average: bool = False) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str = "auto",
+        max_side: int = PredictConfig.max_side,
+        *,
+        fast: bool = True,
+        batch_size: int | None = None,
+        feature_cache: str | os.PathLike[str] | None = None,
+        flip_average: bool = False,
+    ) -> None:
         if max_side < 64:
             raise CrowdtkError(f"--max-side must be at least 64, got {max_side}", "pass e.g. 2048")
         self.loaded = loaded
@@ -104,7 +115,9 @@ class Predictor:
         counter = inference_copy(loaded.counter) if fast else loaded.counter
         self.counter = counter.to(self.device).to(memory_format=torch.channels_last)
         self.max_side = max_side // STRIDE * STRIDE
-        self.batch_size = max(1, batch_size if batch_size is not None else (loaded.counter.inference_batch if fast else 1))
+        self.batch_size = max(
+            1, batch_size if batch_size is not None else (loaded.counter.inference_batch if fast else 1)
+        )
         # A default batch on CPU is kept only if the first full batch shows it pays (see _batching_pays).
         self._batch_unchecked = batch_size is None and self.batch_size > 1 and self.device.type == "cpu"
         if fast and self.device.type == "cpu":
@@ -112,8 +125,11 @@ class Predictor:
         # A checkpoint trained with a frozen front part can reuse that part's cached maps: the cache
         # is keyed by the frozen weights themselves, so a changed front end never reads a stale map.
         level = (loaded.header.get("training") or {}).get("freeze", "none")
-        self.features = (FeatureCache(loaded.counter, level, self.device, feature_cache)
-                         if feature_cache is not None and level != "none" else None)
+        self.features = (
+            FeatureCache(loaded.counter, level, self.device, feature_cache)
+            if feature_cache is not None and level != "none"
+            else None
+        )
 
     @torch.inference_mode()
     def _run(self, images: np.ndarray) -> np.ndarray:
@@ -146,14 +162,23 @@ class Predictor:
 
         def run(flip: bool) -> torch.Tensor:
             assert self.features is not None
-            h = self.features.map(padded, sha256, self.loaded.input_scale, flip=flip).load()[None].to(self.device).float()
-            out = self.counter.head(self.counter.decode(h.contiguous(memory_format=torch.channels_last), self.features.level))[0, 0].float()
+            h = (
+                self.features.map(padded, sha256, self.loaded.input_scale, flip=flip)
+                .load()[None]
+                .to(self.device)
+                .float()
+            )
+            out = self.counter.head(
+                self.counter.decode(h.contiguous(memory_format=torch.channels_last), self.features.level)
+            )[0, 0].float()
             return out.flip(-1) if flip else out
 
         out = (run(False) + run(True)) / 2 if self.flip_average else run(False)
         return out.cpu().numpy() / self.loaded.density_scale
 
-    def densities(self, images: Iterable[np.ndarray], digests: Iterable[str | None] | None = None) -> Iterator[tuple[np.ndarray, float, float]]:
+    def densities(
+        self, images: Iterable[np.ndarray], digests: Iterable[str | None] | None = None
+    ) -> Iterator[tuple[np.ndarray, float, float]]:
         """:meth:`density` of each image, in order; consecutive images of one size that need no tiling
         run through the model together, ``batch_size`` at a time."""
         pending: list[tuple[np.ndarray, float, float]] = []
@@ -222,14 +247,19 @@ class Predictor:
                 ty1, tx1 = min(height, y1 + margin), min(width, x1 + margin)
                 pred = self._run(padded[None, ty0:ty1, tx0:tx1])[0]
                 r0, c0 = (y0 - ty0) // STRIDE, (x0 - tx0) // STRIDE
-                out[y0 // STRIDE:y1 // STRIDE, x0 // STRIDE:x1 // STRIDE] = pred[r0:r0 + (y1 - y0) // STRIDE, c0:c0 + (x1 - x0) // STRIDE]
+                out[y0 // STRIDE : y1 // STRIDE, x0 // STRIDE : x1 // STRIDE] = pred[
+                    r0 : r0 + (y1 - y0) // STRIDE, c0 : c0 + (x1 - x0) // STRIDE
+                ]
         return out
 
 
 def require_finite(density: np.ndarray, source: str) -> np.ndarray:
     """``density``, refused when a value is NaN or infinite (for the stages that cannot leave an image out)."""
     if not np.isfinite(density).all():
-        raise CrowdtkError(f"{source}: the predicted density is not finite (NaN or inf)", "check the checkpoint: its weights may have diverged")
+        raise CrowdtkError(
+            f"{source}: the predicted density is not finite (NaN or inf)",
+            "check the checkpoint: its weights may have diverged",
+        )
     return density
 
 

@@ -90,7 +90,7 @@ def peak_points(density: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray
         # Remove one head: the kernel placed at (r, c), cut to the map; what it removed is the score.
         kr0, kr1 = max(0, r - _RADIUS), min(height, r + _RADIUS + 1)
         kc0, kc1 = max(0, c - _RADIUS), min(width, c + _RADIUS + 1)
-        patch = _KERNEL[kr0 - r + _RADIUS:kr1 - r + _RADIUS, kc0 - c + _RADIUS:kc1 - c + _RADIUS]
+        patch = _KERNEL[kr0 - r + _RADIUS : kr1 - r + _RADIUS, kc0 - c + _RADIUS : kc1 - c + _RADIUS]
         before = residual[kr0:kr1, kc0:kc1]
         after = np.clip(before - patch, 0.0, None)
         scores.append(min(1.0, float((before - after).sum())))
@@ -111,7 +111,7 @@ def region_suggestions(density: np.ndarray, sx: float, sy: float, entry: Regions
         rows = np.flatnonzero((row_centres >= region.y0) & (row_centres < region.y1))
         if cols.size == 0 or rows.size == 0:
             continue  # a region thinner than a cell at this scale: nothing to suggest
-        part = density[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        part = density[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         cells, score = peak_points(part, int(round(float(part.sum(dtype=np.float64)))))
         # Cell units to full-image pixels, kept inside the region.
         x = np.clip((cells[:, 1] + cols[0]) * STRIDE / sx, region.x0, np.nextafter(region.x1, region.x0))
@@ -123,16 +123,22 @@ def region_suggestions(density: np.ndarray, sx: float, sy: float, entry: Regions
     return Suggestions(np.concatenate(points), np.concatenate(scores))
 
 
-def suggest_heads(predictor: "Predictor", entries: Sequence[RegionsEntry], images: Iterable[tuple[str, np.ndarray]],
-                  on_progress: Callable[[int], None] | None = None) -> dict[str, Suggestions]:
+def suggest_heads(
+    predictor: Predictor,
+    entries: Sequence[RegionsEntry],
+    images: Iterable[tuple[str, np.ndarray]],
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Suggestions]:
     """Per image id, the suggested heads in its regions; ``images`` yields (path, RGB image) in the entries' order."""
     from crowdtk.predict import require_finite
 
     out = {}
     for entry, (_, image) in zip(entries, images):
         if image.shape[:2] != (entry.height, entry.width):
-            raise CrowdtkError(f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
-                               "re-run index and select")
+            raise CrowdtkError(
+                f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
+                "re-run index and select",
+            )
         density, sx, sy = predictor.density(image, entry.sha256)
         out[entry.id] = region_suggestions(require_finite(density, entry.image), sx, sy, entry)
         if on_progress:
@@ -146,8 +152,15 @@ def model_version(checkpoint: str | Path, header: dict) -> str:
     return f"crowdtk prelabel {name} {Path(checkpoint).name}"
 
 
-def prelabel(checkpoint: str | Path, entries: Sequence[RegionsEntry], *, device: str = "auto", max_side: int = PredictConfig.max_side,
-             feature_cache: str | Path | None = None, on_progress: Callable[[int], None] | None = None) -> tuple[Prelabels, str | None]:
+def prelabel(
+    checkpoint: str | Path,
+    entries: Sequence[RegionsEntry],
+    *,
+    device: str = "auto",
+    max_side: int = PredictConfig.max_side,
+    feature_cache: str | Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Prelabels, str | None]:
     """The suggestions of the counter of ``checkpoint`` for every image of ``entries``, and why the
     checkpoint should not be trusted (an unfinished training run; else None)."""
     from crowdtk.data import read_image
@@ -156,4 +169,6 @@ def prelabel(checkpoint: str | Path, entries: Sequence[RegionsEntry], *, device:
     loaded = load_counter(checkpoint)
     predictor = Predictor(loaded, device=device, max_side=max_side, feature_cache=feature_cache)
     images = prefetched(entries, lambda e: read_image(e.image, e.sha256))
-    return Prelabels(model_version(checkpoint, loaded.header), suggest_heads(predictor, entries, images, on_progress)), loaded.unfinished
+    return Prelabels(
+        model_version(checkpoint, loaded.header), suggest_heads(predictor, entries, images, on_progress)
+    ), loaded.unfinished

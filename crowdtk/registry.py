@@ -58,7 +58,9 @@ class Registry(Mapping[str, R], Generic[R]):
         """Add ``record`` after checking it (its own ``check()``, when it has one); returns it."""
         name = getattr(record, "name", None)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise RegistrationError(f"{self.kind} name {name!r}: use lower case letters, digits and + . _ -, starting with a letter or digit")
+            raise RegistrationError(
+                f"{self.kind} name {name!r}: use lower case letters, digits and + . _ -, starting with a letter or digit"
+            )
         if name in self._records:
             raise RegistrationError(f"the {self.kind} {name!r} is registered twice")
         text = getattr(record, "help", None)

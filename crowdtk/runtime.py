@@ -83,8 +83,10 @@ def stray_launch_note() -> str | None:
     if not stray or launched():
         return None
     values = ", ".join(f"{name}={os.environ[name]}" for name in stray)
-    return (f"ignoring {values} in the environment: this process was not launched by torchrun (no TORCHELASTIC_RUN_ID, "
-            f"nor MASTER_ADDR and MASTER_PORT), so it runs alone; unset {' '.join(stray)} to silence this, or launch with torchrun")
+    return (
+        f"ignoring {values} in the environment: this process was not launched by torchrun (no TORCHELASTIC_RUN_ID, "
+        f"nor MASTER_ADDR and MASTER_PORT), so it runs alone; unset {' '.join(stray)} to silence this, or launch with torchrun"
+    )
 
 
 def _whole(name: str, least: int) -> int:
@@ -110,7 +112,7 @@ class Processes:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Processes":
+    def from_env(cls) -> Processes:
         """This process's place as its launcher describes it: one process (rank 0 of 1) unless it was launched by
         torchrun (:func:`launched`); then RANK and WORLD_SIZE must be set and consistent, or it is an error.
 
@@ -124,8 +126,9 @@ class Processes:
         if "LOCAL_WORLD_SIZE" in os.environ:
             _whole("LOCAL_WORLD_SIZE", 1)  # start() divides the cores by it
         if rank >= world:
-            raise CrowdtkError(f"environment: RANK={rank} with WORLD_SIZE={world}: the rank must be below the world size",
-                               _RELAUNCH)
+            raise CrowdtkError(
+                f"environment: RANK={rank} with WORLD_SIZE={world}: the rank must be below the world size", _RELAUNCH
+            )
         return cls(rank, world, local_rank)
 
     @property
@@ -137,7 +140,9 @@ class Processes:
             torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             if device.type == "cpu":
                 # Share the cores between the processes instead of oversubscribing them.
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", self.world))))
+                torch.set_num_threads(
+                    max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
+                )
 
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:

@@ -44,9 +44,15 @@ SHIFT = 4  # cv2 drawing with 4 fractional bits: coordinates are exact to 1/16 p
 CELL = 4  # pixels per cell of the crowd-intensity grid
 
 # Colours are RGB.
-SKIN = np.array([(255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (98, 64, 42)], dtype=np.float64)
-HAIR = np.array([(20, 16, 14), (45, 32, 22), (75, 50, 30), (110, 80, 50), (150, 140, 130), (30, 30, 34)], dtype=np.float64)
-GROUND = np.array([(112, 112, 116), (168, 158, 138), (86, 120, 62), (150, 98, 82), (70, 72, 80), (190, 186, 178)], dtype=np.float64)
+SKIN = np.array(
+    [(255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (98, 64, 42)], dtype=np.float64
+)
+HAIR = np.array(
+    [(20, 16, 14), (45, 32, 22), (75, 50, 30), (110, 80, 50), (150, 140, 130), (30, 30, 34)], dtype=np.float64
+)
+GROUND = np.array(
+    [(112, 112, 116), (168, 158, 138), (86, 120, 62), (150, 98, 82), (70, 72, 80), (190, 186, 178)], dtype=np.float64
+)
 SKY = np.array([(150, 190, 235), (200, 210, 220), (120, 150, 200), (225, 205, 180)], dtype=np.float64)
 
 
@@ -70,18 +76,34 @@ class SynthConfig:
 
     def validate(self) -> None:
         if self.train < 0 or self.test < 0 or self.train + self.test < 1:
-            raise CrowdtkError(f"--train {self.train} --test {self.test}: need at least one image and no negative counts", "pass e.g. --train 48 --test 24")
+            raise CrowdtkError(
+                f"--train {self.train} --test {self.test}: need at least one image and no negative counts",
+                "pass e.g. --train 48 --test 24",
+            )
         if not (32 <= self.width <= 8192 and 32 <= self.height <= 8192):
-            raise CrowdtkError(f"image size {self.width}x{self.height} is outside 32..8192 pixels", "pass e.g. --width 384 --height 256")
+            raise CrowdtkError(
+                f"image size {self.width}x{self.height} is outside 32..8192 pixels",
+                "pass e.g. --width 384 --height 256",
+            )
         if self.seed < 0:
             raise CrowdtkError(f"--seed must be 0 or more, got {self.seed}", "pass e.g. --seed 0")
         if not (0 <= self.crowd <= 10):
             raise CrowdtkError(f"--crowd must be between 0 and 10, got {self.crowd}", "pass e.g. --crowd 1")
         lo_near, hi_near = self.head_near
         lo_far, hi_far = self.far_ratio
-        if not (0 < lo_near <= hi_near and 0 < lo_far <= hi_far < 1 and self.min_radius > 0 and self.spacing > 0 and self.min_distance >= 0
-                and 0 <= self.horizon_inside <= 1 and 0 <= self.empty_share <= 1):
-            raise CrowdtkError("invalid scene geometry in the synth configuration", "keep 0 < far_ratio < 1, positive head sizes, and shares in [0, 1]")
+        if not (
+            0 < lo_near <= hi_near
+            and 0 < lo_far <= hi_far < 1
+            and self.min_radius > 0
+            and self.spacing > 0
+            and self.min_distance >= 0
+            and 0 <= self.horizon_inside <= 1
+            and 0 <= self.empty_share <= 1
+        ):
+            raise CrowdtkError(
+                "invalid scene geometry in the synth configuration",
+                "keep 0 < far_ratio < 1, positive head sizes, and shares in [0, 1]",
+            )
 
     def count(self, split: str) -> int:
         return self.train if split == "train" else self.test
@@ -108,13 +130,17 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 # --------------------------------------------------------------------------- helpers
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: tuple[int, int], channels: int = 1) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, height: int, width: int, cells: tuple[int, int], channels: int = 1
+) -> np.ndarray:
     """Low-frequency noise in about [-1, 1]: a coarse random grid, bicubically enlarged."""
     grid = rng.uniform(-1.0, 1.0, (cells[0] + 3, cells[1] + 3, channels)).astype(np.float32)
-    big = cv2.resize(grid, (width + 2 * width // cells[1] + 4, height + 2 * height // cells[0] + 4), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(
+        grid, (width + 2 * width // cells[1] + 4, height + 2 * height // cells[0] + 4), interpolation=cv2.INTER_CUBIC
+    )
     big = big.reshape(big.shape[0], big.shape[1], channels)
     oy, ox = height // cells[0] + 2, width // cells[1] + 2
-    return big[oy:oy + height, ox:ox + width]
+    return big[oy : oy + height, ox : ox + width]
 
 
 def _jitter(rng: np.random.Generator, colour: np.ndarray, amount: float) -> np.ndarray:
@@ -133,7 +159,9 @@ def _col(c: np.ndarray) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def _ellipse(img: np.ndarray, x: float, y: float, ax: float, ay: float, colour: np.ndarray, start: float = 0, end: float = 360) -> None:
+def _ellipse(
+    img: np.ndarray, x: float, y: float, ax: float, ay: float, colour: np.ndarray, start: float = 0, end: float = 360
+) -> None:
     cv2.ellipse(img, _pt(x, y), (max(1, _fx(ax)), max(1, _fx(ay))), 0, start, end, _col(colour), -1, cv2.LINE_AA, SHIFT)
 
 
@@ -166,7 +194,9 @@ def _camera(rng: np.random.Generator, config: SynthConfig) -> _Camera:
     return _Camera(horizon=horizon, slope=slope, top=top)
 
 
-def _intensity(rng: np.random.Generator, config: SynthConfig, cam: _Camera, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _intensity(
+    rng: np.random.Generator, config: SynthConfig, cam: _Camera, pad: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expected heads per cell over the padded canvas, and the cell-corner coordinates."""
     w, h = config.width, config.height
     xs = np.arange(-pad, w + pad, CELL, dtype=np.float64)
@@ -311,7 +341,9 @@ def _bush(img: np.ndarray, blobs: list[tuple[float, float, np.ndarray]], r: floa
         _ellipse(img, x, y, 2.5 * r, 2.0 * r, colour)
 
 
-def _props(rng: np.random.Generator, config: SynthConfig, cam: _Camera) -> list[tuple[float, Callable[[np.ndarray], None]]]:
+def _props(
+    rng: np.random.Generator, config: SynthConfig, cam: _Camera
+) -> list[tuple[float, Callable[[np.ndarray], None]]]:
     """Things on the ground that are not people (poles, bushes): (depth row, how to draw).
 
     The depth row is the head row of a person standing on the same spot, so props and
@@ -325,17 +357,27 @@ def _props(rng: np.random.Generator, config: SynthConfig, cam: _Camera) -> list[
         base = y + 9 * r  # where a person with the head at row y has the feet
         if rng.random() < 0.5:
             colour = _col(_jitter(rng, np.array([60, 60, 64]), 15))
-            props.append((y, functools.partial(_pole, x=x, base=base, r=r, colour=colour, thick=max(1, int(round(0.35 * r))))))
+            props.append(
+                (y, functools.partial(_pole, x=x, base=base, r=r, colour=colour, thick=max(1, int(round(0.35 * r)))))
+            )
         else:
             leaf = _jitter(rng, np.array([50, 95, 45]), 15)
-            blobs = [(x + rng.normal(0, 1.5 * r), base - rng.uniform(1, 3) * r, leaf * rng.uniform(0.8, 1.2)) for _ in range(4)]
+            blobs = [
+                (x + rng.normal(0, 1.5 * r), base - rng.uniform(1, 3) * r, leaf * rng.uniform(0.8, 1.2))
+                for _ in range(4)
+            ]
             props.append((y, functools.partial(_bush, blobs=blobs, r=r)))
     props.sort(key=lambda prop: prop[0])
     return props
 
 
-def _draw_people(img: np.ndarray, rng: np.random.Generator, pts: np.ndarray, radii: np.ndarray,
-                 props: list[tuple[float, Callable[[np.ndarray], None]]]) -> None:
+def _draw_people(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    pts: np.ndarray,
+    radii: np.ndarray,
+    props: list[tuple[float, Callable[[np.ndarray], None]]],
+) -> None:
     """Far to near: torso and shoulders, neck, head, hair (a cap, or the back of the head).
 
     Props are drawn in between, by depth. ``pts`` must be sorted by row (far first).
@@ -371,8 +413,15 @@ def _draw_people(img: np.ndarray, rng: np.random.Generator, pts: np.ndarray, rad
         return [tuple(row) for row in np.clip(c, 0, 255).astype(np.int64).tolist()]
 
     top, bottom = y + 2.0 * r, y + 9.0 * r
-    body = np.stack([np.c_[x - sw, top], np.c_[x + sw, top], np.c_[x + 1.05 * sw + lean, bottom],
-                     np.c_[x - 1.05 * sw + lean, bottom]], axis=1)
+    body = np.stack(
+        [
+            np.c_[x - sw, top],
+            np.c_[x + sw, top],
+            np.c_[x + 1.05 * sw + lean, bottom],
+            np.c_[x - 1.05 * sw + lean, bottom],
+        ],
+        axis=1,
+    )
     body = np.round(body * one).astype(np.int32)
     cx, cy = fx(x), fx(y)
     shoulder_y, shoulder_a = fx(y + 2.1 * r), list(zip(axes(sw), axes(1.1 * r)))
@@ -484,8 +533,13 @@ def generate_dataset(
         indexed = build_manifest(folder, workers=max(1, workers), relative_to=folder)
         for i, entry in enumerate(indexed.entries):
             if entry.id != image_name(split, i) or entry.count != counts[split, i]:
-                raise CrowdtkError(f"{folder}: indexing the written images disagrees with the generator at {entry.id}", "report this bug")
-        header = manifest_header(Provenance(provenance.command, {**provenance.params, "split": split}, provenance.seed), indexed.layout)
+                raise CrowdtkError(
+                    f"{folder}: indexing the written images disagrees with the generator at {entry.id}",
+                    "report this bug",
+                )
+        header = manifest_header(
+            Provenance(provenance.command, {**provenance.params, "split": split}, provenance.seed), indexed.layout
+        )
         write_jsonl(folder / "manifest.jsonl", header, (e.to_record() for e in indexed.entries))
         results[split] = indexed.entries
     return results

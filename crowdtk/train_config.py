@@ -84,20 +84,31 @@ class TrainConfig:
         if not 0 <= self.val_frac < 1:
             raise CrowdtkError(f"--val-frac must be in [0, 1), got {self.val_frac}", "pass e.g. 0.1")
         if self.val_every < 0:
-            raise CrowdtkError(f"--val-every must be 0 (auto) or positive, got {self.val_every}", "pass e.g. --val-every 1")
+            raise CrowdtkError(
+                f"--val-every must be 0 (auto) or positive, got {self.val_every}", "pass e.g. --val-every 1"
+            )
         if self.freeze not in FREEZE_LEVELS:
-            raise CrowdtkError(f"--freeze must be one of {', '.join(FREEZE_LEVELS)}, got {self.freeze!r}", "pass e.g. --freeze encoder")
+            raise CrowdtkError(
+                f"--freeze must be one of {', '.join(FREEZE_LEVELS)}, got {self.freeze!r}", "pass e.g. --freeze encoder"
+            )
         if self.freeze != "none" and not model_record(self.model).frozen_encoder:
-            raise CrowdtkError(f"--freeze {self.freeze} with --model {self.model}, which has no front end to keep frozen", "pass --freeze none")
+            raise CrowdtkError(
+                f"--freeze {self.freeze} with --model {self.model}, which has no front end to keep frozen",
+                "pass --freeze none",
+            )
         if self.lr_schedule not in LR_SCHEDULES:
-            raise CrowdtkError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}", "pass e.g. cosine")
+            raise CrowdtkError(
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}", "pass e.g. cosine"
+            )
         if self.keep not in KEEP:
             raise CrowdtkError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}", "pass best or last")
         if not self.lr > 0:
             raise CrowdtkError(f"--lr must be positive, got {self.lr}", "pass e.g. 1e-4")
         if not (math.isfinite(self.density_scale) and self.density_scale > 0):  # 0 makes every validation 0/0
-            raise UsageError(f"--density-scale must be finite and positive, got {self.density_scale}",
-                             f"pass e.g. --density-scale {TrainConfig.density_scale:g}")
+            raise UsageError(
+                f"--density-scale must be finite and positive, got {self.density_scale}",
+                f"pass e.g. --density-scale {TrainConfig.density_scale:g}",
+            )
         check_cap_options(self.cap, self.cap_affinity, self.cap_temperature)
         density_loss(self.loss)  # a name registered there
 
@@ -122,13 +133,20 @@ class TrainConfig:
 def check_cap_options(cap: bool, affinity: str, temperature: float | None) -> None:
     """Refuse CAP settings that cannot run as given (usage errors: exit 2 from the CLI)."""
     if affinity not in CAP_AFFINITIES:
-        raise UsageError(f"--cap-affinity must be one of {', '.join(CAP_AFFINITIES)}, got {affinity!r}", "pass e.g. --cap-affinity cosine")
+        raise UsageError(
+            f"--cap-affinity must be one of {', '.join(CAP_AFFINITIES)}, got {affinity!r}",
+            "pass e.g. --cap-affinity cosine",
+        )
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        raise UsageError(f"--cap-temperature must be finite and positive, got {temperature}",
-                         f"pass e.g. --cap-temperature {CAP_TEMPERATURES['cosine']:g}")
+        raise UsageError(
+            f"--cap-temperature must be finite and positive, got {temperature}",
+            f"pass e.g. --cap-temperature {CAP_TEMPERATURES['cosine']:g}",
+        )
     if not cap and (affinity != "paper" or temperature is not None):
         given = "--cap-affinity" if affinity != "paper" else "--cap-temperature"
         raise UsageError(f"{given} without --cap", "add --cap, or leave the CAP options out")
     if affinity == "paper" and temperature is not None:
-        raise UsageError("--cap-temperature with --cap-affinity paper: the paper's affinities (Eq. 9) take no temperature",
-                         "pass --cap-affinity temperature or cosine, or leave --cap-temperature out")
+        raise UsageError(
+            "--cap-temperature with --cap-affinity paper: the paper's affinities (Eq. 9) take no temperature",
+            "pass --cap-affinity temperature or cosine, or leave --cap-temperature out",
+        )

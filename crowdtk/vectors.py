@@ -15,8 +15,8 @@ import numpy as np
 from crowdtk.data import check_image_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, StripVectors
-from crowdtk.predict import Predictor, prefetched, require_finite
 from crowdtk.geometry import STRIDE, strip_edges
+from crowdtk.predict import Predictor, prefetched, require_finite
 
 
 def level_vector(strip_density: np.ndarray, levels: int) -> np.ndarray:
@@ -34,7 +34,9 @@ def strip_columns(x0: int, x1: int, n_cols: int, sx: float) -> slice:
     centres = (np.arange(n_cols) + 0.5) * STRIDE / sx
     inside = np.flatnonzero((centres >= x0) & (centres < x1))
     if inside.size == 0:
-        raise CrowdtkError(f"strip [{x0}, {x1}) covers no output cell at this scale", "use a larger --strip-frac or --scale")
+        raise CrowdtkError(
+            f"strip [{x0}, {x1}) covers no output cell at this scale", "use a larger --strip-frac or --scale"
+        )
     return slice(int(inside[0]), int(inside[-1]) + 1)
 
 
@@ -45,9 +47,16 @@ def _read_or_error(entry: ManifestEntry) -> np.ndarray | CrowdtkError:
         return exc
 
 
-def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: int = 4, strip_frac: float = 0.1,
-                    scale: float = 1.0, on_progress: Callable[[int], None] | None = None, skip_bad: bool = False,
-                    skipped: list[str] | None = None) -> StripVectors:
+def compute_vectors(
+    predictor: Predictor,
+    entries: list[ManifestEntry],
+    levels: int = 4,
+    strip_frac: float = 0.1,
+    scale: float = 1.0,
+    on_progress: Callable[[int], None] | None = None,
+    skip_bad: bool = False,
+    skipped: list[str] | None = None,
+) -> StripVectors:
     """Vectors of every strip of every image; a bad image (unreadable, of another size than the manifest says,
     too small for the strips, or predicted as NaN/inf) stops the run unless ``skip_bad``: then it is left out
     and its error appended to ``skipped``."""
@@ -91,12 +100,15 @@ def compute_vectors(predictor: Predictor, entries: list[ManifestEntry], levels: 
     )
 
 
-def _image_vectors(predictor: Predictor, entry: ManifestEntry, image: np.ndarray, levels: int,
-                   strip_frac: float, scale: float) -> list[tuple[int, int, np.ndarray, float]]:
+def _image_vectors(
+    predictor: Predictor, entry: ManifestEntry, image: np.ndarray, levels: int, strip_frac: float, scale: float
+) -> list[tuple[int, int, np.ndarray, float]]:
     check_image_size(entry.width, entry.height, entry.image)
     if image.shape[:2] != (entry.height, entry.width):
-        raise CrowdtkError(f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the manifest says {entry.width}x{entry.height}",
-                           "re-run crowdtk index")
+        raise CrowdtkError(
+            f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the manifest says {entry.width}x{entry.height}",
+            "re-run crowdtk index",
+        )
     try:
         edges = strip_edges(entry.width, strip_frac, scale)
     except CrowdtkError as exc:

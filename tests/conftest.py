@@ -17,8 +17,21 @@ from crowdtk.checkpoint import save_tensors
 from crowdtk.cli import app
 from crowdtk.data import read_points
 from crowdtk.files import file_digest
-from crowdtk.formats import (LABELS, MANIFEST, VECTORS, LabelsEntry, ManifestEntry, Provenance, Region, StripVectors, checkpoint_header, make_header,
-                             read_manifest, save_vectors, write_jsonl)
+from crowdtk.formats import (
+    LABELS,
+    MANIFEST,
+    VECTORS,
+    LabelsEntry,
+    ManifestEntry,
+    Provenance,
+    Region,
+    StripVectors,
+    checkpoint_header,
+    make_header,
+    read_manifest,
+    save_vectors,
+    write_jsonl,
+)
 from crowdtk.geometry import strip_edges
 from crowdtk.labeling import INSTRUCTION
 from crowdtk.models import build_model
@@ -116,7 +129,10 @@ def small_set(tmp_path: Path) -> Path:
 
 def pool(n: int, width: int = 1024, height: int = 768, prefix: str = "img") -> list[ManifestEntry]:
     """``n`` manifest entries of images that need not exist (selection reads only their sizes and digests)."""
-    return [ManifestEntry(f"{prefix}{i}", f"/nowhere/{prefix}{i}.jpg", None, width, height, 10, f"{i:064x}") for i in range(n)]
+    return [
+        ManifestEntry(f"{prefix}{i}", f"/nowhere/{prefix}{i}.jpg", None, width, height, 10, f"{i:064x}")
+        for i in range(n)
+    ]
 
 
 def write_manifest(path: Path, entries: list[ManifestEntry]) -> Path:
@@ -124,8 +140,15 @@ def write_manifest(path: Path, entries: list[ManifestEntry]) -> Path:
     return path
 
 
-def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vectors: np.ndarray, counts: np.ndarray | None = None,
-                  strip_frac: float = 0.1, scale: float = 1.0) -> Path:
+def write_vectors(
+    path: Path,
+    manifest: Path,
+    entries: list[ManifestEntry],
+    vectors: np.ndarray,
+    counts: np.ndarray | None = None,
+    strip_frac: float = 0.1,
+    scale: float = 1.0,
+) -> Path:
     """A vectors file as `crowdtk vectors` writes it: vectors (images, strips, dims), strips on the grid of `scale`."""
     n_img, n_strips, _ = vectors.shape
     edges = [strip_edges(e.width, strip_frac, scale) for e in entries]
@@ -139,7 +162,9 @@ def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vect
         counts=(vectors[:, :, 0] if counts is None else counts).reshape(-1).astype(np.float32),
     )
     header = make_header(VECTORS, Provenance("vectors", {"manifest": str(manifest)}))
-    header.update(levels=4, strip_frac=strip_frac, stride=8, manifest_sha256=file_digest(manifest), checkpoint_sha256="0" * 64)
+    header.update(
+        levels=4, strip_frac=strip_frac, stride=8, manifest_sha256=file_digest(manifest), checkpoint_sha256="0" * 64
+    )
     if scale != 1.0:
         header["scale"] = scale
     save_vectors(path, header, data)
@@ -148,7 +173,9 @@ def write_vectors(path: Path, manifest: Path, entries: list[ManifestEntry], vect
 
 def level_vector(column_sums: np.ndarray, levels: int = 4) -> np.ndarray:
     """Eq. 3-4 on a strip's per-row head counts."""
-    return np.concatenate([[band.sum() * k / levels for band in np.array_split(column_sums, k)] for k in range(1, levels + 1)])
+    return np.concatenate(
+        [[band.sum() * k / levels for band in np.array_split(column_sums, k)] for k in range(1, levels + 1)]
+    )
 
 
 def realistic_vectors(n_images: int, seed: int = 0) -> np.ndarray:
@@ -161,7 +188,7 @@ def realistic_vectors(n_images: int, seed: int = 0) -> np.ndarray:
         for _ in range(rng.integers(1, 4)):  # groups: a few neighbouring strips, a band of rows
             x, w = rng.integers(0, 10), rng.integers(1, 4)
             y = rng.integers(0, 80)
-            density[y:y + rng.integers(8, 30), x:x + w] += rng.uniform(0.5, 3.0)
+            density[y : y + rng.integers(8, 30), x : x + w] += rng.uniform(0.5, 3.0)
         density *= rng.uniform(0.5, 1.5, size=(1, 10))
         out[i] = [level_vector(density[:, j]) for j in range(10)]
     return out
@@ -183,7 +210,9 @@ def strip_pool(tmp_path_factory) -> dict[str, Path]:
     labels = []
     for i, e in enumerate(entries):
         pts = scenes[e.id][2]
-        regions = (Region(0, e.width, 0, e.height),) if i < 2 else (Region(16, 32, 0, e.height), Region(56, 72, 0, e.height))
+        regions = (
+            (Region(0, e.width, 0, e.height),) if i < 2 else (Region(16, 32, 0, e.height), Region(56, 72, 0, e.height))
+        )
         keep = np.zeros(len(pts), bool)
         for r in regions:
             keep |= r.contains(pts)
@@ -204,7 +233,9 @@ def run_in_own_cache(tmp_path_factory, *args: object):
 def warm_ckpt(strip_pool, tmp_path_factory) -> Path:
     """`crowdtk warmup` for one epoch on the strip pool's labels."""
     ckpt = tmp_path_factory.mktemp("warm") / "m.safetensors"
-    result = run_in_own_cache(tmp_path_factory, "warmup", strip_pool["labels"], "--epochs", "1", "-o", ckpt, *FAST_TRAIN)
+    result = run_in_own_cache(
+        tmp_path_factory, "warmup", strip_pool["labels"], "--epochs", "1", "-o", ckpt, *FAST_TRAIN
+    )
     assert result.exit_code == 0, result.output
     return ckpt
 
@@ -213,7 +244,9 @@ def warm_ckpt(strip_pool, tmp_path_factory) -> Path:
 def cap_ckpt(strip_pool, tmp_path_factory) -> Path:
     """`crowdtk train --cap` for two epochs on the strip pool's labels (its state file lies beside it)."""
     ckpt = tmp_path_factory.mktemp("cap") / "cap.safetensors"
-    result = run_in_own_cache(tmp_path_factory, "train", strip_pool["labels"], "--cap", "--epochs", "2", "-o", ckpt, *FAST_TRAIN)
+    result = run_in_own_cache(
+        tmp_path_factory, "train", strip_pool["labels"], "--cap", "--epochs", "2", "-o", ckpt, *FAST_TRAIN
+    )
     assert result.exit_code == 0, result.output
     return ckpt
 
@@ -225,8 +258,10 @@ def cap_ckpt(strip_pool, tmp_path_factory) -> Path:
 def labeled(tmp_path: Path) -> dict[str, Path]:
     """A small data set with head points, its manifest, random regions (30%) to label, and the oracle's labels for them."""
     rng = np.random.default_rng(2)
-    scenes = {f"scene {i}" if i == 0 else f"s{i}": (96, 160 + 16 * i, np.c_[rng.uniform(0, 160, 60), rng.uniform(0, 96, 60)])
-              for i in range(4)}
+    scenes = {
+        f"scene {i}" if i == 0 else f"s{i}": (96, 160 + 16 * i, np.c_[rng.uniform(0, 160, 60), rng.uniform(0, 96, 60)])
+        for i in range(4)
+    }
     root = write_generic(tmp_path / "set", scenes)
     manifest = tmp_path / "m.jsonl"
     assert run("index", root, "-o", manifest, "-q").exit_code == 0
@@ -281,12 +316,23 @@ def own_cpu_choices(tmp_path_factory, monkeypatch) -> None:
 # --------------------------------------------------------------------------- a counter without training
 
 
-def small_checkpoint(path: Path, input_scale: float = 1.0, cap: bool = False, finished: bool = True, freeze: str = "none") -> Path:
+def small_checkpoint(
+    path: Path, input_scale: float = 1.0, cap: bool = False, finished: bool = True, freeze: str = "none"
+) -> Path:
     """A small random `lite` counter saved as a crowdtk checkpoint trained at ``input_scale`` (with ``freeze``)."""
     torch.manual_seed(0)
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
     config = TrainConfig(model="lite", pretrained=False, input_scale=input_scale, cap=cap, epochs=1, freeze=freeze)
-    header = checkpoint_header(Provenance("test"), model=counter.name, model_config=counter.config, cap=cap, training=asdict(config),
-                               labels_sha256="0" * 64, epochs_done=1 if finished else 0, best_val_mae=0.0, val_on="train")
+    header = checkpoint_header(
+        Provenance("test"),
+        model=counter.name,
+        model_config=counter.config,
+        cap=cap,
+        training=asdict(config),
+        labels_sha256="0" * 64,
+        epochs_done=1 if finished else 0,
+        best_val_mae=0.0,
+        val_on="train",
+    )
     save_tensors(path, TrainNet(counter, cap=cap).weights(), header)
     return path

@@ -13,8 +13,8 @@ import torch
 from crowdtk.density import DensityConfig, density_map
 from crowdtk.files import file_digest
 from crowdtk.formats import LabelsEntry, ManifestEntry, Region
-from crowdtk.selection import SelectConfig, draw_whole_images, select_regions
 from crowdtk.geometry import strip_edges
+from crowdtk.selection import SelectConfig, draw_whole_images, select_regions
 from crowdtk.train import density_loss, prepare_sample
 from crowdtk.train_config import TrainConfig
 
@@ -40,7 +40,9 @@ def _supervised_share(tmp_path: Path, width: int, height: int, scale: float, gri
     edges = strip_edges(width, 0.1, grid_scale)
     labeled = supervised = 0
     for x0, x1 in zip(edges[1:-2], edges[2:-1]):  # inner strips: their two edges are cut by the grid
-        sample = prepare_sample(_labels(image, width, height, [Region(int(x0), int(x1), 0, height)], points), TrainConfig(input_scale=scale))
+        sample = prepare_sample(
+            _labels(image, width, height, [Region(int(x0), int(x1), 0, height)], points), TrainConfig(input_scale=scale)
+        )
         labeled += sample.heads_labeled
         supervised += sample.heads_supervised
         assert sample.target[sample.mask].sum() == pytest.approx(sample.heads_supervised, rel=1e-4)
@@ -49,7 +51,9 @@ def _supervised_share(tmp_path: Path, width: int, height: int, scale: float, gri
 
 @pytest.mark.parametrize("width,height", [(1024, 768), (1023, 767), (3999, 2001), (301, 333)])
 @pytest.mark.parametrize("scale", [0.5, 1.0])
-def test_strips_on_the_training_grid_supervise_their_heads(tmp_path: Path, width: int, height: int, scale: float) -> None:
+def test_strips_on_the_training_grid_supervise_their_heads(
+    tmp_path: Path, width: int, height: int, scale: float
+) -> None:
     """Exact where width × scale is whole; otherwise an edge rounded to a whole pixel can miss the heads
     of at most half a pixel beside it: under 0.5% of a strip 100 px wide or more."""
     share = _supervised_share(tmp_path, width, height, scale, grid_scale=scale)
@@ -72,7 +76,10 @@ def test_strip_edges_at_scale_one_are_the_8px_grid() -> None:
 def _mixed_pool(n: int = 60, seed: int = 0) -> list[ManifestEntry]:
     rng = np.random.default_rng(seed)
     sides = rng.integers(300, 4001, (n, 2))
-    return [ManifestEntry(f"m{i}", f"/nowhere/m{i}.jpg", None, int(w), int(h), 10, f"{i:064x}") for i, (w, h) in enumerate(sides)]
+    return [
+        ManifestEntry(f"m{i}", f"/nowhere/m{i}.jpg", None, int(w), int(h), 10, f"{i:064x}")
+        for i, (w, h) in enumerate(sides)
+    ]
 
 
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.2, 0.5])
@@ -81,7 +88,9 @@ def test_every_method_spends_the_budget_in_area_on_a_pool_of_mixed_sizes(budget:
     pool = _mixed_pool()
     for strategy in ("none-or-all", "random"):
         for shape in ("strip", "band", "block") if strategy == "random" else ("strip",):
-            chosen = select_regions(pool, SelectConfig(budget=budget, strategy=strategy, shape=shape, seed=seed, scale=0.5))
+            chosen = select_regions(
+                pool, SelectConfig(budget=budget, strategy=strategy, shape=shape, seed=seed, scale=0.5)
+            )
             assert abs(chosen.area_fraction - budget) <= 0.005, (strategy, shape, chosen.area_fraction)
 
 
@@ -117,7 +126,9 @@ def test_sigma_is_in_full_resolution_pixels(tmp_path: Path) -> None:
     """At --scale 0.5 a head's kernel is drawn with sigma / 2 on the half-size image."""
     image = _image(tmp_path, 512, 256)
     points = np.array([[200.0, 130.0], [330.0, 90.0]])
-    sample = prepare_sample(_labels(image, 512, 256, [Region(0, 512, 0, 256)], points), TrainConfig(input_scale=0.5, sigma=8.0))
+    sample = prepare_sample(
+        _labels(image, 512, 256, [Region(0, 512, 0, 256)], points), TrainConfig(input_scale=0.5, sigma=8.0)
+    )
     expected = density_map(points * 0.5, 128, 256, DensityConfig(sigma=4.0, stride=8))
     np.testing.assert_allclose(sample.target, expected, atol=1e-6)
 
@@ -130,7 +141,9 @@ def test_losses_are_registered_once_and_chosen_by_name() -> None:
         register_loss("mse", "again")(lambda pred, target, mask, scale: pred.sum())
     with pytest.raises(UsageError, match="--loss"):
         density_loss("no-such-loss")
-    register_loss("l1-toy", "absolute error, for this test")(lambda pred, target, mask, scale: ((pred[:, 0] - target * scale).abs() * mask).sum())
+    register_loss("l1-toy", "absolute error, for this test")(
+        lambda pred, target, mask, scale: ((pred[:, 0] - target * scale).abs() * mask).sum()
+    )
     try:
         pred, target, mask = torch.full((1, 1, 2, 2), 3.0), torch.ones(1, 2, 2), torch.ones(1, 2, 2)
         assert float(density_loss("l1-toy")(pred, target, mask, 2.0)) == 4.0

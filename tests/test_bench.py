@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Experiment, Run, Schedule, Step, aggregate, epochs_for, markdown_table
 from crowdtk.formats import BENCH_RESULTS, read_json
-
-from conftest import run
 
 
 def test_epochs_give_the_same_number_of_steps_whatever_was_labeled() -> None:
@@ -42,7 +41,9 @@ def test_mdc_and_mdc_cap_share_one_selection_and_the_warmup(tmp_path: Path) -> N
 def test_a_chain_passes_every_digit_of_its_numbers(tmp_path: Path, monkeypatch) -> None:
     import crowdtk.experiment.plan
 
-    monkeypatch.setattr(crowdtk.experiment.plan, "labeled_images", lambda labels: 10)  # no labels files: the steps are not run
+    monkeypatch.setattr(
+        crowdtk.experiment.plan, "labeled_images", lambda labels: 10
+    )  # no labels files: the steps are not run
     schedule = Schedule(lr=0.00123456789, scale=0.3333333333, strip_frac=0.0523456789, warmup_frac=0.2345678912)
     exp = Experiment(tmp_path / "train.jsonl", tmp_path / "test.jsonl", tmp_path, schedule)
     steps = list(exp.chain(Run("mdc", 0.1234567, "strip", 0)))
@@ -50,12 +51,26 @@ def test_a_chain_passes_every_digit_of_its_numbers(tmp_path: Path, monkeypatch) 
     for value in (0.1234567, 0.00123456789, 0.3333333333, 0.0523456789, 0.2345678912):
         assert repr(value) in words, value
     assert not words & {"0.123457", "0.00123457", "0.333333"}
-    assert all(float(step.argv[step.argv.index("--budget") + 1]) == 0.1234567 for step in steps if "--budget" in step.argv)
+    assert all(
+        float(step.argv[step.argv.index("--budget") + 1]) == 0.1234567 for step in steps if "--budget" in step.argv
+    )
 
 
 def _row(method: str, maes: list[float], budget: float = 0.1, shape: str = "strip") -> tuple:
-    runs = [{"seed": s, "mae": m, "rmse": m * 1.5, "heads_labeled": 100 + s, "images_labeled": 40, "heads_supervised_fraction": 1 - s / 100,
-             "area_fraction": 0.1, "wall_s": 60.0, "non_finite": 0} for s, m in enumerate(maes)]
+    runs = [
+        {
+            "seed": s,
+            "mae": m,
+            "rmse": m * 1.5,
+            "heads_labeled": 100 + s,
+            "images_labeled": 40,
+            "heads_supervised_fraction": 1 - s / 100,
+            "area_fraction": 0.1,
+            "wall_s": 60.0,
+            "non_finite": 0,
+        }
+        for s, m in enumerate(maes)
+    ]
     return (method, budget, shape), runs
 
 
@@ -64,21 +79,35 @@ def test_claims_are_judged_on_paired_seed_differences() -> None:
 
     # mdc beats random by 0.2 in every seed although both spread by 1.0 over seeds: the paired view sees it.
     # max against mdc: a mean gain of 1.0 whose seed differences disagree in sign.
-    results = aggregate(dict([_row("none-or-all", [20.0, 22.0, 21.0]), _row("random", [15.0, 16.0, 17.0]),
-                              _row("mdc", [14.8, 15.8, 16.8]), _row("max", [16.8, 13.8, 19.8]), _row("mdc+cap", [14.0])]))
+    results = aggregate(
+        dict(
+            [
+                _row("none-or-all", [20.0, 22.0, 21.0]),
+                _row("random", [15.0, 16.0, 17.0]),
+                _row("mdc", [14.8, 15.8, 16.8]),
+                _row("max", [16.8, 13.8, 19.8]),
+                _row("mdc+cap", [14.0]),
+            ]
+        )
+    )
     verdict = {(c["better"], c["worse"]): c for c in claims(results)}
     consistent = verdict["mdc", "random"]
     assert consistent["verdict"] == "holds" and consistent["seeds"] == 3
     assert consistent["mae_gain"] == pytest.approx(0.2) and consistent["ci_low"] == pytest.approx(0.2, abs=1e-9)
     noisy = verdict["mdc", "max"]  # gains 2 -2 3 around 1.0: sd 2.646, t(0.975, 2) = 4.3027
     assert noisy["verdict"] == "undecided" and noisy["mae_gain"] == pytest.approx(1.0)
-    assert noisy["ci_low"] == pytest.approx(1.0 - 4.3027 * 2.6458 / 3 ** 0.5, abs=1e-3)
-    assert noisy["ci_high"] == pytest.approx(1.0 + 4.3027 * 2.6458 / 3 ** 0.5, abs=1e-3)
+    assert noisy["ci_low"] == pytest.approx(1.0 - 4.3027 * 2.6458 / 3**0.5, abs=1e-3)
+    assert noisy["ci_high"] == pytest.approx(1.0 + 4.3027 * 2.6458 / 3**0.5, abs=1e-3)
     assert verdict["random", "none-or-all"]["verdict"] == "holds"
-    assert verdict["mdc+cap", "mdc"]["verdict"] == "one seed: not settled" and verdict["mdc+cap", "mdc"]["ci_low"] is None
+    assert (
+        verdict["mdc+cap", "mdc"]["verdict"] == "one seed: not settled" and verdict["mdc+cap", "mdc"]["ci_low"] is None
+    )
     worse = aggregate(dict([_row("none-or-all", [10.0, 10.5]), _row("random", [15.0, 15.6])]))
     assert claims(worse)[0]["verdict"] == "refuted"  # gains -5.0, -5.1: t(0.975, 1) = 12.706, half-width 0.635
-    assert "| region-level labels beat None-or-All (Fig. 4) | 2 | -5.05 (-49%) | [-5.69, -4.41] | refuted |" in markdown_table(worse, "t")
+    assert (
+        "| region-level labels beat None-or-All (Fig. 4) | 2 | -5.05 (-49%) | [-5.69, -4.41] | refuted |"
+        in markdown_table(worse, "t")
+    )
 
 
 def test_claims_pair_only_the_seeds_both_methods_ran() -> None:
@@ -91,8 +120,16 @@ def test_claims_pair_only_the_seeds_both_methods_ran() -> None:
 
 
 def test_aggregate_and_tables() -> None:
-    results = aggregate(dict([_row("none-or-all", [20.0, 30.0]), _row("mdc+cap", [10.0, 12.0]),
-                              _row("none-or-all", [40.0], 0.05), _row("random", [11.0], 0.1, "band")]))
+    results = aggregate(
+        dict(
+            [
+                _row("none-or-all", [20.0, 30.0]),
+                _row("mdc+cap", [10.0, 12.0]),
+                _row("none-or-all", [40.0], 0.05),
+                _row("random", [11.0], 0.1, "band"),
+            ]
+        )
+    )
     noa = results[0]
     assert noa["mae"]["mean"] == 25.0 and noa["mae"]["std"] == pytest.approx(7.0711, abs=1e-4)
     assert noa["heads_labeled"] == 100.5 and noa["seeds"] == [0, 1]
@@ -106,8 +143,12 @@ def test_aggregate_and_tables() -> None:
 
 
 def test_bench_refuses_bad_options(tmp_path: Path) -> None:
-    for extra, message in ((["--budgets", "0.1,1.5"], "outside (0, 1]"), (["--methods", "mdc,best"], "unknown best"),
-                           (["--shapes", "strip"], "unknown strip"), (["--budgets", "a"], "not numbers")):
+    for extra, message in (
+        (["--budgets", "0.1,1.5"], "outside (0, 1]"),
+        (["--methods", "mdc,best"], "unknown best"),
+        (["--shapes", "strip"], "unknown strip"),
+        (["--budgets", "a"], "not numbers"),
+    ):
         result = run("bench", "--train", tmp_path, "--test", tmp_path, "-o", tmp_path / "b", *extra)
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "b").exists()
@@ -115,9 +156,31 @@ def test_bench_refuses_bad_options(tmp_path: Path) -> None:
 
 def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings(tiny_data: Path) -> None:
     out = tiny_data / "b"
-    args = ["bench", "--train", tiny_data / "data" / "train" / "manifest.jsonl", "--test", tiny_data / "data" / "test" / "manifest.jsonl",
-            "-o", out, "--scale", "1", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--crop", "32",
-            "--methods", "none-or-all,mdc+cap", "--shapes", "block", "--seeds", "1"]
+    args = [
+        "bench",
+        "--train",
+        tiny_data / "data" / "train" / "manifest.jsonl",
+        "--test",
+        tiny_data / "data" / "test" / "manifest.jsonl",
+        "-o",
+        out,
+        "--scale",
+        "1",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--methods",
+        "none-or-all,mdc+cap",
+        "--shapes",
+        "block",
+        "--seeds",
+        "1",
+    ]
     result = run(*args)
     assert result.exit_code == 0, result.output
     doc = read_json(out / "results.json", BENCH_RESULTS)
@@ -160,7 +223,9 @@ def test_strip_width_reaches_every_strip_command(tiny_data: Path, monkeypatch: p
     schedule = Schedule(strip_frac=0.05)
     experiment = Experiment(Path("train.jsonl"), Path("test.jsonl"), tiny_data / "unused", schedule)
     steps = [s for method in ("random", "mdc") for s in experiment.selection_chain(Run(method, 0.1, "strip", 0))]
-    strip_steps = [s.argv for s in steps if s.argv[0] == "vectors" or (s.argv[0] == "select" and "none-or-all" not in s.argv)]
+    strip_steps = [
+        s.argv for s in steps if s.argv[0] == "vectors" or (s.argv[0] == "select" and "none-or-all" not in s.argv)
+    ]
     assert len(strip_steps) == 4  # random; warm-up random, vectors, mdc
     assert all(a[a.index("--strip-frac") + 1] == "0.05" for a in strip_steps)
     default = Experiment(Path("train.jsonl"), Path("test.jsonl"), tiny_data / "unused")
@@ -186,17 +251,44 @@ def test_bench_on_a_pool_of_mixed_sizes_spends_the_same_area_for_every_method(tm
 
     entries = []
     for name, n, (w, h) in (("small", 96, (96, 64)), ("large", 8, (384, 256))):
-        result = run("synth", "-o", tmp_path / name, "--train", n, "--test", 2, "--width", w, "--height", h, "--seed", 1, "-q")
+        result = run(
+            "synth", "-o", tmp_path / name, "--train", n, "--test", 2, "--width", w, "--height", h, "--seed", 1, "-q"
+        )
         assert result.exit_code == 0, result.output
         manifest = tmp_path / name / "train" / "manifest.jsonl"
         for e in read_manifest(manifest)[1]:
-            entries.append({**e.to_record(), "id": f"{name}-{e.id}", "image": str((manifest.parent / e.image).resolve()),
-                            "points": str((manifest.parent / e.points).resolve())})
+            entries.append(
+                {
+                    **e.to_record(),
+                    "id": f"{name}-{e.id}",
+                    "image": str((manifest.parent / e.image).resolve()),
+                    "points": str((manifest.parent / e.points).resolve()),
+                }
+            )
     pool = tmp_path / "pool.jsonl"
     write_jsonl(pool, make_header(MANIFEST, Provenance("index")), entries)
     out = tmp_path / "b"
-    result = run("bench", "--train", pool, "--test", tmp_path / "small" / "test" / "manifest.jsonl", "-o", out, "--scale", "1",
-                 "--steps", "1", "--batch-size", "4", "--methods", "none-or-all,random", "--seeds", "1", "--no-cpu-bf16", "-q")
+    result = run(
+        "bench",
+        "--train",
+        pool,
+        "--test",
+        tmp_path / "small" / "test" / "manifest.jsonl",
+        "-o",
+        out,
+        "--scale",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--methods",
+        "none-or-all,random",
+        "--seeds",
+        "1",
+        "--no-cpu-bf16",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     area = {r["method"]: r["area_fraction"] for r in read_json(out / "results.json", BENCH_RESULTS)["results"]}
     assert abs(area["none-or-all"] - 0.1) <= 0.005 and abs(area["random"] - 0.1) <= 0.005
@@ -207,9 +299,17 @@ def test_the_doubling_check_pairs_seeds_across_schedules() -> None:
     from crowdtk.experiment.results import schedule_change
 
     short = aggregate(dict([_row("full", [16.0, 17.0, 18.0]), _row("random", [19.0, 20.0, 21.0]), _row("mdc", [19.0])]))
-    long = aggregate(dict([_row("full", [15.0, 16.1, 16.9]), _row("random", [19.5, 19.6, 21.2]), _row("max", [19.0, 19.0])]))
+    long = aggregate(
+        dict([_row("full", [15.0, 16.1, 16.9]), _row("random", [19.5, 19.6, 21.2]), _row("max", [19.0, 19.0])])
+    )
     rows = {r["method"]: r for r in schedule_change(short, long)}
     assert set(rows) == {"full"} | {"random"}  # mdc and max ran under one schedule only
     full, random = rows["full"], rows["random"]
-    assert full["change"] == pytest.approx(-1.0) and full["ci_high"] < 0 and full["converged"] is False  # still improving
-    assert random["change"] == pytest.approx(0.1) and random["ci_low"] < 0 < random["ci_high"] and random["converged"] is True
+    assert (
+        full["change"] == pytest.approx(-1.0) and full["ci_high"] < 0 and full["converged"] is False
+    )  # still improving
+    assert (
+        random["change"] == pytest.approx(0.1)
+        and random["ci_low"] < 0 < random["ci_high"]
+        and random["converged"] is True
+    )

@@ -8,20 +8,31 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from conftest import assert_clean_failure, run
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Schedule, aggregate, bench_runs, compare, data_digest, read_baseline
 from crowdtk.formats import BENCH_CHECK, BENCH_RESULTS, DEMO_REPORT, FORMAT_VERSIONS, read_json
 
-from conftest import assert_clean_failure, run
-
 
 def _results(**maes: list[float]) -> list[dict]:
     """Aggregated results (as in results.json) of methods at a 10% budget on strips: {method: per-seed MAEs}."""
-    rows = {(m.replace("_", "+"), 0.1, "strip"): [{"seed": s, "mae": v, "rmse": v, "heads_labeled": 1, "images_labeled": 1,
-                                                   "heads_supervised_fraction": 1.0, "area_fraction": 0.1, "wall_s": 1.0}
-                                                  for s, v in enumerate(values)]
-            for m, values in maes.items()}
+    rows = {
+        (m.replace("_", "+"), 0.1, "strip"): [
+            {
+                "seed": s,
+                "mae": v,
+                "rmse": v,
+                "heads_labeled": 1,
+                "images_labeled": 1,
+                "heads_supervised_fraction": 1.0,
+                "area_fraction": 0.1,
+                "wall_s": 1.0,
+            }
+            for s, v in enumerate(values)
+        ]
+        for m, values in maes.items()
+    }
     return aggregate(rows)
 
 
@@ -30,7 +41,9 @@ def _status(check: dict) -> dict[str, str]:
 
 
 def test_a_regression_beyond_the_tolerance_and_the_spread_fails() -> None:
-    check = compare(_results(mdc=[10.0, 10.2]), _results(mdc=[11.0, 11.2]), 0.05)  # +1.0 against 5% (0.51) and a spread of 0.28
+    check = compare(
+        _results(mdc=[10.0, 10.2]), _results(mdc=[11.0, 11.2]), 0.05
+    )  # +1.0 against 5% (0.51) and a spread of 0.28
     assert not check["passed"] and check["regressions"] == 1
     row = check["comparisons"][0]
     assert row["status"] == "regressed" and row["mae_change"] == pytest.approx(1.0)
@@ -66,20 +79,41 @@ def test_new_and_not_run_methods_are_reported_not_failed() -> None:
 
 
 def _baseline(path: Path, settings: dict, results: list[dict], **header) -> Path:
-    doc = {"format": BENCH_RESULTS, "format_version": 1, "crowdtk_version": "0", "command": "bench", "params": {}, "seed": None,
-           "created": "2026-01-01T00:00:00+00:00", **header, "settings": settings, "results": results}
+    doc = {
+        "format": BENCH_RESULTS,
+        "format_version": 1,
+        "crowdtk_version": "0",
+        "command": "bench",
+        "params": {},
+        "seed": None,
+        "created": "2026-01-01T00:00:00+00:00",
+        **header,
+        "settings": settings,
+        "results": results,
+    }
     path.write_text(json.dumps(doc))
     return path
 
 
 def test_the_baseline_is_refused_unless_made_with_the_same_settings_on_the_same_data(tmp_path: Path) -> None:
-    settings = {**asdict(Schedule(steps=2)), "train_sha256": "a", "test_sha256": "b", "train_data_sha256": "c", "test_data_sha256": "d"}
+    settings = {
+        **asdict(Schedule(steps=2)),
+        "train_sha256": "a",
+        "test_sha256": "b",
+        "train_data_sha256": "c",
+        "test_data_sha256": "d",
+    }
     results = _results(mdc=[10.0])
     assert read_baseline(_baseline(tmp_path / "same.json", settings, results), settings).results == results
     # Another manifest file of the same data (written at another time, or with other paths) is the same data.
     assert read_baseline(_baseline(tmp_path / "rewritten.json", {**settings, "train_sha256": "x"}, results), settings)
-    for changed, named in (({"steps": 20}, "steps differ"), ({"steps": 20, "lr": 1.0}, "lr, steps differ"), ({"cpu_bf16": True}, "cpu_bf16 differ"),
-                           ({"test_data_sha256": "other"}, "test_data_sha256 differ"), ({"extra": 1}, "extra differ")):
+    for changed, named in (
+        ({"steps": 20}, "steps differ"),
+        ({"steps": 20, "lr": 1.0}, "lr, steps differ"),
+        ({"cpu_bf16": True}, "cpu_bf16 differ"),
+        ({"test_data_sha256": "other"}, "test_data_sha256 differ"),
+        ({"extra": 1}, "extra differ"),
+    ):
         with pytest.raises(CrowdtkError, match=f"other settings or data \\({named}\\)"):
             read_baseline(_baseline(tmp_path / "other.json", {**settings, **changed}, results), settings)
     # A baseline from before the data digests: its manifest digests must match; one from before strip_frac: the default.
@@ -106,14 +140,18 @@ def test_the_data_digest_covers_the_data_not_the_manifest_file(tiny_data: Path, 
     # The same data, listed by a manifest of another time with absolute paths, elsewhere.
     absolute = [{**r, "image": str(train / r["image"]), "points": str(train / r["points"])} for r in records]
     moved = tmp_path / "moved.jsonl"
-    moved.write_text("\n".join(json.dumps(x) for x in [{**header, "created": "2030-01-01T00:00:00+00:00"}, *absolute]) + "\n")
+    moved.write_text(
+        "\n".join(json.dumps(x) for x in [{**header, "created": "2030-01-01T00:00:00+00:00"}, *absolute]) + "\n"
+    )
     assert data_digest(moved) == data_digest(train / "manifest.jsonl")
     # Other points for one image (the same count), or another order, are other data.
     points = tmp_path / "points.txt"
     shutil.copy(absolute[0]["points"], points)
     points.write_text(points.read_text() + "\n")
     relabeled = tmp_path / "relabeled.jsonl"
-    relabeled.write_text("\n".join(json.dumps(x) for x in [header, {**absolute[0], "points": str(points)}, *absolute[1:]]) + "\n")
+    relabeled.write_text(
+        "\n".join(json.dumps(x) for x in [header, {**absolute[0], "points": str(points)}, *absolute[1:]]) + "\n"
+    )
     assert data_digest(relabeled) != data_digest(moved)
     reordered = tmp_path / "reordered.jsonl"
     reordered.write_text("\n".join(json.dumps(x) for x in [header, *absolute[::-1]]) + "\n")
@@ -127,9 +165,30 @@ def test_tolerance_needs_check(tmp_path: Path) -> None:
 
 def test_bench_gate_passes_on_its_own_results_and_fails_on_a_better_baseline(tiny_data: Path) -> None:
     out = tiny_data / "gate"
-    args = ["bench", "--train", tiny_data / "data" / "train" / "manifest.jsonl", "--test", tiny_data / "data" / "test" / "manifest.jsonl",
-            "-o", out, "--scale", "1", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--crop", "32",
-            "--methods", "none-or-all", "--seeds", "1", "--no-cpu-bf16"]
+    args = [
+        "bench",
+        "--train",
+        tiny_data / "data" / "train" / "manifest.jsonl",
+        "--test",
+        tiny_data / "data" / "test" / "manifest.jsonl",
+        "-o",
+        out,
+        "--scale",
+        "1",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--methods",
+        "none-or-all",
+        "--seeds",
+        "1",
+        "--no-cpu-bf16",
+    ]
     first = run(*args)
     assert first.exit_code == 0, first.output
     assert not (out / "check.json").exists()
@@ -163,7 +222,9 @@ def test_bench_gate_passes_on_its_own_results_and_fails_on_a_better_baseline(tin
     check = read_json(out / "check.json", BENCH_CHECK)
     assert not check["passed"] and check["tolerance"] == 0.1
     assert {r["method"]: r["status"] for r in check["comparisons"]} == {"none-or-all": "regressed", "full": "not run"}
-    assert read_json(out / "results.json", BENCH_RESULTS)["results"][0]["mae"]["mean"] == mae  # the run's own results are kept
+    assert (
+        read_json(out / "results.json", BENCH_RESULTS)["results"][0]["mae"]["mean"] == mae
+    )  # the run's own results are kept
 
     # A baseline made with other settings is refused before anything runs, naming the keys.
     edited["settings"]["steps"] = 20
@@ -183,32 +244,75 @@ def test_a_baseline_that_cannot_gate_is_refused(tmp_path: Path) -> None:
     good = _results(mdc=[10.0, 11.0])[0]
     for mean, std in ((float("nan"), 0.5), (float("inf"), 0.5), (10.0, float("nan")), (10.0, float("-inf"))):
         path = _baseline(tmp_path / "nan.json", settings, [{**good, "mae": {"mean": mean, "std": std}}])
-        with pytest.raises(CrowdtkError, match=r"nan.json: mdc at budget 0.1 has a non-finite MAE \(mean .*, std .*\), which no run"):
+        with pytest.raises(
+            CrowdtkError, match=r"nan.json: mdc at budget 0.1 has a non-finite MAE \(mean .*, std .*\), which no run"
+        ):
             read_baseline(path, settings)
     with pytest.raises(CrowdtkError, match="empty.json: a baseline with no results"):
         read_baseline(_baseline(tmp_path / "empty.json", settings, []), settings)
     with pytest.raises(CrowdtkError, match="twice.json: mdc at budget 0.1 is listed twice"):
         read_baseline(_baseline(tmp_path / "twice.json", settings, [good, good]), settings)
     with pytest.raises(CrowdtkError, match=r"setting.json: non-finite settings \(lr\)"):
-        read_baseline(_baseline(tmp_path / "setting.json", {**settings, "lr": float("nan")}, [good]), {**settings, "lr": float("nan")})
-    for broken in ({**good, "seeds": []}, {**good, "budget": "0.1"}, {**good, "mae": {"mean": True, "std": 0.0}}, ["mdc"]):
-        with pytest.raises(CrowdtkError, match=r"broken.json: no settings or results in the form `crowdtk bench` writes \(result 1: "):
+        read_baseline(
+            _baseline(tmp_path / "setting.json", {**settings, "lr": float("nan")}, [good]),
+            {**settings, "lr": float("nan")},
+        )
+    for broken in (
+        {**good, "seeds": []},
+        {**good, "budget": "0.1"},
+        {**good, "mae": {"mean": True, "std": 0.0}},
+        ["mdc"],
+    ):
+        with pytest.raises(
+            CrowdtkError, match=r"broken.json: no settings or results in the form `crowdtk bench` writes \(result 1: "
+        ):
             read_baseline(_baseline(tmp_path / "broken.json", settings, [broken]), settings)
     # The bench's own runs (planned) must meet the baseline at least once.
     path = _baseline(tmp_path / "other.json", settings, [good])
     assert read_baseline(path, settings, bench_runs([0.1], ["random", "mdc"], [], 2)).results == [good]
-    with pytest.raises(CrowdtkError, match=r"other.json: the baseline holds none of the methods and budgets this bench runs "
-                                           r"\(it holds mdc at budget 0.1\)"):
+    with pytest.raises(
+        CrowdtkError,
+        match=r"other.json: the baseline holds none of the methods and budgets this bench runs "
+        r"\(it holds mdc at budget 0.1\)",
+    ):
         read_baseline(path, settings, bench_runs([0.2], ["mdc"], [], 1))
     with pytest.raises(CrowdtkError, match="none of the methods and budgets"):
         read_baseline(path, settings, bench_runs([0.1], ["random"], ["block"], 1))
 
 
 @pytest.mark.parametrize("kind", ["nan", "empty"])
-def test_bench_check_refuses_a_baseline_that_cannot_gate_before_any_step(kind: str, tiny_data: Path, tmp_path: Path) -> None:
-    baseline = _baseline(tmp_path / "baseline.json", {}, [] if kind == "empty" else [{**_results(mdc=[10.0])[0], "mae": {"mean": float("nan"), "std": 0.0}}])
+def test_bench_check_refuses_a_baseline_that_cannot_gate_before_any_step(
+    kind: str, tiny_data: Path, tmp_path: Path
+) -> None:
+    baseline = _baseline(
+        tmp_path / "baseline.json",
+        {},
+        [] if kind == "empty" else [{**_results(mdc=[10.0])[0], "mae": {"mean": float("nan"), "std": 0.0}}],
+    )
     out = tmp_path / "b"
-    result = run("bench", "--train", tiny_data / "data" / "train" / "manifest.jsonl", "--test", tiny_data / "data" / "test" / "manifest.jsonl",
-                 "-o", out, "--scale", "1", "--methods", "mdc", "--seeds", "1", "--no-cpu-bf16", "--check", baseline)
-    assert_clean_failure(result, f"{baseline}: " + ("a baseline with no results" if kind == "empty" else "mdc at budget 0.1 has a non-finite MAE"))
-    assert "+ crowdtk" not in result.output and not (out / "check.json").exists() and not (out / "results.json").exists()
+    result = run(
+        "bench",
+        "--train",
+        tiny_data / "data" / "train" / "manifest.jsonl",
+        "--test",
+        tiny_data / "data" / "test" / "manifest.jsonl",
+        "-o",
+        out,
+        "--scale",
+        "1",
+        "--methods",
+        "mdc",
+        "--seeds",
+        "1",
+        "--no-cpu-bf16",
+        "--check",
+        baseline,
+    )
+    assert_clean_failure(
+        result,
+        f"{baseline}: "
+        + ("a baseline with no results" if kind == "empty" else "mdc at budget 0.1 has a non-finite MAE"),
+    )
+    assert (
+        "+ crowdtk" not in result.output and not (out / "check.json").exists() and not (out / "results.json").exists()
+    )

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from conftest import FAST_TRAIN, assert_clean_failure, run
 
 from crowdtk.affinity import image_affinities
 from crowdtk.cap import CapModule, TrainNet, affinity_maps, affinity_rows, cap_batch, cap_image, strip_cap
@@ -20,8 +21,6 @@ from crowdtk.predict import load_counter
 from crowdtk.train import prepare_sample
 from crowdtk.train.state import Progress, restore_state, save_state
 from crowdtk.train_config import CAP_TEMPERATURES, TrainConfig, check_cap_options
-
-from conftest import FAST_TRAIN, assert_clean_failure, run
 
 torch.set_num_threads(2)
 
@@ -72,7 +71,9 @@ def test_paper_form_is_eq_8_to_10_exactly() -> None:
     assert torch.equal(CapModule(affinity="paper")(feat[None], mask[None])[0], expected)
 
 
-@pytest.mark.parametrize("affinity, tau", [("temperature", 0.05), ("temperature", None), ("cosine", 0.2), ("cosine", None)])
+@pytest.mark.parametrize(
+    "affinity, tau", [("temperature", 0.05), ("temperature", None), ("cosine", 0.2), ("cosine", None)]
+)
 def test_each_extension_equals_its_formula(affinity: str, tau: float | None) -> None:
     torch.manual_seed(1)
     feat = torch.randn(8, 4, 6, dtype=torch.float64)
@@ -114,7 +115,7 @@ def test_extensions_put_the_mass_on_the_similar_cluster_where_the_paper_cannot(a
     ratio = lambda rows: rows.max(dim=1).values / rows.min(dim=1).values  # noqa: E731
     # The paper's logits are dot products of softmax vectors, in (0, 1): no affinity exceeds e times another.
     assert (ratio(paper) <= math.e).all()
-    assert (ratio(sharp) > math.e ** 3).all()
+    assert (ratio(sharp) > math.e**3).all()
     near_paper, near_sharp = paper[:, near].sum(dim=1), sharp[:, near].sum(dim=1)
     assert (near_paper < 0.75).all()  # near the share of the cluster (24 of 42 positions) times at most e
     assert (near_sharp > 0.95).all()
@@ -174,10 +175,14 @@ def test_the_training_settings_refuse_cap_options_that_cannot_run() -> None:
     TrainConfig(cap=True, cap_affinity="cosine", cap_temperature=0.2).validate()
     assert TrainConfig(cap=True, cap_affinity="cosine").cap_tau() == CAP_TEMPERATURES["cosine"]
     assert TrainConfig(cap=True).cap_tau() is None
-    for args, match in [((True, "cosine", 0.0), "finite and positive"), ((True, "cosine", math.nan), "finite and positive"),
-                        ((False, "cosine", None), "--cap-affinity without --cap"),
-                        ((False, "paper", 0.1), "--cap-temperature without --cap"),
-                        ((True, "paper", 0.1), "take no temperature"), ((True, "dot", None), "must be one of")]:
+    for args, match in [
+        ((True, "cosine", 0.0), "finite and positive"),
+        ((True, "cosine", math.nan), "finite and positive"),
+        ((False, "cosine", None), "--cap-affinity without --cap"),
+        ((False, "paper", 0.1), "--cap-temperature without --cap"),
+        ((True, "paper", 0.1), "take no temperature"),
+        ((True, "dot", None), "must be one of"),
+    ]:
         with pytest.raises(UsageError, match=match):
             check_cap_options(*args)
     with pytest.raises(UsageError, match="without --cap"):
@@ -205,8 +210,13 @@ def test_strip_cap_leaves_the_counter_of_every_form(affinity: str) -> None:
 def test_a_header_without_cap_settings_reads_as_the_paper_and_bad_ones_are_refused() -> None:
     assert cap_settings({"cap": True}, "old.safetensors") == ("paper", None)
     assert cap_settings({"cap": True, "cap_affinity": "cosine", "cap_temperature": 0.1}, "m") == ("cosine", 0.1)
-    for bad in ({"cap_affinity": "dot"}, {"cap_affinity": "cosine"}, {"cap_affinity": "cosine", "cap_temperature": -1},
-                {"cap_affinity": "temperature", "cap_temperature": "0.1"}, {"cap_affinity": "paper", "cap_temperature": 0.1}):
+    for bad in (
+        {"cap_affinity": "dot"},
+        {"cap_affinity": "cosine"},
+        {"cap_affinity": "cosine", "cap_temperature": -1},
+        {"cap_affinity": "temperature", "cap_temperature": "0.1"},
+        {"cap_affinity": "paper", "cap_temperature": 0.1},
+    ):
         with pytest.raises(CrowdtkError, match="m.safetensors"):
             cap_settings(bad, "m.safetensors")
 
@@ -216,9 +226,19 @@ def _tiny_cap_checkpoint(path, affinity: str, temperature: float | None, net: Tr
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
     net = net or TrainNet(counter, cap=True, cap_affinity=affinity, cap_temperature=temperature)
     config = TrainConfig(model="lite", cap=True, cap_affinity=affinity, cap_temperature=temperature)
-    header = checkpoint_header(Provenance("train"), model="lite", model_config=net.counter.config, cap=True, training=asdict(config),
-                               labels_sha256="0" * 64, epochs_done=1, best_val_mae=0.0, val_on="train",
-                               cap_affinity=affinity, cap_temperature=config.cap_tau())
+    header = checkpoint_header(
+        Provenance("train"),
+        model="lite",
+        model_config=net.counter.config,
+        cap=True,
+        training=asdict(config),
+        labels_sha256="0" * 64,
+        epochs_done=1,
+        best_val_mae=0.0,
+        val_on="train",
+        cap_affinity=affinity,
+        cap_temperature=config.cap_tau(),
+    )
     save_tensors(path, net.weights(), header)
     return net
 
@@ -230,13 +250,18 @@ def test_affinity_pictures_use_the_checkpoint_s_form(strip_pool, tmp_path) -> No
     _tiny_cap_checkpoint(tmp_path / "paper.safetensors", "paper", None, net)  # the same weights, the paper's form
     cosine = image_affinities(tmp_path / "cosine.safetensors", entry, 2, "labels")
     paper = image_affinities(tmp_path / "paper.safetensors", entry, 2, "labels")
-    assert (cosine.affinity, cosine.temperature) == ("cosine", 0.1) and (paper.affinity, paper.temperature) == ("paper", None)
+    assert (cosine.affinity, cosine.temperature) == ("cosine", 0.1) and (paper.affinity, paper.temperature) == (
+        "paper",
+        None,
+    )
     assert cosine.positions == paper.positions  # chosen on the counter's density, which CAP's form does not touch
 
     loaded = load_counter(tmp_path / "cosine.safetensors")
     sample = prepare_sample(entry, TrainConfig(model="lite"))
     with torch.inference_mode():
-        feat = loaded.counter.forward_features(loaded.counter.to_input(sample.image[None], torch.device("cpu")))[0].float()
+        feat = loaded.counter.forward_features(loaded.counter.to_input(sample.image[None], torch.device("cpu")))[
+            0
+        ].float()
     mask = torch.from_numpy(sample.mask)
     for found, affinity, tau in ((cosine, "cosine", 0.1), (paper, "paper", None)):
         expected = affinity_maps(feat, mask, found.positions, affinity=affinity, temperature=tau).numpy()
@@ -250,8 +275,17 @@ def test_a_state_written_before_the_forms_existed_resumes_as_the_paper(tmp_path)
     net = TrainNet(build_model("lite", pretrained=False, dilated=False, backend_channels=[16]), cap=True)
     optimizer = torch.optim.Adam(net.parameters())
     earlier = {k: v for k, v in asdict(config).items() if k not in ("cap_affinity", "cap_temperature")}
-    header = checkpoint_header(Provenance("train"), model="lite", model_config=net.counter.config, cap=True, training=earlier,
-                               labels_sha256="0" * 64, epochs_done=1, best_val_mae=1.0, val_on="train")
+    header = checkpoint_header(
+        Provenance("train"),
+        model="lite",
+        model_config=net.counter.config,
+        cap=True,
+        training=earlier,
+        labels_sha256="0" * 64,
+        epochs_done=1,
+        best_val_mae=1.0,
+        val_on="train",
+    )
     path = tmp_path / "m.state.safetensors"
     save_state(path, net, optimizer, header, Progress(1, 1.0, [{"epoch": 1, "train_loss": 1.0, "val_mae": 1.0}]))
     assert restore_state(path, config, "0" * 64, net, optimizer).epochs_done == 1
@@ -264,8 +298,20 @@ def test_a_state_written_before_the_forms_existed_resumes_as_the_paper(tmp_path)
 
 def test_train_with_cosine_cap_records_it_and_strip_cap_predicts_as_the_counter(strip_pool, tmp_path) -> None:
     ckpt, infer = tmp_path / "cap.safetensors", tmp_path / "infer.safetensors"
-    result = run("train", strip_pool["labels"], "--cap", "--cap-affinity", "cosine", "--cap-temperature", "0.1", "--epochs", "1",
-                 "-o", ckpt, *FAST_TRAIN)
+    result = run(
+        "train",
+        strip_pool["labels"],
+        "--cap",
+        "--cap-affinity",
+        "cosine",
+        "--cap-temperature",
+        "0.1",
+        "--epochs",
+        "1",
+        "-o",
+        ckpt,
+        *FAST_TRAIN,
+    )
     assert result.exit_code == 0, result.output
     header, tensors = load_tensors(ckpt)
     assert header["cap"] is True and header["cap_affinity"] == "cosine" and header["cap_temperature"] == 0.1
@@ -274,10 +320,16 @@ def test_train_with_cosine_cap_records_it_and_strip_cap_predicts_as_the_counter(
 
     assert run("strip-cap", ckpt, "-o", infer, "-q").exit_code == 0
     stripped_header, stripped = load_tensors(infer)
-    assert stripped_header["cap"] is False and not any(k.startswith("cap.") for k in stripped) and "cap.gamma" in tensors
+    assert (
+        stripped_header["cap"] is False and not any(k.startswith("cap.") for k in stripped) and "cap.gamma" in tensors
+    )
     # The trained network, CAP of the recorded form included, run with CAP off, against the stripped counter.
-    full = TrainNet(build_model("lite", pretrained=False, **header["model"]["config"]), cap=True,
-                    cap_affinity=header["cap_affinity"], cap_temperature=header["cap_temperature"])
+    full = TrainNet(
+        build_model("lite", pretrained=False, **header["model"]["config"]),
+        cap=True,
+        cap_affinity=header["cap_affinity"],
+        cap_temperature=header["cap_temperature"],
+    )
     full.load_weights(tensors, str(ckpt))
     full.eval()
     x = torch.rand(2, 3, 48, 80)
@@ -287,20 +339,43 @@ def test_train_with_cosine_cap_records_it_and_strip_cap_predicts_as_the_counter(
 
 def test_train_with_an_extension_and_no_temperature_records_the_default(strip_pool, tmp_path) -> None:
     ckpt = tmp_path / "cap.safetensors"
-    result = run("train", strip_pool["labels"], "--cap", "--cap-affinity", "temperature", "--epochs", "1", "-o", ckpt, *FAST_TRAIN)
+    result = run(
+        "train",
+        strip_pool["labels"],
+        "--cap",
+        "--cap-affinity",
+        "temperature",
+        "--epochs",
+        "1",
+        "-o",
+        ckpt,
+        *FAST_TRAIN,
+    )
     assert result.exit_code == 0, result.output
     header = read_header(ckpt)
     assert (header["cap_affinity"], header["cap_temperature"]) == ("temperature", CAP_TEMPERATURES["temperature"])
 
 
-@pytest.mark.parametrize("options, names", [
-    (["--cap", "--cap-affinity", "cosine", "--cap-temperature", "0"], "--cap-temperature must be finite and positive, got 0.0"),
-    (["--cap", "--cap-affinity", "temperature", "--cap-temperature", "nan"], "--cap-temperature must be finite and positive, got nan"),
-    (["--cap", "--cap-affinity", "cosine", "--cap-temperature", "-0.5"], "--cap-temperature must be finite and positive, got -0.5"),
-    (["--cap-affinity", "cosine"], "--cap-affinity without --cap"),
-    (["--cap-temperature", "0.1"], "--cap-temperature without --cap"),
-    (["--cap", "--cap-temperature", "0.1"], "--cap-affinity paper"),
-])
+@pytest.mark.parametrize(
+    "options, names",
+    [
+        (
+            ["--cap", "--cap-affinity", "cosine", "--cap-temperature", "0"],
+            "--cap-temperature must be finite and positive, got 0.0",
+        ),
+        (
+            ["--cap", "--cap-affinity", "temperature", "--cap-temperature", "nan"],
+            "--cap-temperature must be finite and positive, got nan",
+        ),
+        (
+            ["--cap", "--cap-affinity", "cosine", "--cap-temperature", "-0.5"],
+            "--cap-temperature must be finite and positive, got -0.5",
+        ),
+        (["--cap-affinity", "cosine"], "--cap-affinity without --cap"),
+        (["--cap-temperature", "0.1"], "--cap-temperature without --cap"),
+        (["--cap", "--cap-temperature", "0.1"], "--cap-affinity paper"),
+    ],
+)
 def test_cap_options_that_cannot_run_are_usage_errors(strip_pool, tmp_path, options: list[str], names: str) -> None:
     out = tmp_path / "m.safetensors"
     result = run("train", strip_pool["labels"], *options, "-o", out, *FAST_TRAIN)

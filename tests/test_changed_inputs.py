@@ -14,9 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from conftest import assert_clean_failure, run
-from conftest import small_checkpoint
+from conftest import assert_clean_failure, run, small_checkpoint
 
 CHANGED = "changed since it was indexed (sha256 differs) (re-run crowdtk index, then the later steps)"
 
@@ -37,10 +35,17 @@ def world(original: Path, tmp_path: Path) -> dict[str, Path]:
     """This test's own copy of the data set (modification times kept) with regions and the oracle's labels for them."""
     data = tmp_path / "data"
     shutil.copytree(original / "data", data)
-    w = {"manifest": data / "train" / "manifest.jsonl", "ckpt": original / "frozen.safetensors", "tmp": tmp_path,
-         "regions": tmp_path / "r.jsonl", "labels": tmp_path / "l.jsonl"}
-    for args in (("select", w["manifest"], "--budget", "0.3", "--seed", "1", "-o", w["regions"]),
-                 ("import", w["regions"], "--oracle", w["manifest"], "-o", w["labels"])):
+    w = {
+        "manifest": data / "train" / "manifest.jsonl",
+        "ckpt": original / "frozen.safetensors",
+        "tmp": tmp_path,
+        "regions": tmp_path / "r.jsonl",
+        "labels": tmp_path / "l.jsonl",
+    }
+    for args in (
+        ("select", w["manifest"], "--budget", "0.3", "--seed", "1", "-o", w["regions"]),
+        ("import", w["regions"], "--oracle", w["manifest"], "-o", w["labels"]),
+    ):
         result = run(*args, "-q")
         assert result.exit_code == 0, result.output
     return w
@@ -72,14 +77,38 @@ def move_a_point(points: Path) -> None:
 
 def stage_args(stage: str, w: dict[str, Path], image_id: str) -> tuple[list, Path]:
     """The command line of ``stage`` on the world, and its output."""
-    out = w["tmp"] / "out" / {"gen-density": "dens", "train": "t.safetensors", "vectors": "v.npz", "show": "s.png",
-                              "show regions": "s.png", "eval": "e.csv", "eval --feature-cache": "e.csv",
-                              "export": "pkg"}.get(stage, "l.jsonl")
+    out = (
+        w["tmp"]
+        / "out"
+        / {
+            "gen-density": "dens",
+            "train": "t.safetensors",
+            "vectors": "v.npz",
+            "show": "s.png",
+            "show regions": "s.png",
+            "eval": "e.csv",
+            "eval --feature-cache": "e.csv",
+            "export": "pkg",
+        }.get(stage, "l.jsonl")
+    )
     ckpt, manifest = w["ckpt"], w["manifest"]
     return {
         "import --oracle": ["import", w["regions"], "--oracle", manifest, "-o", out],
         "gen-density": ["gen-density", manifest, "-o", out],
-        "train": ["train", w["labels"], "--model", "lite", "--freeze", "encoder", "--scale", "0.5", "--epochs", "1", "-o", out],
+        "train": [
+            "train",
+            w["labels"],
+            "--model",
+            "lite",
+            "--freeze",
+            "encoder",
+            "--scale",
+            "0.5",
+            "--epochs",
+            "1",
+            "-o",
+            out,
+        ],
         "vectors": ["vectors", ckpt, manifest, "-o", out],
         "eval": ["eval", ckpt, manifest, "--csv", out],
         "eval --feature-cache": ["eval", ckpt, manifest, "--csv", out, "--feature-cache", w["tmp"] / "features"],
@@ -89,13 +118,29 @@ def stage_args(stage: str, w: dict[str, Path], image_id: str) -> tuple[list, Pat
     }[stage], out
 
 
-@pytest.mark.parametrize("stage", ["import --oracle", "gen-density", "train", "vectors", "eval", "eval --feature-cache", "show",
-                                   "show regions", "export"])
-def test_an_image_replaced_after_indexing_is_refused_by_every_stage_that_reads_it(world: dict[str, Path], stage: str) -> None:
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "import --oracle",
+        "gen-density",
+        "train",
+        "vectors",
+        "eval",
+        "eval --feature-cache",
+        "show",
+        "show regions",
+        "export",
+    ],
+)
+def test_an_image_replaced_after_indexing_is_refused_by_every_stage_that_reads_it(
+    world: dict[str, Path], stage: str
+) -> None:
     image_id, image, _ = selected(world)
     args, out = stage_args(stage, world, image_id)
     if stage == "eval --feature-cache":  # the cache holds the features of the indexed pixels
-        warm = run("eval", world["ckpt"], world["manifest"], "--json", "--feature-cache", world["tmp"] / "features", "-q")
+        warm = run(
+            "eval", world["ckpt"], world["manifest"], "--json", "--feature-cache", world["tmp"] / "features", "-q"
+        )
         assert warm.exit_code == 0, warm.output
         assert any((world["tmp"] / "features").rglob("*.safetensors"))
     replace_pixels(image)

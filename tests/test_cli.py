@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from crowdtk import __version__
-
 from conftest import run
+
+from crowdtk import __version__
 
 
 def test_version_and_usage_errors():

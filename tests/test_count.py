@@ -7,11 +7,10 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import run
 
 from crowdtk.data import read_image
 from crowdtk.predict import Predictor, load_counter
-
-from conftest import run
 
 
 def test_count_images_video_and_overlays(strip_pool, warm_ckpt, tmp_path):
@@ -31,7 +30,9 @@ def test_count_images_video_and_overlays(strip_pool, warm_ckpt, tmp_path):
     # each image's count is the sum of the counter's density map for it
     predictor = Predictor(load_counter(warm_ckpt), device="cpu", fast=False)
     for line in (l for l in lines if "video" not in l):
-        assert line["count"] == pytest.approx(float(predictor.density(read_image(line["image"]))[0].sum()), rel=1e-3, abs=1e-3)
+        assert line["count"] == pytest.approx(
+            float(predictor.density(read_image(line["image"]))[0].sum()), rel=1e-3, abs=1e-3
+        )
 
 
 def test_tiles_add_up_to_the_whole_image(warm_ckpt):
@@ -61,7 +62,9 @@ def test_a_video_without_frames_is_said_not_silently_skipped(warm_ckpt, tmp_path
     result = run("count", warm_ckpt, mp4)
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith(f"crowdtk count: error: {mp4}: cannot open video ("), result.stderr
-    assert result.stderr.count("\n") == 1 and "()" not in result.stderr and "re-encode it" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "()" not in result.stderr and "re-encode it" in result.stderr, (
+        result.stderr
+    )
 
     nothing = tmp_path / "nothing.mp4"
     nothing.write_bytes(b"")

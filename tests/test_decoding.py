@@ -18,14 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, run, small_checkpoint
 from PIL import Image
 
 from crowdtk.data import decode_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.native_stderr import capture
-
-from conftest import assert_clean_failure, run
-from conftest import small_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +54,9 @@ def with_orientation(fmt: str, orientation: int) -> bytes:
 
 def palette_png() -> bytes:
     out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (24, 40, 3), dtype=np.uint8)).convert("P").save(out, "PNG")
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (24, 40, 3), dtype=np.uint8)).convert("P").save(
+        out, "PNG"
+    )
     return out.getvalue()
 
 
@@ -93,6 +93,7 @@ def test_decoded_pixels_are_the_ones_opencv_gave(case: str) -> None:
 
 def png_bytes(extra: bytes = b"", bad_idat_crc: bool = False, size: int = 32) -> bytes:
     """A size×size RGB PNG written chunk by chunk: ``extra`` chunks go before IDAT, whose CRC can be made wrong."""
+
     def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
         crc = zlib.crc32(kind + data) if crc is None else crc
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc & 0xFFFFFFFF)
@@ -100,8 +101,13 @@ def png_bytes(extra: bytes = b"", bad_idat_crc: bool = False, size: int = 32) ->
     rows = b"".join(b"\x00" + bytes((x * 7 + y * 3) % 256 for x in range(size * 3)) for y in range(size))
     pixels = zlib.compress(rows)
     idat_crc = zlib.crc32(b"IDAT" + pixels) ^ 1 if bad_idat_crc else None
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)) + extra
-            + chunk(b"IDAT", pixels, idat_crc) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+        + extra
+        + chunk(b"IDAT", pixels, idat_crc)
+        + chunk(b"IEND", b"")
+    )
 
 
 def flipped(data: bytes) -> bytes:
@@ -112,11 +118,23 @@ def flipped(data: bytes) -> bytes:
 
 
 DAMAGED = {
-    "jpeg cut in half": (lambda: encoded(".jpg", RGB)[: len(encoded(".jpg", RGB)) // 2], "truncated JPEG (no end-of-image marker)"),
-    "png cut in half": (lambda: encoded(".png", RGB)[: len(encoded(".png", RGB)) // 2], "not a readable image (Truncated File Read)"),
-    "png with a bad crc": (lambda: png_bytes(bad_idat_crc=True), "not a readable image (broken PNG file (bad header checksum in b'IDAT'))"),
+    "jpeg cut in half": (
+        lambda: encoded(".jpg", RGB)[: len(encoded(".jpg", RGB)) // 2],
+        "truncated JPEG (no end-of-image marker)",
+    ),
+    "png cut in half": (
+        lambda: encoded(".png", RGB)[: len(encoded(".png", RGB)) // 2],
+        "not a readable image (Truncated File Read)",
+    ),
+    "png with a bad crc": (
+        lambda: png_bytes(bad_idat_crc=True),
+        "not a readable image (broken PNG file (bad header checksum in b'IDAT'))",
+    ),
     "png with damaged data": (lambda: flipped(encoded(".png", RGB)), "not a readable image (broken PNG file"),
-    "bmp cut in half": (lambda: encoded(".bmp", RGB)[: len(encoded(".bmp", RGB)) // 2], "not a readable image (image file is truncated"),
+    "bmp cut in half": (
+        lambda: encoded(".bmp", RGB)[: len(encoded(".bmp", RGB)) // 2],
+        "not a readable image (image file is truncated",
+    ),
     "webp cut in half": (lambda: encoded(".webp", RGB)[: len(encoded(".webp", RGB)) // 2], "not a readable image ("),
     "tiff cut in half": (lambda: encoded(".tiff", RGB)[: len(encoded(".tiff", RGB)) // 2], "not a readable image ("),
     "text": (lambda: b"this is not an image\n" * 10, "not a readable image (not a JPEG, PNG, TIFF, WebP or BMP image)"),
@@ -125,7 +143,9 @@ DAMAGED = {
 
 
 @pytest.mark.parametrize("case", list(DAMAGED))
-def test_a_damaged_image_is_an_error_naming_it_and_nothing_reaches_stderr(case: str, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_image_is_an_error_naming_it_and_nothing_reaches_stderr(
+    case: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     make, reason = DAMAGED[case]
     data = make()
     capfd.readouterr()
@@ -154,15 +174,22 @@ def png_pool(root: Path, **images: bytes) -> Path:
 
 
 @pytest.mark.parametrize("stage", ["index", "count"])
-def test_a_png_with_a_bad_crc_fails_in_one_line_with_the_decoder_s_reason(tmp_path: Path, capfd: pytest.CaptureFixture[str],
-                                                                          stage: str) -> None:
+def test_a_png_with_a_bad_crc_fails_in_one_line_with_the_decoder_s_reason(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], stage: str
+) -> None:
     data = png_pool(tmp_path / "data", good=png_bytes(), bad=png_bytes(bad_idat_crc=True))
-    args = (["index", data, "-o", tmp_path / "m.jsonl"] if stage == "index"
-            else ["count", small_checkpoint(tmp_path / "m.safetensors"), data / "images"])
+    args = (
+        ["index", data, "-o", tmp_path / "m.jsonl"]
+        if stage == "index"
+        else ["count", small_checkpoint(tmp_path / "m.safetensors"), data / "images"]
+    )
     capfd.readouterr()
     result = run(*args)
-    assert_clean_failure(result, "bad.png: not a readable image (broken PNG file (bad header checksum in b'IDAT')) (check that",
-                         tmp_path / "m.jsonl")
+    assert_clean_failure(
+        result,
+        "bad.png: not a readable image (broken PNG file (bad header checksum in b'IDAT')) (check that",
+        tmp_path / "m.jsonl",
+    )
     assert result.stderr.count("\n") == 1, result.stderr
     assert capfd.readouterr().err == ""  # nothing went round Python's stderr, to file descriptor 2
 
@@ -176,13 +203,18 @@ def jpeg_with_corrupt_exif() -> bytes:
     return out.getvalue()
 
 
-def test_a_warning_about_a_decodable_image_is_logged_not_printed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_warning_about_a_decodable_image_is_logged_not_printed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = png_pool(tmp_path / "data", good=png_bytes())
     (data / "images" / "warns.jpg").write_bytes(jpeg_with_corrupt_exif())
     (data / "points" / "warns.txt").write_text("3 4\n")
     # In a real process, where Python's stderr and the decoders' are the same file descriptor.
-    done = subprocess.run([sys.executable, "-m", "crowdtk", "index", str(data), "-o", str(tmp_path / "m.jsonl")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "crowdtk", "index", str(data), "-o", str(tmp_path / "m.jsonl")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "EXIF" not in done.stderr and "Warning" not in done.stderr and "tag" not in done.stderr, done.stderr
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 3
@@ -203,6 +235,7 @@ def test_a_warning_about_a_decodable_image_is_logged_not_printed(tmp_path: Path,
 
 def test_capture_returns_what_the_call_wrote_to_fd_2_and_restores_it(capfd: pytest.CaptureFixture[str]) -> None:
     """A decoder's line becomes a message; any other line is written back to stderr; fd 2 is the same file after."""
+
     def native() -> int:
         os.write(2, b"libpng warning: iCCP: too short\n")
         os.write(2, b"crowdtk's own line\n")
@@ -233,12 +266,15 @@ def test_a_failing_capture_restores_fd_2_and_carries_the_messages(capfd: pytest.
     assert getattr(raised.value, "__notes__", None) == ["native stderr: libpng error: IHDR: bad"]
 
 
-def test_a_tiff_opencv_complains_about_is_decoded_with_the_complaint_logged(capfd: pytest.CaptureFixture[str],
-                                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_tiff_opencv_complains_about_is_decoded_with_the_complaint_logged(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     """TIFF goes to OpenCV under the capture: libtiff's complaint is a warning on crowdtk.decoders, not a line on stderr."""
     capfd.readouterr()
     with caplog.at_level(logging.WARNING, logger="crowdtk.decoders"):
         image = decode_image(flipped(encoded(".tiff", LARGE)), "damaged.tiff")
     assert image.shape == LARGE.shape
-    assert [r.getMessage() for r in caplog.records if r.name == "crowdtk.decoders"] == ["damaged.tiff: Using code not yet in table"]
+    assert [r.getMessage() for r in caplog.records if r.name == "crowdtk.decoders"] == [
+        "damaged.tiff: Using code not yet in table"
+    ]
     assert capfd.readouterr().err == ""

@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import run
 
 from crowdtk.formats import DEMO_REPORT, read_json, read_regions
-
-from conftest import run
 
 
 def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,8 +19,25 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
     show_regions = pictures.show_regions
     monkeypatch.setattr(pictures, "show_regions", lambda *a, **k: drawn.append(show_regions(*a, **k)) or drawn[-1])
     out = tiny_data / "demo"
-    result = run("demo", "-o", out, "--steps", "2", "--warmup-steps", "1", "--batch-size", "2",
-                 "--methods", "none-or-all,mdc,mdc+cap", "--synth-train", "12", "--synth-test", "4", "--seeds", "2")
+    result = run(
+        "demo",
+        "-o",
+        out,
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--methods",
+        "none-or-all,mdc,mdc+cap",
+        "--synth-train",
+        "12",
+        "--synth-test",
+        "4",
+        "--seeds",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     report = read_json(out / "report.json", DEMO_REPORT)
     assert set(report["methods"]) == {"none-or-all", "mdc", "mdc+cap"} and report["wall_s"] > 0
@@ -30,14 +46,27 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
         assert 0.05 < method["area_fraction"] < 0.2
         assert method["seeds"] == [0, 1]
         # mean and sample standard deviation of the two seeds' test MAE: for two values, |a - b| / sqrt(2)
-        a, b = (json.loads((out / "runs" / "budget-0.1" / f"seed-{s}" / name / "eval.json").read_text())["mae"] for s in (0, 1))
-        assert method["mae"] == pytest.approx((a + b) / 2) and method["mae_std"] == pytest.approx(abs(a - b) / math.sqrt(2))
+        a, b = (
+            json.loads((out / "runs" / "budget-0.1" / f"seed-{s}" / name / "eval.json").read_text())["mae"]
+            for s in (0, 1)
+        )
+        assert method["mae"] == pytest.approx((a + b) / 2) and method["mae_std"] == pytest.approx(
+            abs(a - b) / math.sqrt(2)
+        )
     assert {c["worse"] for c in report["claims"]} == {"none-or-all", "mdc"}
     assert (out / "runs" / "budget-0.1" / "seed-1" / "mdc+cap" / "eval.json").exists()
     assert "+ crowdtk synth" in result.output and "+ crowdtk select" in result.output
-    warmup_ids = {e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "warmup" / "regions.jsonl")[1] if e.regions}
-    mdc_ids = [e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "select-mdc" / "regions.jsonl")[1] if e.regions]
-    assert drawn == [mdc_ids[0]] and drawn[0] not in warmup_ids  # the picture shows a strip MDC chose, not a warm-up one
+    warmup_ids = {
+        e.id for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "warmup" / "regions.jsonl")[1] if e.regions
+    }
+    mdc_ids = [
+        e.id
+        for e in read_regions(out / "runs" / "budget-0.1" / "seed-0" / "select-mdc" / "regions.jsonl")[1]
+        if e.regions
+    ]
+    assert (
+        drawn == [mdc_ids[0]] and drawn[0] not in warmup_ids
+    )  # the picture shows a strip MDC chose, not a warm-up one
     for picture in ("regions.png", "prediction.png", "affinity.png"):  # affinity.png needs mdc+cap, listed after mdc
         assert (out / picture).stat().st_size > 1000
     assert "mdc+cap" in result.stdout

@@ -80,7 +80,9 @@ def test_committed_docs_equal_the_regenerated_ones(regenerated):
     committed = _owned(REPO)
     missing = sorted(fresh - committed)
     stale = sorted(committed - fresh)
-    differing = sorted(rel for rel in fresh & committed if (REPO / rel).read_bytes() != (regenerated / rel).read_bytes())
+    differing = sorted(
+        rel for rel in fresh & committed if (REPO / rel).read_bytes() != (regenerated / rel).read_bytes()
+    )
     assert not (missing or stale or differing), (
         f"completions/, man/ or docs/cli.md are out of date ({FIX}): missing {missing}, stale {stale}, differing {differing}"
     )
@@ -100,14 +102,18 @@ def test_cli_reference_is_what_help_prints(path, capsys, monkeypatch):
     # The drift test compares docs/cli.md with the generator; this compares it with --help itself.
     name = " ".join(["crowdtk", *path])
     section = f"## {name}\n\n```text\n{_help(path, capsys, monkeypatch)}\n```\n"
-    assert section in (REPO / "docs" / "cli.md").read_text(encoding="utf-8"), f"docs/cli.md does not hold `{name} --help` as it is now ({FIX})"
+    assert section in (REPO / "docs" / "cli.md").read_text(encoding="utf-8"), (
+        f"docs/cli.md does not hold `{name} --help` as it is now ({FIX})"
+    )
 
 
 @pytest.mark.parametrize("hash_seed", ["1", "2"])
 def test_generation_is_deterministic(regenerated, tmp_path, hash_seed):
     # Another process with another string-hash seed (Click keeps help option names in a set).
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    result = subprocess.run([sys.executable, str(GEN_DOCS), "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(GEN_DOCS), "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert _owned(tmp_path) == _owned(regenerated)
     for rel in _owned(tmp_path):
@@ -124,7 +130,12 @@ def test_check_mode_reports_drift_and_exits_1(regenerated, tmp_path):
     (tmp_path / "completions" / "crowdtk.fish").unlink()
     bad = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
-    for expected in ("man/crowdtk.1: differs", "man/crowdtk-no-such-command.1: stale", "completions/crowdtk.fish: missing", ".venv/bin/python tools/gen_docs.py"):
+    for expected in (
+        "man/crowdtk.1: differs",
+        "man/crowdtk-no-such-command.1: stale",
+        "completions/crowdtk.fish: missing",
+        ".venv/bin/python tools/gen_docs.py",
+    ):
         assert expected in bad.stderr
     assert (tmp_path / "man" / "crowdtk.1").read_text() == "edited\n"  # --check writes nothing
 
@@ -136,7 +147,9 @@ def test_check_mode_reports_drift_and_exits_1(regenerated, tmp_path):
 def test_every_subcommand_has_a_man_page_and_completions(path):
     page = REPO / "man" / f"crowdtk-{'-'.join(path)}.1"
     assert page.is_file(), f"{page.relative_to(REPO)} missing ({FIX})"
-    listing = REPO / "man" / ("crowdtk.1" if len(path) == 1 else f"crowdtk-{'-'.join(path[:-1])}.1")  # the parent's page lists it
+    listing = (
+        REPO / "man" / ("crowdtk.1" if len(path) == 1 else f"crowdtk-{'-'.join(path[:-1])}.1")
+    )  # the parent's page lists it
     assert f"\\fB{gen_docs.roff_text(' '.join(path))}\\fR" in listing.read_text(), f"not in {listing.name} ({FIX})"
     name = path[-1]
     parent = " ".join(path[:-1])
@@ -146,7 +159,9 @@ def test_every_subcommand_has_a_man_page_and_completions(path):
     zsh = (REPO / "completions" / "crowdtk.zsh").read_text()
     assert re.search(rf"^\s*'{re.escape(name)}:", zsh, re.MULTILINE), f"{name} not completed by crowdtk.zsh ({FIX})"
     fish = (REPO / "completions" / "crowdtk.fish").read_text()
-    assert re.search(rf"^complete -c crowdtk .* -a {re.escape(name)} -d ", fish, re.MULTILINE), f"{name} not completed by crowdtk.fish ({FIX})"
+    assert re.search(rf"^complete -c crowdtk .* -a {re.escape(name)} -d ", fish, re.MULTILINE), (
+        f"{name} not completed by crowdtk.fish ({FIX})"
+    )
     assert f"\n## crowdtk {' '.join(path)}\n" in (REPO / "docs" / "cli.md").read_text(), f"not in docs/cli.md ({FIX})"
 
 
@@ -202,7 +217,9 @@ def test_zsh_completion_parses():
 
 def test_fish_completion_parses():
     fish = _need("fish")
-    result = subprocess.run([fish, "--no-execute", str(REPO / "completions" / "crowdtk.fish")], capture_output=True, text=True)
+    result = subprocess.run(
+        [fish, "--no-execute", str(REPO / "completions" / "crowdtk.fish")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -215,7 +232,9 @@ def test_fish_completion_completes_commands_options_and_files(tmp_path):
 
     def complete(line: str) -> list[str]:
         script = f"source {str(REPO / 'completions' / 'crowdtk.fish')!r}; complete -C {line!r}"
-        result = subprocess.run([fish, "--no-config", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        result = subprocess.run(
+            [fish, "--no-config", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         return [row.split("\t")[0] for row in result.stdout.splitlines()]
 
@@ -240,7 +259,9 @@ def test_man_pages_render_with_man():
     man = _need("man")
     env = {**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": "", "LC_ALL": "C.UTF-8"}
     for page in _man_pages():
-        result = subprocess.run([man, "-l", "-P", "cat", str(page)], capture_output=True, text=True, env=env, timeout=60)
+        result = subprocess.run(
+            [man, "-l", "-P", "cat", str(page)], capture_output=True, text=True, env=env, timeout=60
+        )
         assert result.returncode == 0, f"{page.name}: {result.stderr}"
         text = re.sub(r".\x08", "", result.stdout)  # overstrike bold, if any
         for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "SEE ALSO"):

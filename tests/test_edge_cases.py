@@ -9,14 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import small_checkpoint
 from typer.testing import CliRunner
 
 from crowdtk.cap import TrainNet
 from crowdtk.checkpoint import save_tensors
 from crowdtk.cli import app
 from crowdtk.models import build_model
-
-from conftest import small_checkpoint
 
 runner = CliRunner()
 
@@ -40,8 +39,9 @@ def image_pool(root: Path, n: int = 1, size: tuple[int, int] = (96, 128)) -> Pat
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_fig6_draws_the_predicted_density_in_heads_per_8_pixels_at_any_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                            scale: float) -> None:
+def test_fig6_draws_the_predicted_density_in_heads_per_8_pixels_at_any_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scale: float
+) -> None:
     from crowdtk import pictures
     from crowdtk.formats import read_manifest
     from crowdtk.predict import Predictor, load_counter
@@ -50,10 +50,14 @@ def test_fig6_draws_the_predicted_density_in_heads_per_8_pixels_at_any_scale(tmp
     ckpt = small_checkpoint(tmp_path / "m.safetensors", input_scale=scale)
     bars = []
     real = pictures._colorbar
-    monkeypatch.setattr(pictures, "_colorbar", lambda fig, shown, ax, **kw: bars.append(shown.norm.vmax) or real(fig, shown, ax, **kw))
+    monkeypatch.setattr(
+        pictures, "_colorbar", lambda fig, shown, ax, **kw: bars.append(shown.norm.vmax) or real(fig, shown, ax, **kw)
+    )
     pictures.show_prediction(tmp_path / "fig6.png", ckpt, manifest)
     _, entries = read_manifest(manifest)
-    density, sx, sy = Predictor(load_counter(ckpt)).density(cv2.cvtColor(cv2.imread(entries[0].image), cv2.COLOR_BGR2RGB))
+    density, sx, sy = Predictor(load_counter(ckpt)).density(
+        cv2.cvtColor(cv2.imread(entries[0].image), cv2.COLOR_BGR2RGB)
+    )
     # A model cell at scale s covers (8/s)² original pixels: per 8×8 original pixels it holds s² of its heads.
     assert bars[1] == pytest.approx(float(density.max()) * sx * sy, rel=1e-5)
 
@@ -66,8 +70,28 @@ def labeled_pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pool")
     manifest = image_pool(root, n=4, size=(64, 96))
     regions, labels = root / "regions.jsonl", root / "labels.jsonl"
-    assert runner.invoke(app, ["select", str(manifest), "--strategy", "random", "--budget", "0.5", "--strip-frac", "0.25", "-o", str(regions), "-q"]).exit_code == 0
-    assert runner.invoke(app, ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "select",
+                str(manifest),
+                "--strategy",
+                "random",
+                "--budget",
+                "0.5",
+                "--strip-frac",
+                "0.25",
+                "-o",
+                str(regions),
+                "-q",
+            ],
+        ).exit_code
+        == 0
+    )
+    assert (
+        runner.invoke(app, ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]).exit_code == 0
+    )
     return {"manifest": manifest, "labels": labels}
 
 
@@ -76,8 +100,9 @@ def hidden_leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
-def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_continue(labeled_pool: dict[str, Path], tmp_path: Path,
-                                                                          sig: str, code: int, word: str) -> None:
+def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_continue(
+    labeled_pool: dict[str, Path], tmp_path: Path, sig: str, code: int, word: str
+) -> None:
     import signal
     import subprocess
     import sys
@@ -86,12 +111,36 @@ def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_continue(labeled
     from crowdtk.checkpoint import read_header
 
     out = tmp_path / "m.safetensors"
-    args = [sys.executable, "-m", "crowdtk", "train", str(labeled_pool["labels"]), "--model", "lite", "--no-pretrained", "--crop", "32",
-            "--batch-size", "2", "--epochs", "500", "--keep", "last", "-q", "-o", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "crowdtk",
+        "train",
+        str(labeled_pool["labels"]),
+        "--model",
+        "lite",
+        "--no-pretrained",
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "500",
+        "--keep",
+        "last",
+        "-q",
+        "-o",
+        str(out),
+    ]
     # A job started in the background inherits SIGINT ignored, and Python then keeps ignoring it:
     # the child gets the default disposition back, as a command typed at a terminal has.
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         state = tmp_path / "m.state.safetensors"
         deadline = time.time() + 120
@@ -115,12 +164,35 @@ def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_continue(labeled
     assert f"epoch {done} of 500" in evaluated.stderr or f"epoch {done + 1} of 500" in evaluated.stderr
 
 
-def test_a_finished_run_keeping_its_best_epoch_is_marked_finished(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
+def test_a_finished_run_keeping_its_best_epoch_is_marked_finished(
+    labeled_pool: dict[str, Path], tmp_path: Path
+) -> None:
     from crowdtk.checkpoint import read_header
 
     out = tmp_path / "m.safetensors"
-    result = runner.invoke(app, ["train", str(labeled_pool["labels"]), "--model", "lite", "--no-pretrained", "--crop", "32",
-                                 "--batch-size", "2", "--epochs", "3", "--keep", "best", "--val-every", "1", "-q", "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(labeled_pool["labels"]),
+            "--model",
+            "lite",
+            "--no-pretrained",
+            "--crop",
+            "32",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "3",
+            "--keep",
+            "best",
+            "--val-every",
+            "1",
+            "-q",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     header = read_header(out)
     assert header["finished"] is True and header["training"]["epochs"] == 3
@@ -130,8 +202,9 @@ def test_a_finished_run_keeping_its_best_epoch_is_marked_finished(labeled_pool: 
 
 @pytest.mark.parametrize("error", ["Terminated", "KeyboardInterrupt"])
 @pytest.mark.parametrize("stage", ["synth", "gen-density", "export", "count"])
-def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(labeled_pool: dict[str, Path], tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch, stage: str, error: str) -> None:
+def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(
+    labeled_pool: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, error: str
+) -> None:
     """The signal arrives in the middle of the work (the second image); what the stage built so far is in a
     temporary folder, which goes; an output it was told to replace (--force) stays as it was."""
     from crowdtk import errors
@@ -145,6 +218,7 @@ def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(labeled_pool
             if calls["n"] == 2:
                 raise exc()
             return real(*args, **kwargs)
+
         return wrapped
 
     out = tmp_path / "out"
@@ -152,20 +226,54 @@ def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(labeled_pool
     (out / "old.txt").write_text("old output\n")
     if stage == "synth":
         import crowdtk.synth as target
+
         monkeypatch.setattr(target, "render_scene", second_call_interrupts(target.render_scene))
-        args = ["synth", "-o", str(out), "--train", "3", "--test", "1", "--width", "64", "--height", "64", "--workers", "1"]
+        args = [
+            "synth",
+            "-o",
+            str(out),
+            "--train",
+            "3",
+            "--test",
+            "1",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--workers",
+            "1",
+        ]
     elif stage == "gen-density":
         import crowdtk.density as target
+
         monkeypatch.setattr(target, "density_map", second_call_interrupts(target.density_map))
         args = ["gen-density", str(labeled_pool["manifest"]), "-o", str(out)]
     elif stage == "export":
         import crowdtk.labeling.common as target
+
         monkeypatch.setattr(target, "place_image", second_call_interrupts(target.place_image))
         regions = tmp_path / "regions.jsonl"
-        assert runner.invoke(app, ["select", str(labeled_pool["manifest"]), "--budget", "0.5", "--strip-frac", "0.25", "-o", str(regions), "-q"]).exit_code == 0
+        assert (
+            runner.invoke(
+                app,
+                [
+                    "select",
+                    str(labeled_pool["manifest"]),
+                    "--budget",
+                    "0.5",
+                    "--strip-frac",
+                    "0.25",
+                    "-o",
+                    str(regions),
+                    "-q",
+                ],
+            ).exit_code
+            == 0
+        )
         args = ["export", str(regions), "--to", "labelme", "-o", str(out)]
     else:
         from crowdtk.predict import Predictor
+
         monkeypatch.setattr(Predictor, "density", second_call_interrupts(Predictor.density))
         ckpt = small_checkpoint(tmp_path / "m.safetensors")
         args = ["count", str(ckpt), str(labeled_pool["manifest"].parent / "data" / "images"), "--overlay", str(out)]
@@ -180,7 +288,10 @@ def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(labeled_pool
 def test_force_over_a_file_with_a_folder_leaves_no_old_copy(tmp_path: Path) -> None:
     out = tmp_path / "f"
     out.write_text("a file where a folder goes\n")
-    result = runner.invoke(app, ["synth", "-o", str(out), "--train", "2", "--test", "1", "--width", "64", "--height", "64", "-q", "--force"])
+    result = runner.invoke(
+        app,
+        ["synth", "-o", str(out), "--train", "2", "--test", "1", "--width", "64", "--height", "64", "-q", "--force"],
+    )
     assert result.exit_code == 0, result.output
     assert out.is_dir() and hidden_leftovers(tmp_path) == []
 
@@ -211,7 +322,12 @@ def test_strip_cap_refuses_a_file_that_is_no_counter_and_warns_when_there_is_no_
 
 def relative_pool(root: Path) -> Path:
     """A manifest whose image paths are relative to its own folder, as synth writes them."""
-    assert runner.invoke(app, ["synth", "-o", str(root), "--train", "2", "--test", "1", "--width", "96", "--height", "64", "-q"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["synth", "-o", str(root), "--train", "2", "--test", "1", "--width", "96", "--height", "64", "-q"]
+        ).exit_code
+        == 0
+    )
     manifest = root / "test" / "manifest.jsonl"
     assert '"image": "images/' in manifest.read_text()
     return manifest
@@ -222,8 +338,11 @@ def test_a_relative_path_read_from_stdin_is_refused_with_a_fix(tmp_path: Path, c
     manifest = relative_pool(tmp_path / "syn")
     ckpt = small_checkpoint(tmp_path / "m.safetensors")
     out = tmp_path / "out.jsonl"
-    args = {"eval": ["eval", str(ckpt), "-"], "select": ["select", "-", "-o", str(out)],
-            "vectors": ["vectors", str(ckpt), "-", "-o", str(tmp_path / "v.npz")]}[command]
+    args = {
+        "eval": ["eval", str(ckpt), "-"],
+        "select": ["select", "-", "-o", str(out)],
+        "vectors": ["vectors", str(ckpt), "-", "-o", str(tmp_path / "v.npz")],
+    }[command]
     result = runner.invoke(app, args, input=manifest.read_text())
     assert result.exit_code == 1, result.output
     assert "<stdin>:2: relative path 'images/" in result.stderr and "instead of '-'" in result.stderr
@@ -236,12 +355,26 @@ def test_vectors_reads_an_absolute_manifest_from_stdin_and_records_its_digest(tm
 
     manifest = image_pool(tmp_path)  # index writes absolute paths
     ckpt = small_checkpoint(tmp_path / "m.safetensors")
-    result = runner.invoke(app, ["vectors", str(ckpt), "-", "-o", str(tmp_path / "v.npz"), "-q"], input=manifest.read_text())
+    result = runner.invoke(
+        app, ["vectors", str(ckpt), "-", "-o", str(tmp_path / "v.npz"), "-q"], input=manifest.read_text()
+    )
     assert result.exit_code == 0, result.output
     header, _ = load_vectors(tmp_path / "v.npz")
     assert header["manifest_sha256"] == file_digest(manifest)  # so select --vectors accepts them with the manifest file
-    selected = runner.invoke(app, ["select", str(manifest), "--strategy", "mdc", "--vectors", str(tmp_path / "v.npz"),
-                                   "-o", str(tmp_path / "r.jsonl"), "-q"])
+    selected = runner.invoke(
+        app,
+        [
+            "select",
+            str(manifest),
+            "--strategy",
+            "mdc",
+            "--vectors",
+            str(tmp_path / "v.npz"),
+            "-o",
+            str(tmp_path / "r.jsonl"),
+            "-q",
+        ],
+    )
     assert selected.exit_code == 0, selected.output
 
 
@@ -257,10 +390,15 @@ def test_a_repeated_record_names_its_file_and_lines(labeled_pool: dict[str, Path
 
     labels, labels_line = doubled(labeled_pool["labels"])
     regions, regions_line = doubled(labeled_pool["labels"].parent / "regions.jsonl")
-    for command, path, line in ((["train", str(labels), "-o", str(tmp_path / "m.safetensors")], labels, labels_line),
-                                (["export", str(regions), "--to", "labelme", "-o", str(tmp_path / "x")], regions, regions_line),
-                                (["import", str(regions), "--oracle", str(labeled_pool["manifest"]), "-o", str(tmp_path / "l.jsonl")],
-                                 regions, regions_line)):
+    for command, path, line in (
+        (["train", str(labels), "-o", str(tmp_path / "m.safetensors")], labels, labels_line),
+        (["export", str(regions), "--to", "labelme", "-o", str(tmp_path / "x")], regions, regions_line),
+        (
+            ["import", str(regions), "--oracle", str(labeled_pool["manifest"]), "-o", str(tmp_path / "l.jsonl")],
+            regions,
+            regions_line,
+        ),
+    ):
         result = runner.invoke(app, command)
         assert result.exit_code == 1, result.output
         assert f"{path}:{line}: image " in result.stderr and "listed twice (also on line 2)" in result.stderr
@@ -272,19 +410,24 @@ def test_merge_refuses_another_pools_labels(labeled_pool: dict[str, Path], tmp_p
     other.mkdir()
     manifest = image_pool(other, n=3, size=(64, 96))
     regions, labels = other / "regions.jsonl", other / "labels.jsonl"
-    for args in (["select", str(manifest), "--budget", "0.5", "--strip-frac", "0.25", "--seed", "3", "-o", str(regions), "-q"],
-                 ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]):
+    for args in (
+        ["select", str(manifest), "--budget", "0.5", "--strip-frac", "0.25", "--seed", "3", "-o", str(regions), "-q"],
+        ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"],
+    ):
         assert runner.invoke(app, args).exit_code == 0
     ours = labeled_pool["labels"].parent / "regions.jsonl"
     out = tmp_path / "merged.jsonl"
-    result = runner.invoke(app, ["import", str(ours), "--oracle", str(labeled_pool["manifest"]), "--merge", str(labels), "-o", str(out)])
+    result = runner.invoke(
+        app, ["import", str(ours), "--oracle", str(labeled_pool["manifest"]), "--merge", str(labels), "-o", str(out)]
+    )
     assert result.exit_code == 1 and f"{labels}: labels of another pool" in result.stderr
     assert not out.exists()
 
 
 @pytest.mark.parametrize("point, message", [(["12.5", 3.0], "not a number"), ([500.0, 3.0], "outside the 96x64 image")])
-def test_a_foreign_point_in_a_labels_file_is_an_error_naming_the_line(labeled_pool: dict[str, Path], tmp_path: Path,
-                                                                      point: list, message: str) -> None:
+def test_a_foreign_point_in_a_labels_file_is_an_error_naming_the_line(
+    labeled_pool: dict[str, Path], tmp_path: Path, point: list, message: str
+) -> None:
     import json
 
     lines = labeled_pool["labels"].read_text().splitlines()
@@ -299,8 +442,9 @@ def test_a_foreign_point_in_a_labels_file_is_an_error_naming_the_line(labeled_po
 # --------------------------------------------------------------------------- ordinary filesystem errors
 
 
-def test_an_output_that_cannot_be_written_is_refused_before_the_work(labeled_pool: dict[str, Path], tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    labeled_pool: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """As root every folder is writable, so the permission is simulated; the check is os.access's."""
     import os
 
@@ -317,8 +461,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(labeled_poo
     assert result.exit_code == 1 and f"no permission to write in {locked}" in result.stderr and not ran
 
 
-def test_a_folder_where_a_file_goes_and_the_working_folder_are_refused(labeled_pool: dict[str, Path], tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_where_a_file_goes_and_the_working_folder_are_refused(
+    labeled_pool: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "existing"
     folder.mkdir()
     result = runner.invoke(app, ["select", str(labeled_pool["manifest"]), "-o", str(folder), "--force"])
@@ -359,7 +504,9 @@ def test_the_cpu_backward_is_chosen_once_per_machine_and_shape(monkeypatch: pyte
     net = TrainNet(build_model("lite", pretrained=False), cap=False)
     example = cpu.example_batch((1, 3, 64, 64), (8, 8))
     assert cpu.speed_up_cpu_training(net, example) is True
-    assert cpu.speed_up_cpu_training(TrainNet(build_model("lite", pretrained=False), cap=False), example) is True  # not timed again
+    assert (
+        cpu.speed_up_cpu_training(TrainNet(build_model("lite", pretrained=False), cap=False), example) is True
+    )  # not timed again
     assert timed == [1] and cpu.choices_path().exists()
     other = cpu.example_batch((2, 3, 64, 96), (8, 12))  # another batch shape is its own question
     assert cpu.speed_up_cpu_training(net, other) is False and timed == [1, 1]
@@ -369,8 +516,25 @@ def test_the_checkpoint_records_the_backward_it_trained_with(labeled_pool: dict[
     from crowdtk.checkpoint import read_header
 
     out = tmp_path / "m.safetensors"
-    result = runner.invoke(app, ["train", str(labeled_pool["labels"]), "--model", "lite", "--no-pretrained", "--crop", "32",
-                                 "--batch-size", "2", "--epochs", "1", "-q", "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(labeled_pool["labels"]),
+            "--model",
+            "lite",
+            "--no-pretrained",
+            "--crop",
+            "32",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "-q",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert isinstance(read_header(out)["cpu_phase_split"], bool)
 
@@ -383,9 +547,13 @@ def peak_rss_mb(args: list[str]) -> tuple[int, str, float]:
     import subprocess
     import sys
 
-    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.stderr.write(p.stderr); sys.exit(p.returncode)")
-    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "crowdtk", *args], capture_output=True, text=True)
+    code = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.stderr.write(p.stderr); sys.exit(p.returncode)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-m", "crowdtk", *args], capture_output=True, text=True
+    )
     return done.returncode, done.stderr, float(done.stdout.strip().splitlines()[-1])
 
 
@@ -395,7 +563,9 @@ def test_a_20000_px_image_is_indexed_from_its_header_and_refused_by_training(tmp
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     (data / "points").mkdir()
-    Image.new("1", (20000, 20000)).save(data / "images" / "huge.png")  # 1 bit per pixel: a few MB on disk, 1.2 GB decoded
+    Image.new("1", (20000, 20000)).save(
+        data / "images" / "huge.png"
+    )  # 1 bit per pixel: a few MB on disk, 1.2 GB decoded
     (data / "points" / "huge.txt").write_text("100 100\n15000 12000\n")
     manifest = tmp_path / "manifest.jsonl"
     code, stderr, rss = peak_rss_mb(["index", str(data), "-o", str(manifest), "-q"])
@@ -403,10 +573,25 @@ def test_a_20000_px_image_is_indexed_from_its_header_and_refused_by_training(tmp
     assert '"width": 20000, "height": 20000' in manifest.read_text() and rss < 600
     regions, labels = tmp_path / "regions.jsonl", tmp_path / "labels.jsonl"
     assert runner.invoke(app, ["select", str(manifest), "--budget", "0.1", "-o", str(regions), "-q"]).exit_code == 0
-    assert runner.invoke(app, ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]).exit_code == 0
-    for command in (["warmup", str(labels), "-o", str(tmp_path / "m.safetensors"), "--no-pretrained", "--epochs", "1"],
-                    ["train", str(labels), "-o", str(tmp_path / "m.safetensors"), "--no-pretrained", "--epochs", "1",
-                     "--freeze", "encoder", "--scale", "0.5"]):
+    assert (
+        runner.invoke(app, ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]).exit_code == 0
+    )
+    for command in (
+        ["warmup", str(labels), "-o", str(tmp_path / "m.safetensors"), "--no-pretrained", "--epochs", "1"],
+        [
+            "train",
+            str(labels),
+            "-o",
+            str(tmp_path / "m.safetensors"),
+            "--no-pretrained",
+            "--epochs",
+            "1",
+            "--freeze",
+            "encoder",
+            "--scale",
+            "0.5",
+        ],
+    ):
         code, stderr, rss = peak_rss_mb(command)
         assert code == 1 and "huge.png: image is 20000x20000 px (400 Mpx), more than the 100 Mpx" in stderr, stderr
         assert rss < 1500 and not (tmp_path / "m.safetensors").exists()
@@ -448,7 +633,9 @@ def test_count_says_that_it_does_not_look_into_subfolders(tmp_path: Path) -> Non
 
 
 def test_a_budget_too_small_for_one_region_is_said(labeled_pool: dict[str, Path], tmp_path: Path) -> None:
-    result = runner.invoke(app, ["select", str(labeled_pool["manifest"]), "--budget", "1e-9", "-o", str(tmp_path / "r.jsonl")])
+    result = runner.invoke(
+        app, ["select", str(labeled_pool["manifest"]), "--budget", "1e-9", "-o", str(tmp_path / "r.jsonl")]
+    )
     assert result.exit_code == 0 and "nothing was selected" in result.stderr
 
 
@@ -456,10 +643,14 @@ def test_a_missing_input_is_reported_before_torch_is_imported(tmp_path: Path) ->
     import subprocess
     import sys
 
-    code = ("import sys; from crowdtk.cli import app\n"
-            "try:\n    app(['eval', sys.argv[1], sys.argv[1]], prog_name='crowdtk')\n"
-            "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
+    code = (
+        "import sys; from crowdtk.cli import app\n"
+        "try:\n    app(['eval', sys.argv[1], sys.argv[1]], prog_name='crowdtk')\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "missing.safetensors")], capture_output=True, text=True
+    )
     assert done.stdout.split() == ["1", "False"], done.stdout + done.stderr
     assert "missing.safetensors: no such file" in done.stderr
 
@@ -477,21 +668,25 @@ def mjpeg_clip(path: Path, frames: int = 5) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["no-index", "truncated"])
-def test_a_corrupt_video_fails_in_one_line_with_ffmpeg_s_reason(tmp_path: Path, capfd: pytest.CaptureFixture[str], damage: str) -> None:
+def test_a_corrupt_video_fails_in_one_line_with_ffmpeg_s_reason(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], damage: str
+) -> None:
     """An .mp4 without its index (moov atom) does not open; an AVI cut inside its third frame yields two frames, then stops."""
     from conftest import assert_clean_failure
 
     ckpt = small_checkpoint(tmp_path / "m.safetensors")
     if damage == "no-index":
         video = tmp_path / "clip.mp4"
-        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8)))
+        video.write_bytes(
+            b"\x00\x00\x00\x18ftypmp42" + bytes(np.random.default_rng(0).integers(0, 255, 4000, dtype=np.uint8))
+        )
         expected = "clip.mp4: cannot open video (mov,mp4,m4a,3gp,3g2,mj2: moov atom not found)"
     else:
         whole = mjpeg_clip(tmp_path / "whole.avi").read_bytes()
         movi = whole.index(b"movi")  # the frames' chunks (00dc) follow it; the stream header names 00dc too
         third = [i for i in range(movi, len(whole)) if whole.startswith(b"00dc", i)][2]
         video = tmp_path / "clip.avi"
-        video.write_bytes(whole[:third + 200])  # the third frame's chunk, cut after 200 bytes
+        video.write_bytes(whole[: third + 200])  # the third frame's chunk, cut after 200 bytes
         expected = "clip.avi: cannot decode frame 2 of frames 0-4 (mjpeg: "
     capfd.readouterr()
     result = runner.invoke(app, ["count", str(ckpt), str(video), "--overlay", str(tmp_path / "ov")])

@@ -10,14 +10,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import run
 
 from crowdtk.checkpoint import load_tensors, save_tensors
 from crowdtk.data import read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import read_manifest
 from crowdtk.predict import load_counter
-
-from conftest import run
 
 
 def test_eval_prints_a_summary_and_writes_the_per_image_csv(strip_pool, warm_ckpt, tmp_path):
@@ -35,7 +34,7 @@ def test_eval_prints_a_summary_and_writes_the_per_image_csv(strip_pool, warm_ckp
     errors = np.array([float(r["predicted_count"]) - int(r["true_count"]) for r in table])
     np.testing.assert_allclose(errors, [float(r["error"]) for r in table], atol=2e-3)
     assert summary["mae"] == pytest.approx(np.abs(errors).mean(), abs=2e-3)
-    assert summary["rmse"] == pytest.approx(np.sqrt((errors ** 2).mean()), abs=2e-3)
+    assert summary["rmse"] == pytest.approx(np.sqrt((errors**2).mean()), abs=2e-3)
     assert summary["game"]["1"] == pytest.approx(np.mean([float(r["game1"]) for r in table]), abs=2e-3)
 
 

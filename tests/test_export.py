@@ -8,12 +8,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from conftest import export_package
 
 from crowdtk.data import read_image
 from crowdtk.formats import read_regions
 from crowdtk.labeling import INSTRUCTION
-
-from conftest import export_package
 
 
 def test_labelstudio_package(labeled):
@@ -32,8 +31,16 @@ def test_labelstudio_package(labeled):
         assert len(rects) == len(entry.regions)
         for rect, region in zip(rects, entry.regions):
             v = rect["value"]
-            assert 0 <= v["x"] < 100 and 0 <= v["y"] < 100 and v["x"] + v["width"] <= 100 + 1e-9 and v["y"] + v["height"] <= 100 + 1e-9
-            assert abs(v["x"] * entry.width / 100 - region.x0) < 1e-9 and abs(v["width"] * entry.width / 100 - (region.x1 - region.x0)) < 1e-9
+            assert (
+                0 <= v["x"] < 100
+                and 0 <= v["y"] < 100
+                and v["x"] + v["width"] <= 100 + 1e-9
+                and v["y"] + v["height"] <= 100 + 1e-9
+            )
+            assert (
+                abs(v["x"] * entry.width / 100 - region.x0) < 1e-9
+                and abs(v["width"] * entry.width / 100 - (region.x1 - region.x0)) < 1e-9
+            )
 
 
 def test_cvat_package(labeled):
@@ -78,5 +85,5 @@ def test_crops_package(labeled):
         for crop in record["regions"]:
             png = cv2.cvtColor(cv2.imread(str(out / crop["crop"])), cv2.COLOR_BGR2RGB)
             assert png.shape[:2] == (crop["y1"] - crop["y0"], crop["x1"] - crop["x0"])
-            np.testing.assert_array_equal(png, image[crop["y0"]:crop["y1"], crop["x0"]:crop["x1"]])
+            np.testing.assert_array_equal(png, image[crop["y0"] : crop["y1"], crop["x0"] : crop["x1"]])
             assert (crop["x"], crop["y"]) == (crop["x0"], crop["y0"])

@@ -20,7 +20,17 @@ from torch import nn
 
 from crowdtk.checkpoint import read_header
 from crowdtk.errors import CrowdtkError
-from crowdtk.experiment import Experiment, Method, Run, Schedule, bench_methods, default_methods, paper_claims, parse_list, register_method
+from crowdtk.experiment import (
+    Experiment,
+    Method,
+    Run,
+    Schedule,
+    bench_methods,
+    default_methods,
+    paper_claims,
+    parse_list,
+    register_method,
+)
 from crowdtk.experiment.plan import METHODS
 from crowdtk.formats import read_labels, read_regions
 from crowdtk.labeling import TOOLS, LabelingTool, export_regions, read_to_label, register_tool
@@ -50,8 +60,10 @@ def pick_leftmost(job: Job) -> dict:
 def pick_fewest(job: Job) -> dict:
     """A strategy that needs vectors: the strips of fewest predicted heads."""
     assert job.vectors is not None
-    return {i: (sorted(np.argsort(job.vectors.counts[job.rows_of[i]], kind="stable")[: job.share[i]].tolist()), None)
-            for i in job.chosen.tolist()}
+    return {
+        i: (sorted(np.argsort(job.vectors.counts[job.rows_of[i]], kind="stable")[: job.share[i]].tolist()), None)
+        for i in job.chosen.tolist()
+    }
 
 
 HEADS = "heads.json"
@@ -126,8 +138,17 @@ def toy_strategies():
 
 @pytest.fixture
 def toy_tool():
-    register_tool(LabelingTool("toy-json", help="one heads.json for every region", reads="the export folder's heads.json",
-                               unit="region", export=JsonExport, steps=lambda image_url: "Fill heads.json.", read=read_json_package))
+    register_tool(
+        LabelingTool(
+            "toy-json",
+            help="one heads.json for every region",
+            reads="the export folder's heads.json",
+            unit="region",
+            export=JsonExport,
+            steps=lambda image_url: "Fill heads.json.",
+            read=read_json_package,
+        )
+    )
     try:
         yield
     finally:
@@ -171,7 +192,11 @@ def test_a_registered_strategy_is_a_bench_method(toy_strategies, tmp_path: Path,
 
     assert {"toy-leftmost", "toy-fewest"} <= set(bench_methods()) and "toy-leftmost" in default_methods()
     assert parse_list("mdc,toy-leftmost", "--methods", tuple(bench_methods())) == ["mdc", "toy-leftmost"]
-    assert shows("bench", "toy-leftmost (the leftmost strips)", "[default: full,none-or-all,random,max,mdc,mdc+cap,toy-leftmost,toy-fewest]")
+    assert shows(
+        "bench",
+        "toy-leftmost (the leftmost strips)",
+        "[default: full,none-or-all,random,max,mdc,mdc+cap,toy-leftmost,toy-fewest]",
+    )
 
     monkeypatch.setattr(crowdtk.experiment.plan, "labeled_images", lambda labels: 10)  # the steps are not run
     exp = Experiment(tmp_path / "train.jsonl", tmp_path / "test.jsonl", tmp_path, Schedule())
@@ -179,15 +204,32 @@ def test_a_registered_strategy_is_a_bench_method(toy_strategies, tmp_path: Path,
     assert [s[0] for s in steps] == ["select", "import", "train", "eval"]  # no warm-up round, no CAP
     assert steps[0][steps[0].index("--strategy") + 1] == "toy-leftmost"
     ranked = [s.argv for s in exp.chain(Run("toy-fewest", 0.1, "strip", 0))]
-    assert [s[0] for s in ranked[:5]] == ["select", "import", "warmup", "vectors", "select"]  # it needs vectors: a warm-up round
+    assert [s[0] for s in ranked[:5]] == [
+        "select",
+        "import",
+        "warmup",
+        "vectors",
+        "select",
+    ]  # it needs vectors: a warm-up round
     assert "--vectors" in ranked[4] and ranked[4][ranked[4].index("--strategy") + 1] == "toy-fewest"
 
 
-def test_a_registered_method_trains_on_a_strategy_s_regions_and_states_its_claim(toy_strategies, tmp_path: Path, monkeypatch) -> None:
+def test_a_registered_method_trains_on_a_strategy_s_regions_and_states_its_claim(
+    toy_strategies, tmp_path: Path, monkeypatch
+) -> None:
     import crowdtk.experiment.plan
 
-    register_method(Method("toy-leftmost+cap", "the leftmost strips with CAP", "toy-leftmost", cap=(), regions_of="toy-leftmost",
-                           default=False, beats=(("toy-leftmost", "CAP improves the leftmost strips"),)))
+    register_method(
+        Method(
+            "toy-leftmost+cap",
+            "the leftmost strips with CAP",
+            "toy-leftmost",
+            cap=(),
+            regions_of="toy-leftmost",
+            default=False,
+            beats=(("toy-leftmost", "CAP improves the leftmost strips"),),
+        )
+    )
     try:
         assert "toy-leftmost+cap" in bench_methods() and "toy-leftmost+cap" not in default_methods()
         assert ("toy-leftmost+cap", "toy-leftmost", "CAP improves the leftmost strips") in paper_claims()
@@ -220,7 +262,9 @@ def test_a_registered_tool_is_offered_and_round_trips(toy_tool, labeled) -> None
     result = run("import", labeled["regions"], "--from", "toy-json", package, "-o", out)
     assert result.exit_code == 0, result.output
     _, labels = read_labels(out)
-    assert {e.id: sorted(map(tuple, e.points.tolist())) for e in labels} == {e.id: sorted(map(tuple, e.points.tolist())) for e in oracle}
+    assert {e.id: sorted(map(tuple, e.points.tolist())) for e in labels} == {
+        e.id: sorted(map(tuple, e.points.tolist())) for e in oracle
+    }
 
 
 def test_a_tool_without_suggestions_refuses_prelabels(toy_tool, labeled) -> None:
@@ -246,7 +290,21 @@ def test_a_registered_model_is_offered_trains_and_loads(toy_model, strip_pool, t
         build_model("toy-counter", dilated=True)
 
     ckpt = tmp_path / "toy.safetensors"
-    result = run("train", strip_pool["labels"], "--model", "toy-counter", "--epochs", "1", "--crop", "32", "--batch-size", "2", "-q", "-o", ckpt)
+    result = run(
+        "train",
+        strip_pool["labels"],
+        "--model",
+        "toy-counter",
+        "--epochs",
+        "1",
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "-q",
+        "-o",
+        ckpt,
+    )
     assert result.exit_code == 0, result.output
     assert read_header(ckpt)["model"]["name"] == "toy-counter"
     scores = run("eval", ckpt, strip_pool["manifest"], "--json", "-q")  # rebuilt by name where a checkpoint is read
@@ -257,7 +315,16 @@ def test_a_registered_model_is_offered_trains_and_loads(toy_model, strip_pool, t
 def test_a_model_without_a_frozen_front_end_refuses_freeze(strip_pool, tmp_path: Path) -> None:
     register_model(ModelRecord("toy-unfrozen", "no front end to freeze", UnfrozenToyCounter, frozen_encoder=False))
     try:
-        result = run("train", strip_pool["labels"], "--model", "toy-unfrozen", "--freeze", "encoder", "-o", tmp_path / "m.safetensors")
+        result = run(
+            "train",
+            strip_pool["labels"],
+            "--model",
+            "toy-unfrozen",
+            "--freeze",
+            "encoder",
+            "-o",
+            tmp_path / "m.safetensors",
+        )
         assert result.exit_code == 1 and "--freeze encoder with --model toy-unfrozen" in result.stderr
     finally:
         MODELS.unregister("toy-unfrozen")
@@ -275,7 +342,10 @@ def test_a_name_registered_twice_is_refused(toy_strategies, toy_tool, toy_model)
         register_model(ModelRecord("lite", "another lite", ToyCounter))
     with pytest.raises(RegistrationError, match="registered twice"):
         register_method(Method("mdc+cap", "again", "mdc"))
-    assert list(STRATEGIES)[:4] == ["random", "none-or-all", "max", "mdc"] and STRATEGIES["random"].pick.__name__ == "pick_random"
+    assert (
+        list(STRATEGIES)[:4] == ["random", "none-or-all", "max", "mdc"]
+        and STRATEGIES["random"].pick.__name__ == "pick_random"
+    )
 
 
 def test_a_record_missing_a_part_is_refused() -> None:
@@ -284,7 +354,9 @@ def test_a_record_missing_a_part_is_refused() -> None:
     with pytest.raises(RegistrationError, match="vectors, which describe strips"):
         register_strategy("toy-bands", "ranked bands", needs_vectors=True, shapes=("band",))(pick_fewest)
     with pytest.raises(RegistrationError, match="reader"):
-        register_tool(LabelingTool("toy-no-reader", help="h", reads="r", unit="image", export=JsonExport, steps=str, read=None))  # type: ignore[arg-type]
+        register_tool(
+            LabelingTool("toy-no-reader", help="h", reads="r", unit="image", export=JsonExport, steps=str, read=None)
+        )  # type: ignore[arg-type]
     with pytest.raises(RegistrationError, match="no builder"):
         register_model(ModelRecord("toy-no-builder", "nothing builds it", None))
     with pytest.raises(RegistrationError, match="does not resolve"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run
 from safetensors.torch import load_file, save_file
 
 from crowdtk.checkpoint import load_tensors
@@ -21,10 +22,17 @@ from crowdtk.models import build_model
 from crowdtk.train import train
 from crowdtk.train_config import TrainConfig
 
-from conftest import run
-
-FROZEN = TrainConfig(model="lite", freeze="encoder", epochs=2, batch_size=2, crop=0, lr=1e-3, val_frac=0.0,
-                     lr_schedule="cosine", keep="last")
+FROZEN = TrainConfig(
+    model="lite",
+    freeze="encoder",
+    epochs=2,
+    batch_size=2,
+    crop=0,
+    lr=1e-3,
+    val_frac=0.0,
+    lr_schedule="cosine",
+    keep="last",
+)
 
 
 # --------------------------------------------------------------------------- ways a cache file goes bad
@@ -56,7 +64,11 @@ def remove(path: Path) -> None:
 
 def wrong_dtype(path: Path) -> None:
     tensors = load_file(path)
-    save_file({"features": tensors["features"].float()}, str(path), metadata={"format": "2", "key": path.stem, "sha256": "0" * 64})
+    save_file(
+        {"features": tensors["features"].float()},
+        str(path),
+        metadata={"format": "2", "key": path.stem, "sha256": "0" * 64},
+    )
 
 
 def wrong_size(path: Path) -> None:
@@ -64,12 +76,19 @@ def wrong_size(path: Path) -> None:
     from crowdtk.features import map_digest
 
     features = load_file(path)["features"][:, :-1].contiguous()
-    save_file({"features": features}, str(path), metadata={"format": "2", "key": path.stem, "sha256": map_digest(features)})
+    save_file(
+        {"features": features}, str(path), metadata={"format": "2", "key": path.stem, "sha256": map_digest(features)}
+    )
 
 
 DAMAGE: dict[str, Callable[[Path], None]] = {
-    "flipped bytes": flip_bytes_near_the_end, "truncated": truncate, "no digest": strip_digest, "garbage": garbage,
-    "removed": remove, "float32": wrong_dtype, "another size": wrong_size,
+    "flipped bytes": flip_bytes_near_the_end,
+    "truncated": truncate,
+    "no digest": strip_digest,
+    "garbage": garbage,
+    "removed": remove,
+    "float32": wrong_dtype,
+    "another size": wrong_size,
 }
 
 
@@ -103,7 +122,9 @@ def test_a_bad_cache_file_is_computed_again_with_a_warning(damage: str, tmp_path
     assert torch.equal(feature_map.load(), want) and again.computed == 1 and not caplog.records
 
 
-def test_a_map_that_cannot_be_rewritten_is_computed_once_and_kept_in_memory(tmp_path: Path, caplog, monkeypatch) -> None:
+def test_a_map_that_cannot_be_rewritten_is_computed_once_and_kept_in_memory(
+    tmp_path: Path, caplog, monkeypatch
+) -> None:
     import errno
 
     counter = build_model("lite", pretrained=False)
@@ -151,14 +172,21 @@ def frozen_set(tmp_path_factory) -> dict[str, Path]:
     result = run("synth", "-o", data, "--train", 4, "--test", 3, "--width", 128, "--height", 96, "--workers", 1, "-q")
     assert result.exit_code == 0, result.output
     manifest = data / "train" / "manifest.jsonl"
-    for argv in (["select", manifest, "--budget", "1", "--strategy", "none-or-all", "-o", root / "r.jsonl"],
-                 ["import", root / "r.jsonl", "--oracle", manifest, "-o", root / "labels.jsonl"]):
+    for argv in (
+        ["select", manifest, "--budget", "1", "--strategy", "none-or-all", "-o", root / "r.jsonl"],
+        ["import", root / "r.jsonl", "--oracle", manifest, "-o", root / "labels.jsonl"],
+    ):
         result = run(*argv)
         assert result.exit_code == 0, result.output
     with pytest.MonkeyPatch.context() as patch:  # the CPU choices of this machine are this test's own
         patch.setenv("CROWDTK_CACHE_DIR", str(root / "crowdtk-cache"))
         train(root / "labels.jsonl", root / "m.safetensors", replace(FROZEN, epochs=1), Provenance("train"))
-    return {"root": root, "test": data / "test" / "manifest.jsonl", "labels": root / "labels.jsonl", "ckpt": root / "m.safetensors"}
+    return {
+        "root": root,
+        "test": data / "test" / "manifest.jsonl",
+        "labels": root / "labels.jsonl",
+        "ckpt": root / "m.safetensors",
+    }
 
 
 def test_eval_gives_the_same_result_from_a_damaged_cache(frozen_set: dict[str, Path], tmp_path: Path) -> None:
@@ -186,8 +214,9 @@ def test_eval_gives_the_same_result_from_a_damaged_cache(frozen_set: dict[str, P
     assert "warning" not in third.stderr, third.stderr
 
 
-def test_training_from_a_damaged_cache_learns_what_it_learns_from_a_sound_one(frozen_set: dict[str, Path], tmp_path: Path,
-                                                                              caplog) -> None:
+def test_training_from_a_damaged_cache_learns_what_it_learns_from_a_sound_one(
+    frozen_set: dict[str, Path], tmp_path: Path, caplog
+) -> None:
     cache = tmp_path / "cache"
     config = replace(FROZEN, feature_cache=str(cache))
     sound = train(frozen_set["labels"], tmp_path / "a.safetensors", config, Provenance("train"))

@@ -9,14 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
+from conftest import run, write_generic
 
 from crowdtk import __version__
 from crowdtk.data import read_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import atomic_path
 from crowdtk.formats import MANIFEST, Provenance, make_header, read_jsonl, write_jsonl
-
-from conftest import run, write_generic
 
 # --------------------------------------------------------------------------- artifacts
 

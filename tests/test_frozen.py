@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run
 
 from crowdtk.checkpoint import load_tensors, read_header
 from crowdtk.features import FeatureCache
@@ -17,22 +18,42 @@ from crowdtk.models import build_model
 from crowdtk.train import prepare_sample, train
 from crowdtk.train_config import TrainConfig
 
-from conftest import run
-
 
 @pytest.fixture
 def labels(small_set: Path, tmp_path: Path) -> Path:
     """Full labels of the small generic set (three images of 40-96 px)."""
-    for argv in (["index", small_set, "-o", tmp_path / "m.jsonl"],
-                 ["select", tmp_path / "m.jsonl", "--budget", "1", "--strategy", "none-or-all", "--strip-frac", "0.2", "-o", tmp_path / "r.jsonl"],
-                 ["import", tmp_path / "r.jsonl", "--oracle", tmp_path / "m.jsonl", "-o", tmp_path / "l.jsonl"]):
+    for argv in (
+        ["index", small_set, "-o", tmp_path / "m.jsonl"],
+        [
+            "select",
+            tmp_path / "m.jsonl",
+            "--budget",
+            "1",
+            "--strategy",
+            "none-or-all",
+            "--strip-frac",
+            "0.2",
+            "-o",
+            tmp_path / "r.jsonl",
+        ],
+        ["import", tmp_path / "r.jsonl", "--oracle", tmp_path / "m.jsonl", "-o", tmp_path / "l.jsonl"],
+    ):
         result = run(*argv)
         assert result.exit_code == 0, result.output
     return tmp_path / "l.jsonl"
 
 
-FROZEN = TrainConfig(model="lite", freeze="encoder", epochs=3, batch_size=2, crop=0, lr=1e-3, val_frac=0.0,
-                     lr_schedule="cosine", keep="last")
+FROZEN = TrainConfig(
+    model="lite",
+    freeze="encoder",
+    epochs=3,
+    batch_size=2,
+    crop=0,
+    lr=1e-3,
+    val_frac=0.0,
+    lr_schedule="cosine",
+    keep="last",
+)
 
 
 @pytest.mark.parametrize("name", ["lite", "csrnet"])
@@ -74,9 +95,13 @@ def test_changed_frozen_weights_are_never_served_stale_maps(tmp_path: Path) -> N
     with torch.no_grad():
         b.encoder._blocks[0]._project_conv.weight.mul_(1.01)
     key = dict(image_sha256="0" * 64, scale=0.5, flip=False)
-    assert FeatureCache(a, "encoder", torch.device("cpu")).key(**key) != FeatureCache(b, "encoder", torch.device("cpu")).key(**key)
+    assert FeatureCache(a, "encoder", torch.device("cpu")).key(**key) != FeatureCache(
+        b, "encoder", torch.device("cpu")
+    ).key(**key)
     # The early level does not contain the changed block's successors only: it contains block 0, so it changes too.
-    assert FeatureCache(a, "early", torch.device("cpu")).key(**key) != FeatureCache(b, "early", torch.device("cpu")).key(**key)
+    assert FeatureCache(a, "early", torch.device("cpu")).key(**key) != FeatureCache(
+        b, "early", torch.device("cpu")
+    ).key(**key)
 
 
 def test_frozen_training_trains_the_back_end_only_and_reuses_the_cache(labels: Path, tmp_path: Path) -> None:
@@ -137,15 +162,35 @@ def test_cosine_schedule_decays_to_zero() -> None:
 
 def test_the_cli_takes_the_tier_options_and_refuses_unknown_levels(labels: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.safetensors"
-    result = run("train", labels, "--model", "lite", "--freeze", "encoder", "--feature-cache", tmp_path / "fc",
-                 "--epochs", "1", "--batch-size", "1", "--crop", "0", "--keep", "last", "-o", out)
+    result = run(
+        "train",
+        labels,
+        "--model",
+        "lite",
+        "--freeze",
+        "encoder",
+        "--feature-cache",
+        tmp_path / "fc",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "1",
+        "--crop",
+        "0",
+        "--keep",
+        "last",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert read_header(out)["training"]["freeze"] == "encoder"
     bad = run("train", labels, "--freeze", "everything", "-o", tmp_path / "x.safetensors")
     assert bad.exit_code == 2 and "everything" in bad.output
 
 
-def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_predicts(labels: Path, tmp_path: Path) -> None:
+def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_predicts(
+    labels: Path, tmp_path: Path
+) -> None:
     import json
 
     from crowdtk.data import read_image
@@ -167,12 +212,24 @@ def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_pre
     before = predictor.features.computed
     predictor.density(image, entry.sha256)
     assert predictor.features.computed == before  # the training run's map of this image was reused
-    result = run("vectors", tmp_path / "m.safetensors", manifest, "--strip-frac", "0.2", "--feature-cache", cache,
-                 "-o", tmp_path / "v.npz", "-q")
+    result = run(
+        "vectors",
+        tmp_path / "m.safetensors",
+        manifest,
+        "--strip-frac",
+        "0.2",
+        "--feature-cache",
+        cache,
+        "-o",
+        tmp_path / "v.npz",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
 
 
-def test_flip_average_is_the_mean_of_the_density_and_the_mirrored_density_of_the_mirror(labels: Path, tmp_path: Path) -> None:
+def test_flip_average_is_the_mean_of_the_density_and_the_mirrored_density_of_the_mirror(
+    labels: Path, tmp_path: Path
+) -> None:
     import json
 
     from crowdtk.data import read_image

@@ -40,7 +40,9 @@ from crowdtk.formats import (
 )
 from crowdtk.labeling import _cvat_xml, _labelme_record, _labelstudio_task, export_names, import_labels
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 WORK = Path(tempfile.mkdtemp(prefix="crowdtk-fuzz-"))
@@ -64,23 +66,63 @@ def fresh(name: str) -> Path:
 
 KEYS = [
     # crowdtk artifacts
-    "format", "format_version", "id", "image", "points", "width", "height", "count", "sha256", "regions", "strategy",
-    "x0", "x1", "y0", "y1", "x", "y",
+    "format",
+    "format_version",
+    "id",
+    "image",
+    "points",
+    "width",
+    "height",
+    "count",
+    "sha256",
+    "regions",
+    "strategy",
+    "x0",
+    "x1",
+    "y0",
+    "y1",
+    "x",
+    "y",
     # Label Studio
-    "data", "crowdtk_id", "annotations", "was_cancelled", "ground_truth", "result", "type", "value", "keypointlabels",
-    "original_width", "original_height",
+    "data",
+    "crowdtk_id",
+    "annotations",
+    "was_cancelled",
+    "ground_truth",
+    "result",
+    "type",
+    "value",
+    "keypointlabels",
+    "original_width",
+    "original_height",
     # LabelMe
-    "shapes", "shape_type", "label", "imagePath", "imageWidth", "imageHeight", "flags", "done",
+    "shapes",
+    "shape_type",
+    "label",
+    "imagePath",
+    "imageWidth",
+    "imageHeight",
+    "flags",
+    "done",
 ]
 NUMBERS = (
-    st.integers(min_value=-(10 ** 30), max_value=10 ** 30)
-    | st.sampled_from([0, 1, -1, 2 ** 63, -(2 ** 63), 10 ** 400])
+    st.integers(min_value=-(10**30), max_value=10**30)
+    | st.sampled_from([0, 1, -1, 2**63, -(2**63), 10**400])
     | st.floats(allow_nan=True, allow_infinity=True)
 )
-SCALARS = st.none() | st.booleans() | NUMBERS | st.text(max_size=12) | st.sampled_from(["head", "keypointlabels", "point", "a.jpg", "manifest", "1"])
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | NUMBERS
+    | st.text(max_size=12)
+    | st.sampled_from(["head", "keypointlabels", "point", "a.jpg", "manifest", "1"])
+)
 JSON = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), children, max_size=6)
+    ),
     max_leaves=12,
 )
 
@@ -95,14 +137,17 @@ def mutated(draw, valid: bytes) -> bytes:
         if op == "flip" and data:
             data[pos] ^= 1 << draw(st.integers(0, 7))
         elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 16))]
+            del data[pos : pos + draw(st.integers(1, 16))]
         elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b"nan", b"-1e400", b"[", b"{", b",", b"\n", b"\x00"]))
+            data[pos:pos] = draw(
+                st.binary(min_size=1, max_size=8)
+                | st.sampled_from([b"nan", b"-1e400", b"[", b"{", b",", b"\n", b"\x00"])
+            )
         elif op == "truncate":
             del data[pos:]
         elif op == "splice" and data:
             start = draw(st.integers(0, len(data) - 1))
-            data[pos:pos] = data[start:start + draw(st.integers(1, 32))]
+            data[pos:pos] = data[start : start + draw(st.integers(1, 32))]
     return bytes(data)
 
 
@@ -170,8 +215,10 @@ def test_json_point_reader_on_random_structures(value):
 
 
 @FUZZ
-@given(rows=st.lists(st.lists(NUMBERS.map(repr) | st.text(max_size=5), max_size=4), max_size=6),
-       sep=st.sampled_from([" ", ",", "\t", ";"]))
+@given(
+    rows=st.lists(st.lists(NUMBERS.map(repr) | st.text(max_size=5), max_size=4), max_size=6),
+    sep=st.sampled_from([" ", ",", "\t", ";"]),
+)
 def test_text_point_readers_on_random_rows(rows, sep):
     text = "\n".join(sep.join(row) for row in rows).encode()
     read_point_bytes(text, ".txt")
@@ -195,9 +242,12 @@ def test_npy_point_reader_on_arrays_of_any_shape_and_type(shape, dtype, fill):
 
 
 MAT_VALUES = st.one_of(
-    NUMBERS.map(lambda v: np.array(v, dtype=float) if isinstance(v, float) else np.array(float(max(min(v, 1e300), -1e300)))),
+    NUMBERS.map(
+        lambda v: np.array(v, dtype=float) if isinstance(v, float) else np.array(float(max(min(v, 1e300), -1e300)))
+    ),
     st.lists(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=3), min_size=1, max_size=4)
-    .filter(lambda rows: len({len(r) for r in rows}) == 1).map(np.array),
+    .filter(lambda rows: len({len(r) for r in rows}) == 1)
+    .map(np.array),
     st.text(max_size=5),
     st.just(np.zeros((0, 2))),
 )
@@ -223,9 +273,15 @@ def valid_artifact(fmt: str) -> bytes:
     if fmt == MANIFEST:
         records = [ManifestEntry("a", "a.jpg", "a.txt", 80, 48, 3, "0" * 64).to_record()]
     elif fmt == REGIONS:
-        records = [RegionsEntry("a", "a.jpg", "0" * 64, 80, 48, "random", (Region(8, 16, 0, 48), Region(24, 40, 8, 40))).to_record()]
+        records = [
+            RegionsEntry(
+                "a", "a.jpg", "0" * 64, 80, 48, "random", (Region(8, 16, 0, 48), Region(24, 40, 8, 40))
+            ).to_record()
+        ]
     else:
-        records = [LabelsEntry("a", "a.jpg", "0" * 64, 80, 48, (Region(8, 16, 0, 48),), np.array([[9.0, 3.0]])).to_record()]
+        records = [
+            LabelsEntry("a", "a.jpg", "0" * 64, 80, 48, (Region(8, 16, 0, 48),), np.array([[9.0, 3.0]])).to_record()
+        ]
     return "".join(json.dumps(r) + "\n" for r in [header, *records]).encode()
 
 
@@ -270,7 +326,9 @@ def test_artifact_readers_on_records_of_wrong_types(fmt, data):
             record[key] = data.draw(JSON, label=key)
     header = json.loads(lines[0])
     if data.draw(st.booleans(), label="touch header"):
-        header[data.draw(st.sampled_from(["format", "format_version"]), label="header key")] = data.draw(JSON, label="header value")
+        header[data.draw(st.sampled_from(["format", "format_version"]), label="header key")] = data.draw(
+            JSON, label="header value"
+        )
     read_artifact_bytes((json.dumps(header) + "\n" + json.dumps(record) + "\n").encode(), fmt)
 
 
@@ -283,7 +341,9 @@ def test_deeply_nested_json_is_refused_not_a_crash(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps(make_header(MANIFEST, Provenance("x"))) + "\n" + deep + "\n")
     with pytest.raises(CrowdtkError, match=r"m.jsonl:2"):
         read_manifest(tmp_path / "m.jsonl")
-    (tmp_path / "big.jsonl").write_text(json.dumps(make_header(MANIFEST, Provenance("x"))) + "\n" + '{"width": ' + "9" * 5000 + "}\n")
+    (tmp_path / "big.jsonl").write_text(
+        json.dumps(make_header(MANIFEST, Provenance("x"))) + "\n" + '{"width": ' + "9" * 5000 + "}\n"
+    )
     with pytest.raises(CrowdtkError, match=r"big.jsonl:2"):
         read_manifest(tmp_path / "big.jsonl")
 
@@ -301,8 +361,19 @@ def valid_labelstudio() -> bytes:
     tasks = []
     for entry, name in zip(ENTRIES, NAMES):
         task = _labelstudio_task(entry, f"images/{name}")
-        task["annotations"] = [{"id": 1, "result": [{"type": "keypointlabels", "original_width": entry.width, "original_height": entry.height,
-                                                      "value": {"x": 20.0, "y": 50.0, "keypointlabels": ["head"]}}]}]
+        task["annotations"] = [
+            {
+                "id": 1,
+                "result": [
+                    {
+                        "type": "keypointlabels",
+                        "original_width": entry.width,
+                        "original_height": entry.height,
+                        "value": {"x": 20.0, "y": 50.0, "keypointlabels": ["head"]},
+                    }
+                ],
+            }
+        ]
         tasks.append(task)
     return json_bytes(tasks)
 
@@ -323,7 +394,9 @@ def run_import(fmt: str, path: Path) -> None:
     if result is not None:
         for entry in result.entries:
             check_points(entry.points)
-            assert all(any(r.contains(entry.points[i:i + 1])[0] for r in entry.regions) for i in range(len(entry.points)))
+            assert all(
+                any(r.contains(entry.points[i : i + 1])[0] for r in entry.regions) for i in range(len(entry.points))
+            )
 
 
 def import_file(fmt: str, name: str, blob: bytes) -> None:
@@ -336,8 +409,13 @@ def import_file(fmt: str, name: str, blob: bytes) -> None:
 @FUZZ
 @given(data=st.data())
 def test_labelstudio_import_on_malformed_exports(data):
-    blob = data.draw(st.binary(max_size=200) | mutated(valid_labelstudio()) | JSON.map(json_bytes)
-                     | st.lists(JSON, max_size=3).map(json_bytes), label="export")
+    blob = data.draw(
+        st.binary(max_size=200)
+        | mutated(valid_labelstudio())
+        | JSON.map(json_bytes)
+        | st.lists(JSON, max_size=3).map(json_bytes),
+        label="export",
+    )
     import_file("labelstudio", "export.json", blob)
 
 
@@ -348,26 +426,56 @@ def test_labelstudio_import_on_tasks_with_random_parts(data):
     tasks = json.loads(valid_labelstudio())
     task = tasks[data.draw(st.integers(0, 1), label="task")]
     target = data.draw(st.sampled_from(["task", "data", "annotation", "result", "value"]), label="where")
-    holder = {"task": task, "data": task["data"], "annotation": task["annotations"][0],
-              "result": task["annotations"][0]["result"][0], "value": task["annotations"][0]["result"][0]["value"]}[target]
+    holder = {
+        "task": task,
+        "data": task["data"],
+        "annotation": task["annotations"][0],
+        "result": task["annotations"][0]["result"][0],
+        "value": task["annotations"][0]["result"][0]["value"],
+    }[target]
     key = data.draw(st.sampled_from(sorted(holder)), label="key")
     holder[key] = data.draw(JSON, label="value")
     import_file("labelstudio", "export.json", json_bytes(tasks))
 
 
-XML_BITS = st.sampled_from([
-    "<annotations>", "</annotations>", "<image ", "</image>", 'name="a.jpg" ', 'name="../../x.jpg" ', 'width="80" ', 'height="48" ',
-    'width="nan" ', 'width="1e999" ', '<points label="head" points="1,2;3,4"/>', '<points label="head" points="x,;;,1,2,3"/>',
-    '<points label="head" points="nan,inf"/>', '<tag label="done"/>', "/>", ">", "<", "&amp;", "&lt;", "<!-- c -->", "<![CDATA[x]]>",
-    "<?xml version='1.0'?>", "<!DOCTYPE a>",
-])
+XML_BITS = st.sampled_from(
+    [
+        "<annotations>",
+        "</annotations>",
+        "<image ",
+        "</image>",
+        'name="a.jpg" ',
+        'name="../../x.jpg" ',
+        'width="80" ',
+        'height="48" ',
+        'width="nan" ',
+        'width="1e999" ',
+        '<points label="head" points="1,2;3,4"/>',
+        '<points label="head" points="x,;;,1,2,3"/>',
+        '<points label="head" points="nan,inf"/>',
+        '<tag label="done"/>',
+        "/>",
+        ">",
+        "<",
+        "&amp;",
+        "&lt;",
+        "<!-- c -->",
+        "<![CDATA[x]]>",
+        "<?xml version='1.0'?>",
+        "<!DOCTYPE a>",
+    ]
+)
 
 
 @FUZZ
 @given(data=st.data())
 def test_cvat_import_on_malformed_xml(data):
-    blob = data.draw(st.binary(max_size=200) | mutated(valid_cvat()) | st.lists(XML_BITS, max_size=12).map(lambda b: "".join(b).encode()),
-                     label="xml")
+    blob = data.draw(
+        st.binary(max_size=200)
+        | mutated(valid_cvat())
+        | st.lists(XML_BITS, max_size=12).map(lambda b: "".join(b).encode()),
+        label="xml",
+    )
     import_file("cvat", "annotations.xml", blob)
 
 
@@ -390,8 +498,9 @@ def test_labelme_import_on_malformed_files(data):
             record = json.loads(valid)
             shape = record["shapes"][-1]
             shape[data.draw(st.sampled_from(sorted(shape)), label="shape key")] = data.draw(JSON, label="shape value")
-            record[data.draw(st.sampled_from(["imagePath", "imageWidth", "imageHeight", "flags", "version"]), label="key")] = \
-                data.draw(JSON, label="value")
+            record[
+                data.draw(st.sampled_from(["imagePath", "imageWidth", "imageHeight", "flags", "version"]), label="key")
+            ] = data.draw(JSON, label="value")
             blob = json_bytes(record)
         (folder / f"{Path(name).stem}.json").write_bytes(blob)
     run_import("labelme", folder)
@@ -407,7 +516,9 @@ def test_crops_import_on_malformed_point_files(data):
             if not data.draw(st.booleans(), label="present"):
                 continue
             suffix = data.draw(st.sampled_from([".txt", ".json", ".csv"]), label="suffix")
-            blob = data.draw(st.binary(max_size=80) | mutated(valid_point_file(suffix)) | JSON.map(json_bytes), label="points")
+            blob = data.draw(
+                st.binary(max_size=80) | mutated(valid_point_file(suffix)) | JSON.map(json_bytes), label="points"
+            )
             (folder / "crops" / f"{Path(name).stem}__r{k}{suffix}").write_bytes(blob)
     run_import("crops", folder)
 

@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, run
 from scipy.ndimage import gaussian_filter
 
 from crowdtk.density import DensityConfig, density_map, head_sigmas
 from crowdtk.formats import load_density_map, read_density_index
-
-from conftest import assert_clean_failure, run
 
 # --------------------------------------------------------------------------- the maps
 
@@ -88,7 +87,12 @@ def test_gen_density_cli_writes_maps_and_index(small_set, tmp_path):
 def test_pipe_index_into_gen_density(small_set, tmp_path):
     crowdtk = [sys.executable, "-m", "crowdtk"]
     index = subprocess.Popen([*crowdtk, "index", str(small_set)], stdout=subprocess.PIPE)
-    done = subprocess.run([*crowdtk, "gen-density", "-", "-o", str(tmp_path / "d"), "-q"], stdin=index.stdout, capture_output=True, text=True)
+    done = subprocess.run(
+        [*crowdtk, "gen-density", "-", "-o", str(tmp_path / "d"), "-q"],
+        stdin=index.stdout,
+        capture_output=True,
+        text=True,
+    )
     index.stdout.close()
     assert index.wait() == 0 and done.returncode == 0, done.stderr
     assert len((tmp_path / "d" / "index.jsonl").read_text().splitlines()) == 4
@@ -107,8 +111,11 @@ def newer_header(lines: list[str]) -> list[str]:
     return [json.dumps(header), *lines[1:]]
 
 
-@pytest.mark.parametrize("edit, says", [(cut_third_line, "m.jsonl:3: line is not JSON"), (newer_header, "version 2 is newer")],
-                         ids=["line-not-json", "newer-format-version"])
+@pytest.mark.parametrize(
+    "edit, says",
+    [(cut_third_line, "m.jsonl:3: line is not JSON"), (newer_header, "version 2 is newer")],
+    ids=["line-not-json", "newer-format-version"],
+)
 def test_a_broken_manifest_leaves_no_output(small_set, tmp_path, edit, says):
     manifest = tmp_path / "m.jsonl"
     run("index", small_set, "-o", manifest)

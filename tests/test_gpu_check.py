@@ -12,7 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-NO_CUDA = "benchmarks/gpu_check.sh: no CUDA device here; this script checks the GPU paths and runs nothing without one\n"
+NO_CUDA = (
+    "benchmarks/gpu_check.sh: no CUDA device here; this script checks the GPU paths and runs nothing without one\n"
+)
 NVIDIA_DRIVER = shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia/version").exists()
 
 
@@ -20,7 +22,9 @@ def _run(script: Path, out: Path, path: str | None = None) -> subprocess.Complet
     env = {**os.environ, "GPU_CHECK_OUT": str(out)}
     if path is not None:
         env["PATH"] = path
-    return subprocess.run([shutil.which("bash") or "/bin/bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _tree_without_gpu_tools(tmp_path: Path, venv: bool) -> tuple[Path, Path]:
@@ -39,7 +43,9 @@ def _tree_without_gpu_tools(tmp_path: Path, venv: bool) -> tuple[Path, Path]:
     return script, tools
 
 
-@pytest.mark.skipif(NVIDIA_DRIVER, reason="an NVIDIA driver is here: the script may run the whole check (make gpu-check)")
+@pytest.mark.skipif(
+    NVIDIA_DRIVER, reason="an NVIDIA driver is here: the script may run the whole check (make gpu-check)"
+)
 def test_without_cuda_it_says_so_and_runs_nothing(tmp_path: Path) -> None:
     result = _run(SCRIPT, tmp_path / "gpu-check")
     assert result.returncode == 3, result.stderr
@@ -50,11 +56,16 @@ def test_without_cuda_it_says_so_and_runs_nothing(tmp_path: Path) -> None:
 def test_with_a_driver_but_no_venv_it_asks_for_make_install(tmp_path: Path) -> None:
     script, tools = _tree_without_gpu_tools(tmp_path, venv=False)
     result = _run(script, tmp_path / "out", path=str(tools))
-    assert result.returncode == 4 and result.stderr == "benchmarks/gpu_check.sh: no project venv (.venv/bin/python); run make install first\n"
+    assert (
+        result.returncode == 4
+        and result.stderr == "benchmarks/gpu_check.sh: no project venv (.venv/bin/python); run make install first\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(NVIDIA_DRIVER, reason="an NVIDIA driver is here: torch may see a device and the script run the whole check")
+@pytest.mark.skipif(
+    NVIDIA_DRIVER, reason="an NVIDIA driver is here: torch may see a device and the script run the whole check"
+)
 def test_with_a_driver_where_torch_sees_no_device_it_says_so(tmp_path: Path) -> None:
     script, tools = _tree_without_gpu_tools(tmp_path, venv=True)
     result = _run(script, tmp_path / "out", path=str(tools))

@@ -6,13 +6,21 @@ import json
 
 import numpy as np
 import pytest
+from conftest import (
+    PART_B,
+    REPO,
+    assert_clean_failure,
+    jsonl,
+    pool,
+    realistic_vectors,
+    run,
+    write_manifest,
+    write_vectors,
+)
 
 from crowdtk.formats import StripVectors, read_manifest, read_regions
 from crowdtk.geometry import strip_edges
 from crowdtk.selection import SelectConfig, image_keys, mdc_batch, select_regions
-
-from conftest import PART_B, REPO, assert_clean_failure, jsonl, run
-from conftest import pool, realistic_vectors, write_manifest, write_vectors
 
 STRATEGIES = ("random", "max", "mdc")
 
@@ -21,10 +29,15 @@ def strip_data(entries, vectors: np.ndarray, counts: np.ndarray | None = None) -
     """In-memory strip vectors of 1024-px images, 10 strips each (as write_vectors writes them)."""
     n, s, _ = vectors.shape
     edges = strip_edges(1024)
-    return StripVectors(np.array([e.id for e in entries]), np.array([e.sha256 for e in entries]),
-                        np.repeat(np.arange(n), s).astype(np.int64), np.tile(edges[:-1], n).astype(np.int64),
-                        np.tile(edges[1:], n).astype(np.int64), vectors.reshape(n * s, -1).astype(np.float32),
-                        (vectors[:, :, 0] if counts is None else counts).reshape(-1).astype(np.float32))
+    return StripVectors(
+        np.array([e.id for e in entries]),
+        np.array([e.sha256 for e in entries]),
+        np.repeat(np.arange(n), s).astype(np.int64),
+        np.tile(edges[:-1], n).astype(np.int64),
+        np.tile(edges[1:], n).astype(np.int64),
+        vectors.reshape(n * s, -1).astype(np.float32),
+        (vectors[:, :, 0] if counts is None else counts).reshape(-1).astype(np.float32),
+    )
 
 
 def cells_of(entry) -> list[int]:
@@ -60,7 +73,10 @@ def test_the_stop_is_the_crossing_step_or_the_one_before_whichever_is_nearer():
     counts = np.zeros((4, 10))
     counts[:, 3], counts[:, 7] = 10.0, 6.0
     data = strip_data(entries, np.repeat(counts[:, :, None], 10, axis=2), counts)
-    spent = {n: select_regions(entries, SelectConfig(budget_heads=n, strategy="max"), data).expected_heads for n in (20, 42, 43, 44, 46, 47)}
+    spent = {
+        n: select_regions(entries, SelectConfig(budget_heads=n, strategy="max"), data).expected_heads
+        for n in (20, 42, 43, 44, 46, 47)
+    }
     # totals along the way: 10 20 30 40 | 46 52 58 64
     assert spent == {20: 20.0, 42: 40.0, 43: 46.0, 44: 46.0, 46: 46.0, 47: 46.0}  # 43: a tie takes the step
 
@@ -73,7 +89,9 @@ def test_strategies_pick_as_under_an_area_budget():
     best = select_regions(entries, SelectConfig(budget_heads=900, strategy="max"), data)
     for e in best.entries:
         i = int(e.id[3:])
-        assert sorted(cells_of(e)) == sorted(np.argsort(-vectors[i, :, 0].astype(np.float32), kind="stable")[:len(cells_of(e))].tolist())
+        assert sorted(cells_of(e)) == sorted(
+            np.argsort(-vectors[i, :, 0].astype(np.float32), kind="stable")[: len(cells_of(e))].tolist()
+        )
     mdc = select_regions(entries, SelectConfig(budget_heads=900, strategy="mdc", seed=2), data)
     assert {len(cells_of(e)) for e in mdc.entries} >= {2}
     for e in mdc.entries:
@@ -103,7 +121,10 @@ def test_a_budget_beyond_the_pool_takes_everything_and_says_so():
 def test_the_head_order_follows_the_seed():
     entries = pool(25)
     data = strip_data(entries, realistic_vectors(25, seed=8))
-    picks = [{e.id: cells_of(e) for e in select_regions(entries, SelectConfig(budget_heads=300, seed=s), data).entries} for s in (0, 0, 1)]
+    picks = [
+        {e.id: cells_of(e) for e in select_regions(entries, SelectConfig(budget_heads=300, seed=s), data).entries}
+        for s in (0, 0, 1)
+    ]
     assert picks[0] == picks[1] != picks[2]
 
 
@@ -118,7 +139,20 @@ def test_header_records_the_head_budget_and_the_expected_heads(tmp_path):
     assert run("select", manifest, "--budget", "0.1", "--warmup-frac", "0.2", "-o", warm).exit_code == 0
     for strategy in STRATEGIES + ("none-or-all",):
         out = tmp_path / f"{strategy}.jsonl"
-        result = run("select", manifest, "--budget-heads", "250", "--strategy", strategy, "--vectors", vectors, "--exclude", warm, "-o", out)
+        result = run(
+            "select",
+            manifest,
+            "--budget-heads",
+            "250",
+            "--strategy",
+            strategy,
+            "--vectors",
+            vectors,
+            "--exclude",
+            warm,
+            "-o",
+            out,
+        )
         assert result.exit_code == 0, result.output
         header, records = jsonl(out.read_text())
         assert header["budget"] is None and header["budget_heads"] == 250.0
@@ -139,12 +173,20 @@ def test_import_oracle_reports_expected_and_actual_heads(strip_pool, tmp_path):
     rng = np.random.default_rng(0)
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, rng.gamma(2.0, 1.0, (len(entries), 10, 10)))
     regions = tmp_path / "r.jsonl"
-    assert run("select", manifest, "--budget-heads", "30", "--strategy", "max", "--vectors", vectors, "-o", regions).exit_code == 0
+    assert (
+        run(
+            "select", manifest, "--budget-heads", "30", "--strategy", "max", "--vectors", vectors, "-o", regions
+        ).exit_code
+        == 0
+    )
     expected = jsonl(regions.read_text())[0]["expected_heads"]
     result = run("import", regions, "--oracle", manifest, "-o", tmp_path / "l.jsonl")
     assert result.exit_code == 0, result.output
     actual = sum(len(r["points"]) for r in jsonl((tmp_path / "l.jsonl").read_text())[1])
-    assert f"oracle labeled {actual} heads" in result.stderr and f"(the regions file expected {expected:.0f})" in result.stderr
+    assert (
+        f"oracle labeled {actual} heads" in result.stderr
+        and f"(the regions file expected {expected:.0f})" in result.stderr
+    )
     # without a head budget the line is as before
     plain = tmp_path / "plain.jsonl"
     assert run("select", manifest, "--budget", "0.2", "-o", plain).exit_code == 0
@@ -156,15 +198,27 @@ def test_usage_errors_exit_2(tmp_path):
     manifest = write_manifest(tmp_path / "m.jsonl", entries)
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(3))
     out = tmp_path / "r.jsonl"
-    assert_clean_failure(run("select", manifest, "--budget-heads", "100", "-o", out), "--budget-heads needs --vectors", out, code=2)
-    assert_clean_failure(run("select", manifest, "--budget-heads", "100", "--budget", "0.1", "--vectors", vectors, "-o", out),
-                         "--budget and --budget-heads together", out, code=2)
+    assert_clean_failure(
+        run("select", manifest, "--budget-heads", "100", "-o", out), "--budget-heads needs --vectors", out, code=2
+    )
+    assert_clean_failure(
+        run("select", manifest, "--budget-heads", "100", "--budget", "0.1", "--vectors", vectors, "-o", out),
+        "--budget and --budget-heads together",
+        out,
+        code=2,
+    )
 
 
-@pytest.mark.parametrize("extra,names", [(["--budget-heads", "0"], "not a positive number"), (["--budget-heads", "nan"], "not a positive number"),
-                                         (["--budget-heads", "-3"], "not a positive number"),
-                                         (["--budget-heads", "50", "--warmup-frac", "0.2"], "--budget-heads with --warmup-frac"),
-                                         (["--budget-heads", "50", "--shape", "band"], "--budget-heads with --shape band")])
+@pytest.mark.parametrize(
+    "extra,names",
+    [
+        (["--budget-heads", "0"], "not a positive number"),
+        (["--budget-heads", "nan"], "not a positive number"),
+        (["--budget-heads", "-3"], "not a positive number"),
+        (["--budget-heads", "50", "--warmup-frac", "0.2"], "--budget-heads with --warmup-frac"),
+        (["--budget-heads", "50", "--shape", "band"], "--budget-heads with --shape band"),
+    ],
+)
 def test_bad_head_budgets_are_refused(tmp_path, extra, names):
     entries = pool(3)
     manifest = write_manifest(tmp_path / "m.jsonl", entries)
@@ -191,8 +245,24 @@ def test_part_b_spends_within_5_percent_of_the_head_budget(strategy, tmp_path):
         pytest.skip(f"bench outputs absent (run 'crowdtk bench' on Part B first): {', '.join(missing)}")
     wanted = 2000
     regions = tmp_path / "r.jsonl"
-    result = run("select", manifest, "--budget-heads", wanted, "--strategy", strategy, "--vectors", vectors, "--exclude", labels,
-                 "--scale", "0.5", "--seed", "0", "-o", regions)
+    result = run(
+        "select",
+        manifest,
+        "--budget-heads",
+        wanted,
+        "--strategy",
+        strategy,
+        "--vectors",
+        vectors,
+        "--exclude",
+        labels,
+        "--scale",
+        "0.5",
+        "--seed",
+        "0",
+        "-o",
+        regions,
+    )
     assert result.exit_code == 0, result.output
     header, records = jsonl(regions.read_text())
     assert abs(header["expected_heads"] - wanted) <= 0.05 * wanted
@@ -202,4 +272,6 @@ def test_part_b_spends_within_5_percent_of_the_head_budget(strategy, tmp_path):
     assert imported.exit_code == 0, imported.output
     actual = sum(len(r["points"]) for r in jsonl((tmp_path / "l.jsonl").read_text())[1])
     assert f"oracle labeled {actual} heads" in imported.stderr and "the regions file expected" in imported.stderr
-    assert 0.5 * wanted < actual < 1.5 * wanted  # the warm-up counter's predictions are off by 15-20% on Part B, not by half
+    assert (
+        0.5 * wanted < actual < 1.5 * wanted
+    )  # the warm-up counter's predictions are off by 15-20% on Part B, not by half

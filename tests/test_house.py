@@ -32,7 +32,9 @@ def _imports(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             candidates = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
@@ -47,8 +49,10 @@ def _package_of(module: str) -> str:
 def test_no_import_cycle() -> None:
     # A package's __init__ re-exporting its own modules is not a cycle of concerns; imports
     # between different modules are.
-    graph = {m: {i for i in _imports(m) if not (MODULES[m].name == "__init__.py" and _package_of(m) == i.rpartition(".")[0])}
-             for m in MODULES}
+    graph = {
+        m: {i for i in _imports(m) if not (MODULES[m].name == "__init__.py" and _package_of(m) == i.rpartition(".")[0])}
+        for m in MODULES
+    }
     graph = {m: {i for i in deps if i != "crowdtk"} for m, deps in graph.items()}
     state: dict[str, int] = {}
     path: list[str] = []
@@ -58,7 +62,7 @@ def test_no_import_cycle() -> None:
         path.append(m)
         for dep in sorted(graph[m]):
             if state.get(dep) == 1:
-                cycle = path[path.index(dep):] + [dep]
+                cycle = path[path.index(dep) :] + [dep]
                 pytest.fail("import cycle: " + " → ".join(cycle))
             if dep not in state:
                 visit(dep)

@@ -7,11 +7,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+from conftest import assert_clean_failure, export_package, run, truth, write_generic
 
 from crowdtk.data import read_points
 from crowdtk.formats import read_labels, read_manifest, read_regions
-
-from conftest import assert_clean_failure, export_package, run, truth, write_generic
 
 
 def assert_same_labels(imported: Path, expected: Path) -> None:
@@ -20,7 +19,9 @@ def assert_same_labels(imported: Path, expected: Path) -> None:
     assert [e.id for e in got] == [e.id for e in want]
     for g, w in zip(got, want):
         assert g.regions == w.regions
-        np.testing.assert_allclose(np.array(sorted(map(tuple, g.points))), np.array(sorted(map(tuple, w.points))), atol=1e-6)
+        np.testing.assert_allclose(
+            np.array(sorted(map(tuple, g.points))), np.array(sorted(map(tuple, w.points))), atol=1e-6
+        )
 
 
 def points_inside(points: np.ndarray, regions) -> np.ndarray:
@@ -62,7 +63,9 @@ def test_merge_combines_rounds_without_double_counting(labeled):
     assert run("import", warm, "--oracle", labeled["manifest"], "-o", tmp / "warm-labels.jsonl").exit_code == 0
     second = tmp / "second.jsonl"
     assert run("select", labeled["manifest"], "--budget", "0.2", "--exclude", warm, "-o", second).exit_code == 0
-    result = run("import", second, "--oracle", labeled["manifest"], "--merge", tmp / "warm-labels.jsonl", "-o", tmp / "all.jsonl")
+    result = run(
+        "import", second, "--oracle", labeled["manifest"], "--merge", tmp / "warm-labels.jsonl", "-o", tmp / "all.jsonl"
+    )
     assert result.exit_code == 0, result.output
     _, merged = read_labels(tmp / "all.jsonl")
     _, first = read_labels(tmp / "warm-labels.jsonl")
@@ -71,7 +74,9 @@ def test_merge_combines_rounds_without_double_counting(labeled):
     assert abs(area - 0.2) < 0.03
     # merging a file with itself adds nothing
     again = tmp / "again.jsonl"
-    assert run("import", second, "--oracle", labeled["manifest"], "--merge", tmp / "all.jsonl", "-o", again).exit_code == 0
+    assert (
+        run("import", second, "--oracle", labeled["manifest"], "--merge", tmp / "all.jsonl", "-o", again).exit_code == 0
+    )
     assert [len(e.points) for e in read_labels(again)[1]] == [len(e.points) for e in merged]
 
 
@@ -87,12 +92,32 @@ def test_labelstudio_round_trip(labeled):
     for n, (task, entry) in enumerate(zip(tasks, regions)):
         rects = task["predictions"][0]["result"]
         # the labeler: a keypoint on every head (those outside the regions too, as careless labelers do)
-        result = list(rects) + [{"id": f"k{j}", "from_name": "kp", "to_name": "image", "type": "keypointlabels",
-                                 "original_width": entry.width, "original_height": entry.height, "image_rotation": 0,
-                                 "value": {"x": x / entry.width * 100, "y": y / entry.height * 100, "width": 0.5, "keypointlabels": ["head"]}}
-                                for j, (x, y) in enumerate(everything[entry.id])]
-        exported.append({"id": n + 1, "data": task["data"], "predictions": task["predictions"],
-                         "annotations": [{"id": n + 100, "result": result, "was_cancelled": False, "ground_truth": False}]})
+        result = list(rects) + [
+            {
+                "id": f"k{j}",
+                "from_name": "kp",
+                "to_name": "image",
+                "type": "keypointlabels",
+                "original_width": entry.width,
+                "original_height": entry.height,
+                "image_rotation": 0,
+                "value": {
+                    "x": x / entry.width * 100,
+                    "y": y / entry.height * 100,
+                    "width": 0.5,
+                    "keypointlabels": ["head"],
+                },
+            }
+            for j, (x, y) in enumerate(everything[entry.id])
+        ]
+        exported.append(
+            {
+                "id": n + 1,
+                "data": task["data"],
+                "predictions": task["predictions"],
+                "annotations": [{"id": n + 100, "result": result, "was_cancelled": False, "ground_truth": False}],
+            }
+        )
     ls_json = labeled["tmp"] / "ls.json"
     ls_json.write_text(json.dumps(exported))
     labels = labeled["tmp"] / "ls-labels.jsonl"
@@ -122,8 +147,15 @@ def test_cvat_round_trip(labeled):
         pts = everything[entry.id]
         half = len(pts) // 2  # two <points> shapes, as two labeling sessions would leave
         for part in (pts[:half], pts[half:]):
-            ET.SubElement(image, "points", label="head", source="manual", occluded="0", z_order="0",
-                          points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in part))
+            ET.SubElement(
+                image,
+                "points",
+                label="head",
+                source="manual",
+                occluded="0",
+                z_order="0",
+                points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in part),
+            )
     tree.write(labeled["tmp"] / "cvat.xml", encoding="utf-8", xml_declaration=True)
     labels = labeled["tmp"] / "cvat-labels.jsonl"
     result = import_from(labeled, "cvat", labeled["tmp"] / "cvat.xml", labels)
@@ -138,8 +170,10 @@ def test_labelme_round_trip_and_done_flag(labeled):
     for file in sorted((out / "images").glob("*.json")):
         record = json.loads(file.read_text())
         entry = next(e for e in regions if e.id.replace(" ", "_") == Path(record["imagePath"]).stem)
-        record["shapes"] += [{"label": "head", "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
-                             for x, y in everything[entry.id]]
+        record["shapes"] += [
+            {"label": "head", "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
+            for x, y in everything[entry.id]
+        ]
         file.write_text(json.dumps(record))
     labels = labeled["tmp"] / "labelme-labels.jsonl"
     result = import_from(labeled, "labelme", out / "images", labels)
@@ -168,7 +202,9 @@ def test_crops_round_trip(labeled):
             width, height = crop["x1"] - crop["x0"], crop["y1"] - crop["y0"]
             local = everything[entry.id] - [crop["x"], crop["y"]]
             keep = (local[:, 0] >= 0) & (local[:, 0] < width) & (local[:, 1] >= 0) & (local[:, 1] < height)
-            lines = "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local[keep]) + "-2.5 3\n"  # one click beside the crop
+            lines = (
+                "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local[keep]) + "-2.5 3\n"
+            )  # one click beside the crop
             (out / crop["points"]).write_text("# x y\n" + lines)
     labels = labeled["tmp"] / "crops-labels.jsonl"
     result = import_from(labeled, "crops", out, labels)
@@ -204,9 +240,11 @@ def test_path_traversal_is_rejected(labeled):
 
 def test_xml_with_an_entity_declaration_is_rejected(labeled):
     xml = labeled["tmp"] / "evil.xml"
-    xml.write_text('<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>\n'
-                   '<annotations><version>1.1</version><image id="0" name="s1.jpg" width="176" height="96">'
-                   '<points label="head" points="&lol2;"/></image></annotations>\n')
+    xml.write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>\n'
+        '<annotations><version>1.1</version><image id="0" name="s1.jpg" width="176" height="96">'
+        '<points label="head" points="&lol2;"/></image></annotations>\n'
+    )
     bad = labeled["tmp"] / "bad.jsonl"
     assert_clean_failure(import_from(labeled, "cvat", xml, bad), "ENTITY", bad)
 
@@ -216,8 +254,14 @@ def test_regions_naming_images_absent_from_the_manifest(labeled, tmp_path):
     manifest = tmp_path / "other.jsonl"
     assert run("index", other, "-o", manifest, "-q").exit_code == 0
     out = tmp_path / "l.jsonl"
-    assert_clean_failure(run("import", labeled["regions"], "--oracle", manifest, "-o", out), "r.jsonl: names 4 image(s) absent from", out)
-    assert_clean_failure(run("select", manifest, "--exclude", labeled["regions"], "-o", out), "r.jsonl: names 4 image(s) absent from", out)
+    assert_clean_failure(
+        run("import", labeled["regions"], "--oracle", manifest, "-o", out), "r.jsonl: names 4 image(s) absent from", out
+    )
+    assert_clean_failure(
+        run("select", manifest, "--exclude", labeled["regions"], "-o", out),
+        "r.jsonl: names 4 image(s) absent from",
+        out,
+    )
 
 
 def test_import_needs_exactly_one_source(labeled):
@@ -236,7 +280,16 @@ def test_real_part_b_oracle_warmup_and_second_round_spend_the_budget(part_b_mani
     assert run("import", warm, "--oracle", manifest, "-o", tmp_path / "warm-labels.jsonl").exit_code == 0
     result = run("select", manifest, "--budget", "0.1", "--exclude", warm, "--seed", "3", "-o", second)
     assert result.exit_code == 0, result.output
-    result = run("import", second, "--oracle", manifest, "--merge", tmp_path / "warm-labels.jsonl", "-o", tmp_path / "labels.jsonl")
+    result = run(
+        "import",
+        second,
+        "--oracle",
+        manifest,
+        "--merge",
+        tmp_path / "warm-labels.jsonl",
+        "-o",
+        tmp_path / "labels.jsonl",
+    )
     assert result.exit_code == 0, result.output
     _, entries = read_manifest(manifest)
     _, labels = read_labels(tmp_path / "labels.jsonl")

@@ -7,10 +7,9 @@ import hashlib
 import cv2
 import numpy as np
 import scipy.io
+from conftest import assert_clean_failure, jsonl, run, write_generic
 
 from crowdtk.formats import read_manifest
-
-from conftest import assert_clean_failure, jsonl, run, write_generic
 
 
 def shanghaitech(root, counts):

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("label_studio_sdk", reason="label-studio-sdk is not installed: make test-readers (pip install -e '.[test,readers]')")
+pytest.importorskip(
+    "label_studio_sdk", reason="label-studio-sdk is not installed: make test-readers (pip install -e '.[test,readers]')"
+)
 
+from conftest import export_package, run  # noqa: E402
 from label_studio_sdk.label_interface import LabelInterface  # noqa: E402
 
 from crowdtk.formats import read_labels, read_regions  # noqa: E402
-
-from conftest import export_package, run  # noqa: E402
 
 
 def interface(out: Path) -> LabelInterface:
@@ -128,14 +129,23 @@ def test_suggested_heads_in_a_prediction_validate(review_package):
         result = copy.deepcopy(task["annotations"][0]["result"])
         for head in (r for r in result if r["type"] == "keypointlabels"):
             head["id"], head["score"] = head["id"].replace("head", "suggested"), 0.75
-        assert prediction_errors(li, {"model_version": "crowdtk prelabel lite m.safetensors", "score": 0.75, "result": result}) == []
+        assert (
+            prediction_errors(
+                li, {"model_version": "crowdtk prelabel lite m.safetensors", "score": 0.75, "result": result}
+            )
+            == []
+        )
 
 
 def test_the_sdk_rejects_what_label_studio_would(review_package):
     """Not vacuous: an unknown label, an unknown control, a wrong type, an out-of-range score and a
     task without its image each fail the same checks the export passes."""
     li = interface(review_package)
-    task = next(t for t in json.loads((review_package / "tasks.json").read_text()) if results_of(t["annotations"][0], "keypointlabels"))
+    task = next(
+        t
+        for t in json.loads((review_package / "tasks.json").read_text())
+        if results_of(t["annotations"][0], "keypointlabels")
+    )
     annotation, prediction = task["annotations"][0], task["predictions"][0]
     assert li.validate_annotation(annotation) and prediction_errors(li, prediction) == []
 

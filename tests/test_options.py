@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from crowdtk.cli import app
 from crowdtk.cli.common import run_command
 from crowdtk.cli.groups import Group
-from crowdtk.selection import ENGINES, SHAPES, STRATEGIES
 from crowdtk.model_records import MODELS
+from crowdtk.selection import ENGINES, SHAPES, STRATEGIES
 from crowdtk.train_config import CAP_AFFINITIES
 
 runner = CliRunner()
@@ -28,13 +28,20 @@ def _options(command: str) -> list[tuple]:
     return [(p.name, tuple(p.opts), p.help, p.default) for p in COMMANDS[command].params]
 
 
-def _pair(command: str, /, size: Annotated[int, typer.Option(help="Size.")] = 3, name: Annotated[str, typer.Option(help="Name.")] = "x") -> tuple:
+def _pair(
+    command: str,
+    /,
+    size: Annotated[int, typer.Option(help="Size.")] = 3,
+    name: Annotated[str, typer.Option(help="Name.")] = "x",
+) -> tuple:
     return command, size, name
 
 
 def _toy(group: Group, seen: dict) -> typer.Typer:
     @run_command("toy")
-    def toy(first: Annotated[int, typer.Option()] = 1, pair: tuple = group, last: Annotated[int, typer.Option()] = 2) -> None:
+    def toy(
+        first: Annotated[int, typer.Option()] = 1, pair: tuple = group, last: Annotated[int, typer.Option()] = 2
+    ) -> None:
         seen.update(first=first, pair=pair, last=last)
 
     toy_app = typer.Typer(add_completion=False)
@@ -79,19 +86,32 @@ def test_the_commands_that_run_a_counter_take_the_same_prediction_options() -> N
 
 
 def _command_line(command: str, tmp: Path) -> list[str]:
-    return {"train": ["train", "x.jsonl", "-o", str(tmp / "m.safetensors")], "warmup": ["warmup", "x.jsonl", "-o", str(tmp / "m.safetensors")],
-            "bench": ["bench", "--train", "t", "--test", "t", "-o", str(tmp / "b")], "demo": ["demo", "-o", str(tmp / "d")],
-            "eval": ["eval", "m.safetensors", "x.jsonl"], "count": ["count", "m.safetensors", "x.png"],
-            "vectors": ["vectors", "m.safetensors", "x.jsonl", "-o", str(tmp / "v.npz")], "select": ["select", "x.jsonl", "-o", str(tmp / "r.jsonl")]}[command]
+    return {
+        "train": ["train", "x.jsonl", "-o", str(tmp / "m.safetensors")],
+        "warmup": ["warmup", "x.jsonl", "-o", str(tmp / "m.safetensors")],
+        "bench": ["bench", "--train", "t", "--test", "t", "-o", str(tmp / "b")],
+        "demo": ["demo", "-o", str(tmp / "d")],
+        "eval": ["eval", "m.safetensors", "x.jsonl"],
+        "count": ["count", "m.safetensors", "x.png"],
+        "vectors": ["vectors", "m.safetensors", "x.jsonl", "-o", str(tmp / "v.npz")],
+        "select": ["select", "x.jsonl", "-o", str(tmp / "r.jsonl")],
+    }[command]
 
 
-@pytest.mark.parametrize("command, option, values, wrong", [
-    *((command, "--model", tuple(MODELS), "resnet") for command in ("train", "warmup", "bench", "demo")),
-    *((command, "--device", ("auto", "cpu", "cuda"), "gpu") for command in ("train", "eval", "count", "vectors")),
-    ("train", "--cap-affinity", CAP_AFFINITIES, "dot"),
-    ("select", "--strategy", tuple(STRATEGIES), "best"), ("select", "--shape", SHAPES, "circle"), ("select", "--engine", ENGINES, "torch"),
-])
-def test_a_choice_lists_its_values_and_refuses_others(command: str, option: str, values: tuple[str, ...], wrong: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command, option, values, wrong",
+    [
+        *((command, "--model", tuple(MODELS), "resnet") for command in ("train", "warmup", "bench", "demo")),
+        *((command, "--device", ("auto", "cpu", "cuda"), "gpu") for command in ("train", "eval", "count", "vectors")),
+        ("train", "--cap-affinity", CAP_AFFINITIES, "dot"),
+        ("select", "--strategy", tuple(STRATEGIES), "best"),
+        ("select", "--shape", SHAPES, "circle"),
+        ("select", "--engine", ENGINES, "torch"),
+    ],
+)
+def test_a_choice_lists_its_values_and_refuses_others(
+    command: str, option: str, values: tuple[str, ...], wrong: str, tmp_path: Path
+) -> None:
     assert "<" + "|".join(values) + ">" in runner.invoke(app, [command, "--help"]).output
     result = runner.invoke(app, [*_command_line(command, tmp_path), option, wrong])
     assert result.exit_code == 2 and wrong in result.output

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import FAST_TRAIN, assert_clean_failure, run
 
 import crowdtk.train.loop
-from conftest import FAST_TRAIN, assert_clean_failure, run
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import atomic_dir, atomic_path, claim_output
 
@@ -58,8 +58,19 @@ def test_an_output_named_as_an_image_of_the_manifest_is_refused(synth_set: Path)
 def test_an_output_inside_an_input_folder_is_refused(synth_set: Path, strip_pool, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
-    result = run("train", strip_pool["labels"], "--freeze", "encoder", "--feature-cache", cache, "-o", cache / "m.safetensors",
-                 "--epochs", "1", *FAST_TRAIN)
+    result = run(
+        "train",
+        strip_pool["labels"],
+        "--freeze",
+        "encoder",
+        "--feature-cache",
+        cache,
+        "-o",
+        cache / "m.safetensors",
+        "--epochs",
+        "1",
+        *FAST_TRAIN,
+    )
     assert_clean_failure(result, "lies inside")
 
 
@@ -88,7 +99,9 @@ def test_a_second_run_on_a_held_checkpoint_stops_at_once_naming_the_holder(strip
 def test_a_second_export_on_a_held_folder_stops_at_once(synth_set: Path, tmp_path: Path) -> None:
     out = tmp_path / "package"
     with claim_output(out, force=False, folder=True):
-        assert_clean_failure(run("export", synth_set / "train" / "r.jsonl", "--to", "crops", "-o", out), "writing this output")
+        assert_clean_failure(
+            run("export", synth_set / "train" / "r.jsonl", "--to", "crops", "-o", out), "writing this output"
+        )
         assert not out.exists()
     assert not list(tmp_path.glob(".package*")), "the lock file is removed with the claim"
 
@@ -121,8 +134,20 @@ def test_resume_refuses_when_the_best_checkpoint_was_deleted(strip_pool, tmp_pat
     result = run("train", strip_pool["labels"], "--epochs", "2", "--keep", "best", "-o", out, *FAST_TRAIN)
     assert result.exit_code == 0, result.output
     out.unlink()
-    result = run("train", strip_pool["labels"], "--epochs", "3", "--keep", "best", "--lr-schedule", "constant", "--resume", "-o", out,
-                 *FAST_TRAIN)
+    result = run(
+        "train",
+        strip_pool["labels"],
+        "--epochs",
+        "3",
+        "--keep",
+        "best",
+        "--lr-schedule",
+        "constant",
+        "--resume",
+        "-o",
+        out,
+        *FAST_TRAIN,
+    )
     assert_clean_failure(result, "missing")
     assert "wrote" not in result.output
     assert not out.exists()
@@ -130,14 +155,25 @@ def test_resume_refuses_when_the_best_checkpoint_was_deleted(strip_pool, tmp_pat
 
 def test_density_scale_must_be_finite_and_positive(strip_pool, tmp_path: Path) -> None:
     for value in ("0", "-1", "nan", "inf"):
-        result = run("train", strip_pool["labels"], "--density-scale", value, "--epochs", "1", "-o", tmp_path / "m.safetensors", *FAST_TRAIN)
+        result = run(
+            "train",
+            strip_pool["labels"],
+            "--density-scale",
+            value,
+            "--epochs",
+            "1",
+            "-o",
+            tmp_path / "m.safetensors",
+            *FAST_TRAIN,
+        )
         assert_clean_failure(result, "--density-scale", code=2)
     assert not (tmp_path / "m.safetensors").exists()
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
-def test_a_run_whose_every_validation_is_nan_fails_and_leaves_the_older_checkpoint_alone(strip_pool, tmp_path: Path, monkeypatch,
-                                                                                         keep: str) -> None:
+def test_a_run_whose_every_validation_is_nan_fails_and_leaves_the_older_checkpoint_alone(
+    strip_pool, tmp_path: Path, monkeypatch, keep: str
+) -> None:
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"an older checkpoint")
     monkeypatch.setattr(crowdtk.train.loop, "validate", lambda *args, **kwargs: float("nan"))
@@ -171,7 +207,9 @@ def test_a_rerun_removes_the_temporaries_of_killed_writers_and_keeps_live_ones(s
 # --------------------------------------------------------------------------- refused before any work
 
 
-def test_an_output_name_too_long_for_the_temporaries_is_refused_before_the_work(synth_set: Path, tmp_path: Path) -> None:
+def test_an_output_name_too_long_for_the_temporaries_is_refused_before_the_work(
+    synth_set: Path, tmp_path: Path
+) -> None:
     out = tmp_path / ("r" * 240 + ".jsonl")
     result = run("select", synth_set / "train" / "manifest.jsonl", "-o", out)
     assert_clean_failure(result, "shorten the name")
@@ -180,8 +218,21 @@ def test_an_output_name_too_long_for_the_temporaries_is_refused_before_the_work(
 
 def test_bench_with_a_missing_baseline_creates_nothing(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "x7"
-    result = run("bench", "--train", tiny_data / "data" / "train", "--test", tiny_data / "data" / "test", "--check", tmp_path / "missing.json",
-                 "-o", out, "--seeds", 1, "--steps", 2)
+    result = run(
+        "bench",
+        "--train",
+        tiny_data / "data" / "train",
+        "--test",
+        tiny_data / "data" / "test",
+        "--check",
+        tmp_path / "missing.json",
+        "-o",
+        out,
+        "--seeds",
+        1,
+        "--steps",
+        2,
+    )
     assert_clean_failure(result, "missing.json")
     assert not out.exists()
 

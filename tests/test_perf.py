@@ -81,7 +81,10 @@ def test_fast_batched_predictor_gives_the_plain_counts():
 
 
 def test_predictor_default_batch_follows_the_model():
-    assert Predictor(LoadedModel(lite(), {}, ""), device="cpu").batch_size == build_model("lite", pretrained=False).inference_batch
+    assert (
+        Predictor(LoadedModel(lite(), {}, ""), device="cpu").batch_size
+        == build_model("lite", pretrained=False).inference_batch
+    )
     assert Predictor(LoadedModel(build_model("csrnet", pretrained=False), {}, ""), device="cpu").batch_size == 1
 
 
@@ -160,7 +163,9 @@ def test_cpu_training_times_the_phase_split_and_leaves_no_trace():
     assert all(p.grad is None for p in net.parameters())  # the timing passes left no gradients ...
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # ... nor batch-norm statistics
     assert torch.equal(rng, torch.get_rng_state())
-    assert speed_up_cpu_training(net, example_batch((1, 3, 32, 32), (4, 4)), not chosen) is (not chosen)  # a given choice is kept, untimed
+    assert speed_up_cpu_training(net, example_batch((1, 3, 32, 32), (4, 4)), not chosen) is (
+        not chosen
+    )  # a given choice is kept, untimed
     assert all(m.phase_split_backward == (not chosen) for m in phased)
 
 
@@ -168,19 +173,27 @@ def test_a_resumed_run_keeps_its_first_backward_choice(tmp_path, monkeypatch):
     from dataclasses import replace
 
     from conftest import write_generic
-    from crowdtk.train import cpu, train
-    from crowdtk.train_config import TrainConfig
+
     from crowdtk.checkpoint import load_tensors
     from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, make_header, write_jsonl
     from crowdtk.index import build_manifest
+    from crowdtk.train import cpu, train
+    from crowdtk.train_config import TrainConfig
 
     rng = np.random.default_rng(0)
     write_generic(tmp_path / "data", {f"im{i}": (32, 48, rng.uniform(0, 32, (5, 2))) for i in range(3)})
     entries = build_manifest(tmp_path / "data").entries
     labels = tmp_path / "labels.jsonl"
-    write_jsonl(labels, make_header(LABELS, Provenance("test")),
-                (LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, (Region(0, e.width, 0, e.height),), np.zeros((0, 2))).to_record()
-                 for e in entries))
+    write_jsonl(
+        labels,
+        make_header(LABELS, Provenance("test")),
+        (
+            LabelsEntry(
+                e.id, e.image, e.sha256, e.width, e.height, (Region(0, e.width, 0, e.height),), np.zeros((0, 2))
+            ).to_record()
+            for e in entries
+        ),
+    )
     calls = []
     monkeypatch.setattr(cpu, "_phase_split_is_faster", lambda *a: calls.append(1) or True)
     config = TrainConfig(model="lite", pretrained=False, epochs=1, crop=16, batch_size=1)

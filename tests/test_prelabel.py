@@ -9,22 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, run
 
 from crowdtk.formats import Region, RegionsEntry, read_labels, read_regions
 from crowdtk.labeling import export_regions
 from crowdtk.prelabel import Prelabels, Suggestions, peak_points, region_suggestions, suggest_heads
-
-from conftest import assert_clean_failure, run
 
 TOOLS = ("labelstudio", "cvat", "labelme", "crops")
 
 
 def blobs(shape: tuple[int, int], centres: list[tuple[float, float]], sigma: float = 0.6) -> np.ndarray:
     """A density map (cells) holding one unit-mass Gaussian head at each (row, col) centre, in cell units (cell i spans [i, i+1))."""
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]] + 0.5
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
     out = np.zeros(shape)
     for r, c in centres:
-        g = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma ** 2))
+        g = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2))
         out += g / g.sum()
     return out
 
@@ -37,7 +36,9 @@ def test_isolated_heads_are_found_where_they_are():
     cells, scores = peak_points(blobs((18, 18), centres), 5)
     assert len(cells) == 5
     for r, c in centres:
-        assert np.min(np.hypot(cells[:, 0] - r, cells[:, 1] - c)) < 0.3  # sub-cell: a cell is 16 px at the bench's scale
+        assert (
+            np.min(np.hypot(cells[:, 0] - r, cells[:, 1] - c)) < 0.3
+        )  # sub-cell: a cell is 16 px at the bench's scale
     assert scores.min() > 0.7
 
 
@@ -111,7 +112,9 @@ def assert_oracle_labels(labeled, out: Path) -> None:
     _, got = read_labels(out)
     assert [e.id for e in got] == [e.id for e in want]
     for g, w in zip(got, want):
-        np.testing.assert_allclose(np.sort(g.points, axis=0), np.sort(w.points, axis=0), atol=0.006)  # CVAT writes 2 decimals
+        np.testing.assert_allclose(
+            np.sort(g.points, axis=0), np.sort(w.points, axis=0), atol=0.006
+        )  # CVAT writes 2 decimals
 
 
 def test_each_tool_gets_the_suggestions_marked_as_the_model_s(labeled):
@@ -123,7 +126,9 @@ def test_each_tool_gets_the_suggestions_marked_as_the_model_s(labeled):
         (prediction,) = task["predictions"]
         heads = [r for r in prediction["result"] if r["type"] == "keypointlabels"]
         assert prediction["model_version"] == prelabels.model_version and len(heads) == n[task["data"]["crowdtk_id"]]
-        assert all(0 <= r["score"] <= 1 for r in heads) and any(r["type"] == "rectanglelabels" for r in prediction["result"])
+        assert all(0 <= r["score"] <= 1 for r in heads) and any(
+            r["type"] == "rectanglelabels" for r in prediction["result"]
+        )
         assert "annotations" not in task
     assert json.loads((out / "index.json").read_text())["prelabel"] == prelabels.model_version
     assert "Pre-labels" in (out / "README.txt").read_text()
@@ -131,12 +136,18 @@ def test_each_tool_gets_the_suggestions_marked_as_the_model_s(labeled):
     root = ET.parse(write_package(labeled, "cvat") / "annotations.xml").getroot()
     for image in root.findall("image"):
         points = image.findall("points")
-        assert points and all(p.get("source") == "auto" and p.get("label") == "head" for p in points) and not image.findall("tag")
+        assert (
+            points
+            and all(p.get("source") == "auto" and p.get("label") == "head" for p in points)
+            and not image.findall("tag")
+        )
     # LabelMe: point shapes flagged suggested, with the model and score in their description
     for file in sorted((write_package(labeled, "labelme") / "images").glob("*.json")):
         record = json.loads(file.read_text())
         points = [s for s in record["shapes"] if s["shape_type"] == "point"]
-        assert points and all(s["flags"] == {"suggested": True} and prelabels.model_version in s["description"] for s in points)
+        assert points and all(
+            s["flags"] == {"suggested": True} and prelabels.model_version in s["description"] for s in points
+        )
         assert record["flags"]["done"] is False
     # crops: the points files hold the suggestions behind the mark
     out = write_package(labeled, "crops")

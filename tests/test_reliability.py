@@ -38,9 +38,11 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from conftest import REPO, jsonl, run, run_in_own_cache, write_generic
 
 from crowdtk.checkpoint import load_tensors, save_tensors
 from crowdtk.errors import CrowdtkError
+from crowdtk.files import file_digest
 from crowdtk.formats import (
     MANIFEST,
     VECTORS,
@@ -56,10 +58,7 @@ from crowdtk.formats import (
     save_npz,
     write_jsonl,
 )
-from crowdtk.files import file_digest
 from crowdtk.predict import load_counter
-
-from conftest import REPO, jsonl, run, run_in_own_cache, write_generic
 
 FAST = ["--model", "lite", "--crop", "32", "--batch-size", "2", "--epochs", "1"]
 
@@ -93,8 +92,11 @@ def make_pool(root: Path) -> Pool:
     (data / "points" / "im2.txt").unlink()
     scipy.io.savemat(data / "points" / "im2.mat", {"annPoints": scenes["im2"][2]})
     pool = Pool(root, data, root / "m.jsonl", root / "r.jsonl", root / "l.jsonl")
-    for args in (("index", data, "-o", pool.manifest), ("select", pool.manifest, "--budget", "0.3", "-o", pool.regions),
-                 ("import", pool.regions, "--oracle", pool.manifest, "-o", pool.labels)):
+    for args in (
+        ("index", data, "-o", pool.manifest),
+        ("select", pool.manifest, "--budget", "0.3", "-o", pool.regions),
+        ("import", pool.regions, "--oracle", pool.manifest, "-o", pool.labels),
+    ):
         result = run(*args, "-q")
         assert result.exit_code == 0, result.output
     return pool
@@ -127,7 +129,9 @@ def ckpt(world) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(folder.rglob("*"))
+    }
 
 
 def plant(out: Path) -> None:
@@ -159,7 +163,9 @@ def fails_cleanly(command: str, args: list, out: Path, *names: str, force: bool 
         assert "Traceback" not in line and "unexpected" not in line, line
         for name in names:
             assert name in line, (name, line)
-        assert snapshot(folder) == before, f"{command} left output behind: {sorted(set(snapshot(folder)) ^ set(before))}"
+        assert snapshot(folder) == before, (
+            f"{command} left output behind: {sorted(set(snapshot(folder)) ^ set(before))}"
+        )
         if with_old:
             assert (out.read_text() if out.is_file() else (out / "old.txt").read_text()) == "old output\n"
             shutil.rmtree(out) if out.is_dir() else out.unlink()  # as it was before the call
@@ -171,8 +177,17 @@ def out_option(stage: str) -> str:
 
 
 def out_path(tmp_path: Path, stage: str) -> Path:
-    name = {"gen-density": "dens", "export": "package", "count": "overlays", "eval": "per_image.csv", "vectors": "v.npz",
-            "warmup": "w.safetensors", "train": "t.safetensors", "strip-cap": "s.safetensors", "synth": "synth"}.get(stage, "out.jsonl")
+    name = {
+        "gen-density": "dens",
+        "export": "package",
+        "count": "overlays",
+        "eval": "per_image.csv",
+        "vectors": "v.npz",
+        "warmup": "w.safetensors",
+        "train": "t.safetensors",
+        "strip-cap": "s.safetensors",
+        "synth": "synth",
+    }.get(stage, "out.jsonl")
     return tmp_path / "out" / name
 
 
@@ -186,8 +201,26 @@ def stage_args(stage: str, pool: Pool, model: Path, out: Path, **inputs: Path) -
         "index": ["index", pool.data, *o],
         "gen-density": ["gen-density", manifest, *o],
         "select": ["select", manifest, "--budget", "0.3", *o],
-        "select --exclude": ["select", pool.manifest, "--budget", "0.3", "--exclude", inputs.get("exclude", regions), *o],
-        "select --vectors": ["select", pool.manifest, "--strategy", "mdc", "--budget", "0.3", "--vectors", inputs.get("vectors"), *o],
+        "select --exclude": [
+            "select",
+            pool.manifest,
+            "--budget",
+            "0.3",
+            "--exclude",
+            inputs.get("exclude", regions),
+            *o,
+        ],
+        "select --vectors": [
+            "select",
+            pool.manifest,
+            "--strategy",
+            "mdc",
+            "--budget",
+            "0.3",
+            "--vectors",
+            inputs.get("vectors"),
+            *o,
+        ],
         "export": ["export", regions, "--to", "crops", *o],
         "import": ["import", regions, "--oracle", manifest, *o],
         "import --merge": ["import", pool.regions, "--oracle", pool.manifest, "--merge", labels, *o],
@@ -238,7 +271,7 @@ def corrupt_mat(path: Path) -> None:
     n_values = scipy.io.loadmat(path)["annPoints"].size
     data = bytearray(path.read_bytes())
     real_part = data.rindex((9).to_bytes(4, "little") + (8 * n_values).to_bytes(4, "little"), 128)  # miDOUBLE tag
-    data[real_part:real_part + 4] = (0).to_bytes(4, "little")
+    data[real_part : real_part + 4] = (0).to_bytes(4, "little")
     path.write_bytes(bytes(data))
 
 
@@ -335,8 +368,11 @@ def test_an_image_smaller_than_the_output_stride_is_a_bad_image(size, ckpt, tmp_
     and count refuse it naming the file and its size (--skip-bad leaves it out); a manifest that
     holds one (written by another tool) is refused by gen-density, select and eval."""
     width, height = size
-    root = write_generic(tmp_path / "d", {"ok": (48, 80, np.array([[3.0, 4.0]])), "tiny": (height, width, np.zeros((0, 2)))},
-                         suffix=".json")
+    root = write_generic(
+        tmp_path / "d",
+        {"ok": (48, 80, np.array([[3.0, 4.0]])), "tiny": (height, width, np.zeros((0, 2)))},
+        suffix=".json",
+    )
     cv2.imwrite(str(root / "images" / "tiny.png"), np.zeros((height, width, 3), np.uint8))
     (root / "images" / "tiny.jpg").unlink()
     what = f"tiny.png: image is {width}x{height} px, smaller than the counters' output stride (8 px)"
@@ -346,17 +382,36 @@ def test_an_image_smaller_than_the_output_stride_is_a_bad_image(size, ckpt, tmp_
     assert result.exit_code == 0 and what in result.stderr
     header, records = jsonl(out.read_text())
     assert [r["id"] for r in records] == ["ok"] and len(header["skipped"]) == 1 and what in header["skipped"][0]
-    fails_cleanly("count", ["count", ckpt, root / "images" / "tiny.png", "--overlay", tmp_path / "out" / "ov"], tmp_path / "out" / "ov", what)
+    fails_cleanly(
+        "count",
+        ["count", ckpt, root / "images" / "tiny.png", "--overlay", tmp_path / "out" / "ov"],
+        tmp_path / "out" / "ov",
+        what,
+    )
     # a manifest from elsewhere holding the tiny image
     manifest = tmp_path / "other.jsonl"
-    entries = [ManifestEntry("tiny", str(root / "images" / "tiny.png"), str(root / "points" / "tiny.json"), width, height, 0,
-                             file_digest(root / "images" / "tiny.png"))]
+    entries = [
+        ManifestEntry(
+            "tiny",
+            str(root / "images" / "tiny.png"),
+            str(root / "points" / "tiny.json"),
+            width,
+            height,
+            0,
+            file_digest(root / "images" / "tiny.png"),
+        )
+    ]
     write_jsonl(manifest, make_header(MANIFEST, Provenance("another tool")), (e.to_record() for e in entries))
-    for args in (["gen-density", manifest, "-o", tmp_path / "out" / "dens"], ["eval", ckpt, manifest, "--csv", tmp_path / "out" / "e.csv"]):
+    for args in (
+        ["gen-density", manifest, "-o", tmp_path / "out" / "dens"],
+        ["eval", ckpt, manifest, "--csv", tmp_path / "out" / "e.csv"],
+    ):
         fails_cleanly(args[0], args, args[-1], "tiny.png", f"{width}x{height} px")
     for shape in ("strip", "block"):
         out = tmp_path / "out" / f"r-{shape}.jsonl"
-        fails_cleanly("select", ["select", manifest, "--shape", shape, "-o", out], out, "image 'tiny'", f"{width}x{height} px")
+        fails_cleanly(
+            "select", ["select", manifest, "--shape", shape, "-o", out], out, "image 'tiny'", f"{width}x{height} px"
+        )
 
 
 # --------------------------------------------------------------------------- broken artifacts
@@ -411,10 +466,14 @@ def test_broken_jsonl_artifacts_are_refused_by_every_reader(artifact, stage, def
     broken = rewrite_jsonl(src, tmp_path / f"broken-{artifact}.jsonl", defect)
     key = "exclude" if "--exclude" in stage else artifact
     out = out_path(tmp_path, command_of(stage))
-    problem = {"newer": f"'{artifact}' format version 9 is newer than this crowdtk reads (up to 1)",
-               "not-json": f"broken-{artifact}.jsonl:2: line is not JSON",
-               "no-id": f"broken-{artifact}.jsonl:2: record lacks the field 'id'"}[defect]
-    fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out, **{key: broken}), out, f"broken-{artifact}.jsonl", problem)
+    problem = {
+        "newer": f"'{artifact}' format version 9 is newer than this crowdtk reads (up to 1)",
+        "not-json": f"broken-{artifact}.jsonl:2: line is not JSON",
+        "no-id": f"broken-{artifact}.jsonl:2: record lacks the field 'id'",
+    }[defect]
+    fails_cleanly(
+        command_of(stage), stage_args(stage, pool, ckpt, out, **{key: broken}), out, f"broken-{artifact}.jsonl", problem
+    )
 
 
 CHECKPOINT_CONSUMERS = ["eval", "count", "strip-cap", "vectors", "train"]
@@ -424,7 +483,13 @@ CHECKPOINT_CONSUMERS = ["eval", "count", "strip-cap", "vectors", "train"]
 def test_a_checkpoint_of_a_newer_format_is_refused(stage, pool, ckpt, tmp_path):
     newer = rewrite_checkpoint(ckpt, tmp_path / "newer.safetensors", format_version=9)
     out = out_path(tmp_path, stage)
-    fails_cleanly(stage, stage_args(stage, pool, ckpt, out, ckpt=newer), out, "newer.safetensors", "'checkpoint' format version 9 is newer")
+    fails_cleanly(
+        stage,
+        stage_args(stage, pool, ckpt, out, ckpt=newer),
+        out,
+        "newer.safetensors",
+        "'checkpoint' format version 9 is newer",
+    )
 
 
 def test_a_training_state_of_a_newer_format_is_refused_on_resume(pool, ckpt, tmp_path):
@@ -441,7 +506,13 @@ def test_vectors_and_density_artifacts_of_a_newer_format_are_refused(world, pool
     assert run("vectors", ckpt, pool.manifest, "-o", vectors, "-q").exit_code == 0
     newer = rewrite_npz(vectors, tmp_path / "newer.npz", VECTORS)
     out = tmp_path / "out" / "r.jsonl"
-    fails_cleanly("select", stage_args("select --vectors", pool, ckpt, out, vectors=newer), out, "newer.npz", "'vectors' format version 9 is newer")
+    fails_cleanly(
+        "select",
+        stage_args("select --vectors", pool, ckpt, out, vectors=newer),
+        out,
+        "newer.npz",
+        "'vectors' format version 9 is newer",
+    )
     index = rewrite_jsonl(world["dens"] / "index.jsonl", tmp_path / "index.jsonl", "newer")
     with pytest.raises(CrowdtkError, match=r"index.jsonl: 'density-index' format version 9 is newer"):
         read_density_index(index)
@@ -470,26 +541,44 @@ def test_regions_naming_images_that_are_not_there(pool, ckpt, tmp_path):
     ghost = tmp_path / "ghost.jsonl"
     ghost.write_text("\n".join([lines[0], json.dumps(record)]) + "\n")
     out = out_path(tmp_path, "vectors")
-    fails_cleanly("vectors", stage_args("vectors --exclude", pool, ckpt, out, exclude=ghost), out,
-                  "ghost.jsonl: names 1 image(s) absent from", "'ghost'")
+    fails_cleanly(
+        "vectors",
+        stage_args("vectors --exclude", pool, ckpt, out, exclude=ghost),
+        out,
+        "ghost.jsonl: names 1 image(s) absent from",
+        "'ghost'",
+    )
 
     other = make_pool(tmp_path / "other")  # same ids, other image bytes
     cv2.imwrite(str(other.image("im0")), np.full((48, 80, 3), 7, np.uint8))
     assert run("index", other.data, "-o", other.manifest, "--force", "-q").exit_code == 0
     assert run("select", other.manifest, "--budget", "0.3", "-o", other.regions, "--force", "-q").exit_code == 0
-    fails_cleanly("vectors", stage_args("vectors --exclude", pool, ckpt, out, exclude=other.regions), out,
-                  "r.jsonl: image 'im0' differs from the one in", "(sha256)")
+    fails_cleanly(
+        "vectors",
+        stage_args("vectors --exclude", pool, ckpt, out, exclude=other.regions),
+        out,
+        "r.jsonl: image 'im0' differs from the one in",
+        "(sha256)",
+    )
 
 
 def test_train_init_checkpoint_of_another_model(pool, ckpt, tmp_path):
     """--init must be a checkpoint of --model when --model is given; a header naming no model is refused."""
     csrnet = rewrite_checkpoint(ckpt, tmp_path / "csrnet.safetensors", model={"name": "csrnet", "config": {}})
     out = tmp_path / "out" / "t.safetensors"
-    fails_cleanly("train", ["train", pool.labels, "--init", csrnet, *FAST, "-o", out], out,
-                  "csrnet.safetensors: is a checkpoint of model 'csrnet', not of --model lite")
+    fails_cleanly(
+        "train",
+        ["train", pool.labels, "--init", csrnet, *FAST, "-o", out],
+        out,
+        "csrnet.safetensors: is a checkpoint of model 'csrnet', not of --model lite",
+    )
     nameless = rewrite_checkpoint(ckpt, tmp_path / "nameless.safetensors", model=None)
-    fails_cleanly("train", ["train", pool.labels, "--init", nameless, *FAST, "-o", out], out,
-                  "nameless.safetensors: checkpoint header names no model")
+    fails_cleanly(
+        "train",
+        ["train", pool.labels, "--init", nameless, *FAST, "-o", out],
+        out,
+        "nameless.safetensors: checkpoint header names no model",
+    )
 
 
 @pytest.mark.parametrize("stage", ["train", "eval"])
@@ -498,8 +587,11 @@ def test_weights_that_do_not_fit_the_model_their_header_names(stage, pool, ckpt,
     the model is built from the header, and the weights must be refused with a message."""
     csrnet = rewrite_checkpoint(ckpt, tmp_path / "csrnet.safetensors", model={"name": "csrnet", "config": {}})
     out = out_path(tmp_path, stage)
-    args = (["train", pool.labels, "--init", csrnet, "--crop", "32", "--epochs", "1", "-o", out] if stage == "train"
-            else stage_args("eval", pool, ckpt, out, ckpt=csrnet))
+    args = (
+        ["train", pool.labels, "--init", csrnet, "--crop", "32", "--epochs", "1", "-o", out]
+        if stage == "train"
+        else stage_args("eval", pool, ckpt, out, ckpt=csrnet)
+    )
     fails_cleanly(stage, args, out, "csrnet.safetensors: weights do not fit the model")
 
 
@@ -510,22 +602,37 @@ def test_a_training_state_where_a_checkpoint_belongs_names_its_checkpoint(stage,
     state = ckpt.with_name("model.state.safetensors")
     assert state.is_file()
     out = out_path(tmp_path, stage)
-    line = fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out, ckpt=state), out,
-                         f"{state}: is a training state (what train and warmup --resume continue from), not a checkpoint",
-                         f"pass {ckpt}, the checkpoint it belongs to")
+    line = fails_cleanly(
+        command_of(stage),
+        stage_args(stage, pool, ckpt, out, ckpt=state),
+        out,
+        f"{state}: is a training state (what train and warmup --resume continue from), not a checkpoint",
+        f"pass {ckpt}, the checkpoint it belongs to",
+    )
     assert "weights do not fit" not in line
     # Renamed, it is still a state; its checkpoint is then not named.
     renamed = tmp_path / "renamed.safetensors"
     shutil.copy(state, renamed)
-    fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out, ckpt=renamed), out, f"{renamed}: is a training state",
-                  "pass the checkpoint its training run wrote beside it", force=False)
+    fails_cleanly(
+        command_of(stage),
+        stage_args(stage, pool, ckpt, out, ckpt=renamed),
+        out,
+        f"{renamed}: is a training state",
+        "pass the checkpoint its training run wrote beside it",
+        force=False,
+    )
 
 
 @pytest.mark.parametrize("budget", ["nan", "inf", "-inf"])
 def test_budget_that_is_not_a_fraction(budget, pool, tmp_path):
     """(0, 1.5 and -0.1 are in test_select.py.)"""
     out = tmp_path / "out" / "r.jsonl"
-    fails_cleanly("select", ["select", pool.manifest, "--budget", budget, "-o", out], out, f"--budget {budget}: budget outside (0, 1]")
+    fails_cleanly(
+        "select",
+        ["select", pool.manifest, "--budget", budget, "-o", out],
+        out,
+        f"--budget {budget}: budget outside (0, 1]",
+    )
 
 
 # --------------------------------------------------------------------------- empty data sets
@@ -547,14 +654,30 @@ def test_an_empty_manifest_is_refused(stage, kind, pool, ckpt, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text(pool.manifest.read_text().splitlines()[0] + "\n" if kind == "header-only" else "")
     out = out_path(tmp_path, stage)
-    problem = "empty.jsonl: empty file" if kind == "zero-bytes" else (
-        "names 6 image(s) absent from" if stage == "import" else "empty.jsonl: no images")
+    problem = (
+        "empty.jsonl: empty file"
+        if kind == "zero-bytes"
+        else ("names 6 image(s) absent from" if stage == "import" else "empty.jsonl: no images")
+    )
     fails_cleanly(stage, stage_args(stage, pool, ckpt, out, manifest=empty), out, problem, "empty.jsonl")
 
 
 # --------------------------------------------------------------------------- existing outputs
 
-WRITERS = ["index", "gen-density", "select", "export", "import", "warmup", "train", "vectors", "strip-cap", "eval", "count", "synth"]
+WRITERS = [
+    "index",
+    "gen-density",
+    "select",
+    "export",
+    "import",
+    "warmup",
+    "train",
+    "vectors",
+    "strip-cap",
+    "eval",
+    "count",
+    "synth",
+]
 
 
 @pytest.mark.parametrize("stage", WRITERS)
@@ -568,7 +691,9 @@ def test_an_existing_output_is_refused_without_force(stage, pool, ckpt, tmp_path
     if stage in ("warmup", "train"):
         out.unlink()
         (tmp_path / "out" / f"{out.stem}.state.safetensors").write_text("old state\n")
-        fails_cleanly(stage, stage_args(stage, pool, ckpt, out), out, "state.safetensors: a training state exists", force=False)
+        fails_cleanly(
+            stage, stage_args(stage, pool, ckpt, out), out, "state.safetensors: a training state exists", force=False
+        )
         return
     result = run(*stage_args(stage, pool, ckpt, out), "--force", "-q")
     assert result.exit_code == 0, result.output
@@ -644,7 +769,11 @@ def evil(tmp_path) -> dict[str, Path]:
     pth = tmp_path / "evil.pth"
     torch.save({"features.0.weight": Payload(marker)}, pth)
     npz = tmp_path / "evil.npz"
-    np.savez(npz, __meta__=np.array(json.dumps(make_header(VECTORS, Provenance("x")))), ids=np.array([Payload(marker)], dtype=object))
+    np.savez(
+        npz,
+        __meta__=np.array(json.dumps(make_header(VECTORS, Provenance("x")))),
+        ids=np.array([Payload(marker)], dtype=object),
+    )
     return {"marker": marker, "pt": pt, "pth": pth, "npz": npz}
 
 
@@ -658,16 +787,24 @@ def test_pickle_weights_are_refused_and_never_run(stage, evil, pool, ckpt, tmp_p
         args = ["warmup", pool.labels, *FAST, "--backbone-weights", evil["pth"], "-o", out]
         fails_cleanly("warmup", args, out, "evil.pth: cannot read weights", "UnpicklingError")
     else:
-        fails_cleanly(stage, stage_args(stage, pool, ckpt, out, ckpt=evil["pt"]), out,
-                      "evil.pt: is a pickle-based PyTorch file, which could run code when loaded")
+        fails_cleanly(
+            stage,
+            stage_args(stage, pool, ckpt, out, ckpt=evil["pt"]),
+            out,
+            "evil.pt: is a pickle-based PyTorch file, which could run code when loaded",
+        )
     assert not evil["marker"].exists()
 
 
 def test_pickle_npz_is_refused_and_never_run(evil, pool, ckpt, tmp_path):
     """An .npz holding a pickled object array: select --vectors, and the vectors and density-map loaders."""
     out = tmp_path / "out" / "r.jsonl"
-    fails_cleanly("select", stage_args("select --vectors", pool, ckpt, out, vectors=evil["npz"]), out,
-                  "evil.npz: holds data that needs unpickling")
+    fails_cleanly(
+        "select",
+        stage_args("select --vectors", pool, ckpt, out, vectors=evil["npz"]),
+        out,
+        "evil.npz: holds data that needs unpickling",
+    )
     for load in (load_vectors, load_density_map):
         with pytest.raises(CrowdtkError, match="evil.npz: holds data that needs unpickling"):
             load(evil["npz"])
@@ -729,8 +866,14 @@ def test_sigkill_during_a_write_never_leaves_a_partial_file(kind, tmp_path):
 def test_training_that_diverges_at_once_stops_and_writes_nothing(pool, tmp_path):
     """--density-scale 1e38 makes the squared error overflow float32 at the first step."""
     out = tmp_path / "out" / "t.safetensors"
-    line = fails_cleanly("train", ["train", pool.labels, *FAST, "--density-scale", "1e38", "-o", out], out,
-                         "training loss became", "at epoch 1 (step 1) on image(s) ", "this run wrote no checkpoint")
+    line = fails_cleanly(
+        "train",
+        ["train", pool.labels, *FAST, "--density-scale", "1e38", "-o", out],
+        out,
+        "training loss became",
+        "at epoch 1 (step 1) on image(s) ",
+        "this run wrote no checkpoint",
+    )
     assert any(name in line for name in ("im0", "im1", "im2", "im3", "im4", "empty"))
     assert not (tmp_path / "out" / "t.state.safetensors").exists()
 
@@ -782,13 +925,22 @@ def test_predictions_that_are_not_finite_are_reported_not_averaged(value, pool, 
     prints "count": null with a warning, vectors stops naming the image."""
     bad = poisoned(ckpt, tmp_path / "bad.safetensors", value)
     out = out_path(tmp_path, "eval")
-    fails_cleanly("eval", stage_args("eval", pool, ckpt, out, ckpt=bad), out,
-                  "bad.safetensors: the prediction is not finite (NaN or inf) for all 6 image(s)")
+    fails_cleanly(
+        "eval",
+        stage_args("eval", pool, ckpt, out, ckpt=bad),
+        out,
+        "bad.safetensors: the prediction is not finite (NaN or inf) for all 6 image(s)",
+    )
     result = run("count", bad, pool.image("im0"))
     assert result.exit_code == 0 and json.loads(result.stdout)["count"] is None
     assert "warning: prediction for" in result.stderr and "im0.jpg is not finite" in result.stderr
     out = out_path(tmp_path, "vectors")
-    fails_cleanly("vectors", stage_args("vectors", pool, ckpt, out, ckpt=bad), out, "empty.jpg: the predicted density is not finite")
+    fails_cleanly(
+        "vectors",
+        stage_args("vectors", pool, ckpt, out, ckpt=bad),
+        out,
+        "empty.jpg: the predicted density is not finite",
+    )
 
 
 def test_eval_leaves_a_non_finite_image_out_of_the_averages(pool, ckpt, tmp_path):
@@ -798,8 +950,13 @@ def test_eval_leaves_a_non_finite_image_out_of_the_averages(pool, ckpt, tmp_path
 
     black = np.zeros((48, 80, 3), np.uint8)
     with torch.inference_mode():
-        feats = {name: loaded.counter.forward_features(loaded.counter.to_input(img[None], torch.device("cpu")))[0]
-                 for name, img in (("black", black), ("im0", cv2.cvtColor(cv2.imread(str(pool.image("im0"))), cv2.COLOR_BGR2RGB)))}
+        feats = {
+            name: loaded.counter.forward_features(loaded.counter.to_input(img[None], torch.device("cpu")))[0]
+            for name, img in (
+                ("black", black),
+                ("im0", cv2.cvtColor(cv2.imread(str(pool.image("im0"))), cv2.COLOR_BGR2RGB)),
+            )
+        }
     quiet = (feats["black"].amax(dim=(1, 2)) == 0) & (feats["im0"].amax(dim=(1, 2)) > 1)
     if not quiet.any():
         pytest.skip("no feature channel is silent on a black image and active on im0 for this checkpoint")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, jsonl, run
 from typer.testing import CliRunner
 
 from crowdtk.cli import app
@@ -18,8 +19,6 @@ from crowdtk.files import file_digest
 from crowdtk.formats import LABELS, LabelsEntry, Provenance, Region, make_header, read_labels, write_jsonl
 from crowdtk.labeling import diff_labels
 from crowdtk.labeling.diff import match_points
-
-from conftest import assert_clean_failure, jsonl, run
 
 TOOLS = ("labelstudio", "cvat", "labelme", "crops")
 
@@ -73,12 +72,36 @@ def test_round_trip_of_merged_labels_with_empty_regions(labeled):
     # Two rounds merged: images with several regions from two files, some regions without any head.
     tmp = labeled["tmp"]
     second = tmp / "second.jsonl"
-    assert run("select", labeled["manifest"], "--budget", "0.2", "--exclude", labeled["regions"], "--seed", "4", "-o", second).exit_code == 0
+    assert (
+        run(
+            "select",
+            labeled["manifest"],
+            "--budget",
+            "0.2",
+            "--exclude",
+            labeled["regions"],
+            "--seed",
+            "4",
+            "-o",
+            second,
+        ).exit_code
+        == 0
+    )
     merged = tmp / "merged.jsonl"
-    assert run("import", second, "--oracle", labeled["manifest"], "--merge", labeled["oracle"], "-o", merged).exit_code == 0
+    assert (
+        run("import", second, "--oracle", labeled["manifest"], "--merge", labeled["oracle"], "-o", merged).exit_code
+        == 0
+    )
     header, entries = read_labels(merged)
-    empty = LabelsEntry(entries[0].id, entries[0].image, entries[0].sha256, entries[0].width, entries[0].height,
-                        (Region(0, 4, 0, entries[0].height),), np.zeros((0, 2)))
+    empty = LabelsEntry(
+        entries[0].id,
+        entries[0].image,
+        entries[0].sha256,
+        entries[0].width,
+        entries[0].height,
+        (Region(0, 4, 0, entries[0].height),),
+        np.zeros((0, 2)),
+    )
     entries = [empty, *entries[1:]]
     write_jsonl(merged, header, (e.to_record() for e in entries))
     for fmt in TOOLS:
@@ -95,7 +118,9 @@ def test_labels_on_stdin(labeled):
     result = runner.invoke(app, ["export", "-", "--to", "crops", "-o", str(out)], input=labeled["oracle"].read_text())
     assert result.exit_code == 0, result.output
     again = labeled["tmp"] / "again.jsonl"
-    result = runner.invoke(app, ["import", "-", "--from", "crops", str(out), "-o", str(again)], input=labeled["oracle"].read_text())
+    result = runner.invoke(
+        app, ["import", "-", "--from", "crops", str(out), "-o", str(again)], input=labeled["oracle"].read_text()
+    )
     assert result.exit_code == 0, result.output
     assert records(again) == records(labeled["oracle"])
 
@@ -115,14 +140,19 @@ def test_each_tool_gets_the_points_pre_filled(labeled):
     # CVAT: one head <points> per point, every image tagged done
     root = ET.parse(export_labels(labeled, "cvat") / "annotations.xml").getroot()
     for image, entry in zip(root.findall("image"), labels):
-        assert len(image.findall("points")) == len(entry.points) and [t.get("label") for t in image.findall("tag")] == ["done"]
+        assert len(image.findall("points")) == len(entry.points) and [t.get("label") for t in image.findall("tag")] == [
+            "done"
+        ]
     # LabelMe: point shapes and the flag done ticked
     out = export_labels(labeled, "labelme")
     for file in sorted(out.rglob("*.json")):
         record = json.loads(file.read_text())
         if "shapes" in record:
             entry = next(e for e in labels if e.id.replace(" ", "_") == Path(record["imagePath"]).stem)
-            assert sum(s["shape_type"] == "point" for s in record["shapes"]) == len(entry.points) and record["flags"]["done"] is True
+            assert (
+                sum(s["shape_type"] == "point" for s in record["shapes"]) == len(entry.points)
+                and record["flags"]["done"] is True
+            )
     # crops: a points file beside every crop, in crop pixels
     out = export_labels(labeled, "crops")
     index = json.loads((out / "index.json").read_text())
@@ -169,12 +199,21 @@ def test_review_edits_show_in_the_diff(labeled):
     before = labeled["tmp"] / "before.jsonl"
     write_jsonl(before, header, (e.to_record() for e in labels))
     out = export_labels(labeled, "labelme", before)
-    file = next(f for f in out.rglob("*.json") if Path(json.loads(f.read_text()).get("imagePath", "")).stem == target.id.replace(" ", "_"))
+    file = next(
+        f
+        for f in out.rglob("*.json")
+        if Path(json.loads(f.read_text()).get("imagePath", "")).stem == target.id.replace(" ", "_")
+    )
     record = json.loads(file.read_text())
-    shapes = [s for s in record["shapes"] if s["points"][0] not in (p1, p3)]  # p1 deleted; p3 clicked on, and set again below
+    shapes = [
+        s for s in record["shapes"] if s["points"][0] not in (p1, p3)
+    ]  # p1 deleted; p3 clicked on, and set again below
     next(s for s in shapes if s["points"][0] == p2)["points"] = [[x, 59.5]]  # p2 moved 9 px down
     added = [x, 30.5]  # 20 px from p1 and from p2: a head of its own
-    shapes += [{"label": "head", "points": [pt], "group_id": None, "shape_type": "point", "flags": {}} for pt in ([x + 0.004, 88.5], added)]
+    shapes += [
+        {"label": "head", "points": [pt], "group_id": None, "shape_type": "point", "flags": {}}
+        for pt in ([x + 0.004, 88.5], added)
+    ]
     record["shapes"] = shapes
     file.write_text(json.dumps(record))
     reviewed = labeled["tmp"] / "reviewed.jsonl"
@@ -189,17 +228,31 @@ def test_review_edits_show_in_the_diff(labeled):
     assert row["id"] == target.id and row["labeled"] == "both"
     assert row["region"] == {"x0": region.x0, "x1": region.x1, "y0": region.y0, "y1": region.y1}
     assert (row["added"], row["removed"], row["moved"], row["unchanged"]) == (1, 1, 1, 1)
-    assert row["points"] == {"added": [added], "removed": [p1], "moved": [{"from": p2, "to": [x, 59.5], "distance": 9.0}]}
+    assert row["points"] == {
+        "added": [added],
+        "removed": [p1],
+        "moved": [{"from": p2, "to": [x, 59.5], "distance": 9.0}],
+    }
     summary = result.stderr.strip().splitlines()
     unchanged = sum(len(e.points) for e in labels) - 2
-    assert summary == [f"{before} -> {reviewed}: {len(labels)} images, {len(rows)} regions: 1 added, 1 removed, 1 moved, {unchanged} unchanged"]
+    assert summary == [
+        f"{before} -> {reviewed}: {len(labels)} images, {len(rows)} regions: 1 added, 1 removed, 1 moved, {unchanged} unchanged"
+    ]
 
 
 # --------------------------------------------------------------------------- the matching rule
 
 
 def entry(points, regions=((0, 200, 0, 100),), image_id="im", sha="s" * 64) -> LabelsEntry:
-    return LabelsEntry(image_id, "/x.jpg", sha, 200, 100, tuple(Region(*r) for r in regions), np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    return LabelsEntry(
+        image_id,
+        "/x.jpg",
+        sha,
+        200,
+        100,
+        tuple(Region(*r) for r in regions),
+        np.asarray(points, dtype=np.float64).reshape(-1, 2),
+    )
 
 
 def counts(region_diff) -> tuple[int, int, int, int]:
@@ -208,7 +261,13 @@ def counts(region_diff) -> tuple[int, int, int, int]:
 
 def test_matching_thresholds():
     a = [[10, 10], [50, 10], [90, 10], [130, 10], [170, 10]]
-    b = [[13, 10], [54, 10], [100, 10], [146, 10], [187, 10]]  # 3 px, 4 px: unchanged; 10, 16 px: moved; 17 px: removed + added
+    b = [
+        [13, 10],
+        [54, 10],
+        [100, 10],
+        [146, 10],
+        [187, 10],
+    ]  # 3 px, 4 px: unchanged; 10, 16 px: moved; 17 px: removed + added
     (d,) = diff_labels([entry(a)], [entry(b)]).regions
     assert counts(d) == (1, 1, 2, 2)
     assert d.added.tolist() == [[187.0, 10.0]] and d.removed.tolist() == [[170.0, 10.0]]
@@ -233,7 +292,9 @@ def test_matching_is_one_to_one_and_optimal_against_brute_force():
         assert len(set(i)) == len(i) and len(set(j)) == len(j) and (d <= 16).all()
         cost = d.sum() + 8 * (len(a) + len(b) - 2 * len(i))
         best = 8.0 * (len(a) + len(b))
-        for perm in permutations(range(len(b) + len(a)), len(a)):  # a point of a to a point of b, or to none (index >= len(b))
+        for perm in permutations(
+            range(len(b) + len(a)), len(a)
+        ):  # a point of a to a point of b, or to none (index >= len(b))
             pairs = [(p, q) for p, q in enumerate(perm) if q < len(b)]
             dist = [np.linalg.norm(a[p] - b[q]) for p, q in pairs]
             if all(x <= 16 for x in dist):
@@ -270,10 +331,14 @@ def pairing_cost(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray, rad
 
 def test_matching_returns_where_scipy_s_sparse_solver_never_did():
     # Run apart with a time limit: the failure this guards against is a call that never returns.
-    code = ("import json, numpy as np; from crowdtk.labeling.diff import match_points; "
-            "d = json.load(open('tests/data/matching-hang.json')); i, j = match_points(np.array(d['a']), np.array(d['b'])); "
-            "print(json.dumps([i.tolist(), j.tolist()]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    code = (
+        "import json, numpy as np; from crowdtk.labeling.diff import match_points; "
+        "d = json.load(open('tests/data/matching-hang.json')); i, j = match_points(np.array(d['a']), np.array(d['b'])); "
+        "print(json.dumps([i.tolist(), j.tolist()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1]
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads((Path(__file__).parent / "data" / "matching-hang.json").read_text())
     a, b = np.array(data["a"]), np.array(data["b"])
@@ -296,8 +361,13 @@ def test_regions_and_images_in_one_file_only():
     b = [entry([[12, 10], [150, 50]], regions=((0, 100, 0, 100), (140, 160, 0, 100))), entry([[7, 7]], image_id="new")]
     result = diff_labels(a, b)
     got = [(r.id, (r.region.x0, r.region.x1), r.labeled, counts(r)) for r in result.regions]
-    assert got == [("im", (0, 100), "both", (0, 0, 0, 1)), ("im", (100, 200), "a", (0, 1, 0, 0)),
-                   ("im", (140, 160), "b", (1, 0, 0, 0)), ("gone", (0, 200), "a", (0, 1, 0, 0)), ("new", (0, 200), "b", (1, 0, 0, 0))]
+    assert got == [
+        ("im", (0, 100), "both", (0, 0, 0, 1)),
+        ("im", (100, 200), "a", (0, 1, 0, 0)),
+        ("im", (140, 160), "b", (1, 0, 0, 0)),
+        ("gone", (0, 200), "a", (0, 1, 0, 0)),
+        ("new", (0, 200), "b", (1, 0, 0, 0)),
+    ]
     assert result.only("a") == 2 and result.only("b") == 2 and result.images == 3
 
 
@@ -312,10 +382,20 @@ def test_diff_command_output_and_errors(tmp_path):
     result = run("labels", "diff", a, b)
     assert result.exit_code == 0, result.output
     (row,) = [json.loads(line) for line in result.stdout.splitlines()]
-    assert row == {"id": "im", "region": {"x0": 0, "x1": 200, "y0": 0, "y1": 100}, "labeled": "both",
-                   "added": 1, "removed": 1, "moved": 1, "unchanged": 1,
-                   "points": {"added": [[150.0, 80.0]], "removed": [[90.0, 10.0]],
-                              "moved": [{"from": [50.0, 10.0], "to": [60.0, 10.0], "distance": 10.0}]}}
+    assert row == {
+        "id": "im",
+        "region": {"x0": 0, "x1": 200, "y0": 0, "y1": 100},
+        "labeled": "both",
+        "added": 1,
+        "removed": 1,
+        "moved": 1,
+        "unchanged": 1,
+        "points": {
+            "added": [[150.0, 80.0]],
+            "removed": [[90.0, 10.0]],
+            "moved": [{"from": [50.0, 10.0], "to": [60.0, 10.0], "distance": 10.0}],
+        },
+    }
     assert result.stderr.strip() == f"{a} -> {b}: 1 images, 1 regions: 1 added, 1 removed, 1 moved, 1 unchanged"
     assert run("labels", "diff", a, b, "-q").stderr == ""
     other = write_labels(tmp_path / "other.jsonl", [entry([[10, 10]], sha="t" * 64)])

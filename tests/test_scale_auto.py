@@ -20,7 +20,7 @@ def test_small_images_are_not_shrunk_and_never_enlarged() -> None:
 def test_large_images_shrink_to_the_budget_on_a_sixteenth_grid() -> None:
     scale = scale_for_pixels([(4000, 3000), (6000, 4000), (3000, 2000)])
     assert scale * 16 == int(scale * 16)
-    assert 0.5 * PIXEL_BUDGET < scale ** 2 * 4000 * 3000 <= PIXEL_BUDGET  # the median image, just under the budget
+    assert 0.5 * PIXEL_BUDGET < scale**2 * 4000 * 3000 <= PIXEL_BUDGET  # the median image, just under the budget
 
 
 def test_mixed_pools_follow_the_median_image() -> None:
@@ -36,12 +36,15 @@ def test_bad_inputs_are_errors() -> None:
 
 
 def _manifest(path, sizes):  # type: ignore[no-untyped-def]
-    from crowdtk.formats import MANIFEST, Provenance, make_header
-
     import json
 
+    from crowdtk.formats import MANIFEST, Provenance, make_header
+
     lines = [json.dumps(make_header(MANIFEST, Provenance("index")))]
-    lines += [json.dumps({"id": f"i{k}", "image": f"i{k}.jpg", "width": w, "height": h, "count": 0, "sha256": "0" * 64}) for k, (w, h) in enumerate(sizes)]
+    lines += [
+        json.dumps({"id": f"i{k}", "image": f"i{k}.jpg", "width": w, "height": h, "count": 0, "sha256": "0" * 64})
+        for k, (w, h) in enumerate(sizes)
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -52,7 +55,9 @@ def test_the_bench_resolves_its_scale_from_the_pool_unless_given(tmp_path, sizes
 
     train = _manifest(tmp_path / "train.jsonl", sizes)
     test = _manifest(tmp_path / "test.jsonl", sizes[:1])
-    experiment, settings = open_bench(train, test, tmp_path / "b", Schedule(), lambda step: None, "cpu", None, auto_scale=True)
+    experiment, settings = open_bench(
+        train, test, tmp_path / "b", Schedule(), lambda step: None, "cpu", None, auto_scale=True
+    )
     assert experiment.schedule.scale == expected and settings["scale"] == expected
     fixed, _ = open_bench(train, test, tmp_path / "c", Schedule(scale=0.75), lambda step: None, "cpu", None)
     assert fixed.schedule.scale == 0.75

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, jsonl, pool, realistic_vectors, run, write_manifest, write_vectors
 
 from crowdtk.formats import StripVectors, read_regions
-from crowdtk.selection import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
 from crowdtk.geometry import strip_edges
-
-from conftest import assert_clean_failure, jsonl, pool, realistic_vectors, run, write_manifest, write_vectors
+from crowdtk.selection import SelectConfig, cell_grid, image_keys, mdc_batch, select_regions
 
 
 def strips_per_image(entries) -> dict[str, list[int]]:
@@ -21,7 +20,9 @@ def strips_per_image(entries) -> dict[str, list[int]]:
 # --------------------------------------------------------------------------- budget arithmetic
 
 
-@pytest.mark.parametrize("budget,n_images,expected", [(0.15, 7, 11), (0.1, 7, 7), (0.05, 7, 4), (0.33, 3, 10), (0.95, 3, 29), (1.0, 4, 40)])
+@pytest.mark.parametrize(
+    "budget,n_images,expected", [(0.15, 7, 11), (0.1, 7, 7), (0.05, 7, 4), (0.33, 3, 10), (0.95, 3, 29), (1.0, 4, 40)]
+)
 def test_fractional_budgets_are_spread_exactly(budget, n_images, expected):
     entries = pool(n_images)
     result = select_regions(entries, SelectConfig(budget=budget, seed=3))
@@ -35,7 +36,9 @@ def test_fractional_budgets_are_spread_exactly(budget, n_images, expected):
 
 def test_budget_is_deterministic_by_seed():
     entries = pool(7)
-    runs = [strips_per_image(select_regions(entries, SelectConfig(budget=0.15, seed=s)).entries) for s in (0, 0, 1, 2, 3)]
+    runs = [
+        strips_per_image(select_regions(entries, SelectConfig(budget=0.15, seed=s)).entries) for s in (0, 0, 1, 2, 3)
+    ]
     assert runs[0] == runs[1]
     assert any(r != runs[0] for r in runs[2:])
 
@@ -79,7 +82,20 @@ def test_warmup_plus_second_round_spends_the_budget(tmp_path):
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(23))
     for strategy in ("random", "max", "mdc"):
         second = tmp_path / f"{strategy}.jsonl"
-        result = run("select", manifest, "--budget", "0.15", "--strategy", strategy, "--vectors", vectors, "--exclude", warm, "-o", second)
+        result = run(
+            "select",
+            manifest,
+            "--budget",
+            "0.15",
+            "--strategy",
+            strategy,
+            "--vectors",
+            vectors,
+            "--exclude",
+            warm,
+            "-o",
+            second,
+        )
         assert result.exit_code == 0, result.output
         header, records = jsonl(second.read_text())
         _, second_entries = read_regions(second)
@@ -89,7 +105,20 @@ def test_warmup_plus_second_round_spends_the_budget(tmp_path):
         assert abs(header["cumulative_area_fraction"] - 0.15) < 0.005
         assert "with the 5 excluded images' regions" in result.stderr and "heads expected" in result.stderr
     # the same earlier round named twice counts once
-    twice = run("select", manifest, "--budget", "0.15", "--strategy", "mdc", "--vectors", vectors, "--exclude", warm, "--exclude", warm)
+    twice = run(
+        "select",
+        manifest,
+        "--budget",
+        "0.15",
+        "--strategy",
+        "mdc",
+        "--vectors",
+        vectors,
+        "--exclude",
+        warm,
+        "--exclude",
+        warm,
+    )
     assert twice.stdout.splitlines()[1:] == (tmp_path / "mdc.jsonl").read_text().splitlines()[1:]
 
 
@@ -112,11 +141,27 @@ def test_both_rounds_spend_the_budget_on_small_images_at_half_scale(tmp_path, st
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, width_weighted_vectors(entries, 0.5), scale=0.5)
     for seed in range(4):
         warm = tmp_path / f"warm{seed}.jsonl"
-        result = run("select", manifest, "--budget", budget, "--warmup-frac", "0.2", "--scale", "0.5", "--seed", seed, "-o", warm)
+        result = run(
+            "select", manifest, "--budget", budget, "--warmup-frac", "0.2", "--scale", "0.5", "--seed", seed, "-o", warm
+        )
         assert result.exit_code == 0, result.output
         second = tmp_path / f"{strategy}{seed}.jsonl"
-        result = run("select", manifest, "--budget", budget, "--strategy", strategy, "--vectors", vectors, "--exclude", warm,
-                     "--seed", seed, "-o", second)
+        result = run(
+            "select",
+            manifest,
+            "--budget",
+            budget,
+            "--strategy",
+            strategy,
+            "--vectors",
+            vectors,
+            "--exclude",
+            warm,
+            "--seed",
+            seed,
+            "-o",
+            second,
+        )
         assert result.exit_code == 0, result.output
         header, _ = jsonl(second.read_text())
         assert abs(header["cumulative_area_fraction"] - budget) <= 0.005, (seed, header["cumulative_area_fraction"])
@@ -132,7 +177,9 @@ def test_the_same_round_alone_spends_the_budget_on_small_images(tmp_path):
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, data, scale=0.5)
     for strategy in ("random", "max", "mdc"):
         for seed in range(4):
-            result = run("select", manifest, "--budget", "0.1", "--strategy", strategy, "--vectors", vectors, "--seed", seed)
+            result = run(
+                "select", manifest, "--budget", "0.1", "--strategy", strategy, "--vectors", vectors, "--seed", seed
+            )
             assert result.exit_code == 0, result.output
             header, _ = jsonl(result.stdout)
             assert abs(header["area_fraction"] - 0.1) <= 0.005, (strategy, seed, header["area_fraction"])
@@ -144,11 +191,19 @@ def test_a_budget_the_earlier_rounds_spent_already_says_so(tmp_path):
     earlier = tmp_path / "earlier.jsonl"  # four whole images: a third of the pool
     assert run("select", manifest, "--budget", "0.33", "--strategy", "none-or-all", "-o", earlier).exit_code == 0
     for strategy in ("random", "none-or-all"):
-        result = run("select", manifest, "--budget", "0.1", "--exclude", earlier, "--scale", "0.5", "--strategy", strategy)
+        result = run(
+            "select", manifest, "--budget", "0.1", "--exclude", earlier, "--scale", "0.5", "--strategy", strategy
+        )
         assert result.exit_code == 0, result.output
         lines = result.stderr.splitlines()
-        assert lines[0] == ("crowdtk select: warning: the excluded files already use 33.33% of the pool's area, more than the budget's "
-                            "10%; nothing is selected") and len(lines) == 2, result.stderr
+        assert (
+            lines[0]
+            == (
+                "crowdtk select: warning: the excluded files already use 33.33% of the pool's area, more than the budget's "
+                "10%; nothing is selected"
+            )
+            and len(lines) == 2
+        ), result.stderr
 
 
 def test_exclude_covering_every_image_is_one_clear_outcome(tmp_path):
@@ -160,8 +215,10 @@ def test_exclude_covering_every_image_is_one_clear_outcome(tmp_path):
     result = run("select", manifest, "--exclude", everything, "-o", out)
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    assert lines[0] == ("crowdtk select: warning: every image of the pool is in the excluded files (9.84% of its area labeled there): "
-                        "nothing is left to select"), result.stderr
+    assert lines[0] == (
+        "crowdtk select: warning: every image of the pool is in the excluded files (9.84% of its area labeled there): "
+        "nothing is left to select"
+    ), result.stderr
     assert len(lines) == 2 and lines[1].startswith("selected 0 regions in 0 of 5 images"), result.stderr
     assert read_regions(out)[1] == []
 
@@ -173,7 +230,16 @@ def two_clusters() -> np.ndarray:
     """One image, 10 strips: strips 0-4 around (10, …), strips 5-9 around (0, …); 2 and 6 sit on the means."""
     v = np.zeros((1, 10, 10))
     v[0, :5] = 10.0
-    offsets = {0: (0, 0.5), 1: (0, -0.5), 3: (1, 0.3), 4: (1, -0.3), 5: (2, 0.4), 7: (2, -0.4), 8: (3, 0.6), 9: (3, -0.6)}
+    offsets = {
+        0: (0, 0.5),
+        1: (0, -0.5),
+        3: (1, 0.3),
+        4: (1, -0.3),
+        5: (2, 0.4),
+        7: (2, -0.4),
+        8: (3, 0.6),
+        9: (3, -0.6),
+    }
     for strip, (dim, delta) in offsets.items():
         v[0, strip, dim] += delta
     return v
@@ -205,8 +271,15 @@ def test_mdc_one_strip_is_the_one_nearest_the_mean_and_neighbours_merge():
     w[0, [2, 4]] = w[0, [4, 2]]
     w[0, [6, 5]] = w[0, [5, 6]]
     entries = pool(1)
-    data = StripVectors(np.array(["img0"]), np.array([entries[0].sha256]), np.zeros(10, np.int64), strip_edges(1024)[:-1],
-                        strip_edges(1024)[1:], w[0].astype(np.float32), w[0, :, 0].astype(np.float32))
+    data = StripVectors(
+        np.array(["img0"]),
+        np.array([entries[0].sha256]),
+        np.zeros(10, np.int64),
+        strip_edges(1024)[:-1],
+        strip_edges(1024)[1:],
+        w[0].astype(np.float32),
+        w[0, :, 0].astype(np.float32),
+    )
     result = select_regions(entries, SelectConfig(budget=0.2, strategy="mdc"), data)
     (entry,) = result.entries
     assert len(entry.regions) == 1 and entry.details[0]["cells"] == [4, 5]
@@ -254,7 +327,21 @@ def test_mdc_is_identical_with_one_or_two_workers(tmp_path):
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.jsonl"
-        result = run("select", manifest, "--budget", "0.25", "--strategy", "mdc", "--vectors", vectors, "--workers", workers, "-o", out, "-q")
+        result = run(
+            "select",
+            manifest,
+            "--budget",
+            "0.25",
+            "--strategy",
+            "mdc",
+            "--vectors",
+            vectors,
+            "--workers",
+            workers,
+            "-o",
+            out,
+            "-q",
+        )
         assert result.exit_code == 0, result.output
         outputs.append(out.read_text().splitlines()[1:])
     assert outputs[0] == outputs[1] and len(outputs[0]) == n
@@ -312,7 +399,9 @@ def test_vectors_missing_images_to_select_from(tmp_path, spend):
     manifest = write_manifest(tmp_path / "m.jsonl", entries)
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries[:2], realistic_vectors(2))
     out = tmp_path / "r.jsonl"
-    assert_clean_failure(run("select", manifest, *spend, "--vectors", vectors, "-o", out), "no strips of 2 image(s)", out)
+    assert_clean_failure(
+        run("select", manifest, *spend, "--vectors", vectors, "-o", out), "no strips of 2 image(s)", out
+    )
 
 
 def test_mdc_with_bands_is_refused(tmp_path):
@@ -320,7 +409,11 @@ def test_mdc_with_bands_is_refused(tmp_path):
     manifest = write_manifest(tmp_path / "m.jsonl", entries)
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(2))
     out = tmp_path / "r.jsonl"
-    assert_clean_failure(run("select", manifest, "--strategy", "mdc", "--vectors", vectors, "--shape", "band", "-o", out), "--shape band", out)
+    assert_clean_failure(
+        run("select", manifest, "--strategy", "mdc", "--vectors", vectors, "--shape", "band", "-o", out),
+        "--shape band",
+        out,
+    )
 
 
 def test_more_em_starts_make_mdc_less_dependent_on_the_seed():

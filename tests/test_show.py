@@ -8,19 +8,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import assert_clean_failure, run
 
 from crowdtk import pictures
-from crowdtk.checkpoint import save_tensors, strip_cap
-from crowdtk.errors import CrowdtkError
-from crowdtk.formats import (BENCH_RESULTS, LABELS, REGIONS, LabelsEntry, Provenance, Region, RegionsEntry, make_header,
-                             read_manifest, write_json, write_jsonl)
-from crowdtk.models import build_model
 from crowdtk.affinity import choose_positions
 from crowdtk.cap import TrainNet
-from crowdtk.formats import checkpoint_header
+from crowdtk.checkpoint import save_tensors, strip_cap
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import (
+    BENCH_RESULTS,
+    LABELS,
+    REGIONS,
+    LabelsEntry,
+    Provenance,
+    Region,
+    RegionsEntry,
+    checkpoint_header,
+    make_header,
+    read_manifest,
+    write_json,
+    write_jsonl,
+)
+from crowdtk.models import build_model
 from crowdtk.train_config import TrainConfig
-
-from conftest import assert_clean_failure, run
 
 H, W = 64, 96
 STRIP = Region(24, 40, 0, H)
@@ -52,15 +62,23 @@ def art(tmp_path_factory) -> dict[str, Path]:
 
     region_sets = {"im0": (), "im1": (STRIP,), "im2": (STRIP, BLOCK)}  # the first has no regions
     regions = root / "regions.jsonl"
-    write_jsonl(regions, make_header(REGIONS, Provenance("select")),
-                (RegionsEntry(e.id, e.image, e.sha256, e.width, e.height, "random", region_sets[e.id]).to_record() for e in entries))
+    write_jsonl(
+        regions,
+        make_header(REGIONS, Provenance("select")),
+        (
+            RegionsEntry(e.id, e.image, e.sha256, e.width, e.height, "random", region_sets[e.id]).to_record()
+            for e in entries
+        ),
+    )
     labels_rows = []
     for e in entries:
         pts = scenes[e.id]
         keep = np.zeros(len(pts), bool)
         for r in region_sets[e.id]:
             keep |= r.contains(pts)
-        labels_rows.append(LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, region_sets[e.id], pts[keep]).to_record())
+        labels_rows.append(
+            LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, region_sets[e.id], pts[keep]).to_record()
+        )
     labels = root / "labels.jsonl"
     write_jsonl(labels, make_header(LABELS, Provenance("import")), labels_rows)
 
@@ -68,19 +86,48 @@ def art(tmp_path_factory) -> dict[str, Path]:
     net = TrainNet(counter, cap=True)
     config = TrainConfig(model="lite", cap=True)
     cap = root / "cap.safetensors"
-    header = checkpoint_header(Provenance("train"), model=counter.name, model_config=counter.config, cap=True, training=asdict(config),
-                               labels_sha256="0" * 64, epochs_done=1, best_val_mae=0.0, val_on="train")
+    header = checkpoint_header(
+        Provenance("train"),
+        model=counter.name,
+        model_config=counter.config,
+        cap=True,
+        training=asdict(config),
+        labels_sha256="0" * 64,
+        epochs_done=1,
+        best_val_mae=0.0,
+        val_on="train",
+    )
     save_tensors(cap, net.weights(), header)
     plain = root / "plain.safetensors"
     strip_cap(cap, plain)
 
     results = root / "results.json"
-    rows = [{"method": m, "budget": b, "shape": "strip", "mae": {"mean": 20 / b ** 0.3 * f, "std": 1.5}, "rmse": {"mean": 30.0, "std": 2.0},
-             "heads_labeled": 100.0, "area_fraction": b, "wall_s": 1.0, "seeds": [0, 1, 2]}
-            for m, f in (("none-or-all", 1.3), ("random", 1.1), ("mdc+cap", 1.0)) for b in (0.05, 0.1, 0.2, 0.4)]
+    rows = [
+        {
+            "method": m,
+            "budget": b,
+            "shape": "strip",
+            "mae": {"mean": 20 / b**0.3 * f, "std": 1.5},
+            "rmse": {"mean": 30.0, "std": 2.0},
+            "heads_labeled": 100.0,
+            "area_fraction": b,
+            "wall_s": 1.0,
+            "seeds": [0, 1, 2],
+        }
+        for m, f in (("none-or-all", 1.3), ("random", 1.1), ("mdc+cap", 1.0))
+        for b in (0.05, 0.1, 0.2, 0.4)
+    ]
     rows.append({**rows[0], "shape": "band", "mae": {"mean": 1000.0, "std": 0.0}})
     write_json(results, make_header(BENCH_RESULTS, Provenance("bench")), {"results": rows})
-    return {"root": root, "manifest": manifest, "regions": regions, "labels": labels, "cap": cap, "plain": plain, "results": results}
+    return {
+        "root": root,
+        "manifest": manifest,
+        "regions": regions,
+        "labels": labels,
+        "cap": cap,
+        "plain": plain,
+        "results": results,
+    }
 
 
 def png(path: Path) -> np.ndarray:
@@ -98,7 +145,10 @@ def red(image: np.ndarray) -> np.ndarray:
 def grey_box(image: np.ndarray) -> tuple[int, int, int, int]:
     """Bounding box (top, bottom, left, right) of the flat grey image inside a picture's first panel."""
     grey = (np.abs(image.astype(int) - 128) <= 3).all(axis=2)
-    rows, cols = np.flatnonzero(grey.mean(axis=1) > 0.5), np.flatnonzero(grey.mean(axis=0) > 0.5)  # not the title's grey
+    rows, cols = (
+        np.flatnonzero(grey.mean(axis=1) > 0.5),
+        np.flatnonzero(grey.mean(axis=0) > 0.5),
+    )  # not the title's grey
     return rows[0], rows[-1], cols[0], cols[-1]
 
 
@@ -110,17 +160,17 @@ def test_regions_picture_draws_red_lines_at_the_strip_edges_and_a_rectangle(art,
     top, bottom, left, right = grey_box(image)
     span = right - left + 1
     red_mask = red(image)
-    full = np.flatnonzero(red_mask[top:bottom + 1].mean(axis=0) > 0.9)  # columns red along the whole image height
+    full = np.flatnonzero(red_mask[top : bottom + 1].mean(axis=0) > 0.9)  # columns red along the whole image height
     for x in (STRIP.x0, STRIP.x1):
         expected = left + x / W * span
         assert np.abs(full - expected).min() <= 2, (x, expected, full)
     assert all(min(abs(c - (left + x / W * span)) for x in (STRIP.x0, STRIP.x1)) <= 3 for c in full)  # no others
     # The block is a rectangle: red along its top edge between x0 and x1, not across the whole image.
     row = round(top + BLOCK.y0 / H * (bottom - top + 1))
-    band = red_mask[row - 2:row + 3].any(axis=0)
-    inside = band[round(left + (BLOCK.x0 + 2) / W * span):round(left + (BLOCK.x1 - 2) / W * span)]
+    band = red_mask[row - 2 : row + 3].any(axis=0)
+    inside = band[round(left + (BLOCK.x0 + 2) / W * span) : round(left + (BLOCK.x1 - 2) / W * span)]
     assert inside.all()
-    assert not band[round(left + 4 / W * span):round(left + 20 / W * span)].any()
+    assert not band[round(left + 4 / W * span) : round(left + 20 / W * span)].any()
 
 
 def test_regions_default_is_the_first_image_with_regions(art, tmp_path):
@@ -137,7 +187,7 @@ def test_labels_picture_with_density_panel(art, tmp_path):
     assert image.shape[1] == 800 and image.shape[0] > 1000  # the image and the density panel under it
     b, g, r = (image[..., i].astype(int) for i in range(3))
     assert ((r > 200) & (g > 200) & (b < 80)).sum() > 10  # yellow head dots
-    lower = red(image[image.shape[0] // 2:])
+    lower = red(image[image.shape[0] // 2 :])
     assert (lower.mean(axis=0) > 0.3).sum() >= 2  # the red strip lines on the density panel too
 
 
@@ -178,8 +228,17 @@ def test_budget_plot(art, tmp_path):
     assert pictures.show_budget(out, art["results"]) is None
     assert png(out).shape[1] == 800
     single = tmp_path / "single.json"
-    row = {"method": "random", "budget": 0.1, "shape": "strip", "mae": {"mean": 12.0, "std": 0.0}, "rmse": {"mean": 15.0, "std": 0.0},
-           "heads_labeled": 10.0, "area_fraction": 0.1, "wall_s": 1.0, "seeds": [0]}
+    row = {
+        "method": "random",
+        "budget": 0.1,
+        "shape": "strip",
+        "mae": {"mean": 12.0, "std": 0.0},
+        "rmse": {"mean": 15.0, "std": 0.0},
+        "heads_labeled": 10.0,
+        "area_fraction": 0.1,
+        "wall_s": 1.0,
+        "seeds": [0],
+    }
     write_json(single, make_header(BENCH_RESULTS, Provenance("bench")), {"results": [row]})
     pictures.show_budget(tmp_path / "single.png", single)
     png(tmp_path / "single.png")
@@ -214,7 +273,9 @@ def test_cli_errors_are_one_line_naming_the_file(art, tmp_path):
     assert_clean_failure(show(art["regions"], "--image", "nope", "-o", out), "nope", out)
     assert_clean_failure(show(art["plain"], "--labels", art["labels"], "-o", out), str(art["plain"]), out)
     assert_clean_failure(show(art["plain"], "-o", out), "--manifest", out, code=2)
-    assert_clean_failure(show(art["regions"], "--manifest", art["manifest"], "-o", out), str(art["regions"]), out, code=2)
+    assert_clean_failure(
+        show(art["regions"], "--manifest", art["manifest"], "-o", out), str(art["regions"]), out, code=2
+    )
     assert_clean_failure(show(art["regions"], "-o", tmp_path / "x.jpg"), "x.jpg", tmp_path / "x.jpg", code=2)
     for result in (show(stray, "-o", out), show(art["regions"], "--image", "nope", "-o", out)):
         assert len(result.stderr.strip().splitlines()) == 1
@@ -243,8 +304,12 @@ def test_show_quiet_prints_nothing_where_home_is_not_writable(art, tmp_path, hom
     env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
     env.update(HOME=str(fake_home), TMPDIR=str(temp))
     out = tmp_path / "regions.png"
-    done = subprocess.run([sys.executable, "-m", "crowdtk", "show", str(art["regions"]), "--image", "im2", "-o", str(out), "-q"],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "crowdtk", "show", str(art["regions"]), "--image", "im2", "-o", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "" and done.stdout == ""
     assert out.is_file() and list(temp.iterdir()) == []  # the private folder is gone

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from conftest import run
 
 from crowdtk.checkpoint import load_tensors
 from crowdtk.predict import load_counter
-
-from conftest import run
 
 
 def test_strip_cap_keeps_every_counter_weight_and_its_predictions(cap_ckpt, tmp_path):

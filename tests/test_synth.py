@@ -8,20 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jsonl, run
 from scipy.spatial import cKDTree
 
 from crowdtk.data import read_image, read_points
 from crowdtk.formats import read_manifest
 from crowdtk.synth import SynthConfig, render_scene
 
-from conftest import jsonl, run
-
 SMALL = ("--train", "4", "--test", "2")
 
 
 def files_of(root: Path) -> dict[str, bytes]:
     """Every image and points file under ``root`` (manifests hold a creation time)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.parent.name in {"images", "points"}}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.parent.name in {"images", "points"}
+    }
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,15 @@ def test_help_shows_every_default():
     result = run("synth", "--help")
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())  # help wraps lines
-    for default in ("[default: 48]", "[default: 24]", "[default: 384]", "[default: 256]", "[default: 0]", "[default: 1.0]", "[default: 2;"):
+    for default in (
+        "[default: 48]",
+        "[default: 24]",
+        "[default: 384]",
+        "[default: 256]",
+        "[default: 0]",
+        "[default: 1.0]",
+        "[default: 2;",
+    ):
         assert default in text
     assert text.count("[default: off]") == 3  # --force, --quiet, --verbose
 
@@ -107,8 +118,9 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     again = tmp_path / "again"
     assert run("synth", "-o", again, *SMALL, "--seed", 3, "--workers", 1, "-q").exit_code == 0
     assert files_of(again) == files_of(small)  # and independent of the worker count
-    assert [e.sha256 for e in read_manifest(again / "test" / "manifest.jsonl")[1]] == \
-        [e.sha256 for e in read_manifest(small / "test" / "manifest.jsonl")[1]]
+    assert [e.sha256 for e in read_manifest(again / "test" / "manifest.jsonl")[1]] == [
+        e.sha256 for e in read_manifest(small / "test" / "manifest.jsonl")[1]
+    ]
     other = tmp_path / "other"
     assert run("synth", "-o", other, *SMALL, "--seed", 4, "-q").exit_code == 0
     a, b = files_of(other), files_of(small)

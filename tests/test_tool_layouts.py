@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
-from crowdtk.formats import read_labels, read_regions
-
 from conftest import assert_clean_failure, export_package, run, truth
+
+from crowdtk.formats import read_labels, read_regions
 
 
 def import_from(labeled, tool: str, source: Path, out: Path):
@@ -39,8 +39,15 @@ def labeled_cvat_xml(labeled) -> tuple[bytes, Path]:
     _, regions = read_regions(labeled["regions"])
     everything = truth(labeled)
     for image, entry in zip(tree.getroot().findall("image"), regions):
-        ET.SubElement(image, "points", label="head", source="manual", occluded="0", z_order="0",
-                      points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in everything[entry.id]))
+        ET.SubElement(
+            image,
+            "points",
+            label="head",
+            source="manual",
+            occluded="0",
+            z_order="0",
+            points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in everything[entry.id]),
+        )
     return ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True), out / "images"
 
 
@@ -57,8 +64,10 @@ def test_labelme_output_folder_layout_imports(labeled):
         record = json.loads(file.read_text())
         entry = next(e for e in regions if e.id.replace(" ", "_") == Path(record["imagePath"]).stem)
         record["imagePath"] = f"../images/{record['imagePath']}"
-        record["shapes"] += [{"label": "head", "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
-                             for x, y in everything[entry.id]]
+        record["shapes"] += [
+            {"label": "head", "points": [[float(x), float(y)]], "group_id": None, "shape_type": "point", "flags": {}}
+            for x, y in everything[entry.id]
+        ]
         (out / "labels" / file.name).write_text(json.dumps(record))
         file.unlink()
     labels = labeled["tmp"] / "labelme-labels.jsonl"
@@ -132,5 +141,7 @@ def test_cvat_zip_member_with_parent_reference_is_refused(labeled):
         zf.writestr("annotations.xml", labeled_cvat_xml(labeled)[0])
         zf.writestr("../evil.xml", b"<annotations/>")
     bad = labeled["tmp"] / "bad.jsonl"
-    assert_clean_failure(import_from(labeled, "cvat", archive, bad), "'../evil.xml' points outside the archive (path traversal)", bad)
+    assert_clean_failure(
+        import_from(labeled, "cvat", archive, bad), "'../evil.xml' points outside the archive (path traversal)", bad
+    )
     assert not (labeled["tmp"] / "evil.xml").exists() and sorted(p.name for p in inner.iterdir()) == ["task.zip"]

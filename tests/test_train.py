@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_TRAIN, best_validated_epoch, run
 from safetensors.torch import load_file
 
 from crowdtk.checkpoint import load_tensors
@@ -17,8 +18,6 @@ from crowdtk.files import file_digest
 from crowdtk.formats import LabelsEntry, Provenance, Region, read_labels
 from crowdtk.train import prepare_sample, random_crop, train
 from crowdtk.train_config import TrainConfig
-
-from conftest import FAST_TRAIN, best_validated_epoch, run
 
 # --------------------------------------------------------------------------- what the loss sees
 
@@ -44,8 +43,10 @@ def test_strip_off_the_cell_grid_supervises_only_whole_cells_with_exact_counts(s
     _, entries = read_labels(strip_pool["labels"])
     e = entries[0]  # fully labeled: all its heads are known
     strip = Region(12, 36, 0, e.height)
-    sample = prepare_sample(LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, (strip,), e.points[strip.contains(e.points)]),
-                            TrainConfig(model="lite"))
+    sample = prepare_sample(
+        LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, (strip,), e.points[strip.contains(e.points)]),
+        TrainConfig(model="lite"),
+    )
     assert sample.mask.any(axis=0).nonzero()[0].tolist() == [2, 3]  # cells 16–32 px; 8–16 and 32–40 stick out
     inside = ((e.points[:, 0] >= 16) & (e.points[:, 0] < 32)).sum()
     assert sample.target[sample.mask].sum() == pytest.approx(inside, abs=1e-4)
@@ -57,7 +58,9 @@ def test_strip_off_the_cell_grid_supervises_only_whole_cells_with_exact_counts(s
 def test_train_with_cap_writes_the_best_validated_epoch(strip_pool, cap_ckpt):
     header, tensors = load_tensors(cap_ckpt)
     assert header["format"] == "checkpoint" and header["cap"] is True and header["model"]["name"] == "lite"
-    assert header["cap_affinity"] == "paper" and header["cap_temperature"] is None  # the paper's Eq. 9 unless asked otherwise
+    assert (
+        header["cap_affinity"] == "paper" and header["cap_temperature"] is None
+    )  # the paper's Eq. 9 unless asked otherwise
     assert header["labels_sha256"] == file_digest(strip_pool["labels"]) and header["seed"] == 0
     assert "cap.gamma" in tensors
     history = load_tensors(cap_ckpt.with_name("cap.state.safetensors"))[0]["history"]
@@ -74,8 +77,9 @@ def test_validation_runs_every_n_epochs_and_after_the_last(strip_pool, tmp_path)
     assert [h["val_mae"] is not None for h in history] == [False, True, False, True, True]
     # the best checkpoint comes from a validated epoch: the first with the lowest validation MAE
     assert load_tensors(ckpt)[0]["epochs_done"] == best_validated_epoch(history)["epoch"]
-    assert [TrainConfig(epochs=n).validates_after(e) for n, e in ((17, 3), (120, 5), (120, 6), (120, 119), (120, 120))] == \
-        [True, False, True, False, True]  # auto: about 20 validations per run
+    assert [
+        TrainConfig(epochs=n).validates_after(e) for n, e in ((17, 3), (120, 5), (120, 6), (120, 119), (120, 120))
+    ] == [True, False, True, False, True]  # auto: about 20 validations per run
 
 
 def test_compile_flag_compiles_the_training_network(strip_pool, tmp_path, monkeypatch):
@@ -84,7 +88,10 @@ def test_compile_flag_compiles_the_training_network(strip_pool, tmp_path, monkey
     ckpt = tmp_path / "c.safetensors"
     assert run("train", strip_pool["labels"], "--epochs", "1", "--compile", "-o", ckpt, *FAST_TRAIN).exit_code == 0
     assert compiled == ["TrainNet"] and load_tensors(ckpt)[0]["training"]["compile"] is True
-    assert run("warmup", strip_pool["labels"], "--epochs", "1", "-o", tmp_path / "w.safetensors", *FAST_TRAIN).exit_code == 0
+    assert (
+        run("warmup", strip_pool["labels"], "--epochs", "1", "-o", tmp_path / "w.safetensors", *FAST_TRAIN).exit_code
+        == 0
+    )
     assert compiled == ["TrainNet"]  # off unless asked
 
 
@@ -114,12 +121,45 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(strip_pool, tmp_
 
 def test_torchrun_two_processes_match_one(strip_pool, tmp_path):
     pytest.importorskip("torch.distributed.run")
-    common = ["train", str(strip_pool["labels"]), "--model", "lite", "--crop", "32", "--epochs", "2", "--cap", "-q", "--device", "cpu"]
-    one = subprocess.run([sys.executable, "-m", "crowdtk", *common, "--batch-size", "2", "-o", str(tmp_path / "one.safetensors")],
-                         capture_output=True, text=True)
+    common = [
+        "train",
+        str(strip_pool["labels"]),
+        "--model",
+        "lite",
+        "--crop",
+        "32",
+        "--epochs",
+        "2",
+        "--cap",
+        "-q",
+        "--device",
+        "cpu",
+    ]
+    one = subprocess.run(
+        [sys.executable, "-m", "crowdtk", *common, "--batch-size", "2", "-o", str(tmp_path / "one.safetensors")],
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "crowdtk",
-                          *common, "--batch-size", "1", "-o", str(tmp_path / "two.safetensors")], capture_output=True, text=True)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "crowdtk",
+            *common,
+            "--batch-size",
+            "1",
+            "-o",
+            str(tmp_path / "two.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_file(str(tmp_path / "one.state.safetensors"))
     b = load_file(str(tmp_path / "two.state.safetensors"))
@@ -135,8 +175,24 @@ def test_torchrun_two_processes_match_one(strip_pool, tmp_path):
 
 def test_sigkill_mid_run_then_resume_finishes(strip_pool, tmp_path):
     out = tmp_path / "k.safetensors"
-    args = [sys.executable, "-m", "crowdtk", "train", str(strip_pool["labels"]), "--model", "lite", "--crop", "32",
-            "--batch-size", "2", "--epochs", "40", "-q", "-o", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "crowdtk",
+        "train",
+        str(strip_pool["labels"]),
+        "--model",
+        "lite",
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "40",
+        "-q",
+        "-o",
+        str(out),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "k.state.safetensors"
     deadline = time.time() + 120
@@ -150,7 +206,9 @@ def test_sigkill_mid_run_then_resume_finishes(strip_pool, tmp_path):
     assert done_before < 40
     resumed = subprocess.run([a for a in args if a != "-q"] + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"epoch {done_before + 1}/40:" in resumed.stderr and "epoch 1/40:" not in resumed.stderr  # continued, not restarted
+    assert (
+        f"epoch {done_before + 1}/40:" in resumed.stderr and "epoch 1/40:" not in resumed.stderr
+    )  # continued, not restarted
     header, _ = load_tensors(state)
     assert header["epochs_done"] == 40 and header["history"][0]["epoch"] == 1
     assert load_tensors(out)[0]["format"] == "checkpoint"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import run
 
 from crowdtk.files import file_digest
 from crowdtk.formats import load_vectors
-
-from conftest import run
 
 
 def test_vectors_are_multilevel_strip_sums(strip_pool, warm_ckpt, tmp_path):

@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import run
 
 DEADLINE_S = 60.0  # generous: the machine may be busy; polled, so a pass takes about a second
@@ -37,7 +36,7 @@ def _stat(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def running(pid: int, started: str) -> bool:
@@ -81,16 +80,36 @@ def kill_and_watch_workers(args: list[str], cwd: Path) -> None:
 
 CROWDTK = [sys.executable, "-m", "crowdtk"]
 # The same command with the fallback for systems without prctl: a thread in each worker watches the parent.
-WITHOUT_PRCTL = [sys.executable, "-c", ("import crowdtk.workers as w; w._kernel_kills_orphan = lambda: False; "
-                                        "from crowdtk.cli import main; main()")]
+WITHOUT_PRCTL = [
+    sys.executable,
+    "-c",
+    ("import crowdtk.workers as w; w._kernel_kills_orphan = lambda: False; from crowdtk.cli import main; main()"),
+]
 WAYS = pytest.mark.parametrize("launcher", [CROWDTK, WITHOUT_PRCTL], ids=["prctl", "polling"])
 
 
 @WAYS
 def test_synth_workers_end_with_a_killed_command(launcher: list[str], tmp_path: Path) -> None:
     # Minutes of work at two workers, so that it is still running when killed.
-    kill_and_watch_workers([*launcher, "synth", "-o", str(tmp_path / "out"), "--train", "2000", "--test", "0", "--width", "1024",
-                            "--height", "768", "--workers", "2"], tmp_path)
+    kill_and_watch_workers(
+        [
+            *launcher,
+            "synth",
+            "-o",
+            str(tmp_path / "out"),
+            "--train",
+            "2000",
+            "--test",
+            "0",
+            "--width",
+            "1024",
+            "--height",
+            "768",
+            "--workers",
+            "2",
+        ],
+        tmp_path,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +130,21 @@ def dense_manifest(tmp_path_factory) -> Path:
 
 
 @WAYS
-def test_gen_density_workers_end_with_a_killed_command(launcher: list[str], dense_manifest: Path, tmp_path: Path) -> None:
-    kill_and_watch_workers([*launcher, "gen-density", str(dense_manifest), "-o", str(tmp_path / "d"), "--stride", "1", "--adaptive",
-                            "--workers", "2"], tmp_path)
+def test_gen_density_workers_end_with_a_killed_command(
+    launcher: list[str], dense_manifest: Path, tmp_path: Path
+) -> None:
+    kill_and_watch_workers(
+        [
+            *launcher,
+            "gen-density",
+            str(dense_manifest),
+            "-o",
+            str(tmp_path / "d"),
+            "--stride",
+            "1",
+            "--adaptive",
+            "--workers",
+            "2",
+        ],
+        tmp_path,
+    )

@@ -64,8 +64,14 @@ def build_tree(app: Any = None) -> Node:
         names = cmd.list_commands(ctx) if hasattr(cmd, "list_commands") else []  # a group, in registration order
         params = [p for p in cmd.get_params(ctx) if not getattr(p, "hidden", False)]
         return Node(
-            path, cmd, ctx,
-            subs=[visit(sub, [*path, name], ctx) for name in names if (sub := cmd.get_command(ctx, name)) is not None and not sub.hidden],
+            path,
+            cmd,
+            ctx,
+            subs=[
+                visit(sub, [*path, name], ctx)
+                for name in names
+                if (sub := cmd.get_command(ctx, name)) is not None and not sub.hidden
+            ],
             options=[p for p in params if p.param_type_name == "option"],
             arguments=[p for p in params if p.param_type_name == "argument"],
             summary=cmd.get_short_help_str(limit=sys.maxsize),
@@ -93,7 +99,10 @@ def value_kind(p: Any) -> str | list[str] | None:
     base = get_args(desc.annotation)[0] if desc.is_list else desc.annotation  # list[Path] is a Path
     if desc.is_path or (isinstance(base, type) and issubclass(base, os.PathLike)):
         return "dir" if desc.path_type == "dir" else "file"
-    if desc.is_file or (base is str and (p.param_type_name == "argument" or p.default == "-" or str(p.metavar).upper() in ("FILE", "PATH"))):
+    if desc.is_file or (
+        base is str
+        and (p.param_type_name == "argument" or p.default == "-" or str(p.metavar).upper() in ("FILE", "PATH"))
+    ):
         return "file"
     return "none"
 
@@ -170,14 +179,34 @@ def _positional(n: Node) -> str:
 def gen_bash(root: Node) -> str:
     nodes = root.walk()
     lines = _banner("bash", f"source this file, or copy it to ~/.local/share/bash-completion/completions/{PROG}.")
-    lines += _bash_case("positional", "How to complete a word of command path $1 that is no option: 'choice <subcommands>',\n"
-                        "# file, dir or none.", "$1", [(f'"{n.key}"', _positional(n)) for n in nodes] + [("*", "none")])
-    lines += _bash_case("options", "Every option spelling of a command path.", "$1",
-                        [(f'"{n.key}"', " ".join(sorted(o for p in n.options for o in spellings(p)))) for n in nodes])
-    values = [("|".join(f'"{n.key}|{o}"' for o in spellings(p)), kind if isinstance(kind, str) else "choice " + " ".join(kind))
-              for n in nodes for p in n.options if (kind := value_kind(p)) is not None]
-    lines += _bash_case("value", "How to complete the value of option $2 of command path $1: file, dir, none, 'choice A B',\n"
-                        "# or nothing when the option takes no value.", "$1|$2", values)
+    lines += _bash_case(
+        "positional",
+        "How to complete a word of command path $1 that is no option: 'choice <subcommands>',\n# file, dir or none.",
+        "$1",
+        [(f'"{n.key}"', _positional(n)) for n in nodes] + [("*", "none")],
+    )
+    lines += _bash_case(
+        "options",
+        "Every option spelling of a command path.",
+        "$1",
+        [(f'"{n.key}"', " ".join(sorted(o for p in n.options for o in spellings(p)))) for n in nodes],
+    )
+    values = [
+        (
+            "|".join(f'"{n.key}|{o}"' for o in spellings(p)),
+            kind if isinstance(kind, str) else "choice " + " ".join(kind),
+        )
+        for n in nodes
+        for p in n.options
+        if (kind := value_kind(p)) is not None
+    ]
+    lines += _bash_case(
+        "value",
+        "How to complete the value of option $2 of command path $1: file, dir, none, 'choice A B',\n"
+        "# or nothing when the option takes no value.",
+        "$1|$2",
+        values,
+    )
     return "\n".join(lines) + "\n" + BASH_MAIN
 
 
@@ -204,7 +233,9 @@ def _zsh_specs(n: Node) -> list[str]:
     specs = []
     for p in n.options:
         names, kind = spellings(p), value_kind(p)
-        exclusive = "(- *)" if set(names) & set(n.ctx.help_option_names) else f"({' '.join(names)})" if len(names) > 1 else ""
+        exclusive = (
+            "(- *)" if set(names) & set(n.ctx.help_option_names) else f"({' '.join(names)})" if len(names) > 1 else ""
+        )
         flags = names[0] if len(names) == 1 else f"'{{{','.join(names)}}}'"
         value = "" if kind is None else f":{_zsh_word(metavar(p, n.ctx).strip('<>').lower(), ':')}:{_zsh_action(kind)}"
         specs.append(f"'{exclusive}{flags}[{_zsh_word(oneline(p.help) or p.name, '[]')}]{value}'")
@@ -216,23 +247,49 @@ def _zsh_specs(n: Node) -> list[str]:
 
 
 def gen_zsh(root: Node) -> str:
-    lines = [f"#compdef {PROG}", *_banner("zsh", f"put this file on $fpath as _{PROG} (then compinit), or source it after compinit.")]
+    lines = [
+        f"#compdef {PROG}",
+        *_banner("zsh", f"put this file on $fpath as _{PROG} (then compinit), or source it after compinit."),
+    ]
     for n in reversed(root.walk()):  # callees before callers
         specs = _zsh_specs(n)
         lines.append(f"{_zsh_func(n)}() {{")
         if n.subs:
-            lines += ['    local curcontext="$curcontext" state line ret=1', "    typeset -A opt_args", "    local -a commands", "    commands=("]
+            lines += [
+                '    local curcontext="$curcontext" state line ret=1',
+                "    typeset -A opt_args",
+                "    local -a commands",
+                "    commands=(",
+            ]
             lines += [f"        '{_zsh_word(s.path[-1], ':')}:{_zsh_word(s.summary, '')}'" for s in n.subs]
-            lines += ["    )", "    _arguments -C -s -S \\", *(f"        {s} \\" for s in specs), "        '1: :->command' \\"]
+            lines += [
+                "    )",
+                "    _arguments -C -s -S \\",
+                *(f"        {s} \\" for s in specs),
+                "        '1: :->command' \\",
+            ]
             lines += ["        '*:: :->args' && ret=0", "    case $state in", "        command)"]
-            lines += [f"            _describe -t commands '{' '.join(n.path)} command' commands && ret=0 ;;", "        args)"]
-            lines += ["            case $words[1] in", *(f"                {s.path[-1]}) {_zsh_func(s)} && ret=0 ;;" for s in n.subs)]
+            lines += [
+                f"            _describe -t commands '{' '.join(n.path)} command' commands && ret=0 ;;",
+                "        args)",
+            ]
+            lines += [
+                "            case $words[1] in",
+                *(f"                {s.path[-1]}) {_zsh_func(s)} && ret=0 ;;" for s in n.subs),
+            ]
             lines += ["            esac ;;", "    esac", "    return ret"]
         else:
             lines.append(" \\\n        ".join(["    _arguments -s -S", *specs]))
         lines += ["}", ""]
     func = _zsh_func(root)
-    lines += [f'if [[ "$funcstack[1]" == "{func}" ]]; then', f'    {func} "$@"', "else", f"    compdef {func} {PROG}", "fi", ""]
+    lines += [
+        f'if [[ "$funcstack[1]" == "{func}" ]]; then',
+        f'    {func} "$@"',
+        "else",
+        f"    compdef {func} {PROG}",
+        "fi",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -242,19 +299,35 @@ def _fish_quote(text: str) -> str:
 
 
 def gen_fish(root: Node) -> str:
-    lines = [*_banner("fish", f"copy to ~/.config/fish/completions/{PROG}.fish"), f"complete -c {PROG} -f"]  # files only where asked
+    lines = [
+        *_banner("fish", f"copy to ~/.config/fish/completions/{PROG}.fish"),
+        f"complete -c {PROG} -f",
+    ]  # files only where asked
     for n in root.walk():
         # A command's lines apply once the words name it and none of its subcommands yet.
         conds = [f"__fish_seen_subcommand_from {part}" for part in n.path[1:]]
         if n.subs:
-            conds = conds + ["not __fish_seen_subcommand_from " + " ".join(s.path[-1] for s in n.subs)] if conds else ["__fish_use_subcommand"]
+            conds = (
+                conds + ["not __fish_seen_subcommand_from " + " ".join(s.path[-1] for s in n.subs)]
+                if conds
+                else ["__fish_use_subcommand"]
+            )
         prefix = f"complete -c {PROG}" + (f" -n {_fish_quote('; and '.join(conds))}" if conds else "")
         lines += ["", f"# {' '.join(n.path)}"]
         for p in n.options:
             kind = value_kind(p)
-            flags = [f"-l {o[2:]}" if o.startswith("--") else f"-s {o[1:]}" if len(o) == 2 else f"-o {o[1:]}" for o in spellings(p)]
+            flags = [
+                f"-l {o[2:]}" if o.startswith("--") else f"-s {o[1:]}" if len(o) == 2 else f"-o {o[1:]}"
+                for o in spellings(p)
+            ]
             if kind is not None:
-                flags.append("-x -a " + _fish_quote(" ".join(kind)) if isinstance(kind, list) else "-r -F" if kind in ("file", "dir") else "-x")
+                flags.append(
+                    "-x -a " + _fish_quote(" ".join(kind))
+                    if isinstance(kind, list)
+                    else "-r -F"
+                    if kind in ("file", "dir")
+                    else "-x"
+                )
             lines.append(f"{prefix} {' '.join(flags)} -d {_fish_quote(oneline(p.help) or p.name)}")
         lines += [f"{prefix} -a {s.path[-1]} -d {_fish_quote(s.summary)}" for s in n.subs]
         if _positional(n) in ("file", "dir"):
@@ -305,19 +378,31 @@ def _section(title: str, entries: list[tuple[str, ...]]) -> list[str]:
 EXIT_STATUS = {
     "0": "Success.",
     "1": "Data or runtime error: bad or missing input, an existing output without --force, a failure while "
-         f"running. One line on standard error says what went wrong and how to fix it: "
-         f"'{PROG} <command>: error: <what> (<how to fix>)'; --verbose adds a traceback.",
+    f"running. One line on standard error says what went wrong and how to fix it: "
+    f"'{PROG} <command>: error: <what> (<how to fix>)'; --verbose adds a traceback.",
     "2": "Usage error: an unknown option, a bad option value, a missing argument.",
     "130": "Interrupted (Ctrl-C).",
 }
-STDIO = ("Every stage is a subcommand that reads files and writes files. Data goes to standard output; "
-         "logs and progress go to standard error; '-' means standard input or output where it makes sense.")
+STDIO = (
+    "Every stage is a subcommand that reads files and writes files. Data goes to standard output; "
+    "logs and progress go to standard error; '-' means standard input or output where it makes sense."
+)
 
 
 def gen_man(n: Node) -> str:
     """crowdtk(1) for the root (with the conventions every stage shares), a command's page otherwise."""
-    lines = [f'.\\" {GENERATED_BY}', f'.TH {roff_text(n.page.upper())} 1 "" "{PROG}" "{PROG} manual"', ".nh", ".SH NAME"]
-    lines += [f"{roff_text(n.page)} \\- {roff_text(n.summary)}", ".SH SYNOPSIS", f'.SY "{roff_text(" ".join(n.path))}"', "[\\fIOPTIONS\\fR]"]
+    lines = [
+        f'.\\" {GENERATED_BY}',
+        f'.TH {roff_text(n.page.upper())} 1 "" "{PROG}" "{PROG} manual"',
+        ".nh",
+        ".SH NAME",
+    ]
+    lines += [
+        f"{roff_text(n.page)} \\- {roff_text(n.summary)}",
+        ".SH SYNOPSIS",
+        f'.SY "{roff_text(" ".join(n.path))}"',
+        "[\\fIOPTIONS\\fR]",
+    ]
     if n.subs:
         lines += ["\\fICOMMAND\\fR", "[\\fIARGS\\fR]..."]
     else:
@@ -329,19 +414,32 @@ def gen_man(n: Node) -> str:
     lines += _section("ARGUMENTS", [(_argument(a), oneline(a.get_help_record(n.ctx)[1])) for a in n.arguments])
     options = []
     for p in n.options:  # the help as --help shows it, with [default: …; required]
-        tag = ", ".join(_font("B", o) for o in spellings(p)) + ("" if value_kind(p) is None else f" {_font('I', metavar(p, n.ctx))}")
+        tag = ", ".join(_font("B", o) for o in spellings(p)) + (
+            "" if value_kind(p) is None else f" {_font('I', metavar(p, n.ctx))}"
+        )
         options.append((tag, oneline(p.get_help_record(n.ctx)[1])))
-    lines += _section("OPTIONS", options) + _section("EXIT STATUS", [(f".B {code}", text) for code, text in EXIT_STATUS.items()])
+    lines += _section("OPTIONS", options) + _section(
+        "EXIT STATUS", [(f".B {code}", text) for code, text in EXIT_STATUS.items()]
+    )
     see = sorted({"-".join(n.path[:-1])} - {""} | {s.page for s in n.subs})
-    lines += [".SH SEE ALSO", *(f".BR {roff_text(page)} (1)" + ("," if k < len(see) - 1 else "") for k, page in enumerate(see))]
+    lines += [
+        ".SH SEE ALSO",
+        *(f".BR {roff_text(page)} (1)" + ("," if k < len(see) - 1 else "") for k, page in enumerate(see)),
+    ]
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- docs/cli.md
 def gen_markdown(root: Node) -> str:
     """Each command's --help verbatim under its own heading (GitHub makes the anchors)."""
-    lines = [f"# {PROG} command-line reference", "", f"<!-- {GENERATED_BY} -->", "", f"What `{PROG} … --help` prints in a "
-             "terminal of 80 columns or more; tests/test_docs.py fails when it drifts.", ""]
+    lines = [
+        f"# {PROG} command-line reference",
+        "",
+        f"<!-- {GENERATED_BY} -->",
+        "",
+        f"What `{PROG} … --help` prints in a terminal of 80 columns or more; tests/test_docs.py fails when it drifts.",
+        "",
+    ]
     lines += [f"- [`{' '.join(n.path)}`](#{n.page})" for n in root.walk()] + [""]
     for n in root.walk():
         lines += [f"## {' '.join(n.path)}", "", "```text", n.ctx.get_help(), "```", ""]
@@ -352,7 +450,10 @@ def gen_markdown(root: Node) -> str:
 def generate(root: Node | None = None) -> dict[str, str]:
     """Relative path -> content of every generated file."""
     root = root or build_tree()
-    files = {f"completions/{PROG}.{shell}": gen(root) for shell, gen in (("bash", gen_bash), ("zsh", gen_zsh), ("fish", gen_fish))}
+    files = {
+        f"completions/{PROG}.{shell}": gen(root)
+        for shell, gen in (("bash", gen_bash), ("zsh", gen_zsh), ("fish", gen_fish))
+    }
     files |= {f"man/{n.page}.1": gen_man(n) for n in root.walk()}
     return dict(sorted({**files, "docs/cli.md": gen_markdown(root)}.items()))
 
@@ -385,9 +486,13 @@ def sync(out: Path, files: dict[str, str], check: bool = False) -> dict[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate crowdtk's completions, man pages and docs/cli.md from the app.")
+    parser = argparse.ArgumentParser(
+        description="Generate crowdtk's completions, man pages and docs/cli.md from the app."
+    )
     parser.add_argument("--out", type=Path, default=REPO, help="root to write under [default: the repository]")
-    parser.add_argument("--check", action="store_true", help="compare with the files under --out instead of writing; exit 1 on drift")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the files under --out instead of writing; exit 1 on drift"
+    )
     args = parser.parse_args(argv)
     files = generate()
     changed = sync(args.out, files, check=args.check)
@@ -396,7 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check and changed:
         print(f"gen_docs: {len(changed)} file(s) out of date under {args.out}; run {REGENERATE}", file=sys.stderr)
         return 1
-    print(f"gen_docs: {len(files)} files under {args.out}, {len(changed)} {'out of date' if args.check else 'changed'}", file=sys.stderr)
+    print(
+        f"gen_docs: {len(files)} files under {args.out}, {len(changed)} {'out of date' if args.check else 'changed'}",
+        file=sys.stderr,
+    )
     return 0
 
 

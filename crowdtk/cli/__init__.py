@@ -7,7 +7,24 @@ from typing import Annotated
 import typer
 
 from crowdtk import __version__
-from crowdtk.cli import bench, count, demo, eval, export, gen_density, import_, index, labels, select, show, strip_cap, synth, train, vectors, warmup
+from crowdtk.cli import (
+    bench,
+    count,
+    demo,
+    eval,
+    export,
+    gen_density,
+    import_,
+    index,
+    labels,
+    select,
+    show,
+    strip_cap,
+    synth,
+    train,
+    vectors,
+    warmup,
+)
 
 app = typer.Typer(
     name="crowdtk",
@@ -20,7 +37,23 @@ app = typer.Typer(
 )
 
 # In the order of --help (Typer lists the command groups, here labels, after the commands).
-for module in (index, gen_density, synth, select, export, import_, warmup, vectors, train, strip_cap, eval, count, bench, demo, show):
+for module in (
+    index,
+    gen_density,
+    synth,
+    select,
+    export,
+    import_,
+    warmup,
+    vectors,
+    train,
+    strip_cap,
+    eval,
+    count,
+    bench,
+    demo,
+    show,
+):
     app.command(module.command.name)(module.command)
 app.add_typer(labels.app, name="labels")
 

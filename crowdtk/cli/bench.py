@@ -7,29 +7,60 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from crowdtk.cli.common import claim, given_options, run_command
 from crowdtk.cli.groups import Deferred
-from crowdtk.cli.options import (SESSION, BackboneWeights, BenchFreeze, CpuBf16Auto, Device, Lr, NoPretrained, Session, choices, schedule_options,
-                                 strip_frac_option, warmup_strategies)
+from crowdtk.cli.options import (
+    SESSION,
+    BackboneWeights,
+    BenchFreeze,
+    CpuBf16Auto,
+    Device,
+    Lr,
+    NoPretrained,
+    Session,
+    choices,
+    schedule_options,
+    strip_frac_option,
+    warmup_strategies,
+)
 from crowdtk.errors import CrowdtkError, UsageError
-from crowdtk.experiment import (DEFAULT_TOLERANCE, RECIPES, SHAPES, Schedule, bench_methods, bench_runs, check_report, default_methods, open_bench,
-                                parse_budgets, parse_list, read_baseline, resolve_cpu_bf16, write_bench_results, write_check)
+from crowdtk.experiment import (
+    DEFAULT_TOLERANCE,
+    RECIPES,
+    SHAPES,
+    Schedule,
+    bench_methods,
+    bench_runs,
+    check_report,
+    default_methods,
+    open_bench,
+    parse_budgets,
+    parse_list,
+    read_baseline,
+    resolve_cpu_bf16,
+    write_bench_results,
+    write_check,
+)
 from crowdtk.registry import listing
 
 _D = RECIPES["default"]
 _S = _D.schedule  # the options' defaults are the default recipe's; another recipe replaces those not given
 RecipeName = choices("RecipeName", tuple(RECIPES))
-_RECIPE_HELP = ("Named settings; options given on the command line replace the recipe's values (the defaults shown are the "
-                "default recipe's). " + " ".join(f"{r.name}: {r.help}." for r in RECIPES.values()))
+_RECIPE_HELP = (
+    "Named settings; options given on the command line replace the recipe's values (the defaults shown are the "
+    "default recipe's). " + " ".join(f"{r.name}: {r.help}." for r in RECIPES.values())
+)
 _SETTING = {"no_pretrained": "pretrained", "budget": "budgets"}  # options whose recipe setting has another name
 
 
 def _methods_option() -> Any:
-    return Annotated[str, typer.Option(help=f"Comma-separated methods: {listing(list(bench_methods().values()), 'and')}.")]
+    return Annotated[
+        str, typer.Option(help=f"Comma-separated methods: {listing(list(bench_methods().values()), 'and')}.")
+    ]
 
 
 def _warmup_frac_option() -> Any:
@@ -39,28 +70,84 @@ def _warmup_frac_option() -> Any:
 @run_command("bench")
 def command(
     ctx: typer.Context,
-    train: Annotated[Path, typer.Option("--train", help="Training pool: a split folder (indexed into DIR/data) or a manifest.", show_default=False)],
+    train: Annotated[
+        Path,
+        typer.Option(
+            "--train", help="Training pool: a split folder (indexed into DIR/data) or a manifest.", show_default=False
+        ),
+    ],
     test: Annotated[Path, typer.Option("--test", help="Test set: a split folder or a manifest.", show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for all runs and results; rerunning with the same folder reuses finished runs.", show_default=False)],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Folder for all runs and results; rerunning with the same folder reuses finished runs.",
+            show_default=False,
+        ),
+    ],
     recipe: Annotated[RecipeName, typer.Option("--recipe", help=_RECIPE_HELP)] = _D.name,
-    budget: Annotated[float, typer.Option(help="Labeling budget (fraction of the pool's area) when --budgets is not given.")] = _D.budgets[0],
-    budgets: Annotated[str, typer.Option(help="Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. [default: --budget]")] = "",
+    budget: Annotated[
+        float, typer.Option(help="Labeling budget (fraction of the pool's area) when --budgets is not given.")
+    ] = _D.budgets[0],
+    budgets: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated budgets for the Fig. 4 / Table 2 sweep, e.g. 0.05,0.1,0.2,0.5. [default: --budget]"
+        ),
+    ] = "",
     methods: str = Deferred(_methods_option, default_from=lambda: ",".join(default_methods())),
-    shapes: Annotated[str, typer.Option(help="Extra region shapes for random selection (Table 1): band, block. [default: none]")] = "",
-    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (selection and training); results give mean ± std.")] = _D.seeds,
-    scale: Annotated[Optional[float], typer.Option(help="Resize images and points by this factor for training and evaluation. [default: the default recipe chooses it by a pixel budget: the median training image brought to about 512×384 px, never enlarged (0.5 on ShanghaiTech Part B, 1 on images of 400 px); other recipes set their own]", show_default=False)] = None,
+    shapes: Annotated[
+        str, typer.Option(help="Extra region shapes for random selection (Table 1): band, block. [default: none]")
+    ] = "",
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Seeds per method (selection and training); results give mean ± std.")
+    ] = _D.seeds,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Resize images and points by this factor for training and evaluation. [default: the default recipe chooses it by a pixel budget: the median training image brought to about 512×384 px, never enlarged (0.5 on ShanghaiTech Part B, 1 on images of 400 px); other recipes set their own]",
+            show_default=False,
+        ),
+    ] = None,
     schedule: Schedule = schedule_options(_S),
     lr: Lr = _S.lr,
     freeze: BenchFreeze = _S.freeze,
     cpu_bf16: CpuBf16Auto = None,
     no_pretrained: NoPretrained = False,
     backbone_weights: BackboneWeights = None,
-    feature_cache: Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it across runs). [default: DIR/feature-cache]", show_default=False)] = None,
+    feature_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--feature-cache",
+            help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it across runs). [default: DIR/feature-cache]",
+            show_default=False,
+        ),
+    ] = None,
     warmup_frac: float = Deferred(_warmup_frac_option, _S.warmup_frac),
     strip_frac: float = strip_frac_option(_S.strip_frac),
-    val_frac: Annotated[float, typer.Option(help="Share of each method's labeled images held out (validation only reports: the checkpoint is the last epoch's).")] = _S.val_frac,
-    check: Annotated[Optional[Path], typer.Option("--check", help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]", show_default=False)] = None,
-    tolerance: Annotated[Optional[float], typer.Option(min=0, help=f"With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). [default: {DEFAULT_TOLERANCE}]", show_default=False)] = None,
+    val_frac: Annotated[
+        float,
+        typer.Option(
+            help="Share of each method's labeled images held out (validation only reports: the checkpoint is the last epoch's)."
+        ),
+    ] = _S.val_frac,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check",
+            help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]",
+            show_default=False,
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help=f"With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). [default: {DEFAULT_TOLERANCE}]",
+            show_default=False,
+        ),
+    ] = None,
     device: Device = _D.device,
     session: Session = SESSION.without("skip_bad", "force"),
 ) -> None:
@@ -80,17 +167,37 @@ def command(
         raise UsageError("--tolerance without --check", "pass --check BASELINE.json, or leave --tolerance out")
     if no_pretrained and backbone_weights is not None:
         raise UsageError("--no-pretrained with --backbone-weights", "pass one of the two")
-    options = {**asdict(replace(schedule, lr=lr, scale=scale if scale is not None else _S.scale, val_frac=val_frac, warmup_frac=warmup_frac, strip_frac=strip_frac,
-                                freeze=freeze.value, pretrained=not no_pretrained)),
-               "budgets": parse_budgets(budgets or f"{budget}"), "seeds": seeds, "device": device.value}
+    options = {
+        **asdict(
+            replace(
+                schedule,
+                lr=lr,
+                scale=scale if scale is not None else _S.scale,
+                val_frac=val_frac,
+                warmup_frac=warmup_frac,
+                strip_frac=strip_frac,
+                freeze=freeze.value,
+                pretrained=not no_pretrained,
+            )
+        ),
+        "budgets": parse_budgets(budgets or f"{budget}"),
+        "seeds": seeds,
+        "device": device.value,
+    }
     # The options typed on the command line, by the recipe's names for them, replace the recipe's values.
     given = {_SETTING.get(name, name) for name in given_options(ctx)}
     chosen = RECIPES[recipe.value].with_options({k: v for k, v in options.items() if k in given})
     schedule = replace(chosen.schedule, cpu_bf16=resolve_cpu_bf16(cpu_bf16, chosen.device))
     schedule.validate()
-    params = {"train": train, "test": test, "recipe": chosen.name, "budgets": list(chosen.budgets),
-              "methods": parse_list(methods, "--methods", tuple(bench_methods())), "shapes": parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else [],
-              "seeds": chosen.seeds}
+    params = {
+        "train": train,
+        "test": test,
+        "recipe": chosen.name,
+        "budgets": list(chosen.budgets),
+        "methods": parse_list(methods, "--methods", tuple(bench_methods())),
+        "shapes": parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else [],
+        "seeds": chosen.seeds,
+    }
     from crowdtk.runtime import resolve_device
 
     resolve_device(chosen.device)  # a recipe's --device cuda on a machine without one fails here, before any step
@@ -102,20 +209,41 @@ def command(
         from crowdtk.formats import BENCH_RESULTS, peek_format
 
         if peek_format(check) != BENCH_RESULTS:
-            raise CrowdtkError(f"{check}: not a bench results.json", "pass the results.json of an earlier crowdtk bench run")
-    claim(output, True, folder=True, lock_only=True, inputs=(train, test, check))  # a folder the bench adds to, one bench at a time
+            raise CrowdtkError(
+                f"{check}: not a bench results.json", "pass the results.json of an earlier crowdtk bench run"
+            )
+    claim(
+        output, True, folder=True, lock_only=True, inputs=(train, test, check)
+    )  # a folder the bench adds to, one bench at a time
     runner = Runner(output, log)
-    experiment, settings = open_bench(train, test, output, schedule, runner.execute, chosen.device, feature_cache, chosen.name,
-                                      backbone_weights, auto_scale=chosen.auto_scale and "scale" not in given)
+    experiment, settings = open_bench(
+        train,
+        test,
+        output,
+        schedule,
+        runner.execute,
+        chosen.device,
+        feature_cache,
+        chosen.name,
+        backbone_weights,
+        auto_scale=chosen.auto_scale and "scale" not in given,
+    )
     runs = bench_runs(params["budgets"], params["methods"], params["shapes"], chosen.seeds)
     baseline = read_baseline(check, settings, runs) if check is not None else None
     results = runner.run_all(experiment, runs)
     command_line = shlex.join(["crowdtk", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "crowdtk bench"
     typer.echo(write_bench_results(experiment, runs, results, settings, params, command_line, started))
-    log.info(f"wrote {output / 'results.json'}, {output / 'results.md'} and pictures in {time.perf_counter() - started:.0f} s")
+    log.info(
+        f"wrote {output / 'results.json'}, {output / 'results.md'} and pictures in {time.perf_counter() - started:.0f} s"
+    )
     if baseline is not None:
         verdict = write_check(output / "check.json", baseline, results, tolerance, params)
         if not verdict["passed"]:
-            log.console.print(check_report(verdict), markup=False)  # shown even with --quiet: it is why the command fails
-            raise CrowdtkError(f"{verdict['regressions']} MAE regression(s) against {check}", f"the table above; all in {output / 'check.json'}")
+            log.console.print(
+                check_report(verdict), markup=False
+            )  # shown even with --quiet: it is why the command fails
+            raise CrowdtkError(
+                f"{verdict['regressions']} MAE regression(s) against {check}",
+                f"the table above; all in {output / 'check.json'}",
+            )
         log.info(check_report(verdict))

@@ -203,11 +203,19 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
 
 
 # The outputs the running command has claimed, released when it ends (a bench's steps run in its process, each its own command).
-_COMMAND_CLAIMS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("crowdtk_command_claims", default=None)
+_COMMAND_CLAIMS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
+    "crowdtk_command_claims", default=None
+)
 
 
-def claim(path: str | Path | None, force: bool, *, folder: bool = False, inputs: tuple[str | Path | None, ...] = (),
-          lock_only: bool = False) -> None:
+def claim(
+    path: str | Path | None,
+    force: bool,
+    *,
+    folder: bool = False,
+    inputs: tuple[str | Path | None, ...] = (),
+    lock_only: bool = False,
+) -> None:
     """Claim ``path`` as the running command's output until the command ends (crowdtk.files.claim_output): refused when
     it exists without --force, when another run holds it, or when it is, holds or lies inside one of ``inputs`` or a
     file they name (a manifest's images and points). None (no such output asked for) claims nothing."""
@@ -217,18 +225,23 @@ def claim(path: str | Path | None, force: bool, *, folder: bool = False, inputs:
     assert claims is not None, "claim() is called inside a command (run_command)"
     from crowdtk.formats import with_named_files  # formats reads the inputs; files only compares paths
 
-    claims.enter_context(claim_output(path, force, folder=folder, inputs=with_named_files(*inputs), lock_only=lock_only))
+    claims.enter_context(
+        claim_output(path, force, folder=folder, inputs=with_named_files(*inputs), lock_only=lock_only)
+    )
 
 
 def given_options(ctx: typer.Context) -> set[str]:
     """The names of the parameters given on the command line (or by environment), not left at their defaults:
     what a command that starts from named settings (bench --recipe) lets replace them."""
-    return {name for name in ctx.params if (source := ctx.get_parameter_source(name)) is not None
-            and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+    return {
+        name
+        for name in ctx.params
+        if (source := ctx.get_parameter_source(name)) is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    }
 
 
 def params_of(**kwargs: Any) -> dict[str, Any]:
     """Resolved command parameters as recorded in artifacts (paths as strings)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if k not in {"quiet", "verbose", "force"}}
-
-
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if k not in {"quiet", "verbose", "force"}
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import cv2
 import typer
@@ -20,8 +20,19 @@ from crowdtk.predict_config import PredictConfig
 @run_command("count")
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders of images (not their subfolders), or video files.", show_default=False)],
-    overlay_dir: Annotated[Optional[Path], typer.Option("--overlay", help="Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). [default: none]")] = None,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders of images (not their subfolders), or video files.", show_default=False
+        ),
+    ],
+    overlay_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--overlay",
+            help="Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). [default: none]",
+        ),
+    ] = None,
     predict: PredictConfig = PREDICTION.without("feature_cache"),
     session: Session = SESSION,
 ) -> None:

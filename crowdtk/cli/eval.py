@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,8 +20,16 @@ from crowdtk.predict_config import PredictConfig
 def command(
     checkpoint: Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)],
     manifest: Manifest,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image results (image, true, predicted, error) here. [default: none]")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (mae, rmse, game, n_images) instead of a table. [default: off]")] = False,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write per-image results (image, true, predicted, error) here. [default: none]"),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object (mae, rmse, game, n_images) instead of a table. [default: off]"
+        ),
+    ] = False,
     predict: PredictConfig = PREDICTION,
     session: Session = SESSION,
 ) -> None:
@@ -48,11 +56,18 @@ def command(
     loaded = load_counter(checkpoint)
     if loaded.unfinished:
         log.warn(loaded.unfinished)
-    predictor = Predictor(loaded, device=predict.device, max_side=predict.max_side, feature_cache=predict.feature_cache,
-                          flip_average=predict.flip_average)
+    predictor = Predictor(
+        loaded,
+        device=predict.device,
+        max_side=predict.max_side,
+        feature_cache=predict.feature_cache,
+        flip_average=predict.flip_average,
+    )
     procs.start(predictor.device)
-    with log.progress(len(entries[procs.rank::procs.world]), "evaluating") as advance:
-        evaluation = evaluate_manifest(predictor, entries, str(name), skip_bad=session.skip_bad, procs=procs, on_progress=advance)
+    with log.progress(len(entries[procs.rank :: procs.world]), "evaluating") as advance:
+        evaluation = evaluate_manifest(
+            predictor, entries, str(name), skip_bad=session.skip_bad, procs=procs, on_progress=advance
+        )
     if not evaluation.writer:
         return
     for problem in evaluation.skipped:

@@ -4,7 +4,7 @@ REGIONS may be labels, to review)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -30,9 +30,23 @@ def command(
     *,  # keyword-only: --to (required) is deferred, so it has a default in Python's eyes
     to: str = Deferred(_to),
     output: OutputDir,
-    link: Annotated[bool, typer.Option("--link", help="Symlink the images instead of copying them. [default: off]")] = False,
-    image_url: Annotated[str, typer.Option(help="Label Studio: prefix of the tasks' image URLs (before 'images/<file>'). [default: none, relative]")] = "",
-    prelabel: Annotated[Optional[Path], typer.Option("--prelabel", help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. [default: none]", show_default=False)] = None,
+    link: Annotated[
+        bool, typer.Option("--link", help="Symlink the images instead of copying them. [default: off]")
+    ] = False,
+    image_url: Annotated[
+        str,
+        typer.Option(
+            help="Label Studio: prefix of the tasks' image URLs (before 'images/<file>'). [default: none, relative]"
+        ),
+    ] = "",
+    prelabel: Annotated[
+        Path | None,
+        typer.Option(
+            "--prelabel",
+            help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. [default: none]",
+            show_default=False,
+        ),
+    ] = None,
     predict: PredictConfig = PREDICTION.without("flip_average"),
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
@@ -58,26 +72,52 @@ def command(
     to_label = read_to_label(regions)  # a regions file, or a labels file to review
     entries = to_label.entries
     if prelabel is not None and to_label.prefill is not None:
-        raise UsageError(f"--prelabel with {regions}, a labels file: its regions are labeled already",
-                         "export the regions file for pre-labels, or the labels file without --prelabel for review")
-    header = export_header(Provenance("export", params_of(regions=regions, to=to, link=link, image_url=image_url, prelabel=prelabel)),
-                           None if regions == STDIO else file_digest(regions))
+        raise UsageError(
+            f"--prelabel with {regions}, a labels file: its regions are labeled already",
+            "export the regions file for pre-labels, or the labels file without --prelabel for review",
+        )
+    header = export_header(
+        Provenance("export", params_of(regions=regions, to=to, link=link, image_url=image_url, prelabel=prelabel)),
+        None if regions == STDIO else file_digest(regions),
+    )
     with atomic_dir(output, session.force) as tmp:
         prelabels = None
         if prelabel is not None:  # loads torch: only with --prelabel
             from crowdtk.prelabel import prelabel as suggest
 
             with log.progress(len(entries), "suggesting heads") as advance:
-                prelabels, unfinished = suggest(prelabel, entries, device=predict.device, max_side=predict.max_side,
-                                                feature_cache=predict.feature_cache, on_progress=advance)
+                prelabels, unfinished = suggest(
+                    prelabel,
+                    entries,
+                    device=predict.device,
+                    max_side=predict.max_side,
+                    feature_cache=predict.feature_cache,
+                    on_progress=advance,
+                )
             if unfinished:
                 log.warn(unfinished)
         with log.progress(len(entries), "exporting") as advance:
-            summary = export_regions(entries, Path(tmp), to, header, link=link, image_url=image_url, on_progress=advance,
-                                     prefill=to_label.prefill, prelabels=prelabels)
-    review = "" if to_label.prefill is None else f" with their {sum(len(p) for p in to_label.prefill.values())} head points pre-filled for review"
+            summary = export_regions(
+                entries,
+                Path(tmp),
+                to,
+                header,
+                link=link,
+                image_url=image_url,
+                on_progress=advance,
+                prefill=to_label.prefill,
+                prelabels=prelabels,
+            )
+    review = (
+        ""
+        if to_label.prefill is None
+        else f" with their {sum(len(p) for p in to_label.prefill.values())} head points pre-filled for review"
+    )
     if prelabels is not None:
-        review = f" with {sum(len(s.points) for s in prelabels.images.values())} suggested heads ({prelabels.model_version})"
-    log.info(f"wrote {output}: {summary.regions} regions in {summary.images} images{review} for {to} ({', '.join(summary.files)}); "
-             f"see {output}/README.txt")
-
+        review = (
+            f" with {sum(len(s.points) for s in prelabels.images.values())} suggested heads ({prelabels.model_version})"
+        )
+    log.info(
+        f"wrote {output}: {summary.regions} regions in {summary.images} images{review} for {to} ({', '.join(summary.files)}); "
+        f"see {output}/README.txt"
+    )

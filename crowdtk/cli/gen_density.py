@@ -9,10 +9,10 @@ import typer
 
 from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, Manifest, OutputDir, Session, Workers
-from crowdtk.errors import CrowdtkError
 from crowdtk.density import DensityConfig, generate_densities
-from crowdtk.formats import Provenance, density_index_header, read_manifest, write_jsonl
+from crowdtk.errors import CrowdtkError
 from crowdtk.files import atomic_dir
+from crowdtk.formats import Provenance, density_index_header, read_manifest, write_jsonl
 
 _D = DensityConfig()
 
@@ -22,10 +22,17 @@ def command(
     manifest: Manifest,
     output: OutputDir,
     sigma: Annotated[float, typer.Option(help="Fixed Gaussian bandwidth in pixels.")] = _D.sigma,
-    adaptive: Annotated[bool, typer.Option("--adaptive", help="Geometry-adaptive σ = β × mean distance to the k nearest heads. [default: off]")] = _D.adaptive,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive", help="Geometry-adaptive σ = β × mean distance to the k nearest heads. [default: off]"
+        ),
+    ] = _D.adaptive,
     beta: Annotated[float, typer.Option(help="β of the adaptive kernel.")] = _D.beta,
     k_nearest: Annotated[int, typer.Option(help="k of the adaptive kernel.")] = _D.k_nearest,
-    stride: Annotated[int, typer.Option(help="Sum-pool the map to this output stride (1 keeps full resolution).")] = _D.stride,
+    stride: Annotated[
+        int, typer.Option(help="Sum-pool the map to this output stride (1 keeps full resolution).")
+    ] = _D.stride,
     workers: Workers = 1,
     session: Session = SESSION,
 ) -> None:
@@ -36,13 +43,23 @@ def command(
     claim(output, session.force, folder=True, inputs=(manifest,))
     _, entries = read_manifest(manifest)
     if not entries:
-        raise CrowdtkError(f"{'<stdin>' if manifest == '-' else manifest}: no images", "index a data set with images first")
+        raise CrowdtkError(
+            f"{'<stdin>' if manifest == '-' else manifest}: no images", "index a data set with images first"
+        )
     provenance = Provenance("gen-density", {"manifest": manifest, "skip_bad": session.skip_bad, **asdict(config)})
     skipped: list[str] = []
     with atomic_dir(output, session.force) as tmp:
         with log.progress(len(entries), "density maps") as advance:
-            records = generate_densities(entries, tmp, config, provenance, workers=workers, on_progress=advance,
-                                         skip_bad=session.skip_bad, skipped=skipped)
+            records = generate_densities(
+                entries,
+                tmp,
+                config,
+                provenance,
+                workers=workers,
+                on_progress=advance,
+                skip_bad=session.skip_bad,
+                skipped=skipped,
+            )
         for problem in skipped:
             log.warn(f"skipped {problem}")
         if not records:

@@ -37,8 +37,11 @@ class Group:
         unknown = self.leave_out - {p.name for p in params}
         if unknown:
             raise ValueError(f"{build.__name__} has no option {', '.join(sorted(unknown))}")
-        self.options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in (params[1:] if self.named else params)
-                        if p.name not in self.leave_out]
+        self.options = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in (params[1:] if self.named else params)
+            if p.name not in self.leave_out
+        ]
 
     def without(self, *names: str) -> Group:
         """This group less the options ``names``, which then keep ``build``'s defaults."""
@@ -53,14 +56,21 @@ class Deferred:
     its Annotated type (with its typer.Option or typer.Argument), ``default`` is its default, or ``default_from()``
     makes it then too. The command receives the value itself: the chosen name where the type is a choices enum."""
 
-    def __init__(self, annotation: Callable[[], Any], default: Any = inspect.Parameter.empty, *,
-                 default_from: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        annotation: Callable[[], Any],
+        default: Any = inspect.Parameter.empty,
+        *,
+        default_from: Callable[[], Any] | None = None,
+    ) -> None:
         self.annotation = annotation
         self.default = default
         self.default_from = default_from
 
     def parameter(self, p: inspect.Parameter) -> inspect.Parameter:
-        return p.replace(annotation=self.annotation(), default=self.default if self.default_from is None else self.default_from())
+        return p.replace(
+            annotation=self.annotation(), default=self.default if self.default_from is None else self.default_from()
+        )
 
 
 class Expanded:
@@ -73,7 +83,11 @@ class Expanded:
         params: list[inspect.Parameter] = []
         for p in signature.parameters.values():
             # Keyword-only, as Typer passes every value: a group's defaulted options may then precede a required one.
-            params += self.groups[p.name].options if p.name in self.groups else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+            params += (
+                self.groups[p.name].options
+                if p.name in self.groups
+                else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+            )
         self.params = params
         self.deferred = {p.name for p in params if isinstance(p.default, Deferred)}
         self.returns = signature.return_annotation

@@ -15,7 +15,12 @@ from crowdtk.index import build_manifest
 
 @run_command("index")
 def command(
-    root: Annotated[Path, typer.Argument(help="Data set folder: a ShanghaiTech split, a UCF_CC_50 folder, or images/ + points/.", show_default=False)],
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="Data set folder: a ShanghaiTech split, a UCF_CC_50 folder, or images/ + points/.", show_default=False
+        ),
+    ],
     output: OutputFile = "-",
     workers: Workers = 2,
     session: Session = SESSION,
@@ -26,14 +31,23 @@ def command(
     with log.progress(None, "indexing") as advance:
         result = build_manifest(root, workers=workers, skip_bad=session.skip_bad, on_progress=advance)
     if result.ignored:
-        log.warn(f"ignored {len(result.ignored)} annotation picture(s), not images of the data set: {', '.join(result.ignored[:5])}")
+        log.warn(
+            f"ignored {len(result.ignored)} annotation picture(s), not images of the data set: {', '.join(result.ignored[:5])}"
+        )
     for problem in result.skipped:
         log.warn(f"skipped {problem}")
     if result.dropped_points:
         total = sum(result.dropped_points.values())
-        log.warn(f"dropped {total} point(s) outside their image in {len(result.dropped_points)} image(s): "
-                 + ", ".join(f"{k} ({v})" for k, v in list(result.dropped_points.items())[:5]))
-    header = manifest_header(Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=session.skip_bad)),
-                             result.layout, result.skipped)
+        log.warn(
+            f"dropped {total} point(s) outside their image in {len(result.dropped_points)} image(s): "
+            + ", ".join(f"{k} ({v})" for k, v in list(result.dropped_points.items())[:5])
+        )
+    header = manifest_header(
+        Provenance("index", params_of(root=root.resolve(), workers=workers, skip_bad=session.skip_bad)),
+        result.layout,
+        result.skipped,
+    )
     write_jsonl(output, header, (e.to_record() for e in result.entries))
-    log.info(f"indexed {len(result.entries)} images ({result.layout} layout), {sum(e.count for e in result.entries)} heads")
+    log.info(
+        f"indexed {len(result.entries)} images ({result.layout} layout), {sum(e.count for e in result.entries)} heads"
+    )

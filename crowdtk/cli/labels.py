@@ -24,8 +24,19 @@ app = typer.Typer(
 @app.command("diff")
 @run_command("labels diff")
 def diff(
-    a: Annotated[str, typer.Argument(help="Labels file before, e.g. the one exported for review; '-' reads stdin.", show_default=False)],
-    b: Annotated[str, typer.Argument(help="Labels file after, e.g. 'crowdtk import A --from FORMAT PATH' of the reviewed package; '-' reads stdin.", show_default=False)],
+    a: Annotated[
+        str,
+        typer.Argument(
+            help="Labels file before, e.g. the one exported for review; '-' reads stdin.", show_default=False
+        ),
+    ],
+    b: Annotated[
+        str,
+        typer.Argument(
+            help="Labels file after, e.g. 'crowdtk import A --from FORMAT PATH' of the reviewed package; '-' reads stdin.",
+            show_default=False,
+        ),
+    ],
     session: Session = SESSION.without("skip_bad", "force"),
 ) -> None:
     """Per region, the head points B added, removed and moved against A.
@@ -49,7 +60,11 @@ def diff(
         typer.echo(dumps_record(region.to_record()))
     only = [f"{n} labeled only in {name}" for n, name in ((result.only("a"), name_a), (result.only("b"), name_b)) if n]
     totals = result.totals()
-    log.info(f"{name_a} -> {name_b}: {result.images} images, {len(result.regions)} regions" + (f" ({', '.join(only)})" if only else "")
-             + ": " + ", ".join(f"{n} {what}" for what, n in totals.items()))
+    log.info(
+        f"{name_a} -> {name_b}: {result.images} images, {len(result.regions)} regions"
+        + (f" ({', '.join(only)})" if only else "")
+        + ": "
+        + ", ".join(f"{n} {what}" for what, n in totals.items())
+    )
     for name, n in result.outside.items():
         log.warn(f"{name}: {n} point(s) lie outside every region of their image; they were not compared")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -41,15 +41,25 @@ def registered(name: str, registry: Registry[Any]) -> type[Enum]:
 
 # --------------------------------------------------------------------------- every command
 
-OutputFile = Annotated[str, typer.Option("-o", "--output", help="Output file; '-' writes to stdout.", show_default=True)]
-OutputDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder (must not exist unless --force).", show_default=False)]
+OutputFile = Annotated[
+    str, typer.Option("-o", "--output", help="Output file; '-' writes to stdout.", show_default=True)
+]
+OutputDir = Annotated[
+    Path, typer.Option("-o", "--output", help="Output folder (must not exist unless --force).", show_default=False)
+]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or log messages on stderr. [default: off]")]
-Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More log messages, and a traceback on errors. [default: off]")]
+Verbose = Annotated[
+    bool, typer.Option("-v", "--verbose", help="More log messages, and a traceback on errors. [default: off]")
+]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; recorded in every output.")]
 Workers = Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes or threads.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output. [default: off]")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and list bad images instead of stopping. [default: off]")]
-Manifest = Annotated[str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)]
+SkipBad = Annotated[
+    bool, typer.Option("--skip-bad", help="Skip and list bad images instead of stopping. [default: off]")
+]
+Manifest = Annotated[
+    str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)
+]
 
 DeviceName = choices("DeviceName", ("auto", "cpu", "cuda"))
 Device = Annotated[DeviceName, typer.Option("--device", help="Where the network runs (auto picks CUDA when present).")]
@@ -64,7 +74,9 @@ class Session:
     skip_bad: bool = False
 
 
-def _session(command: str, /, skip_bad: SkipBad = False, force: Force = False, quiet: Quiet = False, verbose: Verbose = False) -> Session:
+def _session(
+    command: str, /, skip_bad: SkipBad = False, force: Force = False, quiet: Quiet = False, verbose: Verbose = False
+) -> Session:
     return Session(Log(command, quiet, verbose), force=force, skip_bad=skip_bad)
 
 
@@ -83,36 +95,103 @@ def model_help() -> str:
 
 def model_option(default: str) -> Deferred:
     """--model with ``default``: the registered models (crowdtk.model_records)."""
-    return Deferred(lambda: Annotated[registered("ModelName", MODELS), typer.Option("--model", help=model_help())], default)
+    return Deferred(
+        lambda: Annotated[registered("ModelName", MODELS), typer.Option("--model", help=model_help())], default
+    )
 
 
-BatchSize = Annotated[int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step (per process under torchrun).")]
-Crop = Annotated[int, typer.Option(help="Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.")]
+BatchSize = Annotated[
+    int, typer.Option(help="Images (whole, or crops with --crop) per optimizer step (per process under torchrun).")
+]
+Crop = Annotated[
+    int,
+    typer.Option(
+        help="Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images."
+    ),
+]
 Lr = Annotated[float, typer.Option(help="Adam learning rate (targets are scaled by --density-scale).")]
 
 Freeze = choices("Freeze", FREEZE_LEVELS)
 LrSchedule = choices("LrSchedule", LR_SCHEDULES)
 Keep = choices("Keep", KEEP)
 
-Labels = Annotated[Path, typer.Argument(help="Labels file from 'crowdtk import' (regions and the points inside them).", show_default=False)]
-Checkpoint = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors); the best epoch by validation MAE.", show_default=False)]
-NoPretrained = Annotated[bool, typer.Option("--no-pretrained", help="Start from random weights instead of ImageNet ones. [default: off]")]
-BackboneWeights = Annotated[Optional[Path], typer.Option(help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]")]
+Labels = Annotated[
+    Path,
+    typer.Argument(help="Labels file from 'crowdtk import' (regions and the points inside them).", show_default=False),
+]
+Checkpoint = Annotated[
+    Path,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Checkpoint to write (.safetensors); the best epoch by validation MAE.",
+        show_default=False,
+    ),
+]
+NoPretrained = Annotated[
+    bool, typer.Option("--no-pretrained", help="Start from random weights instead of ImageNet ones. [default: off]")
+]
+BackboneWeights = Annotated[
+    Path | None,
+    typer.Option(
+        help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]"
+    ),
+]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
-Scale = Annotated[float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")]
+Scale = Annotated[
+    float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")
+]
 DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
 LossName = choices("LossName", tuple(LOSSES))
-LossOpt = Annotated[LossName, typer.Option("--loss", help="The density loss (crowdtk/train/loss.py): "
-                                           + "; ".join(f"{loss.name}: {loss.help}" for loss in LOSSES.values()))]
+LossOpt = Annotated[
+    LossName,
+    typer.Option(
+        "--loss",
+        help="The density loss (crowdtk/train/loss.py): "
+        + "; ".join(f"{loss.name}: {loss.help}" for loss in LOSSES.values()),
+    ),
+]
 ValFrac = Annotated[float, typer.Option(help="Share of labeled images held out for validation.")]
-ValEvery = Annotated[int, typer.Option(help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run.")]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the network for training (CUDA; slower to start). [default: off]")]
-FreezeOpt = Annotated[Freeze, typer.Option("--freeze", help="none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.")]
-TrainFeatureCache = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder that keeps the frozen front end's features (with --freeze), shared by runs with the same model, scale and images. [default: in memory]")]
-LrScheduleOpt = Annotated[LrSchedule, typer.Option("--lr-schedule", help="constant, or cosine: decay to 0 over the run.")]
-KeepOpt = Annotated[Keep, typer.Option("--keep", help="The epoch the checkpoint holds: best (by validation MAE) or last.")]
-CpuBf16 = Annotated[bool, typer.Option("--cpu-bf16", help="Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). [default: off]")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")]
+ValEvery = Annotated[
+    int,
+    typer.Option(
+        help="Validate (and keep the best checkpoint) every N epochs and after the last; 0 = about 20 times per run."
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option("--compile", help="torch.compile the network for training (CUDA; slower to start). [default: off]"),
+]
+FreezeOpt = Annotated[
+    Freeze,
+    typer.Option(
+        "--freeze",
+        help="none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.",
+    ),
+]
+TrainFeatureCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--feature-cache",
+        help="Folder that keeps the frozen front end's features (with --freeze), shared by runs with the same model, scale and images. [default: in memory]",
+    ),
+]
+LrScheduleOpt = Annotated[
+    LrSchedule, typer.Option("--lr-schedule", help="constant, or cosine: decay to 0 over the run.")
+]
+KeepOpt = Annotated[
+    Keep, typer.Option("--keep", help="The epoch the checkpoint holds: best (by validation MAE) or last.")
+]
+CpuBf16 = Annotated[
+    bool,
+    typer.Option(
+        "--cpu-bf16",
+        help="Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). [default: off]",
+    ),
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run from its saved state. [default: off]")
+]
 
 
 @dataclass(frozen=True)
@@ -124,18 +203,48 @@ class Training:
     resume: bool
 
 
-def _training(no_pretrained: NoPretrained = False, backbone_weights: BackboneWeights = None, epochs: Epochs = TRAIN_DEFAULTS.epochs,
-              lr: Lr = TRAIN_DEFAULTS.lr, batch_size: BatchSize = TRAIN_DEFAULTS.batch_size, crop: Crop = TRAIN_DEFAULTS.crop,
-              scale: Scale = TRAIN_DEFAULTS.input_scale, density_scale: DensityScale = TRAIN_DEFAULTS.density_scale,
-              loss: LossOpt = TRAIN_DEFAULTS.loss, val_frac: ValFrac = TRAIN_DEFAULTS.val_frac, val_every: ValEvery = TRAIN_DEFAULTS.val_every,
-              freeze: FreezeOpt = TRAIN_DEFAULTS.freeze, feature_cache: TrainFeatureCache = None,
-              lr_schedule: LrScheduleOpt = TRAIN_DEFAULTS.lr_schedule, keep: KeepOpt = TRAIN_DEFAULTS.keep, cpu_bf16: CpuBf16 = False,
-              compile_: Compile = False, seed: Seed = TRAIN_DEFAULTS.seed, device: Device = "auto", resume: Resume = False) -> Training:
-    config = TrainConfig(pretrained=not no_pretrained, backbone_weights=str(backbone_weights) if backbone_weights else None,
-                         epochs=epochs, lr=lr, batch_size=batch_size, crop=crop, input_scale=scale, density_scale=density_scale,
-                         loss=loss.value, val_frac=val_frac, val_every=val_every, compile=compile_, seed=seed, freeze=freeze.value,
-                         feature_cache=str(feature_cache) if feature_cache else None, lr_schedule=lr_schedule.value, keep=keep.value,
-                         cpu_bf16=cpu_bf16)
+def _training(
+    no_pretrained: NoPretrained = False,
+    backbone_weights: BackboneWeights = None,
+    epochs: Epochs = TRAIN_DEFAULTS.epochs,
+    lr: Lr = TRAIN_DEFAULTS.lr,
+    batch_size: BatchSize = TRAIN_DEFAULTS.batch_size,
+    crop: Crop = TRAIN_DEFAULTS.crop,
+    scale: Scale = TRAIN_DEFAULTS.input_scale,
+    density_scale: DensityScale = TRAIN_DEFAULTS.density_scale,
+    loss: LossOpt = TRAIN_DEFAULTS.loss,
+    val_frac: ValFrac = TRAIN_DEFAULTS.val_frac,
+    val_every: ValEvery = TRAIN_DEFAULTS.val_every,
+    freeze: FreezeOpt = TRAIN_DEFAULTS.freeze,
+    feature_cache: TrainFeatureCache = None,
+    lr_schedule: LrScheduleOpt = TRAIN_DEFAULTS.lr_schedule,
+    keep: KeepOpt = TRAIN_DEFAULTS.keep,
+    cpu_bf16: CpuBf16 = False,
+    compile_: Compile = False,
+    seed: Seed = TRAIN_DEFAULTS.seed,
+    device: Device = "auto",
+    resume: Resume = False,
+) -> Training:
+    config = TrainConfig(
+        pretrained=not no_pretrained,
+        backbone_weights=str(backbone_weights) if backbone_weights else None,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        crop=crop,
+        input_scale=scale,
+        density_scale=density_scale,
+        loss=loss.value,
+        val_frac=val_frac,
+        val_every=val_every,
+        compile=compile_,
+        seed=seed,
+        freeze=freeze.value,
+        feature_cache=str(feature_cache) if feature_cache else None,
+        lr_schedule=lr_schedule.value,
+        keep=keep.value,
+        cpu_bf16=cpu_bf16,
+    )
     return Training(config, device.value, resume)
 
 
@@ -143,24 +252,54 @@ TRAINING = Group(_training)  # the options of train and warmup after --model
 
 # --------------------------------------------------------------------------- running a counter (eval, count, vectors, show)
 
-MaxSide = Annotated[int, typer.Option("--max-side", help="Images larger than this (pixels, after --scale) are run in tiles whose counts add up.")]
-FeatureCache = Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]")]
+MaxSide = Annotated[
+    int,
+    typer.Option(
+        "--max-side", help="Images larger than this (pixels, after --scale) are run in tiles whose counts add up."
+    ),
+]
+FeatureCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--feature-cache",
+        help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]",
+    ),
+]
 
 
-FlipAverage = Annotated[bool, typer.Option("--flip-average", help="Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). [default: off]")]
+FlipAverage = Annotated[
+    bool,
+    typer.Option(
+        "--flip-average",
+        help="Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). [default: off]",
+    ),
+]
 
 
-def _prediction(max_side: MaxSide = PredictConfig.max_side, feature_cache: FeatureCache = None, device: Device = "auto",
-                flip_average: FlipAverage = PredictConfig.flip_average) -> PredictConfig:
-    return PredictConfig(max_side=max_side, feature_cache=str(feature_cache) if feature_cache else None, device=device.value,
-                         flip_average=flip_average)
+def _prediction(
+    max_side: MaxSide = PredictConfig.max_side,
+    feature_cache: FeatureCache = None,
+    device: Device = "auto",
+    flip_average: FlipAverage = PredictConfig.flip_average,
+) -> PredictConfig:
+    return PredictConfig(
+        max_side=max_side,
+        feature_cache=str(feature_cache) if feature_cache else None,
+        device=device.value,
+        flip_average=flip_average,
+    )
 
 
 PREDICTION = Group(_prediction)  # eval, count, vectors: how the counter runs
 
 # --------------------------------------------------------------------------- experiments (bench, demo)
 
-Steps = Annotated[int, typer.Option(help="Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).")]
+Steps = Annotated[
+    int,
+    typer.Option(
+        help="Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs)."
+    ),
+]
 
 
 def warmup_strategies() -> str:
@@ -175,7 +314,12 @@ def _warmup_steps() -> Any:
 def _strip_frac() -> Any:
     # The strategies that pick cells of images (not whole images): those the strips are cut for.
     cells = ", ".join(s.name for s in STRATEGIES.values() if not s.whole_images)
-    return Annotated[float, typer.Option(help=f"Strip width as a fraction of the image width ({cells}; the budget sets how many per image).")]
+    return Annotated[
+        float,
+        typer.Option(
+            help=f"Strip width as a fraction of the image width ({cells}; the budget sets how many per image)."
+        ),
+    ]
 
 
 def strip_frac_option(default: float) -> Deferred:
@@ -183,16 +327,33 @@ def strip_frac_option(default: float) -> Deferred:
     return Deferred(_strip_frac, default)
 
 
-BenchFreeze = Annotated[Freeze, typer.Option("--freeze", help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.")]
-CpuBf16Auto = Annotated[Optional[bool], typer.Option("--cpu-bf16/--no-cpu-bf16", help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]", show_default=False)]
+BenchFreeze = Annotated[
+    Freeze,
+    typer.Option(
+        "--freeze",
+        help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.",
+    ),
+]
+CpuBf16Auto = Annotated[
+    bool | None,
+    typer.Option(
+        "--cpu-bf16/--no-cpu-bf16",
+        help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]",
+        show_default=False,
+    ),
+]
 
 
 def schedule_options(defaults: Schedule) -> Group:
     """--model, --steps, --warmup-steps, --batch-size and --crop of bench and demo, each with its ``defaults``: they replace those in it."""
 
-    def schedule(model: str = model_option(defaults.model), steps: Steps = defaults.steps,
-                 warmup_steps: int = Deferred(_warmup_steps, defaults.warmup_steps),
-                 batch_size: BatchSize = defaults.batch_size, crop: Crop = defaults.crop) -> Schedule:
+    def schedule(
+        model: str = model_option(defaults.model),
+        steps: Steps = defaults.steps,
+        warmup_steps: int = Deferred(_warmup_steps, defaults.warmup_steps),
+        batch_size: BatchSize = defaults.batch_size,
+        crop: Crop = defaults.crop,
+    ) -> Schedule:
         return replace(defaults, model=model, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, crop=crop)
 
     return Group(schedule)
@@ -200,7 +361,13 @@ def schedule_options(defaults: Schedule) -> Group:
 
 # --------------------------------------------------------------------------- export / import
 
-Regions = Annotated[str, typer.Argument(help="Regions file from 'crowdtk select', or a labels file for a review round; '-' reads stdin.", show_default=False)]
+Regions = Annotated[
+    str,
+    typer.Argument(
+        help="Regions file from 'crowdtk select', or a labels file for a review round; '-' reads stdin.",
+        show_default=False,
+    ),
+]
 
 
 def tool_choices() -> type[Enum]:

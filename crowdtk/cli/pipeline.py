@@ -50,9 +50,13 @@ class Runner:
             try:
                 code = app(args=argv, prog_name="crowdtk", standalone_mode=False)
             except Exception as exc:  # a usage error of the generated command line
-                raise CrowdtkError(f"step failed: {step.shell()} ({exc})", "report it: the generated command is wrong") from None
+                raise CrowdtkError(
+                    f"step failed: {step.shell()} ({exc})", "report it: the generated command is wrong"
+                ) from None
         if code:
-            raise CrowdtkError(f"step failed: {step.shell()}", "see the error above; fix it and rerun, finished steps are reused")
+            raise CrowdtkError(
+                f"step failed: {step.shell()}", "see the error above; fix it and rerun, finished steps are reused"
+            )
         if step.stdout:
             with atomic_path(step.output) as tmp:
                 tmp.write_text(captured.getvalue(), encoding="utf-8")
@@ -70,6 +74,8 @@ class Runner:
                 steps.append(step)
             result = run_result(experiment, run, self.timings, steps)
             rows.setdefault((run.method, run.budget, run.shape), []).append(result)
-            self.log.info(f"{run.name} at {100 * run.budget:g}%, seed {run.seed}: MAE {result['mae']:.2f}, RMSE {result['rmse']:.2f}, "
-                          f"{result['heads_labeled']} heads in {100 * result['area_fraction']:.2f}% of the area")
+            self.log.info(
+                f"{run.name} at {100 * run.budget:g}%, seed {run.seed}: MAE {result['mae']:.2f}, RMSE {result['rmse']:.2f}, "
+                f"{result['heads_labeled']} heads in {100 * result['area_fraction']:.2f}% of the area"
+            )
         return aggregate(rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -26,30 +26,79 @@ def _strategy() -> Any:
 
 def _vectors() -> Any:
     need = names([s for s in STRATEGIES.values() if s.needs_vectors])
-    return Annotated[Optional[Path], typer.Option(help=f"Strip vectors from 'crowdtk vectors' over this manifest (needed by {need}). [default: none]")]
+    return Annotated[
+        Path | None,
+        typer.Option(
+            help=f"Strip vectors from 'crowdtk vectors' over this manifest (needed by {need}). [default: none]"
+        ),
+    ]
 
 
 def _warmup_frac() -> Any:
     pickers = " or ".join(s.name for s in STRATEGIES.values() if s.warmup)
-    return Annotated[float, typer.Option(help=f"Warm-up round (strategy {pickers}): this share of the images gets random strips at the per-image "
-                                              "budget; the paper uses 0.2. 0 means no warm-up round.")]
+    return Annotated[
+        float,
+        typer.Option(
+            help=f"Warm-up round (strategy {pickers}): this share of the images gets random strips at the per-image "
+            "budget; the paper uses 0.2. 0 means no warm-up round."
+        ),
+    ]
 
 
 @run_command("select")
 def command(
     manifest: Manifest,
-    budget: Annotated[Optional[float], typer.Option(help=f"Labeling budget: the fraction of the pool's area to label, in (0, 1]; with --exclude, of all rounds together. [default: {_D.budget:g}]", show_default=False)] = None,
-    budget_heads: Annotated[Optional[float], typer.Option(metavar="N", help="A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file's regions reach N; --exclude leaves earlier rounds' images out without subtracting their heads. [default: none]", show_default=False)] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Labeling budget: the fraction of the pool's area to label, in (0, 1]; with --exclude, of all rounds together. [default: {_D.budget:g}]",
+            show_default=False,
+        ),
+    ] = None,
+    budget_heads: Annotated[
+        float | None,
+        typer.Option(
+            metavar="N",
+            help="A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file's regions reach N; --exclude leaves earlier rounds' images out without subtracting their heads. [default: none]",
+            show_default=False,
+        ),
+    ] = None,
     strategy: str = Deferred(_strategy, _D.strategy),
     output: OutputFile = "-",
-    vectors: Optional[Path] = Deferred(_vectors, None),
+    vectors: Path | None = Deferred(_vectors, None),
     warmup_frac: float = Deferred(_warmup_frac, _D.warmup_frac),
-    exclude: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]")] = None,
-    strip_frac: Annotated[float, typer.Option(help="Strip width as a fraction of the image width (the area of one cell).")] = _D.strip_frac,
-    shape: Annotated[Shape, typer.Option(help="Cells: strip (vertical, the paper's), band (horizontal) or block (square), for the Table 1 ablation.")] = Shape(_D.shape),
-    scale: Annotated[Optional[float], typer.Option(help="The --scale the counter will be trained at: cell edges lie on whole output cells (8 px) of the image resized by it, so every labeled head is supervised. [default: the vectors' scale, else 1]", show_default=False)] = None,
-    n_init: Annotated[int, typer.Option(help="MDC: EM starts per image (k-means++ seeds); the fit of the highest likelihood is kept.")] = _D.n_init,
-    engine: Annotated[Engine, typer.Option(help="MDC's EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower).")] = Engine(_D.engine),
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="FILE",
+            help="Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]",
+        ),
+    ] = None,
+    strip_frac: Annotated[
+        float, typer.Option(help="Strip width as a fraction of the image width (the area of one cell).")
+    ] = _D.strip_frac,
+    shape: Annotated[
+        Shape,
+        typer.Option(
+            help="Cells: strip (vertical, the paper's), band (horizontal) or block (square), for the Table 1 ablation."
+        ),
+    ] = Shape(_D.shape),
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            help="The --scale the counter will be trained at: cell edges lie on whole output cells (8 px) of the image resized by it, so every labeled head is supervised. [default: the vectors' scale, else 1]",
+            show_default=False,
+        ),
+    ] = None,
+    n_init: Annotated[
+        int, typer.Option(help="MDC: EM starts per image (k-means++ seeds); the fit of the highest likelihood is kept.")
+    ] = _D.n_init,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="MDC's EM: numpy (batched over images) or sklearn (one GaussianMixture per image; the same result, slower)."
+        ),
+    ] = Engine(_D.engine),
     seed: Seed = _D.seed,
     workers: Workers = _D.workers,
     session: Session = SESSION.without("skip_bad"),
@@ -62,19 +111,40 @@ def command(
     spends clicks instead of area: the strategy picks as before, until the heads predicted reach N.
     """
     if budget_heads is not None and budget is not None:
-        raise UsageError("--budget and --budget-heads together", "give one budget: a share of the area (--budget) or heads (--budget-heads)")
+        raise UsageError(
+            "--budget and --budget-heads together",
+            "give one budget: a share of the area (--budget) or heads (--budget-heads)",
+        )
     if budget_heads is not None and vectors is None:
-        raise UsageError("--budget-heads needs --vectors", "the heads are the vectors' predicted counts: pass them with --vectors")
+        raise UsageError(
+            "--budget-heads needs --vectors", "the heads are the vectors' predicted counts: pass them with --vectors"
+        )
     claim(output, session.force, inputs=(manifest, vectors, *(exclude or [])))
     _, entries = read_manifest(manifest)
-    config = SelectConfig(budget=_D.budget if budget is None else budget, budget_heads=budget_heads, strategy=strategy,
-                          strip_frac=strip_frac, shape=shape.value, warmup_frac=warmup_frac, seed=seed, workers=workers,
-                          engine=engine.value, n_init=n_init)
+    config = SelectConfig(
+        budget=_D.budget if budget is None else budget,
+        budget_heads=budget_heads,
+        strategy=strategy,
+        strip_frac=strip_frac,
+        shape=shape.value,
+        warmup_frac=warmup_frac,
+        seed=seed,
+        workers=workers,
+        engine=engine.value,
+        n_init=n_init,
+    )
     with session.log.progress(len(entries) if STRATEGIES[config.strategy].progress else None, "selecting") as advance:
-        run = select_files(entries, manifest, config, scale=scale, vectors=vectors, exclude=exclude or [], on_progress=advance)
+        run = select_files(
+            entries, manifest, config, scale=scale, vectors=vectors, exclude=exclude or [], on_progress=advance
+        )
     for note in run.selection.notes:
         session.log.warn(note)
-    provenance = Provenance("select", params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []], **run.params()),
-                            seed)
-    write_jsonl(output, regions_header(provenance, **run.header_fields()), (e.to_record() for e in run.selection.entries))
+    provenance = Provenance(
+        "select",
+        params_of(manifest=manifest, vectors=vectors, exclude=[str(p) for p in exclude or []], **run.params()),
+        seed,
+    )
+    write_jsonl(
+        output, regions_header(provenance, **run.header_fields()), (e.to_record() for e in run.selection.entries)
+    )
     session.log.info(run.summary(excluded=bool(exclude)))

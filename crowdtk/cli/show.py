@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, MaxSide, Session
-from crowdtk.predict_config import PredictConfig
 from crowdtk.errors import CrowdtkError, UsageError
+from crowdtk.predict_config import PredictConfig
 
 ARTIFACT_HELP = (
     "What to draw: a regions file (select) or labels file (import) -> the image with its regions in red; "
@@ -23,11 +23,33 @@ ARTIFACT_HELP = (
 def command(
     artifact: Annotated[Path, typer.Argument(help=ARTIFACT_HELP, show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.", show_default=False)],
-    image: Annotated[Optional[str], typer.Option("--image", help="Id of the image to draw. [default: the first image (with regions)]")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="With a regions/labels file: also draw this (warm-up) counter's predicted density. [default: none]")] = None,
-    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="With a checkpoint: draw image, ground truth and prediction for an image of this manifest. [default: none]")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="With a checkpoint trained with --cap: draw affinity maps for an image of this labels file. [default: none]")] = None,
-    positions: Annotated[int, typer.Option("--positions", min=1, help="Number of labeled positions whose affinity maps are drawn.")] = 2,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Id of the image to draw. [default: the first image (with regions)]")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="With a regions/labels file: also draw this (warm-up) counter's predicted density. [default: none]",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="With a checkpoint: draw image, ground truth and prediction for an image of this manifest. [default: none]",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="With a checkpoint trained with --cap: draw affinity maps for an image of this labels file. [default: none]",
+        ),
+    ] = None,
+    positions: Annotated[
+        int, typer.Option("--positions", min=1, help="Number of labeled positions whose affinity maps are drawn.")
+    ] = 2,
     max_side: MaxSide = PredictConfig.max_side,
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
@@ -41,8 +63,10 @@ def command(
     claim(output, session.force, inputs=(artifact, checkpoint, manifest, labels))
     kind = peek_format(artifact)
     if kind is None:
-        raise CrowdtkError(f"{artifact}: not a crowdtk artifact crowdtk show can draw",
-                           "pass a regions or labels file, a checkpoint (.safetensors) or a bench results.json")
+        raise CrowdtkError(
+            f"{artifact}: not a crowdtk artifact crowdtk show can draw",
+            "pass a regions or labels file, a checkpoint (.safetensors) or a bench results.json",
+        )
 
     def refuse(option: str, value: object, use: str) -> None:
         if value is not None:
@@ -67,7 +91,12 @@ def command(
             drawn = pictures.show_affinity(output, artifact, labels, image_id=image, positions=positions)
             what = f"{positions} affinity map(s) for image {drawn}"
     elif kind == BENCH_RESULTS:
-        for option, value in (("--image", image), ("--checkpoint", checkpoint), ("--manifest", manifest), ("--labels", labels)):
+        for option, value in (
+            ("--image", image),
+            ("--checkpoint", checkpoint),
+            ("--manifest", manifest),
+            ("--labels", labels),
+        ):
             refuse(option, value, f"drop {option}; the budget plot uses the results file only")
         pictures.show_budget(output, artifact)
         what = "MAE against labeling budget"

@@ -28,5 +28,7 @@ def command(
     load_counter(checkpoint)  # refuse what eval refuses: a header naming no model, weights that do not fit it
     header = strip_cap(checkpoint, output)
     if not header["removed_tensors"]:
-        log.warn(f"{checkpoint}: has no CAP module to remove (trained without --cap, or stripped already); {output} is the same counter")
+        log.warn(
+            f"{checkpoint}: has no CAP module to remove (trained without --cap, or stripped already); {output} is the same counter"
+        )
     log.info(f"wrote {output}: removed {len(header['removed_tensors'])} CAP tensor(s)")

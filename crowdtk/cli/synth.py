@@ -10,8 +10,8 @@ import typer
 
 from crowdtk.cli.common import claim, run_command
 from crowdtk.cli.options import SESSION, OutputDir, Seed, Session, Workers
-from crowdtk.formats import SYNTH_CONFIG, Provenance, make_header
 from crowdtk.files import atomic_dir, atomic_path
+from crowdtk.formats import SYNTH_CONFIG, Provenance, make_header
 from crowdtk.synth import SynthConfig, generate_dataset
 
 _D = SynthConfig()
@@ -24,7 +24,9 @@ def command(
     test: Annotated[int, typer.Option(help="Images in DIR/test.")] = _D.test,
     width: Annotated[int, typer.Option(help="Image width in pixels.")] = _D.width,
     height: Annotated[int, typer.Option(help="Image height in pixels (head sizes scale with it).")] = _D.height,
-    crowd: Annotated[float, typer.Option(help="Multiply the density of every group (0 gives empty scenes).")] = _D.crowd,
+    crowd: Annotated[
+        float, typer.Option(help="Multiply the density of every group (0 gives empty scenes).")
+    ] = _D.crowd,
     seed: Seed = _D.seed,
     workers: Workers = 2,
     session: Session = SESSION.without("skip_bad"),
@@ -40,8 +42,12 @@ def command(
         with log.progress(train + test, "scenes") as advance:
             splits = generate_dataset(tmp, config, provenance, workers=workers, on_progress=advance)
         summary = {
-            split: {"images": len(entries), "heads": sum(e.count for e in entries),
-                    "min_count": min(e.count for e in entries), "max_count": max(e.count for e in entries)}
+            split: {
+                "images": len(entries),
+                "heads": sum(e.count for e in entries),
+                "min_count": min(e.count for e in entries),
+                "max_count": max(e.count for e in entries),
+            }
             for split, entries in splits.items()
         }
         record = {**make_header(SYNTH_CONFIG, provenance), "splits": summary}

@@ -8,7 +8,12 @@ from crowdtk.cli.train import run_training
 
 
 @run_command("warmup")
-def command(labels: Labels, output: Checkpoint, model: str = model_option(TRAIN_DEFAULTS.model), training: Training = TRAINING,
-            session: Session = SESSION.without("skip_bad")) -> None:
+def command(
+    labels: Labels,
+    output: Checkpoint,
+    model: str = model_option(TRAIN_DEFAULTS.model),
+    training: Training = TRAINING,
+    session: Session = SESSION.without("skip_bad"),
+) -> None:
     """Train the warm-up counter on the warm-up labels (no CAP); 'vectors' uses it to rank the rest."""
     run_training(labels, output, model, training, session)

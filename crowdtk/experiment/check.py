@@ -56,7 +56,11 @@ def _entry_problem(r: Any) -> str | None:
     if not isinstance(r["method"], str) or not isinstance(r["shape"], str) or not _number(r["budget"]):
         return "an entry whose method, budget or shape is not what bench writes"
     seeds, mae = r["seeds"], r["mae"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         return f"{_key_name(r)}: seeds is not a list of seed numbers"
     if not isinstance(mae, dict) or not all(_number(mae.get(k)) for k in ("mean", "std")):
         return f"{_key_name(r)}: its MAE has no numeric mean and std"
@@ -86,8 +90,10 @@ def read_baseline(path: Path, settings: dict[str, Any], planned: Iterable[Run] =
     doc = read_json(path, BENCH_RESULTS)  # another format, or a newer version, is refused here
     newest = FORMAT_VERSIONS[BENCH_RESULTS]
     if doc["format_version"] != newest:
-        raise CrowdtkError(f"{path}: a '{BENCH_RESULTS}' version {doc['format_version']} baseline; the gate compares version {newest}",
-                           _REMAKE)
+        raise CrowdtkError(
+            f"{path}: a '{BENCH_RESULTS}' version {doc['format_version']} baseline; the gate compares version {newest}",
+            _REMAKE,
+        )
     before, results = doc.get("settings"), doc.get("results")
     if not isinstance(before, dict) or not isinstance(results, list):
         raise CrowdtkError(f"{path}: no settings or results in the form `crowdtk bench` writes", _REMAKE)
@@ -95,11 +101,16 @@ def read_baseline(path: Path, settings: dict[str, Any], planned: Iterable[Run] =
         raise CrowdtkError(f"{path}: a baseline with no results, which no run can be compared with", _REMAKE)
     for n, r in enumerate(results, start=1):
         if (problem := _entry_problem(r)) is not None:
-            raise CrowdtkError(f"{path}: no settings or results in the form `crowdtk bench` writes (result {n}: {problem})", _REMAKE)
+            raise CrowdtkError(
+                f"{path}: no settings or results in the form `crowdtk bench` writes (result {n}: {problem})", _REMAKE
+            )
     for r in results:
         if not (math.isfinite(r["mae"]["mean"]) and math.isfinite(r["mae"]["std"])):
-            raise CrowdtkError(f"{path}: {_key_name(r)} has a non-finite MAE (mean {r['mae']['mean']}, std {r['mae']['std']}), "
-                               "which no run can be compared with", "make the baseline from a bench whose methods all have a finite MAE")
+            raise CrowdtkError(
+                f"{path}: {_key_name(r)} has a non-finite MAE (mean {r['mae']['mean']}, std {r['mae']['std']}), "
+                "which no run can be compared with",
+                "make the baseline from a bench whose methods all have a finite MAE",
+            )
     if bad := _non_finite(before):
         raise CrowdtkError(f"{path}: non-finite settings ({', '.join(bad)})", _REMAKE)
     keys = [(r["method"], r["budget"], r["shape"]) for r in results]
@@ -107,13 +118,17 @@ def read_baseline(path: Path, settings: dict[str, Any], planned: Iterable[Run] =
         raise CrowdtkError(f"{path}: {_key_name(twice)} is listed twice in the results", _REMAKE)
     changed = differing_settings(before, settings)
     if changed:
-        raise CrowdtkError(f"{path}: a baseline made with other settings or data ({', '.join(changed)} differ)",
-                           "run the bench with the baseline's settings on its data, or make a new baseline from this run")
+        raise CrowdtkError(
+            f"{path}: a baseline made with other settings or data ({', '.join(changed)} differ)",
+            "run the bench with the baseline's settings on its data, or make a new baseline from this run",
+        )
     runs = {(run.method, run.budget, run.shape) for run in planned}
     if runs and not runs & set(keys):
         held = ", ".join(sorted(_key_name(r) for r in results))
-        raise CrowdtkError(f"{path}: the baseline holds none of the methods and budgets this bench runs (it holds {held})",
-                           "run the bench with the baseline's --methods and --budgets, or make a new baseline from this run")
+        raise CrowdtkError(
+            f"{path}: the baseline holds none of the methods and budgets this bench runs (it holds {held})",
+            "run the bench with the baseline's --methods and --budgets, or make a new baseline from this run",
+        )
     return Baseline(path, file_digest(path), results)
 
 
@@ -122,16 +137,24 @@ def _finite(x: float | None) -> float | None:
 
 
 def _side(r: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if r is None else {"mean": _finite(r["mae"]["mean"]), "std": _finite(r["mae"]["std"]) or 0.0, "seeds": r["seeds"]}
+    return (
+        None
+        if r is None
+        else {"mean": _finite(r["mae"]["mean"]), "std": _finite(r["mae"]["std"]) or 0.0, "seeds": r["seeds"]}
+    )
 
 
-def _status(base: dict[str, Any] | None, run: dict[str, Any] | None, change: float | None, allowed: float | None) -> str:
+def _status(
+    base: dict[str, Any] | None, run: dict[str, Any] | None, change: float | None, allowed: float | None
+) -> str:
     if base is None:
         return "new"
     if run is None:
         return "not run"
     if change is None:  # a non-finite mean on one side: worse when it is this run's
-        return "ok" if run["mean"] is None and base["mean"] is None else "regressed" if run["mean"] is None else "improved"
+        return (
+            "ok" if run["mean"] is None and base["mean"] is None else "regressed" if run["mean"] is None else "improved"
+        )
     return "regressed" if change > allowed else "improved" if -change > allowed else "ok"
 
 
@@ -146,19 +169,33 @@ def compare(baseline: list[dict[str, Any]], results: list[dict[str, Any]], toler
         change = run["mean"] - base["mean"] if both else None
         spread = base["std"] + run["std"] if base is not None and run is not None else None
         allowed = max(tolerance * base["mean"], spread) if both else None
-        rows.append({"method": k[0], "budget": k[1], "shape": k[2], "status": _status(base, run, change, allowed),
-                     "baseline": base, "run": run, "mae_change": change,
-                     "relative_change": change / base["mean"] if both and base["mean"] else None, "spread": spread, "allowed": allowed})
+        rows.append(
+            {
+                "method": k[0],
+                "budget": k[1],
+                "shape": k[2],
+                "status": _status(base, run, change, allowed),
+                "baseline": base,
+                "run": run,
+                "mae_change": change,
+                "relative_change": change / base["mean"] if both and base["mean"] else None,
+                "spread": spread,
+                "allowed": allowed,
+            }
+        )
     regressions = sum(r["status"] == "regressed" for r in rows)
     return {"passed": regressions == 0, "regressions": regressions, "comparisons": rows}
 
 
-def write_check(path: Path, baseline: Baseline, results: list[dict[str, Any]], tolerance: float | None,
-                params: dict[str, Any]) -> dict[str, Any]:
+def write_check(
+    path: Path, baseline: Baseline, results: list[dict[str, Any]], tolerance: float | None, params: dict[str, Any]
+) -> dict[str, Any]:
     """DIR/check.json (format bench-check; ``tolerance`` None: the default); returns what it holds."""
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     body = compare(baseline.results, results, tolerance)
-    header = bench_check_header(Provenance("bench", params), baseline=str(baseline.path), baseline_sha256=baseline.sha256, tolerance=tolerance)
+    header = bench_check_header(
+        Provenance("bench", params), baseline=str(baseline.path), baseline_sha256=baseline.sha256, tolerance=tolerance
+    )
     write_json(path, header, body)
     return {**header, **body}
 
@@ -181,18 +218,31 @@ def check_report(check: dict[str, Any]) -> str:
     baseline, tolerance = check["baseline"], check["tolerance"]
     regressed = [r for r in check["comparisons"] if r["status"] == "regressed"]
     if regressed:
-        lines = [f"MAE regressions against {baseline} (growth beyond {100 * tolerance:g}% and the combined seed spread):", "",
-                 "| method | baseline MAE | this run | change | allowed growth |", "|---|---|---|---|---|"]
+        lines = [
+            f"MAE regressions against {baseline} (growth beyond {100 * tolerance:g}% and the combined seed spread):",
+            "",
+            "| method | baseline MAE | this run | change | allowed growth |",
+            "|---|---|---|---|---|",
+        ]
         for r in regressed:
-            change = "–" if r["mae_change"] is None else f"{r['mae_change']:+.2f}" + (
-                f" ({100 * r['relative_change']:+.0f}%)" if r["relative_change"] is not None else "")
+            change = (
+                "–"
+                if r["mae_change"] is None
+                else f"{r['mae_change']:+.2f}"
+                + (f" ({100 * r['relative_change']:+.0f}%)" if r["relative_change"] is not None else "")
+            )
             allowed = "–" if r["allowed"] is None else f"{r['allowed']:.2f}"
             lines.append(f"| {_name(r)} | {_mae(r['baseline'])} | {_mae(r['run'])} | {change} | {allowed} |")
     else:
         compared = sum(r["status"] in ("ok", "improved") for r in check["comparisons"])
-        lines = [f"no MAE regressions against {baseline}: {compared} compared (tolerance {100 * tolerance:g}% and the seed spread)"]
-    for status, what in (("improved", "better beyond the tolerance and the spread (a new baseline?)"),
-                         ("new", "new (not in the baseline)"), ("not run", "not run (only in the baseline)")):
+        lines = [
+            f"no MAE regressions against {baseline}: {compared} compared (tolerance {100 * tolerance:g}% and the seed spread)"
+        ]
+    for status, what in (
+        ("improved", "better beyond the tolerance and the spread (a new baseline?)"),
+        ("new", "new (not in the baseline)"),
+        ("not run", "not run (only in the baseline)"),
+    ):
         names = [_name(r) for r in check["comparisons"] if r["status"] == status]
         if names:
             lines.append(f"{what}: {', '.join(names)}")

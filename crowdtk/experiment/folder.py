@@ -16,10 +16,10 @@ from typing import Any
 
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.experiment.plan import Experiment, Run, Schedule, Step
-from crowdtk.files import atomic_path, file_digest
-from crowdtk.geometry import scale_for_pixels
-from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, Provenance, make_header, read_manifest, write_json
 from crowdtk.experiment.results import claims, demo_report, demo_table, markdown_table
+from crowdtk.files import atomic_path, file_digest
+from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, Provenance, make_header, read_manifest, write_json
+from crowdtk.geometry import scale_for_pixels
 
 
 def resolve_cpu_bf16(choice: bool | None, device: str) -> bool:
@@ -37,7 +37,9 @@ def resolve_cpu_bf16(choice: bool | None, device: str) -> bool:
 def parse_list(text: str, option: str, allowed: tuple[str, ...] | None = None) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise UsageError(f"{option} is empty", f"pass a comma-separated list{', e.g. ' + ','.join(allowed) if allowed else ''}")
+        raise UsageError(
+            f"{option} is empty", f"pass a comma-separated list{', e.g. ' + ','.join(allowed) if allowed else ''}"
+        )
     if allowed:
         unknown = [t for t in items if t not in allowed]
         if unknown:
@@ -68,8 +70,16 @@ def manifest_step(source: Path, out: Path, split: str) -> tuple[Path, Step | Non
 
 # Settings added after a folder may have been made: absent from its settings.json means their default.
 # They hold the value the code had before the setting existed (a folder of fine-tuned runs stays one).
-LATER_SETTINGS = {"strip_frac": Schedule.strip_frac, "freeze": "none", "lr_schedule": "constant", "keep": "best", "cpu_bf16": False,
-                  "pretrained": True, "recipe": "default", "backbone_weights_sha256": None}
+LATER_SETTINGS = {
+    "strip_frac": Schedule.strip_frac,
+    "freeze": "none",
+    "lr_schedule": "constant",
+    "keep": "best",
+    "cpu_bf16": False,
+    "pretrained": True,
+    "recipe": "default",
+    "backbone_weights_sha256": None,
+}
 
 
 def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -79,8 +89,10 @@ def check_same_settings(out: Path, settings: dict[str, Any]) -> None:
         before, now = {**LATER_SETTINGS, **json.loads(path.read_text(encoding="utf-8"))}, {**LATER_SETTINGS, **settings}
         changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
         if changed:
-            raise CrowdtkError(f"{out}: holds runs made with other settings ({', '.join(changed)} differ)",
-                               "choose another -o folder, or remove this one to start anew")
+            raise CrowdtkError(
+                f"{out}: holds runs made with other settings ({', '.join(changed)} differ)",
+                "choose another -o folder, or remove this one to start anew",
+            )
         return
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(settings, indent=1), encoding="utf-8")
@@ -97,14 +109,25 @@ def data_digest(manifest: Path) -> str:
     return digest.hexdigest()
 
 
-def open_bench(train: Path, test: Path, out: Path, schedule: Schedule, execute: Callable[[Step], None], device: str,
-               feature_cache: Path | None, recipe: str = "default", backbone_weights: Path | None = None,
-               auto_scale: bool = False) -> tuple[Experiment, dict[str, Any]]:
+def open_bench(
+    train: Path,
+    test: Path,
+    out: Path,
+    schedule: Schedule,
+    execute: Callable[[Step], None],
+    device: str,
+    feature_cache: Path | None,
+    recipe: str = "default",
+    backbone_weights: Path | None = None,
+    auto_scale: bool = False,
+) -> tuple[Experiment, dict[str, Any]]:
     """The bench folder ``out`` ready for runs: its experiment and settings (results.json's). A split
     folder is indexed into DIR/data by ``execute``; runs in DIR must have been made with these settings,
     the name of the recipe they came from and the same backbone weights (by content: the file may move)."""
     if backbone_weights is not None and not backbone_weights.is_file():
-        raise CrowdtkError(f"{backbone_weights}: backbone weights file not found", "check the path given to --backbone-weights")
+        raise CrowdtkError(
+            f"{backbone_weights}: backbone weights file not found", "check the path given to --backbone-weights"
+        )
     out.mkdir(parents=True, exist_ok=True)
     manifests = []
     for source, split in ((train, "train"), (test, "test")):
@@ -113,19 +136,34 @@ def open_bench(train: Path, test: Path, out: Path, schedule: Schedule, execute: 
             execute(step)
         manifests.append(path)
     if auto_scale:  # one working scale for the data set, from its images' sizes (geometry.scale_for_pixels)
-        schedule = replace(schedule, scale=scale_for_pixels([(e.width, e.height) for e in read_manifest(manifests[0])[1]]))
-    settings = {**asdict(schedule), "recipe": recipe, "backbone_weights_sha256": file_digest(backbone_weights) if backbone_weights else None,
-                "train_sha256": file_digest(manifests[0]), "test_sha256": file_digest(manifests[1])}
+        schedule = replace(
+            schedule, scale=scale_for_pixels([(e.width, e.height) for e in read_manifest(manifests[0])[1]])
+        )
+    settings = {
+        **asdict(schedule),
+        "recipe": recipe,
+        "backbone_weights_sha256": file_digest(backbone_weights) if backbone_weights else None,
+        "train_sha256": file_digest(manifests[0]),
+        "test_sha256": file_digest(manifests[1]),
+    }
     check_same_settings(out, settings)
-    settings |= {"train_data_sha256": data_digest(manifests[0]), "test_data_sha256": data_digest(manifests[1])}  # results.json only
+    settings |= {
+        "train_data_sha256": data_digest(manifests[0]),
+        "test_data_sha256": data_digest(manifests[1]),
+    }  # results.json only
     return Experiment(manifests[0], manifests[1], out, schedule, device, feature_cache, backbone_weights), settings
 
 
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def draw_figures(experiment: Experiment, run: Run, names: dict[str, str]) -> None:
@@ -136,15 +174,28 @@ def draw_figures(experiment: Experiment, run: Run, names: dict[str, str]) -> Non
 
     out = experiment.out
     labels = experiment.selection_dir(run) / "labels.jsonl"
-    pictures.show_regions(out / names["regions"], labels, experiment.first_chosen(run),
-                          checkpoint=experiment.run_dir(run) / "warmup" / "model.safetensors")
+    pictures.show_regions(
+        out / names["regions"],
+        labels,
+        experiment.first_chosen(run),
+        checkpoint=experiment.run_dir(run) / "warmup" / "model.safetensors",
+    )
     pictures.show_prediction(out / names["prediction"], experiment.model_of(run), experiment.test_manifest)
     if run.method == "mdc+cap":
-        pictures.show_affinity(out / names["affinity"], experiment.run_dir(run) / run.name / "model.safetensors", labels)
+        pictures.show_affinity(
+            out / names["affinity"], experiment.run_dir(run) / run.name / "model.safetensors", labels
+        )
 
 
-def write_bench_results(experiment: Experiment, runs: list[Run], results: list[dict[str, Any]], settings: dict[str, Any],
-                        params: dict[str, Any], command_line: str, started: float) -> str:
+def write_bench_results(
+    experiment: Experiment,
+    runs: list[Run],
+    results: list[dict[str, Any]],
+    settings: dict[str, Any],
+    params: dict[str, Any],
+    command_line: str,
+    started: float,
+) -> str:
     """DIR/results.json, DIR/results.md (returned) and the pictures: Fig. 4 always, Fig. 5 and 6 when MDC ran."""
     from crowdtk import pictures
 
@@ -153,10 +204,18 @@ def write_bench_results(experiment: Experiment, runs: list[Run], results: list[d
     tier = f", --freeze {s.freeze}" if s.freeze != "none" else ""
     seeds = params["seeds"]
     recipe = f" (--recipe {settings['recipe']})" if settings.get("recipe", "default") != "default" else ""
-    title = (f"crowdtk bench{recipe}: {experiment.train_manifest} → {experiment.test_manifest}, {s.model}{tier}, scale {s.scale:g}, "
-             f"{s.steps} steps × {images}, {seeds} seed(s)")
-    body = {"command_line": command_line, "settings": settings, "machine": machine(), "results": results, "claims": claims(results),
-            "wall_s": time.perf_counter() - started}
+    title = (
+        f"crowdtk bench{recipe}: {experiment.train_manifest} → {experiment.test_manifest}, {s.model}{tier}, scale {s.scale:g}, "
+        f"{s.steps} steps × {images}, {seeds} seed(s)"
+    )
+    body = {
+        "command_line": command_line,
+        "settings": settings,
+        "machine": machine(),
+        "results": results,
+        "claims": claims(results),
+        "wall_s": time.perf_counter() - started,
+    }
     write_json(out / "results.json", make_header(BENCH_RESULTS, Provenance("bench", params)), body)
     table = markdown_table(results, title) + f"\nCommand: `{command_line}`\n"
     with atomic_path(out / "results.md") as tmp:
@@ -165,17 +224,33 @@ def write_bench_results(experiment: Experiment, runs: list[Run], results: list[d
     methods = {r.method for r in runs}
     if methods & {"mdc", "mdc+cap"}:
         mdc = Run("mdc+cap" if "mdc+cap" in methods else "mdc", runs[0].budget, "strip", 0)
-        draw_figures(experiment, mdc, {"regions": "fig5-regions.png", "prediction": "fig6-prediction.png", "affinity": "fig5-affinity.png"})
+        draw_figures(
+            experiment,
+            mdc,
+            {"regions": "fig5-regions.png", "prediction": "fig6-prediction.png", "affinity": "fig5-affinity.png"},
+        )
     return table
 
 
-def write_demo_results(experiment: Experiment, runs: list[Run], results: list[dict[str, Any]], params: dict[str, Any], seed: int,
-                       started: float) -> str:
+def write_demo_results(
+    experiment: Experiment,
+    runs: list[Run],
+    results: list[dict[str, Any]],
+    params: dict[str, Any],
+    seed: int,
+    started: float,
+) -> str:
     """DIR/report.json, the pictures of the MDC run (mdc+cap's where both ran) and the table printed (returned)."""
     report, verdicts = demo_report(results), claims(results)
     header = make_header(DEMO_REPORT, Provenance("demo", params, seed))
-    write_json(experiment.out / "report.json", header, {"methods": report, "claims": verdicts, "wall_s": time.perf_counter() - started})
+    write_json(
+        experiment.out / "report.json",
+        header,
+        {"methods": report, "claims": verdicts, "wall_s": time.perf_counter() - started},
+    )
     mdc = next((r for r in runs if r.method == "mdc+cap"), None) or next((r for r in runs if r.method == "mdc"), None)
     if mdc is not None:
-        draw_figures(experiment, mdc, {"regions": "regions.png", "prediction": "prediction.png", "affinity": "affinity.png"})
+        draw_figures(
+            experiment, mdc, {"regions": "regions.png", "prediction": "prediction.png", "affinity": "affinity.png"}
+        )
     return demo_table(report, verdicts)

@@ -55,9 +55,13 @@ class Method:
     strategy: str  # select --strategy of its regions; one that needs vectors gets a warm-up round first
     budget: float | None = None  # its own budget instead of the run's (full: 1, every image)
     cap: tuple[str, ...] | None = None  # train --cap with these further options (CAP's affinity form); None: no CAP
-    regions_of: str | None = None  # the method whose regions (and warm-up) it trains on instead of its own (mdc+cap: mdc's)
+    regions_of: str | None = (
+        None  # the method whose regions (and warm-up) it trains on instead of its own (mdc+cap: mdc's)
+    )
     default: bool = True  # run when bench --methods is not given
-    beats: tuple[tuple[str, str], ...] = ()  # the paper's claims: (a method it should beat at the same budget, the claim)
+    beats: tuple[
+        tuple[str, str], ...
+    ] = ()  # the paper's claims: (a method it should beat at the same budget, the claim)
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -65,11 +69,17 @@ class Method:
         if self.budget is not None and not 0 < self.budget <= 1:
             raise RegistrationError(f"the bench method {self.name!r}: budget {self.budget} outside (0, 1]")
         known = bench_methods()
-        if self.regions_of is not None and (self.regions_of not in known or known[self.regions_of].strategy != self.strategy):
-            raise RegistrationError(f"the bench method {self.name!r}: regions of {self.regions_of!r}, no method of strategy {self.strategy!r}")
+        if self.regions_of is not None and (
+            self.regions_of not in known or known[self.regions_of].strategy != self.strategy
+        ):
+            raise RegistrationError(
+                f"the bench method {self.name!r}: regions of {self.regions_of!r}, no method of strategy {self.strategy!r}"
+            )
         unknown = [worse for worse, _ in self.beats if worse not in known]
         if unknown:
-            raise RegistrationError(f"the bench method {self.name!r}: claims to beat {', '.join(unknown)}, which are no methods (yet)")
+            raise RegistrationError(
+                f"the bench method {self.name!r}: claims to beat {', '.join(unknown)}, which are no methods (yet)"
+            )
 
     @property
     def warmup(self) -> bool:
@@ -113,20 +123,58 @@ def default_methods() -> list[str]:
 # extensions (train --cap-affinity), run only when asked for by --methods.
 register_method(Method("full", "every image labeled: none-or-all at budget 1", "none-or-all", budget=1.0))
 register_method(Method("none-or-all", "whole images", "none-or-all"))
-register_method(Method("random", "random strips", "random", beats=(("none-or-all", "region-level labels beat None-or-All (Fig. 4)"),)))
+register_method(
+    Method(
+        "random", "random strips", "random", beats=(("none-or-all", "region-level labels beat None-or-All (Fig. 4)"),)
+    )
+)
 register_method(Method("max", "largest predicted counts", "max"))
-register_method(Method("mdc", "the paper's clustering", "mdc", beats=(("random", "MDC beats random strips"), ("max", "MDC beats MAX"))))
-register_method(Method("mdc+cap", "mdc's regions, trained with CAP", "mdc", cap=(), regions_of="mdc",
-                       beats=(("mdc", "CAP improves MDC"),
-                              ("none-or-all", "the gap to full shrinks: MDC+CAP is nearer full than None-or-All"))))
-register_method(Method("mdc+cap-temp", "mdc's regions, CAP with train --cap-affinity temperature", "mdc",
-                       cap=("--cap-affinity", "temperature"), regions_of="mdc", default=False,
-                       beats=(("mdc", "CAP with a temperature on the affinity logits (extension) improves MDC"),
-                              ("mdc+cap", "the temperature extension beats the paper's CAP"))))
-register_method(Method("mdc+cap-cos", "mdc's regions, CAP with train --cap-affinity cosine", "mdc",
-                       cap=("--cap-affinity", "cosine"), regions_of="mdc", default=False,
-                       beats=(("mdc", "CAP with cosine affinities of the raw features (extension) improves MDC"),
-                              ("mdc+cap", "the cosine extension beats the paper's CAP"))))
+register_method(
+    Method(
+        "mdc", "the paper's clustering", "mdc", beats=(("random", "MDC beats random strips"), ("max", "MDC beats MAX"))
+    )
+)
+register_method(
+    Method(
+        "mdc+cap",
+        "mdc's regions, trained with CAP",
+        "mdc",
+        cap=(),
+        regions_of="mdc",
+        beats=(
+            ("mdc", "CAP improves MDC"),
+            ("none-or-all", "the gap to full shrinks: MDC+CAP is nearer full than None-or-All"),
+        ),
+    )
+)
+register_method(
+    Method(
+        "mdc+cap-temp",
+        "mdc's regions, CAP with train --cap-affinity temperature",
+        "mdc",
+        cap=("--cap-affinity", "temperature"),
+        regions_of="mdc",
+        default=False,
+        beats=(
+            ("mdc", "CAP with a temperature on the affinity logits (extension) improves MDC"),
+            ("mdc+cap", "the temperature extension beats the paper's CAP"),
+        ),
+    )
+)
+register_method(
+    Method(
+        "mdc+cap-cos",
+        "mdc's regions, CAP with train --cap-affinity cosine",
+        "mdc",
+        cap=("--cap-affinity", "cosine"),
+        regions_of="mdc",
+        default=False,
+        beats=(
+            ("mdc", "CAP with cosine affinities of the raw features (extension) improves MDC"),
+            ("mdc+cap", "the cosine extension beats the paper's CAP"),
+        ),
+    )
+)
 
 
 def exact(value: float) -> str:
@@ -153,7 +201,9 @@ class Schedule:
     cpu_bf16: bool = False  # train/warmup --cpu-bf16 (bench and demo turn it on where the CPU runs bfloat16 natively)
     warmup_frac: float = 0.2  # the paper's share of the budget spent on warm-up images
     strip_frac: float = 0.1  # strip width / image width; at a 10% budget 0.1 gives one strip (n_l = 1) per image
-    pretrained: bool = True  # False: train/warmup --no-pretrained (random front end; a dry run without the ImageNet weights)
+    pretrained: bool = (
+        True  # False: train/warmup --no-pretrained (random front end; a dry run without the ImageNet weights)
+    )
 
     def validate(self) -> None:
         if self.steps < 1 or self.warmup_steps < 1:
@@ -192,9 +242,15 @@ class Recipe:
 
 
 DEFAULT_RECIPE = Recipe(
-    "default", "the CPU tier: lite with its ImageNet front end frozen and cached, the scale chosen by a pixel budget (0.5 on Part B), 3000 Adam steps of 4 "
-    "whole images (lr 1e-3, cosine), 10% budget, 5 seeds (README, Benchmarks)", Schedule(), budgets=(0.1,), seeds=5, device="auto",
-    auto_scale=True)
+    "default",
+    "the CPU tier: lite with its ImageNet front end frozen and cached, the scale chosen by a pixel budget (0.5 on Part B), 3000 Adam steps of 4 "
+    "whole images (lr 1e-3, cosine), 10% budget, 5 seeds (README, Benchmarks)",
+    Schedule(),
+    budgets=(0.1,),
+    seeds=5,
+    device="auto",
+    auto_scale=True,
+)
 
 # The paper's configuration for a GPU (section 4.1, "Implementation Details", and Table 5).
 #
@@ -226,12 +282,27 @@ DEFAULT_RECIPE = Recipe(
 # - --device cuda: on a CPU the schedule would take weeks; a missing GPU fails at the first step instead.
 #   The CUDA path trains in bfloat16 autocast (the paper's precision is not stated).
 PAPER_RECIPE = Recipe(
-    "paper", "the paper's setting, for a GPU: csrnet (VGG16 ImageNet front end) fine-tuned whole at full resolution on "
+    "paper",
+    "the paper's setting, for a GPU: csrnet (VGG16 ImageNet front end) fine-tuned whole at full resolution on "
     "random 448-px crops with flips, batch 1, Adam lr 1e-5 (cosine), 40000 steps, 10% budget (Table 5's Part B), 5 seeds, "
     "--device cuda",
-    Schedule(model="csrnet", steps=40000, warmup_steps=20000, batch_size=1, crop=448, lr=1e-5, scale=1.0, val_frac=0.0,
-             freeze="none", lr_schedule="cosine", keep="last"),
-    budgets=(0.1,), seeds=5, device="cuda")
+    Schedule(
+        model="csrnet",
+        steps=40000,
+        warmup_steps=20000,
+        batch_size=1,
+        crop=448,
+        lr=1e-5,
+        scale=1.0,
+        val_frac=0.0,
+        freeze="none",
+        lr_schedule="cosine",
+        keep="last",
+    ),
+    budgets=(0.1,),
+    seeds=5,
+    device="cuda",
+)
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (DEFAULT_RECIPE, PAPER_RECIPE)}
 
@@ -293,9 +364,26 @@ class Experiment:
     def _train_options(self, steps: int, labels: Path, seed: int) -> list[str]:
         s = self.schedule
         epochs = epochs_for(steps, s.batch_size, labeled_images(labels), s.val_frac)
-        options = ["--model", s.model, "--epochs", str(epochs), "--batch-size", str(s.batch_size), "--crop", str(s.crop),
-                   "--lr", exact(s.lr), "--scale", exact(s.scale), "--val-frac", exact(s.val_frac),
-                   "--lr-schedule", s.lr_schedule, "--keep", s.keep]
+        options = [
+            "--model",
+            s.model,
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            str(s.batch_size),
+            "--crop",
+            str(s.crop),
+            "--lr",
+            exact(s.lr),
+            "--scale",
+            exact(s.scale),
+            "--val-frac",
+            exact(s.val_frac),
+            "--lr-schedule",
+            s.lr_schedule,
+            "--keep",
+            s.keep,
+        ]
         if s.keep == "last":
             options += ["--val-every", str(epochs)]  # validation chooses nothing: once, at the end, as a report
         if s.freeze != "none":
@@ -317,20 +405,66 @@ class Experiment:
 
     def _strip_option(self) -> list[str]:
         """Passed only when not the default, so the printed commands stay the plain ones."""
-        return [] if self.schedule.strip_frac == Schedule.strip_frac else ["--strip-frac", exact(self.schedule.strip_frac)]
+        return (
+            [] if self.schedule.strip_frac == Schedule.strip_frac else ["--strip-frac", exact(self.schedule.strip_frac)]
+        )
 
     def warmup_chain(self, run: Run) -> Iterator[Step]:
         """Algorithm 1, lines 1–4: random strips on a share of the images, a counter, vectors."""
         s, d = self.schedule, self.run_dir(run) / "warmup"
         pool = str(self.train_manifest)
-        yield Step(("select", pool, "--budget", exact(run.budget), "--warmup-frac", exact(s.warmup_frac), "--strategy", "random",
-                    *self._strip_option(), *self._grid_options(), "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q"), d / "regions.jsonl")
-        yield Step(("import", str(d / "regions.jsonl"), "--oracle", pool, "-o", str(d / "labels.jsonl"), "-q"), d / "labels.jsonl")
-        yield Step(("warmup", str(d / "labels.jsonl"), *self._train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
-                    "-o", str(d / "model.safetensors")), d / "model.safetensors")
-        yield Step(("vectors", str(d / "model.safetensors"), pool, "--exclude", str(d / "regions.jsonl"), *self._strip_option(),
-                    *self._grid_options(), *self._cache_option(), "--device", self.device, "-o", str(d / "vectors.npz"), "-q"),
-                   d / "vectors.npz")
+        yield Step(
+            (
+                "select",
+                pool,
+                "--budget",
+                exact(run.budget),
+                "--warmup-frac",
+                exact(s.warmup_frac),
+                "--strategy",
+                "random",
+                *self._strip_option(),
+                *self._grid_options(),
+                "--seed",
+                str(run.seed),
+                "-o",
+                str(d / "regions.jsonl"),
+                "-q",
+            ),
+            d / "regions.jsonl",
+        )
+        yield Step(
+            ("import", str(d / "regions.jsonl"), "--oracle", pool, "-o", str(d / "labels.jsonl"), "-q"),
+            d / "labels.jsonl",
+        )
+        yield Step(
+            (
+                "warmup",
+                str(d / "labels.jsonl"),
+                *self._train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
+                "-o",
+                str(d / "model.safetensors"),
+            ),
+            d / "model.safetensors",
+        )
+        yield Step(
+            (
+                "vectors",
+                str(d / "model.safetensors"),
+                pool,
+                "--exclude",
+                str(d / "regions.jsonl"),
+                *self._strip_option(),
+                *self._grid_options(),
+                *self._cache_option(),
+                "--device",
+                self.device,
+                "-o",
+                str(d / "vectors.npz"),
+                "-q",
+            ),
+            d / "vectors.npz",
+        )
 
     def selection_dir(self, run: Run) -> Path:
         """A method that trains on another's regions (mdc+cap* on mdc's) shares its folder; every other labels its own."""
@@ -343,7 +477,19 @@ class Experiment:
         pool, d = str(self.train_manifest), self.selection_dir(run)
         # The run's budget with every digit; a method's own as declared (full: "1", not "1.0").
         budget = exact(run.budget) if method.budget is None else repr(method.budget).removesuffix(".0")
-        base = ["select", pool, "--seed", str(run.seed), "-o", str(d / "regions.jsonl"), "-q", "--budget", budget, "--strategy", strategy.name]
+        base = [
+            "select",
+            pool,
+            "--seed",
+            str(run.seed),
+            "-o",
+            str(d / "regions.jsonl"),
+            "-q",
+            "--budget",
+            budget,
+            "--strategy",
+            strategy.name,
+        ]
         merge: list[str] = []
         if method.warmup:
             yield from self.warmup_chain(run)
@@ -354,8 +500,10 @@ class Experiment:
             base += ["--shape", run.shape] if len(strategy.shapes) > 1 else []
             base += [*self._strip_option(), *self._grid_options()]
         yield Step(tuple(base), d / "regions.jsonl")
-        yield Step(("import", str(d / "regions.jsonl"), "--oracle", pool, *merge, "-o", str(d / "labels.jsonl"), "-q"),
-                   d / "labels.jsonl")
+        yield Step(
+            ("import", str(d / "regions.jsonl"), "--oracle", pool, *merge, "-o", str(d / "labels.jsonl"), "-q"),
+            d / "labels.jsonl",
+        )
 
     def chain(self, run: Run) -> Iterator[Step]:
         """All steps of one run, ending with its ``eval.json``; training options are decided
@@ -364,14 +512,35 @@ class Experiment:
         labels = self.selection_dir(run) / "labels.jsonl"
         d = self.run_dir(run) / run.name
         cap = bench_method(run.method).cap
-        yield Step(("train", str(labels), *(["--cap", *cap] if cap is not None else []), *self._train_options(self.schedule.steps, labels, run.seed),
-                    "-o", str(d / "model.safetensors")), d / "model.safetensors")
+        yield Step(
+            (
+                "train",
+                str(labels),
+                *(["--cap", *cap] if cap is not None else []),
+                *self._train_options(self.schedule.steps, labels, run.seed),
+                "-o",
+                str(d / "model.safetensors"),
+            ),
+            d / "model.safetensors",
+        )
         model = d / "model.safetensors"
         if cap is not None:
             yield Step(("strip-cap", str(model), "-o", str(d / "infer.safetensors"), "-q"), d / "infer.safetensors")
             model = d / "infer.safetensors"
-        yield Step(("eval", str(model), str(self.test_manifest), "--json", *self._cache_option(), "--device", self.device, "-q"),
-                   d / "eval.json", stdout=True)
+        yield Step(
+            (
+                "eval",
+                str(model),
+                str(self.test_manifest),
+                "--json",
+                *self._cache_option(),
+                "--device",
+                self.device,
+                "-q",
+            ),
+            d / "eval.json",
+            stdout=True,
+        )
 
     def first_chosen(self, run: Run) -> str | None:
         """The first image whose regions the run's own strategy chose (its labels also hold the

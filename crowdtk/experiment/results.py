@@ -45,16 +45,22 @@ def aggregate(rows: dict[tuple[str, float, str], list[dict[str, Any]]]) -> list[
     """Mean and spread over seeds for each (method, budget, shape)."""
     out = []
     for (method, budget, shape), runs in rows.items():
-        out.append({
-            "method": method, "budget": budget, "shape": shape, "seeds": [r["seed"] for r in runs],
-            "mae": _mean_std([r["mae"] for r in runs]), "rmse": _mean_std([r["rmse"] for r in runs]),
-            "heads_labeled": statistics.fmean(r["heads_labeled"] for r in runs),
-            "heads_supervised_fraction": min(r["heads_supervised_fraction"] for r in runs),
-            "images_labeled": statistics.fmean(r["images_labeled"] for r in runs),
-            "area_fraction": statistics.fmean(r["area_fraction"] for r in runs),
-            "wall_s": statistics.fmean(r["wall_s"] for r in runs),
-            "runs": runs,
-        })
+        out.append(
+            {
+                "method": method,
+                "budget": budget,
+                "shape": shape,
+                "seeds": [r["seed"] for r in runs],
+                "mae": _mean_std([r["mae"] for r in runs]),
+                "rmse": _mean_std([r["rmse"] for r in runs]),
+                "heads_labeled": statistics.fmean(r["heads_labeled"] for r in runs),
+                "heads_supervised_fraction": min(r["heads_supervised_fraction"] for r in runs),
+                "images_labeled": statistics.fmean(r["images_labeled"] for r in runs),
+                "area_fraction": statistics.fmean(r["area_fraction"] for r in runs),
+                "wall_s": statistics.fmean(r["wall_s"] for r in runs),
+                "runs": runs,
+            }
+        )
     return out
 
 
@@ -90,13 +96,15 @@ def paired_interval(better: Sequence[dict[str, Any]], worse: Sequence[dict[str, 
 
 
 def verdict_of(interval: dict[str, Any]) -> str:
-    """"holds" when the whole interval favours the claim, "refuted" when it is wholly against it."""
+    """ "holds" when the whole interval favours the claim, "refuted" when it is wholly against it."""
     if interval["low"] is None:
         return "one seed: not settled" if interval["seeds"] else "no common seed"
     return "holds" if interval["low"] > 0 else "refuted" if interval["high"] < 0 else "undecided"
 
 
-def claims(results: list[dict[str, Any]], claim_list: Sequence[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
+def claims(
+    results: list[dict[str, Any]], claim_list: Sequence[tuple[str, str, str]] | None = None
+) -> list[dict[str, Any]]:
     """Each claim (by default :func:`paper_claims`) whose two methods ran, per budget, with its verdict from the
     paired seed differences (:func:`paired_interval`, :func:`verdict_of`)."""
     claim_list = paper_claims() if claim_list is None else claim_list
@@ -109,9 +117,20 @@ def claims(results: list[dict[str, Any]], claim_list: Sequence[tuple[str, str, s
                 continue
             interval = paired_interval(a["runs"], b["runs"])
             gain = interval["mean"] if interval["mean"] is not None else b["mae"]["mean"] - a["mae"]["mean"]
-            out.append({"budget": budget, "claim": claim, "better": better, "worse": worse, "mae_gain": gain,
-                        "relative_gain": gain / b["mae"]["mean"] if b["mae"]["mean"] else 0.0, "seeds": interval["seeds"],
-                        "ci_low": interval["low"], "ci_high": interval["high"], "verdict": verdict_of(interval)})
+            out.append(
+                {
+                    "budget": budget,
+                    "claim": claim,
+                    "better": better,
+                    "worse": worse,
+                    "mae_gain": gain,
+                    "relative_gain": gain / b["mae"]["mean"] if b["mae"]["mean"] else 0.0,
+                    "seeds": interval["seeds"],
+                    "ci_low": interval["low"],
+                    "ci_high": interval["high"],
+                    "verdict": verdict_of(interval),
+                }
+            )
     return out
 
 
@@ -128,9 +147,20 @@ def schedule_change(short: list[dict[str, Any]], long: list[dict[str, Any]]) -> 
             continue
         gain = paired_interval(other["runs"], r["runs"])  # short's MAE − long's, seed by seed
         low, high = (None, None) if gain["low"] is None else (-gain["high"], -gain["low"])
-        out.append({"method": r["method"], "budget": r["budget"], "shape": r["shape"], "short": r["mae"], "long": other["mae"],
-                    "seeds": gain["seeds"], "change": None if gain["mean"] is None else -gain["mean"], "ci_low": low, "ci_high": high,
-                    "converged": None if low is None else low <= 0 <= high})
+        out.append(
+            {
+                "method": r["method"],
+                "budget": r["budget"],
+                "shape": r["shape"],
+                "short": r["mae"],
+                "long": other["mae"],
+                "seeds": gain["seeds"],
+                "change": None if gain["mean"] is None else -gain["mean"],
+                "ci_low": low,
+                "ci_high": high,
+                "converged": None if low is None else low <= 0 <= high,
+            }
+        )
     return out
 
 
@@ -150,42 +180,67 @@ def markdown_table(results: list[dict[str, Any]], title: str) -> str:
     lines = [f"# {title}", ""]
     budgets = sorted({r["budget"] for r in results})
     for budget in budgets:
-        lines += [f"## Budget {100 * budget:g}%", "",
-                  "| method | MAE | RMSE | images labeled | heads labeled | heads supervised | area labeled | wall time |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Budget {100 * budget:g}%",
+            "",
+            "| method | MAE | RMSE | images labeled | heads labeled | heads supervised | area labeled | wall time |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in results:
             if r["budget"] != budget:
                 continue
             name = r["method"] if r["shape"] == "strip" else f"{r['method']} ({r['shape']}s)"
-            lines.append(f"| {name} | {_score(r, 'mae')} | {_score(r, 'rmse')} | {r['images_labeled']:.0f} | "
-                         f"{r['heads_labeled']:.0f} | {100 * r['heads_supervised_fraction']:.2f}% | {100 * r['area_fraction']:.2f}% | "
-                         f"{r['wall_s'] / 60:.1f} min |")
+            lines.append(
+                f"| {name} | {_score(r, 'mae')} | {_score(r, 'rmse')} | {r['images_labeled']:.0f} | "
+                f"{r['heads_labeled']:.0f} | {100 * r['heads_supervised_fraction']:.2f}% | {100 * r['area_fraction']:.2f}% | "
+                f"{r['wall_s'] / 60:.1f} min |"
+            )
         lines.append("")
         verdicts = [c for c in claims(results) if c["budget"] == budget]
         if verdicts:
-            lines += ["The paper's claims: the MAE gain, mean of the paired differences over the seeds both methods ran, with its "
-                      f"{100 * CONFIDENCE:g}% Student-t interval; a claim holds when the interval lies above zero, is refuted "
-                      "when it lies below, and is undecided otherwise.", "",
-                      "| claim | seeds | MAE gain | 95% interval | verdict |", "|---|---|---|---|---|"]
-            lines += [f"| {c['claim']} | {c['seeds']} | {c['mae_gain']:+.2f} ({100 * c['relative_gain']:+.0f}%) | {interval_text(c)} | "
-                      f"{c['verdict']} |" for c in verdicts]
+            lines += [
+                "The paper's claims: the MAE gain, mean of the paired differences over the seeds both methods ran, with its "
+                f"{100 * CONFIDENCE:g}% Student-t interval; a claim holds when the interval lies above zero, is refuted "
+                "when it lies below, and is undecided otherwise.",
+                "",
+                "| claim | seeds | MAE gain | 95% interval | verdict |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {c['claim']} | {c['seeds']} | {c['mae_gain']:+.2f} ({100 * c['relative_gain']:+.0f}%) | {interval_text(c)} | "
+                f"{c['verdict']} |"
+                for c in verdicts
+            ]
             lines.append("")
     if len(budgets) > 1:
-        lines += ["## MAE / RMSE against the budget (Table 2, Fig. 4)", "",
-                  "| method | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |",
-                  "|---|" + "---|" * len(budgets)]
+        lines += [
+            "## MAE / RMSE against the budget (Table 2, Fig. 4)",
+            "",
+            "| method | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |",
+            "|---|" + "---|" * len(budgets),
+        ]
         for method in dict.fromkeys(r["method"] for r in results if r["shape"] == "strip"):
-            cells = {r["budget"]: f"{r['mae']['mean']:.2f}/{r['rmse']['mean']:.2f}"
-                     for r in results if r["method"] == method and r["shape"] == "strip"}
+            cells = {
+                r["budget"]: f"{r['mae']['mean']:.2f}/{r['rmse']['mean']:.2f}"
+                for r in results
+                if r["method"] == method and r["shape"] == "strip"
+            }
             lines.append(f"| {method} | " + " | ".join(cells.get(b, "–") for b in budgets) + " |")
         lines.append("")
     shapes = [s for s in SHAPES if any(r["shape"] == s and r["method"] == "random" for r in results)]
     if len(shapes) > 1:
-        lines += ["## Random regions of other shapes (Table 1), MAE / RMSE", "",
-                  "| budget | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
+        lines += [
+            "## Random regions of other shapes (Table 1), MAE / RMSE",
+            "",
+            "| budget | " + " | ".join(shapes) + " |",
+            "|---|" + "---|" * len(shapes),
+        ]
         for budget in budgets:
-            cells = {r["shape"]: f"{r['mae']['mean']:.2f}/{r['rmse']['mean']:.2f}"
-                     for r in results if r["method"] == "random" and r["budget"] == budget}
+            cells = {
+                r["shape"]: f"{r['mae']['mean']:.2f}/{r['rmse']['mean']:.2f}"
+                for r in results
+                if r["method"] == "random" and r["budget"] == budget
+            }
             lines.append(f"| {100 * budget:g}% | " + " | ".join(cells.get(s, "–") for s in shapes) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -193,16 +248,32 @@ def markdown_table(results: list[dict[str, Any]], title: str) -> str:
 
 def demo_report(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """report.json's per-method numbers (crowdtk demo): mean ± std over seeds and what was labeled."""
-    return {r["method"]: {"mae": r["mae"]["mean"], "mae_std": r["mae"]["std"], "rmse": r["rmse"]["mean"], "rmse_std": r["rmse"]["std"],
-                          "seeds": r["seeds"], "area_fraction": r["area_fraction"], "heads_labeled": r["heads_labeled"],
-                          "images_labeled": r["images_labeled"], "wall_s": r["wall_s"]}
-            for r in results}
+    return {
+        r["method"]: {
+            "mae": r["mae"]["mean"],
+            "mae_std": r["mae"]["std"],
+            "rmse": r["rmse"]["mean"],
+            "rmse_std": r["rmse"]["std"],
+            "seeds": r["seeds"],
+            "area_fraction": r["area_fraction"],
+            "heads_labeled": r["heads_labeled"],
+            "images_labeled": r["images_labeled"],
+            "wall_s": r["wall_s"],
+        }
+        for r in results
+    }
 
 
 def demo_table(report: dict[str, dict[str, Any]], verdicts: list[dict[str, Any]]) -> str:
     """What crowdtk demo prints: MAE, RMSE and what was labeled per method (``report``), then each claim's verdict."""
     lines = [f"{'method':<13}{'MAE':>15}{'RMSE':>15}{'area':>8}{'heads':>8}{'images':>8}"]
-    lines += [f"{name:<13}{r['mae']:>7.2f} ± {r['mae_std']:<5.2f}{r['rmse']:>7.2f} ± {r['rmse_std']:<5.2f}"
-              f"{100 * r['area_fraction']:>7.2f}%{r['heads_labeled']:>8.0f}{r['images_labeled']:>8.0f}" for name, r in report.items()]
-    lines += [f"{c['claim']}: {c['verdict']} (MAE gain {c['mae_gain']:+.2f}, 95% interval {interval_text(c)})" for c in verdicts]
+    lines += [
+        f"{name:<13}{r['mae']:>7.2f} ± {r['mae_std']:<5.2f}{r['rmse']:>7.2f} ± {r['rmse_std']:<5.2f}"
+        f"{100 * r['area_fraction']:>7.2f}%{r['heads_labeled']:>8.0f}{r['images_labeled']:>8.0f}"
+        for name, r in report.items()
+    ]
+    lines += [
+        f"{c['claim']}: {c['verdict']} (MAE gain {c['mae_gain']:+.2f}, 95% interval {interval_text(c)})"
+        for c in verdicts
+    ]
     return "\n".join(lines)

@@ -48,8 +48,20 @@ import numpy as np
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import STDIO
 from crowdtk.formats import LABELS, LabelsEntry, ManifestEntry, RegionsEntry, peek_format, read_labels, read_regions
-from crowdtk.labeling.common import (INDEX, INSTRUCTION, README, TOOLS, ExportSummary, LabelingTool, export_names, index_record, readme,
-                                     register_tool, write_json, write_text)
+from crowdtk.labeling.common import (
+    INDEX,
+    INSTRUCTION,
+    README,
+    TOOLS,
+    ExportSummary,
+    LabelingTool,
+    export_names,
+    index_record,
+    readme,
+    register_tool,
+    write_json,
+    write_text,
+)
 
 # Each tool module registers its tool when imported: in this order, the order --to/--from list them.
 from crowdtk.labeling import crops, labelstudio, cvat, labelme  # noqa: F401  # isort: skip
@@ -68,9 +80,32 @@ _cvat_xml = cvat.cvat_xml
 _labelme_record = labelme.labelme_record
 _labelstudio_task = labelstudio.labelstudio_task
 
-__all__ = ["INSTRUCTION", "TOOLS", "LabelingTool", "ExportSummary", "ImportResult", "ImportRound", "LabelsDiff", "RegionDiff", "ToLabel",
-           "crop_stem", "diff_labels", "earlier_rounds", "export_names", "export_regions", "image_reference", "import_labels",
-           "import_round", "labelstudio_config", "merge_labels", "oracle_labels", "parse_xml_safely", "read_to_label", "register_tool", "tool"]
+__all__ = [
+    "INSTRUCTION",
+    "TOOLS",
+    "LabelingTool",
+    "ExportSummary",
+    "ImportResult",
+    "ImportRound",
+    "LabelsDiff",
+    "RegionDiff",
+    "ToLabel",
+    "crop_stem",
+    "diff_labels",
+    "earlier_rounds",
+    "export_names",
+    "export_regions",
+    "image_reference",
+    "import_labels",
+    "import_round",
+    "labelstudio_config",
+    "merge_labels",
+    "oracle_labels",
+    "parse_xml_safely",
+    "read_to_label",
+    "register_tool",
+    "tool",
+]
 
 
 def tool(fmt: str, option: str) -> LabelingTool:
@@ -106,7 +141,9 @@ def read_to_label(path: str, stdin: IO[str] | None = None) -> ToLabel:
             first = None
         fmt = first.get("format") if isinstance(first, dict) else None
     else:
-        fmt = peek_format(path) if Path(path).is_file() else None  # errors for a missing file: those of the reader below
+        fmt = (
+            peek_format(path) if Path(path).is_file() else None
+        )  # errors for a missing file: those of the reader below
     if fmt == LABELS:
         header, labels = read_labels(path, stream)
         return ToLabel(header, review_regions(labels), {e.id: e.points for e in labels})
@@ -114,9 +151,17 @@ def read_to_label(path: str, stdin: IO[str] | None = None) -> ToLabel:
     return ToLabel(header, entries)
 
 
-def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header: dict[str, Any], link: bool = False,
-                   image_url: str = "", on_progress: Callable[[int], None] | None = None,
-                   prefill: Mapping[str, np.ndarray] | None = None, prelabels: Prelabels | None = None) -> ExportSummary:
+def export_regions(
+    entries: Sequence[RegionsEntry],
+    out: Path,
+    fmt: str,
+    header: dict[str, Any],
+    link: bool = False,
+    image_url: str = "",
+    on_progress: Callable[[int], None] | None = None,
+    prefill: Mapping[str, np.ndarray] | None = None,
+    prelabels: Prelabels | None = None,
+) -> ExportSummary:
     """Write the labeling package for ``fmt`` into the (new, empty) folder ``out``.
 
     ``prefill`` (a review round: :attr:`ToLabel.prefill`) holds per image the points the package starts from;
@@ -128,15 +173,22 @@ def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header:
             raise CrowdtkError("the labels file has no images", "export a labels file that holds labels")
         raise CrowdtkError("the regions file has no regions", "select some regions first")
     if prefill is not None and prelabels is not None:
-        raise CrowdtkError("suggestions (--prelabel) for a labels file: its regions are labeled already",
-                           "export the regions file for pre-labels, or the labels file without --prelabel for review")
+        raise CrowdtkError(
+            "suggestions (--prelabel) for a labels file: its regions are labeled already",
+            "export the regions file for pre-labels, or the labels file without --prelabel for review",
+        )
     if prelabels is not None and chosen.suggestions is None:
         able = [t.name for t in TOOLS.values() if t.suggestions is not None]
-        raise CrowdtkError(f"--prelabel with --to {fmt}: {fmt} takes no suggestions", f"export for {' or '.join(able)}, or leave --prelabel out")
+        raise CrowdtkError(
+            f"--prelabel with --to {fmt}: {fmt} takes no suggestions",
+            f"export for {' or '.join(able)}, or leave --prelabel out",
+        )
     if prefill is not None and not chosen.review:
         able = [t.name for t in TOOLS.values() if t.review]
-        raise CrowdtkError(f"a labels file (a review round) with --to {fmt}: {fmt} takes no pre-filled points",
-                           f"export for {' or '.join(able)}, or export the regions file")
+        raise CrowdtkError(
+            f"a labels file (a review round) with --to {fmt}: {fmt} takes no pre-filled points",
+            f"export for {' or '.join(able)}, or export the regions file",
+        )
     export = chosen.export(out, link, image_url, prefill, prelabels)
     index_images = []
     for entry, name in zip(entries, export_names(entries)):
@@ -146,16 +198,38 @@ def export_regions(entries: Sequence[RegionsEntry], out: Path, fmt: str, header:
         if on_progress:
             on_progress(1)
     export.finish()
-    write_json(out / INDEX, {**header, "tool": fmt, "instruction": INSTRUCTION, "review": prefill is not None,
-                             "prelabel": None if prelabels is None else prelabels.model_version, "images": index_images})
-    write_text(out / README, readme(fmt, chosen.steps(image_url), review=prefill is not None,
-                                    suggestions=None if prelabels is None else chosen.suggestions))
+    write_json(
+        out / INDEX,
+        {
+            **header,
+            "tool": fmt,
+            "instruction": INSTRUCTION,
+            "review": prefill is not None,
+            "prelabel": None if prelabels is None else prelabels.model_version,
+            "images": index_images,
+        },
+    )
+    write_text(
+        out / README,
+        readme(
+            fmt,
+            chosen.steps(image_url),
+            review=prefill is not None,
+            suggestions=None if prelabels is None else chosen.suggestions,
+        ),
+    )
     files = sorted(str(p.relative_to(out)) for p in out.iterdir())
     return ExportSummary(len(entries), sum(len(e.regions) for e in entries), files)
 
 
-def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_missing: bool = False, regions_name: str = "REGIONS",
-                  prefill: Mapping[str, np.ndarray] | None = None) -> ImportResult:
+def import_labels(
+    entries: Sequence[RegionsEntry],
+    fmt: str,
+    path: Path,
+    allow_missing: bool = False,
+    regions_name: str = "REGIONS",
+    prefill: Mapping[str, np.ndarray] | None = None,
+) -> ImportResult:
     """Read a labeling tool's output for the regions ``entries`` back as labels.
 
     ``prefill`` (a review round): the points the package was exported with; returned points within
@@ -165,13 +239,20 @@ def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_m
     if not path.exists():
         raise CrowdtkError(f"{path}: no such file or folder", "pass what the labeling tool exported")
     returned = chosen.read(path, entries)
-    result = ImportResult([], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored, notes=returned.notes)
+    result = ImportResult(
+        [], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored, notes=returned.notes
+    )
     if result.missing and not allow_missing:
         shown = ", ".join(result.missing[:3]) + (", …" if len(result.missing) > 3 else "")
-        unreviewed = (f" ({returned.unreviewed} of them hold only suggestions nobody confirmed: README.txt of the package says how)"
-                      if returned.unreviewed else "")
-        raise CrowdtkError(f"{path}: no annotation for {len(result.missing)} {chosen.unit}(s) of {regions_name}: {shown}{unreviewed}",
-                           "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')")
+        unreviewed = (
+            f" ({returned.unreviewed} of them hold only suggestions nobody confirmed: README.txt of the package says how)"
+            if returned.unreviewed
+            else ""
+        )
+        raise CrowdtkError(
+            f"{path}: no annotation for {len(result.missing)} {chosen.unit}(s) of {regions_name}: {shown}{unreviewed}",
+            "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')",
+        )
     if prefill is None:
         assemble(entries, returned.found, result)
         return result
@@ -180,20 +261,35 @@ def import_labels(entries: Sequence[RegionsEntry], fmt: str, path: Path, allow_m
     return result
 
 
-def import_round(entries: Sequence[RegionsEntry], earlier: Sequence[tuple[str, Sequence[LabelsEntry]]] = (), *,
-                 fmt: str | None = None, path: Path | None = None, manifest: Sequence[ManifestEntry] | None = None,
-                 allow_missing: bool = False, manifest_name: str = "MANIFEST", regions_name: str = "REGIONS",
-                 on_progress: Callable[[int], None] | None = None, prefill: Mapping[str, np.ndarray] | None = None) -> ImportRound:
+def import_round(
+    entries: Sequence[RegionsEntry],
+    earlier: Sequence[tuple[str, Sequence[LabelsEntry]]] = (),
+    *,
+    fmt: str | None = None,
+    path: Path | None = None,
+    manifest: Sequence[ManifestEntry] | None = None,
+    allow_missing: bool = False,
+    manifest_name: str = "MANIFEST",
+    regions_name: str = "REGIONS",
+    on_progress: Callable[[int], None] | None = None,
+    prefill: Mapping[str, np.ndarray] | None = None,
+) -> ImportRound:
     """One round of labels for ``entries``: from the oracle (``manifest``) or from a tool (``fmt``, ``path``), merged with ``earlier``.
 
     ``earlier`` holds (source name, labels) of previous rounds; ``on_progress`` advances per image (oracle only);
     ``prefill``: a review round's (:func:`import_labels`).
     """
     if manifest is not None:
-        result = oracle_labels(entries, manifest, manifest_name=manifest_name, regions_name=regions_name, on_progress=on_progress)
-        return ImportRound.of(result, earlier, "image", regions_name, pool_area=sum(m.width * m.height for m in manifest))
+        result = oracle_labels(
+            entries, manifest, manifest_name=manifest_name, regions_name=regions_name, on_progress=on_progress
+        )
+        return ImportRound.of(
+            result, earlier, "image", regions_name, pool_area=sum(m.width * m.height for m in manifest)
+        )
     if fmt is None or path is None:
-        raise CrowdtkError("labels need either a manifest (the oracle) or a format and a path (a tool's output)",
-                           "give --oracle MANIFEST or --from FORMAT PATH")
+        raise CrowdtkError(
+            "labels need either a manifest (the oracle) or a format and a path (a tool's output)",
+            "give --oracle MANIFEST or --from FORMAT PATH",
+        )
     result = import_labels(entries, fmt, path, allow_missing=allow_missing, regions_name=regions_name, prefill=prefill)
     return ImportRound.of(result, earlier, TOOLS[fmt].unit, regions_name)

@@ -29,13 +29,17 @@ from crowdtk.registry import RegistrationError, Registry
 if TYPE_CHECKING:
     from crowdtk.prelabel import Prelabels, Suggestions
 
-INSTRUCTION = ("Label every head whose centre lies inside the region: click once on the centre of each such head, "
-               "also partly hidden or very small ones; ignore heads whose centre lies outside the region.")
+INSTRUCTION = (
+    "Label every head whose centre lies inside the region: click once on the centre of each such head, "
+    "also partly hidden or very small ones; ignore heads whose centre lies outside the region."
+)
 HEAD = "head"
 REGION = "region"
 DONE = "done"  # CVAT tag / LabelMe flag: "this image is finished", needed when it has no head points
 SUGGESTED = "suggested"  # LabelMe shape flag of a pre-label (export --prelabel): a point the labeler has not confirmed
-SUGGESTED_MARK = "# suggested by"  # crops: the first line of a points file of pre-labels, deleted by the labeler when reviewed
+SUGGESTED_MARK = (
+    "# suggested by"  # crops: the first line of a points file of pre-labels, deleted by the labeler when reviewed
+)
 INDEX = "index.json"
 README = "README.txt"
 IMAGES = "images"
@@ -60,8 +64,14 @@ class BaseExport:
     :meth:`suggested` as suggestions marked as the model's, for its labelers to correct.
     """
 
-    def __init__(self, out: Path, link: bool, image_url: str, prefill: Mapping[str, np.ndarray] | None = None,
-                 prelabels: Prelabels | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        link: bool,
+        image_url: str,
+        prefill: Mapping[str, np.ndarray] | None = None,
+        prelabels: Prelabels | None = None,
+    ) -> None:
         self.out, self.link, self.image_url = out, link, image_url
         self.prefill = prefill
         self.prelabels = prelabels
@@ -94,7 +104,9 @@ class Returned:
     missing: list[str]  # images (crops: regions) without an annotation
     unknown: list[str] = field(default_factory=list)  # annotated images that are not in the regions file
     ignored: int = 0  # annotations of other kinds (labels other than 'head')
-    notes: list[str] = field(default_factory=list)  # what the reader reports, e.g. which file of a folder or archive it read
+    notes: list[str] = field(
+        default_factory=list
+    )  # what the reader reports, e.g. which file of a folder or archive it read
     unreviewed: int = 0  # of the missing: those holding only a counter's suggestions, not yet marked as reviewed
 
 
@@ -116,11 +128,15 @@ class LabelingTool:
 
     def check(self) -> None:
         if not (isinstance(self.export, type) and issubclass(self.export, BaseExport)):
-            raise RegistrationError(f"the labeling tool {self.name!r}: its export {self.export!r} is no BaseExport subclass")
+            raise RegistrationError(
+                f"the labeling tool {self.name!r}: its export {self.export!r} is no BaseExport subclass"
+            )
         if not (callable(self.steps) and callable(self.read)):
             raise RegistrationError(f"the labeling tool {self.name!r} needs its README steps and its reader")
         if not self.unit or not self.reads.strip() or "\n" in self.reads:
-            raise RegistrationError(f"the labeling tool {self.name!r} needs its unit and a one-line text of what import reads")
+            raise RegistrationError(
+                f"the labeling tool {self.name!r} needs its unit and a one-line text of what import reads"
+            )
 
 
 # Every labeling tool by name, in the order --to/--from list them (crowdtk.labeling imports the tools in it).
@@ -163,8 +179,13 @@ def export_names(entries: Sequence[RegionsEntry]) -> list[str]:
 
 def index_record(entry: RegionsEntry) -> dict[str, Any]:
     """An image's entry in ``index.json`` before the tool adds to it (``file``; crops: per region)."""
-    return {"id": entry.id, "width": entry.width, "height": entry.height, "sha256": entry.sha256,
-            "regions": [{"x0": r.x0, "x1": r.x1, "y0": r.y0, "y1": r.y1} for r in entry.regions]}
+    return {
+        "id": entry.id,
+        "width": entry.width,
+        "height": entry.height,
+        "sha256": entry.sha256,
+        "regions": [{"x0": r.x0, "x1": r.x1, "y0": r.y0, "y1": r.y1} for r in entry.regions],
+    }
 
 
 def image_bytes(entry: RegionsEntry) -> bytes:
@@ -195,10 +216,17 @@ def write_json(path: Path, obj: Any) -> None:
 def readme(fmt: str, steps: str, review: bool = False, suggestions: str | None = None) -> str:
     """README.txt: the instruction, the rule every tool shares, then the tool's own steps (and, ``review``, how a review
     round differs; ``suggestions``, the tool's paragraph on pre-labels)."""
-    return (f"crowdtk labeling package ({fmt})\n\nInstruction for labelers:\n  {INSTRUCTION}\n\n"
-            "A point counts for the region that contains it; points outside every region are dropped on import.\n\n"
-            f"{steps}\n" + (f"\n{REVIEW_STEPS.format(fmt=fmt)}\n" if review else "")
-            + (f"\nPre-labels: a counter has suggested the heads (crowdtk export --prelabel). {suggestions}\n" if suggestions else ""))
+    return (
+        f"crowdtk labeling package ({fmt})\n\nInstruction for labelers:\n  {INSTRUCTION}\n\n"
+        "A point counts for the region that contains it; points outside every region are dropped on import.\n\n"
+        f"{steps}\n"
+        + (f"\n{REVIEW_STEPS.format(fmt=fmt)}\n" if review else "")
+        + (
+            f"\nPre-labels: a counter has suggested the heads (crowdtk export --prelabel). {suggestions}\n"
+            if suggestions
+            else ""
+        )
+    )
 
 
 REVIEW_STEPS = (

@@ -25,14 +25,26 @@ import numpy as np
 from crowdtk.data import decode_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import SUGGESTED_MARK, BaseExport, Found, LabelingTool, Returned, export_names, image_bytes, register_tool, write_text
+from crowdtk.labeling.common import (
+    SUGGESTED_MARK,
+    BaseExport,
+    Found,
+    LabelingTool,
+    Returned,
+    export_names,
+    image_bytes,
+    register_tool,
+    write_text,
+)
 
 UNIT = "region"
 CROPS = "crops"
 POINTS_SUFFIXES = (".txt", ".json", ".csv")
-SUGGESTIONS = ("The points files crops/NAME.txt already hold the suggested heads: fix them (delete wrong lines, correct\n"
-               "misplaced points, add missed heads), then delete the first line '# suggested by …' (a file that still\n"
-               "starts with it is not imported).")
+SUGGESTIONS = (
+    "The points files crops/NAME.txt already hold the suggested heads: fix them (delete wrong lines, correct\n"
+    "misplaced points, add missed heads), then delete the first line '# suggested by …' (a file that still\n"
+    "starts with it is not imported)."
+)
 
 
 def crop_stem(name: str, k: int) -> str:
@@ -47,8 +59,10 @@ class Export(BaseExport):
         image = decode_image(image_bytes(entry), entry.image)
         # The regions' pixel coordinates are only meaningful on the image size they were selected on.
         if image.shape[:2] != (entry.height, entry.width):
-            raise CrowdtkError(f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
-                               "re-run index and select")
+            raise CrowdtkError(
+                f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
+                "re-run index and select",
+            )
         points = self.prefilled(entry)
         suggested = self.suggested(entry)
         if suggested is not None:  # --prelabel: the suggestions go where a review round's points go, behind the mark
@@ -56,18 +70,30 @@ class Export(BaseExport):
         unwritten = None if points is None else np.ones(len(points), dtype=bool)
         for k, (region, rr) in enumerate(zip(entry.regions, record["regions"])):
             stem = crop_stem(name, k)
-            crop = np.ascontiguousarray(image[region.y0:region.y1, region.x0:region.x1, ::-1])  # RGB -> BGR for cv2
+            crop = np.ascontiguousarray(image[region.y0 : region.y1, region.x0 : region.x1, ::-1])  # RGB -> BGR for cv2
             target = self.out / CROPS / f"{stem}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(target), crop):
                 raise CrowdtkError(f"{target}: cannot write the crop", "check the output folder")
-            rr.update(crop=f"{CROPS}/{stem}.png", points=f"{CROPS}/{stem}.txt", x=region.x0, y=region.y0,
-                      crop_width=region.x1 - region.x0, crop_height=region.y1 - region.y0)
+            rr.update(
+                crop=f"{CROPS}/{stem}.png",
+                points=f"{CROPS}/{stem}.txt",
+                x=region.x0,
+                y=region.y0,
+                crop_width=region.x1 - region.x0,
+                crop_height=region.y1 - region.y0,
+            )
             if points is not None and unwritten is not None:  # the crop's labeled heads (a review round) or suggestions
                 here = unwritten & region.contains(points)
                 unwritten &= ~here
-                local = points[here] - np.array([region.x0, region.y0], dtype=np.float64)  # exact: import adds the offset back
-                text = "# x y\n" + "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local) if len(local) else "# no heads\n"
+                local = points[here] - np.array(
+                    [region.x0, region.y0], dtype=np.float64
+                )  # exact: import adds the offset back
+                text = (
+                    "# x y\n" + "".join(f"{float(x)!r} {float(y)!r}\n" for x, y in local)
+                    if len(local)
+                    else "# no heads\n"
+                )
                 if self.prelabels is not None:
                     text = f"{SUGGESTED_MARK} {self.prelabels.model_version}: correct the points, then delete this line\n{text}"
                 write_text(self.out / CROPS / f"{stem}.txt", text)
@@ -93,7 +119,10 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
             stem = crop_stem(name, k)
             candidates = [folder / f"{stem}{s}" for s in POINTS_SUFFIXES if (folder / f"{stem}{s}").is_file()]
             if len(candidates) > 1:
-                raise CrowdtkError(f"{folder}: crop {stem} has several points files ({', '.join(c.name for c in candidates)})", "keep one")
+                raise CrowdtkError(
+                    f"{folder}: crop {stem} has several points files ({', '.join(c.name for c in candidates)})",
+                    "keep one",
+                )
             if not candidates or _unreviewed(candidates[0]):
                 missing.append(f"{entry.id} region {k} ({stem})")
                 unreviewed += bool(candidates)
@@ -115,5 +144,15 @@ def _unreviewed(points_file: Path) -> bool:
 
 
 # The tool's record: export --to crops and import --from crops run the parts above.
-TOOL = register_tool(LabelingTool("crops", help="one PNG per region", reads="the export folder, with the points files beside the crops",
-                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))
+TOOL = register_tool(
+    LabelingTool(
+        "crops",
+        help="one PNG per region",
+        reads="the export folder, with the points files beside the crops",
+        unit=UNIT,
+        export=Export,
+        steps=steps,
+        read=read,
+        suggestions=SUGGESTIONS,
+    )
+)

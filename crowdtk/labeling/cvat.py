@@ -38,7 +38,18 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import DONE, HEAD, INSTRUCTION, REGION, BaseExport, LabelingTool, Returned, register_tool, write_json, write_text
+from crowdtk.labeling.common import (
+    DONE,
+    HEAD,
+    INSTRUCTION,
+    REGION,
+    BaseExport,
+    LabelingTool,
+    Returned,
+    register_tool,
+    write_json,
+    write_text,
+)
 from crowdtk.labeling.reading import Collector, allowed_folders, image_reference, points_array
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
@@ -55,12 +66,17 @@ _LABELS = ((HEAD, "#ff0000", "points"), (REGION, "#ffa500", "rectangle"), (DONE,
 
 AUTO = "auto"  # the <points> source of a suggested head
 
-SUGGESTIONS = ("The suggested heads are 'head' points of source 'auto': move or delete the wrong ones, add the missed\n"
-               "ones, and tag each image 'done' when it is reviewed (an image with suggestions imports only when tagged).")
+SUGGESTIONS = (
+    "The suggested heads are 'head' points of source 'auto': move or delete the wrong ones, add the missed\n"
+    "ones, and tag each image 'done' when it is reviewed (an image with suggestions imports only when tagged)."
+)
 
 
-def cvat_xml(images: list[tuple[RegionsEntry, str]], heads: Mapping[str, np.ndarray] | None = None,
-             suggested: Mapping[str, Suggestions] | None = None) -> str:
+def cvat_xml(
+    images: list[tuple[RegionsEntry, str]],
+    heads: Mapping[str, np.ndarray] | None = None,
+    suggested: Mapping[str, Suggestions] | None = None,
+) -> str:
     """annotations.xml for (entry, file name) pairs: the task's labels and each region as a box (and, a
     review round, the ``heads`` per image id; ``--prelabel``, the ``suggested`` heads)."""
     root = ET.Element("annotations")
@@ -81,13 +97,31 @@ def cvat_xml(images: list[tuple[RegionsEntry, str]], heads: Mapping[str, np.ndar
     for i, (entry, name) in enumerate(images):
         image = ET.SubElement(root, "image", id=str(i), name=name, width=str(entry.width), height=str(entry.height))
         for r in entry.regions:
-            ET.SubElement(image, "box", label=REGION, source="manual", occluded="0", xtl=f"{r.x0:.2f}", ytl=f"{r.y0:.2f}",
-                          xbr=f"{r.x1:.2f}", ybr=f"{r.y1:.2f}", z_order="0")
+            ET.SubElement(
+                image,
+                "box",
+                label=REGION,
+                source="manual",
+                occluded="0",
+                xtl=f"{r.x0:.2f}",
+                ytl=f"{r.y0:.2f}",
+                xbr=f"{r.x1:.2f}",
+                ybr=f"{r.y1:.2f}",
+                z_order="0",
+            )
         if heads is not None:
             _prefilled_heads(image, heads.get(entry.id, np.zeros((0, 2))))
         if suggested is not None:
             for x, y in suggested[entry.id].points:
-                ET.SubElement(image, "points", label=HEAD, source=AUTO, occluded="0", points=f"{float(x):.2f},{float(y):.2f}", z_order="0")
+                ET.SubElement(
+                    image,
+                    "points",
+                    label=HEAD,
+                    source=AUTO,
+                    occluded="0",
+                    points=f"{float(x):.2f},{float(y):.2f}",
+                    z_order="0",
+                )
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -96,7 +130,9 @@ def _prefilled_heads(image: ET.Element, points: np.ndarray) -> None:
     """A review round (``export LABELS``): one ``head`` <points> shape per labeled head (``repr`` floats, exact), and the
     image tagged ``done``, so that an image whose regions hold no head reads as labeled."""
     for x, y in points:
-        ET.SubElement(image, "points", label=HEAD, source="manual", occluded="0", points=f"{float(x)!r},{float(y)!r}", z_order="0")
+        ET.SubElement(
+            image, "points", label=HEAD, source="manual", occluded="0", points=f"{float(x)!r},{float(y)!r}", z_order="0"
+        )
     ET.SubElement(image, "tag", label=DONE, source="manual")
 
 
@@ -104,8 +140,14 @@ class Export(BaseExport):
     """The placed images; one XML file for all of them is written at the end."""
 
     def finish(self) -> None:
-        write_text(self.out / XML, cvat_xml(self.placed, self.prefill, None if self.prelabels is None else self.prelabels.images))
-        write_json(self.out / LABELS, [{"name": name, "color": color, "type": kind, "attributes": []} for name, color, kind in _LABELS])
+        write_text(
+            self.out / XML,
+            cvat_xml(self.placed, self.prefill, None if self.prelabels is None else self.prelabels.images),
+        )
+        write_json(
+            self.out / LABELS,
+            [{"name": name, "color": color, "type": kind, "attributes": []} for name, color, kind in _LABELS],
+        )
 
 
 def steps(image_url: str) -> str:
@@ -134,8 +176,10 @@ def parse_xml_bytes(data: bytes, source: str) -> ET.Element:
     """:func:`parse_xml_safely` of XML already read; ``source`` names it in errors."""
 
     def refuse(*_: Any) -> None:
-        raise CrowdtkError(f"{source}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion)",
-                           "export the annotations again from CVAT; its files have no DOCTYPE")
+        raise CrowdtkError(
+            f"{source}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion)",
+            "export the annotations again from CVAT; its files have no DOCTYPE",
+        )
 
     # A first pass with expat's own handlers sees declarations before ElementTree would expand them.
     guard = expat.ParserCreate()
@@ -147,7 +191,9 @@ def parse_xml_bytes(data: bytes, source: str) -> ET.Element:
         guard.Parse(data, True)
         return ET.fromstring(data)
     except (expat.ExpatError, ET.ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding
-        raise CrowdtkError(f"{source}: not well-formed XML ({exc})", "pass the annotations file the labeling tool exported") from None
+        raise CrowdtkError(
+            f"{source}: not well-formed XML ({exc})", "pass the annotations file the labeling tool exported"
+        ) from None
 
 
 def _is_xml(name: str) -> bool:
@@ -158,16 +204,23 @@ def _is_xml(name: str) -> bool:
 
 def _only_one(names: list[str], where: Path, choose: str) -> str:
     if not names:
-        raise CrowdtkError(f"{where}: holds no CVAT XML (annotations.xml, or Datumaro's <subset>.xml, in it or in {ANNOTATIONS}/)",
-                           "pass the XML file, or the .zip of CVAT's 'CVAT for images 1.1' export")
+        raise CrowdtkError(
+            f"{where}: holds no CVAT XML (annotations.xml, or Datumaro's <subset>.xml, in it or in {ANNOTATIONS}/)",
+            "pass the XML file, or the .zip of CVAT's 'CVAT for images 1.1' export",
+        )
     if len(names) > 1:
         raise CrowdtkError(f"{where}: holds {len(names)} XML files ({', '.join(names)}), expected one", choose)
     return names[0]
 
 
 def _folder_xml(folder: Path) -> Path:
-    names = sorted(p.relative_to(folder).as_posix() for d in (folder, folder / ANNOTATIONS) if d.is_dir()
-                   for p in d.iterdir() if p.is_file() and _is_xml(p.relative_to(folder).as_posix()))
+    names = sorted(
+        p.relative_to(folder).as_posix()
+        for d in (folder, folder / ANNOTATIONS)
+        if d.is_dir()
+        for p in d.iterdir()
+        if p.is_file() and _is_xml(p.relative_to(folder).as_posix())
+    )
     return folder / _only_one(names, folder, "pass the one to import as PATH")
 
 
@@ -179,17 +232,31 @@ def _archive_xml(path: Path) -> tuple[str, bytes]:
             for member in members:
                 name = member.filename.replace("\\", "/")
                 if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
-                    raise CrowdtkError(f"{path}: archive member '{member.filename}' points outside the archive (path traversal)",
-                                       "export the task from CVAT again")
+                    raise CrowdtkError(
+                        f"{path}: archive member '{member.filename}' points outside the archive (path traversal)",
+                        "export the task from CVAT again",
+                    )
             xmls = [m.filename for m in members if not m.is_dir() and _is_xml(m.filename)]
             name = _only_one(xmls, path, "unzip it and pass the one to import as PATH")
             info = archive.getinfo(name)
             if info.file_size > MAX_XML_BYTES:
-                raise CrowdtkError(f"{path}: {name} is {info.file_size} bytes uncompressed, more than {MAX_XML_BYTES}",
-                                   "pass a smaller export, or the unzipped XML")
+                raise CrowdtkError(
+                    f"{path}: {name} is {info.file_size} bytes uncompressed, more than {MAX_XML_BYTES}",
+                    "pass a smaller export, or the unzipped XML",
+                )
             return name, archive.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error, ValueError) as exc:
-        raise CrowdtkError(f"{path}: not a readable zip archive ({exc})", "pass the .zip CVAT exported, or the annotations XML") from None
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        RuntimeError,
+        EOFError,
+        zlib.error,
+        ValueError,
+    ) as exc:
+        raise CrowdtkError(
+            f"{path}: not a readable zip archive ({exc})", "pass the .zip CVAT exported, or the annotations XML"
+        ) from None
 
 
 def _annotations(path: Path) -> tuple[ET.Element, Path, list[Path], str, list[str]]:
@@ -201,7 +268,13 @@ def _annotations(path: Path) -> tuple[ET.Element, Path, list[Path], str, list[st
     if path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path)):
         name, data = _archive_xml(path)
         source = f"{path}:{name}"
-        return parse_xml_bytes(data, source), path.parent, allowed_folders(path.parent), source, [f"read {name} from {path}"]
+        return (
+            parse_xml_bytes(data, source),
+            path.parent,
+            allowed_folders(path.parent),
+            source,
+            [f"read {name} from {path}"],
+        )
     return parse_xml_safely(path), path.parent, allowed_folders(path.parent), str(path), []
 
 
@@ -229,7 +302,9 @@ def _head_points(image: ET.Element, found: Collector, where: str) -> tuple[list[
 def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
     root, folder, roots, source, notes = _annotations(path)
     if root.tag != "annotations":
-        raise CrowdtkError(f"{source}: not a CVAT for images 1.1 file (root <{root.tag}>)", "export the task as 'CVAT for images 1.1'")
+        raise CrowdtkError(
+            f"{source}: not a CVAT for images 1.1 file (root <{root.tag}>)", "export the task as 'CVAT for images 1.1'"
+        )
     found = Collector(entries)
     for image in root.iter("image"):
         where = f"{source}: image '{image.get('name')}'"
@@ -249,5 +324,15 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
 
 
 # The tool's record: export --to cvat and import --from cvat run the parts above.
-TOOL = register_tool(LabelingTool("cvat", help="CVAT for images 1.1", reads="a CVAT XML, or its folder, or the export .zip",
-                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))
+TOOL = register_tool(
+    LabelingTool(
+        "cvat",
+        help="CVAT for images 1.1",
+        reads="a CVAT XML, or its folder, or the export .zip",
+        unit=UNIT,
+        export=Export,
+        steps=steps,
+        read=read,
+        suggestions=SUGGESTIONS,
+    )
+)

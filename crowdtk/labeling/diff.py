@@ -78,8 +78,8 @@ def match_points(a: np.ndarray, b: np.ndarray, radius: float = MOVED_PX) -> tupl
     sorted_a, sorted_b = group[:n][by_a], group[n:][by_b]
     found_i, found_j = [], []
     for g in np.unique(group[i]):  # the groups holding a pair
-        rows = by_a[np.searchsorted(sorted_a, g):np.searchsorted(sorted_a, g, side="right")]
-        cols = by_b[np.searchsorted(sorted_b, g):np.searchsorted(sorted_b, g, side="right")]
+        rows = by_a[np.searchsorted(sorted_a, g) : np.searchsorted(sorted_a, g, side="right")]
+        cols = by_b[np.searchsorted(sorted_b, g) : np.searchsorted(sorted_b, g, side="right")]
         solve = _dense_pairs if len(rows) * len(cols) <= MAX_DENSE_PAIRS else _sparse_pairs
         r, c = solve(a[rows], b[cols], radius)
         found_i.append(rows[r])
@@ -148,8 +148,10 @@ class RegionDiff:
             "points": {
                 "added": [[float(x), float(y)] for x, y in self.added],
                 "removed": [[float(x), float(y)] for x, y in self.removed],
-                "moved": [{"from": [float(p[0]), float(p[1])], "to": [float(q[0]), float(q[1])], "distance": float(d)}
-                          for p, q, d in self.moved],
+                "moved": [
+                    {"from": [float(p[0]), float(p[1])], "to": [float(q[0]), float(q[1])], "distance": float(d)}
+                    for p, q, d in self.moved
+                ],
             },
         }
 
@@ -163,8 +165,12 @@ class LabelsDiff:
 
     def totals(self) -> dict[str, int]:
         """Points added, removed, moved and unchanged over all regions."""
-        return {"added": sum(len(r.added) for r in self.regions), "removed": sum(len(r.removed) for r in self.regions),
-                "moved": sum(len(r.moved) for r in self.regions), "unchanged": sum(r.unchanged for r in self.regions)}
+        return {
+            "added": sum(len(r.added) for r in self.regions),
+            "removed": sum(len(r.removed) for r in self.regions),
+            "moved": sum(len(r.moved) for r in self.regions),
+            "unchanged": sum(r.unchanged for r in self.regions),
+        }
 
     @property
     def images(self) -> int:
@@ -181,7 +187,9 @@ def _by_region(entry: LabelsEntry | None, regions: Sequence[Region]) -> tuple[li
     left = np.ones(len(entry.points), dtype=bool)
     parts = []
     for region in regions:
-        take = left & region.contains(entry.points) if region in entry.regions else np.zeros(len(entry.points), dtype=bool)
+        take = (
+            left & region.contains(entry.points) if region in entry.regions else np.zeros(len(entry.points), dtype=bool)
+        )
         parts.append(entry.points[take])
         left &= ~take
     return parts, int(left.sum())
@@ -195,8 +203,15 @@ def _compare(image_id: str, region: Region, labeled: str, a: np.ndarray, b: np.n
     removed[i] = False
     added = np.ones(len(b), dtype=bool)
     added[j] = False
-    return RegionDiff(image_id, region, labeled, b[added], a[removed],
-                      [(a[p], b[q], d) for p, q, d in zip(i[moved], j[moved], distance[moved])], int((~moved).sum()))
+    return RegionDiff(
+        image_id,
+        region,
+        labeled,
+        b[added],
+        a[removed],
+        [(a[p], b[q], d) for p, q, d in zip(i[moved], j[moved], distance[moved])],
+        int((~moved).sum()),
+    )
 
 
 def diff_labels(a: Sequence[LabelsEntry], b: Sequence[LabelsEntry], a_name: str = "A", b_name: str = "B") -> LabelsDiff:
@@ -207,8 +222,10 @@ def diff_labels(a: Sequence[LabelsEntry], b: Sequence[LabelsEntry], a_name: str 
     for image_id in [*by_a, *(i for i in by_b if i not in by_a)]:
         ea, eb = by_a.get(image_id), by_b.get(image_id)
         if ea is not None and eb is not None and (ea.sha256, ea.width, ea.height) != (eb.sha256, eb.width, eb.height):
-            raise CrowdtkError(f"{b_name}: image '{image_id}' differs from the one in {a_name} (sha256 or size)",
-                               "compare labels of the same images")
+            raise CrowdtkError(
+                f"{b_name}: image '{image_id}' differs from the one in {a_name} (sha256 or size)",
+                "compare labels of the same images",
+            )
         regions = list(ea.regions if ea is not None else ())
         regions += [r for r in (eb.regions if eb is not None else ()) if r not in regions]
         parts_a, off_a = _by_region(ea, regions)
@@ -217,7 +234,9 @@ def diff_labels(a: Sequence[LabelsEntry], b: Sequence[LabelsEntry], a_name: str 
         outside[b_name] += off_b
         for region, pa, pb in zip(regions, parts_a, parts_b):
             in_a, in_b = ea is not None and region in ea.regions, eb is not None and region in eb.regions
-            result.regions.append(_compare(image_id, region, BOTH if in_a and in_b else ONLY_A if in_a else ONLY_B, pa, pb))
+            result.regions.append(
+                _compare(image_id, region, BOTH if in_a and in_b else ONLY_A if in_a else ONLY_B, pa, pb)
+            )
     result.outside = {name: n for name, n in outside.items() if n}
     return result
 
@@ -262,5 +281,7 @@ def in_prefilled_order(entries: Sequence[LabelsEntry], prefilled: Mapping[str, n
             place.setdefault(point, []).append(n)
         rank = [place[p].pop(0) if place.get(p) else len(originals) for p in map(tuple, entry.points.tolist())]
         points = entry.points[np.argsort(rank, kind="stable")]
-        ordered.append(LabelsEntry(entry.id, entry.image, entry.sha256, entry.width, entry.height, entry.regions, points))
+        ordered.append(
+            LabelsEntry(entry.id, entry.image, entry.sha256, entry.width, entry.height, entry.regions, points)
+        )
     return ordered

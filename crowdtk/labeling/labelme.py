@@ -28,37 +28,82 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import DONE, HEAD, IMAGES, INSTRUCTION, REGION, SUGGESTED, BaseExport, LabelingTool, Returned, register_tool, write_json
+from crowdtk.labeling.common import (
+    DONE,
+    HEAD,
+    IMAGES,
+    INSTRUCTION,
+    REGION,
+    SUGGESTED,
+    BaseExport,
+    LabelingTool,
+    Returned,
+    register_tool,
+    write_json,
+)
 from crowdtk.labeling.reading import Collector, allowed_folders, image_file, load_json, points_array
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
     from crowdtk.prelabel import Suggestions
 
 UNIT = "image"
-SUGGESTIONS = ("The suggested heads are points labeled 'head' with the shape flag 'suggested': move or delete the wrong\n"
-               "ones, add the missed ones, and tick 'done' when an image is reviewed (an image with suggestions imports only then).")
+SUGGESTIONS = (
+    "The suggested heads are points labeled 'head' with the shape flag 'suggested': move or delete the wrong\n"
+    "ones, add the missed ones, and tick 'done' when an image is reviewed (an image with suggestions imports only then)."
+)
 
 
-def labelme_record(entry: RegionsEntry, name: str, points: np.ndarray | None = None, suggested: Suggestions | None = None,
-                   model_version: str = "") -> dict[str, Any]:
+def labelme_record(
+    entry: RegionsEntry,
+    name: str,
+    points: np.ndarray | None = None,
+    suggested: Suggestions | None = None,
+    model_version: str = "",
+) -> dict[str, Any]:
     """The LabelMe JSON of one image: its regions as rectangles, the flag ``done`` not yet ticked (and, ``--prelabel``,
     the ``suggested`` heads of ``model_version``)."""
-    shapes = [{"label": REGION, "points": [[float(r.x0), float(r.y0)], [float(r.x1), float(r.y1)]], "group_id": None,
-               "description": INSTRUCTION, "shape_type": "rectangle", "flags": {}} for r in entry.regions]
-    record = {"version": "5.4.1", "flags": {DONE: False}, "shapes": shapes, "imagePath": name, "imageData": None,
-              "imageHeight": entry.height, "imageWidth": entry.width}
-    if points is not None:  # a review round (export LABELS): the labeled heads as point shapes, the image already 'done'
+    shapes = [
+        {
+            "label": REGION,
+            "points": [[float(r.x0), float(r.y0)], [float(r.x1), float(r.y1)]],
+            "group_id": None,
+            "description": INSTRUCTION,
+            "shape_type": "rectangle",
+            "flags": {},
+        }
+        for r in entry.regions
+    ]
+    record = {
+        "version": "5.4.1",
+        "flags": {DONE: False},
+        "shapes": shapes,
+        "imagePath": name,
+        "imageData": None,
+        "imageHeight": entry.height,
+        "imageWidth": entry.width,
+    }
+    if (
+        points is not None
+    ):  # a review round (export LABELS): the labeled heads as point shapes, the image already 'done'
         shapes += [_head_shape(x, y, "", {}) for x, y in points]
         record["flags"] = {DONE: True}
     if suggested is not None:
-        shapes += [_head_shape(x, y, f"{model_version} score {score:.2f}", {SUGGESTED: True})
-                   for (x, y), score in zip(suggested.points, suggested.scores)]
+        shapes += [
+            _head_shape(x, y, f"{model_version} score {score:.2f}", {SUGGESTED: True})
+            for (x, y), score in zip(suggested.points, suggested.scores)
+        ]
     return record
 
 
 def _head_shape(x: float, y: float, description: str, flags: dict[str, bool]) -> dict[str, Any]:
-    return {"label": HEAD, "points": [[float(x), float(y)]], "group_id": None, "description": description, "shape_type": "point",
-            "flags": flags}
+    return {
+        "label": HEAD,
+        "points": [[float(x), float(y)]],
+        "group_id": None,
+        "description": description,
+        "shape_type": "point",
+        "flags": flags,
+    }
 
 
 class Export(BaseExport):
@@ -67,8 +112,10 @@ class Export(BaseExport):
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         super().add(entry, name, record)
         version = self.prelabels.model_version if self.prelabels is not None else ""
-        write_json(self.out / IMAGES / f"{Path(name).stem}.json",
-                   labelme_record(entry, name, self.prefilled(entry), self.suggested(entry), version))
+        write_json(
+            self.out / IMAGES / f"{Path(name).stem}.json",
+            labelme_record(entry, name, self.prefilled(entry), self.suggested(entry), version),
+        )
 
 
 def steps(image_url: str) -> str:
@@ -102,7 +149,7 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
                     found.ignored += 1  # the exported region rectangles are not "other annotations"
                 continue
             try:
-                (x, y), = shape["points"]
+                ((x, y),) = shape["points"]
                 points.append((float(x), float(y)))
             except (KeyError, TypeError, ValueError, OverflowError):
                 raise CrowdtkError(f"{file}: a point shape does not hold one [x, y]", "fix it in LabelMe") from None
@@ -117,5 +164,15 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
 
 
 # The tool's record: export --to labelme and import --from labelme run the parts above.
-TOOL = register_tool(LabelingTool("labelme", help="a LabelMe JSON beside each image", reads="a folder of LabelMe JSON files",
-                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))
+TOOL = register_tool(
+    LabelingTool(
+        "labelme",
+        help="a LabelMe JSON beside each image",
+        reads="a folder of LabelMe JSON files",
+        unit=UNIT,
+        export=Export,
+        steps=steps,
+        read=read,
+        suggestions=SUGGESTIONS,
+    )
+)

@@ -21,21 +21,34 @@ from crowdtk.labeling.common import Found
 from crowdtk.labeling.reading import ImportResult, assemble, whole
 
 
-def oracle_labels(entries: Sequence[RegionsEntry], manifest: Sequence[ManifestEntry], manifest_name: str = "MANIFEST",
-                  regions_name: str = "REGIONS", on_progress: Callable[[int], None] | None = None) -> ImportResult:
+def oracle_labels(
+    entries: Sequence[RegionsEntry],
+    manifest: Sequence[ManifestEntry],
+    manifest_name: str = "MANIFEST",
+    regions_name: str = "REGIONS",
+    on_progress: Callable[[int], None] | None = None,
+) -> ImportResult:
     """The simulated labeler: fill each region with the ground-truth points of the manifest."""
     by_id = {m.id: m for m in manifest}
     unknown = [e.id for e in entries if e.id not in by_id]
     if unknown:
-        raise CrowdtkError(f"{regions_name}: names {len(unknown)} image(s) absent from {manifest_name}, e.g. '{unknown[0]}'",
-                           "pass the manifest the regions were selected from")
+        raise CrowdtkError(
+            f"{regions_name}: names {len(unknown)} image(s) absent from {manifest_name}, e.g. '{unknown[0]}'",
+            "pass the manifest the regions were selected from",
+        )
     found: Found = {}
     for entry in entries:
         m = by_id[entry.id]
         if m.sha256 != entry.sha256 or (m.width, m.height) != (entry.width, entry.height):
-            raise CrowdtkError(f"{regions_name}: image '{entry.id}' differs from the one in {manifest_name}", "pass the manifest the regions were selected from")
+            raise CrowdtkError(
+                f"{regions_name}: image '{entry.id}' differs from the one in {manifest_name}",
+                "pass the manifest the regions were selected from",
+            )
         if m.points is None:
-            raise CrowdtkError(f"{manifest_name}: image '{entry.id}' has no points file", "the oracle needs ground-truth points for every selected image")
+            raise CrowdtkError(
+                f"{manifest_name}: image '{entry.id}' has no points file",
+                "the oracle needs ground-truth points for every selected image",
+            )
         # The labels go with the image file: points of an image replaced since indexing would be trained on its new pixels.
         check_unchanged(m.image, m.sha256, m.size_bytes, m.mtime_ns)
         points, _ = read_points_on_image(m.points, m.width, m.height, m.points_sha256)
@@ -68,8 +81,10 @@ def merge_labels(new: Sequence[LabelsEntry], earlier: Sequence[tuple[str, Sequen
                 order.append(entry.id)
                 continue
             if old.sha256 != entry.sha256:
-                raise CrowdtkError(f"{source}: image '{entry.id}' differs from the one in the labels merged before (sha256)",
-                                   "merge labels of the same images")
+                raise CrowdtkError(
+                    f"{source}: image '{entry.id}' differs from the one in the labels merged before (sha256)",
+                    "merge labels of the same images",
+                )
             covered = np.zeros(len(entry.points), dtype=bool)
             for region in old.regions:
                 covered |= region.contains(entry.points)
@@ -95,17 +110,28 @@ class ImportRound:
     notes: list[str] = field(default_factory=list)  # warnings: what was left out, dropped or ignored
 
     @classmethod
-    def of(cls, result: ImportResult, earlier: Sequence[tuple[str, Sequence[LabelsEntry]]], unit: str, regions_name: str,
-           pool_area: int | None = None) -> ImportRound:
+    def of(
+        cls,
+        result: ImportResult,
+        earlier: Sequence[tuple[str, Sequence[LabelsEntry]]],
+        unit: str,
+        regions_name: str,
+        pool_area: int | None = None,
+    ) -> ImportRound:
         """Merge ``result`` with the ``earlier`` rounds and note what did not make it into the labels."""
         notes = list(result.notes)
         if result.missing:
             notes.append(f"left out {len(result.missing)} unlabeled {unit}(s): {_some(result.missing)}")
         if result.dropped:
-            notes.append(f"dropped {sum(result.dropped.values())} point(s) outside their regions in {len(result.dropped)} image(s): "
-                         + ", ".join(f"{k} ({v})" for k, v in list(result.dropped.items())[:5]))
+            notes.append(
+                f"dropped {sum(result.dropped.values())} point(s) outside their regions in {len(result.dropped)} image(s): "
+                + ", ".join(f"{k} ({v})" for k, v in list(result.dropped.items())[:5])
+            )
         if result.unknown:
-            notes.append(f"ignored annotations of {len(result.unknown)} image(s) not in {regions_name}: " + ", ".join(result.unknown[:5]))
+            notes.append(
+                f"ignored annotations of {len(result.unknown)} image(s) not in {regions_name}: "
+                + ", ".join(result.unknown[:5])
+            )
         if result.ignored:
             notes.append(f"ignored {result.ignored} annotation(s) that are not 'head' points")
         labels = merge_labels(result.entries, earlier) if earlier else result.entries
@@ -135,7 +161,9 @@ class ImportRound:
         return sum(len(e.points) for e in self.labels)
 
 
-def earlier_rounds(paths: Sequence[str | Path], pool: str | None, regions_name: str) -> list[tuple[str, list[LabelsEntry]]]:
+def earlier_rounds(
+    paths: Sequence[str | Path], pool: str | None, regions_name: str
+) -> list[tuple[str, list[LabelsEntry]]]:
     """The labels files of earlier rounds (import --merge), refused when one is of another pool than
     this round's regions (``pool``: their manifest_sha256). Files from before the field was recorded
     are taken as they are."""
@@ -144,7 +172,9 @@ def earlier_rounds(paths: Sequence[str | Path], pool: str | None, regions_name: 
         header, labels = read_labels(path)
         other = header.get("manifest_sha256")
         if pool and other and other != pool:
-            raise CrowdtkError(f"{path}: labels of another pool (their manifest_sha256 differs from {regions_name}'s)",
-                               "merge the labels of earlier rounds over the same manifest")
+            raise CrowdtkError(
+                f"{path}: labels of another pool (their manifest_sha256 differs from {regions_name}'s)",
+                "merge the labels of earlier rounds over the same manifest",
+            )
         rounds.append((str(path), labels))
     return rounds

@@ -28,15 +28,28 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
-from crowdtk.labeling.common import HEAD, IMAGES, INSTRUCTION, REGION, BaseExport, LabelingTool, Returned, register_tool, write_json, write_text
+from crowdtk.labeling.common import (
+    HEAD,
+    IMAGES,
+    INSTRUCTION,
+    REGION,
+    BaseExport,
+    LabelingTool,
+    Returned,
+    register_tool,
+    write_json,
+    write_text,
+)
 from crowdtk.labeling.reading import Collector, image_reference, list_of, load_json, points_array
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
     from crowdtk.prelabel import Suggestions
 
 UNIT = "image"
-SUGGESTIONS = ("The suggested heads come with the regions as the task's prediction: move or delete the wrong ones, add\n"
-               "the missed ones, and submit; what you submit is imported (a task not submitted is not).")
+SUGGESTIONS = (
+    "The suggested heads come with the regions as the task's prediction: move or delete the wrong ones, add\n"
+    "the missed ones, and submit; what you submit is imported (a task not submitted is not)."
+)
 TASKS = "tasks.json"
 CONFIG = "config.xml"
 
@@ -60,48 +73,84 @@ def labelstudio_config() -> str:
     )
 
 
-def _keypoints(entry: RegionsEntry, points: np.ndarray, prefix: str, scores: np.ndarray | None = None) -> list[dict[str, Any]]:
+def _keypoints(
+    entry: RegionsEntry, points: np.ndarray, prefix: str, scores: np.ndarray | None = None
+) -> list[dict[str, Any]]:
     """Head points as keypoint results (percent of the image), ids ``<prefix><k>``; with ``scores``, one each."""
     results = []
     for k, (x, y) in enumerate(points):
-        result = {"id": f"{prefix}{k}", "from_name": "kp", "to_name": "image", "type": "keypointlabels", "original_width": entry.width,
-                  "original_height": entry.height, "image_rotation": 0,
-                  "value": {"x": _pct(float(x), entry.width), "y": _pct(float(y), entry.height), "width": 0.5, "keypointlabels": [HEAD]}}
+        result = {
+            "id": f"{prefix}{k}",
+            "from_name": "kp",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "original_width": entry.width,
+            "original_height": entry.height,
+            "image_rotation": 0,
+            "value": {
+                "x": _pct(float(x), entry.width),
+                "y": _pct(float(y), entry.height),
+                "width": 0.5,
+                "keypointlabels": [HEAD],
+            },
+        }
         if scores is not None:
             result["score"] = round(float(scores[k]), 4)
         results.append(result)
     return results
 
 
-def labelstudio_task(entry: RegionsEntry, image: str, points: np.ndarray | None = None, suggested: Suggestions | None = None,
-                     model_version: str = "") -> dict[str, Any]:
+def labelstudio_task(
+    entry: RegionsEntry,
+    image: str,
+    points: np.ndarray | None = None,
+    suggested: Suggestions | None = None,
+    model_version: str = "",
+) -> dict[str, Any]:
     """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations
     (with ``suggested``, also the counter's suggested heads, as a prediction of ``model_version``);
     with ``points`` (a review round), also an annotation of the regions and those head points."""
-    results = [{
-        "id": f"region{k}",
-        "from_name": REGION,
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "original_width": entry.width,
-        "original_height": entry.height,
-        "image_rotation": 0,
-        "value": {"x": _pct(r.x0, entry.width), "y": _pct(r.y0, entry.height), "width": _pct(r.x1 - r.x0, entry.width),
-                  "height": _pct(r.y1 - r.y0, entry.height), "rotation": 0, "rectanglelabels": [REGION]},
-    } for k, r in enumerate(entry.regions)]
+    results = [
+        {
+            "id": f"region{k}",
+            "from_name": REGION,
+            "to_name": "image",
+            "type": "rectanglelabels",
+            "original_width": entry.width,
+            "original_height": entry.height,
+            "image_rotation": 0,
+            "value": {
+                "x": _pct(r.x0, entry.width),
+                "y": _pct(r.y0, entry.height),
+                "width": _pct(r.x1 - r.x0, entry.width),
+                "height": _pct(r.y1 - r.y0, entry.height),
+                "rotation": 0,
+                "rectanglelabels": [REGION],
+            },
+        }
+        for k, r in enumerate(entry.regions)
+    ]
     task = {
-        "data": {"image": image, "crowdtk_id": entry.id, "instruction": INSTRUCTION,
-                 "regions": [[r.x0, r.y0, r.x1, r.y1] for r in entry.regions]},
+        "data": {
+            "image": image,
+            "crowdtk_id": entry.id,
+            "instruction": INSTRUCTION,
+            "regions": [[r.x0, r.y0, r.x1, r.y1] for r in entry.regions],
+        },
         "predictions": [{"model_version": "crowdtk select", "result": results}],
     }
     if suggested is not None:
-        prediction: dict[str, Any] = {"model_version": model_version,
-                                      "result": results + _keypoints(entry, suggested.points, "suggested", suggested.scores)}
+        prediction: dict[str, Any] = {
+            "model_version": model_version,
+            "result": results + _keypoints(entry, suggested.points, "suggested", suggested.scores),
+        }
         if len(suggested.scores):  # no score without points: Label Studio would rank the task least confident
             prediction["score"] = round(float(suggested.scores.mean()), 4)
         task["predictions"] = [prediction]
     if points is not None:
-        task["annotations"] = [{"result": results + _keypoints(entry, points, "head"), "was_cancelled": False, "ground_truth": False}]
+        task["annotations"] = [
+            {"result": results + _keypoints(entry, points, "head"), "was_cancelled": False, "ground_truth": False}
+        ]
     return task
 
 
@@ -110,8 +159,15 @@ class Export(BaseExport):
 
     def finish(self) -> None:
         version = self.prelabels.model_version if self.prelabels is not None else ""
-        write_json(self.out / TASKS, [labelstudio_task(entry, f"{self.image_url}{IMAGES}/{name}", self.prefilled(entry), self.suggested(entry),
-                                                       version) for entry, name in self.placed])
+        write_json(
+            self.out / TASKS,
+            [
+                labelstudio_task(
+                    entry, f"{self.image_url}{IMAGES}/{name}", self.prefilled(entry), self.suggested(entry), version
+                )
+                for entry, name in self.placed
+            ],
+        )
         write_text(self.out / CONFIG, labelstudio_config())
 
 
@@ -136,10 +192,16 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
     for n, task in enumerate(tasks):
         where = f"{path}: task {task.get('id', n) if isinstance(task, dict) else n}"
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise CrowdtkError(f"{where}: not a Label Studio task (no 'data')", "export the project as JSON (not JSON-MIN or CSV)")
+            raise CrowdtkError(
+                f"{where}: not a Label Studio task (no 'data')", "export the project as JSON (not JSON-MIN or CSV)"
+            )
         data = task["data"]
         name = image_reference(data.get("image"), path.parent, path.parent, where)
-        entry = found.matcher.by_id.get(data["crowdtk_id"]) if isinstance(data.get("crowdtk_id"), str) else found.matcher.find(name)
+        entry = (
+            found.matcher.by_id.get(data["crowdtk_id"])
+            if isinstance(data.get("crowdtk_id"), str)
+            else found.matcher.find(name)
+        )
         annotations = list_of(task.get("annotations"), "annotations", where)
         annotations = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
         if not annotations:
@@ -161,12 +223,29 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
                 try:
                     points.append((float(value["x"]) * entry.width / 100.0, float(value["y"]) * entry.height / 100.0))
                 except (KeyError, TypeError, ValueError, OverflowError):
-                    raise CrowdtkError(f"{where}: a keypoint lacks numeric x/y", "re-export from Label Studio") from None
+                    raise CrowdtkError(
+                        f"{where}: a keypoint lacks numeric x/y", "re-export from Label Studio"
+                    ) from None
         crowdtk_id = data.get("crowdtk_id")
-        found.add(crowdtk_id if isinstance(crowdtk_id, str) and crowdtk_id else name, entry, points_array(points, where), where)
+        found.add(
+            crowdtk_id if isinstance(crowdtk_id, str) and crowdtk_id else name,
+            entry,
+            points_array(points, where),
+            where,
+        )
     return found.returned()
 
 
 # The tool's record: export --to labelstudio and import --from labelstudio run the parts above.
-TOOL = register_tool(LabelingTool("labelstudio", help="tasks.json + config.xml", reads="a Label Studio JSON export",
-                                  unit=UNIT, export=Export, steps=steps, read=read, suggestions=SUGGESTIONS))
+TOOL = register_tool(
+    LabelingTool(
+        "labelstudio",
+        help="tasks.json + config.xml",
+        reads="a Label Studio JSON export",
+        unit=UNIT,
+        export=Export,
+        steps=steps,
+        read=read,
+        suggestions=SUGGESTIONS,
+    )
+)

@@ -37,6 +37,7 @@ from crowdtk.labeling.common import INDEX, Found, Returned, export_names
 
 REEXPORT = "re-export from the labeling tool"  # the fix for most malformed tool output
 
+
 @dataclass
 class ImportResult:
     """Labels read back, with what was dropped, missing, or not recognised."""
@@ -46,7 +47,9 @@ class ImportResult:
     missing: list[str] = field(default_factory=list)  # images (crops: regions) without an annotation
     unknown: list[str] = field(default_factory=list)  # annotated images that are not in the regions file
     ignored: int = 0  # annotations of other kinds (labels other than 'head')
-    notes: list[str] = field(default_factory=list)  # what the reader reports, e.g. which file of a folder or archive it read
+    notes: list[str] = field(
+        default_factory=list
+    )  # what the reader reports, e.g. which file of a folder or archive it read
 
     @property
     def heads(self) -> int:
@@ -120,7 +123,9 @@ def _reference_name(ref: str, text: str, folder: Path, roots: list[Path], source
     if text.startswith("/data/local-files/"):
         inner = parse_qs(urlparse(text).query).get("d", [""])[0].replace("\\", "/")
         if not inner or inner.startswith("/") or ".." in PurePosixPath(inner).parts:
-            raise CrowdtkError(f"{source}: image reference '{ref}' points outside Label Studio's document root", REEXPORT)
+            raise CrowdtkError(
+                f"{source}: image reference '{ref}' points outside Label Studio's document root", REEXPORT
+            )
         return PurePosixPath(inner).name, None
     if text.startswith("/data/upload/"):
         return re.sub(r"^[0-9a-f]{8}-", "", PurePosixPath(text).name), None
@@ -130,9 +135,11 @@ def _reference_name(ref: str, text: str, folder: Path, roots: list[Path], source
     tops = [Path(os.path.normpath(os.path.abspath(root))) for root in roots]
     if not any(resolved == top or top in resolved.parents for top in tops):
         inside = " or ".join(str(root) for root in roots)
-        raise CrowdtkError(f"{source}: image reference '{ref}' points outside {inside} (path traversal)",
-                           "image references may point only into the folder given as PATH, or the export folder that holds it; "
-                           "pass a folder that holds both the labels and the images")
+        raise CrowdtkError(
+            f"{source}: image reference '{ref}' points outside {inside} (path traversal)",
+            "image references may point only into the folder given as PATH, or the export folder that holds it; "
+            "pass a folder that holds both the labels and the images",
+        )
     return resolved.name, resolved
 
 
@@ -157,7 +164,9 @@ def load_json(path: Path) -> Any:
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer of > 4300 digits
         raise CrowdtkError(f"{path}: not JSON ({exc})", "pass the file the labeling tool exported") from None
     except RecursionError:
-        raise CrowdtkError(f"{path}: not usable JSON (nested too deeply)", "pass the file the labeling tool exported") from None
+        raise CrowdtkError(
+            f"{path}: not usable JSON (nested too deeply)", "pass the file the labeling tool exported"
+        ) from None
 
 
 def list_of(value: Any, name: str, where: str) -> list:
@@ -191,8 +200,10 @@ class Collector:
         if entry is None:
             return self.matcher.by_sha.get(digest)
         if digest != entry.sha256:
-            raise CrowdtkError(f"{source}: {file} is not the image '{entry.id}' of the regions file (sha256 differs)",
-                               "label the images the regions were selected on (the export folder's images/)")
+            raise CrowdtkError(
+                f"{source}: {file} is not the image '{entry.id}' of the regions file (sha256 differs)",
+                "label the images the regions were selected on (the export folder's images/)",
+            )
         return entry
 
     def add(self, name: str, entry: RegionsEntry | None, points: np.ndarray, source: str) -> None:
@@ -211,8 +222,10 @@ class Collector:
         except (TypeError, ValueError, OverflowError):
             raise CrowdtkError(f"{source}: image size of '{entry.id}' is not a number", REEXPORT) from None
         if size != (entry.width, entry.height):
-            raise CrowdtkError(f"{source}: image '{entry.id}' is {size[0]}x{size[1]} there, {entry.width}x{entry.height} in the regions file",
-                               "label the images the regions were selected on")
+            raise CrowdtkError(
+                f"{source}: image '{entry.id}' is {size[0]}x{size[1]} there, {entry.width}x{entry.height} in the regions file",
+                "label the images the regions were selected on",
+            )
 
     def returned(self) -> Returned:
         """Every annotated image as labeled in all its regions; an image never annotated is missing."""
@@ -239,4 +252,6 @@ def assemble(entries: Sequence[RegionsEntry], found: Found, result: ImportResult
             keep |= region.contains(points)
         if (~keep).any():
             result.dropped[entry.id] = int((~keep).sum())
-        result.entries.append(LabelsEntry(entry.id, entry.image, entry.sha256, entry.width, entry.height, regions, points[keep]))
+        result.entries.append(
+            LabelsEntry(entry.id, entry.image, entry.sha256, entry.width, entry.height, regions, points[keep])
+        )

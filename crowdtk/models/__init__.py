@@ -24,6 +24,7 @@ This package re-exports every name callers use, so ``from crowdtk.models import 
 no submodule.
 """
 
+from crowdtk.model_records import MODELS, ModelRecord, register_model
 from crowdtk.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -44,7 +45,6 @@ from crowdtk.models.lite import (
     Lite2Counter,
     LiteCounter,
 )
-from crowdtk.model_records import MODELS, ModelRecord, register_model
 from crowdtk.models.registry import build_model
 from crowdtk.models.weights import lite0_weights_path, lite_weights_path, read_state_dict, torchvision_vgg16_cache_path
 

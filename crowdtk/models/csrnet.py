@@ -87,4 +87,4 @@ class CSRNet(Counter):
         return self.frontend[: self._cut(check_freeze(level))](x)
 
     def decode(self, h: torch.Tensor, level: str) -> torch.Tensor:
-        return self.backend(self.frontend[self._cut(level):](h))
+        return self.backend(self.frontend[self._cut(level) :](h))

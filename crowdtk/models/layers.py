@@ -38,8 +38,9 @@ class SameConv2d(nn.Conv2d):
     top/left, as TensorFlow does (for an even input and k = 3: 0 before, 1 after).
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
-                 groups: int = 1, bias: bool = False) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, groups: int = 1, bias: bool = False
+    ) -> None:
         static = (kernel - 1) * dilation // 2 if stride == 1 else 0
         super().__init__(cin, cout, kernel, stride=stride, padding=static, dilation=dilation, groups=groups, bias=bias)
         self._dynamic = stride > 1
@@ -53,15 +54,20 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._dynamic:
             pads = []
-            for size, k, s, d in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
-                                     reversed(self.stride), reversed(self.dilation)):
+            for size, k, s, d in zip(
+                reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), reversed(self.dilation)
+            ):
                 total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
                 pads += [total // 2, total - total // 2]
             if any(pads):
                 x = F.pad(x, pads)
         # Only when a backward pass will follow: that pass is what the split speeds up.
-        if (self._phased and self.phase_split_backward and torch.is_grad_enabled()
-                and (x.requires_grad or self.weight.requires_grad)):
+        if (
+            self._phased
+            and self.phase_split_backward
+            and torch.is_grad_enabled()
+            and (x.requires_grad or self.weight.requires_grad)
+        ):
             return phase_split_conv(x, self.weight, self.bias, self.dilation[0])
         return super().forward(x)
 

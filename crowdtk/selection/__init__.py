@@ -16,18 +16,57 @@ The parts, in the order a selection runs through them:
 
 from crowdtk.selection.budget import cell_grid, draw_whole_images, fill_area, round_half_up, spread_area
 from crowdtk.selection.checks import Exclusion, check_exclusion, check_vectors, excluded_ids, read_exclusion
-from crowdtk.selection.config import CHUNK, ENGINES, SHAPES, STRATEGIES, WARMUP, Job, SelectConfig, Selection, Strategy, register_strategy
+from crowdtk.selection.config import (
+    CHUNK,
+    ENGINES,
+    SHAPES,
+    STRATEGIES,
+    WARMUP,
+    Job,
+    SelectConfig,
+    Selection,
+    Strategy,
+    register_strategy,
+)
 from crowdtk.selection.gmm import gmm_numpy, gmm_sklearn, kmeans_plusplus
 from crowdtk.selection.heads import plan_heads, spend_heads, spending_order
 from crowdtk.selection.mdc import MdcPick, mdc_batch
 from crowdtk.selection.run import SelectRun, select_files
-from crowdtk.selection.streams import image_keys, keyed_uniforms
 from crowdtk.selection.strategies import select_regions
+from crowdtk.selection.streams import image_keys, keyed_uniforms
 
 __all__ = [
-    "CHUNK", "ENGINES", "SHAPES", "STRATEGIES", "WARMUP",
-    "Exclusion", "Job", "MdcPick", "SelectConfig", "SelectRun", "Selection", "Strategy",
-    "cell_grid", "check_exclusion", "check_vectors", "draw_whole_images", "excluded_ids", "fill_area", "gmm_numpy", "gmm_sklearn",
-    "image_keys", "keyed_uniforms", "kmeans_plusplus", "mdc_batch", "plan_heads", "read_exclusion", "register_strategy", "round_half_up",
-    "select_files", "select_regions", "spend_heads", "spending_order", "spread_area",
+    "CHUNK",
+    "ENGINES",
+    "SHAPES",
+    "STRATEGIES",
+    "WARMUP",
+    "Exclusion",
+    "Job",
+    "MdcPick",
+    "SelectConfig",
+    "SelectRun",
+    "Selection",
+    "Strategy",
+    "cell_grid",
+    "check_exclusion",
+    "check_vectors",
+    "draw_whole_images",
+    "excluded_ids",
+    "fill_area",
+    "gmm_numpy",
+    "gmm_sklearn",
+    "image_keys",
+    "keyed_uniforms",
+    "kmeans_plusplus",
+    "mdc_batch",
+    "plan_heads",
+    "read_exclusion",
+    "register_strategy",
+    "round_half_up",
+    "select_files",
+    "select_regions",
+    "spend_heads",
+    "spending_order",
+    "spread_area",
 ]

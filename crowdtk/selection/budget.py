@@ -39,12 +39,16 @@ from crowdtk.selection.config import SHAPES, STRATEGIES, SelectConfig
 from crowdtk.selection.streams import SPREAD, WARMUP_IMAGES, WHOLE_IMAGES, pool_stream
 
 
-def cell_grid(width: int, height: int, shape: str = "strip", strip_frac: float = 0.1, scale: float = 1.0) -> list[Region]:
+def cell_grid(
+    width: int, height: int, shape: str = "strip", strip_frac: float = 0.1, scale: float = 1.0
+) -> list[Region]:
     """The candidate cells of a ``width``×``height`` image, in order (left to right, top to bottom);
     their edges lie on the output-cell grid of the image resized by ``scale`` (geometry.span_edges)."""
     if width < STRIDE or height < STRIDE:
-        raise CrowdtkError(f"the image is {width}x{height} px, smaller than the output stride ({STRIDE} px)",
-                           "remove it from the manifest (crowdtk index refuses such images)")
+        raise CrowdtkError(
+            f"the image is {width}x{height} px, smaller than the output stride ({STRIDE} px)",
+            "remove it from the manifest (crowdtk index refuses such images)",
+        )
     if shape == "strip":
         edges = strip_edges(width, strip_frac, scale)
         return [Region(int(a), int(b), 0, height) for a, b in zip(edges[:-1], edges[1:])]
@@ -56,8 +60,11 @@ def cell_grid(width: int, height: int, shape: str = "strip", strip_frac: float =
         gx = max(1, min(round(width / side), model_cells(width, scale)))
         gy = max(1, min(round(height / side), model_cells(height, scale)))
         xs, ys = span_edges(width, gx, scale), span_edges(height, gy, scale)
-        return [Region(int(x0), int(x1), int(y0), int(y1))
-                for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
+        return [
+            Region(int(x0), int(x1), int(y0), int(y1))
+            for y0, y1 in zip(ys[:-1], ys[1:])
+            for x0, x1 in zip(xs[:-1], xs[1:])
+        ]
     raise CrowdtkError(f"--shape {shape}: unknown shape", f"use one of {', '.join(SHAPES)}")
 
 
@@ -74,7 +81,9 @@ class CellGrids:
         size = (e.width, e.height)
         if size not in self._grids:
             try:
-                self._grids[size] = cell_grid(e.width, e.height, self.config.shape, self.config.strip_frac, self.config.scale)
+                self._grids[size] = cell_grid(
+                    e.width, e.height, self.config.shape, self.config.strip_frac, self.config.scale
+                )
             except CrowdtkError as exc:  # name the image: the geometry error alone does not say which one
                 raise CrowdtkError(f"{self.manifest_name}: image '{e.id}': {exc.what}", exc.fix) from None
         return self._grids[size]
@@ -108,7 +117,9 @@ def fill_area(areas: np.ndarray, wanted: float, rng: np.random.Generator) -> np.
     rest = np.flatnonzero(~taken)
     if rest.size:
         best = rest[np.argmin(np.abs(total + areas[rest] - wanted))]
-        if abs(total + areas[best] - wanted) <= abs(total - wanted) + 1e-9 * abs(wanted):  # a tie rounds up, as halves do
+        if abs(total + areas[best] - wanted) <= abs(total - wanted) + 1e-9 * abs(
+            wanted
+        ):  # a tie rounds up, as halves do
             taken[best] = True
     return taken
 
@@ -153,8 +164,14 @@ class Plan:
         return self.whole if self.whole.size else np.flatnonzero(self.share)
 
 
-def plan_budget(config: SelectConfig, image_area: np.ndarray, capacity: np.ndarray, remaining: np.ndarray,
-                pool_area: int, excluded_area: int) -> Plan:
+def plan_budget(
+    config: SelectConfig,
+    image_area: np.ndarray,
+    capacity: np.ndarray,
+    remaining: np.ndarray,
+    pool_area: int,
+    excluded_area: int,
+) -> Plan:
     """Every strategy spends the budget's area (less what earlier rounds spent), whatever the images' sizes.
 
     ``remaining``: indices of the images no earlier round labeled."""
@@ -164,7 +181,10 @@ def plan_budget(config: SelectConfig, image_area: np.ndarray, capacity: np.ndarr
     if config.warmup_frac > 0:
         n_warm = min(round_half_up(config.warmup_frac * len(image_area)), len(remaining))
         if n_warm == 0:
-            raise CrowdtkError(f"--warmup-frac {config.warmup_frac} of {len(image_area)} images selects no image", "use a larger --warmup-frac")
+            raise CrowdtkError(
+                f"--warmup-frac {config.warmup_frac} of {len(image_area)} images selects no image",
+                "use a larger --warmup-frac",
+            )
         rng = pool_stream(config.seed, WARMUP_IMAGES)
         warm = np.sort(rng.choice(remaining, size=n_warm, replace=False))
         # The warm-up round spends the budget's rate on its own images only.
@@ -173,13 +193,19 @@ def plan_budget(config: SelectConfig, image_area: np.ndarray, capacity: np.ndarr
         return plan
     available = int(image_area[remaining].sum())
     if not remaining.size:
-        plan.notes.append(f"every image of the pool is in the excluded files ({100 * excluded_area / pool_area:.2f}% of its area "
-                          "labeled there): nothing is left to select")
+        plan.notes.append(
+            f"every image of the pool is in the excluded files ({100 * excluded_area / pool_area:.2f}% of its area "
+            "labeled there): nothing is left to select"
+        )
     elif wanted_area < 0:
-        plan.notes.append(f"the excluded files already use {100 * excluded_area / pool_area:.2f}% of the pool's area, more than "
-                          f"the budget's {100 * config.budget:g}%; nothing is selected")
+        plan.notes.append(
+            f"the excluded files already use {100 * excluded_area / pool_area:.2f}% of the pool's area, more than "
+            f"the budget's {100 * config.budget:g}%; nothing is selected"
+        )
     elif wanted_area > available:
-        plan.notes.append(f"the budget asks for {wanted_area:.0f} more px, but only {available} remain; all are selected")
+        plan.notes.append(
+            f"the budget asks for {wanted_area:.0f} more px, but only {available} remain; all are selected"
+        )
     if STRATEGIES[config.strategy].whole_images:  # none-or-all
         rng = pool_stream(config.seed, WHOLE_IMAGES)
         plan.whole = np.sort(remaining[draw_whole_images(image_area[remaining], wanted_area, rng)])

@@ -73,13 +73,21 @@ class Strategy:
 
     def check(self) -> None:
         if not callable(self.pick):
-            raise RegistrationError(f"the strategy {self.name!r} has no picker: register it with @register_strategy on its picker")
+            raise RegistrationError(
+                f"the strategy {self.name!r} has no picker: register it with @register_strategy on its picker"
+            )
         if not self.shapes or set(self.shapes) - set(SHAPES):
-            raise RegistrationError(f"the strategy {self.name!r}: shapes {self.shapes} are not some of {', '.join(SHAPES)}")
+            raise RegistrationError(
+                f"the strategy {self.name!r}: shapes {self.shapes} are not some of {', '.join(SHAPES)}"
+            )
         if self.needs_vectors and self.shapes != ("strip",):
-            raise RegistrationError(f"the strategy {self.name!r} needs vectors, which describe strips: give it shapes=('strip',)")
+            raise RegistrationError(
+                f"the strategy {self.name!r} needs vectors, which describe strips: give it shapes=('strip',)"
+            )
         if self.warmup and (self.needs_vectors or self.whole_images):
-            raise RegistrationError(f"the strategy {self.name!r}: the warm-up round has no vectors and spreads cells over its images")
+            raise RegistrationError(
+                f"the strategy {self.name!r}: the warm-up round has no vectors and spreads cells over its images"
+            )
 
 
 # Every strategy by name, in the order select --help lists them.
@@ -109,7 +117,9 @@ class SelectConfig:
     """Defaults of ``crowdtk select``."""
 
     budget: float = 0.1
-    budget_heads: float | None = None  # a head budget instead of ``budget``: the heads the vectors predict in the regions
+    budget_heads: float | None = (
+        None  # a head budget instead of ``budget``: the heads the vectors predict in the regions
+    )
     strategy: str = "random"
     strip_frac: float = 0.1
     scale: float = 1.0  # the --scale the counter is trained at: cell edges lie on its output-cell grid
@@ -125,7 +135,10 @@ class SelectConfig:
 
     def validate(self) -> None:
         if not (isinstance(self.budget, (int, float)) and 0 < self.budget <= 1):
-            raise CrowdtkError(f"--budget {self.budget}: budget outside (0, 1]", "give the fraction of the pool's area to label, e.g. 0.1 for 10%")
+            raise CrowdtkError(
+                f"--budget {self.budget}: budget outside (0, 1]",
+                "give the fraction of the pool's area to label, e.g. 0.1 for 10%",
+            )
         if self.budget_heads is not None:
             self._validate_heads()
         chosen = strategy(self.strategy)
@@ -136,16 +149,25 @@ class SelectConfig:
         strip_count(self.strip_frac)  # validates --strip-frac
         check_scale(self.scale)
         if not 0 <= self.warmup_frac <= 1:
-            raise CrowdtkError(f"--warmup-frac {self.warmup_frac} outside [0, 1]", "use e.g. 0.2 (the paper's warm-up share), or 0 for none")
+            raise CrowdtkError(
+                f"--warmup-frac {self.warmup_frac} outside [0, 1]",
+                "use e.g. 0.2 (the paper's warm-up share), or 0 for none",
+            )
         if self.warmup_frac > 0 and not chosen.warmup:
             warmup = " or ".join(s.name for s in STRATEGIES.values() if s.warmup)
-            raise CrowdtkError(f"--warmup-frac with --strategy {self.strategy}", f"the warm-up round picks {warmup} strips: use --strategy {warmup}")
+            raise CrowdtkError(
+                f"--warmup-frac with --strategy {self.strategy}",
+                f"the warm-up round picks {warmup} strips: use --strategy {warmup}",
+            )
         if self.shape not in chosen.shapes:
             # The strategies that could pick these cells, bar those that ignore cells (whole images).
             others = [s.name for s in STRATEGIES.values() if self.shape in s.shapes and not s.whole_images]
             why = "strip vectors describe vertical strips: " if chosen.needs_vectors else ""
-            raise CrowdtkError(f"--strategy {self.strategy} with --shape {self.shape}",
-                               f"{why}use --shape {' or '.join(chosen.shapes)}" + (f", or --strategy {' or '.join(others)}" if others else ""))
+            raise CrowdtkError(
+                f"--strategy {self.strategy} with --shape {self.shape}",
+                f"{why}use --shape {' or '.join(chosen.shapes)}"
+                + (f", or --strategy {' or '.join(others)}" if others else ""),
+            )
         if self.workers < 1:
             raise CrowdtkError(f"--workers {self.workers} must be at least 1", "use 1 or more")
         if self.n_init < 1:
@@ -156,11 +178,18 @@ class SelectConfig:
     def _validate_heads(self) -> None:
         heads = self.budget_heads
         if not (isinstance(heads, (int, float)) and math.isfinite(heads) and heads > 0):
-            raise CrowdtkError(f"--budget-heads {heads}: not a positive number of heads", "give the heads to label, e.g. 2000")
+            raise CrowdtkError(
+                f"--budget-heads {heads}: not a positive number of heads", "give the heads to label, e.g. 2000"
+            )
         if self.warmup_frac > 0:
-            raise CrowdtkError("--budget-heads with --warmup-frac", "the warm-up round has no vectors to price heads with: give it --budget")
+            raise CrowdtkError(
+                "--budget-heads with --warmup-frac",
+                "the warm-up round has no vectors to price heads with: give it --budget",
+            )
         if self.shape != "strip":
-            raise CrowdtkError(f"--budget-heads with --shape {self.shape}", "the vectors price vertical strips: use --shape strip")
+            raise CrowdtkError(
+                f"--budget-heads with --shape {self.shape}", "the vectors price vertical strips: use --shape strip"
+            )
 
 
 @dataclass

@@ -24,7 +24,7 @@ def kmeans_plusplus(z: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
     closest = ((z - z[rows, first][:, None, :]) ** 2).sum(-1)
     potential = closest.sum(1)
     for c in range(1, k):
-        draws = uniforms[:, 1 + (c - 1) * trials: 1 + c * trials] * potential[:, None]
+        draws = uniforms[:, 1 + (c - 1) * trials : 1 + c * trials] * potential[:, None]
         cumulative = np.cumsum(closest, axis=1)
         candidates = np.minimum((cumulative[:, None, :] < draws[:, :, None]).sum(-1), n - 1)  # searchsorted, left
         dist = ((z[:, None, :, :] - z[rows[:, None], candidates][:, :, None, :]) ** 2).sum(-1)
@@ -59,21 +59,28 @@ def _gaussian_params(z: np.ndarray, resp: np.ndarray, reg_covar: float) -> tuple
     return nk, means, np.maximum(cov, reg_covar * 1e-3)
 
 
-def _log_resp(z: np.ndarray, weights: np.ndarray, means: np.ndarray, prec_chol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _log_resp(
+    z: np.ndarray, weights: np.ndarray, means: np.ndarray, prec_chol: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """E step: the mean log-likelihood per image (B,) and the log responsibilities (B, n, k)."""
     d = z.shape[2]
     precisions = prec_chol**2
-    log_prob = ((means**2 * precisions).sum(-1)[:, None, :]
-                - 2 * np.matmul(z, (means * precisions).transpose(0, 2, 1))
-                + np.matmul(z**2, precisions.transpose(0, 2, 1)))
-    weighted = -0.5 * (d * np.log(2 * np.pi) + log_prob) + np.log(prec_chol).sum(-1)[:, None, :] + np.log(weights)[:, None, :]
+    log_prob = (
+        (means**2 * precisions).sum(-1)[:, None, :]
+        - 2 * np.matmul(z, (means * precisions).transpose(0, 2, 1))
+        + np.matmul(z**2, precisions.transpose(0, 2, 1))
+    )
+    weighted = (
+        -0.5 * (d * np.log(2 * np.pi) + log_prob) + np.log(prec_chol).sum(-1)[:, None, :] + np.log(weights)[:, None, :]
+    )
     top = weighted.max(axis=2, keepdims=True)  # log-sum-exp shifted by the maximum, so exp never overflows
     norm = (np.log(np.exp(weighted - top).sum(axis=2, keepdims=True)) + top)[:, :, 0]
     return norm.mean(axis=1), weighted - norm[:, :, None]
 
 
-def gmm_numpy(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int,
-              tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gmm_numpy(
+    z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EM for diagonal Gaussian mixtures on B images at once; scikit-learn's updates and stopping rule.
 
     Returns (labels (B, n), means (B, k, d), mean log-likelihood of the fit (B,)).
@@ -98,8 +105,9 @@ def gmm_numpy(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int,
     return log_resp.argmax(axis=2), means, score
 
 
-def gmm_sklearn(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int,
-                tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gmm_sklearn(
+    z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference: one ``sklearn.mixture.GaussianMixture`` per image, from the same initialisation."""
     import warnings
 
@@ -111,8 +119,17 @@ def gmm_sklearn(z: np.ndarray, seeds: np.ndarray, reg_covar: float, max_iter: in
     out = np.zeros_like(means)
     score = np.zeros(len(z))
     for i in range(len(z)):
-        gm = GaussianMixture(n_components=seeds.shape[1], covariance_type="diag", reg_covar=reg_covar, max_iter=max_iter,
-                             tol=tol, init_params="random_from_data", weights_init=weights[i], means_init=means[i], precisions_init=1.0 / cov[i])
+        gm = GaussianMixture(
+            n_components=seeds.shape[1],
+            covariance_type="diag",
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            tol=tol,
+            init_params="random_from_data",
+            weights_init=weights[i],
+            means_init=means[i],
+            precisions_init=1.0 / cov[i],
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             labels[i] = gm.fit_predict(z[i])

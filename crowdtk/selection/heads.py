@@ -36,7 +36,9 @@ from crowdtk.selection.streams import HEAD_ORDER, WHOLE_IMAGES, pool_stream
 HeadsAt = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def spending_order(capacity: np.ndarray, remaining: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spending_order(
+    capacity: np.ndarray, remaining: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The steps a head budget takes, in order: (image, its cells after the step, level).
 
     Steps are ordered by the share of the image's cells they bring it to, then by the seed's
@@ -53,12 +55,15 @@ def spending_order(capacity: np.ndarray, remaining: np.ndarray, rng: np.random.G
     cap = capacity[image]
     order = np.lexsort((position, cells / cap))  # share first (equal fractions are equal floats), then the seed's order
     widest = int(caps.max()) if caps.size else 1
-    level = -(-(cells * widest) // cap)  # ceil(share x widest): increasing with the share, one value per step of an image
+    level = -(
+        -(cells * widest) // cap
+    )  # ceil(share x widest): increasing with the share, one value per step of an image
     return image[order], cells[order], level[order]
 
 
-def spend_heads(wanted: float, capacity: np.ndarray, remaining: np.ndarray, heads_at: HeadsAt,
-                rng: np.random.Generator) -> tuple[np.ndarray, float, bool]:
+def spend_heads(
+    wanted: float, capacity: np.ndarray, remaining: np.ndarray, heads_at: HeadsAt, rng: np.random.Generator
+) -> tuple[np.ndarray, float, bool]:
     """Cells per image so that the heads the strategy's picks predict come nearest ``wanted``.
 
     Returns (cells per image, the heads expected, whether ``wanted`` was reached)."""
@@ -91,8 +96,15 @@ def spend_heads(wanted: float, capacity: np.ndarray, remaining: np.ndarray, head
     return share, spent, False
 
 
-def plan_heads(wanted: float, strategy: str, seed: int, capacity: np.ndarray, remaining: np.ndarray,
-               image_heads: np.ndarray, heads_at: HeadsAt) -> Plan:
+def plan_heads(
+    wanted: float,
+    strategy: str,
+    seed: int,
+    capacity: np.ndarray,
+    remaining: np.ndarray,
+    image_heads: np.ndarray,
+    heads_at: HeadsAt,
+) -> Plan:
     """How a head budget of ``wanted`` heads is spent on the ``remaining`` images.
 
     ``image_heads``: predicted heads per image of the pool (the prices of a whole-image strategy, none-or-all);
@@ -107,6 +119,8 @@ def plan_heads(wanted: float, strategy: str, seed: int, capacity: np.ndarray, re
         plan.share, _, reached = spend_heads(wanted, capacity, remaining, heads_at, pool_stream(seed, HEAD_ORDER))
         available = float(np.asarray(image_heads, dtype=np.float64)[remaining].sum())
     if not reached:
-        plan.notes.append(f"--budget-heads {wanted:g}: the vectors predict only {available:.0f} heads in the "
-                          f"{len(remaining)} images left; all are selected")
+        plan.notes.append(
+            f"--budget-heads {wanted:g}: the vectors predict only {available:.0f} heads in the "
+            f"{len(remaining)} images left; all are selected"
+        )
     return plan

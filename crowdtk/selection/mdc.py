@@ -39,6 +39,7 @@ from crowdtk.workers import process_pool
 
 _DEGENERATE = 1e-6  # heads: strips whose vectors spread less than this are all alike
 
+
 @dataclass
 class MdcPick:
     """MDC's choice for a batch of images: per image and selected strip, its index, component, distance."""
@@ -68,7 +69,9 @@ def _argmin_ties(values: np.ndarray, priority: np.ndarray) -> np.ndarray:
     return np.where(tied, priority, np.inf).argmin(axis=-1)
 
 
-def _pick(z: np.ndarray, labels: np.ndarray, means: np.ndarray, priority: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pick(
+    z: np.ndarray, labels: np.ndarray, means: np.ndarray, priority: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component, its member nearest its mean; empty components take the nearest unselected strip."""
     b, n, _ = z.shape
     k = means.shape[1]
@@ -92,8 +95,16 @@ def _pick(z: np.ndarray, labels: np.ndarray, means: np.ndarray, priority: np.nda
     return chosen, np.broadcast_to(np.arange(k), (b, k)).copy(), d
 
 
-def mdc_batch(vectors: np.ndarray, k: int, keys: np.ndarray, engine: str = "numpy", reg_covar: float = 1e-4,
-              max_iter: int = 100, tol: float = 1e-3, n_init: int = 3) -> MdcPick:
+def mdc_batch(
+    vectors: np.ndarray,
+    k: int,
+    keys: np.ndarray,
+    engine: str = "numpy",
+    reg_covar: float = 1e-4,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    n_init: int = 3,
+) -> MdcPick:
     """MDC on B images with the same number of strips n and the same n_l = k (1 <= k < n).
 
     EM runs from ``n_init`` k-means++ starts per image and keeps the fit of the highest
@@ -114,7 +125,7 @@ def mdc_batch(vectors: np.ndarray, k: int, keys: np.ndarray, engine: str = "nump
         fit = gmm_numpy if engine == "numpy" else gmm_sklearn
         labels, means, best = fit(z, kmeans_plusplus(z, k, draws[:, :span]), reg_covar, max_iter, tol)
         for start in range(1, n_init):
-            seeds = kmeans_plusplus(z, k, draws[:, start * span:(start + 1) * span])
+            seeds = kmeans_plusplus(z, k, draws[:, start * span : (start + 1) * span])
             l2, m2, score = fit(z, seeds, reg_covar, max_iter, tol)
             better = score > best + 1e-12 * np.abs(best)  # a tie keeps the earlier start
             labels[better], means[better], best[better] = l2[better], m2[better], score[better]
@@ -134,9 +145,16 @@ def _mdc_task(args: tuple[np.ndarray, int, np.ndarray, str, float, int, float, i
     return mdc_batch(vectors, k, keys, engine, reg_covar, max_iter, tol, n_init)
 
 
-def mdc_all(entries: Sequence[ManifestEntry], chosen: np.ndarray, share: np.ndarray, capacity: np.ndarray,
-            rows_of: dict[int, np.ndarray], vectors: StripVectors, config: SelectConfig,
-            on_progress: Callable[[int], None] | None) -> Picks:
+def mdc_all(
+    entries: Sequence[ManifestEntry],
+    chosen: np.ndarray,
+    share: np.ndarray,
+    capacity: np.ndarray,
+    rows_of: dict[int, np.ndarray],
+    vectors: StripVectors,
+    config: SelectConfig,
+    on_progress: Callable[[int], None] | None,
+) -> Picks:
     """MDC on the ``chosen`` images, ``share[i]`` of ``capacity[i]`` strips each, their vectors at ``rows_of[i]``.
 
     Images with the same (strips, picks) are batched, in chunks of CHUNK: the chunks, not the
@@ -154,7 +172,7 @@ def mdc_all(entries: Sequence[ManifestEntry], chosen: np.ndarray, share: np.ndar
     tasks, owners = [], []
     for (n, k), members in sorted(groups.items()):
         for start in range(0, len(members), CHUNK):
-            part = members[start:start + CHUNK]
+            part = members[start : start + CHUNK]
             stack = np.stack([vectors.vectors[rows_of[i]] for i in part])
             keys = image_keys(config.seed, [entries[i].id for i in part], "mdc")
             tasks.append((stack, k, keys, config.engine, config.reg_covar, config.max_iter, config.tol, config.n_init))
@@ -165,6 +183,8 @@ def mdc_all(entries: Sequence[ManifestEntry], chosen: np.ndarray, share: np.ndar
         results = pool.map(_mdc_task, tasks) if parallel else map(_mdc_task, tasks)  # type: ignore[union-attr]
         for part, result in zip(owners, results):
             advance(len(part))
-            for i, strips, component, distance in zip(part, result.strips.tolist(), result.component.tolist(), result.distance.tolist()):
+            for i, strips, component, distance in zip(
+                part, result.strips.tolist(), result.component.tolist(), result.distance.tolist()
+            ):
                 picks[i] = (strips, (component, distance))
     return picks

@@ -30,9 +30,17 @@ class SelectRun:
     def header_fields(self) -> dict[str, Any]:
         """The regions header's fields after the provenance (docs/formats.md), in their order."""
         c, s = self.config, self.selection
-        fields = dict(budget=c.budget if c.budget_heads is None else None, strip_frac=c.strip_frac, scale=c.scale, shape=c.shape,
-                      manifest_sha256=self.manifest_sha256, pool_images=s.pool_images, pool_area=s.pool_area,
-                      area_fraction=s.area_fraction, cumulative_area_fraction=s.cumulative_area_fraction)
+        fields = dict(
+            budget=c.budget if c.budget_heads is None else None,
+            strip_frac=c.strip_frac,
+            scale=c.scale,
+            shape=c.shape,
+            manifest_sha256=self.manifest_sha256,
+            pool_images=s.pool_images,
+            pool_area=s.pool_area,
+            area_fraction=s.area_fraction,
+            cumulative_area_fraction=s.cumulative_area_fraction,
+        )
         if c.budget_heads is not None:  # only then: an area budget's header stays as it was
             fields.update(budget_heads=c.budget_heads, expected_heads=float(f"{s.expected_heads or 0.0:.4f}"))
         return fields
@@ -42,8 +50,17 @@ class SelectRun:
         c = self.config
         # An area budget's params stay as they were; a head budget records budget None and budget_heads.
         budgets = {"budget": c.budget} if c.budget_heads is None else {"budget": None, "budget_heads": c.budget_heads}
-        return {**budgets, "strategy": c.strategy, "warmup_frac": c.warmup_frac, "strip_frac": c.strip_frac, "shape": c.shape,
-                "engine": c.engine, "scale": c.scale, "n_init": c.n_init, "workers": c.workers}
+        return {
+            **budgets,
+            "strategy": c.strategy,
+            "warmup_frac": c.warmup_frac,
+            "strip_frac": c.strip_frac,
+            "shape": c.shape,
+            "engine": c.engine,
+            "scale": c.scale,
+            "n_init": c.n_init,
+            "workers": c.workers,
+        }
 
     def summary(self, excluded: bool) -> str:
         """The one line ``select`` reports: regions, images, cells, area spent (``excluded``: with earlier rounds') and heads expected."""
@@ -52,16 +69,29 @@ class SelectRun:
         spent = f"{100 * s.area_fraction:.2f}% of the pool's area"
         if excluded:
             spent += f" ({100 * s.cumulative_area_fraction:.2f}% with the {s.excluded_images} excluded images' regions)"
-        heads = f"; {s.expected_heads:.0f} heads expected in them (vectors' predicted counts)" if s.expected_heads is not None else ""
+        heads = (
+            f"; {s.expected_heads:.0f} heads expected in them (vectors' predicted counts)"
+            if s.expected_heads is not None
+            else ""
+        )
         if c.budget_heads is not None:
             heads = heads[:-1] + f", --budget-heads {c.budget_heads:g})"
-        return (f"selected {sum(len(e.regions) for e in s.entries)} regions in {len(s.entries)} of {s.pool_images} images ({label}, "
-                f"{s.cells} {c.shape}s): {spent}{heads}")
+        return (
+            f"selected {sum(len(e.regions) for e in s.entries)} regions in {len(s.entries)} of {s.pool_images} images ({label}, "
+            f"{s.cells} {c.shape}s): {spent}{heads}"
+        )
 
 
-def select_files(entries: Sequence[ManifestEntry], manifest: str, config: SelectConfig, *, scale: float | None = None,
-                 vectors: str | os.PathLike[str] | None = None, exclude: Sequence[str | os.PathLike[str]] = (),
-                 on_progress: Callable[[int], None] | None = None) -> SelectRun:
+def select_files(
+    entries: Sequence[ManifestEntry],
+    manifest: str,
+    config: SelectConfig,
+    *,
+    scale: float | None = None,
+    vectors: str | os.PathLike[str] | None = None,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+    on_progress: Callable[[int], None] | None = None,
+) -> SelectRun:
     """Select from the pool ``entries`` of the manifest file ``manifest`` ('-': stdin).
 
     ``scale`` replaces ``config.scale``; None takes the vectors' scale (else 1), so that cells

@@ -35,7 +35,6 @@ from crowdtk.selection.heads import plan_heads, spending_order
 from crowdtk.selection.mdc import mdc_all
 from crowdtk.selection.streams import AREA_ORDER, image_keys, keyed_uniforms, pool_stream
 
-
 # The built-in strategies, in the order select --help lists them (the warm-up round is --strategy random).
 
 
@@ -44,8 +43,10 @@ def pick_random(job: Job) -> Picks:
     # One keyed stream per image: an image's cells do not depend on the rest of the pool.
     keys = image_keys(job.config.seed, [job.entries[i].id for i in job.chosen], "random")
     uniforms = keyed_uniforms(keys, int(job.capacity.max()))
-    return {i: (sorted(np.argsort(u[: job.capacity[i]], kind="stable")[: job.share[i]].tolist()), None)
-            for i, u in zip(job.chosen.tolist(), uniforms)}
+    return {
+        i: (sorted(np.argsort(u[: job.capacity[i]], kind="stable")[: job.share[i]].tolist()), None)
+        for i, u in zip(job.chosen.tolist(), uniforms)
+    }
 
 
 @register_strategy("none-or-all", "whole images", whole_images=True)
@@ -59,14 +60,19 @@ def pick_max(job: Job) -> Picks:
     picks: Picks = {}
     for i in job.chosen.tolist():
         c = job.vectors.counts[job.rows_of[i]].astype(np.float64)
-        picks[i] = (sorted(np.argsort(-c, kind="stable")[: job.share[i]].tolist()), None)  # stable: ties go to the leftmost
+        picks[i] = (
+            sorted(np.argsort(-c, kind="stable")[: job.share[i]].tolist()),
+            None,
+        )  # stable: ties go to the leftmost
     return picks
 
 
 @register_strategy("mdc", "the paper's clustering", needs_vectors=True, shapes=("strip",), progress=True)
 def pick_mdc(job: Job) -> Picks:
     assert job.vectors is not None  # check_request
-    return mdc_all(job.entries, job.chosen, job.share, job.capacity, job.rows_of, job.vectors, job.config, job.on_progress)
+    return mdc_all(
+        job.entries, job.chosen, job.share, job.capacity, job.rows_of, job.vectors, job.config, job.on_progress
+    )
 
 
 def select_regions(
@@ -92,7 +98,9 @@ def select_regions(
         rows_of = vector_rows(entries, config, vectors, plan.targets, grids) if vectors is not None else {}
     else:
         assert vectors is not None  # check_request
-        rows_of = vector_rows(entries, config, vectors, remaining, grids)  # every image the budget may spend on is priced
+        rows_of = vector_rows(
+            entries, config, vectors, remaining, grids
+        )  # every image the budget may spend on is priced
         plan = _plan_heads(Job(entries, config, vectors, capacity, np.zeros_like(capacity), rows_of, None), remaining)
     job = Job(entries, config, vectors, capacity, plan.share, rows_of, on_progress)
     picks = STRATEGIES[config.strategy].pick(job)
@@ -105,14 +113,20 @@ def select_regions(
         full = bool((plan.share[plan.spend_on] == capacity[plan.spend_on]).all())
         if not full:  # else the plan said so (all are selected)
             cell = float(image_area[plan.spend_on].sum() / capacity[plan.spend_on].sum())
-            notes.append(f"this round spends {100 * area / pool_area:.2f}% of the pool's area where the budget leaves "
-                         f"{100 * plan.wanted / pool_area:.2f}%: its cells (about {100 * cell / pool_area:.2f}% of the pool each) "
-                         "come no nearer")
+            notes.append(
+                f"this round spends {100 * area / pool_area:.2f}% of the pool's area where the budget leaves "
+                f"{100 * plan.wanted / pool_area:.2f}%: its cells (about {100 * cell / pool_area:.2f}% of the pool each) "
+                "come no nearer"
+            )
     if area == 0 and config.budget_heads is not None:
         if not notes:  # else the plan said why (no heads left)
-            notes.append(f"--budget-heads {config.budget_heads:g} is less than half the heads predicted in one region: nothing was selected")
+            notes.append(
+                f"--budget-heads {config.budget_heads:g} is less than half the heads predicted in one region: nothing was selected"
+            )
     elif area == 0 and not notes:  # else the plan said why (nothing left, or the budget spent already)
-        notes.append(f"the budget of {100 * config.budget:g}% of the pool's area is less than one region: nothing was selected")
+        notes.append(
+            f"the budget of {100 * config.budget:g}% of the pool's area is less than one region: nothing was selected"
+        )
     return Selection(out, len(entries), pool_area, area, len(excluded), excluded_area, cells_placed, expected, notes)
 
 
@@ -161,16 +175,26 @@ def _spend_picked_area(job: Job, plan: Plan, picks: Picks, grids: CellGrids, poo
             share[[i for i, _ in todo]] = [k for _, k in todo]
             found = picker(dataclasses.replace(job, share=share, on_progress=None))
             known.update(((i, k), found[i]) for i, k in todo)
-        return np.array([picked_area(i, known[(i, k)][0]) for i, k in zip(images.tolist(), cells.tolist())], dtype=np.float64)
+        return np.array(
+            [picked_area(i, known[(i, k)][0]) for i, k in zip(images.tolist(), cells.tolist())], dtype=np.float64
+        )
 
     share = _spread_priced(plan.wanted, job.capacity, spend_on, area_at, pool_stream(job.config.seed, AREA_ORDER))
     chosen = np.flatnonzero(share).tolist()
-    return (dataclasses.replace(job, share=share), dataclasses.replace(plan, share=share),
-            {i: known[(i, int(share[i]))] for i in chosen})
+    return (
+        dataclasses.replace(job, share=share),
+        dataclasses.replace(plan, share=share),
+        {i: known[(i, int(share[i]))] for i in chosen},
+    )
 
 
-def _spread_priced(wanted: float, capacity: np.ndarray, images: np.ndarray, area_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                   rng: np.random.Generator) -> np.ndarray:
+def _spread_priced(
+    wanted: float,
+    capacity: np.ndarray,
+    images: np.ndarray,
+    area_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Cells per image so that the area of the strategy's picks comes nearest ``wanted`` px: budget.spread_area with
     every cell priced at what the strategy picks instead of the image's mean cell. The same share of every image's
     cells first, level by level as a head budget hands them out (heads.spending_order: every image's first cell,
@@ -185,7 +209,9 @@ def _spread_priced(wanted: float, capacity: np.ndarray, images: np.ndarray, area
         if not part.size:
             continue
         imgs, ks = image[part], cells[part]
-        steps = np.asarray(area_at(imgs, ks), dtype=np.float64) - current[imgs]  # MDC re-clusters: a step may move cells
+        steps = (
+            np.asarray(area_at(imgs, ks), dtype=np.float64) - current[imgs]
+        )  # MDC re-clusters: a step may move cells
         if spent + steps.sum() <= wanted:
             share[imgs], current[imgs] = ks, current[imgs] + steps
             spent += float(steps.sum())
@@ -211,7 +237,9 @@ def _plan_heads(job: Job, remaining: np.ndarray) -> Plan:
         picks = picker(dataclasses.replace(job, share=share))
         return np.array([counts[i][picks[i][0]].sum() for i in images.tolist()], dtype=np.float64)
 
-    return plan_heads(job.config.budget_heads, job.config.strategy, job.config.seed, job.capacity, remaining, image_heads, heads_at)
+    return plan_heads(
+        job.config.budget_heads, job.config.strategy, job.config.seed, job.capacity, remaining, image_heads, heads_at
+    )
 
 
 # --------------------------------------------------------------------------- records
@@ -235,7 +263,11 @@ def _records(job: Job, plan: Plan, picks: Picks, grids: CellGrids) -> tuple[list
         if i in whole_set:
             counts = _counts_of(job, i)
             detail = {"predicted_count": _rounded(sum(counts))} if counts is not None else {}
-            out.append(RegionsEntry(m.id, m.image, m.sha256, m.width, m.height, strategy, (Region(0, m.width, 0, m.height),), (detail,)))
+            out.append(
+                RegionsEntry(
+                    m.id, m.image, m.sha256, m.width, m.height, strategy, (Region(0, m.width, 0, m.height),), (detail,)
+                )
+            )
             cells_placed += int(job.capacity[i])
         elif i in picks:
             picked, mdc = picks[i]
@@ -270,8 +302,15 @@ def _rounded(x: float) -> float:
     return float(f"{x:.4f}")  # heads and distances to 4 decimals: finer digits are noise and only lengthen the records
 
 
-def _entry(m: ManifestEntry, strategy: str, cells: list[Region], picked: list[int], shape: str,
-           counts: list[float] | None, mdc: tuple[list[int], list[float]] | None) -> RegionsEntry:
+def _entry(
+    m: ManifestEntry,
+    strategy: str,
+    cells: list[Region],
+    picked: list[int],
+    shape: str,
+    counts: list[float] | None,
+    mdc: tuple[list[int], list[float]] | None,
+) -> RegionsEntry:
     """One image's record; ``picked`` ascending, ``mdc`` = (component, distance) per picked cell."""
     regions, details = [], []
     position = {j: i for i, j in enumerate(picked)}

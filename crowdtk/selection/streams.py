@@ -31,8 +31,10 @@ def pool_stream(seed: int, purpose: int) -> np.random.Generator:
 
 def image_keys(seed: int, ids: Sequence[str], purpose: str) -> np.ndarray:
     """One 64-bit key per image from (seed, purpose, id): a stream that does not depend on other images."""
-    return np.array([int.from_bytes(hashlib.sha256(f"{seed}\0{purpose}\0{i}".encode()).digest()[:8], "little") for i in ids],
-                    dtype=np.uint64)
+    return np.array(
+        [int.from_bytes(hashlib.sha256(f"{seed}\0{purpose}\0{i}".encode()).digest()[:8], "little") for i in ids],
+        dtype=np.uint64,
+    )
 
 
 def keyed_uniforms(keys: np.ndarray, count: int) -> np.ndarray:

@@ -19,9 +19,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_HOMES = {"example_batch": "cpu", "speed_up_cpu_training": "cpu", "EpochReport": "loop", "TrainResult": "loop", "train": "loop",
-          "validate": "loop", "Sample": "samples", "prepare_sample": "samples", "random_crop": "samples", "split_validation": "samples",
-          "freeze_batchnorm": "steps", "density_loss": "loss", "LOSSES": "loss"}
+_HOMES = {
+    "example_batch": "cpu",
+    "speed_up_cpu_training": "cpu",
+    "EpochReport": "loop",
+    "TrainResult": "loop",
+    "train": "loop",
+    "validate": "loop",
+    "Sample": "samples",
+    "prepare_sample": "samples",
+    "random_crop": "samples",
+    "split_validation": "samples",
+    "freeze_batchnorm": "steps",
+    "density_loss": "loss",
+    "LOSSES": "loss",
+}
 
 __all__ = sorted(_HOMES)
 

@@ -26,7 +26,9 @@ from crowdtk.runtime import retain_freed_memory
 from crowdtk.train.steps import freeze_batchnorm
 
 
-def speed_up_cpu_training(net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], phase_split: bool | None = None) -> bool:
+def speed_up_cpu_training(
+    net: nn.Module, example: tuple[torch.Tensor, torch.Tensor], phase_split: bool | None = None
+) -> bool:
     """CPU settings for training ``net`` on batches shaped like ``example`` (input, labeled mask); returns
     whether the dilated depthwise convolutions use ``models.phase_split_conv`` in training.
 
@@ -51,7 +53,9 @@ CHOICES_FILE = "cpu-phase-split.json"
 
 def choices_path() -> Path:
     """Where this machine's choices are kept: $CROWDTK_CACHE_DIR, else the user's cache folder."""
-    root = os.environ.get("CROWDTK_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crowdtk")
+    root = os.environ.get("CROWDTK_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crowdtk"
+    )
     return Path(root) / CHOICES_FILE
 
 
@@ -63,14 +67,20 @@ def _machine() -> str:
             model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"{model}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return (
+        f"{model}|{torch.backends.cpu.get_cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    )
 
 
-def _remembered_choice(convs: list[SameConv2d], example: tuple[torch.Tensor, torch.Tensor], measure: Callable[[], bool]) -> bool:
+def _remembered_choice(
+    convs: list[SameConv2d], example: tuple[torch.Tensor, torch.Tensor], measure: Callable[[], bool]
+) -> bool:
     """The choice recorded for this machine, network and batch shape, else ``measure()``, recorded.
     A cache that cannot be read or written only costs the timing again."""
     shapes = [(m.in_channels, m.out_channels, m.kernel_size, m.dilation, m.groups) for m in convs]
-    key = hashlib.sha256(json.dumps([_machine(), list(example[0].shape), list(example[1].shape), shapes], default=str).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([_machine(), list(example[0].shape), list(example[1].shape), shapes], default=str).encode()
+    ).hexdigest()
     path = choices_path()
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
@@ -105,7 +115,14 @@ def _phase_split_is_faster(net: nn.Module, convs: list[SameConv2d], example: tup
     net.train()
     freeze_batchnorm(net)
     best = {False: math.inf, True: math.inf}
-    for split in (False, True, False, True, True, False):  # each way's first pass is slow (warm-up); the minimum ignores it
+    for split in (
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
+    ):  # each way's first pass is slow (warm-up); the minimum ignores it
         for m in convs:
             m.phase_split_backward = split
         start = time.perf_counter()

@@ -34,12 +34,12 @@ from crowdtk.formats import LabelsEntry, Provenance, checkpoint_header, read_lab
 from crowdtk.geometry import STRIDE
 from crowdtk.models import build_model
 from crowdtk.runtime import Processes, cpu_bf16_supported, resolve_device
-from crowdtk.train_config import TrainConfig
 from crowdtk.train.cpu import example_batch, speed_up_cpu_training
+from crowdtk.train.loss import density_loss
 from crowdtk.train.samples import Sample, prepare_sample, split_validation, working_image
 from crowdtk.train.state import Progress, restore_state, save_state
-from crowdtk.train.loss import density_loss
 from crowdtk.train.steps import crop_batch, crop_batches, feature_batch, freeze_batchnorm, whole_image_batches
+from crowdtk.train_config import TrainConfig
 
 
 @dataclass
@@ -84,10 +84,14 @@ def train(
     procs = Processes.from_env()
     dev = resolve_device(device, procs.local_rank)
     if config.cpu_bf16 and dev.type == "cpu" and not cpu_bf16_supported():
-        raise CrowdtkError("--cpu-bf16: this CPU has no bfloat16 support in oneDNN (AVX512-BF16 or AMX)", "drop --cpu-bf16")
+        raise CrowdtkError(
+            "--cpu-bf16: this CPU has no bfloat16 support in oneDNN (AVX512-BF16 or AMX)", "drop --cpu-bf16"
+        )
     procs.start(dev)
     if config.freeze != "none" and procs.world > 1:
-        raise CrowdtkError("--freeze trains in one process (its cached features make a step cheap)", "run it without torchrun")
+        raise CrowdtkError(
+            "--freeze trains in one process (its cached features make a step cheap)", "run it without torchrun"
+        )
 
     # What it learns from: the images with labeled regions, and the images it validates on.
     _, entries = read_labels(labels_path)
@@ -102,7 +106,9 @@ def train(
     counter = net.counter
     net.to(dev).to(memory_format=torch.channels_last)
     loss_of = density_loss(config.loss)
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        [p for p in net.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
 
     # A resumed run continues from the state saved after its last finished epoch.
     state_file = state_path(output)
@@ -116,7 +122,9 @@ def train(
         sample = prepare_sample(entry, config)
         if cache is not None:
             # The image is let go; a damaged cache file is computed again from the image file.
-            sample.features = cache.maps(sample.image, entry.sha256, config.input_scale, source=lambda: working_image(entry, config)[0])
+            sample.features = cache.maps(
+                sample.image, entry.sha256, config.input_scale, source=lambda: working_image(entry, config)[0]
+            )
             sample.image = None
         if prepared:
             prepared(1)
@@ -125,7 +133,10 @@ def train(
     samples = [prepare(e) for e in train_entries]
     val_samples = samples if val_on == "train" else [prepare(e) for e in val_entries]
     every = samples + (val_samples if val_samples is not samples else [])
-    supervision = {"heads_labeled": sum(s.heads_labeled for s in every), "heads_supervised": sum(s.heads_supervised for s in every)}
+    supervision = {
+        "heads_labeled": sum(s.heads_labeled for s in every),
+        "heads_supervised": sum(s.heads_supervised for s in every),
+    }
 
     # How a step runs here: CPU settings timed on this run's batch shape, several processes, compiling, bfloat16.
     batches_of = whole_image_batches if cache is not None else crop_batches
@@ -135,35 +146,53 @@ def train(
         progress.cpu_phase_split = _choose_phase_split(net, samples[0], config, progress.cpu_phase_split, procs)
     model: nn.Module = net
     if procs.world > 1:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                    find_unused_parameters=config.cap)
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=config.cap
+        )
     if config.compile:
         model = torch.compile(model)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" or config.cpu_bf16)
 
     def header(epochs_done: int) -> dict[str, Any]:
-        return checkpoint_header(provenance, model=counter.name, model_config=counter.config, cap=config.cap, training=asdict(config),
-                                 labels_sha256=labels_sha256, epochs_done=epochs_done, best_val_mae=progress.best_val_mae,
-                                 val_on=val_on, supervision=supervision, finished=epochs_done >= config.epochs,
-                                 cpu_phase_split=progress.cpu_phase_split, cap_affinity=config.cap_affinity,
-                                 cap_temperature=config.cap_tau(), run_id=progress.run_id)
+        return checkpoint_header(
+            provenance,
+            model=counter.name,
+            model_config=counter.config,
+            cap=config.cap,
+            training=asdict(config),
+            labels_sha256=labels_sha256,
+            epochs_done=epochs_done,
+            best_val_mae=progress.best_val_mae,
+            val_on=val_on,
+            supervision=supervision,
+            finished=epochs_done >= config.epochs,
+            cpu_phase_split=progress.cpu_phase_split,
+            cap_affinity=config.cap_affinity,
+            cap_temperature=config.cap_tau(),
+            run_id=progress.run_id,
+        )
 
     def ours() -> bool:
         """Whether ``output`` holds a checkpoint of this run (or of the run it resumes)."""
-        return Path(output).exists() and (progress.run_id is None or read_header(output).get("run_id") == progress.run_id)
+        return Path(output).exists() and (
+            progress.run_id is None or read_header(output).get("run_id") == progress.run_id
+        )
 
     # The epochs. Every random choice of the epoch comes from (seed, epoch, ...): a resumed run repeats it.
     kept = progress.epochs_done > 0 and ours()  # a checkpoint of this run (or the run it resumes) is in output
     if resume and config.keep == "best" and np.isfinite(progress.best_val_mae) and not kept:
-        raise CrowdtkError(f"{output}: the checkpoint of the best epoch so far (validation MAE {progress.best_val_mae:.2f}) is missing "
-                           "or was replaced; resuming cannot restore it", "put the file back, or start anew with --force instead of --resume")
+        raise CrowdtkError(
+            f"{output}: the checkpoint of the best epoch so far (validation MAE {progress.best_val_mae:.2f}) is missing "
+            "or was replaced; resuming cannot restore it",
+            "put the file back, or start anew with --force instead of --resume",
+        )
     for epoch in range(progress.epochs_done, config.epochs):
         batches = batches_of(samples, global_batch, np.random.default_rng([config.seed, epoch]))
         model.train()
         freeze_batchnorm(model)
         loss_sum = 0.0
         for step, batch in enumerate(batches):
-            picks = batch[procs.rank * config.batch_size:(procs.rank + 1) * config.batch_size]
+            picks = batch[procs.rank * config.batch_size : (procs.rank + 1) * config.batch_size]
             rngs = [np.random.default_rng([config.seed, epoch, step, int(i)]) for i in picks]
             if cache is not None:
                 x, target, mask = feature_batch([samples[i] for i in picks], config.flip, rngs, dev)
@@ -179,8 +208,11 @@ def train(
                 names = ", ".join(samples[i].id for i in picks)
                 raise CrowdtkError(
                     f"training loss became {loss.item()} at epoch {epoch + 1} (step {step + 1}) on image(s) {names}",
-                    (f"lower --lr (or --density-scale); the checkpoint of the {config.keep} finished epoch is kept in {output}"
-                     if kept else "lower --lr (or --density-scale); this run wrote no checkpoint"),
+                    (
+                        f"lower --lr (or --density-scale); the checkpoint of the {config.keep} finished epoch is kept in {output}"
+                        if kept
+                        else "lower --lr (or --density-scale); this run wrote no checkpoint"
+                    ),
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -209,16 +241,24 @@ def train(
     if validated and not any(np.isfinite(v) for v in validated):
         if procs.writer and kept and config.keep == "last":  # this run's own checkpoint of a counter that predicts NaN
             Path(output).unlink(missing_ok=True)
-        raise CrowdtkError(f"every validation of this run was NaN (the counter predicts no number); {output} was not written",
-                           "lower --lr, check the labels and --density-scale, or start anew with --force")
+        raise CrowdtkError(
+            f"every validation of this run was NaN (the counter predicts no number); {output} was not written",
+            "lower --lr, check the labels and --density-scale, or start anew with --force",
+        )
     if procs.writer and not ours():
         raise CrowdtkError(f"{output}: no checkpoint of this run was written", "start anew with --force")
     # The kept epoch (keep="best") may be an earlier one, saved as unfinished then: the run is finished now.
     if procs.writer and Path(output).exists() and not read_header(output).get("finished", True):
         kept_header, kept_tensors = load_tensors(output)
         save_tensors(output, kept_tensors, {**kept_header, "finished": True})
-    return TrainResult(epochs_done=config.epochs, best_val_mae=progress.best_val_mae, val_on=val_on, history=progress.history,
-                       supervision=supervision, features_computed=cache.computed if cache is not None else 0)
+    return TrainResult(
+        epochs_done=config.epochs,
+        best_val_mae=progress.best_val_mae,
+        val_on=val_on,
+        history=progress.history,
+        supervision=supervision,
+        features_computed=cache.computed if cache is not None else 0,
+    )
 
 
 def _network(config: TrainConfig, init: str | None) -> tuple[TrainConfig, TrainNet]:
@@ -229,19 +269,25 @@ def _network(config: TrainConfig, init: str | None) -> tuple[TrainConfig, TrainN
     if init is not None:
         init_header, init_tensors = load_tensors(init)
         refuse_training_state(init_header, init)
-        config = replace(config, model=init_header["model"]["name"], input_scale=init_header.get("input_scale", config.input_scale))
+        config = replace(
+            config, model=init_header["model"]["name"], input_scale=init_header.get("input_scale", config.input_scale)
+        )
     torch.manual_seed(config.seed)
     if init_header is not None:
         counter = build_model(config.model, pretrained=False, **init_header["model"]["config"])
     else:
         counter = build_model(config.model, pretrained=config.pretrained, backbone_weights=config.backbone_weights)
-    net = TrainNet(counter, config.cap, config.freeze, cap_affinity=config.cap_affinity, cap_temperature=config.cap_tau())
+    net = TrainNet(
+        counter, config.cap, config.freeze, cap_affinity=config.cap_affinity, cap_temperature=config.cap_tau()
+    )
     if init_header is not None:
         net.load_weights(init_tensors, str(init), counter_only=True)
     return config, net
 
 
-def _choose_phase_split(net: TrainNet, first: Sample, config: TrainConfig, earlier: bool | None, procs: Processes) -> bool:
+def _choose_phase_split(
+    net: TrainNet, first: Sample, config: TrainConfig, earlier: bool | None, procs: Processes
+) -> bool:
     """The CPU convolution backward for this run, timed on a batch shaped like its batches (a resumed
     run passes its earlier choice); under torchrun every rank takes the majority's choice."""
     if first.features is not None:
@@ -257,12 +303,14 @@ def _choose_phase_split(net: TrainNet, first: Sample, config: TrainConfig, earli
 
 
 @torch.inference_mode()
-def validate(net: TrainNet, samples: list[Sample], config: TrainConfig, device: torch.device, procs: Processes) -> float:
+def validate(
+    net: TrainNet, samples: list[Sample], config: TrainConfig, device: torch.device, procs: Processes
+) -> float:
     """MAE of the count inside each validation image's labeled regions (whole image, no CAP)."""
     counter = net.counter
     counter.eval()
     errors, n = 0.0, 0
-    for sample in samples[procs.rank::procs.world]:
+    for sample in samples[procs.rank :: procs.world]:
         if sample.features is not None:
             x = sample.features[0].load()[None].to(device).float()
         else:

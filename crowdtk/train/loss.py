@@ -32,7 +32,9 @@ class DensityLoss:
     help: str  # one line, shown by train --help
     compute: LossFunction
 
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, density_scale: float) -> torch.Tensor:
+    def __call__(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, density_scale: float
+    ) -> torch.Tensor:
         return self.compute(pred, target, mask, density_scale)
 
 
@@ -58,8 +60,13 @@ def density_loss(name: str = DEFAULT_LOSS) -> DensityLoss:
     return LOSSES[name]
 
 
-@register_loss("mse", "Eq. 2: the squared error on the labeled cells, summed over the batch's labeled cells and divided by its images.")
-def labeled_cells_squared_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, density_scale: float) -> torch.Tensor:
+@register_loss(
+    "mse",
+    "Eq. 2: the squared error on the labeled cells, summed over the batch's labeled cells and divided by its images.",
+)
+def labeled_cells_squared_error(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, density_scale: float
+) -> torch.Tensor:
     """Every labeled cell weighs the same (Eq. 2 is a sum): a per-image mean over labeled cells made an image with one
     supervised column weigh as much as one with six. Targets are scaled by ``density_scale`` so that a stride-8 cell's
     value is O(1..10), where the optimiser's default step sizes work."""

@@ -65,14 +65,21 @@ def prepare_sample(entry: LabelsEntry, config: TrainConfig) -> Sample:
         if r1 <= r0 or c1 <= c0:
             continue
         points = inside * [sx, sy] - [c0 * STRIDE, r0 * STRIDE]
-        box = (points[:, 0] >= 0) & (points[:, 0] < (c1 - c0) * STRIDE) & (points[:, 1] >= 0) & (points[:, 1] < (r1 - r0) * STRIDE)
+        box = (
+            (points[:, 0] >= 0)
+            & (points[:, 0] < (c1 - c0) * STRIDE)
+            & (points[:, 1] >= 0)
+            & (points[:, 1] < (r1 - r0) * STRIDE)
+        )
         supervised += int(box.sum())
         target[r0:r1, c0:c1] = density_map(points[box], (r1 - r0) * STRIDE, (c1 - c0) * STRIDE, density)
         mask[r0:r1, c0:c1] = True
     return Sample(entry.id, image, target, mask, labeled, supervised)
 
 
-def random_crop(sample: Sample, crop: int, flip: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def random_crop(
+    sample: Sample, crop: int, flip: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A crop of ``crop`` px (whole image when 0) that contains a random labeled cell.
 
     Crops start on the stride grid so the stride-8 target is sliced exactly; a crop larger
@@ -89,9 +96,9 @@ def random_crop(sample: Sample, crop: int, flip: bool, rng: np.random.Generator)
         ar, ac = divmod(int(anchor), cols)
         top = int(rng.integers(max(0, ar - ch + 1), min(ar, rows - ch) + 1))
         left = int(rng.integers(max(0, ac - cw + 1), min(ac, cols - cw) + 1))
-        image = sample.image[top * STRIDE:(top + ch) * STRIDE, left * STRIDE:(left + cw) * STRIDE]
-        target = sample.target[top:top + ch, left:left + cw]
-        mask = sample.mask[top:top + ch, left:left + cw]
+        image = sample.image[top * STRIDE : (top + ch) * STRIDE, left * STRIDE : (left + cw) * STRIDE]
+        target = sample.target[top : top + ch, left : left + cw]
+        mask = sample.mask[top : top + ch, left : left + cw]
         if (ch, cw) != (cells, cells):
             image = np.pad(image, ((0, (cells - ch) * STRIDE), (0, (cells - cw) * STRIDE), (0, 0)))
             target = np.pad(target, ((0, cells - ch), (0, cells - cw)))
@@ -101,7 +108,9 @@ def random_crop(sample: Sample, crop: int, flip: bool, rng: np.random.Generator)
     return np.ascontiguousarray(image), np.ascontiguousarray(target), np.ascontiguousarray(mask)
 
 
-def split_validation(entries: list[LabelsEntry], config: TrainConfig) -> tuple[list[LabelsEntry], list[LabelsEntry], str]:
+def split_validation(
+    entries: list[LabelsEntry], config: TrainConfig
+) -> tuple[list[LabelsEntry], list[LabelsEntry], str]:
     """Hold out ``val_frac`` of the labeled images (by seed); with fewer than 5 images validate on the training images."""
     n_val = int(round(len(entries) * config.val_frac))
     if len(entries) < 5 or n_val == 0:

@@ -41,7 +41,9 @@ class Progress:
     run_id: str | None = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-def save_state(path: str | Path, net: TrainNet, optimizer: torch.optim.Optimizer, header: dict[str, Any], progress: Progress) -> None:
+def save_state(
+    path: str | Path, net: TrainNet, optimizer: torch.optim.Optimizer, header: dict[str, Any], progress: Progress
+) -> None:
     """``header`` is the checkpoint header of the epoch just finished."""
     optim_state = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in net.weights().items()}
@@ -52,7 +54,9 @@ def save_state(path: str | Path, net: TrainNet, optimizer: torch.optim.Optimizer
     save_tensors(path, tensors, {**header, "history": progress.history, "optimizer_groups": groups, "state": True})
 
 
-def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: TrainNet, optimizer: torch.optim.Optimizer) -> Progress:
+def restore_state(
+    path: Path, config: TrainConfig, labels_sha256: str, net: TrainNet, optimizer: torch.optim.Optimizer
+) -> Progress:
     """Load the saved weights and optimizer into ``net`` and ``optimizer``; refuse a state made with other
     labels or other settings (beyond MAY_CHANGE_ON_RESUME), which would not continue the same run."""
     if not path.exists():
@@ -62,7 +66,9 @@ def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: Trai
     same = {k: v for k, v in asdict(config).items() if k not in free}
     saved = {k: v for k, v in {**SETTINGS_BEFORE, **(header.get("training") or {})}.items() if k not in free}
     if header.get("labels_sha256") != labels_sha256 or saved != same:
-        raise CrowdtkError(f"{path}: was made with other labels or settings", "resume with the same labels and options, or start anew")
+        raise CrowdtkError(
+            f"{path}: was made with other labels or settings", "resume with the same labels and options, or start anew"
+        )
     net.load_weights({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -71,4 +77,10 @@ def restore_state(path: Path, config: TrainConfig, labels_sha256: str, net: Trai
             slots.setdefault(int(index), {})[name] = value
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in header["optimizer_groups"]]
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
-    return Progress(header["epochs_done"], header["best_val_mae"], header["history"], header.get("cpu_phase_split"), header.get("run_id"))
+    return Progress(
+        header["epochs_done"],
+        header["best_val_mae"],
+        header["history"],
+        header.get("cpu_phase_split"),
+        header.get("run_id"),
+    )
