@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PARTB ?= ../shared/data/ShanghaiTech/part_B
 
-.PHONY: test test-readers demo bench bench-partb bench-tiers gpu-check install clean docs
+.PHONY: lint test test-readers demo bench bench-partb bench-tiers gpu-check install clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,17 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff (lint and format) and mypy, as configured in pyproject.toml; .ci/run runs it before the tests.
+LINT_STAMP := $(VENV)/.lint-installed
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Exports checked by the tools' own readers (label-studio-sdk; pyproject's readers extra says why it is apart).
 test-readers: $(STAMP)

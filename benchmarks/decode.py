@@ -30,6 +30,8 @@ from crowdtk.data import decode_image  # noqa: E402
 
 def with_opencv(data: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("OpenCV cannot decode these bytes")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -68,7 +70,8 @@ def main() -> int:
     print(f"{len(blobs)} images from {args.images}, best of {args.rounds} rounds")
     for name in ways:
         print(
-            f"{name:7s} CPU {1000 * cpu[name] / len(blobs):6.2f} ms/image, wall {1000 * wall[name] / len(blobs):6.2f} ms/image"
+            f"{name:7s} CPU {1000 * cpu[name] / len(blobs):6.2f} ms/image, "
+            f"wall {1000 * wall[name] / len(blobs):6.2f} ms/image"
         )
     print(
         f"pillow/opencv: CPU {cpu['pillow'] / cpu['opencv']:.2f}x, wall {wall['pillow'] / wall['opencv']:.2f}x; "

@@ -30,7 +30,8 @@ def main(short_dir: Path, long_dir: Path) -> int:
         change = "–" if r["change"] is None else f"{r['change']:+.2f}"
         print(
             f"| {name} at {100 * r['budget']:g}% | {r['short']['mean']:.2f} ± {r['short']['std']:.2f} | "
-            f"{r['long']['mean']:.2f} ± {r['long']['std']:.2f} | {r['seeds']} | {change} | {interval_text(r)} | {verdict} |"
+            f"{r['long']['mean']:.2f} ± {r['long']['std']:.2f} | {r['seeds']} | {change} | {interval_text(r)} | "
+            f"{verdict} |"
         )
     return 1 if any(r["converged"] is False for r in rows) else 0
 

@@ -1,4 +1,5 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/gen_density.py --images 20 --sigma 4 --adaptive --workers 2
+"""Command line (from the repository root):
+.venv/bin/python benchmarks/gen_density.py --images 20 --sigma 4 --adaptive --workers 2
 
 Benchmark: crowdtk's density maps against the textbook method, on real ShanghaiTech Part B.
 Fixed kernel only: ``.venv/bin/python benchmarks/gen_density.py`` (what `make bench` runs;
@@ -32,8 +33,10 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -87,7 +90,7 @@ def run_kernel(
     worst_sum = 0.0
     for i, (name, points, height, width) in enumerate(images):
         sigmas = head_sigmas(points, config)
-        sides = {
+        sides: dict[str, tuple[Side, Callable[..., np.ndarray], tuple[Any, ...]]] = {
             "textbook": (textbook, textbook_density, (points, height, width, sigmas, config.truncate)),
             "crowdtk": (ours, density_map, (points, height, width, config)),
         }
@@ -190,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'method':52s} {'images':>6s} {'seconds':>9s} {'ms/image':>9s} {'ratio':>8s} {'max |diff|':>11s}")
-    for name, n, seconds, ratio, diff in rows:
-        ratio_s = f"{ratio:7.0f}x" if ratio is not None else f"{'':8s}"
-        diff_s = f"{diff:11.2e}" if diff is not None else f"{'':11s}"
+    for name, n, seconds, row_ratio, row_diff in rows:
+        ratio_s = f"{row_ratio:7.0f}x" if row_ratio is not None else f"{'':8s}"
+        diff_s = f"{row_diff:11.2e}" if row_diff is not None else f"{'':11s}"
         print(f"{name:52s} {n:6d} {seconds:9.3f} {1000 * seconds / n:9.2f} {ratio_s} {diff_s}")
     print("(ratio = textbook seconds / crowdtk seconds, same kernel and images; max |diff| per pixel, full resolution)")
     print()

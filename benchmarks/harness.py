@@ -277,7 +277,10 @@ def read_rgb(path: str, size: tuple[int, int] | None = None) -> Any:
     """An image as RGB uint8, resized to (h, w) when ``size`` differs from its own."""
     import cv2
 
-    image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"{path}: OpenCV cannot read this image")
+    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if size is not None and image.shape[:2] != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return image
@@ -378,7 +381,8 @@ def markdown(report: Report) -> str:
     for r in report.rows:
         ours = fmt_s(r.ours_s) + (f" ({r.what})" if r.what else "")
         lines.append(
-            f"| {r.stage} | {r.reference} | {fmt_s(r.ref_s)} | {ours} | {fmt_x(r.ratio)} | {fmt_x(r.floor_multiple)} | {fmt_mb(r.peak_mb)} |"
+            f"| {r.stage} | {r.reference} | {fmt_s(r.ref_s)} | {ours} | {fmt_x(r.ratio)} | "
+            f"{fmt_x(r.floor_multiple)} | {fmt_mb(r.peak_mb)} |"
         )
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/inference.py [--quick] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python benchmarks/inference.py [--quick] [--only STAGE,...]
+[--size HxW] [--json OUT]
 
 The ``inference`` stage of crowdtk's performance table (benchmarks/run.py), after the ``floor``
 stage its floor multiples need.
@@ -7,13 +8,20 @@ CSRNet forward at 768×1024 (batch 1), plain (NCHW, torch.no_grad, default threa
 crowdtk's Predictor; the lite counter through the Predictor (its default batching) vs CSRNet
 per image; lite end to end on real images, plain vs Predictor; peak RSS of a 4000×3000 image,
 tiled (--max-side 2048) vs whole, each in a fresh process.
+
+The ``onnx`` stage (``--only onnx``): per image, ``count --backend onnxruntime``'s path (the counter
+exported by ``export-model``, run by ONNX Runtime's CPU provider) vs the torch path (the Predictor's
+inference copy), for lite and csrnet, both on 2 threads, batch 1, in one run; the exports are timed too.
+``--size`` sets the image size of every stage here (default 768x1024, --quick 192x256).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ from benchmarks.harness import (  # noqa: E402
     Report,
     Row,
     Sizes,
+    Stage,
     fmt_mb,
     log,
     make_counter,
@@ -279,15 +288,131 @@ def stage_inference(report: Report, sizes: Sizes, root: Path) -> None:
     )
 
 
+class BackendInference:
+    """count's path on one backend, batch 1, on ``threads`` threads: the Predictor running the torch counter's
+    inference copy (``onnx=None``) or the exported ONNX model in ONNX Runtime, fed by ``prefetched``."""
+
+    def __init__(
+        self, model: str, paths: list[str], size: tuple[int, int], onnx: str | None = None, threads: int = 2
+    ) -> None:
+        import torch
+
+        from crowdtk.onnx_export import load_onnx_counter
+        from crowdtk.predict import LoadedModel, Predictor
+
+        torch.set_num_threads(threads)
+        loaded = load_onnx_counter(onnx, threads) if onnx else LoadedModel(make_counter(model), {}, "")
+        self.predictor = Predictor(loaded, device="cpu", max_side=1 << 16, batch_size=1)
+        self.paths, self.size = paths, size
+
+    def run(self) -> list[float]:
+        from crowdtk.predict import prefetched
+
+        images = (image for _, image in prefetched(self.paths, read=lambda p: read_rgb(p, self.size)))
+        return [float(d.sum(dtype=np.float64)) for d, _, _ in self.predictor.densities(images)]
+
+
+def export_for_bench(model: str, folder: str) -> tuple[str, float]:
+    """The bench's counter (make_counter's weights) exported as export-model writes it: (path, seconds)."""
+    from crowdtk.formats import Provenance, onnx_counter_header
+    from crowdtk.onnx_export import write_onnx
+
+    counter = make_counter(model)
+    header = onnx_counter_header(
+        Provenance("benchmarks/inference.py"),
+        {"model": {"name": counter.name, "config": counter.config}, "density_scale": 1.0, "scale": 1.0},
+        "0" * 64,
+        [],
+    )
+    path = str(Path(folder) / f"{model}.onnx")
+    seconds, _ = timed(write_onnx, counter, header, path)
+    return path, seconds
+
+
+def stage_onnx(report: Report, sizes: Sizes, root: Path) -> None:
+    size = (sizes.height, sizes.width)
+    many = part_b_paths(root, sizes.lite_images)
+    one = many[:1]
+    with tempfile.TemporaryDirectory(prefix="crowdtk-onnx-bench-") as folder:
+        exported = {}
+        for model in ("lite", "csrnet"):
+            log(f"onnx: exporting {model} (torch's exporter: minutes on 2 busy cores)")
+            exported[model], seconds = export_for_bench(model, folder)
+            report.notes.append(f"export-model of {model}: {seconds:.0f} s")
+        log(f"onnx: racing onnxruntime and torch, lite and csrnet, {size[0]}×{size[1]}, 2 threads")
+        result = race(
+            {
+                "lite torch": Remote(BackendInference, model="lite", paths=many, size=size),
+                "lite onnxruntime": Remote(
+                    BackendInference, model="lite", paths=many, size=size, onnx=exported["lite"]
+                ),
+                "csrnet torch": Remote(BackendInference, model="csrnet", paths=one, size=size),
+                "csrnet onnxruntime": Remote(
+                    BackendInference, model="csrnet", paths=one, size=size, onnx=exported["csrnet"]
+                ),
+            },
+            max(2, sizes.infer_rounds),
+        )
+    for model, n in (("lite", len(many)), ("csrnet", len(one))):
+        ref, ours = result.best(f"{model} torch") / n, result.best(f"{model} onnxruntime") / n
+        report.rows.append(
+            Row(
+                "onnx",
+                f"{model} {size[0]}×{size[1]} per image, torch (Predictor, inference copy), 2 threads, batch 1",
+                ref,
+                ours,
+                ref / ours,
+                None,
+                result.peaks[f"{model} onnxruntime"],
+                f"count --backend onnxruntime; torch side {fmt_mb(result.peaks[f'{model} torch'])}",
+            )
+        )
+        a = np.array(result.outputs[f"{model} torch"])
+        b = np.array(result.outputs[f"{model} onnxruntime"])
+        rel = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-6)))
+        report.check(
+            f"{model}: onnxruntime counts = torch counts (relative difference < 1e-3)", f"{rel:.1e}", rel < 1e-3
+        )
+
+
+STAGES: dict[str, Stage] = {"floor": stage_floor, "inference": stage_inference, "onnx": stage_onnx}
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 384x512, got {text!r}") from None
+    return height, width
+
+
+def resized(stage: Stage, size: tuple[int, int]) -> Stage:
+    """``stage`` run at images of ``size`` (h, w) instead of its sizes' own."""
+
+    def run_resized(report: Report, sizes: Sizes, root: Path) -> None:
+        stage(report, dataclasses.replace(sizes, height=size[0], width=size[1]), root)
+
+    return run_resized
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__)
+    p = parser(__doc__, only=tuple(STAGES))
+    p.add_argument("--size", type=size_arg, default=None, help="image size HxW of every stage [default: 768x1024]")
     p.add_argument("--tile-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tile_child:
         model, path, big, max_side, fast = json.loads(args.tile_child)
         tile_child(model, path, tuple(big), max_side, fast)
         return 0
-    return run({"floor": stage_floor, "inference": stage_inference}, args)  # its floor multiples need the floor stage
+    stages = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := [s for s in stages if s not in STAGES]:
+        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    if "inference" in stages and "floor" not in stages:
+        stages.insert(0, "floor")  # its floor multiples need the floor stage
+    chosen = {s: STAGES[s] for s in STAGES if s in stages}
+    if args.size is not None:
+        chosen = {s: resized(stage, args.size) for s, stage in chosen.items()}
+    return run(chosen, args)
 
 
 if __name__ == "__main__":

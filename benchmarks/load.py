@@ -34,9 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
 
+# These imports need REPO on sys.path (above) when the editable install is missing.
 from benchmarks.harness import CROWDTK, run_child  # noqa: E402
-from crowdtk.files import file_digest
-from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
+from crowdtk.files import file_digest  # noqa: E402
+from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl  # noqa: E402
 
 
 def generate(folder: Path, n: int, width: int = 64, height: int = 48, seed: int = 0) -> Path:
@@ -130,7 +131,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crowdtk-load-") as tmp:
         rows = measure(args.images, Path(tmp))
     print(
-        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
     )
     print(f"{'command':<8} {'images':>7} {'peak RSS MB':>12} {'ratio':>6} {'seconds':>8}")
     for name, n, peak, ratio, seconds in sorted(rows):

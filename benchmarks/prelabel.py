@@ -1,7 +1,7 @@
 """How good are `export --prelabel` suggestions? Precision and recall against the true heads.
 
-    .venv/bin/python benchmarks/prelabel.py --bench bench-out/partB --out bench-out/prelabel [--seed 0] [--budget 0.1] [--radius 8]
-        [--counter 'NAME=CKPT' ... --feature-cache DIR]
+    .venv/bin/python benchmarks/prelabel.py --bench bench-out/partB --out bench-out/prelabel
+        [--seed 0] [--budget 0.1] [--radius 8] [--counter 'NAME=CKPT' ... --feature-cache DIR]
 
 Needs a finished `crowdtk bench … --methods mdc+cap` folder (its warm-up counter, its final
 counter and the regions MDC chose). Two sets of regions are pre-labeled by each counter:
@@ -12,11 +12,11 @@ counter and the regions MDC chose). Two sets of regions are pre-labeled by each 
 - random strips at the same budget on the test images, which neither counter has seen.
 
 Other counters (``--counter``, e.g. ones trained at another ``--scale``) replace the bench's two, with
-their own ``--feature-cache``. Each is a real `crowdtk export --to labelstudio --link --prelabel CKPT` package; the suggestions
-are read back from its tasks.json and matched one-to-one to the oracle's heads within
-``--radius`` px (the pairing of ``labels diff``). Clicks saved = matched suggestions / heads (each a head the labeler need not
-click); net of deletions subtracts the wrong suggestions the labeler deletes. Writes
-OUT/prelabel.json and OUT/prelabel.md.
+their own ``--feature-cache``. Each is a real `crowdtk export --to labelstudio --link --prelabel CKPT`
+package; the suggestions are read back from its tasks.json and matched one-to-one to the oracle's heads
+within ``--radius`` px (the pairing of ``labels diff``). Clicks saved = matched suggestions / heads (each a
+head the labeler need not click); net of deletions subtracts the wrong suggestions the labeler deletes.
+Writes OUT/prelabel.json and OUT/prelabel.md.
 """
 
 from __future__ import annotations
@@ -164,12 +164,13 @@ def main() -> None:
     lines = [
         f"`{command}` (matched one-to-one within {args.radius:g} px)",
         "",
-        f"| regions | counter | heads | suggested | precision | recall = clicks saved | net of deletions | recall within {2 * args.radius:g} px |",
+        "| regions | counter | heads | suggested | precision | recall = clicks saved | net of deletions | "
+        f"recall within {2 * args.radius:g} px |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['regions']} ({r['n_regions']}) | {r['counter']} | {r['heads']} | {r['suggested']} | {r['precision']:.2f} | {r['recall']:.2f} | "
-        f"{r['net_of_deletions']:.2f} | {r['recall_at_2x_radius']:.2f} |"
+        f"| {r['regions']} ({r['n_regions']}) | {r['counter']} | {r['heads']} | {r['suggested']} | "
+        f"{r['precision']:.2f} | {r['recall']:.2f} | {r['net_of_deletions']:.2f} | {r['recall_at_2x_radius']:.2f} |"
         for r in rows
     ]
     (args.out / "prelabel.md").write_text("\n".join(lines) + "\n")

@@ -8,6 +8,7 @@ Stages (``--only`` takes a comma-separated subset), each in its own file, which 
 
 ``floor``        floor.py: float32 matmul rate and each model's forward FLOPs; floor = FLOPs / rate.
 ``inference``    inference.py: CSRNet and lite, plain vs crowdtk's Predictor; tiled vs whole big image.
+``onnx``         inference.py: per image, count --backend onnxruntime (export-model's graph) vs the torch path.
 ``training``     training.py: a plain CSRNet-style training loop vs crowdtk's step.
 ``select``       selection.py: ``select --strategy mdc`` vs one scikit-learn GaussianMixture per image.
 ``gen-density``  density.py: benchmarks/gen_density.py's kernels vs the textbook per-head filter.
@@ -30,7 +31,7 @@ if str(REPO) not in sys.path:
 from benchmarks.density import stage_gen_density  # noqa: E402
 from benchmarks.floor import stage_floor  # noqa: E402
 from benchmarks.harness import Stage, parser, run  # noqa: E402
-from benchmarks.inference import stage_inference  # noqa: E402
+from benchmarks.inference import stage_inference, stage_onnx  # noqa: E402
 from benchmarks.scaling import stage_scaling  # noqa: E402
 from benchmarks.selection import stage_select  # noqa: E402
 from benchmarks.training import stage_training  # noqa: E402
@@ -38,6 +39,7 @@ from benchmarks.training import stage_training  # noqa: E402
 RUNNERS: dict[str, Stage] = {
     "floor": stage_floor,
     "inference": stage_inference,
+    "onnx": stage_onnx,
     "training": stage_training,
     "select": stage_select,
     "gen-density": stage_gen_density,

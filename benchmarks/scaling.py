@@ -131,6 +131,8 @@ def _shrunk(entry: Any, tmp: Path, sizes: Sizes) -> Any:
     from crowdtk.files import file_digest
 
     image = cv2.imread(entry.image)
+    if image is None:
+        raise OSError(f"{entry.image}: OpenCV cannot read this image")
     small = cv2.resize(image, (sizes.width, sizes.height), interpolation=cv2.INTER_AREA)
     path = tmp / f"small_{entry.id}.png"
     cv2.imwrite(str(path), small)

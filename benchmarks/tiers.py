@@ -6,8 +6,9 @@ For each labels set (random strips at a 10% budget, or all images) and each tier
 train` run (seed 0) from a cold feature cache, timed as a whole (cache included), then `crowdtk
 eval` on the 316 test images. Tiers: today's fine-tuning of the whole lite counter on random
 crops (800 steps, the bench default before the frozen tier), the frozen-encoder tier on Lite0
-and Lite2 (Lite1, between them, is `--model lite1`), and the partly frozen tier (the dilated 80/112-channel stages fine-tuned on whole
-images). Writes OUT/tiers.json and OUT/tiers.md. Runs one command at a time: run nothing else
+and Lite2 (Lite1, between them, is `--model lite1`), and the partly frozen tier (the dilated
+80/112-channel stages fine-tuned on whole images). Writes OUT/tiers.json and OUT/tiers.md. Runs
+one command at a time: run nothing else
 alongside, the wall times are the result.
 """
 
@@ -160,7 +161,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['labels']} | {r['tier']} | {r['epochs']} | {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | {r['rmse']:.2f} |"
+        f"| {r['labels']} | {r['tier']} | {r['epochs']} | {r['train_s'] / 60:.1f} min | "
+        f"{r['mae']:.2f} | {r['rmse']:.2f} |"
         for r in results
     ]
     (out / "tiers.md").write_text("\n".join(lines) + "\n")

@@ -237,7 +237,8 @@ def stage_training(report: Report, sizes: Sizes, root: Path) -> None:
                 f"training {model}: step within 2× of 3× the forward floor", f"{ours / floor3:.2f}×", ours / floor3 <= 2
             )
             report.check(
-                f"training {model}: data loading + augmentation < 10% of the step (steady; first epoch incl. prepare_sample)",
+                f"training {model}: data loading + augmentation < 10% of the step "
+                "(steady; first epoch incl. prepare_sample)",
                 f"{100 * share_steady:.1f}%; {100 * share_first:.1f}%",
                 share_first < 0.10,
             )

@@ -8,7 +8,7 @@
 _crowdtk_positional()
 {
     case "$1" in
-        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap eval count bench demo show labels" ;;
+        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap export-model eval count bench demo show labels" ;;
         "index") echo "file" ;;
         "gen-density") echo "file" ;;
         "synth") echo "none" ;;
@@ -19,6 +19,7 @@ _crowdtk_positional()
         "vectors") echo "file" ;;
         "train") echo "file" ;;
         "strip-cap") echo "file" ;;
+        "export-model") echo "file" ;;
         "eval") echo "file" ;;
         "count") echo "file" ;;
         "bench") echo "none" ;;
@@ -35,19 +36,20 @@ _crowdtk_options()
 {
     case "$1" in
         "") echo "--help --version -h" ;;
-        "index") echo "--force --help --output --quiet --skip-bad --verbose --workers -h -o -q -v" ;;
+        "index") echo "--force --help --output --quiet --skip-bad --split --verbose --workers -h -o -q -v" ;;
         "gen-density") echo "--adaptive --beta --force --help --k-nearest --output --quiet --sigma --skip-bad --stride --verbose --workers -h -o -q -v" ;;
         "synth") echo "--crowd --force --height --help --output --quiet --seed --test --train --verbose --width --workers -h -o -q -v" ;;
-        "select") echo "--budget --budget-heads --engine --exclude --force --help --n-init --output --quiet --scale --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
+        "select") echo "--budget --budget-heads --engine --exclude --force --help --image-list --n-init --output --quiet --scale --seed --shape --strategy --strip-frac --vectors --verbose --warmup-frac --workers -h -o -q -v" ;;
         "export") echo "--device --feature-cache --force --help --image-url --link --max-side --output --prelabel --quiet --to --verbose -h -o -q -v" ;;
         "import") echo "--allow-missing --force --from --help --merge --oracle --output --quiet --verbose -h -o -q -v" ;;
         "warmup") echo "--backbone-weights --batch-size --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --keep --loss --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "vectors") echo "--device --exclude --feature-cache --flip-average --force --help --levels --max-side --output --quiet --scale --skip-bad --strip-frac --verbose -h -o -q -v" ;;
         "train") echo "--backbone-weights --batch-size --cap --cap-affinity --cap-temperature --compile --cpu-bf16 --crop --density-scale --device --epochs --feature-cache --force --freeze --help --init --keep --loss --lr --lr-schedule --model --no-pretrained --output --quiet --resume --scale --seed --val-every --val-frac --verbose -h -o -q -v" ;;
         "strip-cap") echo "--force --help --output --quiet --verbose -h -o -q -v" ;;
-        "eval") echo "--csv --device --feature-cache --flip-average --force --help --json --max-side --quiet --skip-bad --verbose -h -q -v" ;;
-        "count") echo "--device --flip-average --force --help --max-side --overlay --quiet --skip-bad --verbose -h -q -v" ;;
-        "bench") echo "--backbone-weights --batch-size --budget --budgets --check --cpu-bf16 --crop --device --feature-cache --freeze --help --lr --methods --model --no-cpu-bf16 --no-pretrained --output --quiet --recipe --scale --seeds --shapes --steps --strip-frac --test --tolerance --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "export-model") echo "--force --help --onnx --quiet --verbose -h -o -q -v" ;;
+        "eval") echo "--csv --device --feature-cache --flip-average --force --help --json --localization --max-side --quiet --skip-bad --verbose -h -q -v" ;;
+        "count") echo "--backend --device --flip-average --force --format --help --max-side --overlay --points --points-dir --quiet --skip-bad --verbose -h -q -v" ;;
+        "bench") echo "--backbone-weights --batch-size --budget --budgets --check --cpu-bf16 --crop --device --feature-cache --freeze --help --image-list --lr --methods --model --no-cpu-bf16 --no-pretrained --output --quiet --recipe --scale --seeds --shapes --steps --strip-frac --test --tolerance --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
         "demo") echo "--batch-size --budget --cpu-bf16 --crop --device --help --methods --model --no-cpu-bf16 --output --quiet --seed --seeds --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
         "labels") echo "--help -h" ;;
@@ -61,6 +63,7 @@ _crowdtk_value()
 {
     case "$1|$2" in
         "index|-o"|"index|--output") echo "file" ;;
+        "index|--split") echo "choice train val test" ;;
         "index|--workers") echo "none" ;;
         "gen-density|-o"|"gen-density|--output") echo "file" ;;
         "gen-density|--sigma") echo "none" ;;
@@ -81,6 +84,7 @@ _crowdtk_value()
         "select|--strategy") echo "choice random none-or-all max mdc" ;;
         "select|-o"|"select|--output") echo "file" ;;
         "select|--vectors") echo "file" ;;
+        "select|--image-list") echo "file" ;;
         "select|--warmup-frac") echo "none" ;;
         "select|--exclude") echo "file" ;;
         "select|--strip-frac") echo "none" ;;
@@ -149,11 +153,16 @@ _crowdtk_value()
         "train|--seed") echo "none" ;;
         "train|--device") echo "choice auto cpu cuda" ;;
         "strip-cap|-o"|"strip-cap|--output") echo "file" ;;
+        "export-model|-o"|"export-model|--onnx") echo "file" ;;
         "eval|--csv") echo "file" ;;
+        "eval|--localization") echo "none" ;;
         "eval|--max-side") echo "none" ;;
         "eval|--feature-cache") echo "file" ;;
         "eval|--device") echo "choice auto cpu cuda" ;;
         "count|--overlay") echo "file" ;;
+        "count|--format") echo "choice jsonl nwpu" ;;
+        "count|--points-dir") echo "file" ;;
+        "count|--backend") echo "choice torch onnxruntime" ;;
         "count|--max-side") echo "none" ;;
         "count|--device") echo "choice auto cpu cuda" ;;
         "bench|--train") echo "file" ;;
@@ -176,6 +185,7 @@ _crowdtk_value()
         "bench|--backbone-weights") echo "file" ;;
         "bench|--feature-cache") echo "file" ;;
         "bench|--warmup-frac") echo "none" ;;
+        "bench|--image-list") echo "file" ;;
         "bench|--strip-frac") echo "none" ;;
         "bench|--val-frac") echo "none" ;;
         "bench|--check") echo "file" ;;

@@ -18,8 +18,9 @@ complete -c crowdtk -n '__fish_use_subcommand' -a warmup -d 'Train the warm-up c
 complete -c crowdtk -n '__fish_use_subcommand' -a vectors -d 'Predict each image with the warm-up counter and describe each strip by its multi-level density vector.'
 complete -c crowdtk -n '__fish_use_subcommand' -a train -d 'Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP.'
 complete -c crowdtk -n '__fish_use_subcommand' -a strip-cap -d 'Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only.'
+complete -c crowdtk -n '__fish_use_subcommand' -a export-model -d 'Write the counter as an ONNX model (CAP left out, batch norms folded; batch, height and width dynamic) with what a runtime needs to prepare images in its metadata: input mean and std, output stride, input scale and density scale.'
 complete -c crowdtk -n '__fish_use_subcommand' -a eval -d 'Count every image of MANIFEST (sum of the predicted map) and compare with its head points.'
-complete -c crowdtk -n '__fish_use_subcommand' -a count -d 'Print one JSON line per image ({"image", "count"}) or per video frame ({"video", "frame", "count"}).'
+complete -c crowdtk -n '__fish_use_subcommand' -a count -d 'Print one JSON line per image ({"image", "count"}) or per video frame ({"video", "frame", "count"}), in input order (a folder\'s images by name); --format nwpu prints the NWPU-Crowd submission instead.'
 complete -c crowdtk -n '__fish_use_subcommand' -a bench -d 'Run the paper\'s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
 complete -c crowdtk -n '__fish_use_subcommand' -a demo -d 'Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
 complete -c crowdtk -n '__fish_use_subcommand' -a show -d 'Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
@@ -27,6 +28,7 @@ complete -c crowdtk -n '__fish_use_subcommand' -a labels -d 'Work with labels fi
 
 # crowdtk index
 complete -c crowdtk -n '__fish_seen_subcommand_from index' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
+complete -c crowdtk -n '__fish_seen_subcommand_from index' -l split -x -a 'train val test' -d 'Index only the images the layout\'s list of this split names, with the list\'s attributes (layouts with split lists: nwpu_crowd; NWPU-Crowd\'s ROOT/val.txt). [default: every image]'
 complete -c crowdtk -n '__fish_seen_subcommand_from index' -l workers -x -d 'Parallel worker processes or threads.'
 complete -c crowdtk -n '__fish_seen_subcommand_from index' -l skip-bad -d 'Skip and list bad images instead of stopping. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from index' -l force -d 'Replace an existing output. [default: off]'
@@ -70,6 +72,7 @@ complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget-heads -x -
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l strategy -x -a 'random none-or-all max mdc' -d 'random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper\'s clustering).'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l vectors -r -F -d 'Strip vectors from \'crowdtk vectors\' over this manifest (needed by max and mdc). [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l image-list -r -F -d 'Label exactly the whole images this list names (strategy none-or-all), as semi-supervised counting papers publish their splits (label_list/shb-5.txt): one a line, by file name, path or manifest id; blank lines and # comments are skipped, an image named twice is labeled once (a warning). The list decides the images: --budget is not used, and select reports the share of the pool\'s area they are. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l warmup-frac -x -d 'Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l exclude -r -F -d 'Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l strip-frac -x -d 'Strip width as a fraction of the image width (the area of one cell).'
@@ -199,9 +202,18 @@ complete -c crowdtk -n '__fish_seen_subcommand_from strip-cap' -s v -l verbose -
 complete -c crowdtk -n '__fish_seen_subcommand_from strip-cap' -s h -l help -d 'Show this message and exit.'
 complete -c crowdtk -n '__fish_seen_subcommand_from strip-cap' -F
 
+# crowdtk export-model
+complete -c crowdtk -n '__fish_seen_subcommand_from export-model' -s o -l onnx -r -F -d 'ONNX model to write.'
+complete -c crowdtk -n '__fish_seen_subcommand_from export-model' -l force -d 'Replace an existing output. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export-model' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export-model' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from export-model' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from export-model' -F
+
 # crowdtk eval
-complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l csv -r -F -d 'Write per-image results (image, true, predicted, error) here. [default: none]'
-complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l json -d 'Print one JSON object (mae, rmse, game, n_images) instead of a table. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l csv -r -F -d 'Write per-image results (image, true, predicted, error, GAME, relative error, level attributes, matched heads) here. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l json -d 'Print one JSON object (mae, rmse, nae, game, levels, localization, n_images) instead of a table. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l localization -x -d 'Also locate the heads (count-preserving peaks of the predicted density, as export --prelabel) and report precision, recall and F1 against the true points, matched one to one within RADIUS pixels (full-resolution); repeat it or give a comma list: 4,8,16. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l max-side -x -d 'Images larger than this (pixels, after --scale) are run in tiles whose counts add up.'
 complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l feature-cache -r -F -d 'Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from eval' -l device -x -a 'auto cpu cuda' -d 'Where the network runs (auto picks CUDA when present).'
@@ -215,6 +227,10 @@ complete -c crowdtk -n '__fish_seen_subcommand_from eval' -F
 
 # crowdtk count
 complete -c crowdtk -n '__fish_seen_subcommand_from count' -l overlay -r -F -d 'Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from count' -l format -x -a 'jsonl nwpu' -d 'What is printed: jsonl (one JSON object a line: image or video and frame, count) or nwpu (NWPU-Crowd submission: \'<id> <count>\' a line, the id the image\'s file stem).'
+complete -c crowdtk -n '__fish_seen_subcommand_from count' -l points -d 'Add each image\'s head points ("points": [[x, y], ...], image pixels) to its JSON line: as many as its rounded count, at the peaks of the predicted density (as export --prelabel suggests them). [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from count' -l points-dir -r -F -d 'Write each image\'s head points (as --points) into this folder, one text file per image named after its file stem, \'x y\' a line (must not exist unless --force). [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from count' -l backend -x -a 'torch onnxruntime' -d 'What runs the counter: torch (a checkpoint), or onnxruntime (an ONNX model from \'crowdtk export-model\', on the CPU, with the same preprocessing; pip install \'crowdtk[onnx]\').'
 complete -c crowdtk -n '__fish_seen_subcommand_from count' -l max-side -x -d 'Images larger than this (pixels, after --scale) are run in tiles whose counts add up.'
 complete -c crowdtk -n '__fish_seen_subcommand_from count' -l device -x -a 'auto cpu cuda' -d 'Where the network runs (auto picks CUDA when present).'
 complete -c crowdtk -n '__fish_seen_subcommand_from count' -l flip-average -d 'Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). [default: off]'
@@ -248,6 +264,7 @@ complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l no-pretrained -d '
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l backbone-weights -r -F -d 'ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l feature-cache -r -F -d 'Folder of the frozen front end\'s features, shareable between bench folders (a CI job can keep it across runs). [default: DIR/feature-cache]'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l warmup-frac -x -d 'Share of the images in the warm-up round (max, mdc).'
+complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l image-list -r -F -d 'A published split\'s labeled images (one name a line, as select --image-list reads it): none-or-all labels exactly these whole images instead of drawing them by the budget; the other methods keep the budget. One budget only; the list\'s digest is a setting of DIR. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l strip-frac -x -d 'Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l val-frac -x -d 'Share of each method\'s labeled images held out (validation only reports: the checkpoint is the last epoch\'s).'
 complete -c crowdtk -n '__fish_seen_subcommand_from bench' -l check -r -F -d 'A results.json to gate on (CI): exit 1 when a method\'s mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]'

@@ -97,6 +97,7 @@ _crowdtk_bench() {
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
         '--feature-cache[Folder of the frozen front end'\''s features, shareable between bench folders (a CI job can keep it across runs). \[default: DIR/feature-cache\]]:path:_files' \
         '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
+        '--image-list[A published split'\''s labeled images (one name a line, as select --image-list reads it): none-or-all labels exactly these whole images instead of drawing them by the budget; the other methods keep the budget. One budget only; the list'\''s digest is a setting of DIR. \[default: none\]]:file:_files' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
         '--val-frac[Share of each method'\''s labeled images held out (validation only reports: the checkpoint is the last epoch'\''s).]:float: ' \
         '--check[A results.json to gate on (CI): exit 1 when a method'\''s mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. \[default: none\]]:path:_files' \
@@ -110,6 +111,10 @@ _crowdtk_bench() {
 _crowdtk_count() {
     _arguments -s -S \
         '--overlay[Write a PNG heat-map overlay per image/frame into this folder (must not exist unless --force). \[default: none\]]:path:_files' \
+        '--format[What is printed: jsonl (one JSON object a line: image or video and frame, count) or nwpu (NWPU-Crowd submission: '\''<id> <count>'\'' a line, the id the image'\''s file stem).]:jsonl|nwpu:(jsonl nwpu)' \
+        '--points[Add each image'\''s head points ("points": \[\[x, y\], ...\], image pixels) to its JSON line: as many as its rounded count, at the peaks of the predicted density (as export --prelabel suggests them). \[default: off\]]' \
+        '--points-dir[Write each image'\''s head points (as --points) into this folder, one text file per image named after its file stem, '\''x y'\'' a line (must not exist unless --force). \[default: none\]]:path:_files' \
+        '--backend[What runs the counter: torch (a checkpoint), or onnxruntime (an ONNX model from '\''crowdtk export-model'\'', on the CPU, with the same preprocessing; pip install '\''crowdtk\[onnx\]'\'').]:torch|onnxruntime:(torch onnxruntime)' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
         '--flip-average[Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). \[default: off\]]' \
@@ -124,8 +129,9 @@ _crowdtk_count() {
 
 _crowdtk_eval() {
     _arguments -s -S \
-        '--csv[Write per-image results (image, true, predicted, error) here. \[default: none\]]:path:_files' \
-        '--json[Print one JSON object (mae, rmse, game, n_images) instead of a table. \[default: off\]]' \
+        '--csv[Write per-image results (image, true, predicted, error, GAME, relative error, level attributes, matched heads) here. \[default: none\]]:path:_files' \
+        '--json[Print one JSON object (mae, rmse, nae, game, levels, localization, n_images) instead of a table. \[default: off\]]' \
+        '--localization[Also locate the heads (count-preserving peaks of the predicted density, as export --prelabel) and report precision, recall and F1 against the true points, matched one to one within RADIUS pixels (full-resolution); repeat it or give a comma list: 4,8,16. \[default: none\]]:radius: ' \
         '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
         '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
         '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
@@ -137,6 +143,16 @@ _crowdtk_eval() {
         '(- *)'{-h,--help}'[Show this message and exit.]' \
         '1:checkpoint:_files' \
         '2:manifest:_files'
+}
+
+_crowdtk_export_model() {
+    _arguments -s -S \
+        '(-o --onnx)'{-o,--onnx}'[ONNX model to write.]:path:_files' \
+        '--force[Replace an existing output. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:checkpoint:_files'
 }
 
 _crowdtk_strip_cap() {
@@ -274,6 +290,7 @@ _crowdtk_select() {
         '--strategy[random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
         '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:str:_files' \
         '--vectors[Strip vectors from '\''crowdtk vectors'\'' over this manifest (needed by max and mdc). \[default: none\]]:path:_files' \
+        '--image-list[Label exactly the whole images this list names (strategy none-or-all), as semi-supervised counting papers publish their splits (label_list/shb-5.txt): one a line, by file name, path or manifest id; blank lines and # comments are skipped, an image named twice is labeled once (a warning). The list decides the images: --budget is not used, and select reports the share of the pool'\''s area they are. \[default: none\]]:file:_files' \
         '--warmup-frac[Warm-up round (strategy random): this share of the images gets random strips at the per-image budget; the paper uses 0.2. 0 means no warm-up round.]:float: ' \
         '--exclude[Regions or labels file of an earlier round (repeatable): its images are left out and its area counts against the budget. \[default: none\]]:file:_files' \
         '--strip-frac[Strip width as a fraction of the image width (the area of one cell).]:float: ' \
@@ -326,6 +343,7 @@ _crowdtk_gen_density() {
 _crowdtk_index() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:str:_files' \
+        '--split[Index only the images the layout'\''s list of this split names, with the list'\''s attributes (layouts with split lists: nwpu_crowd; NWPU-Crowd'\''s ROOT/val.txt). \[default: every image\]]:train|val|test:(train val test)' \
         '--workers[Parallel worker processes or threads.]:int range: ' \
         '--skip-bad[Skip and list bad images instead of stopping. \[default: off\]]' \
         '--force[Replace an existing output. \[default: off\]]' \
@@ -350,8 +368,9 @@ _crowdtk() {
         'vectors:Predict each image with the warm-up counter and describe each strip by its multi-level density vector.'
         'train:Train a counter on labeled regions; with --cap the unlabeled regions learn through CAP.'
         'strip-cap:Remove CAP and its parameters; the result predicts exactly as before and is marked inference-only.'
+        'export-model:Write the counter as an ONNX model (CAP left out, batch norms folded; batch, height and width dynamic) with what a runtime needs to prepare images in its metadata: input mean and std, output stride, input scale and density scale.'
         'eval:Count every image of MANIFEST (sum of the predicted map) and compare with its head points.'
-        'count:Print one JSON line per image ({"image", "count"}) or per video frame ({"video", "frame", "count"}).'
+        'count:Print one JSON line per image ({"image", "count"}) or per video frame ({"video", "frame", "count"}), in input order (a folder'\''s images by name); --format nwpu prints the NWPU-Crowd submission instead.'
         'bench:Run the paper'\''s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
         'demo:Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
         'show:Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
@@ -377,6 +396,7 @@ _crowdtk() {
                 vectors) _crowdtk_vectors && ret=0 ;;
                 train) _crowdtk_train && ret=0 ;;
                 strip-cap) _crowdtk_strip_cap && ret=0 ;;
+                export-model) _crowdtk_export_model && ret=0 ;;
                 eval) _crowdtk_eval && ret=0 ;;
                 count) _crowdtk_count && ret=0 ;;
                 bench) _crowdtk_bench && ret=0 ;;

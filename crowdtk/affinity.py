@@ -25,7 +25,7 @@ class ImageAffinities:
     positions: list[tuple[int, int]]  # the labeled cells (row, col) shown
     maps: np.ndarray  # (len(positions), h, w) float32
     mask: np.ndarray  # (h, w) bool: the labeled cells (they have no affinity)
-    input_scale: float  # the checkpoint's, to place cells on the original image
+    scale: float  # the checkpoint's, to place cells on the original image
     affinity: str = "paper"  # CAP's affinity form in the checkpoint (crowdtk.cap)
     temperature: float | None = None  # its temperature (None for paper)
 
@@ -88,7 +88,7 @@ def image_affinities(
     affinity, temperature = cap_settings(header, str(checkpoint))
     loaded = load_counter(checkpoint)
 
-    sample = prepare_sample(entry, TrainConfig(model=loaded.header["model"]["name"], input_scale=loaded.input_scale))
+    sample = prepare_sample(entry, TrainConfig(model=loaded.header["model"]["name"], scale=loaded.scale))
     device = resolve_device("auto")
     counter = loaded.counter.to(device)
     with torch.inference_mode():
@@ -104,4 +104,4 @@ def image_affinities(
         chosen = choose_positions(density, sample.mask, positions)
         maps = affinity_maps(feat, mask, chosen, affinity=affinity, temperature=temperature).float().cpu().numpy()
 
-    return ImageAffinities(chosen, maps, sample.mask, loaded.input_scale, affinity, temperature)
+    return ImageAffinities(chosen, maps, sample.mask, loaded.scale, affinity, temperature)

@@ -204,7 +204,8 @@ def affinity_rows(
     affinity: str = "paper",
     temperature: float | None = None,
 ) -> torch.Tensor:
-    """Eq. 9 rows ``s_i·`` (of the form ``affinity``) for labeled ``positions`` ((row, col) on the feature map) of one image.
+    """Eq. 9 rows ``s_i·`` (of the form ``affinity``) for labeled ``positions``
+    ((row, col) on the feature map) of one image.
 
     ``feat`` is ``C×h×w``, ``mask`` ``h×w`` bool. Returns ``k×n_u``: each row sums to 1 over
     the unlabeled positions, ordered as ``mask.reshape(-1).logical_not().nonzero()``.
@@ -343,7 +344,8 @@ def _load_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: st
     missing, unexpected = module.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CrowdtkError(
-            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+            f"{source}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]})",
             fix,
         )
 

@@ -9,9 +9,10 @@ Header fields beyond the common artifact header (see ``formats.make_header``):
 ``cap_affinity`` and ``cap_temperature`` (CAP's affinity form and its temperature, with ``cap``;
 absent in checkpoints written before the forms existed, which read as ``paper``),
 ``inference_only``, ``density_scale`` (the factor the model's output carries),
-``input_scale`` (the image resize factor the model was trained at), ``training`` (the
-resolved training configuration), ``labels_sha256``, ``epochs_done`` and
-``best_val_mae``.
+``scale`` (the image resize factor the model was trained at; ``input_scale`` in checkpoints
+written before the name was the same as the command line's, read by :func:`crowdtk.formats.trained_scale` and
+:func:`crowdtk.formats.training_settings`), ``training`` (the resolved training configuration),
+``labels_sha256``, ``epochs_done`` and ``best_val_mae``.
 """
 
 from __future__ import annotations

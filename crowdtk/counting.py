@@ -109,6 +109,19 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return out
 
 
+def points_text(points: np.ndarray) -> str:
+    """A points file of ``count --points-dir``: ``x y`` a line (pixels, two decimals), one line per head."""
+    return "".join(f"{x:.2f} {y:.2f}\n" for x, y in points)
+
+
+def repeated_stems(paths: list[Path]) -> dict[str, list[Path]]:
+    """Inputs whose file stems are the same (their outputs named after the stem would collide)."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in paths:
+        by_stem.setdefault(p.stem, []).append(p)
+    return {stem: ps for stem, ps in by_stem.items() if len(ps) > 1}
+
+
 @dataclass(frozen=True)
 class NoFrames:
     """A video that opened but held no frame: nothing was counted for it (the command says so)."""
@@ -123,11 +136,26 @@ class Counted:
     record: dict  # {"image": path} or {"video": path, "frame": n}, with "count" (None when not finite)
     image: np.ndarray
     density: np.ndarray
-    name: str  # the overlay's file stem
+    name: str  # the file stem of its overlay and points file (a frame's: the video's stem and the frame number)
+    sx: float = 1.0  # the factors the image was resized by before the counter ran
+    sy: float = 1.0
 
     @property
     def finite(self) -> bool:
         return self.record["count"] is not None
+
+    @property
+    def total(self) -> float:
+        """The count unrounded (NaN or inf when not finite)."""
+        return float(self.density.sum(dtype=np.float64))
+
+    def heads(self) -> np.ndarray:
+        """The head points (N, 2) in the image's pixels (x, y): the count-preserving peaks of the density,
+        as ``export --prelabel`` suggests them (:func:`crowdtk.prelabel.image_heads`)."""
+        from crowdtk.prelabel import image_heads
+
+        height, width = self.image.shape[:2]
+        return image_heads(self.density, self.sx, self.sy, width, height).points
 
 
 def _read_or_error(path: str) -> np.ndarray | CrowdtkError:
@@ -140,9 +168,9 @@ def _read_or_error(path: str) -> np.ndarray | CrowdtkError:
         return exc
 
 
-def _counted(record: dict, image: np.ndarray, density: np.ndarray, name: str) -> Counted:
+def _counted(record: dict, image: np.ndarray, density: np.ndarray, name: str, sx: float, sy: float) -> Counted:
     count = float(density.sum(dtype="float64"))
-    return Counted({**record, "count": round(count, 3) if math.isfinite(count) else None}, image, density, name)
+    return Counted({**record, "count": round(count, 3) if math.isfinite(count) else None}, image, density, name, sx, sy)
 
 
 def count_inputs(
@@ -158,17 +186,18 @@ def count_inputs(
         if isinstance(image, CrowdtkError):
             yield image
         else:
-            density, _, _ = predictor.density(image)
-            yield _counted({"image": path}, image, density, Path(path).stem)
+            density, sx, sy = predictor.density(image)
+            yield _counted({"image": path}, image, density, Path(path).stem, sx, sy)
         if on_progress:
             on_progress(1)
     for video in (p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES):
         frames = 0
         try:
             for index, frame in video_frames(video):
-                density, _, _ = predictor.density(frame)
+                density, sx, sy = predictor.density(frame)
                 frames += 1
-                yield _counted({"video": str(video), "frame": index}, frame, density, f"{video.stem}_{index:06d}")
+                name = f"{video.stem}_{index:06d}"
+                yield _counted({"video": str(video), "frame": index}, frame, density, name, sx, sy)
         except CrowdtkError as exc:
             yield exc
             continue

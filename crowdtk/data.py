@@ -34,6 +34,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -142,7 +143,7 @@ def _decode_with_pillow(data: bytes, source: str, messages: list[str]) -> np.nda
             Image.core.set_blocks_max(_PILLOW_BLOCKS)
         _blocks_kept = True
     with _pillow_warnings(messages):
-        im = Image.open(io.BytesIO(data), formats=_FORMATS)  # the header only
+        im: Image.Image = Image.open(io.BytesIO(data), formats=_FORMATS)  # the header only
     if im.format == "TIFF":
         return None
     check_decodable(im.width, im.height, source, "cut it into parts of at most 10000x10000 px, or leave it out")
@@ -335,6 +336,38 @@ def read_image(path: str | os.PathLike[str], sha256: str | None = None) -> np.nd
     return image
 
 
+class RecordedImage(Protocol):
+    """What a manifest, labels or regions record says of its image (read-only: the records are frozen)."""
+
+    @property
+    def image(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+
+def check_recorded_size(image: np.ndarray, entry: RecordedImage) -> None:
+    """Refuse pixels whose size is not the one recorded at indexing (the file was replaced by another image)."""
+    if image.shape[:2] != (entry.height, entry.width):
+        raise CrowdtkError(
+            f"{entry.image}: is {image.shape[1]}x{image.shape[0]} px, {entry.width}x{entry.height} when it was indexed",
+            "the image changed; re-run crowdtk index (and the select/import after it)",
+        )
+
+
+def read_recorded_image(entry: RecordedImage) -> np.ndarray:
+    """The image of a record, checked against its recorded digest and size."""
+    image = read_image(entry.image, entry.sha256)
+    check_recorded_size(image, entry)
+    return image
+
+
 def read_points(path: str | os.PathLike[str], sha256: str | None = None) -> np.ndarray:
     """Read head points as an (N, 2) float64 array of (x, y) pixels.
 
@@ -349,11 +382,23 @@ def read_points(path: str | os.PathLike[str], sha256: str | None = None) -> np.n
     return read_points_and_digest(path, sha256)[0]
 
 
-def read_points_and_digest(path: str | os.PathLike[str], sha256: str | None = None) -> tuple[np.ndarray, str]:
-    """:func:`read_points`, and the sha256 of the bytes the points were read from (what ``index`` records)."""
+# The digest of a zero-byte file: a points file recorded with it was indexed from a layout whose empty annotation
+# file is an image without heads (JHU-Crowd++), so every later stage reads it as such.
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def read_points_and_digest(
+    path: str | os.PathLike[str], sha256: str | None = None, empty_means_no_heads: bool = False
+) -> tuple[np.ndarray, str]:
+    """:func:`read_points`, and the sha256 of the bytes the points were read from (what ``index`` records).
+
+    ``empty_means_no_heads``: a zero-byte file is an image without heads (``index``, for a layout that writes
+    such files); later stages accept one when the manifest recorded it so (``sha256`` is :data:`EMPTY_SHA256`)."""
     p = Path(path)
     source = str(path)
     data = _read_input(path, "points file", "add the annotation file, or remove its image")
+    if not data and (empty_means_no_heads or sha256 == EMPTY_SHA256):
+        return np.zeros((0, 2), dtype=np.float64), EMPTY_SHA256
     if not data:
         raise CrowdtkError(
             f"{source}: empty points file",
@@ -367,6 +412,7 @@ def read_points_and_digest(path: str | os.PathLike[str], sha256: str | None = No
 def _parse_points(data: bytes, p: Path) -> np.ndarray:
     source = str(p)
     suffix = p.suffix.lower()
+    points: np.ndarray | list[Any]  # the text formats' parsers return lists of [x, y]
     try:
         if suffix == ".mat":
             points = _read_mat(data, p)
@@ -441,7 +487,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
     """
     if len(data) < 128 or 0 in data[:4] or data[126:128] not in (b"IM", b"MI"):
         return  # not a v5 file (v4 starts with zero bytes); scipy tells which
-    order = "little" if data[126:128] == b"IM" else "big"
+    order: Literal["little", "big"] = "little" if data[126:128] == b"IM" else "big"
     if int.from_bytes(data[124:126], order) != 0x0100:
         return  # v7.3 (HDF5) or unknown: scipy refuses it
 
@@ -483,7 +529,7 @@ def check_mat_structure(data: bytes, source: str) -> None:
         where = f"matrix at offset {pos - 8}"
         if len(parts) < 3 or parts[0][1:4:2] != (_MI_UINT32, 8) or parts[1][1] != _MI_INT32 or parts[1][3] < 8:
             raise bad(f"{where} lacks its flags, dimensions and name")
-        for offset, kind, body, size in parts:
+        for offset, kind, _body, size in parts:
             if kind != _MI_MATRIX and kind not in _MAT_ITEM_SIZE:
                 raise bad(f"element of type {kind} at offset {offset}")
             if kind != _MI_MATRIX and size % _MAT_ITEM_SIZE[kind]:
@@ -609,12 +655,24 @@ def inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
     return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
 
 
+NO_ANNOTATIONS_FIX = (
+    "use images with ground truth: for NWPU-Crowd, whose test split has none, index the validation split "
+    "(crowdtk index ROOT --split val); or leave such images out of the manifest"
+)
+
+
 def read_points_on_image(
     path: str | os.PathLike[str] | None, width: int, height: int, sha256: str | None = None
 ) -> tuple[np.ndarray, int]:
-    """Points that lie on a ``width``×``height`` image, and how many were dropped (``sha256`` as in :func:`read_points`)."""
+    """Points that lie on a ``width``×``height`` image, and how many were dropped
+    (``sha256`` as in :func:`read_points`)."""
+    # None (a manifest's "points": null): the data set publishes no annotations for the image. Its ground truth
+    # is unknown, not empty, so a stage that needs it (eval, gen-density) is refused rather than told "0 heads".
     if path is None:
-        return np.zeros((0, 2), dtype=np.float64), 0
+        raise CrowdtkError(
+            'an image of the manifest has no annotations ("points": null, as in NWPU-Crowd\'s test split)',
+            NO_ANNOTATIONS_FIX,
+        )
     points = read_points(path, sha256)
     keep = inside(points, width, height)
     return points[keep], int((~keep).sum())

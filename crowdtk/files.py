@@ -139,7 +139,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     whose PID is no longer running. Returns what was removed."""
     final = Path(path)
     pattern = re.compile(rf"\.{re.escape(final.name)}\.(\d+)\..*\.tmp")
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(final.parent)
     except OSError:  # no folder yet: nothing left over

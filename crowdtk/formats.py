@@ -40,6 +40,7 @@ LABELING_EXPORT = "labeling-export"  # the index.json of an `export` folder
 BENCH_RESULTS = "bench-results"  # results.json of `crowdtk bench`
 DEMO_REPORT = "demo-report"  # report.json of `crowdtk demo`
 BENCH_CHECK = "bench-check"  # check.json of `crowdtk bench --check`
+ONNX_COUNTER = "onnx-counter"  # the metadata of an ONNX model `crowdtk export-model` writes
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
@@ -53,6 +54,7 @@ FORMAT_VERSIONS: dict[str, int] = {
     BENCH_RESULTS: 1,
     DEMO_REPORT: 1,
     BENCH_CHECK: 1,
+    ONNX_COUNTER: 1,
 }
 
 
@@ -166,7 +168,7 @@ def checkpoint_header(
         **cap_fields,
         "inference_only": False,
         "density_scale": training["density_scale"],
-        "input_scale": training["input_scale"],
+        "scale": training["scale"],
         "training": training,
         "labels_sha256": labels_sha256,
         "epochs_done": epochs_done,
@@ -215,7 +217,8 @@ def labels_header(
     provenance: Provenance, regions_sha256: str | None, manifest_sha256: str | None = None
 ) -> dict[str, Any]:
     """``regions_sha256``: the digest of the regions file the labels answer (None when it came on stdin);
-    ``manifest_sha256``: the pool's manifest, from the regions header (so that --merge can refuse another pool's labels)."""
+    ``manifest_sha256``: the pool's manifest, from the regions header (so that --merge can refuse another pool's
+    labels)."""
     return {**make_header(LABELS, provenance), "regions_sha256": regions_sha256, "manifest_sha256": manifest_sha256}
 
 
@@ -227,7 +230,8 @@ def export_header(provenance: Provenance, regions_sha256: str | None) -> dict[st
 def bench_check_header(
     provenance: Provenance, *, baseline: str, baseline_sha256: str, tolerance: float
 ) -> dict[str, Any]:
-    """check.json of ``bench --check``: the baseline results.json it compared against (path and digest) and the tolerance."""
+    """check.json of ``bench --check``: the baseline results.json it compared against (path and digest) and the
+    tolerance."""
     return {
         **make_header(BENCH_CHECK, provenance),
         "baseline": baseline,
@@ -244,6 +248,39 @@ def stripped_checkpoint_header(header: dict[str, Any], source: str, command: str
         "inference_only": True,
         "stripped_from": source,
         "stripped_by": command,
+        "removed_tensors": removed,
+    }
+
+
+# Training settings renamed since checkpoints were first written: old name -> current TrainConfig field.
+_RENAMED_SETTINGS = {"input_scale": "scale"}
+
+
+def training_settings(header: dict[str, Any]) -> dict[str, Any]:
+    """The training configuration a checkpoint or state records, under today's setting names."""
+    return {_RENAMED_SETTINGS.get(k, k): v for k, v in (header.get("training") or {}).items()}
+
+
+def trained_scale(header: dict[str, Any], default: float = 1.0) -> float:
+    """The image resize factor a counter was trained at (``default`` when the header has none)."""
+    return float(header.get("scale", header.get("input_scale", default)))
+
+
+def onnx_counter_header(
+    provenance: Provenance, checkpoint: dict[str, Any], checkpoint_sha256: str, removed: list[str]
+) -> dict[str, Any]:
+    """The header of a counter exported to ONNX (export-model), from its checkpoint's ``checkpoint`` header: what
+    ``count --backend onnxruntime`` needs to prepare images and read the output as a checkpoint's reader does
+    (``scale``, ``density_scale``), whether training finished, and the tensors left out (CAP's)."""
+    return {
+        **make_header(ONNX_COUNTER, provenance),
+        "model": checkpoint.get("model"),
+        "density_scale": checkpoint.get("density_scale", 1.0),
+        "scale": trained_scale(checkpoint),
+        "finished": checkpoint.get("finished", True),
+        "epochs_done": checkpoint.get("epochs_done"),
+        "training": training_settings(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
         "removed_tensors": removed,
     }
 
@@ -446,7 +483,8 @@ def save_npz(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[
     """Write arrays plus the JSON header (key ``__meta__``) atomically, uncompressed."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(_jsonable(header))), **arrays)
+            # allow_pickle=False: no object arrays, as load_npz reads none (and no array name can stand for the flag).
+            np.savez(fh, allow_pickle=False, __meta__=np.array(json.dumps(_jsonable(header))), **arrays)
 
 
 def load_npz(path: str | os.PathLike[str], fmt: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -519,6 +557,18 @@ class _FlatEntry:
         return asdict(self)  # type: ignore[call-overload]
 
 
+# The keys ``index`` writes into a manifest record's ``attributes``, and what each holds. Values are kept as
+# the data set writes them (integers stay integers), so that per-level statistics group by them directly.
+ATTRIBUTE_NAMES = {
+    "split": "the data set's split whose list names the image: train, val or test (NWPU-Crowd)",
+    "illumination": "the illumination label of the split list, an integer (NWPU-Crowd)",
+    "scene_level": "the scene level of the split list, an integer (NWPU-Crowd)",
+    "scene_type": "the scene type of image_labels.txt, a word (JHU-Crowd++)",
+    "weather": "the weather of image_labels.txt: 0 none, 1 fog or haze, 2 rain, 3 snow (JHU-Crowd++)",
+    "distractor": "1 for an image image_labels.txt marks as a distractor (no crowd), else 0 (JHU-Crowd++)",
+}
+
+
 @dataclass(frozen=True)
 class ManifestEntry(_FlatEntry):
     """One image of a data set.
@@ -530,7 +580,11 @@ class ManifestEntry(_FlatEntry):
     Optional (manifests before them lack them; None is left out of the record): ``size_bytes``
     and ``mtime_ns``, the image file's size and modification time when it was indexed, let a stage
     that does not read the image tell by one stat that it is unchanged
-    (:func:`crowdtk.data.check_unchanged`); ``points_sha256`` is the digest of the points file.
+    (:func:`crowdtk.data.check_unchanged`); ``points_sha256`` is the digest of the points file;
+    ``attributes`` are what the data set says of the image besides its heads (:data:`ATTRIBUTE_NAMES`).
+
+    ``points`` None: the data set publishes no annotations for the image (NWPU-Crowd's test split); its
+    ``count`` is then 0 and means nothing. Such an image can be counted and selected from, not evaluated.
     """
 
     id: str
@@ -543,12 +597,14 @@ class ManifestEntry(_FlatEntry):
     size_bytes: int | None = None
     mtime_ns: int | None = None
     points_sha256: str | None = None
+    # Not hashed: a dict is not hashable, and the id and digests tell images apart.
+    attributes: dict[str, str | int] | None = field(default=None, hash=False)
 
     _OPTIONAL = {"size_bytes": int, "mtime_ns": int, "points_sha256": str}
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
-        return {k: v for k, v in record.items() if not (k in self._OPTIONAL and v is None)}
+        return {k: v for k, v in record.items() if not ((k in self._OPTIONAL or k == "attributes") and v is None)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> ManifestEntry:
@@ -573,6 +629,13 @@ class ManifestEntry(_FlatEntry):
             raise CrowdtkError(
                 f"{source}:{record.get('_line', '?')}: invalid width, height or count", "fix or regenerate the file"
             )
+        attributes = record.get("attributes")
+        values = attributes.values() if isinstance(attributes, dict) else [None]  # JSON keys are strings
+        if attributes is not None and not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+            raise CrowdtkError(
+                f"{source}:{record.get('_line', '?')}: field 'attributes' is not an object of strings and integers",
+                "fix or regenerate the file",
+            )
         return cls(
             id=record["id"],
             image=_resolve(base, record["image"], source, record),
@@ -584,6 +647,7 @@ class ManifestEntry(_FlatEntry):
             size_bytes=record.get("size_bytes"),
             mtime_ns=record.get("mtime_ns"),
             points_sha256=record.get("points_sha256"),
+            attributes=dict(attributes) if attributes else None,
         )
 
 
@@ -906,3 +970,49 @@ def load_vectors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], StripVec
     ):
         raise CrowdtkError(f"{path}: inconsistent array shapes", "regenerate it with crowdtk vectors")
     return header, data
+
+
+# --------------------------------------------------------------------------- image lists (select --image-list)
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """A list of images to label whole, as semi-supervised counting papers publish their fixed splits
+    (``label_list/shb-5.txt``): one entry a line, a file name (``IMG_12.jpg``), a path whose last part is
+    one (``train_data/images/IMG_12.jpg``, ``C:\\data\\IMG_12.jpg``) or a manifest id (``IMG_12``).
+
+    ``entries`` are (line number, entry) with surrounding whitespace removed; blank lines and lines whose
+    first character that is not a space is ``#`` are left out. ``sha256`` is the digest of the file's
+    bytes (what a bench folder records: a rerun with another list is refused)."""
+
+    source: str
+    sha256: str
+    entries: tuple[tuple[int, str], ...]
+
+
+def read_image_list(path: str | os.PathLike[str]) -> ImageList:
+    """Read an image list (:class:`ImageList`); a file that is missing, no regular file, not UTF-8 text, or
+    names no image is refused naming it."""
+    import hashlib
+    import stat
+
+    source = str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CrowdtkError(f"{source}: no such image list", "check the path given to --image-list") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block the read
+        raise CrowdtkError(f"{source}: not a regular file", "pass a text file with one image name a line")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not part of the first name
+    except UnicodeDecodeError:
+        raise CrowdtkError(f"{source}: not UTF-8 text", "pass a text file with one image name a line") from None
+    entries = tuple(
+        (n, line.strip())
+        for n, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.strip().startswith("#")
+    )
+    if not entries:
+        raise CrowdtkError(f"{source}: names no image (only blank lines or comments)", "list one image name a line")
+    return ImageList(source, hashlib.sha256(data).hexdigest(), entries)

@@ -63,9 +63,10 @@ def strip_edges(width: int, strip_frac: float = 0.1, scale: float = 1.0) -> np.n
 
 
 def check_scale(scale: float) -> None:
+    """The one check of a working scale, wherever it is given (train, select, vectors, eval, ...)."""
     if not 0 < scale <= 4:
         raise CrowdtkError(
-            f"--scale must be in (0, 4], got {scale}", "pass the --scale the counter is trained at, e.g. 0.5"
+            f"--scale must be in (0, 4], got {scale}", "pass e.g. --scale 0.5 (the scale the counter is trained at)"
         )
 
 
@@ -87,14 +88,15 @@ def pad_image(image: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     return image
 
 
-def cells_inside(start: int, stop: int, size: int, factor: float, cells: int) -> tuple[int, int]:
+def cells_inside(start: int, stop: int, size: int, scale: float, cells: int) -> tuple[int, int]:
     """The output cells [first, last) that lie inside the pixel span [start, stop) of an image
-    ``size`` px long, resized by ``factor``; a span reaching the image's end keeps the padding
-    cell there. Region edges on the cell grid of this scale (span_edges) are rounded to
+    ``size`` px long, resized by ``scale`` (this axis's own: resize_for_model rounds each side, so it is the
+    resized side over ``size``, within a pixel of the nominal --scale); a span reaching the image's end keeps the
+    padding cell there. Region edges on the cell grid of this scale (span_edges) are rounded to
     whole full-resolution pixels, so an edge within half a pixel of a cell edge counts as on it."""
-    slack = 0.5 * factor / STRIDE + 1e-9
-    first = math.ceil(start * factor / STRIDE - slack)
-    last = cells if stop >= size else math.floor(stop * factor / STRIDE + slack)
+    slack = 0.5 * scale / STRIDE + 1e-9
+    first = math.ceil(start * scale / STRIDE - slack)
+    last = cells if stop >= size else math.floor(stop * scale / STRIDE + slack)
     return first, min(last, cells)
 
 

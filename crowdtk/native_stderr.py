@@ -60,7 +60,8 @@ _DECODER_LINE = re.compile(
       | Invalid\ SOS\ parameters | Inconsistent\ progression\ sequence
       | Unknown\ Adobe\ color\ transform | Application\ transferred\ too\ many\ scanlines
       | Warning:\ unknown\ JFIF\ revision
-      | Unexpected\ (?:end\ of\ file\ while\ searching|element\.\ Expected|list\ type\.\ Expected)  # OpenCV's AVI reader
+      # OpenCV's AVI reader
+      | Unexpected\ (?:end\ of\ file\ while\ searching|element\.\ Expected|list\ type\.\ Expected)
     )""",
     re.X,
 )

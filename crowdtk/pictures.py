@@ -196,15 +196,9 @@ def _pick(entries: Sequence[Any], image_id: str | None, source: str, default: An
 
 
 def _read_entry_image(entry: Any) -> np.ndarray:
-    from crowdtk.data import read_image
+    from crowdtk.data import read_recorded_image
 
-    image = read_image(entry.image, entry.sha256)
-    if image.shape[:2] != (entry.height, entry.width):
-        raise CrowdtkError(
-            f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the file says {entry.width}x{entry.height}",
-            "the image changed; re-run crowdtk index/select/import",
-        )
-    return image
+    return read_recorded_image(entry)
 
 
 def _panel_width(width: int, height: int, wanted: float, max_height: float = 9.0) -> float:
@@ -235,6 +229,7 @@ def show_regions(
     predicted count in its title). The default image is the first one with regions.
     """
     kind = peek_format(selection)
+    entries: Sequence[RegionsEntry | LabelsEntry]
     if kind == REGIONS:
         _, entries = read_regions(selection)
     elif kind == LABELS:
@@ -249,7 +244,10 @@ def show_regions(
     image = _read_entry_image(entry)
     width, height = entry.width, entry.height
     share = _area_share(entry.regions, width, height)
-    title = f"{entry.id}: {len(entry.regions)} region{'s' if len(entry.regions) != 1 else ''}, {share:.1%} of the area selected"
+    title = (
+        f"{entry.id}: {len(entry.regions)} "
+        f"region{'s' if len(entry.regions) != 1 else ''}, {share:.1%} of the area selected"
+    )
     if isinstance(entry, RegionsEntry):
         title += f" ({entry.strategy})"
     if isinstance(entry, LabelsEntry):
@@ -396,7 +394,8 @@ def show_affinity(
     entry = _pick(entries, image_id, str(labels), partly)
     if not entry.regions or _area_share(entry.regions, entry.width, entry.height) >= 1.0:
         raise CrowdtkError(
-            f"{labels}: image '{entry.id}' is {'not labeled' if not entry.regions else 'fully labeled'}, so CAP has no affinities to show",
+            f"{labels}: image '{entry.id}' is "
+            f"{'not labeled' if not entry.regions else 'fully labeled'}, so CAP has no affinities to show",
             "pass --image with a partly labeled image (strips)",
         )
     found = image_affinities(checkpoint, entry, positions, str(labels))
@@ -404,7 +403,7 @@ def show_affinity(
 
     image = _read_entry_image(entry)
     width, height = entry.width, entry.height
-    cell_w, cell_h = _cell_size(width, height, found.input_scale)
+    cell_w, cell_h = _cell_size(width, height, found.scale)
     marks = [((c + 0.5) * cell_w, (r + 0.5) * cell_h) for r, c in chosen]
 
     panels = len(chosen) + 1
@@ -445,14 +444,11 @@ def show_affinity(
     return entry.id
 
 
-def _cell_size(width: int, height: int, input_scale: float) -> tuple[float, float]:
+def _cell_size(width: int, height: int, scale: float) -> tuple[float, float]:
     """One stride-8 cell of the model's map in original pixels (as ``geometry.resize_for_model`` resizes)."""
-    from crowdtk.geometry import STRIDE
+    from crowdtk.geometry import STRIDE, model_size
 
-    if input_scale == 1.0:
-        return float(STRIDE), float(STRIDE)
-    new_w, new_h = max(STRIDE, round(width * input_scale)), max(STRIDE, round(height * input_scale))
-    return STRIDE * width / new_w, STRIDE * height / new_h
+    return STRIDE * width / model_size(width, scale), STRIDE * height / model_size(height, scale)
 
 
 def _jet_with_grey() -> Any:

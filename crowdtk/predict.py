@@ -35,6 +35,7 @@ from crowdtk.checkpoint import load_tensors, refuse_training_state
 from crowdtk.data import read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
+from crowdtk.formats import trained_scale
 from crowdtk.geometry import STRIDE, pad_image, resize_for_model
 from crowdtk.models import Counter, build_model, inference_copy
 from crowdtk.predict_config import PredictConfig
@@ -54,18 +55,19 @@ class LoadedModel:
         return float(self.header.get("density_scale", 1.0))
 
     @property
-    def input_scale(self) -> float:
-        return float(self.header.get("input_scale", 1.0))
+    def scale(self) -> float:
+        return trained_scale(self.header)
 
     @property
     def unfinished(self) -> str | None:
-        """Why this checkpoint is of a training run that did not finish (None when it did, or is older than the flag)."""
+        """Why this checkpoint is of a training run that did not finish (None when it did,
+        or is older than the flag)."""
         if self.header.get("finished", True):
             return None
         planned = (self.header.get("training") or {}).get("epochs", "?")
         return (
-            f"{self.path}: the checkpoint of an unfinished training run (epoch {self.header.get('epochs_done', '?')} of "
-            f"{planned}); continue it with 'crowdtk train … --resume' (or warmup), or pass a finished checkpoint"
+            f"{self.path}: the checkpoint of an unfinished training run (epoch {self.header.get('epochs_done', '?')} "
+            f"of {planned}); continue it with 'crowdtk train … --resume' (or warmup), or pass a finished checkpoint"
         )
 
 
@@ -142,14 +144,14 @@ class Predictor:
         return out[:, 0].cpu().numpy() / self.loaded.density_scale
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        resized, sx, sy = resize_for_model(image, self.loaded.input_scale)
+        resized, sx, sy = resize_for_model(image, self.loaded.scale)
         return pad_image(resized), sx, sy
 
     def density(self, image: np.ndarray, sha256: str | None = None) -> tuple[np.ndarray, float, float]:
         """Density of an RGB image at the model's working resolution, and the x/y resize factors
         (``sha256``, the image file's digest, lets a feature cache serve the front end's map)."""
         padded, sx, sy = self._prepare(image)
-        if self._cached(padded, sha256):
+        if sha256 is not None and self._cached(padded, sha256):
             return self._run_cached(padded, sha256), sx, sy
         return self._whole_or_tiled(padded), sx, sy
 
@@ -162,12 +164,7 @@ class Predictor:
 
         def run(flip: bool) -> torch.Tensor:
             assert self.features is not None
-            h = (
-                self.features.map(padded, sha256, self.loaded.input_scale, flip=flip)
-                .load()[None]
-                .to(self.device)
-                .float()
-            )
+            h = self.features.map(padded, sha256, self.loaded.scale, flip=flip).load()[None].to(self.device).float()
             out = self.counter.head(
                 self.counter.decode(h.contiguous(memory_format=torch.channels_last), self.features.level)
             )[0, 0].float()

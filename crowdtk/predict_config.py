@@ -18,3 +18,7 @@ class PredictConfig:
 class VectorsConfig:
     levels: int = 4  # L of the multi-level density vector (Eq. 3)
     strip_frac: float = 0.1  # strip width as a fraction of the image width (paper 3.4)
+
+
+# What runs the counter's forward pass in `count --backend` (crowdtk.onnx_export.load_for_backend).
+BACKENDS = ("torch", "onnxruntime")

@@ -69,7 +69,8 @@ _RADIUS = _KERNEL.shape[0] // 2
 
 
 def peak_points(density: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` head positions in a density map, as (N, 2) (row, col) in cell units (cell ``i`` spans [i, i + 1)), and scores.
+    """``count`` head positions in a density map, as (N, 2) (row, col) in cell units (cell ``i`` spans [i, i + 1)),
+    and scores.
 
     Fewer are returned only when the map runs out of density."""
     if density.size == 0 or count <= 0:
@@ -123,6 +124,19 @@ def region_suggestions(density: np.ndarray, sx: float, sy: float, entry: Regions
     return Suggestions(np.concatenate(points), np.concatenate(scores))
 
 
+def image_heads(density: np.ndarray, sx: float, sy: float, width: int, height: int) -> Suggestions:
+    """The heads of a whole ``width``×``height`` image from its density map (resize factors ``sx``, ``sy``): as
+    many as its rounded predicted count (fewer only when the map runs out), in full-image pixels, inside the
+    image (``count --points``, ``eval --localization``); none for a map that is not finite."""
+    total = float(density.sum(dtype=np.float64))
+    if not np.isfinite(total):
+        return Suggestions(np.zeros((0, 2)), np.zeros(0))
+    cells, scores = peak_points(density, int(round(total)))
+    x = np.clip(cells[:, 1] * STRIDE / sx, 0.0, np.nextafter(float(width), 0.0))
+    y = np.clip(cells[:, 0] * STRIDE / sy, 0.0, np.nextafter(float(height), 0.0))
+    return Suggestions(np.stack([x, y], axis=1), scores)
+
+
 def suggest_heads(
     predictor: Predictor,
     entries: Sequence[RegionsEntry],
@@ -136,7 +150,8 @@ def suggest_heads(
     for entry, (_, image) in zip(entries, images):
         if image.shape[:2] != (entry.height, entry.width):
             raise CrowdtkError(
-                f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
+                f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says "
+                f"{entry.width}x{entry.height}",
                 "re-run index and select",
             )
         density, sx, sy = predictor.density(image, entry.sha256)

@@ -16,7 +16,7 @@ This module imports nothing: the registries are read without paying for what the
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 # Names go on command lines and into files: lower case, digits and + . _ - (mdc+cap), starting with a letter or digit.
@@ -59,7 +59,8 @@ class Registry(Mapping[str, R], Generic[R]):
         name = getattr(record, "name", None)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise RegistrationError(
-                f"{self.kind} name {name!r}: use lower case letters, digits and + . _ -, starting with a letter or digit"
+                f"{self.kind} name {name!r}: use lower case letters, "
+                "digits and + . _ -, starting with a letter or digit"
             )
         if name in self._records:
             raise RegistrationError(f"the {self.kind} {name!r} is registered twice")
@@ -97,7 +98,7 @@ def listing(records: Mapping[str, Record] | list[Record], last: str = "or") -> s
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}" if items else ""
 
 
-def names(records: Mapping[str, Record] | list[Record], last: str = "and") -> str:
+def names(records: Mapping[str, Record] | Sequence[Record], last: str = "and") -> str:
     """``a, b and c``: the names of ``records``, for a --help text."""
     items = [r.name for r in (records.values() if isinstance(records, Mapping) else records)]
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}" if items else ""

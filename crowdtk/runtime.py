@@ -84,13 +84,15 @@ def stray_launch_note() -> str | None:
         return None
     values = ", ".join(f"{name}={os.environ[name]}" for name in stray)
     return (
-        f"ignoring {values} in the environment: this process was not launched by torchrun (no TORCHELASTIC_RUN_ID, "
-        f"nor MASTER_ADDR and MASTER_PORT), so it runs alone; unset {' '.join(stray)} to silence this, or launch with torchrun"
+        f"ignoring {values} in the environment: this process was not launched by torchrun (no TORCHELASTIC_RUN_ID, nor "
+        "MASTER_ADDR and MASTER_PORT), so it runs alone; unset "
+        f"{' '.join(stray)} to silence this, or launch with torchrun"
     )
 
 
 def _whole(name: str, least: int) -> int:
-    """The launch variable ``name`` as a whole number of at least ``least``; a clear error when it is missing or malformed."""
+    """The launch variable ``name`` as a whole number of at least ``least``;
+    a clear error when it is missing or malformed."""
     value = os.environ.get(name)
     if value is None:
         raise CrowdtkError(f"environment: {name} is not set, but this process was launched by torchrun", _RELAUNCH)

@@ -453,7 +453,7 @@ def _draw_people(
 def _finish(rng: np.random.Generator, img: np.ndarray, config: SynthConfig) -> np.ndarray:
     """Camera effects: uneven light, slight blur, sensor noise."""
     h, w = img.shape[:2]
-    out = img.astype(np.float32)
+    out: np.ndarray = img.astype(np.float32)
     out *= 1.0 + 0.12 * _smooth_noise(rng, h, w, (2, 3))
     out *= np.float32(rng.uniform(0.8, 1.15))
     out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 0.8) * config.height / 256)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from crowdtk.errors import CrowdtkError, UsageError
-from crowdtk.geometry import STRIDE
+from crowdtk.geometry import STRIDE, check_scale
 from crowdtk.model_records import model_record
 from crowdtk.train.loss import DEFAULT_LOSS, density_loss
 
@@ -51,7 +51,7 @@ class TrainConfig:
     flip: bool = True
     density_scale: float = 100.0  # targets are multiplied by this so a stride-8 cell is O(1..10)
     loss: str = DEFAULT_LOSS  # a name in crowdtk.train.loss.LOSSES
-    input_scale: float = 1.0  # resize images (and points) by this factor before anything else
+    scale: float = 1.0  # resize images (and points) by this factor before anything else
     sigma: float = 4.0
     val_frac: float = 0.1  # share of labeled images held out for validation (never the test set)
     # Validate every this many epochs (and after the last); 0 = about 20 times per run. Runs on few
@@ -79,8 +79,7 @@ class TrainConfig:
             raise CrowdtkError("--epochs and --batch-size must be at least 1", "pass positive numbers")
         if self.crop < 0 or self.crop % STRIDE:
             raise CrowdtkError(f"--crop must be 0 or a multiple of {STRIDE}, got {self.crop}", "pass e.g. --crop 256")
-        if not 0 < self.input_scale <= 4:
-            raise CrowdtkError(f"--scale must be in (0, 4], got {self.input_scale}", "pass e.g. --scale 0.5")
+        check_scale(self.scale)
         if not 0 <= self.val_frac < 1:
             raise CrowdtkError(f"--val-frac must be in [0, 1), got {self.val_frac}", "pass e.g. 0.1")
         if self.val_every < 0:

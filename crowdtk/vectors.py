@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from crowdtk.data import check_image_size, read_image
+from crowdtk.data import check_image_size, check_recorded_size, read_image
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, StripVectors
 from crowdtk.geometry import STRIDE, strip_edges
@@ -104,11 +104,7 @@ def _image_vectors(
     predictor: Predictor, entry: ManifestEntry, image: np.ndarray, levels: int, strip_frac: float, scale: float
 ) -> list[tuple[int, int, np.ndarray, float]]:
     check_image_size(entry.width, entry.height, entry.image)
-    if image.shape[:2] != (entry.height, entry.width):
-        raise CrowdtkError(
-            f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the manifest says {entry.width}x{entry.height}",
-            "re-run crowdtk index",
-        )
+    check_recorded_size(image, entry)
     try:
         edges = strip_edges(entry.width, strip_frac, scale)
     except CrowdtkError as exc:

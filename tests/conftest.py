@@ -1,4 +1,5 @@
-"""Shared helpers and fixtures: `run` a command, read `jsonl` output, data sets, selection inputs, trained counters, a labeling round."""
+"""Shared helpers and fixtures: `run` a command, read `jsonl` output, data sets, selection inputs, trained counters,
+a labeling round."""
 
 from __future__ import annotations
 
@@ -40,7 +41,25 @@ from crowdtk.train_config import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 PART_B = REPO.parent / "shared" / "data" / "ShanghaiTech" / "part_B"
 # Quick training options (test_train, and the counters below): the small counter on 32-px crops, two at a time.
+# The longest a test waits for a subprocess to reach a state or to end: a bound only a hang reaches, never a busy
+# machine (CI runs the suite beside other jobs; a first epoch took over 3 minutes on 2 cores under a heavy load).
+# Tests poll for the state itself, so a pass on an idle machine takes as long as the work does.
+HANG_GUARD_S = 1800.0
+
 FAST_TRAIN = ("--model", "lite", "--crop", "32", "--batch-size", "2", "-q")
+# Training the back end on a frozen encoder's maps (the feature cache's tests): whole images, two at a time, no
+# validation, the last epoch kept.
+FROZEN_TRAIN = TrainConfig(
+    model="lite",
+    freeze="encoder",
+    epochs=3,
+    batch_size=2,
+    crop=0,
+    lr=1e-3,
+    val_frac=0.0,
+    lr_schedule="cosine",
+    keep="last",
+)
 
 runner = CliRunner()
 
@@ -60,7 +79,8 @@ def jsonl(text: str) -> tuple[dict, list[dict]]:
 
 
 def assert_clean_failure(result, names: str, leftovers: Path | None = None, code: int = 1) -> None:
-    """Exit ``code`` (1; 2 for a usage error) with one `crowdtk <cmd>: error:` line naming `names`, no traceback, no output left."""
+    """Exit ``code`` (1; 2 for a usage error) with one `crowdtk <cmd>: error:` line naming `names`, no traceback,
+    no output left."""
     assert result.exit_code == code, result.output
     assert result.stderr.startswith("crowdtk "), result.stderr
     assert ": error: " in result.stderr and names in result.stderr, result.stderr
@@ -194,12 +214,19 @@ def realistic_vectors(n_images: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def select_after(warm: Path, manifest: Path, strategy: str, vectors: Path, *options: object):
+    """`crowdtk select` of a round after the warm-up round ``warm`` (its images excluded): ``strategy`` on
+    ``vectors``, with ``options`` (the budget, -o …)."""
+    return run("select", manifest, "--strategy", strategy, "--vectors", vectors, "--exclude", warm, *options)
+
+
 # --------------------------------------------------------------------------- the engine's pool and counters (read-only)
 
 
 @pytest.fixture(scope="session")
 def strip_pool(tmp_path_factory) -> dict[str, Path]:
-    """Six 80×48 images with 6, 10, …, 26 heads; strips labeled in four, two fully labeled; a manifest and a labels file."""
+    """Six 80×48 images with 6, 10, …, 26 heads; strips labeled in four, two fully labeled; a manifest and a labels
+    file."""
     root = tmp_path_factory.mktemp("pool")
     rng = np.random.default_rng(0)
     scenes = {f"im{i}": (48, 80, np.c_[rng.uniform(0, 80, 6 + 4 * i), rng.uniform(0, 48, 6 + 4 * i)]) for i in range(6)}
@@ -218,7 +245,7 @@ def strip_pool(tmp_path_factory) -> dict[str, Path]:
             keep |= r.contains(pts)
         labels.append(LabelsEntry(e.id, e.image, e.sha256, e.width, e.height, regions, pts[keep]))
     path = root / "labels.jsonl"
-    write_jsonl(path, make_header(LABELS, Provenance("test")), (l.to_record() for l in labels))
+    write_jsonl(path, make_header(LABELS, Provenance("test")), (entry.to_record() for entry in labels))
     return {"root": root, "manifest": manifest, "labels": path}
 
 
@@ -256,7 +283,8 @@ def cap_ckpt(strip_pool, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def labeled(tmp_path: Path) -> dict[str, Path]:
-    """A small data set with head points, its manifest, random regions (30%) to label, and the oracle's labels for them."""
+    """A small data set with head points, its manifest, random regions (30%) to label, and the oracle's labels for
+    them."""
     rng = np.random.default_rng(2)
     scenes = {
         f"scene {i}" if i == 0 else f"s{i}": (96, 160 + 16 * i, np.c_[rng.uniform(0, 160, 60), rng.uniform(0, 96, 60)])
@@ -277,7 +305,11 @@ def labeled(tmp_path: Path) -> dict[str, Path]:
 def truth(paths: dict[str, Path]) -> dict[str, np.ndarray]:
     """Every ground-truth point of each image of `labeled` (inside and outside its regions)."""
     _, manifest = read_manifest(paths["manifest"])
-    return {m.id: read_points(m.points) for m in manifest}
+    points = {}
+    for m in manifest:
+        assert m.points is not None, f"{m.id} has no points file"
+        points[m.id] = read_points(m.points)
+    return points
 
 
 def export_package(paths: dict[str, Path], fmt: str) -> Path:
@@ -303,6 +335,16 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+# Quick bench and demo schedules: two optimizer steps a training run, one for the warm-up counter, two images a batch.
+QUICK_ROUNDS = ("--steps", "2", "--warmup-steps", "1", "--batch-size", "2")
+
+
+def bench_on_synth(root: Path, out: Path) -> list[object]:
+    """The start of `crowdtk bench` on the train and test manifests of a `crowdtk synth` under root/data, into out."""
+    train, test = (root / "data" / part / "manifest.jsonl" for part in ("train", "test"))
+    return ["bench", "--train", train, "--test", test, "-o", out]
+
+
 # --------------------------------------------------------------------------- machine-wide caches
 
 
@@ -317,12 +359,12 @@ def own_cpu_choices(tmp_path_factory, monkeypatch) -> None:
 
 
 def small_checkpoint(
-    path: Path, input_scale: float = 1.0, cap: bool = False, finished: bool = True, freeze: str = "none"
+    path: Path, scale: float = 1.0, cap: bool = False, finished: bool = True, freeze: str = "none"
 ) -> Path:
-    """A small random `lite` counter saved as a crowdtk checkpoint trained at ``input_scale`` (with ``freeze``)."""
+    """A small random `lite` counter saved as a crowdtk checkpoint trained at ``scale`` (with ``freeze``)."""
     torch.manual_seed(0)
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
-    config = TrainConfig(model="lite", pretrained=False, input_scale=input_scale, cap=cap, epochs=1, freeze=freeze)
+    config = TrainConfig(model="lite", pretrained=False, scale=scale, cap=cap, epochs=1, freeze=freeze)
     header = checkpoint_header(
         Provenance("test"),
         model=counter.name,
@@ -335,4 +377,17 @@ def small_checkpoint(
         val_on="train",
     )
     save_tensors(path, TrainNet(counter, cap=cap).weights(), header)
+    return path
+
+
+def constant_counter(checkpoint: Path, path: Path, per_cell: float) -> Path:
+    """``checkpoint`` with its output layer replaced so that every output cell predicts ``per_cell`` heads."""
+    from crowdtk.checkpoint import load_tensors
+    from crowdtk.predict import load_counter
+
+    header, tensors = load_tensors(checkpoint)
+    scale = load_counter(checkpoint).density_scale
+    tensors["output.weight"] = torch.zeros_like(tensors["output.weight"])
+    tensors["output.bias"] = torch.full_like(tensors["output.bias"], per_cell * scale)
+    save_tensors(path, tensors, header)
     return path

@@ -41,7 +41,7 @@ def _supervised_share(tmp_path: Path, width: int, height: int, scale: float, gri
     labeled = supervised = 0
     for x0, x1 in zip(edges[1:-2], edges[2:-1]):  # inner strips: their two edges are cut by the grid
         sample = prepare_sample(
-            _labels(image, width, height, [Region(int(x0), int(x1), 0, height)], points), TrainConfig(input_scale=scale)
+            _labels(image, width, height, [Region(int(x0), int(x1), 0, height)], points), TrainConfig(scale=scale)
         )
         labeled += sample.heads_labeled
         supervised += sample.heads_supervised
@@ -117,6 +117,7 @@ def test_each_labeled_cell_weighs_the_same_in_the_loss() -> None:
     mask[0, :, 0] = 1
     mask[1, :, :6] = 1
     density_loss()(pred, target, mask, 1.0).backward()
+    assert pred.grad is not None
     grads = pred.grad[:, 0][mask.bool()]
     assert torch.allclose(grads, grads[0]) and grads[0] > 0
     assert float(pred.grad[:, 0][~mask.bool()].abs().sum()) == 0.0
@@ -127,7 +128,7 @@ def test_sigma_is_in_full_resolution_pixels(tmp_path: Path) -> None:
     image = _image(tmp_path, 512, 256)
     points = np.array([[200.0, 130.0], [330.0, 90.0]])
     sample = prepare_sample(
-        _labels(image, 512, 256, [Region(0, 512, 0, 256)], points), TrainConfig(input_scale=0.5, sigma=8.0)
+        _labels(image, 512, 256, [Region(0, 512, 0, 256)], points), TrainConfig(scale=0.5, sigma=8.0)
     )
     expected = density_map(points * 0.5, 128, 256, DensityConfig(sigma=4.0, stride=8))
     np.testing.assert_allclose(sample.target, expected, atol=1e-6)

@@ -1,4 +1,5 @@
-"""`crowdtk bench`: the paper's comparisons as chains of ordinary commands (the plan, the seeds' numbers, the claims, the folder)."""
+"""`crowdtk bench`: the paper's comparisons as chains of ordinary commands (the plan, the seeds' numbers, the claims,
+the folder)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import QUICK_ROUNDS, bench_on_synth, run
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Experiment, Run, Schedule, Step, aggregate, epochs_for, markdown_table
@@ -157,21 +158,10 @@ def test_bench_refuses_bad_options(tmp_path: Path) -> None:
 def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings(tiny_data: Path) -> None:
     out = tiny_data / "b"
     args = [
-        "bench",
-        "--train",
-        tiny_data / "data" / "train" / "manifest.jsonl",
-        "--test",
-        tiny_data / "data" / "test" / "manifest.jsonl",
-        "-o",
-        out,
+        *bench_on_synth(tiny_data, out),
         "--scale",
         "1",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--batch-size",
-        "2",
+        *QUICK_ROUNDS,
         "--crop",
         "32",
         "--methods",
@@ -257,6 +247,7 @@ def test_bench_on_a_pool_of_mixed_sizes_spends_the_same_area_for_every_method(tm
         assert result.exit_code == 0, result.output
         manifest = tmp_path / name / "train" / "manifest.jsonl"
         for e in read_manifest(manifest)[1]:
+            assert e.points is not None  # synth writes every image's points
             entries.append(
                 {
                     **e.to_record(),

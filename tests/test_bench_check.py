@@ -1,14 +1,16 @@
-"""`crowdtk bench --check BASELINE.json`: the benchmark gate (the comparison, the baseline's refusals, the command's exit codes)."""
+"""`crowdtk bench --check BASELINE.json`: the benchmark gate (the comparison, the baseline's refusals, the command's
+exit codes)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure, run
+from conftest import QUICK_ROUNDS, assert_clean_failure, bench_on_synth, run
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Schedule, aggregate, bench_runs, compare, data_digest, read_baseline
@@ -78,7 +80,8 @@ def test_new_and_not_run_methods_are_reported_not_failed() -> None:
     assert other["passed"] and sorted(r["status"] for r in other["comparisons"]) == ["new", "not run"]
 
 
-def _baseline(path: Path, settings: dict, results: list[dict], **header) -> Path:
+def _baseline(path: Path, settings: dict, results: Sequence[object], **header) -> Path:
+    """A results file holding ``results`` as given, well-formed or not."""
     doc = {
         "format": BENCH_RESULTS,
         "format_version": 1,
@@ -166,21 +169,10 @@ def test_tolerance_needs_check(tmp_path: Path) -> None:
 def test_bench_gate_passes_on_its_own_results_and_fails_on_a_better_baseline(tiny_data: Path) -> None:
     out = tiny_data / "gate"
     args = [
-        "bench",
-        "--train",
-        tiny_data / "data" / "train" / "manifest.jsonl",
-        "--test",
-        tiny_data / "data" / "test" / "manifest.jsonl",
-        "-o",
-        out,
+        *bench_on_synth(tiny_data, out),
         "--scale",
         "1",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--batch-size",
-        "2",
+        *QUICK_ROUNDS,
         "--crop",
         "32",
         "--methods",
@@ -291,13 +283,7 @@ def test_bench_check_refuses_a_baseline_that_cannot_gate_before_any_step(
     )
     out = tmp_path / "b"
     result = run(
-        "bench",
-        "--train",
-        tiny_data / "data" / "train" / "manifest.jsonl",
-        "--test",
-        tiny_data / "data" / "test" / "manifest.jsonl",
-        "-o",
-        out,
+        *bench_on_synth(tiny_data, out),
         "--scale",
         "1",
         "--methods",

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import bench_on_synth, run
 
 from crowdtk.experiment import RECIPES, Experiment, Run, Schedule, check_same_settings
 from crowdtk.formats import BENCH_RESULTS, read_json
@@ -137,15 +137,9 @@ def test_a_cpu_dry_run_of_the_paper_recipe(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = tmp_path / "paper"
     result = run(
-        "bench",
+        *bench_on_synth(tmp_path, out),
         "--recipe",
         "paper",
-        "--train",
-        tmp_path / "data" / "train" / "manifest.jsonl",
-        "--test",
-        tmp_path / "data" / "test" / "manifest.jsonl",
-        "-o",
-        out,
         "--methods",
         "mdc+cap",
         "--seeds",

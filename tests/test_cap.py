@@ -92,6 +92,12 @@ def test_fully_labeled_or_unlabeled_image_is_returned_unchanged() -> None:
     assert not torch.equal(out[1], batch[1])
 
 
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """The gradient a backward pass left on ``t`` (read through a call: the test resets it to None in between)."""
+    assert t.grad is not None, "no gradient reached the tensor"
+    return t.grad
+
+
 def test_gradients_reach_unlabeled_features_and_gamma() -> None:
     torch.manual_seed(3)
     feat = torch.randn(1, 8, 6, 6).relu().requires_grad_(True)
@@ -100,14 +106,14 @@ def test_gradients_reach_unlabeled_features_and_gamma() -> None:
     out = cap(feat, mask)
     loss = (out[:, :, mask[0]] ** 2).sum()  # a loss on labeled positions only
     loss.backward()
-    grad = feat.grad[0]
+    grad = _grad(feat)[0]
     assert (grad[:, ~mask[0]].abs().sum(dim=0) > 0).all()  # every unlabeled position gets gradient
     assert cap.gamma.grad is not None and cap.gamma.grad != 0
 
     # without CAP, the same loss gives unlabeled positions nothing
     feat.grad = None
     (feat[:, :, mask[0]] ** 2).sum().backward()
-    assert (feat.grad[0][:, ~mask[0]] == 0).all()
+    assert (_grad(feat)[0][:, ~mask[0]] == 0).all()
 
 
 def test_float_mask_and_shape_check() -> None:

@@ -31,11 +31,15 @@ VARIANTS = ("temperature", "cosine")
 def _rows_by_formula(fl: torch.Tensor, fu: torch.Tensor, affinity: str, tau: float | None) -> torch.Tensor:
     """Eq. 9 and its extensions written out: ``fl`` ``n_l×C``, ``fu`` ``n_u×C`` → ``n_l×n_u`` affinities."""
     if affinity == "cosine":
+        assert tau is not None  # only the paper's form takes no temperature
         dots = (fl @ fu.t()) / (fl.norm(dim=1, keepdim=True) * fu.norm(dim=1)[None, :])
         return torch.softmax(dots / tau, dim=1)
     sl, su = torch.softmax(fl + EPS, dim=1), torch.softmax(fu + EPS, dim=1)  # Eq. 8
     dots = sl @ su.t()
-    return torch.softmax(dots if affinity == "paper" else dots / tau, dim=1)
+    if affinity == "paper":
+        return torch.softmax(dots, dim=1)
+    assert tau is not None  # only the paper's form takes no temperature
+    return torch.softmax(dots / tau, dim=1)
 
 
 def _split(feat: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +137,7 @@ def test_blocked_rows_equal_the_whole_matrix_with_gradients(affinity: str) -> No
         cap = CapModule(max_bytes=max_bytes, affinity=affinity).double()
         out = cap(feat, mask)
         (out * torch.linspace(0, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        assert feat.grad is not None and cap.gamma.grad is not None
         results.append((out.detach(), feat.grad.clone(), cap.gamma.grad.clone()))
     (o1, g1, y1), (o2, g2, y2) = results
     assert torch.allclose(o1, o2, atol=1e-12)
@@ -152,6 +157,7 @@ def test_cosine_of_a_zero_feature_is_zero_not_nan() -> None:
     mask = _strip_mask(4, 5, slice(2, 3))
     out = cap_batch(feat[None], mask[None], 0.2, affinity="cosine")
     out.sum().backward()
+    assert feat.grad is not None
     assert torch.isfinite(out).all() and torch.isfinite(feat.grad).all()
 
 
@@ -194,7 +200,7 @@ def test_strip_cap_leaves_the_counter_of_every_form(affinity: str) -> None:
     torch.manual_seed(5)
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16]).eval()
     model = TrainNet(counter, cap=True, cap_affinity=affinity)
-    assert model.cap.affinity == affinity
+    assert model.cap is not None and model.cap.affinity == affinity
     x = counter.normalize(torch.rand(1, 3, 48, 64))
     mask = _strip_mask(6, 8, slice(3, 4))[None]
     with torch.no_grad():

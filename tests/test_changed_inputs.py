@@ -26,7 +26,7 @@ def original(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("changed")
     result = run("synth", "-o", root / "data", "--train", 12, "--test", 4, "--width", 256, "--height", 192, "-q")
     assert result.exit_code == 0, result.output
-    small_checkpoint(root / "frozen.safetensors", input_scale=0.5, freeze="encoder")
+    small_checkpoint(root / "frozen.safetensors", scale=0.5, freeze="encoder")
     return root
 
 
@@ -63,6 +63,7 @@ def selected(w: dict[str, Path]) -> tuple[str, Path, Path]:
 def replace_pixels(image: Path) -> None:
     """Other pixels, the same size: the manifest's width, height and points still fit the file."""
     pixels = cv2.imread(str(image))
+    assert pixels is not None, image
     cv2.imwrite(str(image), np.ascontiguousarray(pixels[::-1, ::-1]))
 
 

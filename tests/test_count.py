@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import run
+from conftest import assert_clean_failure, constant_counter, run
 
 from crowdtk.data import read_image
 from crowdtk.predict import Predictor, load_counter
@@ -24,12 +25,12 @@ def test_count_images_video_and_overlays(strip_pool, warm_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 6 + 3
-    assert all(isinstance(l["count"], float) for l in lines)
-    assert [l["frame"] for l in lines if "video" in l] == [0, 1, 2]
+    assert all(isinstance(line["count"], float) for line in lines)
+    assert [line["frame"] for line in lines if "video" in line] == [0, 1, 2]
     assert len(list((tmp_path / "ov").glob("*.png"))) == 9
     # each image's count is the sum of the counter's density map for it
     predictor = Predictor(load_counter(warm_ckpt), device="cpu", fast=False)
-    for line in (l for l in lines if "video" not in l):
+    for line in (entry for entry in lines if "video" not in entry):
         assert line["count"] == pytest.approx(
             float(predictor.density(read_image(line["image"]))[0].sum()), rel=1e-3, abs=1e-3
         )
@@ -70,3 +71,53 @@ def test_a_video_without_frames_is_said_not_silently_skipped(warm_ckpt, tmp_path
     nothing.write_bytes(b"")
     result = run("count", warm_ckpt, nothing, "--skip-bad")
     assert result.exit_code == 0 and f"{nothing}: cannot open video (" in result.stderr, result.output
+
+
+def test_nwpu_submission_lines_in_input_order(strip_pool, warm_ckpt, tmp_path):
+    images = strip_pool["root"] / "data" / "images"
+    counts = [json.loads(line) for line in run("count", warm_ckpt, images, "-q").stdout.splitlines()]
+    result = run("count", warm_ckpt, images, "--format", "nwpu", "-q")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(" ")[0] for line in lines] == [f"im{i}" for i in range(6)]  # the file stems, in name order
+    for line, record in zip(lines, counts):
+        stem, value = line.split(" ")
+        assert len(value.split(".")[1]) == 4 and float(value) == pytest.approx(record["count"], abs=1e-3)
+    # a file given twice under one stem would name two lines alike; video frames have no NWPU id
+    again = tmp_path / "again"
+    again.mkdir()
+    first = next(images.glob("im0.*"))
+    (again / first.name).write_bytes(first.read_bytes())
+    result = run("count", warm_ckpt, images, again, "--format", "nwpu")
+    assert_clean_failure(result, "same file stem 'im0'")
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
+    writer.write(np.zeros((48, 80, 3), np.uint8))
+    writer.release()
+    assert_clean_failure(run("count", warm_ckpt, video, "--format", "nwpu"), "holds images only", code=2)
+    assert_clean_failure(run("count", warm_ckpt, images, "--format", "nwpu", "--points"), "--points", code=2)
+
+
+def test_head_points_in_the_json_lines_and_as_text_files(strip_pool, warm_ckpt, tmp_path):
+    images = strip_pool["root"] / "data" / "images"
+    # A counter predicting 0.25 heads per output cell: 15 heads on each 80x48 image.
+    constant = constant_counter(warm_ckpt, tmp_path / "constant.safetensors", 0.25)
+    out = tmp_path / "points"
+    result = run("count", constant, images, "--points", "--points-dir", out, "-q")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(p.name for p in out.iterdir()) == [f"im{i}.txt" for i in range(6)]
+    for record in records:
+        points = np.array(record["points"])
+        assert points.shape == (round(record["count"]), 2) == (15, 2)
+        assert (points >= 0).all() and (points[:, 0] < 80).all() and (points[:, 1] < 48).all()
+        text = (out / f"{Path(record['image']).stem}.txt").read_text()
+        assert text.endswith("\n") and len(text.splitlines()) == 15
+        np.testing.assert_allclose(np.loadtxt(out / f"{Path(record['image']).stem}.txt"), points, atol=0.006)
+    # the folder is an output like the others: refused when it exists, replaced with --force
+    assert_clean_failure(run("count", constant, images, "--points-dir", out), "output already exists")
+    (out / "stale.txt").write_text("1 2\n")
+    result = run("count", constant, images, "--points-dir", out, "--force", "-q")
+    assert result.exit_code == 0, result.output
+    assert "points" not in json.loads(result.stdout.splitlines()[0])  # --points-dir alone leaves the lines as they are
+    assert not (out / "stale.txt").exists() and len(list(out.iterdir())) == 6

@@ -6,6 +6,7 @@ tested here one thread at a time, so that no test depends on how threads happen 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -34,7 +36,9 @@ def decoder_log_of_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def opencv_rgb(data: bytes) -> np.ndarray:
     """How crowdtk decoded before: cv2.imdecode with IMREAD_COLOR, BGR to RGB."""
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None, "OpenCV cannot decode it"
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def encoded(ext: str, pixels: np.ndarray) -> bytes:
@@ -63,7 +67,7 @@ def palette_png() -> bytes:
 RGB = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
 LARGE = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
 GREY16 = (np.arange(48 * 80).reshape(48, 80) * 17).astype(np.uint16)
-CASES = {
+CASES: dict[str, Callable[[], bytes]] = {
     "jpeg": lambda: encoded(".jpg", RGB),
     "png": lambda: encoded(".png", RGB),
     "bmp": lambda: encoded(".bmp", RGB),
@@ -76,8 +80,8 @@ CASES = {
     "16-bit grey tiff": lambda: encoded(".tiff", GREY16),
     "png with alpha": lambda: encoded(".png", np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)])),
     "palette png": palette_png,
-    **{f"jpeg orientation {o}": (lambda o=o: with_orientation("JPEG", o)) for o in range(1, 9)},
-    **{f"png orientation {o}": (lambda o=o: with_orientation("PNG", o)) for o in range(1, 9)},
+    **{f"jpeg orientation {o}": functools.partial(with_orientation, "JPEG", o) for o in range(1, 9)},
+    **{f"png orientation {o}": functools.partial(with_orientation, "PNG", o) for o in range(1, 9)},
 }
 
 
@@ -195,7 +199,8 @@ def test_a_png_with_a_bad_crc_fails_in_one_line_with_the_decoder_s_reason(
 
 
 def jpeg_with_corrupt_exif() -> bytes:
-    """A good JPEG whose EXIF block is cut short: Pillow decodes it and warns (a Python warning) about the tag it skips."""
+    """A good JPEG whose EXIF block is cut short: Pillow decodes it and warns (a Python warning) about the tag it
+    skips."""
     exif = Image.Exif()
     exif[0x010E] = "x" * 200  # ImageDescription, stored past the block's end once the block is cut
     out = io.BytesIO()
@@ -230,7 +235,7 @@ def test_a_warning_about_a_decodable_image_is_logged_not_printed(
     assert result.stderr.count("Skipping tag") == 1 and f"crowdtk index: decoder: {expected}" in result.stderr
 
 
-# --------------------------------------------------------------------------- the fd-2 capture (TIFF and video), one thread
+# ---------------------------------------------------------------------- the fd-2 capture (TIFF and video), one thread
 
 
 def test_capture_returns_what_the_call_wrote_to_fd_2_and_restores_it(capfd: pytest.CaptureFixture[str]) -> None:
@@ -269,7 +274,8 @@ def test_a_failing_capture_restores_fd_2_and_carries_the_messages(capfd: pytest.
 def test_a_tiff_opencv_complains_about_is_decoded_with_the_complaint_logged(
     capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """TIFF goes to OpenCV under the capture: libtiff's complaint is a warning on crowdtk.decoders, not a line on stderr."""
+    """TIFF goes to OpenCV under the capture: libtiff's complaint is a warning on crowdtk.decoders, not a line on
+    stderr."""
     capfd.readouterr()
     with caplog.at_level(logging.WARNING, logger="crowdtk.decoders"):
         image = decode_image(flipped(encoded(".tiff", LARGE)), "damaged.tiff")

@@ -1,4 +1,5 @@
-"""`crowdtk demo`: a generated data set taken through Algorithm 1 for each method and seed, with the report and its pictures."""
+"""`crowdtk demo`: a generated data set taken through Algorithm 1 for each method and seed, with the report and its
+pictures."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import QUICK_ROUNDS, run
 
 from crowdtk.formats import DEMO_REPORT, read_json, read_regions
 
@@ -17,18 +18,18 @@ def test_demo_writes_the_report_and_pictures(tiny_data: Path, monkeypatch: pytes
 
     drawn = []
     show_regions = pictures.show_regions
-    monkeypatch.setattr(pictures, "show_regions", lambda *a, **k: drawn.append(show_regions(*a, **k)) or drawn[-1])
+
+    def recording_show_regions(*a, **k):
+        drawn.append(show_regions(*a, **k))
+        return drawn[-1]
+
+    monkeypatch.setattr(pictures, "show_regions", recording_show_regions)
     out = tiny_data / "demo"
     result = run(
         "demo",
         "-o",
         out,
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--batch-size",
-        "2",
+        *QUICK_ROUNDS,
         "--methods",
         "none-or-all,mdc,mdc+cap",
         "--synth-train",

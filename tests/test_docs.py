@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from conftest import HANG_GUARD_S
 
 from crowdtk.cli import app
 
@@ -84,7 +85,8 @@ def test_committed_docs_equal_the_regenerated_ones(regenerated):
         rel for rel in fresh & committed if (REPO / rel).read_bytes() != (regenerated / rel).read_bytes()
     )
     assert not (missing or stale or differing), (
-        f"completions/, man/ or docs/cli.md are out of date ({FIX}): missing {missing}, stale {stale}, differing {differing}"
+        f"completions/, man/ or docs/cli.md are out of date ({FIX}): missing {missing}, stale {stale}, "
+        f"differing {differing}"
     )
 
 
@@ -112,7 +114,11 @@ def test_generation_is_deterministic(regenerated, tmp_path, hash_seed):
     # Another process with another string-hash seed (Click keeps help option names in a set).
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     result = subprocess.run(
-        [sys.executable, str(GEN_DOCS), "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, str(GEN_DOCS), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr
     assert _owned(tmp_path) == _owned(regenerated)
@@ -123,12 +129,12 @@ def test_generation_is_deterministic(regenerated, tmp_path, hash_seed):
 def test_check_mode_reports_drift_and_exits_1(regenerated, tmp_path):
     shutil.copytree(regenerated, tmp_path, dirs_exist_ok=True)
     run = [sys.executable, str(GEN_DOCS), "--check", "--out", str(tmp_path)]
-    ok = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(run, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert ok.returncode == 0, ok.stderr
     (tmp_path / "man" / "crowdtk.1").write_text("edited\n")
     (tmp_path / "man" / "crowdtk-no-such-command.1").write_text(".TH X 1\n")
     (tmp_path / "completions" / "crowdtk.fish").unlink()
-    bad = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(run, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert bad.returncode == 1
     for expected in (
         "man/crowdtk.1: differs",
@@ -233,7 +239,7 @@ def test_fish_completion_completes_commands_options_and_files(tmp_path):
     def complete(line: str) -> list[str]:
         script = f"source {str(REPO / 'completions' / 'crowdtk.fish')!r}; complete -C {line!r}"
         result = subprocess.run(
-            [fish, "--no-config", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60
+            [fish, "--no-config", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=HANG_GUARD_S
         )
         assert result.returncode == 0, result.stderr
         return [row.split("\t")[0] for row in result.stdout.splitlines()]
@@ -260,7 +266,7 @@ def test_man_pages_render_with_man():
     env = {**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": "", "LC_ALL": "C.UTF-8"}
     for page in _man_pages():
         result = subprocess.run(
-            [man, "-l", "-P", "cat", str(page)], capture_output=True, text=True, env=env, timeout=60
+            [man, "-l", "-P", "cat", str(page)], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S
         )
         assert result.returncode == 0, f"{page.name}: {result.stderr}"
         text = re.sub(r".\x08", "", result.stdout)  # overstrike bold, if any

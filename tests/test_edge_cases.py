@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import small_checkpoint
+from conftest import FAST_TRAIN, HANG_GUARD_S, run, small_checkpoint
 from typer.testing import CliRunner
 
 from crowdtk.cap import TrainNet
@@ -47,17 +47,20 @@ def test_fig6_draws_the_predicted_density_in_heads_per_8_pixels_at_any_scale(
     from crowdtk.predict import Predictor, load_counter
 
     manifest = image_pool(tmp_path)
-    ckpt = small_checkpoint(tmp_path / "m.safetensors", input_scale=scale)
+    ckpt = small_checkpoint(tmp_path / "m.safetensors", scale=scale)
     bars = []
     real = pictures._colorbar
-    monkeypatch.setattr(
-        pictures, "_colorbar", lambda fig, shown, ax, **kw: bars.append(shown.norm.vmax) or real(fig, shown, ax, **kw)
-    )
+
+    def recording_colorbar(fig, shown, ax, **kw):
+        bars.append(shown.norm.vmax)
+        return real(fig, shown, ax, **kw)
+
+    monkeypatch.setattr(pictures, "_colorbar", recording_colorbar)
     pictures.show_prediction(tmp_path / "fig6.png", ckpt, manifest)
     _, entries = read_manifest(manifest)
-    density, sx, sy = Predictor(load_counter(ckpt)).density(
-        cv2.cvtColor(cv2.imread(entries[0].image), cv2.COLOR_BGR2RGB)
-    )
+    bgr = cv2.imread(entries[0].image)
+    assert bgr is not None, entries[0].image
+    density, sx, sy = Predictor(load_counter(ckpt)).density(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     # A model cell at scale s covers (8/s)² original pixels: per 8×8 original pixels it holds s² of its heads.
     assert bars[1] == pytest.approx(float(density.max()) * sx * sy, rel=1e-5)
 
@@ -143,12 +146,12 @@ def test_a_signal_mid_training_keeps_the_epochs_and_says_how_to_continue(
     )
     try:
         state = tmp_path / "m.state.safetensors"
-        deadline = time.time() + 120
+        deadline = time.time() + HANG_GUARD_S
         while not state.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert state.exists(), "no epoch finished"
         proc.send_signal(getattr(signal, sig))
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         proc.kill()  # never leave a 500-epoch run behind a failed assertion
     assert proc.returncode == code, stderr
@@ -170,29 +173,8 @@ def test_a_finished_run_keeping_its_best_epoch_is_marked_finished(
     from crowdtk.checkpoint import read_header
 
     out = tmp_path / "m.safetensors"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(labeled_pool["labels"]),
-            "--model",
-            "lite",
-            "--no-pretrained",
-            "--crop",
-            "32",
-            "--batch-size",
-            "2",
-            "--epochs",
-            "3",
-            "--keep",
-            "best",
-            "--val-every",
-            "1",
-            "-q",
-            "-o",
-            str(out),
-        ],
-    )
+    keep_best = ("--epochs", "3", "--keep", "best", "--val-every", "1")
+    result = run("train", labeled_pool["labels"], "--no-pretrained", *keep_best, "-o", out, *FAST_TRAIN)
     assert result.exit_code == 0, result.output
     header = read_header(out)
     assert header["finished"] is True and header["training"]["epochs"] == 3
@@ -225,9 +207,9 @@ def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(
     out.mkdir()
     (out / "old.txt").write_text("old output\n")
     if stage == "synth":
-        import crowdtk.synth as target
+        import crowdtk.synth as synth_module
 
-        monkeypatch.setattr(target, "render_scene", second_call_interrupts(target.render_scene))
+        monkeypatch.setattr(synth_module, "render_scene", second_call_interrupts(synth_module.render_scene))
         args = [
             "synth",
             "-o",
@@ -244,14 +226,14 @@ def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(
             "1",
         ]
     elif stage == "gen-density":
-        import crowdtk.density as target
+        import crowdtk.density as density_module
 
-        monkeypatch.setattr(target, "density_map", second_call_interrupts(target.density_map))
+        monkeypatch.setattr(density_module, "density_map", second_call_interrupts(density_module.density_map))
         args = ["gen-density", str(labeled_pool["manifest"]), "-o", str(out)]
     elif stage == "export":
-        import crowdtk.labeling.common as target
+        import crowdtk.labeling.common as labeling_module
 
-        monkeypatch.setattr(target, "place_image", second_call_interrupts(target.place_image))
+        monkeypatch.setattr(labeling_module, "place_image", second_call_interrupts(labeling_module.place_image))
         regions = tmp_path / "regions.jsonl"
         assert (
             runner.invoke(
@@ -500,7 +482,12 @@ def test_the_cpu_backward_is_chosen_once_per_machine_and_shape(monkeypatch: pyte
 
     answers = iter([True, False, False])
     timed = []
-    monkeypatch.setattr(cpu, "_phase_split_is_faster", lambda *a: timed.append(1) or next(answers))
+
+    def timed_answer(*a: object) -> bool:
+        timed.append(1)
+        return next(answers)
+
+    monkeypatch.setattr(cpu, "_phase_split_is_faster", timed_answer)
     net = TrainNet(build_model("lite", pretrained=False), cap=False)
     example = cpu.example_batch((1, 3, 64, 64), (8, 8))
     assert cpu.speed_up_cpu_training(net, example) is True
@@ -516,25 +503,7 @@ def test_the_checkpoint_records_the_backward_it_trained_with(labeled_pool: dict[
     from crowdtk.checkpoint import read_header
 
     out = tmp_path / "m.safetensors"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(labeled_pool["labels"]),
-            "--model",
-            "lite",
-            "--no-pretrained",
-            "--crop",
-            "32",
-            "--batch-size",
-            "2",
-            "--epochs",
-            "1",
-            "-q",
-            "-o",
-            str(out),
-        ],
-    )
+    result = run("train", labeled_pool["labels"], "--no-pretrained", "--epochs", "1", "-o", out, *FAST_TRAIN)
     assert result.exit_code == 0, result.output
     assert isinstance(read_header(out)["cpu_phase_split"], bool)
 
@@ -549,7 +518,8 @@ def peak_rss_mb(args: list[str]) -> tuple[int, str, float]:
 
     code = (
         "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.stderr.write(p.stderr); sys.exit(p.returncode)"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.stderr.write(p.stderr); "
+        "sys.exit(p.returncode)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, sys.executable, "-m", "crowdtk", *args], capture_output=True, text=True
@@ -655,11 +625,11 @@ def test_a_missing_input_is_reported_before_torch_is_imported(tmp_path: Path) ->
     assert "missing.safetensors: no such file" in done.stderr
 
 
-# --------------------------------------------------------------------------- what the native video decoders print (images: test_decoding.py)
+# ------------------------------------------------------ what the native video decoders print (images: test_decoding.py)
 
 
 def mjpeg_clip(path: Path, frames: int = 5) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5, (80, 48))
     rng = np.random.default_rng(0)
     for _ in range(frames):
         writer.write(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
@@ -671,7 +641,8 @@ def mjpeg_clip(path: Path, frames: int = 5) -> Path:
 def test_a_corrupt_video_fails_in_one_line_with_ffmpeg_s_reason(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], damage: str
 ) -> None:
-    """An .mp4 without its index (moov atom) does not open; an AVI cut inside its third frame yields two frames, then stops."""
+    """An .mp4 without its index (moov atom) does not open; an AVI cut inside its third frame yields two frames, then
+    stops."""
     from conftest import assert_clean_failure
 
     ckpt = small_checkpoint(tmp_path / "m.safetensors")

@@ -1,4 +1,5 @@
-"""`crowdtk export`: the package each labeling tool opens (Label Studio, CVAT, LabelMe, crops) holds the images and their regions."""
+"""`crowdtk export`: the package each labeling tool opens (Label Studio, CVAT, LabelMe, crops) holds the images and
+their regions."""
 
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ HEADS = "heads.json"
 
 
 class JsonExport(BaseExport):
-    """A tool whose package is one JSON file: per image id, a list (one per region) for the labeler to fill with [x, y] points."""
+    """A tool whose package is one JSON file: per image id, a list (one per region) for the labeler to fill with
+    [x, y] points."""
 
     def add(self, entry, name, record) -> None:
         self.placed.append((entry, name))  # no image files: the labeler works from the regions' coordinates
@@ -353,10 +354,11 @@ def test_a_record_missing_a_part_is_refused() -> None:
         STRATEGIES.register(Strategy("toy-no-picker", "nothing picks", None))  # type: ignore[arg-type]
     with pytest.raises(RegistrationError, match="vectors, which describe strips"):
         register_strategy("toy-bands", "ranked bands", needs_vectors=True, shapes=("band",))(pick_fewest)
+    # read=None is the missing part under test, hence the type: ignore.
     with pytest.raises(RegistrationError, match="reader"):
         register_tool(
-            LabelingTool("toy-no-reader", help="h", reads="r", unit="image", export=JsonExport, steps=str, read=None)
-        )  # type: ignore[arg-type]
+            LabelingTool("toy-no-reader", help="h", reads="r", unit="image", export=JsonExport, steps=str, read=None)  # type: ignore[arg-type]
+        )
     with pytest.raises(RegistrationError, match="no builder"):
         register_model(ModelRecord("toy-no-builder", "nothing builds it", None))
     with pytest.raises(RegistrationError, match="does not resolve"):

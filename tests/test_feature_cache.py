@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run
+from conftest import FROZEN_TRAIN, run
 from safetensors.torch import load_file, save_file
 
 from crowdtk.checkpoint import load_tensors
@@ -20,19 +20,8 @@ from crowdtk.features import FeatureCache, read_entry
 from crowdtk.formats import Provenance
 from crowdtk.models import build_model
 from crowdtk.train import train
-from crowdtk.train_config import TrainConfig
 
-FROZEN = TrainConfig(
-    model="lite",
-    freeze="encoder",
-    epochs=2,
-    batch_size=2,
-    crop=0,
-    lr=1e-3,
-    val_frac=0.0,
-    lr_schedule="cosine",
-    keep="last",
-)
+FROZEN = replace(FROZEN_TRAIN, epochs=2)
 
 
 # --------------------------------------------------------------------------- ways a cache file goes bad
@@ -110,7 +99,12 @@ def test_a_bad_cache_file_is_computed_again_with_a_warning(damage: str, tmp_path
 
     again = FeatureCache(counter, "encoder", torch.device("cpu"), folder)
     calls = []
-    feature_map = again.map(image, "a" * 64, 1.0, flip=True, source=lambda: calls.append(1) or image)
+
+    def source() -> np.ndarray:
+        calls.append(1)
+        return image
+
+    feature_map = again.map(image, "a" * 64, 1.0, flip=True, source=source)
     DAMAGE[damage](path)  # after the entry was found: it is checked when read
     with caplog.at_level(logging.WARNING, logger="crowdtk.features"):
         got = feature_map.load()

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run
+from conftest import FROZEN_TRAIN, run
 
 from crowdtk.checkpoint import load_tensors, read_header
 from crowdtk.features import FeatureCache
 from crowdtk.formats import Provenance, read_labels
-from crowdtk.models import build_model
+from crowdtk.models import LiteCounter, MBConv, build_model
 from crowdtk.train import prepare_sample, train
 from crowdtk.train_config import TrainConfig
 
@@ -43,19 +43,6 @@ def labels(small_set: Path, tmp_path: Path) -> Path:
     return tmp_path / "l.jsonl"
 
 
-FROZEN = TrainConfig(
-    model="lite",
-    freeze="encoder",
-    epochs=3,
-    batch_size=2,
-    crop=0,
-    lr=1e-3,
-    val_frac=0.0,
-    lr_schedule="cosine",
-    keep="last",
-)
-
-
 @pytest.mark.parametrize("name", ["lite", "csrnet"])
 @pytest.mark.parametrize("level", ["early", "encoder"])
 def test_decode_of_encode_is_forward_features(name: str, level: str) -> None:
@@ -72,7 +59,7 @@ def test_decode_of_encode_is_forward_features(name: str, level: str) -> None:
 def test_cached_maps_are_the_encoder_features_of_the_image_and_its_mirror(labels: Path, tmp_path: Path) -> None:
     counter = build_model("lite")
     entry = read_labels(labels)[1][0]
-    sample = prepare_sample(entry, FROZEN)
+    sample = prepare_sample(entry, FROZEN_TRAIN)
     cache = FeatureCache(counter, "encoder", torch.device("cpu"), tmp_path / "cache")
     plain, mirror = cache.maps(sample.image, entry.sha256, 1.0)
     counter.eval()
@@ -92,21 +79,23 @@ def test_cached_maps_are_the_encoder_features_of_the_image_and_its_mirror(labels
 
 def test_changed_frozen_weights_are_never_served_stale_maps(tmp_path: Path) -> None:
     a, b = build_model("lite"), build_model("lite")
+    assert isinstance(b, LiteCounter)
+    block = b.encoder._blocks[0]
+    assert isinstance(block, MBConv)
     with torch.no_grad():
-        b.encoder._blocks[0]._project_conv.weight.mul_(1.01)
-    key = dict(image_sha256="0" * 64, scale=0.5, flip=False)
-    assert FeatureCache(a, "encoder", torch.device("cpu")).key(**key) != FeatureCache(
-        b, "encoder", torch.device("cpu")
-    ).key(**key)
+        block._project_conv.weight.mul_(1.01)
+
+    def key(cache: FeatureCache) -> str:
+        return cache.key(image_sha256="0" * 64, scale=0.5, flip=False)
+
+    assert key(FeatureCache(a, "encoder", torch.device("cpu"))) != key(FeatureCache(b, "encoder", torch.device("cpu")))
     # The early level does not contain the changed block's successors only: it contains block 0, so it changes too.
-    assert FeatureCache(a, "early", torch.device("cpu")).key(**key) != FeatureCache(
-        b, "early", torch.device("cpu")
-    ).key(**key)
+    assert key(FeatureCache(a, "early", torch.device("cpu"))) != key(FeatureCache(b, "early", torch.device("cpu")))
 
 
 def test_frozen_training_trains_the_back_end_only_and_reuses_the_cache(labels: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    config = replace(FROZEN, feature_cache=str(cache))
+    config = replace(FROZEN_TRAIN, feature_cache=str(cache))
     first = train(labels, tmp_path / "a.safetensors", config, Provenance("train"))
     assert first.features_computed == 6  # 3 images × (plain, mirror)
     assert len(list(cache.rglob("*.safetensors"))) == 6
@@ -121,14 +110,14 @@ def test_frozen_training_trains_the_back_end_only_and_reuses_the_cache(labels: P
     assert second.features_computed == 0  # every map came from the folder
     _, again = load_tensors(tmp_path / "b.safetensors")
     assert all(torch.equal(again[k], tensors[k]) for k in tensors)
-    in_memory = train(labels, tmp_path / "c.safetensors", FROZEN, Provenance("train"))
+    in_memory = train(labels, tmp_path / "c.safetensors", FROZEN_TRAIN, Provenance("train"))
     assert in_memory.features_computed == 6
     _, mem = load_tensors(tmp_path / "c.safetensors")
     assert all(torch.equal(mem[k], tensors[k]) for k in tensors)
 
 
 def test_frozen_training_resumes_exactly(labels: Path, tmp_path: Path) -> None:
-    config = replace(FROZEN, cap=True, feature_cache=str(tmp_path / "cache"))
+    config = replace(FROZEN_TRAIN, cap=True, feature_cache=str(tmp_path / "cache"))
     train(labels, tmp_path / "whole.safetensors", config, Provenance("train"))
 
     def stop_after_one(report) -> None:
@@ -146,7 +135,7 @@ def test_frozen_training_resumes_exactly(labels: Path, tmp_path: Path) -> None:
 
 
 def test_the_checkpoint_records_the_heads_its_loss_saw(labels: Path, tmp_path: Path) -> None:
-    train(labels, tmp_path / "a.safetensors", replace(FROZEN, epochs=1), Provenance("train"))
+    train(labels, tmp_path / "a.safetensors", replace(FROZEN_TRAIN, epochs=1), Provenance("train"))
     supervision = read_header(tmp_path / "a.safetensors")["supervision"]
     heads = sum(len(e.points) for e in read_labels(labels)[1])
     assert supervision == {"heads_labeled": heads, "heads_supervised": heads}
@@ -188,6 +177,14 @@ def test_the_cli_takes_the_tier_options_and_refuses_unknown_levels(labels: Path,
     assert bad.exit_code == 2 and "everything" in bad.output
 
 
+def one_cached_epoch(labels: Path, folder: Path) -> Path:
+    """folder/m.safetensors: one epoch of FROZEN_TRAIN on ``labels``; returns folder/cache, the maps it cached."""
+    cache = folder / "cache"
+    config = replace(FROZEN_TRAIN, epochs=1, feature_cache=str(cache))
+    train(labels, folder / "m.safetensors", config, Provenance("train"))
+    return cache
+
+
 def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_predicts(
     labels: Path, tmp_path: Path
 ) -> None:
@@ -197,8 +194,7 @@ def test_eval_and_vectors_reuse_the_cache_and_predict_what_the_whole_counter_pre
     from crowdtk.formats import read_manifest
     from crowdtk.predict import Predictor, load_counter
 
-    cache = tmp_path / "cache"
-    train(labels, tmp_path / "m.safetensors", replace(FROZEN, epochs=1, feature_cache=str(cache)), Provenance("train"))
+    cache = one_cached_epoch(labels, tmp_path)
     manifest = labels.parent / "m.jsonl"
     plain = run("eval", tmp_path / "m.safetensors", manifest, "--json", "-q")
     cached = run("eval", tmp_path / "m.safetensors", manifest, "--json", "-q", "--feature-cache", cache)
@@ -236,8 +232,7 @@ def test_flip_average_is_the_mean_of_the_density_and_the_mirrored_density_of_the
     from crowdtk.formats import read_manifest
     from crowdtk.predict import Predictor, load_counter
 
-    cache = tmp_path / "cache"
-    train(labels, tmp_path / "m.safetensors", replace(FROZEN, epochs=1, feature_cache=str(cache)), Provenance("train"))
+    cache = one_cached_epoch(labels, tmp_path)
     manifest = labels.parent / "m.jsonl"
     entry = read_manifest(manifest)[1][0]
     image = read_image(manifest.parent / entry.image)

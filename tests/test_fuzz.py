@@ -286,7 +286,11 @@ def valid_artifact(fmt: str) -> bytes:
 
 
 READERS = {MANIFEST: read_manifest, REGIONS: read_regions, LABELS: read_labels}
-ENTRY_TYPES = {MANIFEST: ManifestEntry, REGIONS: RegionsEntry, LABELS: LabelsEntry}
+ENTRY_TYPES: dict[str, type[ManifestEntry | RegionsEntry | LabelsEntry]] = {
+    MANIFEST: ManifestEntry,
+    REGIONS: RegionsEntry,
+    LABELS: LabelsEntry,
+}
 
 
 def read_artifact_bytes(data: bytes, fmt: str) -> None:
@@ -298,9 +302,10 @@ def read_artifact_bytes(data: bytes, fmt: str) -> None:
         assert header["format"] == fmt
         for entry in entries:
             assert isinstance(entry, ENTRY_TYPES[fmt]) and isinstance(entry.id, str)
-            if fmt == LABELS:
+            # the entry is of fmt's type (above): LabelsEntry for LABELS, RegionsEntry or LabelsEntry unless MANIFEST
+            if isinstance(entry, LabelsEntry):
                 check_points(entry.points)
-            if fmt != MANIFEST:
+            if isinstance(entry, (RegionsEntry, LabelsEntry)):
                 assert all(0 <= r.x0 < r.x1 <= entry.width and 0 <= r.y0 < r.y1 <= entry.height for r in entry.regions)
 
 

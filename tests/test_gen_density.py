@@ -1,4 +1,5 @@
-"""`crowdtk gen-density`: density maps by the textbook method (fixed and adaptive kernels, sum pooling), the index, bad input."""
+"""`crowdtk gen-density`: density maps by the textbook method (fixed and adaptive kernels, sum pooling), the index,
+bad input."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.sh where it cannot check anything: no CUDA device (exit 3), no project venv (exit 4); one line on
-stderr, nothing run and nothing written."""
+"""benchmarks/gpu_check.sh where it cannot check anything: no CUDA device (exit 3), no project venv (exit 4); one line
+on stderr, nothing run and nothing written."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
@@ -23,7 +24,11 @@ def _run(script: Path, out: Path, path: str | None = None) -> subprocess.Complet
     if path is not None:
         env["PATH"] = path
     return subprocess.run(
-        [shutil.which("bash") or "/bin/bash", str(script)], env=env, capture_output=True, text=True, timeout=300
+        [shutil.which("bash") or "/bin/bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
     )
 
 
@@ -37,7 +42,9 @@ def _tree_without_gpu_tools(tmp_path: Path, venv: bool) -> tuple[Path, Path]:
         (tmp_path / "tree" / ".venv").symlink_to(REPO / ".venv")
     tools = tmp_path / "bin"
     tools.mkdir()
-    (tools / "dirname").symlink_to(shutil.which("dirname"))
+    dirname = shutil.which("dirname")
+    assert dirname is not None, "no dirname on PATH"
+    (tools / "dirname").symlink_to(dirname)
     (tools / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
     (tools / "nvidia-smi").chmod(0o755)
     return script, tools

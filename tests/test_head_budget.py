@@ -1,4 +1,5 @@
-"""A head budget (select --budget-heads N --vectors V): the heads the vectors predict, not the area, decide when to stop."""
+"""A head budget (select --budget-heads N --vectors V): the heads the vectors predict, not the area, decide when to
+stop."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import (
     pool,
     realistic_vectors,
     run,
+    select_after,
     write_manifest,
     write_vectors,
 )
@@ -139,20 +141,7 @@ def test_header_records_the_head_budget_and_the_expected_heads(tmp_path):
     assert run("select", manifest, "--budget", "0.1", "--warmup-frac", "0.2", "-o", warm).exit_code == 0
     for strategy in STRATEGIES + ("none-or-all",):
         out = tmp_path / f"{strategy}.jsonl"
-        result = run(
-            "select",
-            manifest,
-            "--budget-heads",
-            "250",
-            "--strategy",
-            strategy,
-            "--vectors",
-            vectors,
-            "--exclude",
-            warm,
-            "-o",
-            out,
-        )
+        result = select_after(warm, manifest, strategy, vectors, "--budget-heads", "250", "-o", out)
         assert result.exit_code == 0, result.output
         header, records = jsonl(out.read_text())
         assert header["budget"] is None and header["budget_heads"] == 250.0

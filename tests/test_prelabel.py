@@ -19,7 +19,8 @@ TOOLS = ("labelstudio", "cvat", "labelme", "crops")
 
 
 def blobs(shape: tuple[int, int], centres: list[tuple[float, float]], sigma: float = 0.6) -> np.ndarray:
-    """A density map (cells) holding one unit-mass Gaussian head at each (row, col) centre, in cell units (cell i spans [i, i+1))."""
+    """A density map (cells) holding one unit-mass Gaussian head at each (row, col) centre, in cell units (cell i spans
+    [i, i+1))."""
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
     out = np.zeros(shape)
     for r, c in centres:
@@ -87,7 +88,8 @@ def test_suggest_heads_refuses_an_image_of_another_size():
 
 
 def oracle_prelabels(labeled) -> tuple[list[RegionsEntry], Prelabels]:
-    """Suggestions that are exactly the true heads of each region (so a confirmed package must import as the oracle's labels)."""
+    """Suggestions that are exactly the true heads of each region (so a confirmed package must import as the oracle's
+    labels)."""
     _, entries = read_regions(labeled["regions"])
     _, labels = read_labels(labeled["oracle"])
     images = {e.id: Suggestions(e.points, np.linspace(0.2, 0.9, len(e.points))) for e in labels}
@@ -120,7 +122,8 @@ def assert_oracle_labels(labeled, out: Path) -> None:
 def test_each_tool_gets_the_suggestions_marked_as_the_model_s(labeled):
     _, prelabels = oracle_prelabels(labeled)
     n = {k: len(s.points) for k, s in prelabels.images.items()}
-    # Label Studio: one prediction per task, of the counter's model_version, holding the regions and scored head keypoints
+    # Label Studio: one prediction per task, of the counter's model_version, holding the regions and scored head
+    # keypoints
     out = write_package(labeled, "labelstudio")
     for task in json.loads((out / "tasks.json").read_text()):
         (prediction,) = task["predictions"]
@@ -164,7 +167,8 @@ def test_unconfirmed_suggestions_do_not_import_as_labels(labeled, fmt):
 
 
 def confirm(out: Path, fmt: str) -> Path:
-    """What a labeler does to a package whose suggestions are right: submit (Label Studio), tag done, delete the mark."""
+    """What a labeler does to a package whose suggestions are right: submit (Label Studio), tag done, delete the
+    mark."""
     if fmt == "labelstudio":
         tasks = json.loads((out / "tasks.json").read_text())
         for task in tasks:

@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import REPO, jsonl, run, run_in_own_cache, write_generic
+from conftest import HANG_GUARD_S, REPO, jsonl, run, run_in_own_cache, write_generic
 
 from crowdtk.checkpoint import load_tensors, save_tensors
 from crowdtk.errors import CrowdtkError
@@ -842,7 +842,7 @@ def test_sigkill_during_a_write_never_leaves_a_partial_file(kind, tmp_path):
         save_npz(target, make_header(MANIFEST, Provenance("old")), {"a": np.arange(3)})
     old = target.read_bytes()
     proc = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(target)], cwd=REPO)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     grown = False
     while time.time() < deadline and proc.poll() is None and not grown:
         temps = [p for p in tmp_path.iterdir() if p.name.startswith(f".{target.name}.")]

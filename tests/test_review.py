@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, jsonl, run
+from conftest import HANG_GUARD_S, assert_clean_failure, jsonl, run
 from typer.testing import CliRunner
 
 from crowdtk.cli import app
@@ -236,7 +236,8 @@ def test_review_edits_show_in_the_diff(labeled):
     summary = result.stderr.strip().splitlines()
     unchanged = sum(len(e.points) for e in labels) - 2
     assert summary == [
-        f"{before} -> {reviewed}: {len(labels)} images, {len(rows)} regions: 1 added, 1 removed, 1 moved, {unchanged} unchanged"
+        f"{before} -> {reviewed}: {len(labels)} images, {len(rows)} regions: 1 added, 1 removed, 1 moved, "
+        f"{unchanged} unchanged"
     ]
 
 
@@ -311,7 +312,8 @@ def test_a_dense_crowd_matches_quickly_and_right():
 
 
 def full_cost(a: np.ndarray, b: np.ndarray, radius: float = 16.0) -> float:
-    """The rule's optimum over all points at once: a dense assignment with a stand-in ("unpaired", radius/2) per point."""
+    """The rule's optimum over all points at once: a dense assignment with a stand-in ("unpaired", radius/2) per
+    point."""
     from scipy.optimize import linear_sum_assignment
 
     n, m = len(a), len(b)
@@ -333,11 +335,16 @@ def test_matching_returns_where_scipy_s_sparse_solver_never_did():
     # Run apart with a time limit: the failure this guards against is a call that never returns.
     code = (
         "import json, numpy as np; from crowdtk.labeling.diff import match_points; "
-        "d = json.load(open('tests/data/matching-hang.json')); i, j = match_points(np.array(d['a']), np.array(d['b'])); "
+        "d = json.load(open('tests/data/matching-hang.json')); "
+        "i, j = match_points(np.array(d['a']), np.array(d['b'])); "
         "print(json.dumps([i.tolist(), j.tolist()]))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1]
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        cwd=Path(__file__).parents[1],
     )
     assert done.returncode == 0, done.stderr
     data = json.loads((Path(__file__).parent / "data" / "matching-hang.json").read_text())
@@ -351,7 +358,7 @@ def test_large_groups_take_the_sparse_solver_with_the_same_optimum(monkeypatch):
     a = rng.uniform(0, 120, (150, 2))
     b = np.concatenate([a[:120] + rng.normal(0, 4, (120, 2)), rng.uniform(0, 120, (20, 2))])
     dense = match_points(a, b)
-    monkeypatch.setattr("crowdtk.labeling.diff.MAX_DENSE_PAIRS", 0)
+    monkeypatch.setattr("crowdtk.matching.MAX_DENSE_PAIRS", 0)
     sparse = match_points(a, b)
     assert pairing_cost(a, b, *dense) == pytest.approx(full_cost(a, b)) == pytest.approx(pairing_cost(a, b, *sparse))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from crowdtk.errors import CrowdtkError
@@ -35,7 +37,7 @@ def test_bad_inputs_are_errors() -> None:
         scale_for_pixels([(10, 10)], pixel_budget=10)
 
 
-def _manifest(path, sizes):  # type: ignore[no-untyped-def]
+def _manifest(path: Path, sizes: list[tuple[int, int]]) -> Path:
     import json
 
     from crowdtk.formats import MANIFEST, Provenance, make_header
@@ -50,7 +52,9 @@ def _manifest(path, sizes):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("sizes", "expected"), [([(1024, 768)] * 3, 0.5), ([(400, 300)] * 3, 1.0)])
-def test_the_bench_resolves_its_scale_from_the_pool_unless_given(tmp_path, sizes, expected) -> None:  # type: ignore[no-untyped-def]
+def test_the_bench_resolves_its_scale_from_the_pool_unless_given(
+    tmp_path: Path, sizes: list[tuple[int, int]], expected: float
+) -> None:
     from crowdtk.experiment import Schedule, open_bench
 
     train = _manifest(tmp_path / "train.jsonl", sizes)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, jsonl, pool, realistic_vectors, run, write_manifest, write_vectors
+from conftest import (
+    assert_clean_failure,
+    jsonl,
+    pool,
+    realistic_vectors,
+    run,
+    select_after,
+    write_manifest,
+    write_vectors,
+)
 
 from crowdtk.formats import StripVectors, read_regions
 from crowdtk.geometry import strip_edges
@@ -82,20 +91,7 @@ def test_warmup_plus_second_round_spends_the_budget(tmp_path):
     vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(23))
     for strategy in ("random", "max", "mdc"):
         second = tmp_path / f"{strategy}.jsonl"
-        result = run(
-            "select",
-            manifest,
-            "--budget",
-            "0.15",
-            "--strategy",
-            strategy,
-            "--vectors",
-            vectors,
-            "--exclude",
-            warm,
-            "-o",
-            second,
-        )
+        result = select_after(warm, manifest, strategy, vectors, "--budget", "0.15", "-o", second)
         assert result.exit_code == 0, result.output
         header, records = jsonl(second.read_text())
         _, second_entries = read_regions(second)
@@ -105,20 +101,7 @@ def test_warmup_plus_second_round_spends_the_budget(tmp_path):
         assert abs(header["cumulative_area_fraction"] - 0.15) < 0.005
         assert "with the 5 excluded images' regions" in result.stderr and "heads expected" in result.stderr
     # the same earlier round named twice counts once
-    twice = run(
-        "select",
-        manifest,
-        "--budget",
-        "0.15",
-        "--strategy",
-        "mdc",
-        "--vectors",
-        vectors,
-        "--exclude",
-        warm,
-        "--exclude",
-        warm,
-    )
+    twice = select_after(warm, manifest, "mdc", vectors, "--budget", "0.15", "--exclude", warm)
     assert twice.stdout.splitlines()[1:] == (tmp_path / "mdc.jsonl").read_text().splitlines()[1:]
 
 
@@ -146,22 +129,7 @@ def test_both_rounds_spend_the_budget_on_small_images_at_half_scale(tmp_path, st
         )
         assert result.exit_code == 0, result.output
         second = tmp_path / f"{strategy}{seed}.jsonl"
-        result = run(
-            "select",
-            manifest,
-            "--budget",
-            budget,
-            "--strategy",
-            strategy,
-            "--vectors",
-            vectors,
-            "--exclude",
-            warm,
-            "--seed",
-            seed,
-            "-o",
-            second,
-        )
+        result = select_after(warm, manifest, strategy, vectors, "--budget", budget, "--seed", seed, "-o", second)
         assert result.exit_code == 0, result.output
         header, _ = jsonl(second.read_text())
         assert abs(header["cumulative_area_fraction"] - budget) <= 0.005, (seed, header["cumulative_area_fraction"])
@@ -199,8 +167,8 @@ def test_a_budget_the_earlier_rounds_spent_already_says_so(tmp_path):
         assert (
             lines[0]
             == (
-                "crowdtk select: warning: the excluded files already use 33.33% of the pool's area, more than the budget's "
-                "10%; nothing is selected"
+                "crowdtk select: warning: the excluded files already use 33.33% of the pool's area, "
+                "more than the budget's 10%; nothing is selected"
             )
             and len(lines) == 2
         ), result.stderr

@@ -33,7 +33,8 @@ def assert_oracle_labels(labels: Path, labeled) -> None:
 
 
 def labeled_cvat_xml(labeled) -> tuple[bytes, Path]:
-    """The CVAT export's annotations.xml with a 'head' point on every head, as a labeler returns it, and the export's images/."""
+    """The CVAT export's annotations.xml with a 'head' point on every head, as a labeler returns it, and the export's
+    images/."""
     out = export_package(labeled, "cvat")
     tree = ET.parse(out / "annotations.xml")
     _, regions = read_regions(labeled["regions"])
@@ -55,7 +56,8 @@ def labeled_cvat_xml(labeled) -> tuple[bytes, Path]:
 
 
 def test_labelme_output_folder_layout_imports(labeled):
-    """`labelme images/ --output labels/` inside the export folder: labels/NAME.json with "imagePath": "../images/NAME"."""
+    """`labelme images/ --output labels/` inside the export folder: labels/NAME.json with
+    "imagePath": "../images/NAME"."""
     out = export_package(labeled, "labelme")
     _, regions = read_regions(labeled["regions"])
     everything = truth(labeled)
@@ -75,15 +77,22 @@ def test_labelme_output_folder_layout_imports(labeled):
     assert result.exit_code == 0, result.output
     assert_oracle_labels(labels, labeled)
 
-    # outside the export folder (and outside PATH) it is still path traversal ...
+    # outside the export folder (and outside PATH) the reference is never opened: a different file of that name
+    # there is not read, and the image is matched by its name and size alone ...
     record = json.loads(next((out / "labels").glob("*.json")).read_text())
-    record["imagePath"] = "../../" + Path(record["imagePath"]).name
+    name = Path(record["imagePath"]).name
+    (out.parent / name).write_bytes(b"not the image")
+    record["imagePath"] = "../../" + name
     bad_json = next((out / "labels").glob("*.json"))
     good = bad_json.read_text()
     bad_json.write_text(json.dumps(record))
-    bad = labeled["tmp"] / "bad.jsonl"
-    assert_clean_failure(import_from(labeled, "labelme", out / "labels", bad), "path traversal", bad)
+    outside = labeled["tmp"] / "outside.jsonl"
+    result = import_from(labeled, "labelme", out / "labels", outside)
+    assert result.exit_code == 0, result.output
+    assert "matched 1 image(s) by file name and size only" in result.stderr and f"../../{name}" in result.stderr
+    assert_oracle_labels(outside, labeled)
     bad_json.write_text(good)
+    bad = labeled["tmp"] / "bad.jsonl"
     # ... and an image there that is not the one the regions were selected on is refused by its sha256
     image = out / "images" / Path(json.loads(good)["imagePath"]).name
     image.write_bytes(image.read_bytes() + b"\0")

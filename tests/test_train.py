@@ -1,4 +1,5 @@
-"""`crowdtk train` and `crowdtk warmup` (the same trainer without CAP): supervision, checkpoints, validation, resume, torchrun."""
+"""`crowdtk train` and `crowdtk warmup` (the same trainer without CAP): supervision, checkpoints, validation, resume,
+torchrun."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import FAST_TRAIN, best_validated_epoch, run
+from conftest import FAST_TRAIN, HANG_GUARD_S, best_validated_epoch, run
 from safetensors.torch import load_file
 
 from crowdtk.checkpoint import load_tensors
@@ -195,7 +196,7 @@ def test_sigkill_mid_run_then_resume_finishes(strip_pool, tmp_path):
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "k.state.safetensors"
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while not state.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(0.5)  # somewhere inside a later epoch, perhaps mid-write
@@ -212,3 +213,14 @@ def test_sigkill_mid_run_then_resume_finishes(strip_pool, tmp_path):
     header, _ = load_tensors(state)
     assert header["epochs_done"] == 40 and header["history"][0]["epoch"] == 1
     assert load_tensors(out)[0]["format"] == "checkpoint"
+
+
+def test_checkpoints_that_call_the_scale_input_scale_are_read_alike() -> None:
+    """Checkpoints and states written before the training scale had the command line's name keep working."""
+    from crowdtk.formats import trained_scale, training_settings
+
+    old = {"input_scale": 0.5, "training": {"input_scale": 0.5, "epochs": 3}}
+    new = {"scale": 0.5, "training": {"scale": 0.5, "epochs": 3}}
+    assert trained_scale(old) == trained_scale(new) == 0.5
+    assert trained_scale({}, default=0.25) == 0.25
+    assert training_settings(old) == training_settings(new) == {"scale": 0.5, "epochs": 3}

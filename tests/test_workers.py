@@ -14,9 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import run
+from conftest import HANG_GUARD_S, run
 
-DEADLINE_S = 60.0  # generous: the machine may be busy; polled, so a pass takes about a second
+DEADLINE_S = HANG_GUARD_S  # polled, so a pass takes about a second
 
 
 def children(pid: int) -> dict[int, str]:
@@ -40,7 +40,8 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def running(pid: int, started: str) -> bool:
-    """Whether process ``pid`` started at ``started`` still runs (a zombie has ended; a reused pid is another process)."""
+    """Whether process ``pid`` started at ``started`` still runs (a zombie has ended; a reused pid is another
+    process)."""
     fields = _stat(pid)
     return fields is not None and fields[19] == started and fields[0] not in ("Z", "X")
 
@@ -49,8 +50,15 @@ def kill_and_watch_workers(args: list[str], cwd: Path) -> None:
     """Start ``args`` in its own process group, its stdout and stderr on one pipe; once it has two workers, SIGKILL it
     alone; then every worker must end and the pipe must reach its end, each within DEADLINE_S."""
     proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    stdout = proc.stdout
+    assert stdout is not None  # stdout=PIPE
     ended = threading.Event()  # the pipe's end, read in a thread: a worker holding the pipe would block the read
-    reader = threading.Thread(target=lambda: (proc.stdout.read(), ended.set()), daemon=True)
+
+    def read_to_the_end() -> None:
+        stdout.read()
+        ended.set()
+
+    reader = threading.Thread(target=read_to_the_end, daemon=True)
     try:
         reader.start()
         deadline = time.monotonic() + DEADLINE_S * 2  # the command imports and prepares before its pool starts
@@ -75,7 +83,7 @@ def kill_and_watch_workers(args: list[str], cwd: Path) -> None:
         proc.wait(timeout=DEADLINE_S)
         if reader.is_alive():
             reader.join(DEADLINE_S)  # the group's end closed the pipe: the read returns
-        proc.stdout.close()
+        stdout.close()
 
 
 CROWDTK = [sys.executable, "-m", "crowdtk"]
@@ -114,7 +122,8 @@ def test_synth_workers_end_with_a_killed_command(launcher: list[str], tmp_path: 
 
 @pytest.fixture(scope="module")
 def dense_manifest(tmp_path_factory) -> Path:
-    """400 black 1024×768 images with 3000 heads each, indexed: slow enough per image for gen-density --stride 1 --adaptive."""
+    """400 black 1024×768 images with 3000 heads each, indexed: slow enough per image for gen-density --stride 1
+    --adaptive."""
     root = tmp_path_factory.mktemp("dense")
     (root / "data" / "images").mkdir(parents=True)
     (root / "data" / "points").mkdir()

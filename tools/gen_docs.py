@@ -221,6 +221,8 @@ def _zsh_word(text: str, special: str) -> str:
 def _zsh_action(kind: str | list[str] | None) -> str:
     if isinstance(kind, list):
         return "(" + " ".join(_zsh_word(c, " ") for c in kind) + ")"
+    if kind is None:
+        return " "
     return {"file": "_files", "dir": "_files -/"}.get(kind, " ")
 
 
@@ -412,7 +414,7 @@ def gen_man(n: Node) -> str:
     lines += [".PP", roff_line(STDIO)] if len(n.path) == 1 else []
     lines += _section("COMMANDS", [(_font("B", s.key), s.summary, f"See {_font('B', s.page)}(1).") for s in n.subs])
     lines += _section("ARGUMENTS", [(_argument(a), oneline(a.get_help_record(n.ctx)[1])) for a in n.arguments])
-    options = []
+    options: list[tuple[str, ...]] = []
     for p in n.options:  # the help as --help shows it, with [default: …; required]
         tag = ", ".join(_font("B", o) for o in spellings(p)) + (
             "" if value_kind(p) is None else f" {_font('I', metavar(p, n.ctx))}"

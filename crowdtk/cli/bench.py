@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import typer
 
@@ -49,7 +49,10 @@ from crowdtk.registry import listing
 
 _D = RECIPES["default"]
 _S = _D.schedule  # the options' defaults are the default recipe's; another recipe replaces those not given
-RecipeName = choices("RecipeName", tuple(RECIPES))
+if TYPE_CHECKING:  # see crowdtk.cli.options.choices
+    RecipeName: TypeAlias = Any
+else:
+    RecipeName = choices("RecipeName", tuple(RECIPES))
 _RECIPE_HELP = (
     "Named settings; options given on the command line replace the recipe's values (the defaults shown are the "
     "default recipe's). " + " ".join(f"{r.name}: {r.help}." for r in RECIPES.values())
@@ -60,6 +63,21 @@ _SETTING = {"no_pretrained": "pretrained", "budget": "budgets"}  # options whose
 def _methods_option() -> Any:
     return Annotated[
         str, typer.Option(help=f"Comma-separated methods: {listing(list(bench_methods().values()), 'and')}.")
+    ]
+
+
+def _image_list_option() -> Any:
+    takers = ", ".join(m.name for m in bench_methods().values() if m.takes_image_list)
+    return Annotated[
+        Path | None,
+        typer.Option(
+            "--image-list",
+            metavar="FILE",
+            help=f"A published split's labeled images (one name a line, as select --image-list reads it): {takers} "
+            "labels exactly these whole images instead of drawing them by the budget; the other methods keep the "
+            "budget. One budget only; the list's digest is a setting of DIR. [default: none]",
+            show_default=False,
+        ),
     ]
 
 
@@ -106,7 +124,10 @@ def command(
     scale: Annotated[
         float | None,
         typer.Option(
-            help="Resize images and points by this factor for training and evaluation. [default: the default recipe chooses it by a pixel budget: the median training image brought to about 512×384 px, never enlarged (0.5 on ShanghaiTech Part B, 1 on images of 400 px); other recipes set their own]",
+            help="Resize images and points by this factor for training and evaluation. "
+            "[default: the default recipe chooses it by a pixel budget: the median training image brought to about "
+            "512×384 px, never enlarged (0.5 on ShanghaiTech Part "
+            "B, 1 on images of 400 px); other recipes set their own]",
             show_default=False,
         ),
     ] = None,
@@ -120,23 +141,27 @@ def command(
         Path | None,
         typer.Option(
             "--feature-cache",
-            help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it across runs). [default: DIR/feature-cache]",
+            help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it "
+            "across runs). [default: DIR/feature-cache]",
             show_default=False,
         ),
     ] = None,
     warmup_frac: float = Deferred(_warmup_frac_option, _S.warmup_frac),
+    image_list: Path | None = Deferred(_image_list_option, None),
     strip_frac: float = strip_frac_option(_S.strip_frac),
     val_frac: Annotated[
         float,
         typer.Option(
-            help="Share of each method's labeled images held out (validation only reports: the checkpoint is the last epoch's)."
+            help="Share of each method's labeled images held out (validation "
+            "only reports: the checkpoint is the last epoch's)."
         ),
     ] = _S.val_frac,
     check: Annotated[
         Path | None,
         typer.Option(
             "--check",
-            help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and the combined seed spread; the comparison goes to DIR/check.json. [default: none]",
+            help="A results.json to gate on (CI): exit 1 when a method's mean MAE grows by more than --tolerance and "
+            "the combined seed spread; the comparison goes to DIR/check.json. [default: none]",
             show_default=False,
         ),
     ] = None,
@@ -144,7 +169,8 @@ def command(
         float | None,
         typer.Option(
             min=0,
-            help=f"With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). [default: {DEFAULT_TOLERANCE}]",
+            help="With --check: the MAE growth allowed, relative to the baseline's (0.05 = 5%). "
+            f"[default: {DEFAULT_TOLERANCE}]",
             show_default=False,
         ),
     ] = None,
@@ -189,7 +215,7 @@ def command(
     chosen = RECIPES[recipe.value].with_options({k: v for k, v in options.items() if k in given})
     schedule = replace(chosen.schedule, cpu_bf16=resolve_cpu_bf16(cpu_bf16, chosen.device))
     schedule.validate()
-    params = {
+    params: dict[str, Any] = {
         "train": train,
         "test": test,
         "recipe": chosen.name,
@@ -198,6 +224,8 @@ def command(
         "shapes": parse_list(shapes, "--shapes", SHAPES[1:]) if shapes else [],
         "seeds": chosen.seeds,
     }
+    if image_list is not None:
+        _check_image_list(params["methods"], params["budgets"])
     from crowdtk.runtime import resolve_device
 
     resolve_device(chosen.device)  # a recipe's --device cuda on a machine without one fails here, before any step
@@ -205,6 +233,10 @@ def command(
     for source in (train, test):
         if not source.exists():
             raise CrowdtkError(f"{source}: no such file or folder", "pass a split folder or a manifest")
+    if image_list is not None:
+        from crowdtk.formats import read_image_list
+
+        read_image_list(image_list)  # read and matched to the pool again once the pool is indexed (open_bench)
     if check is not None:
         from crowdtk.formats import BENCH_RESULTS, peek_format
 
@@ -213,7 +245,7 @@ def command(
                 f"{check}: not a bench results.json", "pass the results.json of an earlier crowdtk bench run"
             )
     claim(
-        output, True, folder=True, lock_only=True, inputs=(train, test, check)
+        output, True, folder=True, lock_only=True, inputs=(train, test, check, image_list)
     )  # a folder the bench adds to, one bench at a time
     runner = Runner(output, log)
     experiment, settings = open_bench(
@@ -227,6 +259,7 @@ def command(
         chosen.name,
         backbone_weights,
         auto_scale=chosen.auto_scale and "scale" not in given,
+        image_list=image_list,
     )
     runs = bench_runs(params["budgets"], params["methods"], params["shapes"], chosen.seeds)
     baseline = read_baseline(check, settings, runs) if check is not None else None
@@ -234,7 +267,8 @@ def command(
     command_line = shlex.join(["crowdtk", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "crowdtk bench"
     typer.echo(write_bench_results(experiment, runs, results, settings, params, command_line, started))
     log.info(
-        f"wrote {output / 'results.json'}, {output / 'results.md'} and pictures in {time.perf_counter() - started:.0f} s"
+        f"wrote {output / 'results.json'}, {output / 'results.md'} "
+        f"and pictures in {time.perf_counter() - started:.0f} s"
     )
     if baseline is not None:
         verdict = write_check(output / "check.json", baseline, results, tolerance, params)
@@ -247,3 +281,17 @@ def command(
                 f"the table above; all in {output / 'check.json'}",
             )
         log.info(check_report(verdict))
+
+
+def _check_image_list(methods: list[str], budgets: list[float]) -> None:
+    """--image-list needs a method that takes it, and one budget: the list is one set of images, and at every
+    further budget its method would repeat the same runs."""
+    known = bench_methods()
+    if not any(known[m].takes_image_list for m in methods):
+        takers = ", ".join(m.name for m in known.values() if m.takes_image_list)
+        raise UsageError("--image-list without a method that takes it", f"add {takers} to --methods")
+    if len(budgets) > 1:
+        raise UsageError(
+            f"--image-list with {len(budgets)} budgets",
+            "a list is one set of images: give one --budget (the other methods' share of the pool's area)",
+        )

@@ -51,8 +51,8 @@ class Log:
         if verbose and not quiet:
             decoder_log.addHandler(_ToLog(self))
         # A recomputed feature cache entry is always a warning (crowdtk.features).
-        for handler in [h for h in _features_log.handlers if isinstance(h, _ToWarning)]:
-            _features_log.removeHandler(handler)
+        for stale in [h for h in _features_log.handlers if isinstance(h, _ToWarning)]:
+            _features_log.removeHandler(stale)
         _features_log.addHandler(_ToWarning(self))
 
     def info(self, message: str) -> None:
@@ -71,7 +71,11 @@ class Log:
     def progress(self, total: int | None, description: str) -> Iterator[Callable[[int], None]]:
         """A Rich progress bar on stderr (total None: unknown); silent with --quiet or off a terminal."""
         if self.quiet or not self.console.is_terminal:
-            yield lambda n=1: None
+
+            def ignore(n: int = 1) -> None:
+                pass
+
+            yield ignore
             return
         columns = (
             TextColumn("{task.description}"),
@@ -82,7 +86,11 @@ class Log:
         )
         with Progress(*columns, console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+
+            def advance(n: int = 1) -> None:
+                bar.advance(task, n)
+
+            yield advance
 
 
 class _ToLog(logging.Handler):
@@ -195,14 +203,16 @@ def run_command(command: str) -> Callable[[Callable[..., Any]], Callable[..., An
                 )
                 raise typer.Exit(1) from None
 
-        wrapper.__annotations__ = {}  # its own (*args, **kwargs) are no options; the command's are read through __wrapped__
+        # Its own (*args, **kwargs) are no options; the command's are read through __wrapped__.
+        wrapper.__annotations__ = {}
         wrapper.name = command  # type: ignore[attr-defined]  # what crowdtk.cli registers it as
         return wrapper
 
     return decorate
 
 
-# The outputs the running command has claimed, released when it ends (a bench's steps run in its process, each its own command).
+# The outputs the running command has claimed, released when it ends (a bench's steps run in its process,
+# each its own command).
 _COMMAND_CLAIMS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
     "crowdtk_command_claims", default=None
 )

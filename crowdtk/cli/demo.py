@@ -40,7 +40,8 @@ def command(
         typer.Option(
             "-o",
             "--output",
-            help="Folder for the data, every step's files, report.json and the pictures; rerunning reuses finished steps.",
+            help="Folder for the data, every step's files, report.json "
+            "and the pictures; rerunning reuses finished steps.",
         ),
     ] = Path("demo-out"),
     budget: Annotated[float, typer.Option(help="Labeling budget: fraction of the pool's area.")] = 0.1,
@@ -58,7 +59,8 @@ def command(
         int,
         typer.Option(
             min=1,
-            help="Training seeds per method (--seed, --seed + 1, …; the data stay those of --seed); the table gives mean ± std.",
+            help="Training seeds per method (--seed, --seed + 1, …; the "
+            "data stay those of --seed); the table gives mean ± std.",
         ),
     ] = 3,
     device: Device = "auto",

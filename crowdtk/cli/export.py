@@ -1,5 +1,5 @@
-"""crowdtk export REGIONS --to FORMAT -o DIR: a labeling package for a registered tool (crops, Label Studio, CVAT, LabelMe, ...;
-REGIONS may be labels, to review)."""
+"""crowdtk export REGIONS --to FORMAT -o DIR: a labeling package for a registered tool (crops, Label Studio, CVAT,
+LabelMe, ...; REGIONS may be labels, to review)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def command(
         Path | None,
         typer.Option(
             "--prelabel",
-            help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers to correct. [default: none]",
+            help="Counter checkpoint whose predicted head points go into the package as suggestions for the labelers "
+            "to correct. [default: none]",
             show_default=False,
         ),
     ] = None,
@@ -118,6 +119,6 @@ def command(
             f" with {sum(len(s.points) for s in prelabels.images.values())} suggested heads ({prelabels.model_version})"
         )
     log.info(
-        f"wrote {output}: {summary.regions} regions in {summary.images} images{review} for {to} ({', '.join(summary.files)}); "
-        f"see {output}/README.txt"
+        f"wrote {output}: {summary.regions} regions in {summary.images} images{review} for {to} "
+        f"({', '.join(summary.files)}); see {output}/README.txt"
     )

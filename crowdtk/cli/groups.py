@@ -8,7 +8,7 @@ options from ``inspect.signature``, so :func:`expand` gives the command a signat
 group's parameter is replaced by the group's options, in its place (``--help`` keeps their order),
 and calls the command with the group's result in that parameter.
 
-A :class:`Deferred` parameter (a command's or a group's) has its type and help made each time Typer
+A :func:`Deferred` parameter (a command's or a group's) has its type and help made each time Typer
 reads that signature, which it does whenever it builds the command: on every run of ``crowdtk`` and
 every ``--help``. The choices and help of an extension point's option (``select --strategy``,
 ``export --to``, ``train --model``, ...) are read from its registry then, not when ``crowdtk.cli`` is
@@ -51,7 +51,7 @@ class Group:
         return self.build(command, **options) if self.named else self.build(**options)
 
 
-class Deferred:
+class DeferredParameter:
     """A parameter's default that stands for a parameter made when the command is built: ``annotation()`` returns
     its Annotated type (with its typer.Option or typer.Argument), ``default`` is its default, or ``default_from()``
     makes it then too. The command receives the value itself: the chosen name where the type is a choices enum."""
@@ -73,6 +73,17 @@ class Deferred:
         )
 
 
+def Deferred(
+    annotation: Callable[[], Any],
+    default: Any = inspect.Parameter.empty,
+    *,
+    default_from: Callable[[], Any] | None = None,
+) -> Any:
+    """A :class:`DeferredParameter`, as a parameter's default. Typed Any, as ``typer.Option`` is: the default
+    stands for a value of the parameter's own type, which is what the command receives."""
+    return DeferredParameter(annotation, default, default_from=default_from)
+
+
 class Expanded:
     """``func`` as Typer sees it: the groups' options in place of the groups, the deferred parameters made anew
     each time the signature is read (a property: Typer reads ``__signature__`` whenever it builds the command)."""
@@ -89,7 +100,7 @@ class Expanded:
                 else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
             )
         self.params = params
-        self.deferred = {p.name for p in params if isinstance(p.default, Deferred)}
+        self.deferred = {p.name for p in params if isinstance(p.default, DeferredParameter)}
         self.returns = signature.return_annotation
         self.func = func
         self.command = command

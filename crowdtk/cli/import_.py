@@ -34,7 +34,7 @@ def _source() -> Any:
         tool_choices() | None,
         typer.Option(
             "--from",
-            help=f"Format of PATH: {names(TOOLS, 'or')}. [default: none]",  # type: ignore[misc]
+            help=f"Format of PATH: {names(TOOLS, 'or')}. [default: none]",
             show_default=False,
         ),
     ]
@@ -57,7 +57,8 @@ def command(
         list[Path] | None,
         typer.Option(
             metavar="FILE",
-            help="Labels file of an earlier round to combine with these (repeatable), e.g. the warm-up labels. [default: none]",
+            help="Labels file of an earlier round to combine with these "
+            "(repeatable), e.g. the warm-up labels. [default: none]",
         ),
     ] = None,
     allow_missing: Annotated[
@@ -69,7 +70,8 @@ def command(
     ] = False,
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
-    """Read labeled regions back (or simulate the labeler) and write a labels file: the regions and the head points inside them.
+    """Read labeled regions back (or simulate the labeler) and write a labels file:
+    the regions and the head points inside them.
 
     Points outside their regions are dropped and counted; an image (crops: a region) that came back
     without an annotation stops the import unless --allow-missing. --merge adds earlier rounds, so that

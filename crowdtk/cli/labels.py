@@ -33,7 +33,8 @@ def diff(
     b: Annotated[
         str,
         typer.Argument(
-            help="Labels file after, e.g. 'crowdtk import A --from FORMAT PATH' of the reviewed package; '-' reads stdin.",
+            help="Labels file after, e.g. 'crowdtk import A --from "
+            "FORMAT PATH' of the reviewed package; '-' reads stdin.",
             show_default=False,
         ),
     ],

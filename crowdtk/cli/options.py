@@ -4,7 +4,7 @@ of options that several commands take as one value (crowdtk.cli.groups).
 
 Options with a fixed set of values are enums (Click choices): ``--help`` lists the values, and a
 wrong one is a usage error (exit 2) before any work starts. The options that choose a registered
-extension (a model, a labeling tool; select's strategy, bench's methods) are :class:`Deferred`: their
+extension (a model, a labeling tool; select's strategy, bench's methods) are :func:`Deferred`: their
 choices and help are read from the registry each time the command is built, never at import.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import typer
 
@@ -30,7 +30,10 @@ from crowdtk.train_config import FREEZE_LEVELS, KEEP, LR_SCHEDULES, TrainConfig
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """A str-valued enum of ``values``, named after the option, for Click's choice type."""
+    """A str-valued enum of ``values``, named after the option, for Click's choice type.
+
+    A type checker cannot follow an enum made from a tuple at import, so where one is an option's type it is
+    declared Any for type checking: the command receives a member (``.value``, the name), its default is a name."""
     return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
 
 
@@ -61,7 +64,10 @@ Manifest = Annotated[
     str, typer.Argument(help="Manifest file from 'crowdtk index'; '-' reads stdin.", show_default=False)
 ]
 
-DeviceName = choices("DeviceName", ("auto", "cpu", "cuda"))
+if TYPE_CHECKING:  # see choices()
+    DeviceName: TypeAlias = Any
+else:
+    DeviceName = choices("DeviceName", ("auto", "cpu", "cuda"))
 Device = Annotated[DeviceName, typer.Option("--device", help="Where the network runs (auto picks CUDA when present).")]
 
 
@@ -81,8 +87,9 @@ def _session(
 
 
 # The options every command ends with; one that writes no output that may exist leaves out --force, one
-# that reads no set of images --skip-bad.
-SESSION = Group(_session)
+# that reads no set of images --skip-bad. The groups are typed Any, as Deferred is: a command's parameter
+# whose default is a group receives the group's value (here a Session).
+SESSION: Any = Group(_session)
 
 # --------------------------------------------------------------------------- training (train, warmup, bench, demo)
 
@@ -93,7 +100,7 @@ def model_help() -> str:
     return f"Counter: {listing(MODELS)}."
 
 
-def model_option(default: str) -> Deferred:
+def model_option(default: str) -> Any:
     """--model with ``default``: the registered models (crowdtk.model_records)."""
     return Deferred(
         lambda: Annotated[registered("ModelName", MODELS), typer.Option("--model", help=model_help())], default
@@ -106,14 +113,20 @@ BatchSize = Annotated[
 Crop = Annotated[
     int,
     typer.Option(
-        help="Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images."
+        help="Random square crop side in pixels (after --scale), a "
+        "multiple of 8, for --freeze none; 0 trains on whole images."
     ),
 ]
 Lr = Annotated[float, typer.Option(help="Adam learning rate (targets are scaled by --density-scale).")]
 
-Freeze = choices("Freeze", FREEZE_LEVELS)
-LrSchedule = choices("LrSchedule", LR_SCHEDULES)
-Keep = choices("Keep", KEEP)
+if TYPE_CHECKING:  # see choices()
+    Freeze: TypeAlias = Any
+    LrSchedule: TypeAlias = Any
+    Keep: TypeAlias = Any
+else:
+    Freeze = choices("Freeze", FREEZE_LEVELS)
+    LrSchedule = choices("LrSchedule", LR_SCHEDULES)
+    Keep = choices("Keep", KEEP)
 
 Labels = Annotated[
     Path,
@@ -134,7 +147,8 @@ NoPretrained = Annotated[
 BackboneWeights = Annotated[
     Path | None,
     typer.Option(
-        help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). [default: the cached torchvision weights]"
+        help="ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). "
+        "[default: the cached torchvision weights]"
     ),
 ]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
@@ -142,7 +156,10 @@ Scale = Annotated[
     float, typer.Option("--scale", help="Resize images by this factor first (recorded; eval and count apply it).")
 ]
 DensityScale = Annotated[float, typer.Option(help="Factor on density targets.")]
-LossName = choices("LossName", tuple(LOSSES))
+if TYPE_CHECKING:  # see choices()
+    LossName: TypeAlias = Any
+else:
+    LossName = choices("LossName", tuple(LOSSES))
 LossOpt = Annotated[
     LossName,
     typer.Option(
@@ -166,14 +183,17 @@ FreezeOpt = Annotated[
     Freeze,
     typer.Option(
         "--freeze",
-        help="none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.",
+        help="none: fine-tune the whole counter on random crops. encoder: keep the ImageNet front end frozen, compute "
+        "its features once per image and flip, and train the rest on whole images (the fast CPU tier; --crop is not "
+        "used). early: freeze only the layers up to stride 8 and fine-tune the deeper ones.",
     ),
 ]
 TrainFeatureCache = Annotated[
     Path | None,
     typer.Option(
         "--feature-cache",
-        help="Folder that keeps the frozen front end's features (with --freeze), shared by runs with the same model, scale and images. [default: in memory]",
+        help="Folder that keeps the frozen front end's features (with --freeze), shared by runs with the same model, "
+        "scale and images. [default: in memory]",
     ),
 ]
 LrScheduleOpt = Annotated[
@@ -186,7 +206,8 @@ CpuBf16 = Annotated[
     bool,
     typer.Option(
         "--cpu-bf16",
-        help="Train in bfloat16 autocast on the CPU too (needs AVX512-BF16 or AMX; about 2x faster there). [default: off]",
+        help="Train in bfloat16 autocast on the CPU too (needs "
+        "AVX512-BF16 or AMX; about 2x faster there). [default: off]",
     ),
 ]
 Resume = Annotated[
@@ -196,7 +217,8 @@ Resume = Annotated[
 
 @dataclass(frozen=True)
 class Training:
-    """The options train and warmup share, as one value: their TrainConfig (its model and cap are each command's own), --device, --resume."""
+    """The options train and warmup share, as one value: their TrainConfig (its model and cap are each command's own),
+    --device, --resume."""
 
     config: TrainConfig
     device: str
@@ -210,7 +232,7 @@ def _training(
     lr: Lr = TRAIN_DEFAULTS.lr,
     batch_size: BatchSize = TRAIN_DEFAULTS.batch_size,
     crop: Crop = TRAIN_DEFAULTS.crop,
-    scale: Scale = TRAIN_DEFAULTS.input_scale,
+    scale: Scale = TRAIN_DEFAULTS.scale,
     density_scale: DensityScale = TRAIN_DEFAULTS.density_scale,
     loss: LossOpt = TRAIN_DEFAULTS.loss,
     val_frac: ValFrac = TRAIN_DEFAULTS.val_frac,
@@ -232,7 +254,7 @@ def _training(
         lr=lr,
         batch_size=batch_size,
         crop=crop,
-        input_scale=scale,
+        scale=scale,
         density_scale=density_scale,
         loss=loss.value,
         val_frac=val_frac,
@@ -248,9 +270,9 @@ def _training(
     return Training(config, device.value, resume)
 
 
-TRAINING = Group(_training)  # the options of train and warmup after --model
+TRAINING: Any = Group(_training)  # the options of train and warmup after --model
 
-# --------------------------------------------------------------------------- running a counter (eval, count, vectors, show)
+# ---------------------------------------------------------------------- running a counter (eval, count, vectors, show)
 
 MaxSide = Annotated[
     int,
@@ -262,7 +284,8 @@ FeatureCache = Annotated[
     Path | None,
     typer.Option(
         "--feature-cache",
-        help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]",
+        help="Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses "
+        "them for images that need no tiling. [default: none]",
     ),
 ]
 
@@ -271,7 +294,8 @@ FlipAverage = Annotated[
     bool,
     typer.Option(
         "--flip-average",
-        help="Average each density with the mirrored density of the mirrored image (test-time flip; twice the compute). [default: off]",
+        help="Average each density with the mirrored density of the mirrored "
+        "image (test-time flip; twice the compute). [default: off]",
     ),
 ]
 
@@ -290,7 +314,7 @@ def _prediction(
     )
 
 
-PREDICTION = Group(_prediction)  # eval, count, vectors: how the counter runs
+PREDICTION: Any = Group(_prediction)  # eval, count, vectors: how the counter runs
 
 # --------------------------------------------------------------------------- experiments (bench, demo)
 
@@ -322,7 +346,7 @@ def _strip_frac() -> Any:
     ]
 
 
-def strip_frac_option(default: float) -> Deferred:
+def strip_frac_option(default: float) -> Any:
     """--strip-frac of bench and demo (with ``default``), naming the strategies that pick strips."""
     return Deferred(_strip_frac, default)
 
@@ -331,21 +355,24 @@ BenchFreeze = Annotated[
     Freeze,
     typer.Option(
         "--freeze",
-        help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.",
+        help="encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: "
+        "freeze the layers up to stride 8; none: fine-tune everything on --crop crops.",
     ),
 ]
 CpuBf16Auto = Annotated[
     bool | None,
     typer.Option(
         "--cpu-bf16/--no-cpu-bf16",
-        help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]",
+        help="Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). "
+        "[default: on where the CPU runs bfloat16 natively and --device is not cuda]",
         show_default=False,
     ),
 ]
 
 
-def schedule_options(defaults: Schedule) -> Group:
-    """--model, --steps, --warmup-steps, --batch-size and --crop of bench and demo, each with its ``defaults``: they replace those in it."""
+def schedule_options(defaults: Schedule) -> Any:
+    """--model, --steps, --warmup-steps, --batch-size and --crop of bench and demo, each with its ``defaults``:
+    they replace those in it."""
 
     def schedule(
         model: str = model_option(defaults.model),

@@ -75,7 +75,8 @@ class Runner:
             result = run_result(experiment, run, self.timings, steps)
             rows.setdefault((run.method, run.budget, run.shape), []).append(result)
             self.log.info(
-                f"{run.name} at {100 * run.budget:g}%, seed {run.seed}: MAE {result['mae']:.2f}, RMSE {result['rmse']:.2f}, "
-                f"{result['heads_labeled']} heads in {100 * result['area_fraction']:.2f}% of the area"
+                f"{run.name} at {100 * run.budget:g}%, seed {run.seed}: MAE {result['mae']:.2f}, RMSE "
+                f"{result['rmse']:.2f}, {result['heads_labeled']} heads "
+                f"in {100 * result['area_fraction']:.2f}% of the area"
             )
         return aggregate(rows)

@@ -37,14 +37,16 @@ def command(
         Path | None,
         typer.Option(
             "--manifest",
-            help="With a checkpoint: draw image, ground truth and prediction for an image of this manifest. [default: none]",
+            help="With a checkpoint: draw image, ground truth and "
+            "prediction for an image of this manifest. [default: none]",
         ),
     ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
             "--labels",
-            help="With a checkpoint trained with --cap: draw affinity maps for an image of this labels file. [default: none]",
+            help="With a checkpoint trained with --cap: draw affinity "
+            "maps for an image of this labels file. [default: none]",
         ),
     ] = None,
     positions: Annotated[
@@ -81,13 +83,16 @@ def command(
         refuse("--checkpoint", checkpoint, "the checkpoint is the ARTIFACT itself; drop --checkpoint")
         if (manifest is None) == (labels is None):
             raise UsageError(
-                f"{artifact}: a checkpoint needs {'one of' if manifest is None else 'only one of'} --manifest or --labels",
-                "pass --manifest MANIFEST for image/ground truth/prediction, or --labels LABELS for CAP's affinity maps",
+                f"{artifact}: a checkpoint needs "
+                f"{'one of' if manifest is None else 'only one of'} --manifest or --labels",
+                "pass --manifest MANIFEST for image/ground "
+                "truth/prediction, or --labels LABELS for CAP's affinity maps",
             )
         if manifest is not None:
             drawn = pictures.show_prediction(output, artifact, manifest, image_id=image, max_side=max_side)
             what = f"ground truth and prediction for image {drawn}"
         else:
+            assert labels is not None  # exactly one of --manifest and --labels, checked above
             drawn = pictures.show_affinity(output, artifact, labels, image_id=image, positions=positions)
             what = f"{positions} affinity map(s) for image {drawn}"
     elif kind == BENCH_RESULTS:

@@ -29,6 +29,7 @@ def command(
     header = strip_cap(checkpoint, output)
     if not header["removed_tensors"]:
         log.warn(
-            f"{checkpoint}: has no CAP module to remove (trained without --cap, or stripped already); {output} is the same counter"
+            f"{checkpoint}: has no CAP module to remove (trained without "
+            f"--cap, or stripped already); {output} is the same counter"
         )
     log.info(f"wrote {output}: removed {len(header['removed_tensors'])} CAP tensor(s)")

@@ -31,7 +31,8 @@ def command(
     workers: Workers = 2,
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
-    """Generate crowd scenes (perspective, groups side by side, exact head points) as DIR/{train,test}/{images,points} plus a manifest.jsonl per split."""
+    """Generate crowd scenes (perspective, groups side by side, exact head points) as DIR/{train,test}/{images,points}
+    plus a manifest.jsonl per split."""
     log = session.log
     config = SynthConfig(train=train, test=test, width=width, height=height, seed=seed, crowd=crowd)
     config.validate()

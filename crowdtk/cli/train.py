@@ -1,10 +1,11 @@
-"""crowdtk train LABELS [--cap [--cap-affinity FORM] [--cap-temperature T]] [--init CKPT] -o model.safetensors (Algorithm 1, line 7)."""
+"""crowdtk train LABELS [--cap [--cap-affinity FORM] [--cap-temperature T]] [--init CKPT] -o model.safetensors
+(Algorithm 1, line 7)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import typer
 
@@ -28,7 +29,10 @@ from crowdtk.formats import Provenance
 from crowdtk.model_records import MODELS
 from crowdtk.train_config import CAP_AFFINITIES, CAP_TEMPERATURES, check_cap_options
 
-CapAffinity = choices("CapAffinity", CAP_AFFINITIES)
+if TYPE_CHECKING:  # see crowdtk.cli.options.choices
+    CapAffinity: TypeAlias = Any
+else:
+    CapAffinity = choices("CapAffinity", CAP_AFFINITIES)
 _TEMPERATURE_DEFAULTS = (
     f"{next(iter(CAP_TEMPERATURES.values())):g} for both forms"
     if len(set(CAP_TEMPERATURES.values())) == 1
@@ -110,8 +114,9 @@ def run_training(
     sup = result.supervision
     if sup["heads_labeled"] and sup["heads_supervised"] < 0.995 * sup["heads_labeled"]:
         log.warn(
-            f"only {sup['heads_supervised']} of the {sup['heads_labeled']} labeled heads lie in supervised cells: the regions' "
-            f"edges are not on the output-cell grid of --scale {config.input_scale:g} (select and vectors take --scale)"
+            f"only {sup['heads_supervised']} of the {sup['heads_labeled']} labeled heads lie in supervised cells: the "
+            "regions' edges are not on the output-cell grid of "
+            f"--scale {config.scale:g} (select and vectors take --scale)"
         )
     kept = (
         f"best validation MAE {result.best_val_mae:.2f}"
@@ -130,9 +135,10 @@ def command(
         CapAffinity,
         typer.Option(
             "--cap-affinity",
-            help="With --cap: CAP's affinities. paper: Eq. 9 as written (dot products of softmax-normalised "
-            "features; no affinity in a row exceeds e times another). Extensions, not in the paper: temperature: those dot products "
-            "divided by --cap-temperature; cosine: cosine similarity of the raw features divided by --cap-temperature.",
+            help="With --cap: CAP's affinities. paper: Eq. 9 as written (dot products of softmax-normalised features; "
+            "no affinity in a row exceeds e times another). Extensions, not in the paper: temperature: those dot "
+            "products divided by --cap-temperature; cosine: cosine "
+            "similarity of the raw features divided by --cap-temperature.",
         ),
     ] = "paper",
     cap_temperature: Annotated[
@@ -147,7 +153,8 @@ def command(
     init: Annotated[
         Path | None,
         typer.Option(
-            help="Start from this checkpoint's weights (e.g. the warm-up counter); it must be of --model when that is given. [default: none]"
+            help="Start from this checkpoint's weights (e.g. the warm-up counter); "
+            "it must be of --model when that is given. [default: none]"
         ),
     ] = None,
     model: str | None = Deferred(

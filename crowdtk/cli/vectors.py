@@ -33,7 +33,8 @@ def command(
     exclude: Annotated[
         Path | None,
         typer.Option(
-            help="Regions or labels file whose images are skipped (already labeled); it must be of this pool (same ids and image digests). [default: none]"
+            help="Regions or labels file whose images are skipped (already labeled); it must be of this pool (same "
+            "ids and image digests). [default: none]"
         ),
     ] = None,
     levels: Annotated[int, typer.Option(help="Levels L of the multi-level density vector.")] = VectorsConfig.levels,
@@ -43,7 +44,8 @@ def command(
     scale: Annotated[
         float | None,
         typer.Option(
-            help="The --scale the final counter will be trained at: strip edges lie on whole output cells of the image resized by it (select checks that it matches). [default: the checkpoint's scale]",
+            help="The --scale the final counter will be trained at: strip edges lie on whole output cells of the "
+            "image resized by it (select checks that it matches). [default: the checkpoint's scale]",
             show_default=False,
         ),
     ] = None,
@@ -79,7 +81,7 @@ def command(
         flip_average=predict.flip_average,
     )
     if scale is None:
-        scale = float(predictor.loaded.header.get("input_scale", 1.0))
+        scale = predictor.loaded.scale
     check_scale(scale)
     skipped: list[str] = []
     with log.progress(len(entries), "strip vectors") as advance:

@@ -1,7 +1,7 @@
 """The paper's experiments (section 4.2) as chains of crowdtk commands, for `bench` and `demo`.
 
-The parts: ``plan`` (the methods' records, the schedule, the named recipes, and each run's chain of commands), ``results``
-(each run's numbers, mean ± std over seeds, the claims and their verdicts, results.md),
+The parts: ``plan`` (the methods' records, the schedule, the named recipes, and each run's chain of commands),
+``results`` (each run's numbers, mean ± std over seeds, the claims and their verdicts, results.md),
 ``folder`` (a bench folder's settings, data and pictures) and ``check`` (bench --check: the run's
 MAE against a stored results.json).
 """

@@ -155,6 +155,7 @@ def _status(
         return (
             "ok" if run["mean"] is None and base["mean"] is None else "regressed" if run["mean"] is None else "improved"
         )
+    assert allowed is not None  # set with change: both means are finite
     return "regressed" if change > allowed else "improved" if -change > allowed else "ok"
 
 
@@ -165,10 +166,14 @@ def compare(baseline: list[dict[str, Any]], results: list[dict[str, Any]], toler
     rows = []
     for k in [*now, *(k for k in before if k not in now)]:
         base, run = _side(before.get(k)), _side(now.get(k))
-        both = base is not None and run is not None and base["mean"] is not None and run["mean"] is not None
-        change = run["mean"] - base["mean"] if both else None
         spread = base["std"] + run["std"] if base is not None and run is not None else None
-        allowed = max(tolerance * base["mean"], spread) if both else None
+        change: float | None = None
+        allowed: float | None = None
+        relative: float | None = None
+        if base is not None and run is not None and base["mean"] is not None and run["mean"] is not None:
+            change = run["mean"] - base["mean"]
+            allowed = max(tolerance * base["mean"], spread)
+            relative = change / base["mean"] if base["mean"] else None
         rows.append(
             {
                 "method": k[0],
@@ -178,7 +183,7 @@ def compare(baseline: list[dict[str, Any]], results: list[dict[str, Any]], toler
                 "baseline": base,
                 "run": run,
                 "mae_change": change,
-                "relative_change": change / base["mean"] if both and base["mean"] else None,
+                "relative_change": relative,
                 "spread": spread,
                 "allowed": allowed,
             }
@@ -236,7 +241,8 @@ def check_report(check: dict[str, Any]) -> str:
     else:
         compared = sum(r["status"] in ("ok", "improved") for r in check["comparisons"])
         lines = [
-            f"no MAE regressions against {baseline}: {compared} compared (tolerance {100 * tolerance:g}% and the seed spread)"
+            f"no MAE regressions against {baseline}: {compared} compared "
+            f"(tolerance {100 * tolerance:g}% and the seed spread)"
         ]
     for status, what in (
         ("improved", "better beyond the tolerance and the spread (a new baseline?)"),

@@ -20,6 +20,7 @@ from crowdtk.experiment.results import claims, demo_report, demo_table, markdown
 from crowdtk.files import atomic_path, file_digest
 from crowdtk.formats import BENCH_RESULTS, DEMO_REPORT, Provenance, make_header, read_manifest, write_json
 from crowdtk.geometry import scale_for_pixels
+from crowdtk.selection.image_list import read_listed_images
 
 
 def resolve_cpu_bf16(choice: bool | None, device: str) -> bool:
@@ -79,6 +80,7 @@ LATER_SETTINGS = {
     "pretrained": True,
     "recipe": "default",
     "backbone_weights_sha256": None,
+    "image_list_sha256": None,  # no bench --image-list: none-or-all draws its images by the seed
 }
 
 
@@ -120,10 +122,13 @@ def open_bench(
     recipe: str = "default",
     backbone_weights: Path | None = None,
     auto_scale: bool = False,
+    image_list: Path | None = None,
 ) -> tuple[Experiment, dict[str, Any]]:
     """The bench folder ``out`` ready for runs: its experiment and settings (results.json's). A split
     folder is indexed into DIR/data by ``execute``; runs in DIR must have been made with these settings,
-    the name of the recipe they came from and the same backbone weights (by content: the file may move)."""
+    the name of the recipe they came from and the same backbone weights (by content: the file may move).
+    ``image_list`` (bench --image-list) is matched to the training pool here, so that a list naming an image it
+    lacks fails before any run; its bytes' digest is a setting, so a rerun with another list is refused."""
     if backbone_weights is not None and not backbone_weights.is_file():
         raise CrowdtkError(
             f"{backbone_weights}: backbone weights file not found", "check the path given to --backbone-weights"
@@ -139,19 +144,24 @@ def open_bench(
         schedule = replace(
             schedule, scale=scale_for_pixels([(e.width, e.height) for e in read_manifest(manifests[0])[1]])
         )
+    listed = read_listed_images(image_list, read_manifest(manifests[0])[1], str(manifests[0])) if image_list else None
     settings = {
         **asdict(schedule),
         "recipe": recipe,
         "backbone_weights_sha256": file_digest(backbone_weights) if backbone_weights else None,
         "train_sha256": file_digest(manifests[0]),
         "test_sha256": file_digest(manifests[1]),
+        "image_list_sha256": listed.sha256 if listed is not None else None,
     }
     check_same_settings(out, settings)
     settings |= {
         "train_data_sha256": data_digest(manifests[0]),
         "test_data_sha256": data_digest(manifests[1]),
     }  # results.json only
-    return Experiment(manifests[0], manifests[1], out, schedule, device, feature_cache, backbone_weights), settings
+    experiment = Experiment(
+        manifests[0], manifests[1], out, schedule, device, feature_cache, backbone_weights, image_list=image_list
+    )
+    return experiment, settings
 
 
 def machine() -> dict[str, Any]:
@@ -205,8 +215,8 @@ def write_bench_results(
     seeds = params["seeds"]
     recipe = f" (--recipe {settings['recipe']})" if settings.get("recipe", "default") != "default" else ""
     title = (
-        f"crowdtk bench{recipe}: {experiment.train_manifest} → {experiment.test_manifest}, {s.model}{tier}, scale {s.scale:g}, "
-        f"{s.steps} steps × {images}, {seeds} seed(s)"
+        f"crowdtk bench{recipe}: {experiment.train_manifest} → {experiment.test_manifest}, {s.model}{tier}, scale "
+        f"{s.scale:g}, {s.steps} steps × {images}, {seeds} seed(s)"
     )
     body = {
         "command_line": command_line,

@@ -73,13 +73,20 @@ class Method:
             self.regions_of not in known or known[self.regions_of].strategy != self.strategy
         ):
             raise RegistrationError(
-                f"the bench method {self.name!r}: regions of {self.regions_of!r}, no method of strategy {self.strategy!r}"
+                f"the bench method {self.name!r}: regions of "
+                f"{self.regions_of!r}, no method of strategy {self.strategy!r}"
             )
         unknown = [worse for worse, _ in self.beats if worse not in known]
         if unknown:
             raise RegistrationError(
                 f"the bench method {self.name!r}: claims to beat {', '.join(unknown)}, which are no methods (yet)"
             )
+
+    @property
+    def takes_image_list(self) -> bool:
+        """Whether bench --image-list decides its images: its strategy takes a list (none-or-all) and the run's
+        budget would draw them (full, at its own budget of every image, does not)."""
+        return self.budget is None and STRATEGIES[self.strategy].image_list
 
     @property
     def warmup(self) -> bool:
@@ -231,20 +238,21 @@ class Recipe:
     auto_scale: bool = False
 
     def with_options(self, given: Mapping[str, Any]) -> Recipe:
-        """This recipe with ``given`` in place of its own values: keys are Schedule fields, or budgets, seeds, device."""
+        """This recipe with ``given`` in place of its own values:
+        keys are Schedule fields, or budgets, seeds, device."""
         names = {f.name for f in fields(Schedule)}
         unknown = set(given) - names - {"budgets", "seeds", "device"}
         if unknown:
             raise ValueError(f"a recipe has no setting {', '.join(sorted(unknown))}")
         schedule = replace(self.schedule, **{k: v for k, v in given.items() if k in names})
-        rest = {k: (tuple(v) if k == "budgets" else v) for k, v in given.items() if k not in names}
+        rest: dict[str, Any] = {k: (tuple(v) if k == "budgets" else v) for k, v in given.items() if k not in names}
         return replace(self, schedule=schedule, **rest)
 
 
 DEFAULT_RECIPE = Recipe(
     "default",
-    "the CPU tier: lite with its ImageNet front end frozen and cached, the scale chosen by a pixel budget (0.5 on Part B), 3000 Adam steps of 4 "
-    "whole images (lr 1e-3, cosine), 10% budget, 5 seeds (README, Benchmarks)",
+    "the CPU tier: lite with its ImageNet front end frozen and cached, the scale chosen by a pixel budget (0.5 on "
+    "Part B), 3000 Adam steps of 4 whole images (lr 1e-3, cosine), 10% budget, 5 seeds (README, Benchmarks)",
     Schedule(),
     budgets=(0.1,),
     seeds=5,
@@ -283,9 +291,9 @@ DEFAULT_RECIPE = Recipe(
 #   The CUDA path trains in bfloat16 autocast (the paper's precision is not stated).
 PAPER_RECIPE = Recipe(
     "paper",
-    "the paper's setting, for a GPU: csrnet (VGG16 ImageNet front end) fine-tuned whole at full resolution on "
-    "random 448-px crops with flips, batch 1, Adam lr 1e-5 (cosine), 40000 steps, 10% budget (Table 5's Part B), 5 seeds, "
-    "--device cuda",
+    "the paper's setting, for a GPU: csrnet (VGG16 ImageNet front end) fine-tuned whole at full resolution on random "
+    "448-px crops with flips, batch 1, Adam lr 1e-5 (cosine), 40000 "
+    "steps, 10% budget (Table 5's Part B), 5 seeds, --device cuda",
     Schedule(
         model="csrnet",
         steps=40000,
@@ -351,6 +359,7 @@ class Experiment:
     device: str = "auto"
     cache_dir: Path | None = None  # where the frozen front end's features are kept [default: DIR/feature-cache]
     backbone_weights: Path | None = None  # train/warmup --backbone-weights [default: the model's own ImageNet weights]
+    image_list: Path | None = None  # select --image-list for the methods that take one (none-or-all): a fixed split
 
     def run_dir(self, run: Run) -> Path:
         return self.out / "runs" / f"budget-{exact(run.budget)}" / f"seed-{run.seed}"
@@ -467,7 +476,8 @@ class Experiment:
         )
 
     def selection_dir(self, run: Run) -> Path:
-        """A method that trains on another's regions (mdc+cap* on mdc's) shares its folder; every other labels its own."""
+        """A method that trains on another's regions (mdc+cap* on mdc's) shares its folder;
+        every other labels its own."""
         key = bench_method(run.method).regions_of or run.name
         return self.run_dir(run) / f"select-{key}"
 
@@ -477,6 +487,9 @@ class Experiment:
         pool, d = str(self.train_manifest), self.selection_dir(run)
         # The run's budget with every digit; a method's own as declared (full: "1", not "1.0").
         budget = exact(run.budget) if method.budget is None else repr(method.budget).removesuffix(".0")
+        # A fixed split (bench --image-list) decides the images instead of the budget, which is then not passed.
+        listed = self.image_list is not None and method.takes_image_list
+        spend = ["--image-list", str(self.image_list)] if listed else ["--budget", budget]
         base = [
             "select",
             pool,
@@ -485,8 +498,7 @@ class Experiment:
             "-o",
             str(d / "regions.jsonl"),
             "-q",
-            "--budget",
-            budget,
+            *spend,
             "--strategy",
             strategy.name,
         ]

@@ -158,7 +158,7 @@ def schedule_change(short: list[dict[str, Any]], long: list[dict[str, Any]]) -> 
                 "change": None if gain["mean"] is None else -gain["mean"],
                 "ci_low": low,
                 "ci_high": high,
-                "converged": None if low is None else low <= 0 <= high,
+                "converged": None if low is None or high is None else low <= 0 <= high,
             }
         )
     return out
@@ -192,23 +192,23 @@ def markdown_table(results: list[dict[str, Any]], title: str) -> str:
             name = r["method"] if r["shape"] == "strip" else f"{r['method']} ({r['shape']}s)"
             lines.append(
                 f"| {name} | {_score(r, 'mae')} | {_score(r, 'rmse')} | {r['images_labeled']:.0f} | "
-                f"{r['heads_labeled']:.0f} | {100 * r['heads_supervised_fraction']:.2f}% | {100 * r['area_fraction']:.2f}% | "
-                f"{r['wall_s'] / 60:.1f} min |"
+                f"{r['heads_labeled']:.0f} | {100 * r['heads_supervised_fraction']:.2f}% | "
+                f"{100 * r['area_fraction']:.2f}% | {r['wall_s'] / 60:.1f} min |"
             )
         lines.append("")
         verdicts = [c for c in claims(results) if c["budget"] == budget]
         if verdicts:
             lines += [
-                "The paper's claims: the MAE gain, mean of the paired differences over the seeds both methods ran, with its "
-                f"{100 * CONFIDENCE:g}% Student-t interval; a claim holds when the interval lies above zero, is refuted "
-                "when it lies below, and is undecided otherwise.",
+                "The paper's claims: the MAE gain, mean of the paired differences over the seeds both methods ran, "
+                f"with its {100 * CONFIDENCE:g}% Student-t interval; a claim holds when the interval lies above zero, "
+                "is refuted when it lies below, and is undecided otherwise.",
                 "",
                 "| claim | seeds | MAE gain | 95% interval | verdict |",
                 "|---|---|---|---|---|",
             ]
             lines += [
-                f"| {c['claim']} | {c['seeds']} | {c['mae_gain']:+.2f} ({100 * c['relative_gain']:+.0f}%) | {interval_text(c)} | "
-                f"{c['verdict']} |"
+                f"| {c['claim']} | {c['seeds']} | {c['mae_gain']:+.2f} ({100 * c['relative_gain']:+.0f}%) | "
+                f"{interval_text(c)} | {c['verdict']} |"
                 for c in verdicts
             ]
             lines.append("")

@@ -8,9 +8,11 @@ the tool's own files, described in its module: :mod:`~crowdtk.labeling.crops`,
 :mod:`~crowdtk.labeling.labelme`.
 
 Images are matched to the regions file by ``crowdtk_id`` (Label Studio), else by file name
-(``images/<file>``), else by stem = image id. Image references are checked against path
-traversal: a reference that resolves outside the folder of the labeled files (or the export
-folder holding it; see :mod:`~crowdtk.labeling.reading`) is refused.
+(``images/<file>``), else by stem = image id. No file outside the folder of the labeled files
+(or the export folder holding it) is opened: a LabelMe ``imagePath`` there is matched by name
+alone, a CVAT or Label Studio reference there is refused (see :mod:`~crowdtk.labeling.reading`).
+A ``head`` drawn as a shape around the head counts as one point at its centre (the rule is in
+:mod:`~crowdtk.labeling.reading`; the import reports how many were converted).
 Points go to full-image pixels; points outside their image's regions are dropped and
 counted. An image (crops: a region) without any returned annotation is an error unless
 ``allow_missing``; then it is left out of the labels, never taken as "no heads".
@@ -24,7 +26,9 @@ untouched points keeping their exact coordinates and order; ``labels diff`` comp
 Pre-labels (:mod:`crowdtk.prelabel`, ``export --prelabel CKPT``): a counter's suggested heads go
 into the package as the tool's own kind of suggestion (each exporter says how). What the labeler
 leaves is imported as ordinary labels; an image (crops: a region) still holding unconfirmed
-suggestions counts as missing, so a package nobody opened never imports as labels.
+suggestions counts as missing, so a package nobody opened never imports as labels. ``index.json``
+keeps a digest of each image's suggestions, so that an image returned exactly as suggested and
+without the tool's ``done`` mark counts as unconfirmed even after a tool lost the suggestions' marks.
 
 Adding a tool is one record: a module with its export (a :class:`~crowdtk.labeling.common.BaseExport`), its
 README steps and its reader, ending with :func:`~crowdtk.labeling.common.register_tool` of a
@@ -52,6 +56,7 @@ from crowdtk.labeling.common import (
     INDEX,
     INSTRUCTION,
     README,
+    SUGGESTIONS_SHA256,
     TOOLS,
     ExportSummary,
     LabelingTool,
@@ -59,6 +64,7 @@ from crowdtk.labeling.common import (
     index_record,
     readme,
     register_tool,
+    suggestions_digest,
     write_json,
     write_text,
 )
@@ -70,7 +76,7 @@ from crowdtk.labeling.cvat import parse_xml_safely
 from crowdtk.labeling.diff import LabelsDiff, RegionDiff, diff_labels, in_prefilled_order, snap_found
 from crowdtk.labeling.labels import ImportRound, earlier_rounds, merge_labels, oracle_labels
 from crowdtk.labeling.labelstudio import labelstudio_config
-from crowdtk.labeling.reading import ImportResult, assemble, image_reference
+from crowdtk.labeling.reading import ImportResult, assemble, image_reference, unconfirmed_suggestions
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
     from crowdtk.prelabel import Prelabels
@@ -193,6 +199,8 @@ def export_regions(
     index_images = []
     for entry, name in zip(entries, export_names(entries)):
         record = index_record(entry)
+        if prelabels is not None:  # import knows an untouched image by it, whatever a tool keeps of the marks
+            record[SUGGESTIONS_SHA256] = suggestions_digest(prelabels.images[entry.id].points)
         export.add(entry, name, record)
         index_images.append(record)
         if on_progress:
@@ -239,19 +247,33 @@ def import_labels(
     if not path.exists():
         raise CrowdtkError(f"{path}: no such file or folder", "pass what the labeling tool exported")
     returned = chosen.read(path, entries)
+    unconfirmed_suggestions(returned, path, entries)
     result = ImportResult(
-        [], missing=returned.missing, unknown=returned.unknown, ignored=returned.ignored, notes=returned.notes
+        [],
+        missing=returned.missing,
+        unknown=returned.unknown,
+        ignored=returned.ignored,
+        notes=returned.notes,
+        converted=returned.converted,
     )
     if result.missing and not allow_missing:
         shown = ", ".join(result.missing[:3]) + (", …" if len(result.missing) > 3 else "")
-        unreviewed = (
-            f" ({returned.unreviewed} of them hold only suggestions nobody confirmed: README.txt of the package says how)"
-            if returned.unreviewed
-            else ""
-        )
+        unreviewed, fix = "", "label them"
+        if returned.unreviewed:
+            unconfirmed = ", ".join(returned.unconfirmed[:5]) + (", …" if len(returned.unconfirmed) > 5 else "")
+            unreviewed = f" ({returned.unreviewed} of them hold only suggestions nobody confirmed" + (
+                f"; {unconfirmed} came back exactly as suggested (index.json) without the 'done' mark"
+                if returned.unconfirmed
+                else ""
+            )
+            unreviewed += ")"
+            fix = (
+                "confirm the reviewed ones as README.txt of the package says (CVAT, LabelMe: mark them 'done'), "
+                "label the others"
+            )
         raise CrowdtkError(
             f"{path}: no annotation for {len(result.missing)} {chosen.unit}(s) of {regions_name}: {shown}{unreviewed}",
-            "label them, or pass --allow-missing to leave them out (they are never taken as 'no heads')",
+            f"{fix}, or pass --allow-missing to leave them out (they are never taken as 'no heads')",
         )
     if prefill is None:
         assemble(entries, returned.found, result)
@@ -274,7 +296,8 @@ def import_round(
     on_progress: Callable[[int], None] | None = None,
     prefill: Mapping[str, np.ndarray] | None = None,
 ) -> ImportRound:
-    """One round of labels for ``entries``: from the oracle (``manifest``) or from a tool (``fmt``, ``path``), merged with ``earlier``.
+    """One round of labels for ``entries``: from the oracle (``manifest``) or from a tool (``fmt``, ``path``),
+    merged with ``earlier``.
 
     ``earlier`` holds (source name, labels) of previous rounds; ``on_progress`` advances per image (oracle only);
     ``prefill``: a review round's (:func:`import_labels`).

@@ -6,11 +6,13 @@ record in :data:`TOOLS` (:func:`register_tool`), which ``export --to`` and ``imp
 
 Export side: the file name of each image (:func:`export_names`), its record in ``index.json``,
 placing the image (copy or symlink, checked against its sha256), the points a review round
-pre-fills (:meth:`BaseExport.prefilled`), a counter's suggested heads (:meth:`BaseExport.suggested`), atomic text/JSON writes and the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
+pre-fills (:meth:`BaseExport.prefilled`), a counter's suggested heads (:meth:`BaseExport.suggested`), atomic text/JSON
+writes and the frame of ``README.txt``. The import side is in :mod:`crowdtk.labeling.reading`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -41,6 +43,8 @@ SUGGESTED_MARK = (
     "# suggested by"  # crops: the first line of a points file of pre-labels, deleted by the labeler when reviewed
 )
 INDEX = "index.json"
+# index.json, per image of an export with --prelabel: suggestions_digest() of its suggested heads
+SUGGESTIONS_SHA256 = "suggestions_sha256"
 README = "README.txt"
 IMAGES = "images"
 
@@ -108,6 +112,13 @@ class Returned:
         default_factory=list
     )  # what the reader reports, e.g. which file of a folder or archive it read
     unreviewed: int = 0  # of the missing: those holding only a counter's suggestions, not yet marked as reviewed
+    converted: dict[str, int] = field(default_factory=dict)  # 'head' shapes that are not points, per kind: taken at
+    # their centres
+    # Images that carry the tool's explicit 'done' mark; None: every annotation the tool returns is explicit
+    # (Label Studio: submitted; crops: the mark line deleted). Only images outside it are checked against the
+    # suggestions' digests of index.json (crowdtk.labeling.reading.unconfirmed_suggestions).
+    confirmed: set[str] | None = None
+    unconfirmed: list[str] = field(default_factory=list)  # of the unreviewed: returned exactly as suggested, unmarked
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,18 @@ def index_record(entry: RegionsEntry) -> dict[str, Any]:
         "sha256": entry.sha256,
         "regions": [{"x0": r.x0, "x1": r.x1, "y0": r.y0, "y1": r.y1} for r in entry.regions],
     }
+
+
+def suggestions_digest(points: np.ndarray) -> str:
+    """sha256 of head points at 0.01 px (the two decimals CVAT writes), sorted: the same for the suggestions as exported
+    and as a tool returns them untouched, whatever order it keeps them in."""
+    lines = sorted(f"{_hundredths(x)},{_hundredths(y)}" for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    return hashlib.sha256("\n".join(lines).encode("ascii")).hexdigest()
+
+
+def _hundredths(value: float) -> str:
+    text = f"{float(value):.2f}"  # correctly rounded, so formatting a value parsed from its own text gives that text
+    return "0.00" if text == "-0.00" else text
 
 
 def image_bytes(entry: RegionsEntry) -> bytes:

@@ -60,7 +60,8 @@ class Export(BaseExport):
         # The regions' pixel coordinates are only meaningful on the image size they were selected on.
         if image.shape[:2] != (entry.height, entry.width):
             raise CrowdtkError(
-                f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says {entry.width}x{entry.height}",
+                f"{entry.image}: image is {image.shape[1]}x{image.shape[0]}, the regions file says "
+                f"{entry.width}x{entry.height}",
                 "re-run index and select",
             )
         points = self.prefilled(entry)
@@ -95,7 +96,10 @@ class Export(BaseExport):
                     else "# no heads\n"
                 )
                 if self.prelabels is not None:
-                    text = f"{SUGGESTED_MARK} {self.prelabels.model_version}: correct the points, then delete this line\n{text}"
+                    text = (
+                        f"{SUGGESTED_MARK} {self.prelabels.model_version}: "
+                        f"correct the points, then delete this line\n{text}"
+                    )
                 write_text(self.out / CROPS / f"{stem}.txt", text)
 
 

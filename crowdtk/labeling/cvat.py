@@ -7,10 +7,16 @@ suggested head is a ``<points label="head" source="auto">`` shape (CVAT's mark o
 annotation).
 
 Import reads the same format back: ``<points label="head" points="x,y;x,y">`` per image,
-pixels. CVAT lists every image of a task, so an image without head points counts as labeled
-only with the image tag ``done``; so does an image holding any ``source="auto"`` head point (an
-unreviewed suggestion: a labeler who has corrected them tags the image ``done``). The XML is parsed only after a pass that refuses any
-DOCTYPE or ENTITY declaration (no entity expansion, no external entities).
+pixels, and one point at the centre of each other shape labeled ``head`` (``<box>``: the middle
+of its corners, which CVAT's rotation keeps; ``<ellipse>``: ``cx, cy``; ``<polygon>`` and
+``<polyline>``: the centroid of the enclosed area, for a two-point line its middle; see
+:mod:`~crowdtk.labeling.reading`); a ``head`` mask, cuboid or skeleton is refused. CVAT lists
+every image of a task, so an image without head points counts as labeled only with the image
+tag ``done``; so does an image holding any ``source="auto"`` head point (an unreviewed
+suggestion: a labeler who has corrected them tags the image ``done``), or, after ``export
+--prelabel``, exactly its suggestions (the digest in ``index.json``: Datumaro's CVAT reader and
+writer drop ``source``). The XML is parsed only after a pass
+that refuses any DOCTYPE or ENTITY declaration (no entity expansion, no external entities).
 
 PATH may be the XML file; a folder holding one CVAT XML directly or in its ``annotations/``
 subfolder (``annotations.xml`` of an unzipped CVAT export; Datumaro's "cvat" exporter writes
@@ -31,7 +37,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from xml.parsers import expat
 
 import numpy as np
@@ -50,7 +56,15 @@ from crowdtk.labeling.common import (
     write_json,
     write_text,
 )
-from crowdtk.labeling.reading import Collector, allowed_folders, image_reference, points_array
+from crowdtk.labeling.reading import (
+    Collector,
+    allowed_folders,
+    box_centre,
+    image_reference,
+    points_array,
+    polygon_centre,
+    vertices_array,
+)
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
     from crowdtk.prelabel import Suggestions
@@ -127,8 +141,8 @@ def cvat_xml(
 
 
 def _prefilled_heads(image: ET.Element, points: np.ndarray) -> None:
-    """A review round (``export LABELS``): one ``head`` <points> shape per labeled head (``repr`` floats, exact), and the
-    image tagged ``done``, so that an image whose regions hold no head reads as labeled."""
+    """A review round (``export LABELS``): one ``head`` <points> shape per labeled head (``repr`` floats, exact), and
+    the image tagged ``done``, so that an image whose regions hold no head reads as labeled."""
     for x, y in points:
         ET.SubElement(
             image, "points", label=HEAD, source="manual", occluded="0", points=f"{float(x)!r},{float(y)!r}", z_order="0"
@@ -153,7 +167,8 @@ class Export(BaseExport):
 def steps(image_url: str) -> str:
     return (
         "1. Create a CVAT task with the labels of labels.json (Raw label constructor) and the images of images/.\n"
-        "2. Upload annotations.xml (Actions > Upload annotations, format 'CVAT 1.1'): the orange boxes are the regions.\n"
+        "2. Upload annotations.xml (Actions > Upload annotations, format 'CVAT 1.1'): the orange boxes are the "
+        "regions.\n"
         "3. Add 'head' points on every head inside a region. An image whose regions hold no head at all needs the\n"
         "   image tag 'done' (otherwise it reads as not labeled yet).\n"
         "4. Export the task as 'CVAT for images 1.1' and run crowdtk import REGIONS --from cvat on the\n"
@@ -175,7 +190,7 @@ def parse_xml_safely(path: Path) -> ET.Element:
 def parse_xml_bytes(data: bytes, source: str) -> ET.Element:
     """:func:`parse_xml_safely` of XML already read; ``source`` names it in errors."""
 
-    def refuse(*_: Any) -> None:
+    def refuse(*_: Any) -> NoReturn:
         raise CrowdtkError(
             f"{source}: XML with a DOCTYPE or ENTITY declaration is refused (entity expansion)",
             "export the annotations again from CVAT; its files have no DOCTYPE",
@@ -225,7 +240,8 @@ def _folder_xml(folder: Path) -> Path:
 
 
 def _archive_xml(path: Path) -> tuple[str, bytes]:
-    """The one CVAT XML of an export archive (member name, bytes), read in memory; an archive with path traversal is refused."""
+    """The one CVAT XML of an export archive (member name, bytes), read in memory;
+    an archive with path traversal is refused."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -260,7 +276,8 @@ def _archive_xml(path: Path) -> tuple[str, bytes]:
 
 
 def _annotations(path: Path) -> tuple[ET.Element, Path, list[Path], str, list[str]]:
-    """The XML PATH names: (its root, the folder image names start at, the folders they may point into, its name in errors, notes)."""
+    """The XML PATH names: (its root, the folder image names start at, the folders they may point into,
+    its name in errors, notes)."""
     if path.is_dir():
         xml = _folder_xml(path)
         notes = [f"read {xml.relative_to(path).as_posix()}, the CVAT XML in {path}"]
@@ -278,24 +295,64 @@ def _annotations(path: Path) -> tuple[ET.Element, Path, list[Path], str, list[st
     return parse_xml_safely(path), path.parent, allowed_folders(path.parent), str(path), []
 
 
+def _pairs(text: str | None, where: str) -> list[tuple[float, float]]:
+    """The (x, y) of CVAT's 'x,y;x,y' text."""
+    points = []
+    for pair in (text or "").split(";"):
+        if pair.strip():
+            xy = pair.split(",")
+            if len(xy) != 2:
+                raise CrowdtkError(f"{where}: points '{pair}' is not 'x,y'", "re-export from CVAT")
+            try:
+                points.append((float(xy[0]), float(xy[1])))
+            except ValueError:
+                raise CrowdtkError(f"{where}: points '{pair}' is not numbers", "re-export from CVAT") from None
+    return points
+
+
+def _attributes(shape: ET.Element, names: tuple[str, ...], where: str) -> list[float]:
+    try:
+        return [float(shape.get(name, "")) for name in names]
+    except ValueError:
+        raise CrowdtkError(
+            f"{where}: a 'head' <{shape.tag}> lacks numeric {', '.join(names)}", "re-export from CVAT"
+        ) from None
+
+
+# The shapes a 'head' may be drawn as around the head, taken at their centres.
+AROUND = ("box", "ellipse", "polygon", "polyline")
+FIX = "mark each head as a point (or a box, ellipse or polygon around it) in CVAT"
+
+
+def _centre(shape: ET.Element, where: str) -> tuple[float, float]:
+    """The head point of a 'head' shape that is not <points>: the centre of the shape (see the module's rule)."""
+    if shape.tag not in AROUND:
+        raise CrowdtkError(f"{where}: a 'head' <{shape.tag}> has no centre crowdtk can take", FIX)
+    if shape.tag == "box":  # CVAT turns a box's 'rotation' about its centre: the corners' middle stays
+        return box_centre(np.array(_attributes(shape, ("xtl", "ytl", "xbr", "ybr"), where)).reshape(2, 2))
+    if shape.tag == "ellipse":
+        cx, cy = _attributes(shape, ("cx", "cy"), where)
+        return cx, cy
+    vertices = vertices_array(_pairs(shape.get("points"), where), 1, f"{where}: a 'head' <{shape.tag}>", FIX)
+    return polygon_centre(vertices)
+
+
 def _head_points(image: ET.Element, found: Collector, where: str) -> tuple[list[tuple[float, float]], bool]:
-    """The 'x,y;x,y' pairs of the image's head <points> shapes, and whether one of them is automatic (a suggestion);
-    other labels are counted as ignored."""
+    """The 'x,y;x,y' pairs of the image's head <points> shapes and the centres of its other head shapes, and whether
+    one of them is automatic (a suggestion); <points> of other labels are counted as ignored."""
     points, automatic = [], False
     for shape in image.iter("points"):
         if shape.get("label") != HEAD:
             found.ignored += 1
             continue
         automatic |= shape.get("source") == AUTO
-        for pair in (shape.get("points") or "").split(";"):
-            if pair.strip():
-                xy = pair.split(",")
-                if len(xy) != 2:
-                    raise CrowdtkError(f"{where}: points '{pair}' is not 'x,y'", "re-export from CVAT")
-                try:
-                    points.append((float(xy[0]), float(xy[1])))
-                except ValueError:
-                    raise CrowdtkError(f"{where}: points '{pair}' is not numbers", "re-export from CVAT") from None
+        points += _pairs(shape.get("points"), where)
+    for shape in image:
+        if shape.tag in ("points", "tag") or shape.get("label") != HEAD:
+            continue  # other shapes of other labels (the region boxes among them) are not read
+        points.append(_centre(shape, where))
+        found.converted[shape.tag] += 1
+        automatic |= shape.get("source") == AUTO
     return points, automatic
 
 
@@ -305,7 +362,7 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         raise CrowdtkError(
             f"{source}: not a CVAT for images 1.1 file (root <{root.tag}>)", "export the task as 'CVAT for images 1.1'"
         )
-    found = Collector(entries)
+    found = Collector(entries, done_mark=True)
     for image in root.iter("image"):
         where = f"{source}: image '{image.get('name')}'"
         name = image_reference(image.get("name"), folder, roots, where)
@@ -314,7 +371,7 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         points, automatic = _head_points(image, found, where)
         done = any(tag.get("label") == DONE for tag in image.iter("tag"))
         if done or (points and not automatic):
-            found.add(name, entry, points_array(points, where), where)
+            found.add(name, entry, points_array(points, where), where, done=done)
         elif automatic:
             found.unreviewed += 1  # suggestions nobody has confirmed: reported as missing
         # else: untouched (CVAT lists every image of a task): reported as missing

@@ -8,9 +8,8 @@ points closer than 16 px are always worth pairing rather than leaving both alone
 several pairings are possible the closest overall wins (a head that stayed put stays
 "unchanged" even when a neighbour was moved next to it). A pair at most :data:`UNCHANGED_PX`
 (4 px) apart is *unchanged*, a pair farther apart is *moved*; an unpaired point of A is
-*removed*, an unpaired point of B *added*. This is the assignment problem
-(``scipy.optimize.linear_sum_assignment``'s), solved apart for each group of points that pairs
-within 16 px link, so dense crowds of thousands of heads per region take milliseconds.
+*removed*, an unpaired point of B *added*. The pairing is :func:`crowdtk.matching.match_points`, which
+``eval --localization`` shares.
 
 Regions are compared as rectangles: an image's records are the union of its regions in A and
 in B, A's order first; a point belongs to the first of them, in that order, that its own file
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from crowdtk import matching
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import LabelsEntry, Region
 from crowdtk.labeling.common import Found
@@ -40,7 +40,6 @@ from crowdtk.labeling.common import Found
 UNCHANGED_PX = 4.0  # a pair at most this far apart is the same point
 MOVED_PX = 16.0  # the farthest two points can be apart and still be one point, moved
 UNPAIRED_PX = MOVED_PX / 2  # the cost of leaving a point unpaired: pairing pays for any pair within MOVED_PX
-MAX_DENSE_PAIRS = 3000 * 3000  # a group of linked points larger than this is matched on its sparse graph (memory)
 SNAP_PX = 0.01  # import of a review package: a returned point this close to a pre-filled one is that point
 
 BOTH, ONLY_A, ONLY_B = "both", "a", "b"
@@ -50,74 +49,9 @@ BOTH, ONLY_A, ONLY_B = "both", "a", "b"
 
 
 def match_points(a: np.ndarray, b: np.ndarray, radius: float = MOVED_PX) -> tuple[np.ndarray, np.ndarray]:
-    """The one-to-one pairing of the module's rule: indices ``(i, j)`` of the paired points of ``a`` and ``b``.
-
-    Pairs are at most ``radius`` apart; an unpaired point costs ``radius / 2``, a pair its distance.
-    """
-    none = np.zeros(0, dtype=np.int64)
-    if not len(a) or not len(b):
-        return none, none
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
-    i, j = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
-    if not len(i):
-        return none, none
-    n, m = len(a), len(b)
-    # Points that no chain of pairs within `radius` links are independent problems. Each group of linked points
-    # is solved as a dense assignment, in which a pair farther than `radius` costs a hair more than leaving both
-    # points unpaired (radius/2 each; the hair so that a pair exactly `radius` apart is paired) and is dropped.
-    # Not scipy's sparse min_weight_full_bipartite_matching for all: with scipy 1.17 it never returned on a
-    # 76-point region of Part B pre-labels, where the dense one takes 0.1 ms. It remains for a group too large
-    # for a dense matrix in bounded memory (3000 points in one group: 1.9 s, 72 MB dense).
-    graph = coo_matrix((np.ones(len(i)), (i, n + j)), shape=(n + m, n + m))
-    _, group = connected_components(graph, directed=False)
-    by_a, by_b = np.argsort(group[:n], kind="stable"), np.argsort(group[n:], kind="stable")
-    sorted_a, sorted_b = group[:n][by_a], group[n:][by_b]
-    found_i, found_j = [], []
-    for g in np.unique(group[i]):  # the groups holding a pair
-        rows = by_a[np.searchsorted(sorted_a, g) : np.searchsorted(sorted_a, g, side="right")]
-        cols = by_b[np.searchsorted(sorted_b, g) : np.searchsorted(sorted_b, g, side="right")]
-        solve = _dense_pairs if len(rows) * len(cols) <= MAX_DENSE_PAIRS else _sparse_pairs
-        r, c = solve(a[rows], b[cols], radius)
-        found_i.append(rows[r])
-        found_j.append(cols[c])
-    order = np.argsort(np.concatenate(found_i), kind="stable")
-    return np.concatenate(found_i)[order], np.concatenate(found_j)[order]
-
-
-def _dense_pairs(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.optimize import linear_sum_assignment
-
-    cost = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
-    cost = np.where(cost <= radius, cost, radius * (1 + 1e-9))
-    r, c = linear_sum_assignment(cost)
-    keep = cost[r, c] <= radius
-    return r[keep], c[keep]
-
-
-def _sparse_pairs(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
-    from scipy.spatial import cKDTree
-
-    pairs = cKDTree(a).sparse_distance_matrix(cKDTree(b), radius, output_type="ndarray")
-    i, j, d = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), pairs["v"]
-    n, m = len(a), len(b)
-    # Rows: a's points, then a stand-in per point of b; columns: b's points, then a stand-in per point of a.
-    # A point paired with its stand-in is unpaired (cost radius/2, a hair more as above); the stand-ins of a
-    # pair (i, j) pair with each other at no cost. Every weight is one more than its cost: a full matching has
-    # n + m edges whatever it pairs, and the graph needs no zeros.
-    unpaired = radius / 2 * (1 + 1e-9) + 1.0
-    rows = np.concatenate([i, np.arange(n), n + j, n + np.arange(m)])
-    cols = np.concatenate([j, m + np.arange(n), m + i, np.arange(m)])
-    weights = np.concatenate([d + 1.0, np.full(n, unpaired), np.ones(len(i)), np.full(m, unpaired)])
-    _, partner = min_weight_full_bipartite_matching(coo_matrix((weights, (rows, cols)), shape=(n + m, m + n)).tocsr())
-    partner = partner[:n]
-    paired = partner < m
-    return np.flatnonzero(paired), partner[paired].astype(np.int64)
+    """The one-to-one pairing of the module's rule (:func:`crowdtk.matching.match_points` at ``radius``, 16 px):
+    indices ``(i, j)`` of the paired points of ``a`` and ``b``."""
+    return matching.match_points(a, b, radius)
 
 
 # --------------------------------------------------------------------------- labels diff
@@ -181,7 +115,8 @@ class LabelsDiff:
 
 
 def _by_region(entry: LabelsEntry | None, regions: Sequence[Region]) -> tuple[list[np.ndarray], int]:
-    """The points of ``entry`` per region of ``regions`` (the first of its own regions that contains each), and how many lie in none."""
+    """The points of ``entry`` per region of ``regions`` (the first of its own regions that contains each), and how
+    many lie in none."""
     if entry is None:
         return [np.zeros((0, 2)) for _ in regions], 0
     left = np.ones(len(entry.points), dtype=bool)
@@ -245,7 +180,8 @@ def diff_labels(a: Sequence[LabelsEntry], b: Sequence[LabelsEntry], a_name: str 
 
 
 def snap_found(found: Found, prefilled: Mapping[str, np.ndarray], tolerance: float = SNAP_PX) -> Found:
-    """``found`` with each returned point within ``tolerance`` of a pre-filled point of its image replaced by that point (one to one, nearest first)."""
+    """``found`` with each returned point within ``tolerance`` of a pre-filled point of its image replaced by that
+    point (one to one, nearest first)."""
     from scipy.spatial import cKDTree
 
     snapped: Found = {}
@@ -269,7 +205,8 @@ def snap_found(found: Found, prefilled: Mapping[str, np.ndarray], tolerance: flo
 
 
 def in_prefilled_order(entries: Sequence[LabelsEntry], prefilled: Mapping[str, np.ndarray]) -> list[LabelsEntry]:
-    """``entries`` with each image's points ordered as its pre-filled points, the points not among them after those in their order."""
+    """``entries`` with each image's points ordered as its pre-filled points, the points not among them after those
+    in their order."""
     ordered = []
     for entry in entries:
         originals = prefilled.get(entry.id)

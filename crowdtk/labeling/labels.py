@@ -49,7 +49,8 @@ def oracle_labels(
                 f"{manifest_name}: image '{entry.id}' has no points file",
                 "the oracle needs ground-truth points for every selected image",
             )
-        # The labels go with the image file: points of an image replaced since indexing would be trained on its new pixels.
+        # The labels go with the image file: points of an image replaced since indexing would be
+        # trained on its new pixels.
         check_unchanged(m.image, m.sha256, m.size_bytes, m.mtime_ns)
         points, _ = read_points_on_image(m.points, m.width, m.height, m.points_sha256)
         found[entry.id] = whole(entry, points)
@@ -101,7 +102,8 @@ def _some(items: Sequence[str]) -> str:
 
 @dataclass
 class ImportRound:
-    """One import: this round's labels (``result``), the labels file's entries (``labels``: merged with earlier rounds), the sums the CLI reports."""
+    """One import: this round's labels (``result``), the labels file's entries (``labels``: merged with earlier rounds),
+    the sums the CLI reports."""
 
     result: ImportResult
     labels: list[LabelsEntry]
@@ -124,8 +126,8 @@ class ImportRound:
             notes.append(f"left out {len(result.missing)} unlabeled {unit}(s): {_some(result.missing)}")
         if result.dropped:
             notes.append(
-                f"dropped {sum(result.dropped.values())} point(s) outside their regions in {len(result.dropped)} image(s): "
-                + ", ".join(f"{k} ({v})" for k, v in list(result.dropped.items())[:5])
+                f"dropped {sum(result.dropped.values())} point(s) outside their regions in {len(result.dropped)} "
+                "image(s): " + ", ".join(f"{k} ({v})" for k, v in list(result.dropped.items())[:5])
             )
         if result.unknown:
             notes.append(
@@ -134,6 +136,12 @@ class ImportRound:
             )
         if result.ignored:
             notes.append(f"ignored {result.ignored} annotation(s) that are not 'head' points")
+        if result.converted:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.converted.items()))
+            notes.append(
+                f"took {sum(result.converted.values())} 'head' shape(s) that are not points as one head each, "
+                f"at the shape's centre ({kinds})"
+            )
         labels = merge_labels(result.entries, earlier) if earlier else result.entries
         return cls(result, labels, bool(earlier), pool_area, notes)
 

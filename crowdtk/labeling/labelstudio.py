@@ -8,13 +8,19 @@ Studio's percent convention (x, y, width, height in 0–100 of the image's width
 ``--prelabel`` that prediction also holds the counter's suggested heads (``keypointlabels``
 ``head``, each with its ``score``; the prediction's ``model_version`` names the counter and its
 ``score`` is their mean): Label Studio loads them with the regions when a labeler opens the
-task, and what the labeler submits is the annotation import reads. A review round (``export LABELS``) adds to each task an ``annotations`` entry holding the
-regions and the labeled heads (``keypointlabels`` ``head``, percent), which Label Studio
-imports as the task's annotation for the reviewer to edit and submit.
+task, and what the labeler submits is the annotation import reads. A review round (``export LABELS``) adds to each task
+an ``annotations`` entry holding the regions and the labeled heads (``keypointlabels`` ``head``, percent), which Label
+Studio imports as the task's annotation for the reviewer to edit and submit.
 
 Import reads Label Studio's JSON export (a list of tasks; per task the ground-truth
-annotation, else the last one not cancelled; its ``keypointlabels`` results, percent). Images
-are matched by ``crowdtk_id``, else by the image reference's file name.
+annotation, else the last one not cancelled; its ``keypointlabels`` results, percent). A
+labeling config that offers ``head`` for shapes drawn around the head gives one point at the
+centre of each such result (``rectanglelabels``: the middle of the box, turned by its
+``rotation`` about its top-left corner as Label Studio does; ``ellipselabels``: its ``x, y``;
+``polygonlabels``: the centroid of the enclosed area; see :mod:`~crowdtk.labeling.reading`); a
+``head`` of another kind (a brush) is refused. Images are matched by ``crowdtk_id``, else by the
+image reference's file name. A submitted annotation is the labeler's confirmation, so an
+annotation holding exactly the suggestions of ``export --prelabel`` imports as labels.
 """
 
 from __future__ import annotations
@@ -40,7 +46,17 @@ from crowdtk.labeling.common import (
     write_json,
     write_text,
 )
-from crowdtk.labeling.reading import Collector, image_reference, list_of, load_json, points_array
+from crowdtk.labeling.reading import (
+    REEXPORT,
+    Collector,
+    image_reference,
+    list_of,
+    load_json,
+    points_array,
+    polygon_centre,
+    rotated_box_centre,
+    vertices_array,
+)
 
 if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
     from crowdtk.prelabel import Suggestions
@@ -182,6 +198,33 @@ def steps(image_url: str) -> str:
     )
 
 
+# The result types of a 'head' drawn around the head (a labeling config whose RectangleLabels, EllipseLabels or
+# PolygonLabels offer 'head'), taken at their centres.
+AROUND = ("rectanglelabels", "ellipselabels", "polygonlabels")
+FIX = "mark each head as a keypoint (or a rectangle, ellipse or polygon around it) in Label Studio"
+
+
+def _centre(kind: str, value: dict[str, Any], entry: RegionsEntry, where: str) -> tuple[float, float]:
+    """The head point of a 'head' result that is not a keypoint: the centre of its shape, in pixels."""
+    if kind not in AROUND:
+        raise CrowdtkError(f"{where}: a 'head' {kind} result has no centre crowdtk can take", FIX)
+    sx, sy = entry.width / 100.0, entry.height / 100.0
+    if kind == "polygonlabels":
+        return polygon_centre(vertices_array(value.get("points"), 1, f"{where}: a 'head' polygon", FIX) * [sx, sy])
+    try:
+        if kind == "ellipselabels":
+            return float(value["x"]) * sx, float(value["y"]) * sy
+        return rotated_box_centre(
+            float(value["x"]) * sx,
+            float(value["y"]) * sy,
+            float(value["width"]) * sx,
+            float(value["height"]) * sy,
+            float(value.get("rotation") or 0.0),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise CrowdtkError(f"{where}: a 'head' {kind} result lacks numeric x/y/width/height", REEXPORT) from None
+
+
 def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
     found = Collector(entries)
     tasks = load_json(path)
@@ -209,7 +252,16 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
         chosen = next((a for a in annotations if a.get("ground_truth")), annotations[-1])
         points = []
         for result in list_of(chosen.get("result"), "result", where):
-            if not isinstance(result, dict) or result.get("type") != "keypointlabels":
+            kind = result.get("type") if isinstance(result, dict) else None
+            shape = result.get("value") if isinstance(result, dict) else None
+            if isinstance(kind, str) and kind != "keypointlabels" and kind.endswith("labels"):
+                labels = shape.get(kind) if isinstance(shape, dict) else None
+                if isinstance(shape, dict) and isinstance(labels, list) and HEAD in labels and entry is not None:
+                    found.check_size(entry, result.get("original_width"), result.get("original_height"), where)
+                    points.append(_centre(kind, shape, entry, where))
+                    found.converted[kind.removesuffix("labels")] += 1
+                continue  # shapes of other labels (the region rectangles among them) are not read
+            if not isinstance(result, dict) or kind != "keypointlabels":
                 continue
             value = result.get("value") or {}
             if not isinstance(value, dict):

@@ -15,8 +15,8 @@ Models (their records: :data:`crowdtk.model_records.MODELS`, readable without to
 
 ``build_model(name, pretrained=..., backbone_weights=..., **options)`` builds one
 (``crowdtk.models.registry``, which also checks at import that every record resolves to its
-Counter); a new model is a Counter subclass and one ``register_model`` record; where the ImageNet weights come from and how strictly they
-load is ``crowdtk.models.weights``; shared layers (TensorFlow "same" convolutions, inverted
+Counter); a new model is a Counter subclass and one ``register_model`` record; where the ImageNet weights come from and
+how strictly they load is ``crowdtk.models.weights``; shared layers (TensorFlow "same" convolutions, inverted
 residuals, the dilated back end) are ``crowdtk.models.layers``. :func:`inference_copy` makes
 a faster inference-only copy of any counter.
 

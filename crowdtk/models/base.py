@@ -173,6 +173,7 @@ def init_output(conv: nn.Conv2d) -> None:
     """
     with torch.no_grad():
         conv.weight.normal_(0.0, 0.01).abs_().div_(math.sqrt(conv.in_channels))
+        assert conv.bias is not None  # the output convolution has a bias
         conv.bias.fill_(0.01)
 
 

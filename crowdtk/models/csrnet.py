@@ -58,6 +58,7 @@ class CSRNet(Counter):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
+                assert m.bias is not None  # every convolution of CSRNet has a bias
                 nn.init.zeros_(m.bias)
         init_output(self.output)
         start = initial_state(pretrained, backbone_weights, vgg16_imagenet_state)

@@ -16,6 +16,7 @@ TensorFlow's conventions, which PyTorch's layers do not share:
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,17 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01  # TensorFlow's 0.99 decay
 
+ConvT = TypeVar("ConvT", bound=nn.Conv2d)
+
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+
+
+def fold_batch_norm(conv: ConvT, bn: nn.Module) -> tuple[ConvT, nn.Module]:
+    """``conv`` with the batch norm ``bn`` folded into it (eval mode), and the Identity that takes ``bn``'s place."""
+    assert isinstance(bn, nn.modules.batchnorm._BatchNorm)  # not folded yet: inference_copy folds a fresh copy once
+    return fuse_conv_bn_eval(conv, bn), nn.Identity()
 
 
 class SameConv2d(nn.Conv2d):
@@ -108,11 +117,11 @@ class MBConv(nn.Module):
         self.expand = expansion != 1
         if self.expand:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = batch_norm(mid)
+            self._bn0: nn.Module = batch_norm(mid)  # an Identity once fold_batch_norms has folded it
         self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, dilation=dilation, groups=mid)
-        self._bn1 = batch_norm(mid)
+        self._bn1: nn.Module = batch_norm(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = batch_norm(cout)
+        self._bn2: nn.Module = batch_norm(cout)
         self.residual = stride == 1 and cin == cout
         self.inplace = False  # set by inference_copy: activations and the residual sum overwrite fresh tensors
 
@@ -129,9 +138,9 @@ class MBConv(nn.Module):
     def fold_batch_norms(self) -> None:
         """For ``inference_copy`` (eval mode only): fold each batch norm into its convolution, run in place."""
         if self.expand:
-            self._expand_conv, self._bn0 = fuse_conv_bn_eval(self._expand_conv, self._bn0), nn.Identity()
-        self._depthwise_conv, self._bn1 = fuse_conv_bn_eval(self._depthwise_conv, self._bn1), nn.Identity()
-        self._project_conv, self._bn2 = fuse_conv_bn_eval(self._project_conv, self._bn2), nn.Identity()
+            self._expand_conv, self._bn0 = fold_batch_norm(self._expand_conv, self._bn0)
+        self._depthwise_conv, self._bn1 = fold_batch_norm(self._depthwise_conv, self._bn1)
+        self._project_conv, self._bn2 = fold_batch_norm(self._project_conv, self._bn2)
         self.inplace = True
 
 

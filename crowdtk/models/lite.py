@@ -24,12 +24,11 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.geometry import STRIDE
 from crowdtk.models.base import Counter, check_freeze, init_output
-from crowdtk.models.layers import MBConv, SameConv2d, batch_norm, dilated_backend
+from crowdtk.models.layers import MBConv, SameConv2d, batch_norm, dilated_backend, fold_batch_norm
 from crowdtk.models.weights import initial_state, lite_imagenet_state, load_exact
 
 # (repeats, kernel, stride, expansion, output channels) per stage.
@@ -90,7 +89,7 @@ class Lite0Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, _LITE0_STEM, 3, stride=2)
-        self._bn0 = batch_norm(_LITE0_STEM)
+        self._bn0: nn.Module = batch_norm(_LITE0_STEM)  # an Identity once fold_batch_norms has folded it
         blocks: list[nn.Module] = []
         cin, current, dilation = _LITE0_STEM, 2, 1
         for repeats, kernel, stride, expansion, cout in stages[:num_stages]:
@@ -119,7 +118,7 @@ class Lite0Encoder(nn.Module):
 
     def fold_batch_norms(self) -> None:
         """For ``inference_copy`` (eval mode only): the stem's batch norm (each block folds its own)."""
-        self._conv_stem, self._bn0 = fuse_conv_bn_eval(self._conv_stem, self._bn0), nn.Identity()
+        self._conv_stem, self._bn0 = fold_batch_norm(self._conv_stem, self._bn0)
         self.inplace = True
 
 
@@ -194,6 +193,7 @@ class LiteCounter(Counter):
         for m in self.backend.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                assert m.bias is not None  # every convolution of the back end has a bias
                 nn.init.zeros_(m.bias)
         init_output(self.output)
         start = initial_state(pretrained, backbone_weights, lambda: lite_imagenet_state(self.variant))
@@ -203,7 +203,8 @@ class LiteCounter(Counter):
             self.init_source = init_source
 
     def load_lite0(self, state: Mapping[str, torch.Tensor], source: str) -> None:
-        """Load the used part (stem, blocks 0..n−1) of an EfficientNet-PyTorch Lite state dict of this variant, strictly."""
+        """Load the used part (stem, blocks 0..n−1) of an EfficientNet-PyTorch Lite state dict
+        of this variant, strictly."""
         n = len(self.encoder._blocks)
         prefixes = ("_conv_stem.", "_bn0.") + tuple(f"_blocks.{i}." for i in range(n))
         used = {k: v for k, v in state.items() if k.startswith(prefixes)}

@@ -88,7 +88,8 @@ def _torch_load(p: Path) -> Any:
         raise CrowdtkError(
             f"{p}: cannot read weights: it holds pickled Python objects ({found.group(1)}) besides tensors, which "
             "crowdtk does not load because unpickling them could run code (UnpicklingError)",
-            "in a Python session you trust, save only the tensors: torch.save(model.state_dict(), FILE), or use safetensors",
+            "in a Python session you trust, save only the tensors: "
+            "torch.save(model.state_dict(), FILE), or use safetensors",
         ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged archive or stream is the same user problem
         raise CrowdtkError(

@@ -1,16 +1,20 @@
-"""Region selection (paper 3.4; Algorithm 1, lines 1 and 5): the budget (area or heads), RANDOM, NONE-OR-ALL, MAX and MDC.
+"""Region selection (paper 3.4; Algorithm 1, lines 1 and 5): the budget (area or heads), RANDOM, NONE-OR-ALL,
+MAX and MDC.
 
 The parts, in the order a selection runs through them:
 
 - :mod:`~crowdtk.selection.config`: :class:`SelectConfig` (the settings, validated), :class:`Selection` (the result),
-  :data:`STRATEGIES`, every strategy's record (:func:`register_strategy` adds one), and the :class:`Job` a picker is given.
-- :mod:`~crowdtk.selection.checks`: earlier rounds' files and strip vectors, read and refused when they do not fit the pool.
+  :data:`STRATEGIES`, every strategy's record (:func:`register_strategy` adds one), and the :class:`Job` a picker
+  is given.
+- :mod:`~crowdtk.selection.checks`: earlier rounds' files and strip vectors, read and refused when they do not fit
+  the pool.
 - :mod:`~crowdtk.selection.budget`: the candidate cells of an image and how many each image gets, counted in area.
 - :mod:`~crowdtk.selection.heads`: or counted in heads, the vectors' predicted counts (``--budget-heads``).
 - :mod:`~crowdtk.selection.streams`: the keyed random streams every random choice is drawn from.
 - :mod:`~crowdtk.selection.strategies`: the pickers of random / none-or-all / max / mdc (each registered there), the
   regions records, :func:`select_regions`.
 - :mod:`~crowdtk.selection.mdc` and :mod:`~crowdtk.selection.gmm`: MDC and the batched EM it fits.
+- :mod:`~crowdtk.selection.image_list`: a published split's list of images (``--image-list``), matched to the pool.
 - :mod:`~crowdtk.selection.run`: :func:`select_files`, from the files ``crowdtk select`` is given.
 """
 

@@ -160,7 +160,8 @@ class Plan:
     @property
     def targets(self) -> np.ndarray:
         """The images that get regions, ascending (their vectors are needed)."""
-        # A whole-image strategy (none-or-all) fills ``whole`` and leaves ``share`` at 0; the other strategies the reverse.
+        # A whole-image strategy (none-or-all) fills ``whole`` and leaves ``share`` at 0;
+        # the other strategies the reverse.
         return self.whole if self.whole.size else np.flatnonzero(self.share)
 
 

@@ -53,7 +53,8 @@ def read_exclusion(path: str | os.PathLike[str]) -> Exclusion:
 
 
 def check_exclusion(exclusion: Exclusion, entries: Sequence[ManifestEntry], manifest_name: str) -> None:
-    """Refuse an earlier round's file of another pool: every image it names must be in the manifest, with the same bytes."""
+    """Refuse an earlier round's file of another pool: every image it names must be in the manifest,
+    with the same bytes."""
     by_id = {e.id: e for e in entries}
     unknown = [x.id for x in exclusion.entries if x.id not in by_id]
     if unknown:
@@ -93,7 +94,8 @@ def check_vectors(
         )
     if header.get("manifest_sha256") != manifest_digest:
         raise CrowdtkError(
-            f"{source}: a vectors file from another manifest (its manifest_sha256 differs from {manifest_name}'s digest)",
+            f"{source}: a vectors file from another manifest (its "
+            f"manifest_sha256 differs from {manifest_name}'s digest)",
             "compute the vectors from this manifest with crowdtk vectors, or pass the manifest they were made from",
         )
     frac, scale = header.get("strip_frac"), float(header.get("scale", 1.0))

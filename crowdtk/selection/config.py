@@ -8,8 +8,9 @@ read the settings and the strategies' records without importing the code that ru
 are in :mod:`crowdtk.selection.strategies`). The record says what the rest of crowdtk needs to know: its
 one-line help (``select --help``), whether it ranks strips by the warm-up counter's vectors (``--vectors``
 is then required, and the bench runs a warm-up round for it), whether the budget draws whole images for
-it instead of spreading cells over the images, the cell shapes it picks from, whether it can pick the
-warm-up round, and whether its picker reports progress. ``select --strategy NAME`` then runs it and
+it instead of spreading cells over the images, whether it takes the whole images an image list names
+(``select --image-list``) instead of the budget's draw, the cell shapes it picks from, whether it can pick
+the warm-up round, and whether its picker reports progress. ``select --strategy NAME`` then runs it and
 ``crowdtk bench`` runs it as a method of that name (:func:`crowdtk.experiment.plan.bench_methods`).
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crowdtk.errors import CrowdtkError
+from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.formats import ManifestEntry, RegionsEntry, StripVectors
 from crowdtk.geometry import check_scale, strip_count
 from crowdtk.registry import RegistrationError, Registry
@@ -67,6 +68,7 @@ class Strategy:
     pick: Picker
     needs_vectors: bool = False  # ranks strips by the warm-up counter's vectors: select needs --vectors
     whole_images: bool = False  # the budget draws whole images (none-or-all); the picker is not asked for cells
+    image_list: bool = False  # takes select --image-list: the whole images a list names, instead of the budget's draw
     shapes: tuple[str, ...] = SHAPES  # the cells it picks from (select --shape)
     warmup: bool = False  # can pick the warm-up round (select --warmup-frac)
     progress: bool = False  # its picker advances select's progress bar once per image
@@ -83,6 +85,10 @@ class Strategy:
         if self.needs_vectors and self.shapes != ("strip",):
             raise RegistrationError(
                 f"the strategy {self.name!r} needs vectors, which describe strips: give it shapes=('strip',)"
+            )
+        if self.image_list and not self.whole_images:
+            raise RegistrationError(
+                f"the strategy {self.name!r}: an image list names whole images; give it whole_images=True"
             )
         if self.warmup and (self.needs_vectors or self.whole_images):
             raise RegistrationError(
@@ -103,6 +109,21 @@ def register_strategy(name: str, help: str, **capabilities: Any) -> Callable[[Pi
         return pick
 
     return add
+
+
+def image_list_strategies() -> list[str]:
+    """The strategies that take ``--image-list`` (their records say so)."""
+    return [s.name for s in STRATEGIES.values() if s.image_list]
+
+
+def check_image_list(name: str) -> None:
+    """Refuse ``--image-list`` with a strategy whose record does not take one (a usage error: exit 2)."""
+    if name in STRATEGIES and not STRATEGIES[name].image_list:
+        takers = " or ".join(image_list_strategies())
+        raise UsageError(
+            f"--image-list with --strategy {name}",
+            f"a list names whole images to label: use --strategy {takers}" if takers else "no strategy takes a list",
+        )
 
 
 def strategy(name: str) -> Strategy:
@@ -132,6 +153,9 @@ class SelectConfig:
     max_iter: int = 100
     tol: float = 1e-3
     n_init: int = 3  # EM starts per image; the best likelihood wins
+    # The whole images to label, by manifest id (select --image-list, crowdtk.selection.image_list): they decide
+    # the selection instead of ``budget``, which is then not used.
+    images: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if not (isinstance(self.budget, (int, float)) and 0 < self.budget <= 1):
@@ -142,6 +166,8 @@ class SelectConfig:
         if self.budget_heads is not None:
             self._validate_heads()
         chosen = strategy(self.strategy)
+        if self.images is not None:
+            self._validate_images()
         if self.shape not in SHAPES:
             raise CrowdtkError(f"--shape {self.shape}: unknown shape", f"use one of {', '.join(SHAPES)}")
         if self.engine not in ENGINES:
@@ -174,6 +200,15 @@ class SelectConfig:
             raise CrowdtkError(f"--n-init {self.n_init} must be at least 1", "use e.g. 3")
         if not self.reg_covar > 0:
             raise CrowdtkError(f"reg_covar {self.reg_covar} must be positive", "use e.g. 1e-4")
+
+    def _validate_images(self) -> None:
+        check_image_list(self.strategy)
+        if self.budget_heads is not None:
+            raise UsageError(
+                "--budget-heads with --image-list", "the list decides the images: leave --budget-heads out"
+            )
+        if not self.images:
+            raise CrowdtkError("the image list names no image", "list one image name a line")
 
     def _validate_heads(self) -> None:
         heads = self.budget_heads

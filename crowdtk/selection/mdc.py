@@ -1,4 +1,5 @@
-"""MDC (paper 3.4, Algorithm 1 line 5): per image, cluster the strip vectors and take the strip nearest each cluster's mean.
+"""MDC (paper 3.4, Algorithm 1 line 5): per image, cluster the strip vectors
+and take the strip nearest each cluster's mean.
 
 Per image, a Gaussian mixture with n_l components (diagonal covariance, ``reg_covar``) is
 fitted by EM (:mod:`crowdtk.selection.gmm`) to the image's strip vectors; each strip goes to
@@ -170,7 +171,7 @@ def mdc_all(
         else:
             groups.setdefault((n, k), []).append(i)
     tasks, owners = [], []
-    for (n, k), members in sorted(groups.items()):
+    for (_n, k), members in sorted(groups.items()):
         for start in range(0, len(members), CHUNK):
             part = members[start : start + CHUNK]
             stack = np.stack([vectors.vectors[rows_of[i]] for i in part])

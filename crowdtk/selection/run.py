@@ -1,4 +1,5 @@
-"""``select`` from the files the user names: the vectors and earlier rounds read and checked, then :func:`select_regions`.
+"""``select`` from the files the user names: the vectors, earlier rounds and image list read and checked, then
+:func:`select_regions`.
 
 This is the one library call behind ``crowdtk select``: the command parses its options and
 the manifest, calls :func:`select_files`, and writes and reports what it returns (:class:`SelectRun`).
@@ -15,7 +16,8 @@ from typing import Any
 from crowdtk.files import STDIO, file_digest
 from crowdtk.formats import ManifestEntry, load_vectors
 from crowdtk.selection.checks import check_vectors, read_exclusion
-from crowdtk.selection.config import SelectConfig, Selection
+from crowdtk.selection.config import SelectConfig, Selection, check_image_list
+from crowdtk.selection.image_list import ListedImages, read_listed_images
 from crowdtk.selection.strategies import select_regions
 
 
@@ -26,12 +28,13 @@ class SelectRun:
     selection: Selection
     config: SelectConfig  # as run: the scale resolved from the vectors when not given
     manifest_sha256: str | None  # None: the manifest came from stdin
+    listed: ListedImages | None = None  # select --image-list: the images it named
 
     def header_fields(self) -> dict[str, Any]:
         """The regions header's fields after the provenance (docs/formats.md), in their order."""
         c, s = self.config, self.selection
         fields = dict(
-            budget=c.budget if c.budget_heads is None else None,
+            budget=c.budget if c.budget_heads is None and c.images is None else None,  # None: not what decided
             strip_frac=c.strip_frac,
             scale=c.scale,
             shape=c.shape,
@@ -49,7 +52,11 @@ class SelectRun:
         """The settings the regions file's provenance records after its files, in their order."""
         c = self.config
         # An area budget's params stay as they were; a head budget records budget None and budget_heads.
-        budgets = {"budget": c.budget} if c.budget_heads is None else {"budget": None, "budget_heads": c.budget_heads}
+        budgets: dict[str, Any] = (
+            {"budget": c.budget} if c.budget_heads is None else {"budget": None, "budget_heads": c.budget_heads}
+        )
+        if self.listed is not None:  # the list decided, not the budget
+            budgets = {"budget": None, "image_list": self.listed.source, "image_list_sha256": self.listed.sha256}
         return {
             **budgets,
             "strategy": c.strategy,
@@ -63,9 +70,12 @@ class SelectRun:
         }
 
     def summary(self, excluded: bool) -> str:
-        """The one line ``select`` reports: regions, images, cells, area spent (``excluded``: with earlier rounds') and heads expected."""
+        """The one line ``select`` reports: regions, images, cells, area spent (``excluded``: with earlier rounds')
+        and heads expected."""
         c, s = self.config, self.selection
         label = "warm-up, random" if c.warmup_frac > 0 else c.strategy
+        if self.listed is not None:
+            label += f", the {len(self.listed.ids)} images of {self.listed.source}"
         spent = f"{100 * s.area_fraction:.2f}% of the pool's area"
         if excluded:
             spent += f" ({100 * s.cumulative_area_fraction:.2f}% with the {s.excluded_images} excluded images' regions)"
@@ -77,8 +87,8 @@ class SelectRun:
         if c.budget_heads is not None:
             heads = heads[:-1] + f", --budget-heads {c.budget_heads:g})"
         return (
-            f"selected {sum(len(e.regions) for e in s.entries)} regions in {len(s.entries)} of {s.pool_images} images ({label}, "
-            f"{s.cells} {c.shape}s): {spent}{heads}"
+            f"selected {sum(len(e.regions) for e in s.entries)} regions in {len(s.entries)} of {s.pool_images} images "
+            f"({label}, {s.cells} {c.shape}s): {spent}{heads}"
         )
 
 
@@ -90,13 +100,20 @@ def select_files(
     scale: float | None = None,
     vectors: str | os.PathLike[str] | None = None,
     exclude: Sequence[str | os.PathLike[str]] = (),
+    image_list: str | os.PathLike[str] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SelectRun:
     """Select from the pool ``entries`` of the manifest file ``manifest`` ('-': stdin).
 
     ``scale`` replaces ``config.scale``; None takes the vectors' scale (else 1), so that cells
     match the strips the vectors describe without repeating --scale. ``exclude``: regions or
-    labels files of earlier rounds."""
+    labels files of earlier rounds. ``image_list``: a list of the whole images to label
+    (:mod:`crowdtk.selection.image_list`); it replaces ``config.images``, and the budget is not used."""
+    listed = None
+    if image_list is not None:
+        check_image_list(config.strategy)  # a usage error, before the list is read
+        listed = read_listed_images(image_list, entries, manifest)
+        config = dataclasses.replace(config, images=listed.ids)
     digest = None if manifest == STDIO else file_digest(manifest)
     data = None
     vectors_header: dict[str, Any] = {}
@@ -108,4 +125,6 @@ def select_files(
         check_vectors(vectors_header, data, str(vectors), digest, manifest, entries, config)
     exclusions = [read_exclusion(path) for path in exclude]
     selection = select_regions(entries, config, data, exclusions, manifest_name=manifest, on_progress=on_progress)
-    return SelectRun(selection, config, digest)
+    if listed is not None:
+        selection.notes[:0] = listed.notes
+    return SelectRun(selection, config, digest, listed)

@@ -6,7 +6,8 @@ help, capabilities) and given a :class:`~crowdtk.selection.config.Job`; :func:`s
 
 ``random``: random cells per image. ``none-or-all``: whole images drawn by the seed until
 their area reaches the budget (the budget's own draw, :func:`crowdtk.selection.budget.plan_budget`),
-one region each. ``max``: the strips with the largest predicted count (ties: the leftmost).
+one region each, or (``images``: ``select --image-list``) exactly the images a list names, whatever the
+budget. ``max``: the strips with the largest predicted count (ties: the leftmost).
 ``mdc``: the paper's clustering (:mod:`crowdtk.selection.mdc`). Warm-up rows are random
 cells, marked ``warmup``. A head budget (``budget_heads``) decides how many cells each image
 gets, or which whole images, from the heads the strategy's picks predict
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from crowdtk.errors import CrowdtkError
 from crowdtk.formats import ManifestEntry, Region, RegionsEntry, StripVectors
 from crowdtk.selection.budget import CellGrids, Plan, fill_area, plan_budget
 from crowdtk.selection.checks import Exclusion, check_request, earlier_rounds, vector_rows
@@ -49,7 +51,7 @@ def pick_random(job: Job) -> Picks:
     }
 
 
-@register_strategy("none-or-all", "whole images", whole_images=True)
+@register_strategy("none-or-all", "whole images", whole_images=True, image_list=True)
 def pick_none(job: Job) -> Picks:
     return {}  # none-or-all picks no cells: the budget drew whole images (Plan.whole)
 
@@ -93,7 +95,10 @@ def select_regions(
     excluded = earlier_rounds(exclusions, entries, manifest_name)
     excluded_area = sum(sum(r.area for r in regions) for regions in excluded.values())
     remaining = np.array([i for i, e in enumerate(entries) if e.id not in excluded], dtype=np.int64)
-    if config.budget_heads is None:
+    if config.images is not None:
+        plan = _plan_listed(entries, config.images, excluded, exclusions, manifest_name)
+        rows_of = vector_rows(entries, config, vectors, plan.targets, grids) if vectors is not None else {}
+    elif config.budget_heads is None:
         plan = plan_budget(config, image_area, capacity, remaining, pool_area, excluded_area)
         rows_of = vector_rows(entries, config, vectors, plan.targets, grids) if vectors is not None else {}
     else:
@@ -115,13 +120,14 @@ def select_regions(
             cell = float(image_area[plan.spend_on].sum() / capacity[plan.spend_on].sum())
             notes.append(
                 f"this round spends {100 * area / pool_area:.2f}% of the pool's area where the budget leaves "
-                f"{100 * plan.wanted / pool_area:.2f}%: its cells (about {100 * cell / pool_area:.2f}% of the pool each) "
-                "come no nearer"
+                f"{100 * plan.wanted / pool_area:.2f}%: its cells (about "
+                f"{100 * cell / pool_area:.2f}% of the pool each) come no nearer"
             )
     if area == 0 and config.budget_heads is not None:
         if not notes:  # else the plan said why (no heads left)
             notes.append(
-                f"--budget-heads {config.budget_heads:g} is less than half the heads predicted in one region: nothing was selected"
+                f"--budget-heads {config.budget_heads:g} is less than half "
+                "the heads predicted in one region: nothing was selected"
             )
     elif area == 0 and not notes:  # else the plan said why (nothing left, or the budget spent already)
         notes.append(
@@ -220,6 +226,33 @@ def _spread_priced(
         share[imgs[taken]] = ks[taken]
         break
     return share
+
+
+def _plan_listed(
+    entries: Sequence[ManifestEntry],
+    images: Sequence[str],
+    excluded: dict[str, set[Region]],
+    exclusions: Sequence[Exclusion],
+    manifest_name: str,
+) -> Plan:
+    """An image list (select --image-list): the whole images it names, in manifest order; the budget is not used.
+    An image an earlier round labeled is refused: labeling it again would count its area twice."""
+    index = {e.id: i for i, e in enumerate(entries)}
+    unknown = [image_id for image_id in images if image_id not in index]
+    if unknown:
+        raise CrowdtkError(
+            f"the image list names {len(unknown)} image(s) absent from {manifest_name}, e.g. '{unknown[0]}'",
+            "list images of this pool",
+        )
+    again = [image_id for image_id in images if image_id in excluded]
+    if again:
+        source = next(x.source for x in exclusions if any(e.id == again[0] for e in x.entries))
+        raise CrowdtkError(
+            f"the image list names {len(again)} image(s) an earlier round labeled, e.g. '{again[0]}' (in {source})",
+            "leave them out of the list, or leave out --exclude",
+        )
+    whole = np.array(sorted(index[image_id] for image_id in set(images)), dtype=np.int64)
+    return Plan(np.zeros(len(entries), dtype=np.int64), whole)
 
 
 def _plan_heads(job: Job, remaining: np.ndarray) -> Plan:

@@ -26,11 +26,17 @@ import torch
 from torch import nn
 
 from crowdtk.cap import TrainNet
-from crowdtk.checkpoint import load_tensors, read_header, refuse_training_state, save_tensors, state_path
+from crowdtk.checkpoint import (
+    load_tensors,
+    read_header,
+    refuse_training_state,
+    save_tensors,
+    state_path,
+)
 from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureCache
 from crowdtk.files import file_digest
-from crowdtk.formats import LabelsEntry, Provenance, checkpoint_header, read_labels
+from crowdtk.formats import LabelsEntry, Provenance, checkpoint_header, read_labels, trained_scale
 from crowdtk.geometry import STRIDE
 from crowdtk.models import build_model
 from crowdtk.runtime import Processes, cpu_bf16_supported, resolve_device
@@ -121,9 +127,10 @@ def train(
     def prepare(entry: LabelsEntry) -> Sample:
         sample = prepare_sample(entry, config)
         if cache is not None:
+            assert sample.image is not None  # a prepared sample holds its image
             # The image is let go; a damaged cache file is computed again from the image file.
             sample.features = cache.maps(
-                sample.image, entry.sha256, config.input_scale, source=lambda: working_image(entry, config)[0]
+                sample.image, entry.sha256, config.scale, source=lambda: working_image(entry, config)[0]
             )
             sample.image = None
         if prepared:
@@ -150,7 +157,8 @@ def train(
             net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=config.cap
         )
     if config.compile:
-        model = torch.compile(model)
+        # torch.compile of a Module returns an OptimizedModule (a Module); its annotation says only a callable.
+        model = torch.compile(model)  # type: ignore[assignment]
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" or config.cpu_bf16)
 
     def header(epochs_done: int) -> dict[str, Any]:
@@ -182,8 +190,8 @@ def train(
     kept = progress.epochs_done > 0 and ours()  # a checkpoint of this run (or the run it resumes) is in output
     if resume and config.keep == "best" and np.isfinite(progress.best_val_mae) and not kept:
         raise CrowdtkError(
-            f"{output}: the checkpoint of the best epoch so far (validation MAE {progress.best_val_mae:.2f}) is missing "
-            "or was replaced; resuming cannot restore it",
+            f"{output}: the checkpoint of the best epoch so far (validation MAE {progress.best_val_mae:.2f}) is "
+            "missing or was replaced; resuming cannot restore it",
             "put the file back, or start anew with --force instead of --resume",
         )
     for epoch in range(progress.epochs_done, config.epochs):
@@ -209,7 +217,8 @@ def train(
                 raise CrowdtkError(
                     f"training loss became {loss.item()} at epoch {epoch + 1} (step {step + 1}) on image(s) {names}",
                     (
-                        f"lower --lr (or --density-scale); the checkpoint of the {config.keep} finished epoch is kept in {output}"
+                        "lower --lr (or --density-scale); the checkpoint of "
+                        f"the {config.keep} finished epoch is kept in {output}"
                         if kept
                         else "lower --lr (or --density-scale); this run wrote no checkpoint"
                     ),
@@ -224,11 +233,13 @@ def train(
         train_loss = procs.sum([loss_sum / max(steps, 1)])[0] / procs.world
         improved = val_mae is not None and val_mae < progress.best_val_mae
         if improved:
+            assert val_mae is not None  # improved only when validated
             progress.best_val_mae = val_mae
         progress.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae})
         progress.epochs_done = epoch + 1
 
-        # Written after every epoch, atomically: the checkpoint when it is the one to keep, and the state to resume from.
+        # Written after every epoch, atomically: the checkpoint when it is the one to keep,
+        # and the state to resume from.
         if procs.writer:
             if config.keep == "last" or improved:
                 save_tensors(output, net.weights(), header(epoch + 1))
@@ -269,9 +280,7 @@ def _network(config: TrainConfig, init: str | None) -> tuple[TrainConfig, TrainN
     if init is not None:
         init_header, init_tensors = load_tensors(init)
         refuse_training_state(init_header, init)
-        config = replace(
-            config, model=init_header["model"]["name"], input_scale=init_header.get("input_scale", config.input_scale)
-        )
+        config = replace(config, model=init_header["model"]["name"], scale=trained_scale(init_header, config.scale))
     torch.manual_seed(config.seed)
     if init_header is not None:
         counter = build_model(config.model, pretrained=False, **init_header["model"]["config"])
@@ -294,6 +303,7 @@ def _choose_phase_split(
         h = first.features[0].load()
         example = example_batch((config.batch_size, *h.shape), first.mask.shape)
     else:
+        assert first.image is not None  # a sample lets its image go only for cached features
         side_h, side_w = (config.crop, config.crop) if config.crop else first.image.shape[:2]  # multiples of the stride
         example = example_batch((config.batch_size, 3, side_h, side_w), (side_h // STRIDE, side_w // STRIDE))
     phase_split = speed_up_cpu_training(net, example, earlier)
@@ -314,9 +324,10 @@ def validate(
         if sample.features is not None:
             x = sample.features[0].load()[None].to(device).float()
         else:
+            assert sample.image is not None  # a sample lets its image go only for cached features
             x = counter.to_input(sample.image[None], device)
         pred = net(x)[0, 0].float().cpu().numpy() / config.density_scale
         errors += abs(float((pred * sample.mask).sum()) - float((sample.target * sample.mask).sum()))
         n += 1
-    errors, n = procs.sum([errors, float(n)])
-    return errors / max(n, 1)
+    total_errors, total = procs.sum([errors, float(n)])
+    return total_errors / max(total, 1)

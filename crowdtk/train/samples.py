@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crowdtk.data import read_image
+from crowdtk.data import read_recorded_image
 from crowdtk.density import DensityConfig, density_map
-from crowdtk.errors import CrowdtkError
 from crowdtk.features import FeatureMap
 from crowdtk.formats import LabelsEntry
 from crowdtk.geometry import STRIDE, cells_inside, pad_image, resize_for_model
@@ -32,13 +31,8 @@ class Sample:
 
 def working_image(entry: LabelsEntry, config: TrainConfig) -> tuple[np.ndarray, float, float]:
     """The entry's image at the working resolution, padded to the stride, and the x/y resize factors."""
-    image = read_image(entry.image, entry.sha256)
-    if image.shape[:2] != (entry.height, entry.width):
-        raise CrowdtkError(
-            f"{entry.image}: is {image.shape[1]}x{image.shape[0]}, the labels say {entry.width}x{entry.height}",
-            "the image changed since labeling; re-run index/select/import",
-        )
-    image, sx, sy = resize_for_model(image, config.input_scale)
+    image = read_recorded_image(entry)
+    image, sx, sy = resize_for_model(image, config.scale)
     return pad_image(image), sx, sy
 
 
@@ -85,6 +79,7 @@ def random_crop(
     Crops start on the stride grid so the stride-8 target is sliced exactly; a crop larger
     than the image is zero-padded with the mask false there.
     """
+    assert sample.image is not None  # crops are cut from images, never from cached features
     rows, cols = sample.mask.shape
     if crop == 0:
         image, target, mask = sample.image, sample.target, sample.mask
@@ -111,7 +106,8 @@ def random_crop(
 def split_validation(
     entries: list[LabelsEntry], config: TrainConfig
 ) -> tuple[list[LabelsEntry], list[LabelsEntry], str]:
-    """Hold out ``val_frac`` of the labeled images (by seed); with fewer than 5 images validate on the training images."""
+    """Hold out ``val_frac`` of the labeled images (by seed);
+    with fewer than 5 images validate on the training images."""
     n_val = int(round(len(entries) * config.val_frac))
     if len(entries) < 5 or n_val == 0:
         return entries, entries, "train"

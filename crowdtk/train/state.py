@@ -19,6 +19,7 @@ import torch
 from crowdtk.cap import TrainNet
 from crowdtk.checkpoint import load_tensors, save_tensors
 from crowdtk.errors import CrowdtkError
+from crowdtk.formats import training_settings
 from crowdtk.train_config import TrainConfig
 
 # Options a resumed run may change: its length (with a constant learning rate; a cosine schedule is
@@ -64,7 +65,7 @@ def restore_state(
     header, tensors = load_tensors(path)
     free = MAY_CHANGE_ON_RESUME if config.lr_schedule == "constant" else ("feature_cache",)
     same = {k: v for k, v in asdict(config).items() if k not in free}
-    saved = {k: v for k, v in {**SETTINGS_BEFORE, **(header.get("training") or {})}.items() if k not in free}
+    saved = {k: v for k, v in {**SETTINGS_BEFORE, **training_settings(header)}.items() if k not in free}
     if header.get("labels_sha256") != labels_sha256 or saved != same:
         raise CrowdtkError(
             f"{path}: was made with other labels or settings", "resume with the same labels and options, or start anew"

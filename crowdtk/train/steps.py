@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from crowdtk.errors import CrowdtkError
+from crowdtk.features import FeatureMap
 from crowdtk.models import Counter
 from crowdtk.train.samples import Sample, random_crop
 from crowdtk.train_config import TrainConfig
@@ -48,12 +49,17 @@ def crop_batch(
     return x, target, mask
 
 
+def _cached_maps(sample: Sample) -> tuple[FeatureMap, FeatureMap]:
+    assert sample.features is not None  # feature batches are made only of samples with cached features
+    return sample.features
+
+
 def feature_batch(
     batch: list[Sample], flip: bool, rngs: list[np.random.Generator], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Whole cached maps; a flipped image takes its mirror's map and mirrored targets."""
     flips = [flip and rng.random() < 0.5 for rng in rngs]
-    x = torch.stack([s.features[int(f)].load() for s, f in zip(batch, flips)]).to(device).float()
+    x = torch.stack([_cached_maps(s)[int(f)].load() for s, f in zip(batch, flips)]).to(device).float()
     target = np.stack([s.target[:, ::-1] if f else s.target for s, f in zip(batch, flips)])
     mask = np.stack([s.mask[:, ::-1] if f else s.mask for s, f in zip(batch, flips)])
     return (
