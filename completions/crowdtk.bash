@@ -8,7 +8,7 @@
 _crowdtk_positional()
 {
     case "$1" in
-        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap export-model eval count bench demo show labels" ;;
+        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap export-model eval count bench demo show labels campaign" ;;
         "index") echo "file" ;;
         "gen-density") echo "file" ;;
         "synth") echo "none" ;;
@@ -27,6 +27,10 @@ _crowdtk_positional()
         "show") echo "file" ;;
         "labels") echo "choice diff" ;;
         "labels diff") echo "file" ;;
+        "campaign") echo "choice init next status" ;;
+        "campaign init") echo "file" ;;
+        "campaign next") echo "file" ;;
+        "campaign status") echo "file" ;;
         *) echo "none" ;;
     esac
 }
@@ -54,6 +58,10 @@ _crowdtk_options()
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
         "labels") echo "--help -h" ;;
         "labels diff") echo "--help --quiet --verbose -h -q -v" ;;
+        "campaign") echo "--help -h" ;;
+        "campaign init") echo "--batch-size --budget --budget-heads --cap --cpu-bf16 --crop --device --force --freeze --help --holdout --model --no-cap --no-cpu-bf16 --no-pretrained --oracle --output --quiet --rounds --scale --seed --steps --strategy --strip-frac --tool --verbose --warmup-budget --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "campaign next") echo "--help --package --quiet --until-blocked --verbose -h -q -v" ;;
+        "campaign status") echo "--help --json --quiet --verbose -h -q -v" ;;
     esac
 }
 
@@ -212,6 +220,27 @@ _crowdtk_value()
         "show|--labels") echo "file" ;;
         "show|--positions") echo "none" ;;
         "show|--max-side") echo "none" ;;
+        "campaign init|-o"|"campaign init|--output") echo "file" ;;
+        "campaign init|--tool") echo "choice crops labelstudio cvat labelme" ;;
+        "campaign init|--budget") echo "none" ;;
+        "campaign init|--budget-heads") echo "none" ;;
+        "campaign init|--warmup-budget") echo "none" ;;
+        "campaign init|--rounds") echo "none" ;;
+        "campaign init|--strategy") echo "choice random none-or-all max mdc" ;;
+        "campaign init|--oracle") echo "file" ;;
+        "campaign init|--model") echo "choice csrnet lite lite1 lite2" ;;
+        "campaign init|--steps") echo "none" ;;
+        "campaign init|--warmup-steps") echo "none" ;;
+        "campaign init|--batch-size") echo "none" ;;
+        "campaign init|--crop") echo "none" ;;
+        "campaign init|--scale") echo "none" ;;
+        "campaign init|--freeze") echo "choice none early encoder" ;;
+        "campaign init|--warmup-frac") echo "none" ;;
+        "campaign init|--strip-frac") echo "none" ;;
+        "campaign init|--holdout") echo "none" ;;
+        "campaign init|--seed") echo "none" ;;
+        "campaign init|--device") echo "choice auto cpu cuda" ;;
+        "campaign next|--package") echo "file" ;;
     esac
 }
 

@@ -25,6 +25,7 @@ complete -c crowdtk -n '__fish_use_subcommand' -a bench -d 'Run the paper\'s com
 complete -c crowdtk -n '__fish_use_subcommand' -a demo -d 'Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
 complete -c crowdtk -n '__fish_use_subcommand' -a show -d 'Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
 complete -c crowdtk -n '__fish_use_subcommand' -a labels -d 'Work with labels files: compare two labelings of the same regions (review rounds).'
+complete -c crowdtk -n '__fish_use_subcommand' -a campaign -d 'A labeling campaign in one folder: the warm-up round, its counter, then rounds chosen with it (MDC), each an ordinary crowdtk command.'
 
 # crowdtk index
 complete -c crowdtk -n '__fish_seen_subcommand_from index' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
@@ -317,3 +318,54 @@ complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subc
 complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -s h -l help -d 'Show this message and exit.'
 complete -c crowdtk -n '__fish_seen_subcommand_from labels; and __fish_seen_subcommand_from diff' -F
+
+# crowdtk campaign
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and not __fish_seen_subcommand_from init next status' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and not __fish_seen_subcommand_from init next status' -a init -d 'Plan a campaign in DIR/campaign.json; \'crowdtk campaign next DIR\' then runs it step by step.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and not __fish_seen_subcommand_from init next status' -a next -d 'Run the campaign\'s next step (each printed as the crowdtk command it runs, on stderr).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and not __fish_seen_subcommand_from init next status' -a status -d 'Rounds, the budget spent and left, packages out and back, the current counter and its held-out error.'
+
+# crowdtk campaign init
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -s o -l output -r -F -d 'Campaign folder to create.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l tool -x -a 'crops labelstudio cvat labelme' -d 'Labeling tool: crops, labelstudio, cvat or labelme.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l budget -x -d 'Share of the pool\'s area labeled by all rounds together, in (0, 1]. [default: 0.1]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l budget-heads -x -d 'Heads to label instead of --budget: the warm-up round labels --warmup-budget of its images\' area, the later rounds spend the heads left (select --budget-heads). [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l warmup-budget -x -d 'With --budget-heads: the warm-up round\'s per-image share of the area.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l rounds -x -d 'Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; the budget left after the warm-up round is spread evenly over them.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l strategy -x -a 'random none-or-all max mdc' -d 'Strategy of the rounds after the warm-up round: random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper\'s clustering).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l oracle -r -F -d 'Play the labeler: label every round from this manifest\'s ground truth (import --oracle) instead of exporting packages. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l model -x -a 'csrnet lite lite1 lite2' -d 'Counter: csrnet (the paper\'s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l steps -x -d 'Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l warmup-steps -x -d 'Optimizer steps of the warm-up counter (max, mdc).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l batch-size -x -d 'Images (whole, or crops with --crop) per optimizer step (per process under torchrun).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l crop -x -d 'Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l scale -x -d 'Resize images by this factor for training and selection. [default: from the pool\'s sizes, as bench]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l freeze -x -a 'none early encoder' -d 'encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l warmup-frac -x -d 'Share of the images in the warm-up round.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l strip-frac -x -d 'Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l cap -l no-cap -d 'Train the final counter with CAP.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l holdout -x -d 'Share of the labeled images the final counter does not train on; \'campaign status\' reports its error on their regions (needs 5 labeled images or more). 0: train on all.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l no-pretrained -d 'Start from random weights instead of ImageNet ones. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l cpu-bf16 -l no-cpu-bf16 -d 'Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). [default: on where the CPU runs bfloat16 natively and --device is not cuda]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l seed -x -d 'Random seed; recorded in every output.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l device -x -a 'auto cpu cuda' -d 'Where the network runs (auto picks CUDA when present).'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l force -d 'Replace an existing output. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -F
+
+# crowdtk campaign next
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from next' -l package -r -F -d 'What the labeling tool returned for the round waiting for labels (a Label Studio JSON export, a CVAT XML or .zip, a folder). [default: the round\'s package folder, labeled in place]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from next' -l until-blocked -d 'Keep going until the labeler is needed or the campaign is done. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from next' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from next' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from next' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from next' -F
+
+# crowdtk campaign status
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from status' -l json -d 'One JSON object on stdout. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from status' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from status' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from status' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from status' -F

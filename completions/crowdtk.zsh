@@ -4,6 +4,83 @@
 #
 # Use: put this file on $fpath as _crowdtk (then compinit), or source it after compinit.
 
+_crowdtk_campaign_status() {
+    _arguments -s -S \
+        '--json[One JSON object on stdout. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:folder:_files'
+}
+
+_crowdtk_campaign_next() {
+    _arguments -s -S \
+        '--package[What the labeling tool returned for the round waiting for labels (a Label Studio JSON export, a CVAT XML or .zip, a folder). \[default: the round'\''s package folder, labeled in place\]]:path:_files' \
+        '--until-blocked[Keep going until the labeler is needed or the campaign is done. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:folder:_files'
+}
+
+_crowdtk_campaign_init() {
+    _arguments -s -S \
+        '(-o --output)'{-o,--output}'[Campaign folder to create.]:path:_files' \
+        '--tool[Labeling tool: crops, labelstudio, cvat or labelme.]:crops|labelstudio|cvat|labelme:(crops labelstudio cvat labelme)' \
+        '--budget[Share of the pool'\''s area labeled by all rounds together, in (0, 1\]. \[default: 0.1\]]:float: ' \
+        '--budget-heads[Heads to label instead of --budget: the warm-up round labels --warmup-budget of its images'\'' area, the later rounds spend the heads left (select --budget-heads). \[default: none\]]:n: ' \
+        '--warmup-budget[With --budget-heads: the warm-up round'\''s per-image share of the area.]:float: ' \
+        '--rounds[Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; the budget left after the warm-up round is spread evenly over them.]:int range: ' \
+        '--strategy[Strategy of the rounds after the warm-up round: random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
+        '--oracle[Play the labeler: label every round from this manifest'\''s ground truth (import --oracle) instead of exporting packages. \[default: none\]]:manifest:_files' \
+        '--model[Counter: csrnet (the paper'\''s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \
+        '--steps[Optimizer steps of every training run (the same for every method: fewer labeled images, more epochs).]:int: ' \
+        '--warmup-steps[Optimizer steps of the warm-up counter (max, mdc).]:int: ' \
+        '--batch-size[Images (whole, or crops with --crop) per optimizer step (per process under torchrun).]:int: ' \
+        '--crop[Random square crop side in pixels (after --scale), a multiple of 8, for --freeze none; 0 trains on whole images.]:int: ' \
+        '--scale[Resize images by this factor for training and selection. \[default: from the pool'\''s sizes, as bench\]]:float: ' \
+        '--freeze[encoder: the frozen-encoder CPU tier (features cached in DIR/feature-cache, whole images); early: freeze the layers up to stride 8; none: fine-tune everything on --crop crops.]:none|early|encoder:(none early encoder)' \
+        '--warmup-frac[Share of the images in the warm-up round.]:float: ' \
+        '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
+        '(--cap --no-cap)'{--cap,--no-cap}'[Train the final counter with CAP.]' \
+        '--holdout[Share of the labeled images the final counter does not train on; '\''campaign status'\'' reports its error on their regions (needs 5 labeled images or more). 0: train on all.]:float: ' \
+        '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
+        '(--cpu-bf16 --no-cpu-bf16)'{--cpu-bf16,--no-cpu-bf16}'[Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). \[default: on where the CPU runs bfloat16 natively and --device is not cuda\]]' \
+        '--seed[Random seed; recorded in every output.]:int: ' \
+        '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
+        '--force[Replace an existing output. \[default: off\]]' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:pool:_files'
+}
+
+_crowdtk_campaign() {
+    local curcontext="$curcontext" state line ret=1
+    typeset -A opt_args
+    local -a commands
+    commands=(
+        'init:Plan a campaign in DIR/campaign.json; '\''crowdtk campaign next DIR'\'' then runs it step by step.'
+        'next:Run the campaign'\''s next step (each printed as the crowdtk command it runs, on stderr).'
+        'status:Rounds, the budget spent and left, packages out and back, the current counter and its held-out error.'
+    )
+    _arguments -C -s -S \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1: :->command' \
+        '*:: :->args' && ret=0
+    case $state in
+        command)
+            _describe -t commands 'crowdtk campaign command' commands && ret=0 ;;
+        args)
+            case $words[1] in
+                init) _crowdtk_campaign_init && ret=0 ;;
+                next) _crowdtk_campaign_next && ret=0 ;;
+                status) _crowdtk_campaign_status && ret=0 ;;
+            esac ;;
+    esac
+    return ret
+}
+
 _crowdtk_labels_diff() {
     _arguments -s -S \
         '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
@@ -375,6 +452,7 @@ _crowdtk() {
         'demo:Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
         'show:Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
         'labels:Work with labels files: compare two labelings of the same regions (review rounds).'
+        'campaign:A labeling campaign in one folder: the warm-up round, its counter, then rounds chosen with it (MDC), each an ordinary crowdtk command.'
     )
     _arguments -C -s -S \
         '--version[Print the version and exit.]' \
@@ -403,6 +481,7 @@ _crowdtk() {
                 demo) _crowdtk_demo && ret=0 ;;
                 show) _crowdtk_show && ret=0 ;;
                 labels) _crowdtk_labels && ret=0 ;;
+                campaign) _crowdtk_campaign && ret=0 ;;
             esac ;;
     esac
     return ret

@@ -41,6 +41,7 @@ BENCH_RESULTS = "bench-results"  # results.json of `crowdtk bench`
 DEMO_REPORT = "demo-report"  # report.json of `crowdtk demo`
 BENCH_CHECK = "bench-check"  # check.json of `crowdtk bench --check`
 ONNX_COUNTER = "onnx-counter"  # the metadata of an ONNX model `crowdtk export-model` writes
+CAMPAIGN = "campaign"  # campaign.json of `crowdtk campaign`: its settings, plan of rounds and their state
 FORMAT_VERSIONS: dict[str, int] = {
     MANIFEST: 1,
     DENSITY_INDEX: 1,
@@ -55,6 +56,7 @@ FORMAT_VERSIONS: dict[str, int] = {
     DEMO_REPORT: 1,
     BENCH_CHECK: 1,
     ONNX_COUNTER: 1,
+    CAMPAIGN: 1,
 }
 
 
@@ -238,6 +240,12 @@ def bench_check_header(
         "baseline_sha256": baseline_sha256,
         "tolerance": tolerance,
     }
+
+
+def campaign_header(provenance: Provenance) -> dict[str, Any]:
+    """campaign.json of ``crowdtk campaign``; its body holds ``settings``, ``plan`` and ``rounds``
+    (crowdtk.campaign)."""
+    return make_header(CAMPAIGN, provenance)
 
 
 def stripped_checkpoint_header(header: dict[str, Any], source: str, command: str, removed: list[str]) -> dict[str, Any]:

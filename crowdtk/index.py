@@ -244,15 +244,8 @@ def _nwpu_list(root: Path, split: str) -> dict[str, Attributes] | None:
         image_id, illumination, scene_level = line.split()
         return image_id, {"split": split, "illumination": int(illumination), "scene_level": int(scene_level)}
 
-    fix = "fix or restore the file"
-    return _attribute_lines(
-        path,
-        parse,
-        what="the split list",
-        fix_read=fix,
-        line_form="a split list line 'id illumination scene_level'",
-        fix_line=fix,
-    )
+    fix, form = "fix or restore the file", "a split list line 'id illumination scene_level'"
+    return _attribute_lines(path, parse, what="the split list", fix_read=fix, line_form=form, fix_line=fix)
 
 
 def _nwpu_sample(root: Path, image: Path, attributes: Attributes) -> Sample:

@@ -4,8 +4,10 @@ a labeling round."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,10 +28,12 @@ from crowdtk.formats import (
     ManifestEntry,
     Provenance,
     Region,
+    RegionsEntry,
     StripVectors,
     checkpoint_header,
     make_header,
     read_manifest,
+    read_regions,
     save_vectors,
     write_jsonl,
 )
@@ -323,6 +327,43 @@ def export_package(paths: dict[str, Path], fmt: str) -> Path:
     return out
 
 
+def labelstudio_export(paths: dict[str, Path]) -> tuple[list[dict], list[RegionsEntry], dict[str, np.ndarray]]:
+    """The tasks of `crowdtk export --to labelstudio` of `labeled`'s regions, the regions' entries (in the tasks'
+    order) and every ground-truth point of each image (truth)."""
+    out = export_package(paths, "labelstudio")
+    tasks = json.loads((out / "tasks.json").read_text())
+    _, regions = read_regions(paths["regions"])
+    return tasks, regions, truth(paths)
+
+
+def cvat_export(paths: dict[str, Path]) -> tuple[Path, ET.ElementTree[ET.Element], list[tuple[ET.Element, np.ndarray]]]:
+    """`crowdtk export --to cvat` of `labeled`'s regions: the package folder, its annotations.xml parsed, and each
+    <image> of that tree with every ground-truth point of its image (truth)."""
+    out = export_package(paths, "cvat")
+    tree = ET.parse(out / "annotations.xml")
+    _, regions = read_regions(paths["regions"])
+    everything = truth(paths)
+    return out, tree, [(image, everything[entry.id]) for image, entry in zip(tree.getroot().findall("image"), regions)]
+
+
+def add_cvat_heads(image: ET.Element, points: np.ndarray) -> None:
+    """One 'head' <points> shape of ``points`` in a CVAT <image>, as a labeler's session saves it."""
+    ET.SubElement(
+        image,
+        "points",
+        label="head",
+        source="manual",
+        occluded="0",
+        z_order="0",
+        points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in points),
+    )
+
+
+def import_from(paths: dict[str, Path], tool: str, source: Path, out: Path, *options: object):
+    """`crowdtk import` of `labeled`'s regions from the tool's ``source`` into ``out``: the CliRunner result."""
+    return run("import", paths["regions"], "--from", tool, source, "-o", out, *options)
+
+
 # --------------------------------------------------------------------------- bench and demo
 
 
@@ -337,6 +378,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 # Quick bench and demo schedules: two optimizer steps a training run, one for the warm-up counter, two images a batch.
 QUICK_ROUNDS = ("--steps", "2", "--warmup-steps", "1", "--batch-size", "2")
+# A bench on tiny_data quick enough for a test: the images at their size, quick rounds on 32-pixel crops.
+QUICK_BENCH = ("--scale", "1", *QUICK_ROUNDS, "--crop", "32")
 
 
 def bench_on_synth(root: Path, out: Path) -> list[object]:
@@ -358,6 +401,23 @@ def own_cpu_choices(tmp_path_factory, monkeypatch) -> None:
 # --------------------------------------------------------------------------- a counter without training
 
 
+def save_checkpoint(path: Path, net: TrainNet, config: TrainConfig, command: str = "test", **fields: Any) -> Path:
+    """``net`` saved at ``path`` as a checkpoint of one finished epoch that `crowdtk COMMAND` trained with ``config``
+    (on no labels in particular); ``fields`` add to or replace its header's (checkpoint_header's arguments)."""
+    header: dict[str, Any] = {
+        "model": net.counter.name,
+        "model_config": net.counter.config,
+        "cap": net.cap is not None,
+        "training": asdict(config),
+        "labels_sha256": "0" * 64,
+        "epochs_done": 1,
+        "best_val_mae": 0.0,
+        "val_on": "train",
+    }
+    save_tensors(path, net.weights(), checkpoint_header(Provenance(command), **(header | fields)))
+    return path
+
+
 def small_checkpoint(
     path: Path, scale: float = 1.0, cap: bool = False, finished: bool = True, freeze: str = "none"
 ) -> Path:
@@ -365,19 +425,7 @@ def small_checkpoint(
     torch.manual_seed(0)
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
     config = TrainConfig(model="lite", pretrained=False, scale=scale, cap=cap, epochs=1, freeze=freeze)
-    header = checkpoint_header(
-        Provenance("test"),
-        model=counter.name,
-        model_config=counter.config,
-        cap=cap,
-        training=asdict(config),
-        labels_sha256="0" * 64,
-        epochs_done=1 if finished else 0,
-        best_val_mae=0.0,
-        val_on="train",
-    )
-    save_tensors(path, TrainNet(counter, cap=cap).weights(), header)
-    return path
+    return save_checkpoint(path, TrainNet(counter, cap=cap), config, epochs_done=1 if finished else 0)
 
 
 def constant_counter(checkpoint: Path, path: Path, per_cell: float) -> Path:

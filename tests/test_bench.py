@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_ROUNDS, bench_on_synth, run
+from conftest import QUICK_BENCH, bench_on_synth, run
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Experiment, Run, Schedule, Step, aggregate, epochs_for, markdown_table
@@ -159,11 +159,7 @@ def test_bench_runs_every_method_reuses_finished_runs_and_refuses_other_settings
     out = tiny_data / "b"
     args = [
         *bench_on_synth(tiny_data, out),
-        "--scale",
-        "1",
-        *QUICK_ROUNDS,
-        "--crop",
-        "32",
+        *QUICK_BENCH,
         "--methods",
         "none-or-all,mdc+cap",
         "--shapes",

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_ROUNDS, assert_clean_failure, bench_on_synth, run
+from conftest import QUICK_BENCH, assert_clean_failure, bench_on_synth, run
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import Schedule, aggregate, bench_runs, compare, data_digest, read_baseline
@@ -168,19 +168,7 @@ def test_tolerance_needs_check(tmp_path: Path) -> None:
 
 def test_bench_gate_passes_on_its_own_results_and_fails_on_a_better_baseline(tiny_data: Path) -> None:
     out = tiny_data / "gate"
-    args = [
-        *bench_on_synth(tiny_data, out),
-        "--scale",
-        "1",
-        *QUICK_ROUNDS,
-        "--crop",
-        "32",
-        "--methods",
-        "none-or-all",
-        "--seeds",
-        "1",
-        "--no-cpu-bf16",
-    ]
+    args = [*bench_on_synth(tiny_data, out), *QUICK_BENCH, "--methods", "none-or-all", "--seeds", "1", "--no-cpu-bf16"]
     first = run(*args)
     assert first.exit_code == 0, first.output
     assert not (out / "check.json").exists()

@@ -9,11 +9,11 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import FAST_TRAIN, assert_clean_failure, run
+from conftest import FAST_TRAIN, assert_clean_failure, run, save_checkpoint
 
 from crowdtk.affinity import image_affinities
 from crowdtk.cap import CapModule, TrainNet, affinity_maps, affinity_rows, cap_batch, cap_image, strip_cap
-from crowdtk.checkpoint import cap_settings, load_tensors, read_header, save_tensors
+from crowdtk.checkpoint import cap_settings, load_tensors, read_header
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.formats import Provenance, checkpoint_header, read_labels
 from crowdtk.models import build_model
@@ -232,20 +232,7 @@ def _tiny_cap_checkpoint(path, affinity: str, temperature: float | None, net: Tr
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])
     net = net or TrainNet(counter, cap=True, cap_affinity=affinity, cap_temperature=temperature)
     config = TrainConfig(model="lite", cap=True, cap_affinity=affinity, cap_temperature=temperature)
-    header = checkpoint_header(
-        Provenance("train"),
-        model="lite",
-        model_config=net.counter.config,
-        cap=True,
-        training=asdict(config),
-        labels_sha256="0" * 64,
-        epochs_done=1,
-        best_val_mae=0.0,
-        val_on="train",
-        cap_affinity=affinity,
-        cap_temperature=config.cap_tau(),
-    )
-    save_tensors(path, net.weights(), header)
+    save_checkpoint(path, net, config, "train", cap_affinity=affinity, cap_temperature=config.cap_tau())
     return net
 
 

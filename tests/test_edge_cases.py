@@ -73,25 +73,8 @@ def labeled_pool(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pool")
     manifest = image_pool(root, n=4, size=(64, 96))
     regions, labels = root / "regions.jsonl", root / "labels.jsonl"
-    assert (
-        runner.invoke(
-            app,
-            [
-                "select",
-                str(manifest),
-                "--strategy",
-                "random",
-                "--budget",
-                "0.5",
-                "--strip-frac",
-                "0.25",
-                "-o",
-                str(regions),
-                "-q",
-            ],
-        ).exit_code
-        == 0
-    )
+    half = ("--budget", "0.5", "--strip-frac", "0.25")
+    assert run("select", manifest, "--strategy", "random", *half, "-o", regions, "-q").exit_code == 0
     assert (
         runner.invoke(app, ["import", str(regions), "--oracle", str(manifest), "-o", str(labels), "-q"]).exit_code == 0
     )
@@ -235,23 +218,8 @@ def test_a_signal_in_a_folder_writing_stage_removes_its_temporaries(
 
         monkeypatch.setattr(labeling_module, "place_image", second_call_interrupts(labeling_module.place_image))
         regions = tmp_path / "regions.jsonl"
-        assert (
-            runner.invoke(
-                app,
-                [
-                    "select",
-                    str(labeled_pool["manifest"]),
-                    "--budget",
-                    "0.5",
-                    "--strip-frac",
-                    "0.25",
-                    "-o",
-                    str(regions),
-                    "-q",
-                ],
-            ).exit_code
-            == 0
-        )
+        half = ("--budget", "0.5", "--strip-frac", "0.25")
+        assert run("select", labeled_pool["manifest"], *half, "-o", regions, "-q").exit_code == 0
         args = ["export", str(regions), "--to", "labelme", "-o", str(out)]
     else:
         from crowdtk.predict import Predictor

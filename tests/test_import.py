@@ -4,11 +4,20 @@
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from conftest import assert_clean_failure, export_package, run, truth, write_generic
+from conftest import (
+    add_cvat_heads,
+    assert_clean_failure,
+    cvat_export,
+    export_package,
+    import_from,
+    labelstudio_export,
+    run,
+    truth,
+    write_generic,
+)
 
 from crowdtk.data import read_points
 from crowdtk.formats import read_labels, read_manifest, read_regions
@@ -30,10 +39,6 @@ def points_inside(points: np.ndarray, regions) -> np.ndarray:
     for region in regions:
         inside |= region.contains(points)
     return inside
-
-
-def import_from(labeled, tool: str, source: Path, out: Path, *options):
-    return run("import", labeled["regions"], "--from", tool, source, "-o", out, *options)
 
 
 # --------------------------------------------------------------------------- oracle
@@ -85,10 +90,7 @@ def test_merge_combines_rounds_without_double_counting(labeled):
 
 
 def test_labelstudio_round_trip(labeled):
-    out = export_package(labeled, "labelstudio")
-    tasks = json.loads((out / "tasks.json").read_text())
-    _, regions = read_regions(labeled["regions"])
-    everything = truth(labeled)
+    tasks, regions, everything = labelstudio_export(labeled)
     exported = []
     for n, (task, entry) in enumerate(zip(tasks, regions)):
         rects = task["predictions"][0]["result"]
@@ -140,23 +142,11 @@ def test_labelstudio_round_trip(labeled):
 
 
 def test_cvat_round_trip(labeled):
-    out = export_package(labeled, "cvat")
-    tree = ET.parse(out / "annotations.xml")
-    _, regions = read_regions(labeled["regions"])
-    everything = truth(labeled)
-    for image, entry in zip(tree.getroot().findall("image"), regions):
-        pts = everything[entry.id]
+    _, tree, images = cvat_export(labeled)
+    for image, pts in images:
         half = len(pts) // 2  # two <points> shapes, as two labeling sessions would leave
         for part in (pts[:half], pts[half:]):
-            ET.SubElement(
-                image,
-                "points",
-                label="head",
-                source="manual",
-                occluded="0",
-                z_order="0",
-                points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in part),
-            )
+            add_cvat_heads(image, part)
     tree.write(labeled["tmp"] / "cvat.xml", encoding="utf-8", xml_declaration=True)
     labels = labeled["tmp"] / "cvat-labels.jsonl"
     result = import_from(labeled, "cvat", labeled["tmp"] / "cvat.xml", labels)

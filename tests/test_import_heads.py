@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from conftest import assert_clean_failure, export_package, run, truth
+from conftest import assert_clean_failure, export_package, import_from, labelstudio_export, truth
 
 from crowdtk.formats import read_labels, read_regions
 from crowdtk.labeling import export_regions
@@ -26,10 +26,6 @@ from crowdtk.prelabel import Prelabels, Suggestions
 # A square of side 8 around the head with three more vertices on its right edge: the centroid of its area is the head,
 # the mean of its vertices lies 12/7 px to the right of it.
 SQUARE_WITH_EXTRA_VERTICES = np.array([[-4, -4], [4, -4], [4, -2], [4, 0], [4, 2], [4, 4], [-4, 4]], dtype=float)
-
-
-def import_from(labeled, tool: str, source: Path, out: Path, *options):
-    return run("import", labeled["regions"], "--from", tool, source, "-o", out, *options)
 
 
 def assert_oracle_labels(labels: Path, labeled, ids: list[str] | None = None) -> None:
@@ -136,10 +132,7 @@ def test_cvat_head_boxes_ellipses_and_polygons_are_taken_at_their_centres(labele
 
 
 def test_labelstudio_head_rectangles_ellipses_and_polygons_are_taken_at_their_centres(labeled):
-    out = export_package(labeled, "labelstudio")
-    tasks = json.loads((out / "tasks.json").read_text())
-    _, regions = read_regions(labeled["regions"])
-    everything = truth(labeled)
+    tasks, regions, everything = labelstudio_export(labeled)
     exported = []
     for n, (task, entry) in enumerate(zip(tasks, regions)):
         w, h = entry.width / 100, entry.height / 100  # pixels per percent

@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_failure, run, small_checkpoint
+from conftest import assert_clean_failure, run, save_checkpoint, small_checkpoint
 
 from crowdtk.cap import TrainNet
-from crowdtk.checkpoint import save_tensors
-from crowdtk.formats import Provenance, checkpoint_header
+from crowdtk.formats import Provenance
 from crowdtk.models import build_model
 from crowdtk.predict import Predictor, load_counter
 from crowdtk.train_config import TrainConfig
@@ -41,19 +39,7 @@ def csrnet_checkpoint(path: Path) -> Path:
         if isinstance(m, torch.nn.Conv2d) and m is not counter.output:
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     config = TrainConfig(model="csrnet", pretrained=False, epochs=1)
-    header = checkpoint_header(
-        Provenance("test"),
-        model=counter.name,
-        model_config=counter.config,
-        cap=False,
-        training=asdict(config),
-        labels_sha256="0" * 64,
-        epochs_done=1,
-        best_val_mae=0.0,
-        val_on="train",
-    )
-    save_tensors(path, TrainNet(counter, cap=False).weights(), header)
-    return path
+    return save_checkpoint(path, TrainNet(counter, cap=False), config)
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_clean_failure, run
+from conftest import assert_clean_failure, run, save_checkpoint
 
 from crowdtk import pictures
 from crowdtk.affinity import choose_positions
 from crowdtk.cap import TrainNet
-from crowdtk.checkpoint import save_tensors, strip_cap
+from crowdtk.checkpoint import strip_cap
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import (
     BENCH_RESULTS,
@@ -23,7 +22,6 @@ from crowdtk.formats import (
     Provenance,
     Region,
     RegionsEntry,
-    checkpoint_header,
     make_header,
     read_manifest,
     write_json,
@@ -85,19 +83,7 @@ def art(tmp_path_factory) -> dict[str, Path]:
     counter = build_model("lite", pretrained=False, dilated=False, backend_channels=[16])  # small: quick to run
     net = TrainNet(counter, cap=True)
     config = TrainConfig(model="lite", cap=True)
-    cap = root / "cap.safetensors"
-    header = checkpoint_header(
-        Provenance("train"),
-        model=counter.name,
-        model_config=counter.config,
-        cap=True,
-        training=asdict(config),
-        labels_sha256="0" * 64,
-        epochs_done=1,
-        best_val_mae=0.0,
-        val_on="train",
-    )
-    save_tensors(cap, net.weights(), header)
+    cap = save_checkpoint(root / "cap.safetensors", net, config, "train")
     plain = root / "plain.safetensors"
     strip_cap(cap, plain)
 

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
-from conftest import assert_clean_failure, export_package, run, truth
+from conftest import add_cvat_heads, assert_clean_failure, cvat_export, export_package, run, truth
 
 from crowdtk.formats import read_labels, read_regions
 
@@ -35,20 +35,9 @@ def assert_oracle_labels(labels: Path, labeled) -> None:
 def labeled_cvat_xml(labeled) -> tuple[bytes, Path]:
     """The CVAT export's annotations.xml with a 'head' point on every head, as a labeler returns it, and the export's
     images/."""
-    out = export_package(labeled, "cvat")
-    tree = ET.parse(out / "annotations.xml")
-    _, regions = read_regions(labeled["regions"])
-    everything = truth(labeled)
-    for image, entry in zip(tree.getroot().findall("image"), regions):
-        ET.SubElement(
-            image,
-            "points",
-            label="head",
-            source="manual",
-            occluded="0",
-            z_order="0",
-            points=";".join(f"{float(x)!r},{float(y)!r}" for x, y in everything[entry.id]),
-        )
+    out, tree, images = cvat_export(labeled)
+    for image, pts in images:
+        add_cvat_heads(image, pts)
     return ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True), out / "images"
 
 

@@ -9,6 +9,7 @@ import typer
 from crowdtk import __version__
 from crowdtk.cli import (
     bench,
+    campaign,
     count,
     demo,
     eval,
@@ -58,6 +59,7 @@ for module in (
 ):
     app.command(module.command.name)(module.command)
 app.add_typer(labels.app, name="labels")
+app.add_typer(campaign.app, name="campaign")
 
 
 def _version(value: bool) -> None:

@@ -370,7 +370,7 @@ class Experiment:
         front end's features depend only on the images, the scale and the frozen weights."""
         return self.cache_dir if self.cache_dir is not None else self.out / "feature-cache"
 
-    def _train_options(self, steps: int, labels: Path, seed: int) -> list[str]:
+    def train_options(self, steps: int, labels: Path, seed: int) -> list[str]:
         s = self.schedule
         epochs = epochs_for(steps, s.batch_size, labeled_images(labels), s.val_frac)
         options = [
@@ -396,7 +396,7 @@ class Experiment:
         if s.keep == "last":
             options += ["--val-every", str(epochs)]  # validation chooses nothing: once, at the end, as a report
         if s.freeze != "none":
-            options += ["--freeze", s.freeze, *self._cache_option()]
+            options += ["--freeze", s.freeze, *self.cache_option()]
         if s.cpu_bf16:
             options.append("--cpu-bf16")
         if not s.pretrained:
@@ -405,14 +405,14 @@ class Experiment:
             options += ["--backbone-weights", str(self.backbone_weights)]
         return options + ["--seed", str(seed), "--device", self.device, "-q"]
 
-    def _cache_option(self) -> list[str]:
+    def cache_option(self) -> list[str]:
         return ["--feature-cache", str(self.feature_cache)] if self.schedule.freeze != "none" else []
 
-    def _grid_options(self) -> list[str]:
+    def grid_options(self) -> list[str]:
         """Strip edges on the output-cell grid of the training scale, so every labeled head is supervised."""
         return [] if self.schedule.scale == 1.0 else ["--scale", exact(self.schedule.scale)]
 
-    def _strip_option(self) -> list[str]:
+    def strip_option(self) -> list[str]:
         """Passed only when not the default, so the printed commands stay the plain ones."""
         return (
             [] if self.schedule.strip_frac == Schedule.strip_frac else ["--strip-frac", exact(self.schedule.strip_frac)]
@@ -432,8 +432,8 @@ class Experiment:
                 exact(s.warmup_frac),
                 "--strategy",
                 "random",
-                *self._strip_option(),
-                *self._grid_options(),
+                *self.strip_option(),
+                *self.grid_options(),
                 "--seed",
                 str(run.seed),
                 "-o",
@@ -450,7 +450,7 @@ class Experiment:
             (
                 "warmup",
                 str(d / "labels.jsonl"),
-                *self._train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
+                *self.train_options(s.warmup_steps, d / "labels.jsonl", run.seed),
                 "-o",
                 str(d / "model.safetensors"),
             ),
@@ -463,9 +463,9 @@ class Experiment:
                 pool,
                 "--exclude",
                 str(d / "regions.jsonl"),
-                *self._strip_option(),
-                *self._grid_options(),
-                *self._cache_option(),
+                *self.strip_option(),
+                *self.grid_options(),
+                *self.cache_option(),
                 "--device",
                 self.device,
                 "-o",
@@ -510,7 +510,7 @@ class Experiment:
             merge = ["--merge", str(w / "labels.jsonl")]
         if not strategy.whole_images:  # whole images have no cells to shape
             base += ["--shape", run.shape] if len(strategy.shapes) > 1 else []
-            base += [*self._strip_option(), *self._grid_options()]
+            base += [*self.strip_option(), *self.grid_options()]
         yield Step(tuple(base), d / "regions.jsonl")
         yield Step(
             ("import", str(d / "regions.jsonl"), "--oracle", pool, *merge, "-o", str(d / "labels.jsonl"), "-q"),
@@ -529,7 +529,7 @@ class Experiment:
                 "train",
                 str(labels),
                 *(["--cap", *cap] if cap is not None else []),
-                *self._train_options(self.schedule.steps, labels, run.seed),
+                *self.train_options(self.schedule.steps, labels, run.seed),
                 "-o",
                 str(d / "model.safetensors"),
             ),
@@ -545,7 +545,7 @@ class Experiment:
                 str(model),
                 str(self.test_manifest),
                 "--json",
-                *self._cache_option(),
+                *self.cache_option(),
                 "--device",
                 self.device,
                 "-q",
