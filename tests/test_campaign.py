@@ -90,13 +90,13 @@ def test_oracle_campaign_trains_a_counter_within_the_budget(oracle_campaign: dic
     out = oracle_campaign["out"]
     assert "campaign done" in oracle_campaign["next"].stdout
     assert (out / "round-2" / "infer.safetensors").is_file()
-    _, round1 = read_regions(out / "round-1" / "regions.jsonl")
-    header2, round2 = read_regions(out / "round-2" / "regions.jsonl")
-    assert abs(header2["cumulative_area_fraction"] - 0.1) <= 0.005
-    # Round 2 chose only among images the warm-up round left, and its labels hold both rounds.
-    assert not {e.id for e in round1 if e.regions} & {e.id for e in round2 if e.regions}
+    _, warmup_regions = read_regions(out / "round-1" / "regions.jsonl")
+    mdc_header, mdc_regions = read_regions(out / "round-2" / "regions.jsonl")
+    assert abs(mdc_header["cumulative_area_fraction"] - 0.1) <= 0.005
+    # The MDC round chose only among images the warm-up round left, and its labels hold both rounds'.
+    assert not {e.id for e in warmup_regions if e.regions} & {e.id for e in mdc_regions if e.regions}
     _, labels = read_labels(out / "round-2" / "labels.jsonl")
-    assert {e.id for e in labels} == {e.id for e in round1 + round2 if e.regions}
+    assert {e.id for e in labels} == {e.id for e in warmup_regions + mdc_regions if e.regions}
 
 
 def test_oracle_campaign_prints_the_commands_it_runs(oracle_campaign: dict) -> None:
