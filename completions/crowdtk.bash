@@ -59,7 +59,7 @@ _crowdtk_options()
         "labels") echo "--help -h" ;;
         "labels diff") echo "--help --quiet --verbose -h -q -v" ;;
         "campaign") echo "--help -h" ;;
-        "campaign init") echo "--batch-size --budget --budget-heads --cap --cpu-bf16 --crop --device --force --freeze --help --holdout --model --no-cap --no-cpu-bf16 --no-pretrained --oracle --output --quiet --rounds --scale --seed --steps --strategy --strip-frac --tool --verbose --warmup-budget --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "campaign init") echo "--batch-size --budget --budget-heads --cap --cpu-bf16 --crop --device --finetune --force --freeze --help --holdout --init --model --no-cap --no-cpu-bf16 --no-pretrained --oracle --output --quiet --rounds --scale --seed --steps --strategy --strip-frac --tool --verbose --warmup-budget --warmup-frac --warmup-steps -h -o -q -v" ;;
         "campaign next") echo "--help --package --quiet --until-blocked --verbose -h -q -v" ;;
         "campaign status") echo "--help --json --quiet --verbose -h -q -v" ;;
     esac
@@ -226,6 +226,7 @@ _crowdtk_value()
         "campaign init|--budget-heads") echo "none" ;;
         "campaign init|--warmup-budget") echo "none" ;;
         "campaign init|--rounds") echo "none" ;;
+        "campaign init|--init") echo "file" ;;
         "campaign init|--strategy") echo "choice random none-or-all max mdc" ;;
         "campaign init|--oracle") echo "file" ;;
         "campaign init|--model") echo "choice csrnet lite lite1 lite2" ;;

@@ -30,7 +30,9 @@ _crowdtk_campaign_init() {
         '--budget[Share of the pool'\''s area labeled by all rounds together, in (0, 1\]. \[default: 0.1\]]:float: ' \
         '--budget-heads[Heads to label instead of --budget: the warm-up round labels --warmup-budget of its images'\'' area, the later rounds spend the heads left (select --budget-heads). \[default: none\]]:n: ' \
         '--warmup-budget[With --budget-heads: the warm-up round'\''s per-image share of the area.]:float: ' \
-        '--rounds[Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; the budget left after the warm-up round is spread evenly over them.]:int range: ' \
+        '--rounds[Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; the budget left after the warm-up round is spread evenly over them. With --init: rounds of --strategy only, the budget spread evenly. \[default: 2, or 1 with --init\]]:int range: ' \
+        '--init[Start from this counter (e.g. one trained on a public data set): its vectors choose the first round'\''s strips, and there is no warm-up round. \[default: none\]]:ckpt:_files' \
+        '--finetune[With --init: every round'\''s counter starts from its weights instead of ImageNet'\''s. \[default: off\]]' \
         '--strategy[Strategy of the rounds after the warm-up round: random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
         '--oracle[Play the labeler: label every round from this manifest'\''s ground truth (import --oracle) instead of exporting packages. \[default: none\]]:manifest:_files' \
         '--model[Counter: csrnet (the paper'\''s: a VGG16 front end), lite (an EfficientNet-Lite0 front end, fast on CPU), lite1 (EfficientNet-Lite1: deeper) or lite2 (EfficientNet-Lite2: deeper and wider).]:csrnet|lite|lite1|lite2:(csrnet lite lite1 lite2)' \

@@ -15,6 +15,10 @@ later rounds. A head budget (``budget_heads``) labels the warm-up round by area 
 the warm-up counter has no vectors to price heads with) and spreads the heads left after it over the
 later rounds, each ``select --budget-heads`` its share of what is still left.
 
+With an initial counter (``init``, e.g. one trained on a public data set) there is no warm-up round: the
+initial counter's vectors choose round 1's strips (``vectors`` into ``init/``), and the budget is spread evenly
+over the rounds. Its counters train from ImageNet weights as usual, or from the initial counter's (``finetune``).
+
 Every step is a :class:`~crowdtk.experiment.Step`: its command line and the file it makes. A step is
 done when its file exists, so the state of a campaign is its folder; ``campaign.json`` records the
 settings, the plan and, after every step, each round's state as read from the folder.
@@ -76,6 +80,8 @@ class Settings:
     device: str = "auto"
     cap: bool = True
     holdout: float = 0.1  # share of the labeled images the final counter does not train on (its error on them)
+    init: str | None = None  # an initial counter: it chooses round 1's strips, and there is no warm-up round
+    finetune: bool = False  # with init: every counter starts from the initial counter's weights
     schedule: Schedule = field(default_factory=Schedule)
 
     def to_record(self) -> dict[str, Any]:
@@ -106,8 +112,14 @@ class RoundPlan:
 
 
 def plan_rounds(settings: Settings) -> list[RoundPlan]:
-    """The rounds of a campaign: the warm-up round, then ``rounds - 1`` rounds of ``strategy``."""
+    """The rounds of a campaign: the warm-up round, then ``rounds - 1`` rounds of ``strategy``; with an initial
+    counter, ``rounds`` rounds of ``strategy`` reaching the budget in even steps."""
     wf, n = settings.schedule.warmup_frac, settings.rounds
+    if settings.init is not None:
+        if settings.budget_heads is not None:
+            return [RoundPlan(k, settings.strategy, False, None, 1 / (n - k + 1)) for k in range(1, n + 1)]
+        assert settings.budget is not None
+        return [RoundPlan(k, settings.strategy, False, settings.budget * k / n) for k in range(1, n + 1)]
     if settings.budget_heads is not None:
         first = RoundPlan(1, "random", True, settings.warmup_budget)
         return [first] + [RoundPlan(k, settings.strategy, False, None, 1 / (n - k + 1)) for k in range(2, n + 1)]
@@ -125,8 +137,12 @@ def validate(settings: Settings) -> int:
     """Every check ``campaign init`` makes before it creates the folder; the pool's image count."""
     s = settings.schedule
     s.validate()
-    if settings.rounds < 2:
+    if settings.init is None and settings.rounds < 2:
         raise CrowdtkError(f"--rounds {settings.rounds}: a campaign has at least 2", "a warm-up round and one more")
+    if settings.rounds < 1:
+        raise CrowdtkError(f"--rounds {settings.rounds}: a campaign has at least 1", "pass --rounds 1 or more")
+    if settings.finetune and settings.init is None:
+        raise CrowdtkError("--finetune without --init", "name the counter to start from with --init CKPT")
     if settings.budget is not None and not 0 < settings.budget <= 1:
         raise CrowdtkError(f"--budget {settings.budget}: outside (0, 1]", "give the share of the pool's area, e.g. 0.1")
     if settings.budget_heads is not None and not (math.isfinite(settings.budget_heads) and settings.budget_heads > 0):
@@ -140,6 +156,14 @@ def validate(settings: Settings) -> int:
     _, entries = read_manifest(settings.pool)
     if settings.oracle is not None:
         read_manifest(settings.oracle)
+    if settings.init is not None:
+        _check_initial_counter(settings)
+        if len(entries) < settings.rounds:
+            raise CrowdtkError(
+                f"{settings.pool}: {len(entries)} images cannot make {settings.rounds} rounds",
+                "pass a larger pool or fewer --rounds",
+            )
+        return len(entries)
     warm = round_half_up(s.warmup_frac * len(entries))
     if warm < 1 or len(entries) - warm < settings.rounds - 1:
         raise CrowdtkError(
@@ -148,6 +172,19 @@ def validate(settings: Settings) -> int:
             "pass a larger pool, another --warmup-frac, or fewer --rounds",
         )
     return len(entries)
+
+
+def _check_initial_counter(settings: Settings) -> None:
+    """The initial counter is a crowdtk checkpoint, and of the campaign's model when its counters start from it."""
+    from crowdtk.checkpoint import model_of, read_header
+
+    assert settings.init is not None
+    model, _ = model_of(read_header(Path(settings.init)), settings.init)
+    if settings.finetune and model != settings.schedule.model:
+        raise CrowdtkError(
+            f"{settings.init}: a {model} counter, and this campaign trains {settings.schedule.model}",
+            f"pass --model {model}, or drop --finetune to train from ImageNet weights",
+        )
 
 
 @dataclass
@@ -179,13 +216,22 @@ class Campaign:
         return self.round_dir(k) / "package"
 
     def model(self, k: int) -> Path:
+        """Round k's counter; round 0's is the initial counter (``init``)."""
+        if k == 0:
+            assert self.settings.init is not None
+            return Path(self.settings.init)
         return self.round_dir(k) / "model.safetensors"
 
     def infer(self, k: int) -> Path:
         return self.round_dir(k) / "infer.safetensors"
 
     def vectors(self, k: int) -> Path:
-        return self.round_dir(k) / "vectors.npz"
+        return (self.folder / "init" if k == 0 else self.round_dir(k)) / "vectors.npz"
+
+    def chooses_with(self, k: int) -> int | None:
+        """The round whose counter's vectors round k's select reads (0: the initial counter); None: it reads none."""
+        first = 1 if self.settings.init is not None else 2
+        return k - 1 if k >= first and self.needs_vectors(k) else None
 
     @property
     def last(self) -> int:
@@ -241,7 +287,8 @@ class Campaign:
         from crowdtk.checkpoint import training_finished  # imports torch: only once a round has labels
 
         if not self.regions(k).exists():
-            return SELECT
+            before = self.chooses_with(k)
+            return VECTORS if before == 0 and not self.vectors(0).exists() else SELECT
         if not self.labels(k).exists():
             if self.settings.oracle is not None:
                 return IMPORT
@@ -279,7 +326,7 @@ class Campaign:
             state["heads_total"] = labeled_heads(self.labels(k))
             before = labeled_heads(self.labels(k - 1)) if k > 1 and self.labels(k - 1).exists() else 0
             state["heads"] = state["heads_total"] - before
-        if phase in (STRIP, VECTORS, DONE):
+        if phase in (STRIP, DONE) or (phase == VECTORS and self.regions(k).exists()):
             state["model"] = str(self.model(k))
         return state
 
@@ -314,7 +361,8 @@ class Campaign:
                 spend = ["--budget-heads", exact(self.heads_left() * p.heads_share)]
             else:
                 spend = ["--budget", exact(p.budget or 0.0)]
-            choose = ["--vectors", str(self.vectors(k - 1))] if k > 1 and self.needs_vectors(k) else []
+            before = self.chooses_with(k)
+            choose = [] if before is None else ["--vectors", str(self.vectors(before))]
             argv = ["select", pool, *spend, "--strategy", p.strategy, *choose, *self._excluded(k - 1)]
             argv += [*self._cells(p.strategy), "--seed", seed, "-o", str(self.regions(k)), "-q"]
             return Step(tuple(argv), self.regions(k))
@@ -339,14 +387,18 @@ class Campaign:
             steps = st.schedule.steps if final else st.schedule.warmup_steps
             command = ["train", str(labels), *(["--cap"] if st.cap else [])] if final else ["warmup", str(labels)]
             options = e.train_options(steps, labels, st.seed)
+            if st.finetune:
+                options += ["--init", str(self.model(0))]
             return Step((*command, *options, "-o", str(self.model(k))), self.model(k))
         if phase == STRIP:
             return Step(("strip-cap", str(self.model(k)), "-o", str(self.infer(k)), "-q"), self.infer(k))
         if phase == VECTORS:
+            # Before round k's select (the initial counter, for round 1), or after round k trained (for round k + 1).
+            j = k if self.regions(k).exists() else k - 1
             e = self._experiment(False)
-            argv = ["vectors", str(self.model(k)), pool, *self._excluded(k), *e.strip_option(), *e.grid_options()]
-            argv += [*e.cache_option(), "--device", st.device, "-o", str(self.vectors(k)), "-q"]
-            return Step(tuple(argv), self.vectors(k))
+            argv = ["vectors", str(self.model(j)), pool, *self._excluded(j), *e.strip_option(), *e.grid_options()]
+            argv += [*e.cache_option(), "--device", st.device, "-o", str(self.vectors(j)), "-q"]
+            return Step(tuple(argv), self.vectors(j))
         return None
 
     def heads_left(self) -> float:

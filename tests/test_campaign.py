@@ -233,3 +233,42 @@ def test_crops_round_trip_without_the_oracle(tiny_data: Path, tmp_path: Path) ->
 def test_status_of_a_folder_without_a_campaign(tmp_path: Path) -> None:
     assert_clean_failure(run("campaign", "status", tmp_path), "campaign init")
     assert_clean_failure(run("campaign", "next", tmp_path), "campaign init")
+
+
+# --------------------------------------------------------------------------- starting from a counter
+
+
+def test_an_initial_counter_replaces_the_warm_up_round(oracle_campaign: dict, tiny_data: Path, tmp_path: Path) -> None:
+    counter, out = oracle_campaign["out"] / "round-1" / "model.safetensors", tmp_path / "camp"
+    started = init(tiny_data, out, "--tool", "crops", "--oracle", pool_of(tiny_data), "--init", counter, "--finetune")
+    assert started.exit_code == 0, started.output
+    plan = json.loads((out / "campaign.json").read_text())["plan"]
+    assert [(p["strategy"], p["warmup"], p["budget"]) for p in plan] == [("mdc", False, 0.1)]
+    status = run("campaign", "status", out)
+    assert f"initial counter: {counter}" in status.stdout and "next: round 1 vectors" in status.stdout
+    finished = run("campaign", "next", out, "--until-blocked")
+    assert finished.exit_code == 0, finished.output
+    commands = [line for line in finished.stderr.splitlines() if line.startswith("+ crowdtk ")]
+    assert [c.split()[2] for c in commands] == ["vectors", "select", "import", "train", "strip-cap"]
+    # The initial counter's vectors choose round 1's strips, and the final counter starts from its weights.
+    assert commands[0].startswith(f"+ crowdtk vectors {counter} ") and f"-o {out}/init/vectors.npz" in commands[0]
+    assert f"--strategy mdc --vectors {out}/init/vectors.npz" in commands[1]
+    assert f"--init {counter}" in commands[3]
+    header, _ = read_regions(out / "round-1" / "regions.jsonl")
+    assert abs(header["cumulative_area_fraction"] - 0.1) <= 0.005
+    assert "round 1 (mdc): done" in run("campaign", "status", out).stdout
+
+
+def test_an_initial_counter_is_checked_before_the_folder_is_made(
+    oracle_campaign: dict, tiny_data: Path, tmp_path: Path
+) -> None:
+    counter, out = oracle_campaign["out"] / "round-1" / "model.safetensors", tmp_path / "camp"
+    missing = init(tiny_data, out, "--tool", "crops", "--init", tmp_path / "none.st")
+    assert_clean_failure(missing, "none.st", leftovers=out)
+    assert_clean_failure(init(tiny_data, out, "--tool", "crops", "--finetune"), "--init", leftovers=out)
+    other = init(tiny_data, out, "--tool", "crops", "--init", counter, "--finetune", "--model", "csrnet")
+    assert_clean_failure(other, "--model lite", leftovers=out)
+    three = init(tiny_data, out, "--tool", "crops", "--init", counter, "--rounds", "3")
+    assert three.exit_code == 0, three.output
+    plan = json.loads((out / "campaign.json").read_text())["plan"]
+    assert [p["budget"] for p in plan] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])

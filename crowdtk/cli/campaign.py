@@ -90,13 +90,31 @@ def init(
         float, typer.Option(help="With --budget-heads: the warm-up round's per-image share of the area.")
     ] = 0.1,
     rounds: Annotated[
-        int,
+        int | None,
         typer.Option(
-            min=2,
+            min=1,
             help="Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; "
-            "the budget left after the warm-up round is spread evenly over them.",
+            "the budget left after the warm-up round is spread evenly over them. With --init: rounds of --strategy "
+            "only, the budget spread evenly. [default: 2, or 1 with --init]",
+            show_default=False,
         ),
-    ] = 2,
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            metavar="CKPT",
+            help="Start from this counter (e.g. one trained on a public data set): its vectors choose the first "
+            "round's strips, and there is no warm-up round. [default: none]",
+        ),
+    ] = None,
+    finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune",
+            help="With --init: every round's counter starts from its weights instead of ImageNet's. [default: off]",
+        ),
+    ] = False,
     strategy: str = Deferred(_strategy, "mdc"),
     oracle: Annotated[
         Path | None,
@@ -137,6 +155,12 @@ def init(
         raise CrowdtkError(f"{pool}: no such file", "pass a manifest from crowdtk index")
     if oracle is not None and not oracle.is_file():
         raise CrowdtkError(f"{oracle}: no such file", "pass the manifest whose ground truth plays the labeler")
+    if init is not None and not init.is_file():
+        raise CrowdtkError(f"{init}: no such file", "pass a counter's checkpoint (crowdtk train -o)")
+    if rounds is None:
+        rounds = 1 if init is not None else 2
+    if init is None and rounds < 2:
+        raise UsageError(f"--rounds {rounds}: a campaign without --init has at least 2", "a warm-up round and one more")
     from crowdtk.formats import read_manifest
     from crowdtk.geometry import scale_for_pixels
 
@@ -164,10 +188,12 @@ def init(
         device=device.value,
         cap=cap,
         holdout=holdout,
+        init=None if init is None else str(init.resolve()),
+        finetune=finetune,
         schedule=sched,
     )
     validate(settings)  # every check before DIR is made: a refused start leaves nothing behind
-    claim(output, session.force, folder=True, inputs=(pool, oracle))
+    claim(output, session.force, folder=True, inputs=(pool, oracle, init))
     plan = plan_rounds(settings)
     with atomic_dir(output, session.force) as tmp:
         Campaign(Path(tmp), settings, plan).save()
@@ -285,7 +311,7 @@ def _status(c: Campaign) -> dict[str, Any]:
     rounds = [c.round_state(p.round) for p in c.plan]
     k = c.current()
     counters = [r["model"] for r in rounds if "model" in r]
-    counter = str(c.final_model()) if k is None else (counters[-1] if counters else None)
+    counter = str(c.final_model()) if k is None else (counters[-1] if counters else st.init)
     error = counter_error(c.model(c.last)) if k is None else None
     budget: dict[str, Any] = {"area": st.budget, "heads": st.budget_heads}
     return {
@@ -319,8 +345,10 @@ def status(
     budget = f"{100 * st.budget:g}% of the pool's area" if st.budget is not None else f"{st.budget_heads:g} heads"
     labeler = "the oracle " + str(st.oracle) if st.oracle else st.tool
     lines = [f"campaign {folder}: {st.rounds} rounds, budget {budget}, labeled by {labeler}"]
+    if st.init is not None:
+        lines.append(f"initial counter: {st.init}" + (" (every counter starts from it)" if st.finetune else ""))
     for r in s["rounds"]:
-        kind = "warm-up, random" if r["round"] == 1 else r["strategy"]
+        kind = "warm-up, random" if c.plan[r["round"] - 1].warmup else r["strategy"]
         parts = [r["phase"]]
         if "area_fraction" in r:
             parts.append(f"{100 * r['area_fraction']:.2f}% of the area in {r['images']} images")
