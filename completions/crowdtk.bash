@@ -59,7 +59,7 @@ _crowdtk_options()
         "labels") echo "--help -h" ;;
         "labels diff") echo "--help --quiet --verbose -h -q -v" ;;
         "campaign") echo "--help -h" ;;
-        "campaign init") echo "--batch-size --budget --budget-heads --cap --cpu-bf16 --crop --device --finetune --force --freeze --help --holdout --init --model --no-cap --no-cpu-bf16 --no-pretrained --oracle --output --quiet --rounds --scale --seed --steps --strategy --strip-frac --tool --verbose --warmup-budget --warmup-frac --warmup-steps -h -o -q -v" ;;
+        "campaign init") echo "--batch-size --budget --budget-heads --cap --cpu-bf16 --crop --device --feature-cache --finetune --force --freeze --help --holdout --init --model --no-cap --no-cpu-bf16 --no-pretrained --oracle --output --quiet --rounds --scale --seed --steps --strategy --strip-frac --tool --verbose --warmup-budget --warmup-frac --warmup-steps -h -o -q -v" ;;
         "campaign next") echo "--help --package --quiet --until-blocked --verbose -h -q -v" ;;
         "campaign status") echo "--help --json --quiet --verbose -h -q -v" ;;
     esac
@@ -238,6 +238,7 @@ _crowdtk_value()
         "campaign init|--freeze") echo "choice none early encoder" ;;
         "campaign init|--warmup-frac") echo "none" ;;
         "campaign init|--strip-frac") echo "none" ;;
+        "campaign init|--feature-cache") echo "file" ;;
         "campaign init|--holdout") echo "none" ;;
         "campaign init|--seed") echo "none" ;;
         "campaign init|--device") echo "choice auto cpu cuda" ;;

@@ -45,6 +45,7 @@ _crowdtk_campaign_init() {
         '--warmup-frac[Share of the images in the warm-up round.]:float: ' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \
         '(--cap --no-cap)'{--cap,--no-cap}'[Train the final counter with CAP.]' \
+        '--feature-cache[Folder of the frozen front end'\''s features, shareable between bench folders and campaigns (a CI job can keep it across runs). \[default: DIR/feature-cache\]]:path:_files' \
         '--holdout[Share of the labeled images the final counter does not train on; '\''campaign status'\'' reports its error on their regions (needs 5 labeled images or more). 0: train on all.]:float: ' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '(--cpu-bf16 --no-cpu-bf16)'{--cpu-bf16,--no-cpu-bf16}'[Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). \[default: on where the CPU runs bfloat16 natively and --device is not cuda\]]' \
@@ -174,7 +175,7 @@ _crowdtk_bench() {
         '(--cpu-bf16 --no-cpu-bf16)'{--cpu-bf16,--no-cpu-bf16}'[Train in bfloat16 autocast on the CPU (train --cpu-bf16; about 2x faster with AMX). \[default: on where the CPU runs bfloat16 natively and --device is not cuda\]]' \
         '--no-pretrained[Start from random weights instead of ImageNet ones. \[default: off\]]' \
         '--backbone-weights[ImageNet weights file for the front end (.safetensors, or a torchvision .pth state dict). \[default: the cached torchvision weights\]]:path:_files' \
-        '--feature-cache[Folder of the frozen front end'\''s features, shareable between bench folders (a CI job can keep it across runs). \[default: DIR/feature-cache\]]:path:_files' \
+        '--feature-cache[Folder of the frozen front end'\''s features, shareable between bench folders and campaigns (a CI job can keep it across runs). \[default: DIR/feature-cache\]]:path:_files' \
         '--warmup-frac[Share of the images in the warm-up round (max, mdc).]:float: ' \
         '--image-list[A published split'\''s labeled images (one name a line, as select --image-list reads it): none-or-all labels exactly these whole images instead of drawing them by the budget; the other methods keep the budget. One budget only; the list'\''s digest is a setting of DIR. \[default: none\]]:file:_files' \
         '--strip-frac[Strip width as a fraction of the image width (random, max, mdc; the budget sets how many per image).]:float: ' \

@@ -82,6 +82,7 @@ class Settings:
     holdout: float = 0.1  # share of the labeled images the final counter does not train on (its error on them)
     init: str | None = None  # an initial counter: it chooses round 1's strips, and there is no warm-up round
     finetune: bool = False  # with init: every counter starts from the initial counter's weights
+    feature_cache: str | None = None  # the frozen front end's features [default: DIR/feature-cache]
     schedule: Schedule = field(default_factory=Schedule)
 
     def to_record(self) -> dict[str, Any]:
@@ -336,8 +337,10 @@ class Campaign:
         """The bench's option builder over this campaign's schedule (the final counter holds out ``holdout``)."""
         s = self.settings.schedule
         schedule = Schedule(**{**asdict(s), "val_frac": self.settings.holdout if final else 0.0})
+        cache = self.settings.feature_cache
+        pool = Path(self.settings.pool)
         return Experiment(
-            Path(self.settings.pool), Path(self.settings.pool), self.folder, schedule, self.settings.device
+            pool, pool, self.folder, schedule, self.settings.device, None if cache is None else Path(cache)
         )
 
     def _cells(self, strategy: str) -> list[str]:

@@ -240,7 +240,9 @@ def test_status_of_a_folder_without_a_campaign(tmp_path: Path) -> None:
 
 def test_an_initial_counter_replaces_the_warm_up_round(oracle_campaign: dict, tiny_data: Path, tmp_path: Path) -> None:
     counter, out = oracle_campaign["out"] / "round-1" / "model.safetensors", tmp_path / "camp"
-    started = init(tiny_data, out, "--tool", "crops", "--oracle", pool_of(tiny_data), "--init", counter, "--finetune")
+    cache = tmp_path / "shared-cache"
+    options = ("--oracle", pool_of(tiny_data), "--init", counter, "--finetune", "--feature-cache", cache)
+    started = init(tiny_data, out, "--tool", "crops", *options)
     assert started.exit_code == 0, started.output
     plan = json.loads((out / "campaign.json").read_text())["plan"]
     assert [(p["strategy"], p["warmup"], p["budget"]) for p in plan] == [("mdc", False, 0.1)]
@@ -254,6 +256,7 @@ def test_an_initial_counter_replaces_the_warm_up_round(oracle_campaign: dict, ti
     assert commands[0].startswith(f"+ crowdtk vectors {counter} ") and f"-o {out}/init/vectors.npz" in commands[0]
     assert f"--strategy mdc --vectors {out}/init/vectors.npz" in commands[1]
     assert f"--init {counter}" in commands[3]
+    assert f"--feature-cache {cache} " in commands[0] and f"--feature-cache {cache} " in commands[3]
     header, _ = read_regions(out / "round-1" / "regions.jsonl")
     assert abs(header["cumulative_area_fraction"] - 0.1) <= 0.005
     assert "round 1 (mdc): done" in run("campaign", "status", out).stdout

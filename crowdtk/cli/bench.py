@@ -22,6 +22,7 @@ from crowdtk.cli.options import (
     Lr,
     NoPretrained,
     Session,
+    SharedFeatureCache,
     choices,
     schedule_options,
     strip_frac_option,
@@ -137,15 +138,7 @@ def command(
     cpu_bf16: CpuBf16Auto = None,
     no_pretrained: NoPretrained = False,
     backbone_weights: BackboneWeights = None,
-    feature_cache: Annotated[
-        Path | None,
-        typer.Option(
-            "--feature-cache",
-            help="Folder of the frozen front end's features, shareable between bench folders (a CI job can keep it "
-            "across runs). [default: DIR/feature-cache]",
-            show_default=False,
-        ),
-    ] = None,
+    feature_cache: SharedFeatureCache = None,
     warmup_frac: float = Deferred(_warmup_frac_option, _S.warmup_frac),
     image_list: Path | None = Deferred(_image_list_option, None),
     strip_frac: float = strip_frac_option(_S.strip_frac),

@@ -29,6 +29,7 @@ from crowdtk.cli.options import (
     NoPretrained,
     Seed,
     Session,
+    SharedFeatureCache,
     registered,
     schedule_options,
     strip_frac_option,
@@ -135,6 +136,7 @@ def init(
     warmup_frac: Annotated[float, typer.Option(help="Share of the images in the warm-up round.")] = _S.warmup_frac,
     strip_frac: float = strip_frac_option(_S.strip_frac),
     cap: Annotated[bool, typer.Option("--cap/--no-cap", help="Train the final counter with CAP.")] = True,
+    feature_cache: SharedFeatureCache = None,
     holdout: Annotated[
         float,
         typer.Option(
@@ -190,6 +192,7 @@ def init(
         holdout=holdout,
         init=None if init is None else str(init.resolve()),
         finetune=finetune,
+        feature_cache=None if feature_cache is None else str(feature_cache.resolve()),
         schedule=sched,
     )
     validate(settings)  # every check before DIR is made: a refused start leaves nothing behind

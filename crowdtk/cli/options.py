@@ -400,3 +400,15 @@ Regions = Annotated[
 def tool_choices() -> type[Enum]:
     """--to and --from: the registered labeling tools (crowdtk.labeling.TOOLS), in their order."""
     return registered("Tool", TOOLS)
+
+
+# bench and campaign: the features of a frozen front end, kept for every run in the folder (and beyond it).
+SharedFeatureCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--feature-cache",
+        help="Folder of the frozen front end's features, shareable between bench folders and campaigns (a CI job can "
+        "keep it across runs). [default: DIR/feature-cache]",
+        show_default=False,
+    ),
+]
