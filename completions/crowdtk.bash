@@ -8,7 +8,7 @@
 _crowdtk_positional()
 {
     case "$1" in
-        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap export-model eval count bench demo show labels campaign" ;;
+        "") echo "choice index gen-density synth select export import warmup vectors train strip-cap export-model eval count bench demo show serve labels campaign" ;;
         "index") echo "file" ;;
         "gen-density") echo "file" ;;
         "synth") echo "none" ;;
@@ -25,6 +25,7 @@ _crowdtk_positional()
         "bench") echo "none" ;;
         "demo") echo "none" ;;
         "show") echo "file" ;;
+        "serve") echo "file" ;;
         "labels") echo "choice diff" ;;
         "labels diff") echo "file" ;;
         "campaign") echo "choice init next status" ;;
@@ -56,6 +57,7 @@ _crowdtk_options()
         "bench") echo "--backbone-weights --batch-size --budget --budgets --check --cpu-bf16 --crop --device --feature-cache --freeze --help --image-list --lr --methods --model --no-cpu-bf16 --no-pretrained --output --quiet --recipe --scale --seeds --shapes --steps --strip-frac --test --tolerance --train --val-frac --verbose --warmup-frac --warmup-steps -h -o -q -v" ;;
         "demo") echo "--batch-size --budget --cpu-bf16 --crop --device --help --methods --model --no-cpu-bf16 --output --quiet --seed --seeds --steps --strip-frac --synth-test --synth-train --verbose --warmup-steps -h -o -q -v" ;;
         "show") echo "--checkpoint --force --help --image --labels --manifest --max-side --output --positions --quiet --verbose -h -o -q -v" ;;
+        "serve") echo "--device --feature-cache --help --host --max-side --port --quiet --token --verbose -h -q -v" ;;
         "labels") echo "--help -h" ;;
         "labels diff") echo "--help --quiet --verbose -h -q -v" ;;
         "campaign") echo "--help -h" ;;
@@ -220,6 +222,12 @@ _crowdtk_value()
         "show|--labels") echo "file" ;;
         "show|--positions") echo "none" ;;
         "show|--max-side") echo "none" ;;
+        "serve|--host") echo "none" ;;
+        "serve|--port") echo "none" ;;
+        "serve|--token") echo "none" ;;
+        "serve|--max-side") echo "none" ;;
+        "serve|--feature-cache") echo "file" ;;
+        "serve|--device") echo "choice auto cpu cuda" ;;
         "campaign init|-o"|"campaign init|--output") echo "file" ;;
         "campaign init|--tool") echo "choice crops labelstudio cvat labelme" ;;
         "campaign init|--budget") echo "none" ;;

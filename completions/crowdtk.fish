@@ -24,6 +24,7 @@ complete -c crowdtk -n '__fish_use_subcommand' -a count -d 'Print one JSON line 
 complete -c crowdtk -n '__fish_use_subcommand' -a bench -d 'Run the paper\'s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
 complete -c crowdtk -n '__fish_use_subcommand' -a demo -d 'Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
 complete -c crowdtk -n '__fish_use_subcommand' -a show -d 'Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
+complete -c crowdtk -n '__fish_use_subcommand' -a serve -d 'Answer Label Studio as an ML backend for the campaign in DIR, until Ctrl-C.'
 complete -c crowdtk -n '__fish_use_subcommand' -a labels -d 'Work with labels files: compare two labelings of the same regions (review rounds).'
 complete -c crowdtk -n '__fish_use_subcommand' -a campaign -d 'A labeling campaign in one folder: the warm-up round, its counter, then rounds chosen with it (MDC), each an ordinary crowdtk command.'
 
@@ -308,6 +309,18 @@ complete -c crowdtk -n '__fish_seen_subcommand_from show' -s q -l quiet -d 'No p
 complete -c crowdtk -n '__fish_seen_subcommand_from show' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
 complete -c crowdtk -n '__fish_seen_subcommand_from show' -s h -l help -d 'Show this message and exit.'
 complete -c crowdtk -n '__fish_seen_subcommand_from show' -F
+
+# crowdtk serve
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -l host -x -d 'Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -l port -x -d 'Port to listen on (0: any free port).'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -l token -x -d 'Refuse requests without this token (Authorization: Token T or Bearer T, or Basic auth with T as the password). [default: $CROWDTK_SERVE_TOKEN, else none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -l max-side -x -d 'Images larger than this (pixels, after --scale) are run in tiles whose counts add up.'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -l feature-cache -r -F -d 'Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -l device -x -a 'auto cpu cuda' -d 'Where the network runs (auto picks CUDA when present).'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -s q -l quiet -d 'No progress or log messages on stderr. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -s v -l verbose -d 'More log messages, and a traceback on errors. [default: off]'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -s h -l help -d 'Show this message and exit.'
+complete -c crowdtk -n '__fish_seen_subcommand_from serve' -F
 
 # crowdtk labels
 complete -c crowdtk -n '__fish_seen_subcommand_from labels; and not __fish_seen_subcommand_from diff' -s h -l help -d 'Show this message and exit.'

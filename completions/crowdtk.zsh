@@ -115,6 +115,20 @@ _crowdtk_labels() {
     return ret
 }
 
+_crowdtk_serve() {
+    _arguments -s -S \
+        '--host[Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).]:str: ' \
+        '--port[Port to listen on (0: any free port).]:int range: ' \
+        '--token[Refuse requests without this token (Authorization: Token T or Bearer T, or Basic auth with T as the password). \[default: $CROWDTK_SERVE_TOKEN, else none\]]:str: ' \
+        '--max-side[Images larger than this (pixels, after --scale) are run in tiles whose counts add up.]:int: ' \
+        '--feature-cache[Folder of cached front-end features (train --feature-cache): a checkpoint trained with --freeze reuses them for images that need no tiling. \[default: none\]]:path:_files' \
+        '--device[Where the network runs (auto picks CUDA when present).]:auto|cpu|cuda:(auto cpu cuda)' \
+        '(-q --quiet)'{-q,--quiet}'[No progress or log messages on stderr. \[default: off\]]' \
+        '(-v --verbose)'{-v,--verbose}'[More log messages, and a traceback on errors. \[default: off\]]' \
+        '(- *)'{-h,--help}'[Show this message and exit.]' \
+        '1:folder:_files'
+}
+
 _crowdtk_show() {
     _arguments -s -S \
         '(-o --output)'{-o,--output}'[PNG file to write.]:path:_files' \
@@ -454,6 +468,7 @@ _crowdtk() {
         'bench:Run the paper'\''s comparisons (full, none-or-all, random, max, mdc, mdc+cap) with one model and schedule.'
         'demo:Generate a small crowd data set and run Algorithm 1 on it (warm-up, MDC, CAP) with the lite model.'
         'show:Draw ARTIFACT as a PNG picture; the kind of picture follows from what ARTIFACT is.'
+        'serve:Answer Label Studio as an ML backend for the campaign in DIR, until Ctrl-C.'
         'labels:Work with labels files: compare two labelings of the same regions (review rounds).'
         'campaign:A labeling campaign in one folder: the warm-up round, its counter, then rounds chosen with it (MDC), each an ordinary crowdtk command.'
     )
@@ -483,6 +498,7 @@ _crowdtk() {
                 bench) _crowdtk_bench && ret=0 ;;
                 demo) _crowdtk_demo && ret=0 ;;
                 show) _crowdtk_show && ret=0 ;;
+                serve) _crowdtk_serve && ret=0 ;;
                 labels) _crowdtk_labels && ret=0 ;;
                 campaign) _crowdtk_campaign && ret=0 ;;
             esac ;;

@@ -45,8 +45,10 @@ the affinity rows of chosen labeled positions as ``h×w`` pictures (the paper's 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec
 
 import torch
 from torch import nn
@@ -60,6 +62,7 @@ from crowdtk.train_config import CAP_AFFINITIES, CAP_TEMPERATURES
 GAMMA_INIT = 0.2
 EPS = 1e-6
 MAX_BYTES = 256 * 1024 * 1024
+P = ParamSpec("P")  # the options a per-image function takes after its tensors
 
 
 def _normalized(f: torch.Tensor, eps: float) -> torch.Tensor:
@@ -180,22 +183,6 @@ def cap_image(
     return out.t().reshape(feat.shape)
 
 
-def cap_batch(
-    feat: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: torch.Tensor | float,
-    eps: float = EPS,
-    max_bytes: int = MAX_BYTES,
-    affinity: str = "paper",
-    temperature: float | None = None,
-) -> torch.Tensor:
-    """CAP on a batch: ``feat`` ``N×C×h×w``, ``mask`` ``N×h×w`` (bool, or float with 1 = labeled)."""
-    m = _check_mask(feat, mask)
-    return torch.stack(
-        [cap_image(feat[i], m[i], gamma, eps, max_bytes, affinity, temperature) for i in range(feat.shape[0])]
-    )
-
-
 def affinity_rows(
     feat: torch.Tensor,
     mask: torch.Tensor,
@@ -237,22 +224,53 @@ def affinity_rows(
     return torch.softmax(q @ k.t(), dim=1)
 
 
-def affinity_maps(
-    feat: torch.Tensor,
-    mask: torch.Tensor,
-    positions: Sequence[tuple[int, int]],
-    eps: float = EPS,
-    affinity: str = "paper",
-    temperature: float | None = None,
-) -> torch.Tensor:
-    """:func:`affinity_rows` laid out as ``k×h×w`` pictures (0 at labeled positions)."""
-    c, h, w = feat.shape
-    rows = affinity_rows(feat, mask, positions, eps, affinity, temperature)
-    m = torch.as_tensor(mask, device=feat.device)
-    m = (m if m.dtype == torch.bool else m > 0.5).reshape(-1)
-    out = rows.new_zeros(len(positions), h * w)
-    out[:, ~m] = rows
-    return out.reshape(len(positions), h, w)
+def _per_image(
+    image_cap: Callable[Concatenate[torch.Tensor, torch.Tensor, P], torch.Tensor],
+) -> Callable[Concatenate[torch.Tensor, torch.Tensor, P], torch.Tensor]:
+    """``image_cap`` run on each image of a batch, taking the same options after ``feat`` and ``mask``."""
+
+    @functools.wraps(image_cap)
+    def batched(feat: torch.Tensor, mask: torch.Tensor, /, *args: P.args, **kwargs: P.kwargs) -> torch.Tensor:
+        m = _check_mask(feat, mask)
+        return torch.stack([image_cap(feat[i], m[i], *args, **kwargs) for i in range(feat.shape[0])])
+
+    batched.__name__ = batched.__qualname__ = "cap_batch"
+    batched.__doc__ = """CAP on a batch: ``feat`` ``N×C×h×w``, ``mask`` ``N×h×w`` (bool, or float with 1 = labeled);
+    the other parameters as :func:`cap_image`'s."""
+    return batched
+
+
+cap_batch = _per_image(cap_image)
+
+
+def _as_pictures(
+    rows_of: Callable[Concatenate[torch.Tensor, torch.Tensor, Sequence[tuple[int, int]], P], torch.Tensor],
+) -> Callable[Concatenate[torch.Tensor, torch.Tensor, Sequence[tuple[int, int]], P], torch.Tensor]:
+    """``rows_of``'s rows laid out as ``k×h×w`` pictures, taking the same parameters."""
+
+    @functools.wraps(rows_of)
+    def pictures(
+        feat: torch.Tensor,
+        mask: torch.Tensor,
+        positions: Sequence[tuple[int, int]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> torch.Tensor:
+        h, w = feat.shape[-2:]
+        rows = rows_of(feat, mask, positions, *args, **kwargs)
+        m = torch.as_tensor(mask, device=feat.device)
+        m = (m if m.dtype == torch.bool else m > 0.5).reshape(-1)
+        out = rows.new_zeros(len(positions), h * w)
+        out[:, ~m] = rows
+        return out.reshape(len(positions), h, w)
+
+    pictures.__name__ = pictures.__qualname__ = "affinity_maps"
+    pictures.__doc__ = """:func:`affinity_rows` laid out as ``k×h×w`` pictures (0 at labeled positions)."""
+    return pictures
+
+
+affinity_maps = _as_pictures(affinity_rows)
 
 
 class CapModule(nn.Module):

@@ -19,13 +19,16 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from crowdtk import __version__
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import STDIO, atomic_path
+
+if TYPE_CHECKING:  # annotations only: typing.Unpack is new in Python 3.11
+    from typing_extensions import Unpack
 
 # Format name -> the newest version this crowdtk reads and writes.
 MANIFEST = "manifest"
@@ -58,6 +61,25 @@ FORMAT_VERSIONS: dict[str, int] = {
     ONNX_COUNTER: 1,
     CAMPAIGN: 1,
 }
+
+
+# --------------------------------------------------------------------------- suggested heads (export --prelabel)
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    """The suggested heads of one image: (N, 2) full-image pixels (x, y) and a score each."""
+
+    points: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Prelabels:
+    """What ``export --prelabel`` sends: the suggestions per image id, and the name the tools show for them."""
+
+    model_version: str
+    images: dict[str, Suggestions]
 
 
 # --------------------------------------------------------------------------- headers
@@ -114,27 +136,20 @@ def density_map_header(
     }
 
 
-def vectors_header(
-    provenance: Provenance,
-    *,
-    levels: int,
-    strip_frac: float,
-    scale: float,
-    manifest_sha256: str,
-    checkpoint_sha256: str,
-    model: str | None,
-    skipped: list[str],
-) -> dict[str, Any]:
-    return {
-        **make_header(VECTORS, provenance),
-        "levels": levels,
-        "strip_frac": strip_frac,
-        "scale": scale,
-        "manifest_sha256": manifest_sha256,
-        "checkpoint_sha256": checkpoint_sha256,
-        "model": model,
-        "skipped": skipped,
-    }
+class VectorsFields(TypedDict):
+    """A vectors file's own header fields (besides the common ones)."""
+
+    levels: int
+    strip_frac: float
+    scale: float
+    manifest_sha256: str
+    checkpoint_sha256: str
+    model: str | None
+    skipped: list[str]
+
+
+def vectors_header(provenance: Provenance, **values: Unpack[VectorsFields]) -> dict[str, Any]:
+    return {**make_header(VECTORS, provenance), **values}
 
 
 def checkpoint_header(
@@ -791,12 +806,21 @@ class Region:
         return cls(x0, x1, y0, y1)
 
 
-def _image_fields(record: dict[str, Any], source: str) -> None:
+def _image_fields(record: dict[str, Any], source: str, base: Path | None) -> dict[str, Any]:
+    """The checked fields a labels or regions record starts with (the image it is about), by name, its path
+    resolved against ``base``."""
     _require(record, {"id": str, "image": str, "sha256": str, "width": int, "height": int, "regions": list}, source)
     if record["width"] < 1 or record["height"] < 1:
         raise CrowdtkError(
             f"{source}:{record.get('_line', '?')}: invalid width or height", "fix or regenerate the file"
         )
+    return {
+        "id": record["id"],
+        "image": _resolve(base, record["image"], source, record),
+        "sha256": record["sha256"],
+        "width": record["width"],
+        "height": record["height"],
+    }
 
 
 def _image_record(entry: LabelsEntry | RegionsEntry) -> dict[str, Any]:
@@ -832,7 +856,7 @@ class LabelsEntry:
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> LabelsEntry:
-        _image_fields(record, source)
+        image = _image_fields(record, source, base)
         where = f"{source}:{record.get('_line', '?')}"
         regions = tuple(Region.from_record(r, record["width"], record["height"], where) for r in record["regions"])
         raw = record.get("points", [])
@@ -862,15 +886,7 @@ class LabelsEntry:
                 f"({int(off.sum())} such point(s))",
                 "fix the labels, or import them again",
             )
-        return cls(
-            record["id"],
-            _resolve(base, record["image"], source, record),
-            record["sha256"],
-            record["width"],
-            record["height"],
-            regions,
-            points,
-        )
+        return cls(**image, regions=regions, points=points)
 
 
 def read_labels(path: str | os.PathLike[str], stdin: IO[str] | None = None) -> tuple[dict[str, Any], list[LabelsEntry]]:
@@ -911,7 +927,7 @@ class RegionsEntry:
 
     @classmethod
     def from_record(cls, record: dict[str, Any], source: str, base: Path | None) -> RegionsEntry:
-        _image_fields(record, source)
+        image = _image_fields(record, source, base)
         _require(record, {"strategy": str}, source)
         where = f"{source}:{record.get('_line', '?')}"
         regions = tuple(Region.from_record(r, record["width"], record["height"], where) for r in record["regions"])
@@ -919,16 +935,7 @@ class RegionsEntry:
             {k: v for k, v in r.items() if k not in {"x0", "x1", "y0", "y1"}} if isinstance(r, dict) else {}
             for r in record["regions"]
         )
-        return cls(
-            record["id"],
-            _resolve(base, record["image"], source, record),
-            record["sha256"],
-            record["width"],
-            record["height"],
-            record["strategy"],
-            regions,
-            details,
-        )
+        return cls(**image, strategy=record["strategy"], regions=regions, details=details)
 
 
 def read_regions(

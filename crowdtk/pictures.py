@@ -127,11 +127,14 @@ def _frame(ax: Any, width: int, height: int) -> None:
 
 
 def _show_cells(
-    ax: Any, cells: np.ndarray, cell_w: float, cell_h: float, width: int, height: int, **kwargs: Any
+    ax: Any, cells: np.ndarray, cell_w: float, cell_h: float, width: int, height: int, cmap: Any, **kwargs: Any
 ) -> Any:
-    """Draw a stride-grid map whose cells are ``cell_w``×``cell_h`` image pixels, cut to the image."""
+    """Draw a stride-grid map whose cells are ``cell_w``×``cell_h`` image pixels, cut to the image, smoothed
+    (bilinear); its colour scale runs from 0 to the map's maximum unless ``vmin``/``vmax`` say otherwise."""
     rows, cols = cells.shape
-    shown = ax.imshow(cells, extent=(0, cols * cell_w, rows * cell_h, 0), **kwargs)
+    kwargs.setdefault("vmin", 0)
+    kwargs.setdefault("vmax", max(float(cells.max()), 1e-6))
+    shown = ax.imshow(cells, extent=(0, cols * cell_w, rows * cell_h, 0), cmap=cmap, interpolation="bilinear", **kwargs)
     _frame(ax, width, height)
     return shown
 
@@ -272,18 +275,7 @@ def show_regions(
 
         predictor = Predictor(load_counter(checkpoint), max_side=max_side)
         density, sx, sy = predictor.density(image)
-        shown = _show_cells(
-            axes[1],
-            density,
-            STRIDE / sx,
-            STRIDE / sy,
-            width,
-            height,
-            cmap="viridis",
-            vmin=0,
-            vmax=max(float(density.max()), 1e-6),
-            interpolation="bilinear",
-        )
+        shown = _show_cells(axes[1], density, STRIDE / sx, STRIDE / sy, width, height, cmap="viridis")
         _draw_regions(axes[1], entry.regions, height)
         # A horizontal colour bar under the map keeps both panels the same width.
         _colorbar(
@@ -347,18 +339,7 @@ def show_prediction(
     for ax, cells, cell_w, cell_h, title in maps:
         # Each map on its own scale (a count far off would otherwise leave one map black);
         # both in the same unit, so the colour bars compare them.
-        shown = _show_cells(
-            ax,
-            cells,
-            cell_w,
-            cell_h,
-            width,
-            height,
-            cmap="jet",
-            vmin=0,
-            vmax=max(float(cells.max()), 1e-6),
-            interpolation="bilinear",
-        )
+        shown = _show_cells(ax, cells, cell_w, cell_h, width, height, cmap="jet")
         ax.set_title(title, fontsize=12)
         _colorbar(fig, shown, ax, shrink=0.8, aspect=30, pad=0.02, label="heads per 8×8 pixels")
     # An invisible bar under the image keeps the three panels the same size.
@@ -422,7 +403,6 @@ def show_affinity(
     for k, (values, mark) in enumerate(zip(maps, marks), start=1):
         ax = axes[k]
         shown = np.ma.masked_where(labeled, values)
-        cmap = _jet_with_grey()
         _show_cells(
             ax,
             shown,
@@ -430,10 +410,9 @@ def show_affinity(
             cell_h,
             width,
             height,
-            cmap=cmap,
+            cmap=_jet_with_grey(),
             vmin=float(shown.min()),
             vmax=float(shown.max()),
-            interpolation="bilinear",
         )
         _draw_regions(ax, entry.regions, height, linewidth=1.0)
         _mark(ax, [mark], width, height, first=k)

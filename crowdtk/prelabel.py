@@ -18,7 +18,6 @@ up the count.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry
+from crowdtk.formats import Prelabels, RegionsEntry, Suggestions
 from crowdtk.geometry import STRIDE
 from crowdtk.predict_config import PredictConfig
 
@@ -36,22 +35,6 @@ if TYPE_CHECKING:  # importing predict at run time would load torch for every us
 UPSAMPLE = 4  # sub-cells per output cell and side: positions finer than the stride-8 grid
 SMOOTH_CELLS = 0.5  # sigma (output cells) of the smoothing before the peaks are taken
 HEAD_CELLS = 0.7  # sigma (output cells) of the one head's density that is subtracted at each peak
-
-
-@dataclass(frozen=True)
-class Suggestions:
-    """The suggested heads of one image: (N, 2) full-image pixels (x, y) and a score each."""
-
-    points: np.ndarray
-    scores: np.ndarray
-
-
-@dataclass(frozen=True)
-class Prelabels:
-    """What ``export --prelabel`` sends: the suggestions per image id, and the name the tools show for them."""
-
-    model_version: str
-    images: dict[str, Suggestions]
 
 
 def _one_head_kernel() -> np.ndarray:

@@ -20,6 +20,7 @@ from crowdtk.cli import (
     index,
     labels,
     select,
+    serve,
     show,
     strip_cap,
     synth,
@@ -56,6 +57,7 @@ for module in (
     bench,
     demo,
     show,
+    serve,
 ):
     app.command(module.command.name)(module.command)
 app.add_typer(labels.app, name="labels")

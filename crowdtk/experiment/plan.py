@@ -154,34 +154,26 @@ register_method(
         ),
     )
 )
-register_method(
-    Method(
-        "mdc+cap-temp",
-        "mdc's regions, CAP with train --cap-affinity temperature",
-        "mdc",
-        cap=("--cap-affinity", "temperature"),
-        regions_of="mdc",
-        default=False,
-        beats=(
-            ("mdc", "CAP with a temperature on the affinity logits (extension) improves MDC"),
-            ("mdc+cap", "the temperature extension beats the paper's CAP"),
-        ),
+# The CAP extensions (train --cap-affinity), each on MDC's regions: method-name suffix, affinity form, and
+# what the form changes in the paper's CAP.
+for suffix, affinity, what in (
+    ("temp", "temperature", "a temperature on the affinity logits"),
+    ("cos", "cosine", "cosine affinities of the raw features"),
+):
+    register_method(
+        Method(
+            f"mdc+cap-{suffix}",
+            f"mdc's regions, CAP with train --cap-affinity {affinity}",
+            "mdc",
+            cap=("--cap-affinity", affinity),
+            regions_of="mdc",
+            default=False,
+            beats=(
+                ("mdc", f"CAP with {what} (extension) improves MDC"),
+                ("mdc+cap", f"the {affinity} extension beats the paper's CAP"),
+            ),
+        )
     )
-)
-register_method(
-    Method(
-        "mdc+cap-cos",
-        "mdc's regions, CAP with train --cap-affinity cosine",
-        "mdc",
-        cap=("--cap-affinity", "cosine"),
-        regions_of="mdc",
-        default=False,
-        beats=(
-            ("mdc", "CAP with cosine affinities of the raw features (extension) improves MDC"),
-            ("mdc+cap", "the cosine extension beats the paper's CAP"),
-        ),
-    )
-)
 
 
 def exact(value: float) -> str:

@@ -45,13 +45,22 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import STDIO
-from crowdtk.formats import LABELS, LabelsEntry, ManifestEntry, RegionsEntry, peek_format, read_labels, read_regions
+from crowdtk.formats import (
+    LABELS,
+    LabelsEntry,
+    ManifestEntry,
+    Prelabels,
+    RegionsEntry,
+    peek_format,
+    read_labels,
+    read_regions,
+)
 from crowdtk.labeling.common import (
     INDEX,
     INSTRUCTION,
@@ -77,9 +86,6 @@ from crowdtk.labeling.diff import LabelsDiff, RegionDiff, diff_labels, in_prefil
 from crowdtk.labeling.labels import ImportRound, earlier_rounds, merge_labels, oracle_labels
 from crowdtk.labeling.labelstudio import labelstudio_config
 from crowdtk.labeling.reading import ImportResult, assemble, image_reference, unconfirmed_suggestions
-
-if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
-    from crowdtk.prelabel import Prelabels
 
 # The exporters' record builders under their former private names (tests/test_fuzz.py imports them).
 _cvat_xml = cvat.cvat_xml

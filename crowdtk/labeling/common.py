@@ -19,17 +19,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from crowdtk.data import read_image_bytes
 from crowdtk.files import atomic_path
-from crowdtk.formats import RegionsEntry
+from crowdtk.formats import Prelabels, RegionsEntry, Suggestions
 from crowdtk.registry import RegistrationError, Registry
-
-if TYPE_CHECKING:
-    from crowdtk.prelabel import Prelabels, Suggestions
 
 INSTRUCTION = (
     "Label every head whose centre lies inside the region: click once on the centre of each such head, "
@@ -38,6 +35,8 @@ INSTRUCTION = (
 HEAD = "head"
 REGION = "region"
 DONE = "done"  # CVAT tag / LabelMe flag: "this image is finished", needed when it has no head points
+
+
 SUGGESTED = "suggested"  # LabelMe shape flag of a pre-label (export --prelabel): a point the labeler has not confirmed
 SUGGESTED_MARK = (
     "# suggested by"  # crops: the first line of a points file of pre-labels, deleted by the labeler when reviewed
@@ -128,10 +127,10 @@ class LabelingTool:
     name: str  # as in --to/--from and index.json's "tool"
     help: str  # one line: what export writes for it (export --help)
     reads: str  # one line: what import reads back from it (import --help)
-    unit: str  # what one annotation covers, in messages: "image", or "region" for crops
     export: type[BaseExport]  # the package writer
     steps: Callable[[str], str]  # README.txt's steps for the tool, given export --image-url
     read: Callable[[Path, Sequence[RegionsEntry]], Returned]  # what the tool returned, for the regions
+    unit: str = "image"  # what one annotation covers, in messages: "image", or "region" for crops
     # README.txt of a package with --prelabel: where the suggestions are and how a labeler confirms them;
     # None: the tool takes no suggestions (export --prelabel refuses it).
     suggestions: str | None = None

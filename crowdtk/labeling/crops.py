@@ -37,7 +37,6 @@ from crowdtk.labeling.common import (
     write_text,
 )
 
-UNIT = "region"
 CROPS = "crops"
 POINTS_SUFFIXES = (".txt", ".json", ".csv")
 SUGGESTIONS = (
@@ -153,7 +152,7 @@ TOOL = register_tool(
         "crops",
         help="one PNG per region",
         reads="the export folder, with the points files beside the crops",
-        unit=UNIT,
+        unit="region",
         export=Export,
         steps=steps,
         read=read,

@@ -37,13 +37,13 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 from xml.parsers import expat
 
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry
+from crowdtk.formats import RegionsEntry, Suggestions
 from crowdtk.labeling.common import (
     DONE,
     HEAD,
@@ -66,10 +66,6 @@ from crowdtk.labeling.reading import (
     vertices_array,
 )
 
-if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
-    from crowdtk.prelabel import Suggestions
-
-UNIT = "image"
 XML = "annotations.xml"
 LABELS = "labels.json"
 ANNOTATIONS = "annotations"  # the subfolder an XML may also sit in
@@ -386,7 +382,6 @@ TOOL = register_tool(
         "cvat",
         help="CVAT for images 1.1",
         reads="a CVAT XML, or its folder, or the export .zip",
-        unit=UNIT,
         export=Export,
         steps=steps,
         read=read,

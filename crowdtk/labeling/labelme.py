@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry
+from crowdtk.formats import RegionsEntry, Suggestions
 from crowdtk.labeling.common import (
     DONE,
     HEAD,
@@ -57,10 +57,6 @@ from crowdtk.labeling.reading import (
     vertices_array,
 )
 
-if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
-    from crowdtk.prelabel import Suggestions
-
-UNIT = "image"
 SUGGESTIONS = (
     "The suggested heads are points labeled 'head' with the shape flag 'suggested': move or delete the wrong\n"
     "ones, add the missed ones, and tick 'done' when an image is reviewed (an image with suggestions imports "
@@ -217,7 +213,6 @@ TOOL = register_tool(
         "labelme",
         help="a LabelMe JSON beside each image",
         reads="a folder of LabelMe JSON files",
-        unit=UNIT,
         export=Export,
         steps=steps,
         read=read,

