@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PARTB ?= ../shared/data/ShanghaiTech/part_B
 
-.PHONY: lint test test-readers demo bench bench-partb bench-tiers gpu-check install clean docs
+.PHONY: lint test test-readers test-labelstudio labelstudio-screenshot demo bench bench-partb bench-tiers gpu-check install clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,27 @@ test-readers: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,readers]'
 	$(BIN)/python -m pytest -q tests/test_labelstudio_sdk.py tests/test_export.py tests/test_prelabel.py
 
+# A labeling campaign against a real Label Studio, crowdtk serve as its ML backend (tests/test_labelstudio_live.py,
+# skipped by `make test`). label-studio has its own virtual environment, as its pins clash with crowdtk's: about 1.0 GB,
+# about 6 min to install on 2 busy cores (3.5 min idle); selenium is for the screenshot. The test starts Label Studio on
+# 127.0.0.1 with a temporary database (its first start migrates it: about 2-4 min) and runs two rounds: about 6 min.
+LS_VENV := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2 selenium==4.51.0
+	touch $(LS_STAMP)
+
+test-labelstudio: $(STAMP) $(LS_STAMP)
+	CROWDTK_LABEL_STUDIO=$(LS_VENV)/bin/label-studio $(BIN)/python -m pytest -q tests/test_labelstudio_live.py
+
+# The same test, photographing the labeling page of a round-2 task into docs/labelstudio-labeling.png (README); needs
+# chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver).
+labelstudio-screenshot: $(STAMP) $(LS_STAMP)
+	CROWDTK_LABEL_STUDIO=$(LS_VENV)/bin/label-studio CROWDTK_LABEL_STUDIO_SCREENSHOT=docs/labelstudio-labeling.png \
+		$(BIN)/python -m pytest -q tests/test_labelstudio_live.py
+
 demo: $(STAMP)
 	rm -rf demo-out
 	$(BIN)/crowdtk demo -o demo-out
@@ -61,4 +82,4 @@ docs: $(STAMP)
 	$(BIN)/python tools/gen_docs.py
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(LS_VENV) demo-out
