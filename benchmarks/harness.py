@@ -34,7 +34,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,57 +55,41 @@ def prog() -> str:
 # --------------------------------------------------------------------------- sizes
 
 
+def _size(full: Any, quick: Any = None) -> Any:
+    """A field of :class:`Sizes`: its ``full`` value, and its ``--quick`` one (``full`` again where None)."""
+    return field(default=full, metadata={"quick": full if quick is None else quick})
+
+
 @dataclass(frozen=True)
 class Sizes:
-    height: int = 768  # inference input (Part B's size)
-    width: int = 1024
-    matmul: int = 2048
-    matmul_repeats: int = 5
-    infer_rounds: int = 2  # alternating repeats per side
-    lite_images: int = 4  # real images end to end (one lite batch)
-    big: tuple[int, int] = (3000, 4000)  # tiling memory image (h, w)
-    max_side: int = 2048
-    train_models: tuple[str, ...] = ("csrnet", "lite")
-    crop: int = 256
-    train_steps: int = 5  # timed steps per side (after one warm-up step)
-    select_images: int = 100_000
-    select_sample: int = 500
-    select_budget: float = 0.4
-    gd_images: int = 2  # textbook comparison (per kernel)
-    gd_worker_images: int = 100
-    scale_n: int = 50  # index / gen-density
-    scale_vec_n: int = 4  # vectors (lite forward per image)
-    scale_select_n: int = 10_000
-    synth_train: int = 12
-    synth_size: tuple[int, int] = (256, 384)
-    torchrun_crop: int = 128
-    torchrun_epochs: int = 3
+    """What the benchmarks run on: each field's full value, then its ``--quick`` value (where it has one)."""
+
+    height: int = _size(768, 192)  # inference input (Part B's size)
+    width: int = _size(1024, 256)
+    matmul: int = _size(2048, 512)
+    matmul_repeats: int = _size(5, 3)
+    infer_rounds: int = _size(2, 1)  # alternating repeats per side
+    lite_images: int = _size(4, 2)  # real images end to end (one lite batch)
+    big: tuple[int, int] = _size((3000, 4000), (750, 1000))  # tiling memory image (h, w)
+    max_side: int = _size(2048, 512)
+    train_models: tuple[str, ...] = _size(("csrnet", "lite"), ("lite",))
+    crop: int = _size(256, 64)
+    train_steps: int = _size(5, 2)  # timed steps per side (after one warm-up step)
+    select_images: int = _size(100_000, 2000)
+    select_sample: int = _size(500, 50)
+    select_budget: float = _size(0.4)
+    gd_images: int = _size(2, 1)  # textbook comparison (per kernel)
+    gd_worker_images: int = _size(100, 8)
+    scale_n: int = _size(50, 4)  # index / gen-density
+    scale_vec_n: int = _size(4, 2)  # vectors (lite forward per image)
+    scale_select_n: int = _size(10_000, 1000)
+    synth_train: int = _size(12, 6)
+    synth_size: tuple[int, int] = _size((256, 384), (96, 128))
+    torchrun_crop: int = _size(128, 32)
+    torchrun_epochs: int = _size(3, 2)
 
 
-QUICK = Sizes(
-    height=192,
-    width=256,
-    matmul=512,
-    matmul_repeats=3,
-    infer_rounds=1,
-    lite_images=2,
-    big=(750, 1000),
-    max_side=512,
-    train_models=("lite",),
-    crop=64,
-    train_steps=2,
-    select_images=2000,
-    select_sample=50,
-    gd_images=1,
-    gd_worker_images=8,
-    scale_n=4,
-    scale_vec_n=2,
-    scale_select_n=1000,
-    synth_train=6,
-    synth_size=(96, 128),
-    torchrun_crop=32,
-    torchrun_epochs=2,
-)
+QUICK = Sizes(**{f.name: f.metadata["quick"] for f in fields(Sizes)})
 
 
 # --------------------------------------------------------------------------- timing

@@ -112,6 +112,28 @@ def _has_folders(root: Path, *names: str) -> bool:
     return all((root / n).is_dir() for n in names)
 
 
+def _register_beside_images(
+    name: str,
+    help: str,
+    annotations: str,
+    samples: Callable[[Path], list[Sample]],
+    *,
+    split: Callable[[Path, str], list[Sample]] | None = None,
+    empty_means_no_heads: bool = False,
+) -> Layout:
+    """Register a layout whose folder holds images/ and the folder ``annotations`` beside it, detected by the two."""
+    return register_layout(
+        Layout(
+            name,
+            help,
+            detect=lambda root: _has_folders(root, "images", annotations),
+            samples=samples,
+            split=split,
+            empty_means_no_heads=empty_means_no_heads,
+        )
+    )
+
+
 def _attribute_lines(
     path: Path,
     parse: Callable[[str], tuple[str, Attributes]],
@@ -175,13 +197,8 @@ def _generic(root: Path) -> list[Sample]:
     return samples
 
 
-register_layout(
-    Layout(
-        "generic",
-        f"images/NAME.jpg + points/NAME with one of {', '.join(POINT_SUFFIXES)}",
-        detect=lambda root: _has_folders(root, "images", "points"),
-        samples=_generic,
-    )
+_register_beside_images(
+    "generic", f"images/NAME.jpg + points/NAME with one of {', '.join(POINT_SUFFIXES)}", "points", _generic
 )
 
 
@@ -220,14 +237,12 @@ def _jhu_crowd(root: Path) -> list[Sample]:
     ]
 
 
-register_layout(
-    Layout(
-        "jhu_crowd",
-        "a JHU-Crowd++ split: images/NNNN.jpg + gt/NNNN.txt ('x y w h o b' per head), optional image_labels.txt",
-        detect=lambda root: _has_folders(root, "images", "gt"),
-        samples=_jhu_crowd,
-        empty_means_no_heads=True,  # the data set's images without heads come with an empty gt/NNNN.txt
-    )
+_register_beside_images(
+    "jhu_crowd",
+    "a JHU-Crowd++ split: images/NNNN.jpg + gt/NNNN.txt ('x y w h o b' per head), optional image_labels.txt",
+    "gt",
+    _jhu_crowd,
+    empty_means_no_heads=True,  # the data set's images without heads come with an empty gt/NNNN.txt
 )
 
 
@@ -272,14 +287,12 @@ def _nwpu_split(root: Path, split: str) -> list[Sample]:
     return [_nwpu_sample(root, by_stem.get(i, root / "images" / f"{i}.jpg"), a) for i, a in listed.items()]
 
 
-register_layout(
-    Layout(
-        "nwpu_crowd",
-        "NWPU-Crowd: images/NNNN.jpg + jsons/NNNN.json, split lists train.txt, val.txt, test.txt (--split)",
-        detect=lambda root: _has_folders(root, "images", "jsons"),
-        samples=_nwpu_crowd,
-        split=_nwpu_split,
-    )
+_register_beside_images(
+    "nwpu_crowd",
+    "NWPU-Crowd: images/NNNN.jpg + jsons/NNNN.json, split lists train.txt, val.txt, test.txt (--split)",
+    "jsons",
+    _nwpu_crowd,
+    split=_nwpu_split,
 )
 
 

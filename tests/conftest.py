@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from crowdtk.cap import TrainNet
-from crowdtk.checkpoint import save_tensors
+from crowdtk.checkpoint import read_header, save_tensors
 from crowdtk.cli import app
 from crowdtk.data import read_points
 from crowdtk.files import file_digest
@@ -74,6 +74,13 @@ runner = CliRunner()
 def run(*args: object, input: str | None = None):
     """`crowdtk ARGS…` in this process (arguments are stringified, `input` is its stdin): the CliRunner result."""
     return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def trained(labels: Path, out: Path, *options: object) -> dict:
+    """`crowdtk train LABELS OPTIONS… -o OUT`, which must succeed: the checkpoint's header."""
+    result = run("train", labels, *options, "-o", out)
+    assert result.exit_code == 0, result.output
+    return read_header(out)
 
 
 def jsonl(text: str) -> tuple[dict, list[dict]]:

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import pool, run, write_manifest
+from conftest import pool, run, trained, write_manifest
 from torch import nn
 
-from crowdtk.checkpoint import read_header
 from crowdtk.errors import CrowdtkError
 from crowdtk.experiment import (
     Experiment,
@@ -291,23 +290,10 @@ def test_a_registered_model_is_offered_trains_and_loads(toy_model, strip_pool, t
         build_model("toy-counter", dilated=True)
 
     ckpt = tmp_path / "toy.safetensors"
-    result = run(
-        "train",
-        strip_pool["labels"],
-        "--model",
-        "toy-counter",
-        "--epochs",
-        "1",
-        "--crop",
-        "32",
-        "--batch-size",
-        "2",
-        "-q",
-        "-o",
-        ckpt,
+    header = trained(
+        strip_pool["labels"], ckpt, "--model", "toy-counter", "--epochs", "1", "--crop", "32", "--batch-size", "2", "-q"
     )
-    assert result.exit_code == 0, result.output
-    assert read_header(ckpt)["model"]["name"] == "toy-counter"
+    assert header["model"]["name"] == "toy-counter"
     scores = run("eval", ckpt, strip_pool["manifest"], "--json", "-q")  # rebuilt by name where a checkpoint is read
     assert scores.exit_code == 0, scores.output
     assert np.isfinite(json.loads(scores.stdout)["mae"])

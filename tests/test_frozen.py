@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FROZEN_TRAIN, run
+from conftest import FROZEN_TRAIN, run, trained
 
 from crowdtk.checkpoint import load_tensors, read_header
 from crowdtk.features import FeatureCache
@@ -151,28 +151,9 @@ def test_cosine_schedule_decays_to_zero() -> None:
 
 def test_the_cli_takes_the_tier_options_and_refuses_unknown_levels(labels: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.safetensors"
-    result = run(
-        "train",
-        labels,
-        "--model",
-        "lite",
-        "--freeze",
-        "encoder",
-        "--feature-cache",
-        tmp_path / "fc",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "1",
-        "--crop",
-        "0",
-        "--keep",
-        "last",
-        "-o",
-        out,
-    )
-    assert result.exit_code == 0, result.output
-    assert read_header(out)["training"]["freeze"] == "encoder"
+    tier = ("--model", "lite", "--freeze", "encoder", "--feature-cache", tmp_path / "fc")
+    header = trained(labels, out, *tier, "--epochs", "1", "--batch-size", "1", "--crop", "0", "--keep", "last")
+    assert header["training"]["freeze"] == "encoder"
     bad = run("train", labels, "--freeze", "everything", "-o", tmp_path / "x.safetensors")
     assert bad.exit_code == 2 and "everything" in bad.output
 

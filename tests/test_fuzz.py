@@ -404,6 +404,11 @@ def run_import(fmt: str, path: Path) -> None:
             )
 
 
+def malformed(valid: bytes, *more: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """Random bytes, ``valid`` mutated, or what one of ``more`` draws: a tool's file gone wrong."""
+    return st.one_of(st.binary(max_size=200), mutated(valid), *more)
+
+
 def import_file(fmt: str, name: str, blob: bytes) -> None:
     """Import ``blob`` as the one file of a ``fmt`` export (named ``name``)."""
     path = fresh(fmt) / name
@@ -414,13 +419,8 @@ def import_file(fmt: str, name: str, blob: bytes) -> None:
 @FUZZ
 @given(data=st.data())
 def test_labelstudio_import_on_malformed_exports(data):
-    blob = data.draw(
-        st.binary(max_size=200)
-        | mutated(valid_labelstudio())
-        | JSON.map(json_bytes)
-        | st.lists(JSON, max_size=3).map(json_bytes),
-        label="export",
-    )
+    json_blobs = (JSON.map(json_bytes), st.lists(JSON, max_size=3).map(json_bytes))
+    blob = data.draw(malformed(valid_labelstudio(), *json_blobs), label="export")
     import_file("labelstudio", "export.json", blob)
 
 
@@ -475,12 +475,8 @@ XML_BITS = st.sampled_from(
 @FUZZ
 @given(data=st.data())
 def test_cvat_import_on_malformed_xml(data):
-    blob = data.draw(
-        st.binary(max_size=200)
-        | mutated(valid_cvat())
-        | st.lists(XML_BITS, max_size=12).map(lambda b: "".join(b).encode()),
-        label="xml",
-    )
+    xml_blobs = st.lists(XML_BITS, max_size=12).map(lambda b: "".join(b).encode())
+    blob = data.draw(malformed(valid_cvat(), xml_blobs), label="xml")
     import_file("cvat", "annotations.xml", blob)
 
 

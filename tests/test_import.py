@@ -21,6 +21,7 @@ from conftest import (
 
 from crowdtk.data import read_points
 from crowdtk.formats import read_labels, read_manifest, read_regions
+from crowdtk.labeling.labelstudio import keypoint_results
 
 
 def assert_same_labels(imported: Path, expected: Path) -> None:
@@ -95,24 +96,7 @@ def test_labelstudio_round_trip(labeled):
     for n, (task, entry) in enumerate(zip(tasks, regions)):
         rects = task["predictions"][0]["result"]
         # the labeler: a keypoint on every head (those outside the regions too, as careless labelers do)
-        result = list(rects) + [
-            {
-                "id": f"k{j}",
-                "from_name": "kp",
-                "to_name": "image",
-                "type": "keypointlabels",
-                "original_width": entry.width,
-                "original_height": entry.height,
-                "image_rotation": 0,
-                "value": {
-                    "x": x / entry.width * 100,
-                    "y": y / entry.height * 100,
-                    "width": 0.5,
-                    "keypointlabels": ["head"],
-                },
-            }
-            for j, (x, y) in enumerate(everything[entry.id])
-        ]
+        result = list(rects) + keypoint_results(entry, everything[entry.id], "k")
         exported.append(
             {
                 "id": n + 1,

@@ -239,6 +239,14 @@ def command_of(stage: str) -> str:
     return stage.split()[0]
 
 
+def stage_fails_cleanly(
+    stage: str, pool: Pool, model: Path, tmp_path: Path, *names: str, force: bool = True, **inputs: Path
+) -> str:
+    """fails_cleanly of `stage`'s command line (stage_args, with `inputs`) writing to its out_path."""
+    out = out_path(tmp_path, command_of(stage))
+    return fails_cleanly(command_of(stage), stage_args(stage, pool, model, out, **inputs), out, *names, force=force)
+
+
 # --------------------------------------------------------------------------- bad images
 
 
@@ -256,11 +264,10 @@ def test_bad_image_stops_every_stage_that_reads_images(stage, kind, pool, ckpt, 
     """A truncated or non-image file: each stage that decodes it names the file and the problem.
     (export compares the image's digest with the one indexed before it decodes, so it reports the change.)"""
     corrupt_image(pool.image("im3"), kind)
-    out = out_path(tmp_path, stage)
     problem = {"truncated": "truncated JPEG", "not-an-image": "not a readable image"}[kind]
     if stage == "export":
         problem = "changed since it was indexed (sha256 differs)"
-    fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out), out, "im3.jpg", problem)
+    stage_fails_cleanly(stage, pool, ckpt, tmp_path, "im3.jpg", problem)
 
 
 # --------------------------------------------------------------------------- bad point files
@@ -299,8 +306,7 @@ def test_bad_points_stop_every_stage_that_reads_points(stage, kind, pool, ckpt, 
     """NaN/infinite coordinates, a .mat without 'image_info'/'annPoints', a .mat that crashes
     scipy's reader (refused before scipy sees it), and unparsable text: an error naming the file."""
     problem = corrupt_points(pool, kind)
-    out = out_path(tmp_path, stage)
-    fails_cleanly(command_of(stage), stage_args(stage, pool, ckpt, out), out, problem)
+    stage_fails_cleanly(stage, pool, ckpt, tmp_path, problem)
 
 
 def test_points_outside_the_image_are_dropped_the_same_way_everywhere(pool, ckpt, tmp_path):
@@ -465,15 +471,12 @@ def test_broken_jsonl_artifacts_are_refused_by_every_reader(artifact, stage, def
     src = {"manifest": pool.manifest, "regions": pool.regions, "labels": pool.labels}[artifact]
     broken = rewrite_jsonl(src, tmp_path / f"broken-{artifact}.jsonl", defect)
     key = "exclude" if "--exclude" in stage else artifact
-    out = out_path(tmp_path, command_of(stage))
     problem = {
         "newer": f"'{artifact}' format version 9 is newer than this crowdtk reads (up to 1)",
         "not-json": f"broken-{artifact}.jsonl:2: line is not JSON",
         "no-id": f"broken-{artifact}.jsonl:2: record lacks the field 'id'",
     }[defect]
-    fails_cleanly(
-        command_of(stage), stage_args(stage, pool, ckpt, out, **{key: broken}), out, f"broken-{artifact}.jsonl", problem
-    )
+    stage_fails_cleanly(stage, pool, ckpt, tmp_path, f"broken-{artifact}.jsonl", problem, **{key: broken})
 
 
 CHECKPOINT_CONSUMERS = ["eval", "count", "strip-cap", "vectors", "train"]
@@ -482,13 +485,8 @@ CHECKPOINT_CONSUMERS = ["eval", "count", "strip-cap", "vectors", "train"]
 @pytest.mark.parametrize("stage", CHECKPOINT_CONSUMERS)
 def test_a_checkpoint_of_a_newer_format_is_refused(stage, pool, ckpt, tmp_path):
     newer = rewrite_checkpoint(ckpt, tmp_path / "newer.safetensors", format_version=9)
-    out = out_path(tmp_path, stage)
-    fails_cleanly(
-        stage,
-        stage_args(stage, pool, ckpt, out, ckpt=newer),
-        out,
-        "newer.safetensors",
-        "'checkpoint' format version 9 is newer",
+    stage_fails_cleanly(
+        stage, pool, ckpt, tmp_path, "newer.safetensors", "'checkpoint' format version 9 is newer", ckpt=newer
     )
 
 
@@ -533,33 +531,22 @@ def test_regions_naming_images_that_are_not_there(pool, ckpt, tmp_path):
     record["image"] = str(tmp_path / "gone.jpg")
     gone = tmp_path / "gone.jsonl"
     gone.write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
-    out = out_path(tmp_path, "export")
-    fails_cleanly("export", stage_args("export", pool, ckpt, out, regions=gone), out, "gone.jpg: image not found")
+    stage_fails_cleanly("export", pool, ckpt, tmp_path, "gone.jpg: image not found", regions=gone)
 
     record = json.loads(lines[1])
     record["id"] = "ghost"
     ghost = tmp_path / "ghost.jsonl"
     ghost.write_text("\n".join([lines[0], json.dumps(record)]) + "\n")
-    out = out_path(tmp_path, "vectors")
-    fails_cleanly(
-        "vectors",
-        stage_args("vectors --exclude", pool, ckpt, out, exclude=ghost),
-        out,
-        "ghost.jsonl: names 1 image(s) absent from",
-        "'ghost'",
+    stage_fails_cleanly(
+        "vectors --exclude", pool, ckpt, tmp_path, "ghost.jsonl: names 1 image(s) absent from", "'ghost'", exclude=ghost
     )
 
     other = make_pool(tmp_path / "other")  # same ids, other image bytes
     cv2.imwrite(str(other.image("im0")), np.full((48, 80, 3), 7, np.uint8))
     assert run("index", other.data, "-o", other.manifest, "--force", "-q").exit_code == 0
     assert run("select", other.manifest, "--budget", "0.3", "-o", other.regions, "--force", "-q").exit_code == 0
-    fails_cleanly(
-        "vectors",
-        stage_args("vectors --exclude", pool, ckpt, out, exclude=other.regions),
-        out,
-        "r.jsonl: image 'im0' differs from the one in",
-        "(sha256)",
-    )
+    differs = "r.jsonl: image 'im0' differs from the one in"
+    stage_fails_cleanly("vectors --exclude", pool, ckpt, tmp_path, differs, "(sha256)", exclude=other.regions)
 
 
 def test_train_init_checkpoint_of_another_model(pool, ckpt, tmp_path):
@@ -601,25 +588,22 @@ def test_a_training_state_where_a_checkpoint_belongs_names_its_checkpoint(stage,
     the weights under other names: refused as a training state, naming the checkpoint it belongs to."""
     state = ckpt.with_name("model.state.safetensors")
     assert state.is_file()
-    out = out_path(tmp_path, stage)
-    line = fails_cleanly(
-        command_of(stage),
-        stage_args(stage, pool, ckpt, out, ckpt=state),
-        out,
+    line = stage_fails_cleanly(
+        stage,
+        pool,
+        ckpt,
+        tmp_path,
         f"{state}: is a training state (what train and warmup --resume continue from), not a checkpoint",
         f"pass {ckpt}, the checkpoint it belongs to",
+        ckpt=state,
     )
     assert "weights do not fit" not in line
     # Renamed, it is still a state; its checkpoint is then not named.
     renamed = tmp_path / "renamed.safetensors"
     shutil.copy(state, renamed)
-    fails_cleanly(
-        command_of(stage),
-        stage_args(stage, pool, ckpt, out, ckpt=renamed),
-        out,
-        f"{renamed}: is a training state",
-        "pass the checkpoint its training run wrote beside it",
-        force=False,
+    belongs = "pass the checkpoint its training run wrote beside it"
+    stage_fails_cleanly(
+        stage, pool, ckpt, tmp_path, f"{renamed}: is a training state", belongs, force=False, ckpt=renamed
     )
 
 
@@ -653,13 +637,12 @@ def test_index_of_an_empty_folder(tmp_path):
 def test_an_empty_manifest_is_refused(stage, kind, pool, ckpt, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text(pool.manifest.read_text().splitlines()[0] + "\n" if kind == "header-only" else "")
-    out = out_path(tmp_path, stage)
     problem = (
         "empty.jsonl: empty file"
         if kind == "zero-bytes"
         else ("names 6 image(s) absent from" if stage == "import" else "empty.jsonl: no images")
     )
-    fails_cleanly(stage, stage_args(stage, pool, ckpt, out, manifest=empty), out, problem, "empty.jsonl")
+    stage_fails_cleanly(stage, pool, ckpt, tmp_path, problem, "empty.jsonl", manifest=empty)
 
 
 # --------------------------------------------------------------------------- existing outputs
@@ -924,23 +907,12 @@ def test_predictions_that_are_not_finite_are_reported_not_averaged(value, pool, 
     """A checkpoint whose output bias is NaN/inf: eval fails naming it (no average of NaN), count
     prints "count": null with a warning, vectors stops naming the image."""
     bad = poisoned(ckpt, tmp_path / "bad.safetensors", value)
-    out = out_path(tmp_path, "eval")
-    fails_cleanly(
-        "eval",
-        stage_args("eval", pool, ckpt, out, ckpt=bad),
-        out,
-        "bad.safetensors: the prediction is not finite (NaN or inf) for all 6 image(s)",
-    )
+    message = "bad.safetensors: the prediction is not finite (NaN or inf) for all 6 image(s)"
+    stage_fails_cleanly("eval", pool, ckpt, tmp_path, message, ckpt=bad)
     result = run("count", bad, pool.image("im0"))
     assert result.exit_code == 0 and json.loads(result.stdout)["count"] is None
     assert "warning: prediction for" in result.stderr and "im0.jpg is not finite" in result.stderr
-    out = out_path(tmp_path, "vectors")
-    fails_cleanly(
-        "vectors",
-        stage_args("vectors", pool, ckpt, out, ckpt=bad),
-        out,
-        "empty.jpg: the predicted density is not finite",
-    )
+    stage_fails_cleanly("vectors", pool, ckpt, tmp_path, "empty.jpg: the predicted density is not finite", ckpt=bad)
 
 
 def test_eval_leaves_a_non_finite_image_out_of_the_averages(pool, ckpt, tmp_path):

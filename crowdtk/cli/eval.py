@@ -108,8 +108,7 @@ def command(
         )
     if not evaluation.writer:
         return
-    for problem in evaluation.skipped:
-        log.warn(f"skipped {problem}")
+    session.warn_skipped(evaluation.skipped)
     summary = evaluation.summary()
     for image_id in summary["non_finite"]:
         log.warn(f"prediction for {image_id} is not finite (NaN or inf); left out of the averages")

@@ -47,21 +47,10 @@ def command(
             f"{'<stdin>' if manifest == '-' else manifest}: no images", "index a data set with images first"
         )
     provenance = Provenance("gen-density", {"manifest": manifest, "skip_bad": session.skip_bad, **asdict(config)})
-    skipped: list[str] = []
     with atomic_dir(output, session.force) as tmp:
-        with log.progress(len(entries), "density maps") as advance:
-            records = generate_densities(
-                entries,
-                tmp,
-                config,
-                provenance,
-                workers=workers,
-                on_progress=advance,
-                skip_bad=session.skip_bad,
-                skipped=skipped,
-            )
-        for problem in skipped:
-            log.warn(f"skipped {problem}")
+        records, skipped = session.skipping(
+            len(entries), "density maps", generate_densities, entries, tmp, config, provenance, workers=workers
+        )
         if not records:
             raise CrowdtkError(f"{manifest}: every image was bad", "see the list of skipped images")
         write_jsonl(tmp / "index.jsonl", density_index_header(provenance, skipped), (r.to_record() for r in records))

@@ -55,8 +55,7 @@ def command(
             f"ignored {len(result.ignored)} annotation picture(s), not images of the data set: "
             f"{', '.join(result.ignored[:5])}"
         )
-    for problem in result.skipped:
-        log.warn(f"skipped {problem}")
+    session.warn_skipped(result.skipped)
     if result.dropped_points:
         total = sum(result.dropped_points.values())
         log.warn(

@@ -10,10 +10,11 @@ choices and help are read from the registry each time the command is built, neve
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
 
@@ -27,6 +28,8 @@ from crowdtk.registry import Registry, listing
 from crowdtk.selection import STRATEGIES
 from crowdtk.train.loss import LOSSES
 from crowdtk.train_config import FREEZE_LEVELS, KEEP, LR_SCHEDULES, TrainConfig
+
+T = TypeVar("T")
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -78,6 +81,22 @@ class Session:
     log: Log
     force: bool = False
     skip_bad: bool = False
+
+    def warn_skipped(self, problems: Iterable[str]) -> None:
+        """A warning for each image left out with --skip-bad (the library's ``skipped`` list)."""
+        for problem in problems:
+            self.log.warn(f"skipped {problem}")
+
+    def skipping(
+        self, total: int, description: str, work: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> tuple[T, list[str]]:
+        """``work(*args, **kwargs)`` over ``total`` images under a progress bar, passed --skip-bad and a list that
+        receives what it skipped; each skipped image is warned about. Returns its result and that list."""
+        skipped: list[str] = []
+        with self.log.progress(total, description) as advance:
+            result = work(*args, on_progress=advance, skip_bad=self.skip_bad, skipped=skipped, **kwargs)
+        self.warn_skipped(skipped)
+        return result, skipped
 
 
 def _session(

@@ -83,20 +83,16 @@ def command(
     if scale is None:
         scale = predictor.loaded.scale
     check_scale(scale)
-    skipped: list[str] = []
-    with log.progress(len(entries), "strip vectors") as advance:
-        data = compute_vectors(
-            predictor,
-            entries,
-            levels=levels,
-            strip_frac=strip_frac,
-            scale=scale,
-            on_progress=advance,
-            skip_bad=session.skip_bad,
-            skipped=skipped,
-        )
-    for problem in skipped:
-        log.warn(f"skipped {problem}")
+    data, skipped = session.skipping(
+        len(entries),
+        "strip vectors",
+        compute_vectors,
+        predictor,
+        entries,
+        levels=levels,
+        strip_frac=strip_frac,
+        scale=scale,
+    )
     params = {
         "checkpoint": checkpoint,
         "manifest": manifest,

@@ -33,8 +33,9 @@ without the tool's ``done`` mark counts as unconfirmed even after a tool lost th
 Adding a tool is one record: a module with its export (a :class:`~crowdtk.labeling.common.BaseExport`), its
 README steps and its reader, ending with :func:`~crowdtk.labeling.common.register_tool` of a
 :class:`~crowdtk.labeling.common.LabelingTool` (name, one-line help, what import reads, its unit, whether it
-takes suggestions and review rounds). ``export --to`` and ``import --from`` offer it, with its help, from
-:data:`TOOLS`; a tool of the user's own is registered the same way from their code.
+takes suggestions and review rounds); the built-in modules name those parts alike and end with
+:func:`~crowdtk.labeling.common.register_tool_module`. ``export --to`` and ``import --from`` offer it, with
+its help, from :data:`TOOLS`; a tool of the user's own is registered the same way from their code.
 """
 
 from __future__ import annotations

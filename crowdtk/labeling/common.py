@@ -2,7 +2,8 @@
 
 The tool interface: a tool module defines its export (a :class:`BaseExport`), the steps of its
 README and its reader (returning :class:`Returned`), and registers them as one :class:`LabelingTool`
-record in :data:`TOOLS` (:func:`register_tool`), which ``export --to`` and ``import --from`` offer.
+record in :data:`TOOLS` (:func:`register_tool`, or :func:`register_tool_module` for a module that names
+its parts as the built-in tools do), which ``export --to`` and ``import --from`` offer.
 
 Export side: the file name of each image (:func:`export_names`), its record in ``index.json``,
 placing the image (copy or symlink, checked against its sha256), the points a review round
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +158,19 @@ TOOLS: Registry[LabelingTool] = Registry("labeling tool")
 def register_tool(tool: LabelingTool) -> LabelingTool:
     """Register a labeling tool; a name registered twice, or a record missing a part, fails here."""
     return TOOLS.register(tool)
+
+
+def register_tool_module(module: str, name: str, help: str, reads: str, unit: str = "image") -> LabelingTool:
+    """Register the labeling tool that the module named ``module`` implements, from the parts it names as every
+    built-in tool module does: ``Export``, ``steps``, ``read`` and, where it takes suggestions, ``SUGGESTIONS``.
+    A module calls it last, with its ``__name__``; a part it lacks fails here, as with :func:`register_tool`."""
+    parts = vars(sys.modules[module])
+    found: dict[str, Any] = {attribute: parts.get(part) for attribute, part in _MODULE_PARTS.items()}
+    return register_tool(LabelingTool(name, help, reads, unit=unit, **found))
+
+
+# LabelingTool's fields that register_tool_module takes from a tool module, and the module's names for them.
+_MODULE_PARTS = {"export": "Export", "steps": "steps", "read": "read", "suggestions": "SUGGESTIONS"}
 
 
 # --------------------------------------------------------------------------- export

@@ -25,16 +25,12 @@ import numpy as np
 from crowdtk.data import decode_image, read_points
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry
+from crowdtk.labeling import common
 from crowdtk.labeling.common import (
     SUGGESTED_MARK,
-    BaseExport,
     Found,
-    LabelingTool,
-    Returned,
     export_names,
     image_bytes,
-    register_tool,
-    write_text,
 )
 
 CROPS = "crops"
@@ -51,7 +47,7 @@ def crop_stem(name: str, k: int) -> str:
     return f"{Path(name).stem}__r{k}"
 
 
-class Export(BaseExport):
+class Export(common.BaseExport):
     """Cuts each region out of its image; the image itself is not copied."""
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
@@ -99,7 +95,7 @@ class Export(BaseExport):
                         f"{SUGGESTED_MARK} {self.prelabels.model_version}: "
                         f"correct the points, then delete this line\n{text}"
                     )
-                write_text(self.out / CROPS / f"{stem}.txt", text)
+                common.write_text(self.out / CROPS / f"{stem}.txt", text)
 
 
 def steps(image_url: str) -> str:
@@ -110,7 +106,7 @@ def steps(image_url: str) -> str:
     )
 
 
-def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
+def read(path: Path, entries: Sequence[RegionsEntry]) -> common.Returned:
     """Per image, (region index, full-image points) of each crop that has a points file; and the missing crops."""
     folder = path / CROPS if (path / CROPS).is_dir() else path
     if not folder.is_dir():
@@ -132,7 +128,7 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
                 continue
             points = read_points(candidates[0]) + np.array([region.x0, region.y0], dtype=np.float64)
             found.setdefault(entry.id, []).append((k, points))
-    return Returned(found, missing, unreviewed=unreviewed)
+    return common.Returned(found, missing, unreviewed=unreviewed)
 
 
 def _unreviewed(points_file: Path) -> bool:
@@ -147,15 +143,10 @@ def _unreviewed(points_file: Path) -> bool:
 
 
 # The tool's record: export --to crops and import --from crops run the parts above.
-TOOL = register_tool(
-    LabelingTool(
-        "crops",
-        help="one PNG per region",
-        reads="the export folder, with the points files beside the crops",
-        unit="region",
-        export=Export,
-        steps=steps,
-        read=read,
-        suggestions=SUGGESTIONS,
-    )
+TOOL = common.register_tool_module(
+    __name__,
+    "crops",
+    help="one PNG per region",
+    reads="the export folder, with the points files beside the crops",
+    unit="region",
 )

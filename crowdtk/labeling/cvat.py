@@ -44,17 +44,12 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry, Suggestions
+from crowdtk.labeling import common
 from crowdtk.labeling.common import (
     DONE,
     HEAD,
     INSTRUCTION,
     REGION,
-    BaseExport,
-    LabelingTool,
-    Returned,
-    register_tool,
-    write_json,
-    write_text,
 )
 from crowdtk.labeling.reading import (
     Collector,
@@ -146,15 +141,15 @@ def _prefilled_heads(image: ET.Element, points: np.ndarray) -> None:
     ET.SubElement(image, "tag", label=DONE, source="manual")
 
 
-class Export(BaseExport):
+class Export(common.BaseExport):
     """The placed images; one XML file for all of them is written at the end."""
 
     def finish(self) -> None:
-        write_text(
+        common.write_text(
             self.out / XML,
             cvat_xml(self.placed, self.prefill, None if self.prelabels is None else self.prelabels.images),
         )
-        write_json(
+        common.write_json(
             self.out / LABELS,
             [{"name": name, "color": color, "type": kind, "attributes": []} for name, color, kind in _LABELS],
         )
@@ -352,7 +347,7 @@ def _head_points(image: ET.Element, found: Collector, where: str) -> tuple[list[
     return points, automatic
 
 
-def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
+def read(path: Path, entries: Sequence[RegionsEntry]) -> common.Returned:
     root, folder, roots, source, notes = _annotations(path)
     if root.tag != "annotations":
         raise CrowdtkError(
@@ -377,14 +372,6 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
 
 
 # The tool's record: export --to cvat and import --from cvat run the parts above.
-TOOL = register_tool(
-    LabelingTool(
-        "cvat",
-        help="CVAT for images 1.1",
-        reads="a CVAT XML, or its folder, or the export .zip",
-        export=Export,
-        steps=steps,
-        read=read,
-        suggestions=SUGGESTIONS,
-    )
+TOOL = common.register_tool_module(
+    __name__, "cvat", help="CVAT for images 1.1", reads="a CVAT XML, or its folder, or the export .zip"
 )

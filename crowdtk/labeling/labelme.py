@@ -33,6 +33,7 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry, Suggestions
+from crowdtk.labeling import common
 from crowdtk.labeling.common import (
     DONE,
     HEAD,
@@ -40,11 +41,6 @@ from crowdtk.labeling.common import (
     INSTRUCTION,
     REGION,
     SUGGESTED,
-    BaseExport,
-    LabelingTool,
-    Returned,
-    register_tool,
-    write_json,
 )
 from crowdtk.labeling.reading import (
     Collector,
@@ -117,13 +113,13 @@ def _head_shape(x: float, y: float, description: str, flags: dict[str, bool]) ->
     }
 
 
-class Export(BaseExport):
+class Export(common.BaseExport):
     """Writes each image's JSON as the image is placed (LabelMe opens a folder of image + JSON pairs)."""
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         super().add(entry, name, record)
         version = self.prelabels.model_version if self.prelabels is not None else ""
-        write_json(
+        common.write_json(
             self.out / IMAGES / f"{Path(name).stem}.json",
             labelme_record(entry, name, self.prefilled(entry), self.suggested(entry), version),
         )
@@ -157,7 +153,7 @@ def _centre(kind: str, shape: dict[str, Any], source: str) -> tuple[float, float
     return polygon_centre(vertices)
 
 
-def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
+def read(path: Path, entries: Sequence[RegionsEntry]) -> common.Returned:
     if not path.exists():
         raise CrowdtkError(f"{path}: no such file or folder", "pass the folder of LabelMe JSON files")
     roots = allowed_folders(path if path.is_dir() else path.parent)
@@ -208,14 +204,6 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
 
 
 # The tool's record: export --to labelme and import --from labelme run the parts above.
-TOOL = register_tool(
-    LabelingTool(
-        "labelme",
-        help="a LabelMe JSON beside each image",
-        reads="a folder of LabelMe JSON files",
-        export=Export,
-        steps=steps,
-        read=read,
-        suggestions=SUGGESTIONS,
-    )
+TOOL = common.register_tool_module(
+    __name__, "labelme", help="a LabelMe JSON beside each image", reads="a folder of LabelMe JSON files"
 )

@@ -34,17 +34,12 @@ import numpy as np
 
 from crowdtk.errors import CrowdtkError
 from crowdtk.formats import RegionsEntry, Suggestions
+from crowdtk.labeling import common
 from crowdtk.labeling.common import (
     HEAD,
     IMAGES,
     INSTRUCTION,
     REGION,
-    BaseExport,
-    LabelingTool,
-    Returned,
-    register_tool,
-    write_json,
-    write_text,
 )
 from crowdtk.labeling.reading import (
     REEXPORT,
@@ -85,7 +80,7 @@ def labelstudio_config() -> str:
     )
 
 
-def _keypoints(
+def keypoint_results(
     entry: RegionsEntry, points: np.ndarray, prefix: str, scores: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
     """Head points as keypoint results (percent of the image), ids ``<prefix><k>``; with ``scores``, one each."""
@@ -154,24 +149,24 @@ def labelstudio_task(
     if suggested is not None:
         prediction: dict[str, Any] = {
             "model_version": model_version,
-            "result": results + _keypoints(entry, suggested.points, "suggested", suggested.scores),
+            "result": results + keypoint_results(entry, suggested.points, "suggested", suggested.scores),
         }
         if len(suggested.scores):  # no score without points: Label Studio would rank the task least confident
             prediction["score"] = round(float(suggested.scores.mean()), 4)
         task["predictions"] = [prediction]
     if points is not None:
         task["annotations"] = [
-            {"result": results + _keypoints(entry, points, "head"), "was_cancelled": False, "ground_truth": False}
+            {"result": results + keypoint_results(entry, points, "head"), "was_cancelled": False, "ground_truth": False}
         ]
     return task
 
 
-class Export(BaseExport):
+class Export(common.BaseExport):
     """The placed images; one task per image, all in one file written at the end."""
 
     def finish(self) -> None:
         version = self.prelabels.model_version if self.prelabels is not None else ""
-        write_json(
+        common.write_json(
             self.out / TASKS,
             [
                 labelstudio_task(
@@ -180,7 +175,7 @@ class Export(BaseExport):
                 for entry, name in self.placed
             ],
         )
-        write_text(self.out / CONFIG, labelstudio_config())
+        common.write_text(self.out / CONFIG, labelstudio_config())
 
 
 def steps(image_url: str) -> str:
@@ -221,7 +216,7 @@ def _centre(kind: str, value: dict[str, Any], entry: RegionsEntry, where: str) -
         raise CrowdtkError(f"{where}: a 'head' {kind} result lacks numeric x/y/width/height", REEXPORT) from None
 
 
-def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
+def read(path: Path, entries: Sequence[RegionsEntry]) -> common.Returned:
     found = Collector(entries)
     tasks = load_json(path)
     if isinstance(tasks, dict):
@@ -285,14 +280,6 @@ def read(path: Path, entries: Sequence[RegionsEntry]) -> Returned:
 
 
 # The tool's record: export --to labelstudio and import --from labelstudio run the parts above.
-TOOL = register_tool(
-    LabelingTool(
-        "labelstudio",
-        help="tasks.json + config.xml",
-        reads="a Label Studio JSON export",
-        export=Export,
-        steps=steps,
-        read=read,
-        suggestions=SUGGESTIONS,
-    )
+TOOL = common.register_tool_module(
+    __name__, "labelstudio", help="tasks.json + config.xml", reads="a Label Studio JSON export"
 )
