@@ -62,7 +62,7 @@ demo: $(STAMP)
 
 # The speed of every stage against its reference and the hardware floor.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks
 
 # The paper's comparisons on ShanghaiTech Part B at a 10% budget, six methods x 5 seeds with paired verdicts (README, Benchmarks:
 # about 81 min on a 2-core Xeon with AMX, about 4.6 h on a 2-core EPYC without bfloat16).
@@ -71,7 +71,7 @@ bench-partb: $(STAMP)
 
 # The training tiers at about equal wall time (README, "Training tiers").
 bench-tiers: $(STAMP)
-	$(BIN)/python benchmarks/tiers.py --out bench-out/tiers
+	$(BIN)/python -m benchmarks.tiers --out bench-out/tiers
 
 # The CUDA paths on a machine with a GPU, into bench-out/gpu-check (README, "GPUs and several processes"); exit 3 without one.
 gpu-check: $(STAMP)

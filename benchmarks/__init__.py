@@ -1,2 +1,3 @@
-"""The benchmark scripts. Each runs on its own (.venv/bin/python benchmarks/NAME.py); they import their
-shared timing harness, and each other, as ``benchmarks.harness``, ``benchmarks.floor``, …"""
+"""The benchmark scripts, modules of this package run from the repository root: ``.venv/bin/python -m benchmarks``
+(the performance table, __main__.py) or ``.venv/bin/python -m benchmarks.NAME``. They import their shared timing
+harness, and each other, as ``benchmarks.harness``, ``benchmarks.floor``, …"""

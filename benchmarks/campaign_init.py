@@ -9,7 +9,7 @@ Both label with the oracle (the pool's ground truth), train the final counter th
 images held out), and are scored on the test manifest (``crowdtk eval``). The claim "an initial counter beats the
 warm-up round" is judged from the paired MAE differences over the seeds (crowdtk.experiment.results).
 
-    .venv/bin/python benchmarks/campaign_init.py --train POOL.jsonl --test TEST.jsonl --out DIR
+    .venv/bin/python -m benchmarks.campaign_init --train POOL.jsonl --test TEST.jsonl --out DIR
         [--seeds 3] [--budget 0.1] [--steps 1500] [--warmup-steps 750] [--scale 0.5] [--feature-cache DIR]
         [--synth-images 200] [--synth-width 1024] [--synth-height 768]
 
@@ -25,12 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from crowdtk.experiment.plan import epochs_for, exact  # noqa: E402
-from crowdtk.experiment.results import interval_text, paired_interval, verdict_of  # noqa: E402
+from crowdtk.experiment.plan import epochs_for, exact
+from crowdtk.experiment.results import interval_text, paired_interval, verdict_of
 
 CROWDTK = [sys.executable, "-m", "crowdtk"]
 ARMS = ("two rounds", "initial counter")

@@ -1,7 +1,7 @@
 """Clicks and test error round by round: the labeling loop as a campaign with the oracle, in two, five, and five
 pre-labeled rounds, all at one total budget.
 
-    .venv/bin/python benchmarks/campaign_rounds.py --train TRAIN --test TEST --out DIR
+    .venv/bin/python -m benchmarks.campaign_rounds --train TRAIN --test TEST --out DIR
         [--budget 0.1] [--seeds 1] [--rounds 5] [--steps N] [--warmup-steps N] [--scale F]
         [--feature-cache DIR] [--radius 8] [--batch-size N] [--no-pretrained] [--device auto]
 
@@ -53,16 +53,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.prelabel import score  # noqa: E402
-from crowdtk.campaign import DONE, Campaign, labeled_heads  # noqa: E402
-from crowdtk.experiment import Experiment, manifest_step  # noqa: E402
-from crowdtk.experiment.plan import exact  # noqa: E402
-from crowdtk.files import atomic_path, file_digest  # noqa: E402
-from crowdtk.formats import read_regions  # noqa: E402
+from benchmarks.prelabel import score
+from crowdtk.campaign import DONE, Campaign, labeled_heads
+from crowdtk.experiment import Experiment, manifest_step
+from crowdtk.experiment.plan import exact
+from crowdtk.files import atomic_path, file_digest
+from crowdtk.formats import read_regions
 
 PAPER_ROUNDS = 2
 RADIUS = 8.0  # benchmarks/prelabel.py's default --radius
@@ -392,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         mine, shared[seed] = seed_rows(seed, pool, test, args)
         rows += mine
     table = mean_table(rows)
-    command = "python benchmarks/campaign_rounds.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.campaign_rounds " + " ".join(sys.argv[1:] if argv is None else argv)
     record = {
         "command": command,
         "arms": list(arm_names(args.rounds)),

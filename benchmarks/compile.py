@@ -1,4 +1,4 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/compile.py
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.compile
 
 Benchmark: does ``torch.compile`` (``train --compile``) speed up a CPU training step?
 
@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import timed  # noqa: E402
+from benchmarks.harness import timed
 
 
 def measure(compiled: bool, batch: int = 8, crop: int = 128, steps: int = 8) -> tuple[float, float]:
@@ -58,7 +53,7 @@ def main() -> int:
     results = {}
     for side in ("eager", "compiled"):
         out = subprocess.run(
-            [sys.executable, __file__, side], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "benchmarks.compile", side], capture_output=True, text=True, check=True
         ).stdout.split()
         results[side] = float(out[-1])
         print(f"{side:<9} {float(out[-2]):>12.1f} {float(out[-1]):>18.3f}")

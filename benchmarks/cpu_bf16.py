@@ -9,20 +9,13 @@ ratio is well above 1; it needs AVX512-BF16 or AMX).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import timed  # noqa: E402
-from crowdtk.cap import TrainNet  # noqa: E402
-from crowdtk.models import build_model  # noqa: E402
-from crowdtk.runtime import cpu_bf16_supported  # noqa: E402
-from crowdtk.train import density_loss  # noqa: E402
+from benchmarks.harness import timed
+from crowdtk.cap import TrainNet
+from crowdtk.models import build_model
+from crowdtk.runtime import cpu_bf16_supported
+from crowdtk.train import density_loss
 
 
 def main(steps: int = 10) -> None:

@@ -1,4 +1,4 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/decode.py --rounds 3
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.decode --rounds 3
 
 Benchmark: decoding an image from bytes in memory, OpenCV's ``cv2.imdecode`` (then BGR to RGB, as
 crowdtk decoded before) against ``crowdtk.data.decode_image`` (Pillow), and what hashing the same
@@ -21,11 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-PART_B = REPO.parent / "shared" / "data" / "ShanghaiTech" / "part_B" / "train_data" / "images"
+from benchmarks.harness import DEFAULT_ROOT
+from crowdtk.data import decode_image
 
-from crowdtk.data import decode_image  # noqa: E402
+PART_B = DEFAULT_ROOT / "images"
 
 
 def with_opencv(data: bytes) -> np.ndarray:

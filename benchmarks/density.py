@@ -1,6 +1,6 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/density.py [--quick] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.density [--quick] [--json OUT]
 
-The ``gen-density`` stage of crowdtk's performance table (benchmarks/run.py), over
+The ``gen-density`` stage of crowdtk's performance table (python -m benchmarks), over
 benchmarks/gen_density.py's kernels (that script compares more images and prints its own table).
 
 benchmarks/gen_density.py's kernels (fixed, adaptive) vs the textbook per-head full-image
@@ -13,18 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import Report, Row, Sizes, manifest_of, parser, peak_mb, reset_peak, run, timed  # noqa: E402
+from benchmarks.harness import Report, Row, Sizes, manifest_of, parser, peak_mb, reset_peak, run, timed
 
 
 def stage_gen_density(report: Report, sizes: Sizes, root: Path) -> None:
     from dataclasses import replace
 
     # Imported here, not at the top: gen_density imports scipy and crowdtk, which every worker
-    # process of the other stages would then hold (they import run.py again).
+    # process of the other stages would then hold (they import the main module again).
     from benchmarks import gen_density as gd
     from crowdtk.data import read_points_on_image
     from crowdtk.density import DensityConfig, generate_densities

@@ -1,6 +1,6 @@
 """The doubling check: has every method of a bench converged?
 
-    .venv/bin/python benchmarks/doubling.py SHORT_BENCH_DIR LONG_BENCH_DIR
+    .venv/bin/python -m benchmarks.doubling SHORT_BENCH_DIR LONG_BENCH_DIR
 
 Reads two `crowdtk bench` folders made with the same seeds and data, the second with twice the
 steps (`--steps`, `--warmup-steps`), and prints a Markdown table: each method's MAE under both

@@ -1,6 +1,6 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/floor.py [--quick] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.floor [--quick] [--json OUT]
 
-The ``floor`` stage of crowdtk's performance table (benchmarks/run.py): the machine's float32
+The ``floor`` stage of crowdtk's performance table (python -m benchmarks): the machine's float32
 matmul rate and each model's forward FLOPs, whose quotient the inference and training stages
 divide their times by.
 
@@ -15,11 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import Race, Report, Row, Sizes, parser, run, timed  # noqa: E402
+from benchmarks.harness import Race, Report, Row, Sizes, parser, run, timed
 
 
 def count_flops(name: str, options: dict[str, Any] | None, shape: tuple[int, ...]) -> int:

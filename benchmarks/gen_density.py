@@ -1,8 +1,8 @@
 """Command line (from the repository root):
-.venv/bin/python benchmarks/gen_density.py --images 20 --sigma 4 --adaptive --workers 2
+.venv/bin/python -m benchmarks.gen_density --images 20 --sigma 4 --adaptive --workers 2
 
 Benchmark: crowdtk's density maps against the textbook method, on real ShanghaiTech Part B.
-Fixed kernel only: ``.venv/bin/python benchmarks/gen_density.py`` (what `make bench` runs;
+Fixed kernel only: ``.venv/bin/python -m benchmarks.gen_density`` (what `make bench` runs;
 the defaults are --images 20 --sigma 4).
 
 The textbook method (the original CSRNet preprocessing): for each head a delta image (1 at
@@ -41,16 +41,12 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import DEFAULT_ROOT, alternating, timed, verdict  # noqa: E402
-from crowdtk.data import read_points_on_image  # noqa: E402
-from crowdtk.density import DensityConfig, density_map, generate_densities, head_sigmas  # noqa: E402
-from crowdtk.errors import CrowdtkError  # noqa: E402
-from crowdtk.formats import Provenance  # noqa: E402
-from crowdtk.index import build_manifest  # noqa: E402
+from benchmarks.harness import DEFAULT_ROOT, alternating, timed, verdict
+from crowdtk.data import read_points_on_image
+from crowdtk.density import DensityConfig, density_map, generate_densities, head_sigmas
+from crowdtk.errors import CrowdtkError
+from crowdtk.formats import Provenance
+from crowdtk.index import build_manifest
 
 SPEED_TARGET = 50.0  # fixed kernel, now
 LATER_SPEED_TARGET = 100.0  # fixed and adaptive, later

@@ -1,7 +1,7 @@
 """The timing harness of the benchmarks in this folder.
 
-run.py and its stage files (floor.py, inference.py, training.py, selection.py, density.py,
-scaling.py) share everything here: the sizes (full or ``--quick``), peak memory, worker
+``python -m benchmarks`` (__main__.py) and its stage modules (floor, inference, training, selection,
+density, scaling) share everything here: the sizes (full or ``--quick``), peak memory, worker
 processes raced in alternation, the report (table, PASS/FAIL checks, notes, JSON), the
 command line and the machine description, and the fixtures several stages use. The other
 scripts take the timing helpers (``timed``, ``alternating``, ``run_child``) from here too.
@@ -17,7 +17,7 @@ whatever they say. ``--quick`` shrinks every size (seconds; for smoke runs only:
 mean nothing).
 
 Nothing here imports torch, cv2 or crowdtk at module level: every worker process imports its
-parent's main script again, and the peak memory column counts what those imports hold.
+parent's main module again, and the peak memory column counts what those imports hold.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ T = TypeVar("T")
 
 
 def prog() -> str:
-    """The running script as its messages name it (benchmarks/run.py, benchmarks/inference.py, …)."""
-    return f"benchmarks/{Path(sys.argv[0]).name}"
+    """The running benchmark as its messages name it (python -m benchmarks, python -m benchmarks.inference, …)."""
+    module = Path(sys.argv[0]).stem
+    return "python -m benchmarks" + ("" if module == "__main__" else f".{module}")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -378,8 +379,10 @@ Stage = Callable[[Report, Sizes, Path], None]
 
 
 def parser(doc: str, only: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The options every stage script takes; ``only`` (the stages run.py knows) adds ``--only``."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The options every stage module takes; ``only`` (the stages __main__.py knows) adds ``--only``."""
+    p = argparse.ArgumentParser(
+        prog=prog(), description=doc.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes, for a smoke run (seconds; the numbers mean nothing)"
     )

@@ -1,7 +1,7 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/inference.py [--quick] [--only STAGE,...]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.inference [--quick] [--only STAGE,...]
 [--size HxW] [--json OUT]
 
-The ``inference`` stage of crowdtk's performance table (benchmarks/run.py), after the ``floor``
+The ``inference`` stage of crowdtk's performance table (python -m benchmarks), after the ``floor``
 stage its floor multiples need.
 
 CSRNet forward at 768×1024 (batch 1), plain (NCHW, torch.no_grad, default threads) vs
@@ -27,12 +27,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.floor import Matmul, alongside_rate, floor_seconds, stage_floor  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.floor import Matmul, alongside_rate, floor_seconds, stage_floor
+from benchmarks.harness import (
     PY,
     Remote,
     Report,
@@ -132,7 +128,7 @@ def tile_child(model: str, path: str, big: tuple[int, int], max_side: int, fast:
 
 def run_tile_child(model: str, path: str, big: tuple[int, int], max_side: int, fast: bool) -> dict[str, Any]:
     child = run_child(
-        [PY, str(Path(__file__).resolve()), "--tile-child", json.dumps([model, path, list(big), max_side, fast])]
+        [PY, "-m", "benchmarks.inference", "--tile-child", json.dumps([model, path, list(big), max_side, fast])]
     )
     if child.returncode != 0:
         raise RuntimeError(f"tile child failed: {child.stderr[-2000:]}")

@@ -1,4 +1,4 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/load.py --images 200 2000
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.load --images 200 2000
 
 Benchmark: `crowdtk eval` and `crowdtk count` keep constant memory as the number of images grows.
 
@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -30,14 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-# These imports need REPO on sys.path (above) when the editable install is missing.
-from benchmarks.harness import CROWDTK, run_child  # noqa: E402
-from crowdtk.files import file_digest  # noqa: E402
-from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl  # noqa: E402
+from benchmarks.harness import CROWDTK, run_child
+from crowdtk.files import file_digest
+from crowdtk.formats import MANIFEST, ManifestEntry, Provenance, make_header, write_jsonl
 
 
 def generate(folder: Path, n: int, width: int = 64, height: int = 48, seed: int = 0) -> Path:

@@ -1,6 +1,6 @@
 """How good are `export --prelabel` suggestions? Precision and recall against the true heads.
 
-    .venv/bin/python benchmarks/prelabel.py --bench bench-out/partB --out bench-out/prelabel
+    .venv/bin/python -m benchmarks.prelabel --bench bench-out/partB --out bench-out/prelabel
         [--seed 0] [--budget 0.1] [--radius 8] [--counter 'NAME=CKPT' ... --feature-cache DIR]
 
 Needs a finished `crowdtk bench … --methods mdc+cap` folder (its warm-up counter, its final
@@ -157,7 +157,7 @@ def main() -> None:
                     "-q",
                 )
             rows.append({"regions": set_name, "counter": counter_name, **score(regions, truth, package, args.radius)})
-    command = "python benchmarks/prelabel.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.prelabel " + " ".join(sys.argv[1:])
     (args.out / "prelabel.json").write_text(
         json.dumps({"command": command, "radius": args.radius, "rows": rows}, indent=1) + "\n"
     )

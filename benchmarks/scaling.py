@@ -1,6 +1,6 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/scaling.py [--quick] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.scaling [--quick] [--json OUT]
 
-The ``scaling`` stage of crowdtk's performance table (benchmarks/run.py): ratio = time(2N) / time(N).
+The ``scaling`` stage of crowdtk's performance table (python -m benchmarks): ratio = time(2N) / time(N).
 
 index, gen-density, vectors, select at N and 2N images (ratio ≈ 2), and `crowdtk train` per
 epoch in 1 process vs 2 torchrun processes.
@@ -22,11 +22,7 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.harness import (
     CROWDTK,
     PY,
     QUICK,
@@ -40,7 +36,7 @@ from benchmarks.harness import (  # noqa: E402
     run,
     timed,
 )
-from benchmarks.selection import subset_vectors, synthetic_pool  # noqa: E402
+from benchmarks.selection import subset_vectors, synthetic_pool
 
 
 def _link_subset(root: Path, n: int, dest: Path) -> Path:
@@ -92,8 +88,8 @@ def epoch_timer_child(args: list[str]) -> None:
 
 def _train_epochs(labels: Path, tmp: Path, procs: int, crop: int, epochs: int, global_batch: int) -> list[float]:
     report_path = tmp / f"epochs{procs}.json"
-    child = [
-        str(Path(__file__).resolve()),
+    child = [  # a module of the benchmarks package, after python's or torchrun's -m
+        "benchmarks.scaling",
         "--epoch-timer",
         json.dumps(
             [
@@ -107,9 +103,9 @@ def _train_epochs(labels: Path, tmp: Path, procs: int, crop: int, epochs: int, g
         ),
     ]
     if procs == 1:
-        cmd = [PY, *child]
+        cmd = [PY, "-m", *child]
     else:
-        cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), *child]
+        cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m", *child]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"training ({procs} process(es)) failed:\n{proc.stderr[-3000:]}")

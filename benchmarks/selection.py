@@ -1,6 +1,6 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/selection.py [--quick] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.selection [--quick] [--json OUT]
 
-The ``select`` stage of crowdtk's performance table (benchmarks/run.py), on synthetic strip
+The ``select`` stage of crowdtk's performance table (python -m benchmarks), on synthetic strip
 vectors (the scaling stage uses the same pool).
 
 ``select --strategy mdc`` over 100,000 images' strip vectors vs one scikit-learn
@@ -16,11 +16,7 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import Report, Row, Sizes, log, parser, peak_mb, reset_peak, run, timed  # noqa: E402
+from benchmarks.harness import Report, Row, Sizes, log, parser, peak_mb, reset_peak, run, timed
 
 
 def synthetic_pool(n: int, seed: int = 0) -> tuple[list[Any], Any]:

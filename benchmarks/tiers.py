@@ -1,6 +1,6 @@
 """Training tiers compared at about equal wall time on ShanghaiTech Part B.
 
-    .venv/bin/python benchmarks/tiers.py --out bench-out/tiers [--labels random,full] [--only NAME,...]
+    .venv/bin/python -m benchmarks.tiers --out bench-out/tiers [--labels random,full] [--only NAME,...]
 
 For each labels set (random strips at a 10% budget, or all images) and each tier, one `crowdtk
 train` run (seed 0) from a cold feature cache, timed as a whole (cache included), then `crowdtk
@@ -18,14 +18,9 @@ import argparse
 import contextlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.harness import CROWDTK, PART_B, timed  # noqa: E402
+from benchmarks.harness import CROWDTK, PART_B, REPO, timed
 
 # The frozen tiers as the bench runs them (bfloat16 autocast: this machine's CPU has AMX).
 FROZEN = [

@@ -1,6 +1,6 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/training.py [--quick] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks.training [--quick] [--json OUT]
 
-The ``training`` stage of crowdtk's performance table (benchmarks/run.py), after the ``floor``
+The ``training`` stage of crowdtk's performance table (python -m benchmarks), after the ``floor``
 stage its floor multiples need.
 
 A plain training loop in the style of the original CSRNet script (NCHW, image and
@@ -20,12 +20,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.floor import Matmul, alongside_rate, floor_seconds, stage_floor  # noqa: E402
-from benchmarks.harness import (  # noqa: E402
+from benchmarks.floor import Matmul, alongside_rate, floor_seconds, stage_floor
+from benchmarks.harness import (
     Remote,
     Report,
     Row,

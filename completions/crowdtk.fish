@@ -70,7 +70,7 @@ complete -c crowdtk -n '__fish_seen_subcommand_from synth' -s h -l help -d 'Show
 
 # crowdtk select
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget -x -d 'Labeling budget: the fraction of the pool\'s area to label, in (0, 1]; with --exclude, of all rounds together. [default: 0.1]'
-complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget-heads -x -d 'A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file\'s regions reach N; --exclude leaves earlier rounds\' images out without subtracting their heads. [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from select' -l budget-heads -x -d 'A head budget instead of --budget: regions are chosen until the heads the counter predicts in them reach N. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l strategy -x -a 'random none-or-all max mdc' -d 'random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper\'s clustering).'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -s o -l output -r -F -d 'Output file; \'-\' writes to stdout.'
 complete -c crowdtk -n '__fish_seen_subcommand_from select' -l vectors -r -F -d 'Strip vectors from \'crowdtk vectors\' over this manifest (needed by max and mdc). [default: none]'
@@ -342,7 +342,7 @@ complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and not __fish_see
 complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -s o -l output -r -F -d 'Campaign folder to create.'
 complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l tool -x -a 'crops labelstudio cvat labelme' -d 'Labeling tool: crops, labelstudio, cvat or labelme.'
 complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l budget -x -d 'Share of the pool\'s area labeled by all rounds together, in (0, 1]. [default: 0.1]'
-complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l budget-heads -x -d 'Heads to label instead of --budget: the warm-up round labels --warmup-budget of its images\' area, the later rounds spend the heads left (select --budget-heads). [default: none]'
+complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l budget-heads -x -d 'A head budget instead of --budget: regions are chosen until the heads the counter predicts in them reach N. [default: none]'
 complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l warmup-budget -x -d 'With --budget-heads: the warm-up round\'s per-image share of the area.'
 complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l rounds -x -d 'Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; the budget left after the warm-up round is spread evenly over them. With --init: rounds of --strategy only, the budget spread evenly. [default: 2, or 1 with --init]'
 complete -c crowdtk -n '__fish_seen_subcommand_from campaign; and __fish_seen_subcommand_from init' -l init -r -F -d 'Start from this counter (e.g. one trained on a public data set): its vectors choose the first round\'s strips, and there is no warm-up round. [default: none]'

@@ -28,7 +28,7 @@ _crowdtk_campaign_init() {
         '(-o --output)'{-o,--output}'[Campaign folder to create.]:path:_files' \
         '--tool[Labeling tool: crops, labelstudio, cvat or labelme.]:crops|labelstudio|cvat|labelme:(crops labelstudio cvat labelme)' \
         '--budget[Share of the pool'\''s area labeled by all rounds together, in (0, 1\]. \[default: 0.1\]]:float: ' \
-        '--budget-heads[Heads to label instead of --budget: the warm-up round labels --warmup-budget of its images'\'' area, the later rounds spend the heads left (select --budget-heads). \[default: none\]]:n: ' \
+        '--budget-heads[A head budget instead of --budget: regions are chosen until the heads the counter predicts in them reach N. \[default: none\]]:n: ' \
         '--warmup-budget[With --budget-heads: the warm-up round'\''s per-image share of the area.]:float: ' \
         '--rounds[Rounds: the warm-up round and rounds-1 more, each choosing with the counter of the round before; the budget left after the warm-up round is spread evenly over them. With --init: rounds of --strategy only, the budget spread evenly. \[default: 2, or 1 with --init\]]:int range: ' \
         '--init[Start from this counter (e.g. one trained on a public data set): its vectors choose the first round'\''s strips, and there is no warm-up round. \[default: none\]]:ckpt:_files' \
@@ -380,7 +380,7 @@ _crowdtk_export() {
 _crowdtk_select() {
     _arguments -s -S \
         '--budget[Labeling budget: the fraction of the pool'\''s area to label, in (0, 1\]; with --exclude, of all rounds together. \[default: 0.1\]]:float: ' \
-        '--budget-heads[A head budget instead of --budget (with --vectors): label until the heads the vectors predict in this file'\''s regions reach N; --exclude leaves earlier rounds'\'' images out without subtracting their heads. \[default: none\]]:n: ' \
+        '--budget-heads[A head budget instead of --budget: regions are chosen until the heads the counter predicts in them reach N. \[default: none\]]:n: ' \
         '--strategy[random (random strips), none-or-all (whole images), max (largest predicted counts) or mdc (the paper'\''s clustering).]:random|none-or-all|max|mdc:(random none-or-all max mdc)' \
         '(-o --output)'{-o,--output}'[Output file; '\''-'\'' writes to stdout.]:str:_files' \
         '--vectors[Strip vectors from '\''crowdtk vectors'\'' over this manifest (needed by max and mdc). \[default: none\]]:path:_files' \

@@ -64,7 +64,7 @@ POINT_SUFFIXES = (".txt", ".csv", ".json", ".npy", ".mat")
 # its errors on fd 2 too ("Using code not yet in table") and leaves Pillow only "decoder error -2",
 # so a TIFF is decoded by OpenCV under that capture, as before.
 #
-# Speed, measured with `.venv/bin/python benchmarks/decode.py --rounds 5` on the 400 Part B training
+# Speed, measured with `.venv/bin/python -m benchmarks.decode --rounds 5` on the 400 Part B training
 # JPEGs (1024x768) decoded from memory, on the project's 2-core machine with other work running beside
 # (best round): cv2.imdecode + BGR-to-RGB 7.5 ms/image of CPU time (23.2 ms wall), decode_image 8.8 ms
 # (27.4 ms wall): 1.17x. Both use libjpeg-turbo and give the same pixels; the difference is Pillow's

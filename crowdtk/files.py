@@ -27,10 +27,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from crowdtk.errors import CrowdtkError
 
 STDIO = "-"  # a path argument meaning standard input or output
+StrPath: TypeAlias = str | os.PathLike[str]  # a path argument: a str or a Path (any os.PathLike of str)
 
 
 @functools.cache

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.files import atomic_path
+from crowdtk.files import StrPath, atomic_path
 from crowdtk.formats import (
     BENCH_RESULTS,
     LABELS,
@@ -95,9 +95,15 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig: Any, out: str | os.PathLike[str]) -> None:
+def _save(fig: Any, out: StrPath) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
+
+
+def _save_drawing(fig: Any, out: StrPath, entry: Any) -> str:
+    """Save ``fig``, a drawing of one entry's image, and return that image's id (what every show_* returns)."""
+    _save(fig, out)
+    return entry.id
 
 
 def _for_drawing(image: np.ndarray, side: int = DRAW_SIDE) -> np.ndarray:
@@ -218,10 +224,10 @@ def _height_for(width: int, height: int, panel_width: float, rows: int = 1, extr
 
 
 def show_regions(
-    out: str | os.PathLike[str],
-    selection: str | os.PathLike[str],
+    out: StrPath,
+    selection: StrPath,
     image_id: str | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint: StrPath | None = None,
     max_side: int = PredictConfig.max_side,
 ) -> str:
     """Draw one image of a regions or labels file with its regions outlined in red; return the image id.
@@ -290,17 +296,16 @@ def show_regions(
         axes[1].set_title(
             f"{Path(checkpoint).name}: predicted count {float(density.sum(dtype=np.float64)):.1f}", fontsize=11
         )
-    _save(fig, out)
-    return entry.id
+    return _save_drawing(fig, out, entry)
 
 
 # --------------------------------------------------------------------------- Fig. 6: ground truth and prediction
 
 
 def show_prediction(
-    out: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
+    out: StrPath,
+    checkpoint: StrPath,
+    manifest: StrPath,
     image_id: str | None = None,
     max_side: int = PredictConfig.max_side,
 ) -> str:
@@ -344,19 +349,14 @@ def show_prediction(
         _colorbar(fig, shown, ax, shrink=0.8, aspect=30, pad=0.02, label="heads per 8×8 pixels")
     # An invisible bar under the image keeps the three panels the same size.
     _colorbar(fig, shown, axes[0], shrink=0.8, aspect=30, pad=0.02, label=" ").ax.set_visible(False)
-    _save(fig, out)
-    return entry.id
+    return _save_drawing(fig, out, entry)
 
 
 # --------------------------------------------------------------------------- Fig. 5: CAP's affinity maps
 
 
 def show_affinity(
-    out: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str],
-    labels: str | os.PathLike[str],
-    image_id: str | None = None,
-    positions: int = 2,
+    out: StrPath, checkpoint: StrPath, labels: StrPath, image_id: str | None = None, positions: int = 2
 ) -> str:
     """Draw CAP's affinity maps (Fig. 5) for one partly labeled image; return the image id.
 
@@ -419,8 +419,7 @@ def show_affinity(
         ax.set_title(f"Affinity map #{k}{form}", fontsize=11)
     for ax in axes[panels:]:
         ax.set_visible(False)
-    _save(fig, out)
-    return entry.id
+    return _save_drawing(fig, out, entry)
 
 
 def _cell_size(width: int, height: int, scale: float) -> tuple[float, float]:
@@ -439,26 +438,17 @@ def _jet_with_grey() -> Any:
 def _mark(ax: Any, marks: Sequence[tuple[float, float]], width: int, height: int, first: int = 1) -> None:
     """Numbered markers: a white ring with a black edge, the number beside it on the side facing the image's centre."""
     for k, (x, y) in enumerate(marks, start=first):
-        ax.plot(
-            [x],
-            [y],
-            marker="o",
-            markersize=11,
-            markerfacecolor="none",
-            markeredgecolor="white",
-            markeredgewidth=2.5,
-            zorder=4,
-        )
-        ax.plot(
-            [x],
-            [y],
-            marker="o",
-            markersize=11,
-            markerfacecolor="none",
-            markeredgecolor="black",
-            markeredgewidth=1.0,
-            zorder=5,
-        )
+        for edge, edge_width, zorder in (("white", 2.5, 4), ("black", 1.0, 5)):  # a thin black ring on a wide white one
+            ax.plot(
+                [x],
+                [y],
+                marker="o",
+                markersize=11,
+                markerfacecolor="none",
+                markeredgecolor=edge,
+                markeredgewidth=edge_width,
+                zorder=zorder,
+            )
         right, below = x < 0.7 * width, y < 0.5 * height
         ax.annotate(
             f"{k}",
@@ -478,7 +468,7 @@ def _mark(ax: Any, marks: Sequence[tuple[float, float]], width: int, height: int
 # --------------------------------------------------------------------------- Fig. 4: MAE against the budget
 
 
-def show_budget(out: str | os.PathLike[str], results: str | os.PathLike[str]) -> None:
+def show_budget(out: StrPath, results: StrPath) -> None:
     """Plot MAE (mean ± std over seeds) against the labeling budget, one line per method (strip rows only).
 
     Budgets at most 1 are fractions of the pool's area and are shown in percent; larger

@@ -46,7 +46,7 @@ from crowdtk.campaign import LABELING, Campaign
 from crowdtk.errors import CrowdtkError
 from crowdtk.files import atomic_path, file_digest
 from crowdtk.formats import RegionsEntry, read_regions
-from crowdtk.labeling.common import HEAD, REGION, export_names
+from crowdtk.labeling.common import HEAD, REGION, ExportedImage, export_names
 from crowdtk.labeling.labelstudio import labelstudio_task
 from crowdtk.labeling.reading import image_reference
 from crowdtk.predict_config import PredictConfig
@@ -425,7 +425,9 @@ class Backend:
         version = NO_COUNTER if counter is None else counter.version
         results = []
         for t in found:
-            task = labelstudio_task(t.entry, "", suggested=suggested.get(t.entry.id), model_version=version)
+            task = labelstudio_task(
+                ExportedImage(t.entry, suggested=suggested.get(t.entry.id), model_version=version), ""
+            )
             results.append(task["predictions"][0])
         return {"results": results, "model_version": version}
 

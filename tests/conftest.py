@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,18 @@ def write_vectors(
         header["scale"] = scale
     save_vectors(path, header, data)
     return path
+
+
+@pytest.fixture
+def manifest_and_vectors(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
+    """Writes what select reads: a manifest of ``entries`` (m.jsonl in the test's folder) and their ``vectors`` (v.npz,
+    with write_vectors' other options); returns both paths."""
+
+    def write(entries: list[ManifestEntry], vectors: np.ndarray, **options: Any) -> tuple[Path, Path]:
+        manifest = write_manifest(tmp_path / "m.jsonl", entries)
+        return manifest, write_vectors(tmp_path / "v.npz", manifest, entries, vectors, **options)
+
+    return write
 
 
 def level_vector(column_sums: np.ndarray, levels: int = 4) -> np.ndarray:

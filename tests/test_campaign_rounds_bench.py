@@ -4,18 +4,17 @@ clicks that add up, pre-labeled clicks counted from the suggestions, and a rerun
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, run
+from conftest import run
 
 from crowdtk.campaign import Campaign, labeled_heads
 from crowdtk.files import file_digest
@@ -30,12 +29,7 @@ QUICK = ("--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--no-pretr
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_campaign_rounds", REPO / "benchmarks" / "campaign_rounds.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_campaign_rounds"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.campaign_rounds")
 
 
 def measure(script: ModuleType, argv: list[str]) -> tuple[dict[str, Any], str]:

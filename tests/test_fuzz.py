@@ -39,6 +39,7 @@ from crowdtk.formats import (
     read_regions,
 )
 from crowdtk.labeling import _cvat_xml, _labelme_record, _labelstudio_task, export_names, import_labels
+from crowdtk.labeling.common import ExportedImage
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -365,7 +366,7 @@ NAMES = export_names(ENTRIES)
 def valid_labelstudio() -> bytes:
     tasks = []
     for entry, name in zip(ENTRIES, NAMES):
-        task = _labelstudio_task(entry, f"images/{name}")
+        task = _labelstudio_task(ExportedImage(entry), f"images/{name}")
         task["annotations"] = [
             {
                 "id": 1,
@@ -389,7 +390,7 @@ def valid_cvat() -> bytes:
 
 
 def valid_labelme(entry: RegionsEntry, name: str) -> bytes:
-    record = _labelme_record(entry, name)
+    record = _labelme_record(ExportedImage(entry), name)
     record["shapes"].append({"label": "head", "points": [[10.0, 5.0]], "shape_type": "point", "flags": {}})
     return json_bytes(record)
 

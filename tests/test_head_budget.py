@@ -7,18 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import (
-    PART_B,
-    REPO,
-    assert_clean_failure,
-    jsonl,
-    pool,
-    realistic_vectors,
-    run,
-    select_after,
-    write_manifest,
-    write_vectors,
-)
+from conftest import REPO, assert_clean_failure, jsonl, pool, realistic_vectors, run, select_after, write_vectors
 
 from crowdtk.formats import StripVectors, read_manifest, read_regions
 from crowdtk.geometry import strip_edges
@@ -133,10 +122,8 @@ def test_the_head_order_follows_the_seed():
 # --------------------------------------------------------------------------- the command
 
 
-def test_header_records_the_head_budget_and_the_expected_heads(tmp_path):
-    entries = pool(20)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(20, seed=2))
+def test_header_records_the_head_budget_and_the_expected_heads(tmp_path, manifest_and_vectors):
+    manifest, vectors = manifest_and_vectors(pool(20), realistic_vectors(20, seed=2))
     warm = tmp_path / "warm.jsonl"
     assert run("select", manifest, "--budget", "0.1", "--warmup-frac", "0.2", "-o", warm).exit_code == 0
     for strategy in STRATEGIES + ("none-or-all",):
@@ -182,10 +169,8 @@ def test_import_oracle_reports_expected_and_actual_heads(strip_pool, tmp_path):
     assert "expected" not in run("import", plain, "--oracle", manifest, "-o", tmp_path / "l2.jsonl").stderr
 
 
-def test_usage_errors_exit_2(tmp_path):
-    entries = pool(3)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(3))
+def test_usage_errors_exit_2(tmp_path, manifest_and_vectors):
+    manifest, vectors = manifest_and_vectors(pool(3), realistic_vectors(3))
     out = tmp_path / "r.jsonl"
     assert_clean_failure(
         run("select", manifest, "--budget-heads", "100", "-o", out), "--budget-heads needs --vectors", out, code=2
@@ -208,10 +193,8 @@ def test_usage_errors_exit_2(tmp_path):
         (["--budget-heads", "50", "--shape", "band"], "--budget-heads with --shape band"),
     ],
 )
-def test_bad_head_budgets_are_refused(tmp_path, extra, names):
-    entries = pool(3)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(3))
+def test_bad_head_budgets_are_refused(tmp_path, manifest_and_vectors, extra, names):
+    manifest, vectors = manifest_and_vectors(pool(3), realistic_vectors(3))
     out = tmp_path / "r.jsonl"
     assert_clean_failure(run("select", manifest, "--vectors", vectors, *extra, "-o", out), names, out)
 
@@ -223,11 +206,10 @@ BENCH = REPO / "bench-out" / "partB"
 WARMUP = BENCH / "runs" / "budget-0.1" / "seed-0" / "warmup"
 
 
+@pytest.mark.usefixtures("part_b")  # skips where the real data set is absent
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_part_b_spends_within_5_percent_of_the_head_budget(strategy, tmp_path):
     """The issue's target on the bench's warm-up vectors, after the warm-up labels (as the bench's MDC round)."""
-    if not (PART_B / "train_data" / "images").is_dir():
-        pytest.skip(f"real ShanghaiTech Part B not found at {PART_B} (../shared is absent on this machine)")
     manifest, vectors, labels = BENCH / "data" / "train.manifest.jsonl", WARMUP / "vectors.npz", WARMUP / "labels.jsonl"
     missing = [str(p) for p in (manifest, vectors, labels) if not p.exists()]
     if missing:

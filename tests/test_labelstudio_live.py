@@ -37,6 +37,7 @@ from crowdtk.checkpoint import read_header
 from crowdtk.data import read_points
 from crowdtk.files import file_digest
 from crowdtk.formats import RegionsEntry, read_labels, read_manifest, read_regions
+from crowdtk.labeling.common import ExportedImage
 from crowdtk.labeling.labelstudio import labelstudio_task
 
 EXECUTABLE = os.environ.get("CROWDTK_LABEL_STUDIO", "")
@@ -329,7 +330,7 @@ def annotate_round(ls: LabelStudio, project: dict[str, Any], campaign: Path, k: 
     for crowdtk_id, task_id in project["round_tasks"][k].items():
         entry = entries[crowdtk_id]
         heads = truth_inside(entry, pool)
-        result = labelstudio_task(entry, "", points=heads)["annotations"][0]["result"]
+        result = labelstudio_task(ExportedImage(entry, points=heads), "")["annotations"][0]["result"]
         ls.api("POST", f"/api/tasks/{task_id}/annotations/", {"result": result, "was_cancelled": False})
         sent += len(heads)
     return sent

@@ -1,10 +1,8 @@
-"""The fast inference path gives the plain path's results (no timing here: benchmarks/run.py measures)."""
+"""The fast inference path gives the plain path's results (no timing here: python -m benchmarks measures)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 
 import numpy as np
 import pytest
@@ -13,8 +11,6 @@ import torch
 from crowdtk.models import MBConv, SameConv2d, build_model, inference_copy, phase_split_conv
 from crowdtk.predict import LoadedModel, Predictor
 from crowdtk.runtime import retain_freed_memory
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def lite(**options) -> torch.nn.Module:
@@ -95,13 +91,8 @@ def test_retain_freed_memory_is_idempotent():
 
 
 def load_bench(stage: str):
-    """benchmarks/STAGE.py (the stages of benchmarks/run.py)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{stage}", REPO / "benchmarks" / f"{stage}.py")
-    assert spec is not None and spec.loader is not None, f"benchmarks/{stage}.py is no module file"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"bench_{stage}"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks.STAGE (a stage of python -m benchmarks)."""
+    return importlib.import_module(f"benchmarks.{stage}")
 
 
 def test_bench_counts_csrnet_flops_from_its_layers():

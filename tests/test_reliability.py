@@ -20,7 +20,7 @@ Decisions recorded here (and in the module docstring of ``crowdtk/data.py``):
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -954,11 +954,7 @@ def test_eval_leaves_a_non_finite_image_out_of_the_averages(pool, ckpt, tmp_path
 
 
 def _bench_load():
-    spec = importlib.util.spec_from_file_location("bench_load", REPO / "benchmarks" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.load")
 
 
 def test_eval_and_count_memory_does_not_grow_with_the_number_of_images(tmp_path):

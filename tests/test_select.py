@@ -114,14 +114,13 @@ def width_weighted_vectors(entries, scale: float, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.2])
 @pytest.mark.parametrize("strategy", ["random", "max", "mdc"])
-def test_both_rounds_spend_the_budget_on_small_images_at_half_scale(tmp_path, strategy, budget):
+def test_both_rounds_spend_the_budget_on_small_images_at_half_scale(tmp_path, manifest_and_vectors, strategy, budget):
     """256×192 images at --scale 0.5 have strips of 16 and 32 px, and MAX and MDC favour the wide ones. The budget
     counts the warm-up round's strips (the paper's Algorithm 1: one budget for both rounds): together the two rounds
     spend it within half a percentage point, for every seed; one image's strips make the difference when a
     strategy's picks are wider than average."""
     entries = pool(12, width=256, height=192)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, width_weighted_vectors(entries, 0.5), scale=0.5)
+    manifest, vectors = manifest_and_vectors(entries, width_weighted_vectors(entries, 0.5), scale=0.5)
     for seed in range(4):
         warm = tmp_path / f"warm{seed}.jsonl"
         result = run(
@@ -137,12 +136,10 @@ def test_both_rounds_spend_the_budget_on_small_images_at_half_scale(tmp_path, st
         assert total in result.stderr and "warning" not in result.stderr, result.stderr
 
 
-def test_the_same_round_alone_spends_the_budget_on_small_images(tmp_path):
+def test_the_same_round_alone_spends_the_budget_on_small_images(manifest_and_vectors):
     """Without a warm-up round too (MAX's and MDC's strips are the wide ones)."""
     entries = pool(12, width=256, height=192)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    data = width_weighted_vectors(entries, 0.5)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, data, scale=0.5)
+    manifest, vectors = manifest_and_vectors(entries, width_weighted_vectors(entries, 0.5), scale=0.5)
     for strategy in ("random", "max", "mdc"):
         for seed in range(4):
             result = run(
@@ -213,10 +210,8 @@ def two_clusters() -> np.ndarray:
     return v
 
 
-def test_mdc_takes_the_strip_nearest_each_cluster_mean(tmp_path):
-    entries = pool(1)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, two_clusters())
+def test_mdc_takes_the_strip_nearest_each_cluster_mean(manifest_and_vectors):
+    manifest, vectors = manifest_and_vectors(pool(1), two_clusters())
     result = run("select", manifest, "--budget", "0.2", "--strategy", "mdc", "--vectors", vectors)
     assert result.exit_code == 0, result.output
     _, records = jsonl(result.stdout)
@@ -253,10 +248,8 @@ def test_mdc_one_strip_is_the_one_nearest_the_mean_and_neighbours_merge():
     assert len(entry.regions) == 1 and entry.details[0]["cells"] == [4, 5]
 
 
-def test_mdc_differs_from_random_and_max_on_realistic_vectors(tmp_path):
-    entries = pool(40)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(40, seed=5))
+def test_mdc_differs_from_random_and_max_on_realistic_vectors(tmp_path, manifest_and_vectors):
+    manifest, vectors = manifest_and_vectors(pool(40), realistic_vectors(40, seed=5))
     chosen = {}
     for strategy in ("random", "max", "mdc"):
         result = run("select", manifest, "--budget", "0.3", "--strategy", strategy, "--vectors", vectors)
@@ -286,12 +279,10 @@ def test_numpy_engine_selects_what_sklearn_selects():
         np.testing.assert_allclose(fast.distance, reference.distance, rtol=1e-6, atol=1e-9)
 
 
-def test_mdc_is_identical_with_one_or_two_workers(tmp_path):
+def test_mdc_is_identical_with_one_or_two_workers(tmp_path, manifest_and_vectors):
     n = 5000  # more than one chunk of images
-    entries = pool(n)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
     rng = np.random.default_rng(0)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, rng.gamma(2.0, 3.0, (n, 10, 10)))
+    manifest, vectors = manifest_and_vectors(pool(n), rng.gamma(2.0, 3.0, (n, 10, 10)))
     outputs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.jsonl"
@@ -372,10 +363,8 @@ def test_vectors_missing_images_to_select_from(tmp_path, spend):
     )
 
 
-def test_mdc_with_bands_is_refused(tmp_path):
-    entries = pool(2)
-    manifest = write_manifest(tmp_path / "m.jsonl", entries)
-    vectors = write_vectors(tmp_path / "v.npz", manifest, entries, realistic_vectors(2))
+def test_mdc_with_bands_is_refused(tmp_path, manifest_and_vectors):
+    manifest, vectors = manifest_and_vectors(pool(2), realistic_vectors(2))
     out = tmp_path / "r.jsonl"
     assert_clean_failure(
         run("select", manifest, "--strategy", "mdc", "--vectors", vectors, "--shape", "band", "-o", out),

@@ -24,6 +24,7 @@ from crowdtk.cli.groups import Deferred
 from crowdtk.cli.options import (
     SESSION,
     BenchFreeze,
+    BudgetHeads,
     CpuBf16Auto,
     Device,
     NoPretrained,
@@ -79,14 +80,7 @@ def init(
         float | None,
         typer.Option(help="Share of the pool's area labeled by all rounds together, in (0, 1]. [default: 0.1]"),
     ] = None,
-    budget_heads: Annotated[
-        float | None,
-        typer.Option(
-            metavar="N",
-            help="Heads to label instead of --budget: the warm-up round labels --warmup-budget of its images' area, "
-            "the later rounds spend the heads left (select --budget-heads). [default: none]",
-        ),
-    ] = None,
+    budget_heads: BudgetHeads = None,
     warmup_budget: Annotated[
         float, typer.Option(help="With --budget-heads: the warm-up round's per-image share of the area.")
     ] = 0.1,
@@ -150,7 +144,10 @@ def init(
     device: Device = "auto",
     session: Session = SESSION.without("skip_bad"),
 ) -> None:
-    """Plan a campaign in DIR/campaign.json; 'crowdtk campaign next DIR' then runs it step by step."""
+    """Plan a campaign in DIR/campaign.json; 'crowdtk campaign next DIR' then runs it step by step.
+
+    With --budget-heads N, the warm-up round labels --warmup-budget of its images' area and the later rounds
+    spend the heads left (select --budget-heads)."""
     if budget is not None and budget_heads is not None:
         raise UsageError("--budget and --budget-heads together", "give one budget: area (--budget) or heads")
     if not Path(pool).is_file():

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from crowdtk.cli.common import claim, run_command
-from crowdtk.cli.options import PREDICTION, SESSION, Manifest, Session
+from crowdtk.cli.options import PREDICTION, SESSION, CounterCheckpoint, Manifest, Session
 from crowdtk.errors import CrowdtkError, UsageError
 from crowdtk.files import STDIO, atomic_path, check_inputs_exist
 from crowdtk.formats import read_manifest
@@ -34,7 +34,7 @@ def localization_radii(values: list[str] | None) -> tuple[float, ...]:
 
 @run_command("eval")
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)],
+    checkpoint: CounterCheckpoint,
     manifest: Manifest,
     csv_path: Annotated[
         Path | None,

@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from crowdtk.cli.common import claim, params_of, run_command
-from crowdtk.cli.options import SESSION, Session
+from crowdtk.cli.options import SESSION, CounterCheckpoint, Session
 from crowdtk.files import check_inputs_exist
 
 
 @run_command("export-model")
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)],
+    checkpoint: CounterCheckpoint,
     onnx: Annotated[Path, typer.Option("--onnx", "-o", help="ONNX model to write.", show_default=False)],
     session: Session = SESSION.without("skip_bad"),
 ) -> None:

@@ -293,6 +293,8 @@ TRAINING: Any = Group(_training)  # the options of train and warmup after --mode
 
 # ---------------------------------------------------------------------- running a counter (eval, count, vectors, show)
 
+CounterCheckpoint = Annotated[Path, typer.Argument(help="Counter checkpoint (.safetensors).", show_default=False)]
+
 MaxSide = Annotated[
     int,
     typer.Option(
@@ -420,6 +422,17 @@ def tool_choices() -> type[Enum]:
     """--to and --from: the registered labeling tools (crowdtk.labeling.TOOLS), in their order."""
     return registered("Tool", TOOLS)
 
+
+# select and campaign init: clicks instead of area (each command's --help says how it spends them).
+BudgetHeads = Annotated[
+    float | None,
+    typer.Option(
+        metavar="N",
+        help="A head budget instead of --budget: regions are chosen until the heads the counter predicts in them "
+        "reach N. [default: none]",
+        show_default=False,
+    ),
+]
 
 # bench and campaign: the features of a frozen front end, kept for every run in the folder (and beyond it).
 SharedFeatureCache = Annotated[

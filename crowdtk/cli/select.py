@@ -10,7 +10,17 @@ import typer
 
 from crowdtk.cli.common import claim, params_of, run_command
 from crowdtk.cli.groups import Deferred
-from crowdtk.cli.options import SESSION, Manifest, OutputFile, Seed, Session, Workers, choices, registered
+from crowdtk.cli.options import (
+    SESSION,
+    BudgetHeads,
+    Manifest,
+    OutputFile,
+    Seed,
+    Session,
+    Workers,
+    choices,
+    registered,
+)
 from crowdtk.errors import UsageError
 from crowdtk.formats import Provenance, read_manifest, regions_header, write_jsonl
 from crowdtk.registry import listing, names
@@ -77,16 +87,7 @@ def command(
             show_default=False,
         ),
     ] = None,
-    budget_heads: Annotated[
-        float | None,
-        typer.Option(
-            metavar="N",
-            help="A head budget instead of --budget (with --vectors): label until the heads the vectors predict in "
-            "this file's regions reach N; --exclude leaves earlier rounds' "
-            "images out without subtracting their heads. [default: none]",
-            show_default=False,
-        ),
-    ] = None,
+    budget_heads: BudgetHeads = None,
     strategy: str = Deferred(_strategy, _D.strategy),
     output: OutputFile = "-",
     vectors: Path | None = Deferred(_vectors, None),
@@ -136,7 +137,8 @@ def command(
     The paper's loop: 'select --strategy random --warmup-frac 0.2' picks the warm-up round; after
     'warmup' and 'vectors', 'select --strategy mdc --vectors V --exclude WARMUP_REGIONS' spends the rest,
     so that both rounds together label --budget of the pool's area. '--budget-heads N --vectors V'
-    spends clicks instead of area: the strategy picks as before, until the heads predicted reach N.
+    spends clicks instead of area: the strategy picks as before, until the heads the vectors predict in
+    this file's regions reach N (--exclude leaves earlier rounds' images out without subtracting their heads).
     '--strategy none-or-all --image-list FILE' labels the whole images of a published split instead of a draw.
     """
     if budget_heads is not None and budget is not None:

@@ -56,6 +56,18 @@ Found = dict[str, list[tuple[int, np.ndarray]]]
 # --------------------------------------------------------------------------- the tool interface
 
 
+@dataclass(frozen=True)
+class ExportedImage:
+    """What a tool's file for one image carries besides the image: its regions (``entry``), the head points a review
+    round pre-fills (None outside one), and a counter's ``suggested`` heads (None without ``--prelabel``), named by
+    that counter's ``model_version``."""
+
+    entry: RegionsEntry
+    points: np.ndarray | None = None
+    suggested: Suggestions | None = None
+    model_version: str = ""
+
+
 class BaseExport:
     """One export run of a tool: :meth:`add` each image (in the regions file's order), then :meth:`finish`.
 
@@ -91,6 +103,11 @@ class BaseExport:
     def suggested(self, entry: RegionsEntry) -> Suggestions | None:
         """The counter's suggested heads for ``entry``, or None without ``--prelabel``."""
         return None if self.prelabels is None else self.prelabels.images[entry.id]
+
+    def exported(self, entry: RegionsEntry) -> ExportedImage:
+        """``entry`` with its :meth:`prefilled` points and :meth:`suggested` heads."""
+        version = "" if self.prelabels is None else self.prelabels.model_version
+        return ExportedImage(entry, self.prefilled(entry), self.suggested(entry), version)
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         place_image(entry, self.out / IMAGES / name, self.link)

@@ -29,10 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry, Suggestions
+from crowdtk.formats import RegionsEntry
 from crowdtk.labeling import common
 from crowdtk.labeling.common import (
     DONE,
@@ -41,6 +39,7 @@ from crowdtk.labeling.common import (
     INSTRUCTION,
     REGION,
     SUGGESTED,
+    ExportedImage,
 )
 from crowdtk.labeling.reading import (
     Collector,
@@ -60,15 +59,10 @@ SUGGESTIONS = (
 )
 
 
-def labelme_record(
-    entry: RegionsEntry,
-    name: str,
-    points: np.ndarray | None = None,
-    suggested: Suggestions | None = None,
-    model_version: str = "",
-) -> dict[str, Any]:
-    """The LabelMe JSON of one image: its regions as rectangles, the flag ``done`` not yet ticked (and, ``--prelabel``,
-    the ``suggested`` heads of ``model_version``)."""
+def labelme_record(image: ExportedImage, name: str) -> dict[str, Any]:
+    """The LabelMe JSON of one image (file ``name``): its regions as rectangles, the flag ``done`` not yet ticked (and,
+    ``--prelabel``, the suggested heads of the counter's model version)."""
+    entry, points, suggested = image.entry, image.points, image.suggested
     shapes: list[dict[str, Any]] = [
         {
             "label": REGION,
@@ -96,7 +90,7 @@ def labelme_record(
         record["flags"] = {DONE: True}
     if suggested is not None:
         shapes += [
-            _head_shape(x, y, f"{model_version} score {score:.2f}", {SUGGESTED: True})
+            _head_shape(x, y, f"{image.model_version} score {score:.2f}", {SUGGESTED: True})
             for (x, y), score in zip(suggested.points, suggested.scores)
         ]
     return record
@@ -118,11 +112,7 @@ class Export(common.BaseExport):
 
     def add(self, entry: RegionsEntry, name: str, record: dict[str, Any]) -> None:
         super().add(entry, name, record)
-        version = self.prelabels.model_version if self.prelabels is not None else ""
-        common.write_json(
-            self.out / IMAGES / f"{Path(name).stem}.json",
-            labelme_record(entry, name, self.prefilled(entry), self.suggested(entry), version),
-        )
+        common.write_json(self.out / IMAGES / f"{Path(name).stem}.json", labelme_record(self.exported(entry), name))
 
 
 def steps(image_url: str) -> str:

@@ -33,13 +33,14 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from crowdtk.errors import CrowdtkError
-from crowdtk.formats import RegionsEntry, Suggestions
+from crowdtk.formats import RegionsEntry
 from crowdtk.labeling import common
 from crowdtk.labeling.common import (
     HEAD,
     IMAGES,
     INSTRUCTION,
     REGION,
+    ExportedImage,
 )
 from crowdtk.labeling.reading import (
     REEXPORT,
@@ -107,16 +108,11 @@ def keypoint_results(
     return results
 
 
-def labelstudio_task(
-    entry: RegionsEntry,
-    image: str,
-    points: np.ndarray | None = None,
-    suggested: Suggestions | None = None,
-    model_version: str = "",
-) -> dict[str, Any]:
-    """One task: the image URL, crowdtk's id for matching on import, and the regions as pre-annotations
-    (with ``suggested``, also the counter's suggested heads, as a prediction of ``model_version``);
-    with ``points`` (a review round), also an annotation of the regions and those head points."""
+def labelstudio_task(image: ExportedImage, url: str) -> dict[str, Any]:
+    """One task: the image ``url``, crowdtk's id for matching on import, and the regions as pre-annotations
+    (with suggested heads, also those, as a prediction of the counter's model version);
+    with points to pre-fill (a review round), also an annotation of the regions and those head points."""
+    entry, points, suggested = image.entry, image.points, image.suggested
     results = [
         {
             "id": f"region{k}",
@@ -139,7 +135,7 @@ def labelstudio_task(
     ]
     task = {
         "data": {
-            "image": image,
+            "image": url,
             "crowdtk_id": entry.id,
             "instruction": INSTRUCTION,
             "regions": [[r.x0, r.y0, r.x1, r.y1] for r in entry.regions],
@@ -148,7 +144,7 @@ def labelstudio_task(
     }
     if suggested is not None:
         prediction: dict[str, Any] = {
-            "model_version": model_version,
+            "model_version": image.model_version,
             "result": results + keypoint_results(entry, suggested.points, "suggested", suggested.scores),
         }
         if len(suggested.scores):  # no score without points: Label Studio would rank the task least confident
@@ -165,15 +161,9 @@ class Export(common.BaseExport):
     """The placed images; one task per image, all in one file written at the end."""
 
     def finish(self) -> None:
-        version = self.prelabels.model_version if self.prelabels is not None else ""
         common.write_json(
             self.out / TASKS,
-            [
-                labelstudio_task(
-                    entry, f"{self.image_url}{IMAGES}/{name}", self.prefilled(entry), self.suggested(entry), version
-                )
-                for entry, name in self.placed
-            ],
+            [labelstudio_task(self.exported(entry), f"{self.image_url}{IMAGES}/{name}") for entry, name in self.placed],
         )
         common.write_text(self.out / CONFIG, labelstudio_config())
 

@@ -1,10 +1,10 @@
-"""Command line (from the repository root): .venv/bin/python benchmarks/run.py [--quick] [--only STAGE,...] [--json OUT]
+"""Command line (from the repository root): .venv/bin/python -m benchmarks [--quick] [--only STAGE,...] [--json OUT]
 
 crowdtk's performance table: every stage against a plain reference and against the
 machine's hardware floor, measured as ratios in ONE run so that machine noise hits both sides.
 
-Stages (``--only`` takes a comma-separated subset), each in its own file, which runs it alone
-(.venv/bin/python benchmarks/FILE [--quick] [--json OUT]) and describes it:
+Stages (``--only`` takes a comma-separated subset), each in its own module, which runs it alone
+(.venv/bin/python -m benchmarks.MODULE [--quick] [--json OUT]) and describes it:
 
 ``floor``        floor.py: float32 matmul rate and each model's forward FLOPs; floor = FLOPs / rate.
 ``inference``    inference.py: CSRNet and lite, plain vs crowdtk's Predictor; tiled vs whole big image.
@@ -22,19 +22,14 @@ runs only: its numbers mean nothing).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout even without the editable install
-
-from benchmarks.density import stage_gen_density  # noqa: E402
-from benchmarks.floor import stage_floor  # noqa: E402
-from benchmarks.harness import Stage, parser, run  # noqa: E402
-from benchmarks.inference import stage_inference, stage_onnx  # noqa: E402
-from benchmarks.scaling import stage_scaling  # noqa: E402
-from benchmarks.selection import stage_select  # noqa: E402
-from benchmarks.training import stage_training  # noqa: E402
+from benchmarks.density import stage_gen_density
+from benchmarks.floor import stage_floor
+from benchmarks.harness import Stage, parser, run
+from benchmarks.inference import stage_inference, stage_onnx
+from benchmarks.scaling import stage_scaling
+from benchmarks.selection import stage_select
+from benchmarks.training import stage_training
 
 RUNNERS: dict[str, Stage] = {
     "floor": stage_floor,
